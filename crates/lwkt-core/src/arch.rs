@@ -1,0 +1,151 @@
+//! The only place a platform shows through.
+//!
+//! A kernel implements [`Arch`] once; everything else in lwkt is generic code.
+//! `lwkt-arch-hosted` (user space) and `lwkt-arch-x86_64` (bare metal) are the
+//! two reference implementations; `docs/porting.md` walks through both.
+
+use core::ptr::NonNull;
+
+use crate::cpu::Cpu;
+
+/// Saved register state of a thread that is not running.
+///
+/// lwkt-core never looks inside: the backend's [`Arch::switch`] and
+/// [`Arch::init_context`] decide what the words mean. Both reference
+/// backends push callee-saved registers on the thread's own stack and keep
+/// only the stack pointer here.
+#[derive(Debug)]
+#[repr(C)]
+pub struct Context {
+    /// Backend-defined words; word 0 is the saved stack pointer in both
+    /// reference backends.
+    pub words: [core::cell::Cell<usize>; 4],
+}
+
+impl Context {
+    /// An empty context (not yet initialised, or the one of a running thread).
+    pub const fn new() -> Self {
+        Self {
+            words: [const { core::cell::Cell::new(0) }; 4],
+        }
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A thread stack handed out by [`Arch::alloc_stack`]: `base..base+len` is
+/// usable memory (any guard page lies below `base` and is not included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stack {
+    /// Lowest usable address.
+    pub base: NonNull<u8>,
+    /// Usable bytes above `base`.
+    pub len: usize,
+}
+
+// SAFETY: a `Stack` is a description of memory (address and length); moving
+// the description between CPUs is harmless, and who may touch the memory is
+// governed by the thread that owns it.
+unsafe impl Send for Stack {}
+
+/// A thread's entry point as the backend calls it: `entry(arg)` on the new
+/// stack, never returning.
+pub type EntryFn = extern "C" fn(arg: usize) -> !;
+
+/// What lwkt needs from a platform.
+///
+/// The per-CPU block is [`Cpu`]: the backend stores one per CPU (GS base on
+/// x86-64, a thread-local in the hosted backend) and returns it from
+/// [`current_cpu`](Arch::current_cpu). Interrupt and IPI entry code calls
+/// back into lwkt through [`Cpu::ipi_interrupt`].
+///
+/// # Safety
+///
+/// Implementations must keep every contract written on the methods below; the
+/// scheduler's memory safety rests on them (a `switch` that loses a callee-saved
+/// register, or a `current_cpu` that lies, corrupts threads).
+///
+/// # Examples
+///
+/// A sketch of a backend (see `lwkt-arch-hosted` for a complete one):
+///
+/// ```
+/// use core::ptr::NonNull;
+/// use lwkt_core::{Arch, Context, Cpu, EntryFn, Stack};
+///
+/// struct MyArch;
+/// // SAFETY: a sketch that never runs a thread; a real backend argues each
+/// // method's contract here.
+/// unsafe impl Arch for MyArch {
+///     fn current_cpu(&self) -> Option<NonNull<Cpu>> { None }
+///     unsafe fn init_context(&self, _: &Context, _: Stack, _: EntryFn, _: usize) {}
+///     unsafe fn switch(&self, _: &Context, _: &Context) { unreachable!() }
+///     fn alloc_stack(&self, _: usize) -> Option<Stack> { None }
+///     unsafe fn free_stack(&self, _: Stack) {}
+///     fn kick(&self, _: &Cpu) {}
+///     fn idle_wait(&self, _: &Cpu) {}
+///     fn cycles(&self) -> u64 { 0 }
+/// }
+/// ```
+pub unsafe trait Arch: Sync {
+    /// The per-CPU block of the CPU this code runs on, or `None` outside any
+    /// lwkt CPU. lwkt uses it to assert that a thread runs only on its own
+    /// CPU.
+    fn current_cpu(&self) -> Option<NonNull<Cpu>>;
+
+    /// Prepare `ctx` so that the first [`switch`](Arch::switch) to it calls
+    /// `entry(arg)` on `stack` (with the stack pointer at or below the top of
+    /// `stack`, aligned as the platform ABI requires).
+    ///
+    /// # Safety
+    /// `stack` is owned by the thread being created and is not in use.
+    unsafe fn init_context(&self, ctx: &Context, stack: Stack, entry: EntryFn, arg: usize);
+
+    /// Save the running context into `from` and resume `to`; returns when
+    /// something switches back to `from`. Everything the platform ABI makes
+    /// callee-saved must survive (on x86-64 SysV: rbx, rbp, r12-r15, rsp,
+    /// MXCSR control bits and the x87 control word).
+    ///
+    /// # Safety
+    /// Called by lwkt-core only, inside a critical section, with `to` a
+    /// context saved by `switch` or prepared by `init_context`.
+    unsafe fn switch(&self, from: &Context, to: &Context);
+
+    /// A stack of at least `size` bytes, or `None` when none can be had. A
+    /// backend should put an unmapped guard page below it so that an
+    /// overflow faults instead of corrupting memory.
+    fn alloc_stack(&self, size: usize) -> Option<Stack>;
+
+    /// Give back a stack from [`alloc_stack`](Arch::alloc_stack).
+    ///
+    /// # Safety
+    /// `stack` came from `alloc_stack` on this backend and nothing runs on it.
+    unsafe fn free_stack(&self, stack: Stack);
+
+    /// Send the hardware IPI ("kick") to `target`: make it call
+    /// [`Cpu::ipi_interrupt`] soon, or return from
+    /// [`idle_wait`](Arch::idle_wait). lwkt calls it at most once per batch
+    /// of queued messages; the work itself lives in the IPI rings.
+    fn kick(&self, target: &Cpu);
+
+    /// Wait for an interrupt on the current CPU (called by its idle loop
+    /// inside a critical section). Must return promptly once
+    /// [`Cpu::has_pending`] is true; may return spuriously.
+    fn idle_wait(&self, cpu: &Cpu);
+
+    /// A monotonic cycle counter (the TSC on x86-64).
+    fn cycles(&self) -> u64;
+
+    /// Called in busy-wait loops (a full IPI ring, a `cpusync` waiting for
+    /// its targets); `spins` counts the iterations so far. The default is a
+    /// CPU pause hint; a hosted backend with more virtual CPUs than cores
+    /// gives its time slice away after a while.
+    fn pause(&self, spins: u32) {
+        let _ = spins;
+        core::hint::spin_loop();
+    }
+}

@@ -1,0 +1,443 @@
+//! The per-CPU block (DragonFly `struct globaldata`) and the machine that
+//! ties the CPUs together.
+//!
+//! DragonFly: `struct globaldata`, `mycpu`, `gd_reqflags`, `gd_ipimask`,
+//! `gd_npoll`, `gd_tdrunq`, `gd_idlethread`.
+
+use core::cell::{Cell, UnsafeCell};
+use core::fmt;
+use core::ptr;
+
+use crossbeam_utils::CachePadded;
+
+use crate::arch::Arch;
+use crate::ipiq::IpiRing;
+use crate::runq::RunQueue;
+use crate::sleep::SleepQueues;
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, OwnerCounter};
+use crate::thread::{tdf, Priority, Thread};
+
+/// Most CPUs one machine may have (the width of [`CpuMask`]).
+pub const MAX_CPUS: usize = 64;
+
+/// A CPU number, `0..ncpus`.
+///
+/// ```
+/// let c = lwkt_core::CpuId::new(3);
+/// assert_eq!(c.get(), 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CpuId(u32);
+
+impl CpuId {
+    /// CPU `n`. Whether it exists is checked where it is used.
+    pub const fn new(n: u32) -> CpuId {
+        CpuId(n)
+    }
+    /// The number.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+    /// The number as an index.
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for CpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cpu{}", self.0)
+    }
+}
+
+/// A set of CPUs (DragonFly `cpumask_t`), up to [`MAX_CPUS`].
+///
+/// ```
+/// use lwkt_core::{CpuId, CpuMask};
+/// let m = CpuMask::all(4).without(CpuId::new(1));
+/// assert_eq!(m.iter().map(|c| c.get()).collect::<Vec<_>>(), vec![0, 2, 3]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct CpuMask(pub u64);
+
+impl CpuMask {
+    /// No CPU.
+    pub const EMPTY: CpuMask = CpuMask(0);
+    /// CPUs `0..n`.
+    pub const fn all(n: usize) -> CpuMask {
+        if n >= 64 {
+            CpuMask(u64::MAX)
+        } else {
+            CpuMask((1u64 << n) - 1)
+        }
+    }
+    /// Just `c`.
+    pub const fn single(c: CpuId) -> CpuMask {
+        CpuMask(1 << c.0)
+    }
+    /// This set plus `c`.
+    pub const fn with(self, c: CpuId) -> CpuMask {
+        CpuMask(self.0 | 1 << c.0)
+    }
+    /// This set less `c`.
+    pub const fn without(self, c: CpuId) -> CpuMask {
+        CpuMask(self.0 & !(1 << c.0))
+    }
+    /// Is `c` in the set?
+    pub const fn contains(self, c: CpuId) -> bool {
+        self.0 & (1 << c.0) != 0
+    }
+    /// Is the set empty?
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The CPUs in the set, lowest first.
+    pub fn iter(self) -> impl Iterator<Item = CpuId> {
+        let mut m = self.0;
+        core::iter::from_fn(move || {
+            if m == 0 {
+                return None;
+            }
+            let i = m.trailing_zeros();
+            m &= m - 1;
+            Some(CpuId(i))
+        })
+    }
+}
+
+/// Per-CPU counters, written only by their CPU (plain stores), readable by
+/// anyone at any time.
+#[derive(Debug, Default)]
+pub struct CpuStats {
+    pub(crate) switches: OwnerCounter,
+    pub(crate) ipis_sent: OwnerCounter,
+    pub(crate) ipis_received: OwnerCounter,
+    pub(crate) kicks_sent: OwnerCounter,
+    pub(crate) kicks_avoided: OwnerCounter,
+    pub(crate) ring_full_waits: OwnerCounter,
+    pub(crate) threads_created: OwnerCounter,
+    pub(crate) threads_exited: OwnerCounter,
+}
+
+/// A copy of one CPU's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStatsSnapshot {
+    /// Thread switches (`lwkt_switch` that changed threads).
+    pub switches: u64,
+    /// IPI messages this CPU queued to other CPUs.
+    pub ipis_sent: u64,
+    /// IPI messages this CPU ran for others.
+    pub ipis_received: u64,
+    /// Hardware IPIs (kicks) this CPU sent.
+    pub kicks_sent: u64,
+    /// Messages that needed no kick because the target was already kicked
+    /// or polling: the batching DragonFly counts as `ipiq_avoided`.
+    pub kicks_avoided: u64,
+    /// Times a sender found a ring full and drained its own rings meanwhile
+    /// (`ipiq_fifofull`).
+    pub ring_full_waits: u64,
+    /// Threads created with this CPU as their home.
+    pub threads_created: u64,
+    /// Threads that exited on this CPU.
+    pub threads_exited: u64,
+    /// Threads living on this CPU now.
+    pub threads_live: u64,
+}
+
+/// Shared state of one machine: its CPUs, the N×N IPI rings, the backend.
+///
+/// A backend builds one with [`Machine::new`], then runs
+/// [`Cpu::idle_loop`] on each CPU. lwkt-core keeps raw pointers into it, so
+/// it must stay where it is, alive, until every CPU has left its idle loop.
+pub struct Machine {
+    pub(crate) arch: &'static dyn Arch,
+    pub(crate) cpus: *const Cpu,
+    pub(crate) ncpus: usize,
+    pub(crate) rings: *const IpiRing,
+    pub(crate) id: u64,
+    /// Which CPUs may have sleepers in each sleep-hash slot
+    /// (DragonFly `slpque_cpumasks[]`).
+    pub(crate) sleep_masks: [AtomicU64; crate::sleep::SLEEP_HASH],
+}
+
+// SAFETY: the raw pointers refer to the CPU blocks and rings, which are
+// themselves `Sync`; the machine only hands out shared references to them.
+unsafe impl Sync for Machine {}
+// SAFETY: as above.
+unsafe impl Send for Machine {}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine").field("ncpus", &self.ncpus).finish_non_exhaustive()
+    }
+}
+
+static MACHINE_IDS: AtomicUsizeStatic = AtomicUsizeStatic::new(1);
+struct AtomicUsizeStatic(core::sync::atomic::AtomicU64);
+impl AtomicUsizeStatic {
+    const fn new(v: u64) -> Self {
+        Self(core::sync::atomic::AtomicU64::new(v))
+    }
+}
+
+impl Machine {
+    /// The number of IPI rings a machine of `ncpus` CPUs needs (`ncpus²`).
+    pub const fn rings_needed(ncpus: usize) -> usize {
+        ncpus * ncpus
+    }
+
+    /// Describe a machine. Nothing runs until the backend wires it with
+    /// [`bind`](Machine::bind) and enters each CPU's idle loop.
+    ///
+    /// # Panics
+    /// If `cpus` is empty or longer than [`MAX_CPUS`], if CPU `i` does not
+    /// have id `i`, or if `rings` does not hold [`rings_needed`] rings.
+    ///
+    /// [`rings_needed`]: Machine::rings_needed
+    pub fn new(arch: &'static dyn Arch, cpus: &[Cpu], rings: &[IpiRing]) -> Machine {
+        assert!(!cpus.is_empty(), "lwkt: a machine needs at least one CPU");
+        assert!(cpus.len() <= MAX_CPUS, "lwkt: at most {MAX_CPUS} CPUs per machine");
+        assert_eq!(rings.len(), Self::rings_needed(cpus.len()), "lwkt: a machine needs ncpus^2 IPI rings");
+        for (i, c) in cpus.iter().enumerate() {
+            assert_eq!(c.id.index(), i, "lwkt: CPU blocks must be numbered 0..n in order");
+        }
+        Machine {
+            arch,
+            cpus: cpus.as_ptr(),
+            ncpus: cpus.len(),
+            rings: rings.as_ptr(),
+            id: MACHINE_IDS.0.fetch_add(1, Ordering::Relaxed),
+            sleep_masks: [const { AtomicU64::new(0) }; crate::sleep::SLEEP_HASH],
+        }
+    }
+
+    /// Point every CPU at this machine.
+    ///
+    /// # Safety
+    /// `self`, the CPU blocks and the rings given to [`new`](Machine::new)
+    /// stay at their addresses and alive until every CPU has returned from
+    /// [`Cpu::idle_loop`] and no thread of this machine runs; `bind` is
+    /// called once, before any CPU starts.
+    pub unsafe fn bind(&self) {
+        for c in self.cpu_slice() {
+            c.machine.set(self);
+            c.idle.gd.store(c as *const Cpu as *mut Cpu, Ordering::Relaxed);
+        }
+    }
+
+    /// Number of CPUs.
+    pub fn ncpus(&self) -> usize {
+        self.ncpus
+    }
+
+    pub(crate) fn cpu_slice(&self) -> &[Cpu] {
+        // SAFETY: `cpus..cpus+ncpus` are live CPU blocks (`bind` contract).
+        unsafe { core::slice::from_raw_parts(self.cpus, self.ncpus) }
+    }
+
+    /// CPU `c`, if it exists.
+    pub fn cpu(&self, c: CpuId) -> Option<&Cpu> {
+        self.cpu_slice().get(c.index())
+    }
+
+    /// The ring carrying messages from `src` to `dst`.
+    #[inline(always)]
+    pub(crate) fn ring(&self, src: CpuId, dst: CpuId) -> &IpiRing {
+        debug_assert!(src.index() < self.ncpus && dst.index() < self.ncpus);
+        // SAFETY: `rings` holds ncpus² live rings; the index is in range.
+        unsafe { &*self.rings.add(dst.index() * self.ncpus + src.index()) }
+    }
+}
+
+/// One CPU's block: its run queue, idle thread, request flags, IPI
+/// interlocks and counters.
+///
+/// Fields are touched by their CPU inside a critical section, except the
+/// atomics, which other CPUs use to signal it.
+pub struct Cpu {
+    id: CpuId,
+    pub(crate) machine: Cell<*const Machine>,
+    /// The running thread (`gd_curthread`); read by the interrupt path.
+    pub(crate) curthread: AtomicPtr<Thread>,
+    /// The thread that switched to the current one, for `finish_switch`.
+    pub(crate) prev: Cell<*mut Thread>,
+    pub(crate) runq: UnsafeCell<RunQueue>,
+    pub(crate) sleepq: UnsafeCell<SleepQueues>,
+    pub(crate) idle: Thread,
+    /// Deferred work for the next `crit_exit` (`gd_reqflags`).
+    pub(crate) reqflags: AtomicU32,
+    /// Depth of interrupt/IPI processing (`gd_intr_nesting_level`).
+    pub(crate) intr_nesting: Cell<u32>,
+    /// Sources with queued entries for this CPU (`gd_ipimask`).
+    pub(crate) ipimask: CachePadded<AtomicU64>,
+    /// "A kick is pending or the CPU is polling" (`gd_npoll`).
+    pub(crate) npoll: CachePadded<AtomicU32>,
+    pub(crate) processing_ipiq: Cell<u32>,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) live_threads: AtomicUsize,
+    pub(crate) stats: CpuStats,
+    /// Words for the backend's own per-CPU state.
+    arch_words: [AtomicUsize; 4],
+}
+
+// SAFETY: the `Cell`/`UnsafeCell` fields are touched only by code running on
+// this CPU inside a critical section (the scheduler's invariant, kept by the
+// `Cur`/`MyCpu` API, which can only be had on this CPU); everything other CPUs
+// touch is atomic.
+unsafe impl Sync for Cpu {}
+// SAFETY: as above; a backend moves CPU blocks only before they start.
+unsafe impl Send for Cpu {}
+
+impl fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cpu").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// The backend that made `Cpu::new`'s idle thread; replaced at `bind`.
+struct NoArch;
+// SAFETY: never used to run anything: `Cpu::new` needs an `Arch` for its idle
+// block, and every use goes through the machine's real backend after `bind`.
+unsafe impl Arch for NoArch {
+    fn current_cpu(&self) -> Option<core::ptr::NonNull<Cpu>> {
+        None
+    }
+    unsafe fn init_context(&self, _: &crate::Context, _: crate::Stack, _: crate::EntryFn, _: usize) {}
+    unsafe fn switch(&self, _: &crate::Context, _: &crate::Context) {
+        unreachable!("lwkt: switch before Machine::bind")
+    }
+    fn alloc_stack(&self, _: usize) -> Option<crate::Stack> {
+        None
+    }
+    unsafe fn free_stack(&self, _: crate::Stack) {}
+    fn kick(&self, _: &Cpu) {}
+    fn idle_wait(&self, _: &Cpu) {}
+    fn cycles(&self) -> u64 {
+        0
+    }
+}
+static NO_ARCH: NoArch = NoArch;
+
+impl Cpu {
+    /// A fresh CPU block for CPU `id`.
+    pub fn new(id: CpuId) -> Cpu {
+        assert!(id.index() < MAX_CPUS, "lwkt: CPU {} is beyond MAX_CPUS ({MAX_CPUS})", id.get());
+        let idle = Thread::new(&NO_ARCH, 0, ptr::null(), id, Priority(0), None, "idle");
+        idle.flags.set(tdf::IDLE);
+        Cpu {
+            id,
+            machine: Cell::new(ptr::null()),
+            curthread: AtomicPtr::new(ptr::null_mut()),
+            prev: Cell::new(ptr::null_mut()),
+            runq: UnsafeCell::new(RunQueue::new()),
+            sleepq: UnsafeCell::new(SleepQueues::new()),
+            idle,
+            reqflags: AtomicU32::new(0),
+            intr_nesting: Cell::new(0),
+            ipimask: CachePadded::new(AtomicU64::new(0)),
+            npoll: CachePadded::new(AtomicU32::new(0)),
+            processing_ipiq: Cell::new(0),
+            shutdown: AtomicBool::new(false),
+            live_threads: AtomicUsize::new(0),
+            stats: CpuStats::default(),
+            arch_words: [const { AtomicUsize::new(0) }; 4],
+        }
+    }
+
+    /// This CPU's number.
+    pub fn id(&self) -> CpuId {
+        self.id
+    }
+
+    /// The machine this CPU belongs to.
+    #[inline(always)]
+    pub(crate) fn machine(&self) -> &Machine {
+        let m = self.machine.get();
+        assert!(!m.is_null(), "lwkt: CPU used before Machine::bind");
+        // SAFETY: set by `bind`, whose contract keeps the machine alive.
+        unsafe { &*m }
+    }
+
+    /// Backend word `i` (0..4): per-CPU state the backend keeps here.
+    pub fn arch_word(&self, i: usize) -> &AtomicUsize {
+        &self.arch_words[i]
+    }
+
+    /// A copy of this CPU's counters (safe to read from anywhere).
+    pub fn stats(&self) -> CpuStatsSnapshot {
+        let s = &self.stats;
+        CpuStatsSnapshot {
+            switches: s.switches.get(),
+            ipis_sent: s.ipis_sent.get(),
+            ipis_received: s.ipis_received.get(),
+            kicks_sent: s.kicks_sent.get(),
+            kicks_avoided: s.kicks_avoided.get(),
+            ring_full_waits: s.ring_full_waits.get(),
+            threads_created: s.threads_created.get(),
+            threads_exited: s.threads_exited.get(),
+            threads_live: self.live_threads.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    /// True when an interrupt-level event waits for this CPU: queued IPI
+    /// messages, a deferred request, or shutdown. A backend's
+    /// [`Arch::idle_wait`] must not sleep while this holds.
+    pub fn has_pending(&self) -> bool {
+        self.ipimask.load(Ordering::SeqCst) != 0
+            || self.reqflags.load(Ordering::SeqCst) & crate::crit::rqf::IDLECHECK != 0
+            || self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Ask this CPU's idle loop to return once it has nothing left to run.
+    /// Threads still blocked then are reported by the backend as never exited.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.machine().arch.kick(self);
+    }
+
+    /// Threads that live on this CPU now (created or migrated here, not exited).
+    pub fn live_threads(&self) -> usize {
+        self.live_threads.load(Ordering::Relaxed)
+    }
+
+    /// The current thread.
+    #[inline(always)]
+    pub(crate) fn cur(&self) -> &Thread {
+        // SAFETY: `curthread` is set before the CPU runs anything and always
+        // names a live thread of this CPU (the running one).
+        unsafe { &*self.curthread.load(Ordering::Relaxed) }
+    }
+
+    /// Owner, in a critical section: the run queue.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(crate) unsafe fn runq(&self) -> &mut RunQueue {
+        // SAFETY: the caller runs on this CPU inside a critical section, so no
+        // other code (thread or interrupt) touches the queue meanwhile, and it
+        // does not hold another reference across a call that could.
+        unsafe { &mut *self.runq.get() }
+    }
+
+    /// Owner, in a critical section: the sleep queues.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(crate) unsafe fn sleepq(&self) -> &mut SleepQueues {
+        // SAFETY: as for `runq`.
+        unsafe { &mut *self.sleepq.get() }
+    }
+}
+
+impl Cpu {
+    /// The running thread's stack and name (for a backend's fault handler:
+    /// "which thread overflowed its stack"). `None` for the idle thread.
+    pub fn current_stack(&self) -> Option<(crate::Stack, &'static str)> {
+        let t = self.curthread.load(Ordering::Relaxed);
+        if t.is_null() {
+            return None;
+        }
+        // SAFETY: `curthread` names the live running thread; `stack` and
+        // `name` never change after creation.
+        let t = unsafe { &*t };
+        t.stack.map(|s| (s, t.name))
+    }
+}

@@ -1,0 +1,71 @@
+//! Critical sections: a per-thread counter, no atomic read-modify-write and
+//! no interrupt masking.
+//!
+//! DragonFly: `crit_enter()`, `crit_exit()`, `td_critcount`, `splz()`.
+//!
+//! An interrupt or IPI that arrives while the current thread's count is
+//! non-zero is only recorded (a bit in the CPU's request flags); the final
+//! `crit_exit` sees the bit and runs the deferred work. The count belongs to
+//! the thread, so a thread may block inside a critical section: the next
+//! thread runs with its own count.
+//!
+//! The counter is an atomic only so that the interrupt handler, which runs
+//! on the same CPU, may read it without a data race; it is updated with a
+//! plain load and store, which compile to an ordinary increment.
+
+use crate::sync::{signal_fence, AtomicU32, Ordering};
+
+/// Request-flag bits (`gd_reqflags`): work recorded for the next `crit_exit`.
+pub(crate) mod rqf {
+    /// IPI ring work is pending (DragonFly `RQF_IPIQ`).
+    pub(crate) const IPIQ: u32 = 1 << 0;
+    /// A deferred interrupt is pending (DragonFly `RQF_INTPEND`).
+    pub(crate) const INTPEND: u32 = 1 << 1;
+    /// A higher-priority thread became runnable (DragonFly `RQF_AST_LWKT_RESCHED`).
+    pub(crate) const RESCHED: u32 = 1 << 5;
+    /// What `crit_exit` tests (DragonFly `RQF_IDLECHECK_MASK`).
+    pub(crate) const IDLECHECK: u32 = IPIQ | INTPEND;
+}
+
+/// Raises a critical-section count. DragonFly: `crit_enter_quick()`.
+#[inline(always)]
+pub(crate) fn enter(count: &AtomicU32) {
+    let c = count.load(Ordering::Relaxed);
+    assert!(c != u32::MAX, "lwkt: critical-section count overflow");
+    count.store(c + 1, Ordering::Relaxed);
+    signal_fence();
+}
+
+/// Lowers a critical-section count; returns true when it reached zero and
+/// `reqflags` has deferred work, in which case the caller must run it.
+/// DragonFly: `crit_exit_quick()` (the test of `gd_reqflags`).
+#[inline(always)]
+pub(crate) fn exit(count: &AtomicU32, reqflags: &AtomicU32) -> bool {
+    signal_fence();
+    let c = count.load(Ordering::Relaxed);
+    if c == 0 {
+        crit_underflow();
+    }
+    count.store(c - 1, Ordering::Relaxed);
+    signal_fence();
+    c == 1 && reqflags.load(Ordering::Relaxed) & rqf::IDLECHECK != 0
+}
+
+#[cold]
+#[inline(never)]
+fn crit_underflow() -> ! {
+    panic!("lwkt: crit_exit without a matching crit_enter (critical-section count would go negative)")
+}
+
+/// What an interrupt does on arrival: run now (true; the handler must raise
+/// the count around its work) or record the request bit for the final
+/// `crit_exit` (false). DragonFly: the `td_critcount` test in `Xipiq`.
+#[inline]
+pub(crate) fn interrupt_arrives(count: &AtomicU32, nesting: u32, reqflags: &AtomicU32, bit: u32) -> bool {
+    if count.load(Ordering::Relaxed) != 0 || nesting != 0 {
+        reqflags.fetch_or(bit, Ordering::Relaxed);
+        false
+    } else {
+        true
+    }
+}

@@ -1,0 +1,231 @@
+//! IPI message queues: one SPSC ring per (source, target) CPU pair carrying
+//! function-plus-arguments messages, and the interlock that sends a
+//! hardware IPI only when the target needs one.
+//!
+//! DragonFly: `lwkt_send_ipiq3()`, `lwkt_process_ipiq()`, `gd_ipimask`,
+//! `gd_npoll`, `lwkt_ipiq`.
+//!
+//! Sending: write the ring (one Release store), make sure the source's bit is
+//! set in the target's `ipimask`, and kick the target only if its `npoll`
+//! interlock was clear. Both checks first *read* the shared word and write
+//! it only when it must change, after a full fence, so a stream of messages
+//! to a busy target costs a ring write and two reads of mostly-unchanged
+//! lines, and one kick per batch.
+//!
+//! Receiving: clear `npoll` (so later senders kick again), then for every
+//! source in `ipimask` drain its ring, clear the bit, and re-check the ring
+//! (a sender may have seen the bit still set and skipped setting it).
+//!
+//! A full ring makes the sender drain its own incoming rings while it waits,
+//! so two CPUs flooding each other cannot deadlock.
+
+mod ring;
+
+pub use ring::Ring;
+
+use crate::cpu::{Cpu, CpuId, CpuMask};
+use crate::sync::{fence_seqcst, AtomicU32, AtomicU64, Ordering};
+use crate::MyCpu;
+
+/// Entries per IPI ring (DragonFly `MAXCPUFIFO`).
+pub const IPIQ_SIZE: usize = 256;
+
+/// A function run on the target CPU, in interrupt context (inside a
+/// critical section, not allowed to block), with two argument words.
+///
+/// DragonFly: `ipifunc3_t`.
+pub type IpiFn = fn(MyCpu<'_>, usize, usize);
+
+/// One IPI message.
+#[derive(Clone, Copy)]
+pub struct IpiMsg {
+    /// What to run.
+    pub func: IpiFn,
+    /// First argument.
+    pub arg1: usize,
+    /// Second argument.
+    pub arg2: usize,
+}
+
+impl core::fmt::Debug for IpiMsg {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IpiMsg")
+            .field("func", &(self.func as *const ()))
+            .field("arg1", &self.arg1)
+            .field("arg2", &self.arg2)
+            .finish()
+    }
+}
+
+/// The ring type between two CPUs.
+pub type IpiRing = Ring<IpiMsg, IPIQ_SIZE>;
+
+/// Errors from sending an IPI message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpiError {
+    /// The target CPU does not exist.
+    NoSuchCpu {
+        /// The CPU asked for.
+        cpu: CpuId,
+        /// How many CPUs the machine has.
+        ncpus: usize,
+    },
+}
+
+impl core::fmt::Display for IpiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            IpiError::NoSuchCpu { cpu, ncpus } => {
+                write!(f, "lwkt: no CPU {} on this machine (CPUs 0..{ncpus})", cpu.get())
+            }
+        }
+    }
+}
+
+/// The target-side interlock words: who has queued work here, and whether a
+/// kick is outstanding. Split out of [`Cpu`] so the loom model runs exactly
+/// this code.
+pub(crate) struct Doorbell<'a> {
+    pub(crate) ipimask: &'a AtomicU64,
+    pub(crate) npoll: &'a AtomicU32,
+}
+
+impl Doorbell<'_> {
+    /// Sender, after publishing ring entries: mark source `src` and decide
+    /// whether the target needs a kick (true) or one is already pending.
+    #[inline]
+    pub(crate) fn ring(&self, src: CpuId) -> bool {
+        let bit = CpuMask::single(src).0;
+        // Orders the ring publication before the reads below; pairs with the
+        // receiver's RMWs on `npoll` and `ipimask` before it re-reads rings.
+        fence_seqcst();
+        if self.ipimask.load(Ordering::SeqCst) & bit == 0 {
+            self.ipimask.fetch_or(bit, Ordering::SeqCst);
+        }
+        self.npoll.load(Ordering::SeqCst) == 0 && self.npoll.swap(1, Ordering::SeqCst) == 0
+    }
+
+    /// Receiver, before scanning: later senders must kick again.
+    #[inline]
+    pub(crate) fn begin_poll(&self) {
+        if self.npoll.load(Ordering::Relaxed) != 0 {
+            self.npoll.swap(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Receiver: sources that have queued work.
+    #[inline]
+    pub(crate) fn pending(&self) -> u64 {
+        self.ipimask.load(Ordering::Acquire)
+    }
+
+    /// Receiver, after draining `src`'s ring: clear its bit; the caller must
+    /// then re-check the ring and call [`rearm`](Self::rearm) if it is not empty.
+    #[inline]
+    pub(crate) fn drained(&self, src: u32) {
+        self.ipimask.fetch_and(!(1u64 << src), Ordering::SeqCst);
+    }
+
+    /// Receiver: `src`'s ring refilled after `drained`.
+    #[inline]
+    pub(crate) fn rearm(&self, src: u32) {
+        self.ipimask.fetch_or(1u64 << src, Ordering::SeqCst);
+    }
+}
+
+impl Cpu {
+    pub(crate) fn doorbell(&self) -> Doorbell<'_> {
+        Doorbell {
+            ipimask: &self.ipimask,
+            npoll: &self.npoll,
+        }
+    }
+}
+
+/// Queue `msgs` from `gd` to `target` and kick it if needed. With
+/// `gd == target` the functions run at once.
+///
+/// # Safety
+/// Runs on `gd` inside a critical section (the ring's single-producer rule).
+pub(crate) unsafe fn send(gd: &Cpu, target: CpuId, msgs: &[IpiMsg]) -> Result<(), IpiError> {
+    let m = gd.machine();
+    let Some(tgd) = m.cpu(target) else {
+        return Err(IpiError::NoSuchCpu { cpu: target, ncpus: m.ncpus });
+    };
+    if target == gd.id() {
+        for msg in msgs {
+            (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2);
+        }
+        return Ok(());
+    }
+    let ring = m.ring(gd.id(), target);
+    let mut rest = msgs;
+    let mut spins = 0u32;
+    while !rest.is_empty() {
+        // SAFETY: only code on `gd` in a critical section pushes to this ring.
+        let n = unsafe { ring.push_batch(rest) };
+        rest = &rest[n..];
+        if n > 0 {
+            gd.stats.ipis_sent.add(n as u64);
+            announce(gd, tgd);
+        }
+        if !rest.is_empty() {
+            // Full: let the target see what we queued, and drain our own
+            // incoming rings meanwhile; the target may be waiting on us.
+            gd.stats.ring_full_waits.add(1);
+            // SAFETY: on `gd` in a critical section (caller).
+            unsafe { process(gd) };
+            m.arch.pause(spins);
+            spins = spins.wrapping_add(1);
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn announce(gd: &Cpu, tgd: &Cpu) {
+    if tgd.doorbell().ring(gd.id()) {
+        gd.stats.kicks_sent.add(1);
+        gd.machine().arch.kick(tgd);
+    } else {
+        gd.stats.kicks_avoided.add(1);
+    }
+}
+
+/// Run every queued message for `gd` (DragonFly `lwkt_process_ipiq`).
+///
+/// # Safety
+/// Runs on `gd` inside a critical section (the rings' single-consumer rule).
+pub(crate) unsafe fn process(gd: &Cpu) {
+    let db = gd.doorbell();
+    db.begin_poll();
+    let mut mask = db.pending();
+    if mask == 0 {
+        return;
+    }
+    let m = gd.machine();
+    gd.processing_ipiq.set(gd.processing_ipiq.get() + 1);
+    gd.intr_nesting.set(gd.intr_nesting.get() + 1);
+    while mask != 0 {
+        let src = mask.trailing_zeros();
+        mask &= mask - 1;
+        let ring = m.ring(CpuId::new(src), gd.id());
+        loop {
+            // SAFETY: only code on `gd` in a critical section pops this ring.
+            while let Some(msg) = unsafe { ring.pop() } {
+                gd.stats.ipis_received.add(1);
+                (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2);
+            }
+            db.drained(src);
+            if ring.is_empty() {
+                break;
+            }
+            db.rearm(src);
+        }
+    }
+    gd.intr_nesting.set(gd.intr_nesting.get() - 1);
+    gd.processing_ipiq.set(gd.processing_ipiq.get() - 1);
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests;

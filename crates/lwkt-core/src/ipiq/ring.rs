@@ -1,0 +1,233 @@
+//! The single-producer single-consumer ring under each (source, target) CPU
+//! pair: one cell of the paper's "software crossbar".
+//!
+//! DragonFly: `struct lwkt_ipiq` (`ip_windex`, `ip_rindex`, `ip_info[]`).
+//!
+//! Indices are free-running `u32`s; a slot is `index % N`. The producer owns
+//! `windex` and the consumer owns `rindex`; each side keeps a private cache of
+//! the other's index so that it reads the other side's cache line only when
+//! the cached value says the ring looks full (producer) or empty (consumer).
+//! A push publishes with one Release store; a batch publishes once for many
+//! entries, which is what makes batched sends cheap.
+
+use core::mem::MaybeUninit;
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicU32, Ordering, UnsafeCell};
+
+/// A bounded SPSC ring of `N` entries of `T` (`N` a power of two).
+///
+/// Exactly one producer and one consumer may use it at a time; that is why
+/// [`push`](Self::push) and [`pop`](Self::pop) are `unsafe`. lwkt-core keeps
+/// the contract by giving the ring from CPU `s` to CPU `t` only to code running
+/// on `s` (producer) and on `t` (consumer), inside a critical section.
+///
+/// The consumer side may be re-entered by the consumer itself (an IPI
+/// callback that drains the same ring while an outer drain is running), as
+/// DragonFly's nested `lwkt_process_ipiq` does: `pop` frees the slot before
+/// returning the entry and re-reads its index every time.
+///
+/// # Examples
+///
+/// ```
+/// use lwkt_core::ipiq::Ring;
+/// let ring: Ring<u32, 4> = Ring::new();
+/// // SAFETY: this test is the only producer and the only consumer.
+/// unsafe {
+///     assert!(ring.push(7).is_ok());
+///     assert_eq!(ring.pop(), Some(7));
+///     assert_eq!(ring.pop(), None);
+/// }
+/// ```
+pub struct Ring<T: Copy, const N: usize> {
+    /// Producer side: the index it writes next, published to the consumer.
+    windex: CachePadded<AtomicU32>,
+    /// Producer-private cache of `rindex`.
+    rcache: CachePadded<UnsafeCell<u32>>,
+    /// Consumer side: the index it reads next, published to the producer.
+    rindex: CachePadded<AtomicU32>,
+    /// Consumer-private cache of `windex`.
+    wcache: CachePadded<UnsafeCell<u32>>,
+    slots: [UnsafeCell<MaybeUninit<T>>; N],
+}
+
+// SAFETY: the ring hands `T` values from the producer's thread to the
+// consumer's, so `T: Send` is required; every slot is accessed by one side at
+// a time, ordered by the Release/Acquire index protocol (see `push`/`pop`).
+unsafe impl<T: Copy + Send, const N: usize> Sync for Ring<T, N> {}
+// SAFETY: as above; owning a ring only owns `T` values.
+unsafe impl<T: Copy + Send, const N: usize> Send for Ring<T, N> {}
+
+impl<T: Copy, const N: usize> core::fmt::Debug for Ring<T, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ring")
+            .field("capacity", &N)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl<T: Copy, const N: usize> Default for Ring<T, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy, const N: usize> Ring<T, N> {
+    const CHECK: () = assert!(
+        N.is_power_of_two() && N <= (1 << 30),
+        "ring capacity must be a power of two"
+    );
+
+    /// An empty ring.
+    ///
+    /// ```
+    /// let r: lwkt_core::ipiq::Ring<usize, 8> = lwkt_core::ipiq::Ring::new();
+    /// assert!(r.is_empty());
+    /// ```
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::CHECK;
+        Self {
+            windex: CachePadded::new(AtomicU32::new(0)),
+            rcache: CachePadded::new(UnsafeCell::new(0)),
+            rindex: CachePadded::new(AtomicU32::new(0)),
+            wcache: CachePadded::new(UnsafeCell::new(0)),
+            slots: [const { UnsafeCell::new(MaybeUninit::uninit()) }; N],
+        }
+    }
+
+    /// An empty ring (loom build: loom's cells are not `const`).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::CHECK;
+        Self {
+            windex: CachePadded::new(AtomicU32::new(0)),
+            rcache: CachePadded::new(UnsafeCell::new(0)),
+            rindex: CachePadded::new(AtomicU32::new(0)),
+            wcache: CachePadded::new(UnsafeCell::new(0)),
+            slots: core::array::from_fn(|_| UnsafeCell::new(MaybeUninit::uninit())),
+        }
+    }
+
+    /// Capacity in entries.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+
+    /// Entries queued now (a snapshot; exact only for a quiescent ring).
+    pub fn len(&self) -> usize {
+        let w = self.windex.load(Ordering::Acquire);
+        let r = self.rindex.load(Ordering::Acquire);
+        w.wrapping_sub(r) as usize
+    }
+
+    /// True when nothing is queued (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Free slots as the producer sees them, refreshing its cache of the
+    /// consumer's index only when the cache says fewer than `want` are free.
+    ///
+    /// # Safety
+    /// Producer only.
+    #[inline]
+    unsafe fn free_slots(&self, w: u32, want: u32) -> u32 {
+        // SAFETY: rcache is producer-private (caller is the producer).
+        let cached = self.rcache.with(|p| unsafe { *p });
+        let free = N as u32 - w.wrapping_sub(cached);
+        if free >= want {
+            return free;
+        }
+        let r = self.rindex.load(Ordering::Acquire);
+        // SAFETY: as above.
+        self.rcache.with_mut(|p| unsafe { *p = r });
+        N as u32 - w.wrapping_sub(r)
+    }
+
+    /// Fill level as the producer sees it (refreshes its cache).
+    ///
+    /// # Safety
+    /// Producer only.
+    pub unsafe fn producer_len(&self) -> usize {
+        let w = self.windex.load(Ordering::Relaxed);
+        // SAFETY: forwarded producer contract.
+        N - unsafe { self.free_slots(w, N as u32 + 1) } as usize
+    }
+
+    /// Appends `v` and publishes it; gives `v` back if the ring is full.
+    ///
+    /// # Safety
+    /// Only one producer may call `push`/`push_batch`/`producer_len` on a
+    /// ring, ever at a time.
+    #[inline]
+    pub unsafe fn push(&self, v: T) -> Result<(), T> {
+        let w = self.windex.load(Ordering::Relaxed);
+        // SAFETY: forwarded producer contract.
+        if unsafe { self.free_slots(w, 1) } == 0 {
+            return Err(v);
+        }
+        self.slots[(w as usize) & (N - 1)].with_mut(|p| {
+            // SAFETY: slot `w` is free (the consumer's Release store of
+            // `rindex` past it, read with Acquire in `free_slots`, ordered its
+            // last read before this write) and only the producer writes it.
+            unsafe { (*p).write(v) };
+        });
+        self.windex.store(w.wrapping_add(1), Ordering::Release);
+        Ok(())
+    }
+
+    /// Appends as many items of `items` as fit and publishes them with one
+    /// store; returns how many were taken.
+    ///
+    /// # Safety
+    /// Same contract as [`push`](Self::push).
+    #[inline]
+    pub unsafe fn push_batch(&self, items: &[T]) -> usize {
+        let w = self.windex.load(Ordering::Relaxed);
+        // SAFETY: forwarded producer contract.
+        let free = unsafe { self.free_slots(w, items.len() as u32) } as usize;
+        let n = free.min(items.len());
+        for (i, v) in items[..n].iter().enumerate() {
+            let idx = w.wrapping_add(i as u32) as usize & (N - 1);
+            // SAFETY: as in `push`, for each of the `n` free slots.
+            self.slots[idx].with_mut(|p| unsafe { (*p).write(*v) });
+        }
+        if n > 0 {
+            self.windex
+                .store(w.wrapping_add(n as u32), Ordering::Release);
+        }
+        n
+    }
+
+    /// Takes the oldest entry, freeing its slot before returning it.
+    ///
+    /// # Safety
+    /// Only one consumer may call `pop` on a ring (it may re-enter itself on
+    /// the same thread of control, as a nested interrupt does).
+    #[inline]
+    pub unsafe fn pop(&self) -> Option<T> {
+        let r = self.rindex.load(Ordering::Relaxed);
+        // SAFETY: wcache is consumer-private.
+        let mut w = self.wcache.with(|p| unsafe { *p });
+        if w == r {
+            w = self.windex.load(Ordering::Acquire);
+            // SAFETY: as above.
+            self.wcache.with_mut(|p| unsafe { *p = w });
+            if w == r {
+                return None;
+            }
+        }
+        let v = self.slots[(r as usize) & (N - 1)].with(|p| {
+            // SAFETY: `r != w`: the producer wrote this slot before its
+            // Release store of `windex` past it, which we read with Acquire.
+            unsafe { (*p).assume_init_read() }
+        });
+        self.rindex.store(r.wrapping_add(1), Ordering::Release);
+        Some(v)
+    }
+}

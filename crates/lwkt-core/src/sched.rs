@@ -1,0 +1,982 @@
+//! The per-CPU scheduler: switch, yield, schedule/deschedule, priorities,
+//! creation, exit, migration, and the idle loop.
+//!
+//! DragonFly: `lwkt_switch()`, `lwkt_yield()`, `lwkt_schedule()`,
+//! `lwkt_deschedule()`, `lwkt_setpri_self()`, `lwkt_create()`, `lwkt_exit()`,
+//! `lwkt_setcpu_self()`, `cpu_idle()`, `Xipiq`/`splz()`.
+//!
+//! Rules kept here:
+//! - a thread runs only on its own CPU (`td_gd`); every change to another
+//!   CPU's threads travels as an IPI message to that CPU;
+//! - run queues and sleep queues are touched only by their CPU, inside a
+//!   critical section; interrupts that arrive meanwhile are deferred;
+//! - a running thread stays on its run queue; `switch` picks the head of
+//!   the highest non-empty priority, which may be the caller itself.
+
+use core::marker::PhantomData;
+use core::mem::{align_of, size_of};
+use core::ptr::{self, NonNull};
+
+use crate::arch::Stack;
+use crate::cpu::{Cpu, CpuId, CpuStatsSnapshot};
+use crate::crit;
+use crate::ipiq::{self, IpiError, IpiFn, IpiMsg};
+use crate::sleep;
+use crate::sync::Ordering;
+use crate::thread::{tdf, Priority, SpawnError, Thread, ThreadHandle, MPF_EXITED};
+
+/// Smallest stack left for a thread's own frames after its thread block and
+/// closure are placed at the top of its stack.
+pub const MIN_STACK: usize = 8 * 1024;
+
+/// Default stack size for [`Cur::spawn_on`].
+pub const DEFAULT_STACK: usize = 64 * 1024;
+
+/// The running thread's handle: proof that the code holding it runs as this
+/// thread, on its CPU. Every thread body receives `&mut Cur`.
+///
+/// Everything that may block or switch takes `&mut Cur`; everything that
+/// only looks takes `&Cur`. So a borrow obtained from `&Cur` (the current CPU
+/// as [`MyCpu`], a critical-section guard, token-protected data in
+/// lwkt-token) cannot live across a point where the thread may block, move
+/// to another CPU, or let other threads run: the borrow checker rejects it.
+///
+/// ```compile_fail
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+///     let my = cur.my_cpu();      // borrows `cur`
+///     cur.yield_now();            // error: `cur` is borrowed by `my`
+///     my.id();
+/// });
+/// ```
+///
+/// `Cur` cannot leave its OS thread or CPU:
+///
+/// ```compile_fail
+/// fn needs_send<T: Send>(_: T) {}
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| needs_send(cur));
+/// ```
+pub struct Cur {
+    td: NonNull<Thread>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl core::fmt::Debug for Cur {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Cur").field("thread", self.td()).finish()
+    }
+}
+
+/// The current CPU, borrowed in a context pinned to it (a thread through
+/// [`Cur::my_cpu`], or an IPI function's argument). Cheap to copy, not
+/// `Send`, and unable to outlive the context it came from.
+///
+/// DragonFly: `mycpu` / `globaldata_t`.
+#[derive(Clone, Copy)]
+pub struct MyCpu<'a> {
+    gd: &'a Cpu,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl core::fmt::Debug for MyCpu<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("MyCpu").field(&self.gd.id()).finish()
+    }
+}
+
+impl<'a> MyCpu<'a> {
+    pub(crate) fn new(gd: &'a Cpu) -> Self {
+        MyCpu {
+            gd,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// This CPU's number.
+    pub fn id(self) -> CpuId {
+        self.gd.id()
+    }
+
+    /// How many CPUs the machine has.
+    pub fn ncpus(self) -> usize {
+        self.gd.machine().ncpus
+    }
+
+    /// This CPU's counters.
+    pub fn stats(self) -> CpuStatsSnapshot {
+        self.gd.stats()
+    }
+
+    /// Counters of any CPU of this machine.
+    pub fn cpu_stats(self, c: CpuId) -> Option<CpuStatsSnapshot> {
+        self.gd.machine().cpu(c).map(Cpu::stats)
+    }
+
+    /// The backend's cycle counter.
+    pub fn cycles(self) -> u64 {
+        self.gd.machine().arch.cycles()
+    }
+
+    fn crit<R>(self, f: impl FnOnce() -> R) -> R {
+        let td = self.gd.cur();
+        crit::enter(&td.critcount);
+        let r = f();
+        crit_exit_td(td);
+        r
+    }
+
+    /// Make `h` runnable on its CPU: directly when it lives here, by IPI
+    /// message otherwise. DragonFly: `lwkt_schedule()`.
+    ///
+    /// # Panics
+    /// If `h` belongs to another machine.
+    pub fn schedule(self, h: &ThreadHandle) {
+        let td = h.thread();
+        self.check_machine(td);
+        self.crit(|| {
+            // SAFETY: on this CPU in a critical section; `td` is held by `h`.
+            unsafe { schedule_any(self.gd, td) }
+        });
+    }
+
+    /// Take `h` off its CPU's run queue (it keeps running until it next
+    /// switches, if it is running now). DragonFly: `lwkt_deschedule()`.
+    ///
+    /// # Panics
+    /// If `h` belongs to another machine.
+    pub fn deschedule(self, h: &ThreadHandle) {
+        let td = h.thread();
+        self.check_machine(td);
+        self.crit(|| {
+            // SAFETY: as in `schedule`.
+            unsafe { deschedule_any(self.gd, td) }
+        });
+    }
+
+    /// Wake every thread sleeping on `chan` on every CPU.
+    /// DragonFly: `wakeup()`.
+    pub fn wakeup(self, chan: usize) {
+        self.crit(|| {
+            // SAFETY: on this CPU in a critical section.
+            unsafe { sleep::wakeup_local(self.gd, chan) };
+            for c in sleep::remote_sleepers(self.gd, chan).iter() {
+                // SAFETY: as above.
+                let r = unsafe { ipiq::send(self.gd, c, &[IpiMsg { func: wakeup_remote, arg1: chan, arg2: 0 }]) };
+                debug_assert!(r.is_ok());
+            }
+        });
+    }
+
+    /// Queue `func(arg1, arg2)` to run on `target` in interrupt context (in
+    /// a critical section; it must not block). On this CPU it runs at once.
+    /// DragonFly: `lwkt_send_ipiq3()`.
+    pub fn send_ipi(self, target: CpuId, func: IpiFn, arg1: usize, arg2: usize) -> Result<(), IpiError> {
+        self.send_ipi_batch(target, &[IpiMsg { func, arg1, arg2 }])
+    }
+
+    /// Queue several messages to `target` with one ring publication and at
+    /// most one kick.
+    pub fn send_ipi_batch(self, target: CpuId, msgs: &[IpiMsg]) -> Result<(), IpiError> {
+        self.crit(|| {
+            // SAFETY: on this CPU in a critical section.
+            unsafe { ipiq::send(self.gd, target, msgs) }
+        })
+    }
+
+    /// Run queued IPI messages now (DragonFly `lwkt_process_ipiq()`),
+    /// for code that polls.
+    pub fn process_ipis(self) {
+        self.crit(|| {
+            // SAFETY: on this CPU in a critical section.
+            unsafe { ipiq::process(self.gd) }
+        });
+    }
+
+    fn check_machine(self, td: &Thread) {
+        assert!(
+            td.machine_id == self.gd.machine().id,
+            "lwkt: thread handle of another machine used on this one"
+        );
+    }
+
+    pub(crate) fn cpu(self) -> &'a Cpu {
+        self.gd
+    }
+}
+
+/// A critical section, left when dropped. `#[must_use]`, not `Send`.
+///
+/// DragonFly: `crit_enter()` ... `crit_exit()`.
+///
+/// ```
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+///     let g = cur.crit();
+///     assert_eq!(cur.crit_count(), 1);
+///     drop(g);
+///     assert_eq!(cur.crit_count(), 0);
+/// });
+/// ```
+#[must_use = "a critical section ends when its guard is dropped"]
+pub struct CritGuard<'a> {
+    td: &'a Thread,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Drop for CritGuard<'_> {
+    fn drop(&mut self) {
+        crit_exit_td(self.td);
+    }
+}
+
+impl core::fmt::Debug for CritGuard<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("CritGuard")
+    }
+}
+
+#[inline(always)]
+pub(crate) fn crit_exit_td(td: &Thread) {
+    let gd = td.gd();
+    if crit::exit(&td.critcount, &gd.reqflags) {
+        splz_from_thread(td);
+    }
+}
+
+/// Run deferred work at the final `crit_exit` (DragonFly `splz()`).
+#[cold]
+#[inline(never)]
+fn splz_from_thread(td: &Thread) {
+    crit::enter(&td.critcount);
+    let gd = td.gd();
+    // SAFETY: on `gd` (the current thread's CPU), in a critical section.
+    unsafe { splz(gd) };
+    // The count goes 1 -> 0 without re-checking: anything that arrived while
+    // we ran set a request bit and will be seen by the next interrupt or exit.
+    if crit::exit(&td.critcount, &gd.reqflags) {
+        splz_from_thread(td);
+    }
+}
+
+/// Drain deferred requests. DragonFly `splz()`.
+///
+/// # Safety
+/// On `gd`, in a critical section.
+pub(crate) unsafe fn splz(gd: &Cpu) {
+    loop {
+        let f = gd.reqflags.load(Ordering::Relaxed);
+        if f & crit::rqf::IDLECHECK != 0 {
+            gd.reqflags.fetch_and(!crit::rqf::IDLECHECK, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded.
+        unsafe { ipiq::process(gd) };
+        if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK == 0 {
+            break;
+        }
+    }
+}
+
+impl Cur {
+    fn td(&self) -> &Thread {
+        // SAFETY: the running thread's block is alive while it runs.
+        unsafe { self.td.as_ref() }
+    }
+
+    /// The current CPU, for operations that do not block.
+    #[inline]
+    pub fn my_cpu(&self) -> MyCpu<'_> {
+        MyCpu::new(self.td().gd())
+    }
+
+    /// This thread's CPU.
+    pub fn cpu_id(&self) -> CpuId {
+        self.td().gd().id()
+    }
+
+    /// This thread's name.
+    pub fn name(&self) -> &'static str {
+        self.td().name
+    }
+
+    /// This thread's priority.
+    pub fn priority(&self) -> Priority {
+        self.td().pri.get()
+    }
+
+    /// Times this thread has been switched to.
+    pub fn switch_count(&self) -> u64 {
+        self.td().switches.get()
+    }
+
+    /// A handle to this thread, to give to others (for example to wake it).
+    pub fn handle(&self) -> ThreadHandle {
+        ThreadHandle::new_held(self.td())
+    }
+
+    /// Enter a critical section until the guard drops.
+    /// DragonFly: `crit_enter()`.
+    #[inline(always)]
+    pub fn crit(&self) -> CritGuard<'_> {
+        let td = self.td();
+        crit::enter(&td.critcount);
+        CritGuard {
+            td,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Enter a critical section; pair with [`crit_exit`](Self::crit_exit).
+    /// DragonFly: `crit_enter()`.
+    #[inline(always)]
+    pub fn crit_enter(&self) {
+        crit::enter(&self.td().critcount);
+    }
+
+    /// Leave a critical section; at the outermost exit, run interrupts and
+    /// IPIs that arrived inside it. DragonFly: `crit_exit()`.
+    ///
+    /// # Panics
+    /// When no critical section is open (the count would go negative).
+    #[inline(always)]
+    pub fn crit_exit(&self) {
+        crit_exit_td(self.td());
+    }
+
+    /// Current critical-section depth.
+    pub fn crit_count(&self) -> u32 {
+        self.td().critcount.load(Ordering::Relaxed)
+    }
+
+    /// Create a thread on `cpu` at the default priority and stack size; it
+    /// runs `f` and exits when `f` returns. DragonFly: `lwkt_create()`.
+    ///
+    /// ```
+    /// use lwkt_core::CpuId;
+    /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+    ///     let t = cur.spawn_on(CpuId::new(1), |me| assert_eq!(me.cpu_id().get(), 1)).unwrap();
+    ///     cur.join(&t);
+    ///     assert!(cur.spawn_on(CpuId::new(9), |_| {}).is_err());
+    /// });
+    /// ```
+    pub fn spawn_on<F>(&self, cpu: CpuId, f: F) -> Result<ThreadHandle, SpawnError>
+    where
+        F: FnOnce(&mut Cur) + Send + 'static,
+    {
+        self.builder().cpu(cpu).spawn(f)
+    }
+
+    /// A [`Builder`] for a thread with chosen CPU, priority, stack and name.
+    pub fn builder(&self) -> Builder<'_> {
+        Builder {
+            cur: self,
+            cpu: self.cpu_id(),
+            pri: Priority::default(),
+            stack: DEFAULT_STACK,
+            name: "lwkt",
+        }
+    }
+
+    /// Switch to the best runnable thread of this CPU, if it is not this one.
+    /// DragonFly: `lwkt_switch()`.
+    pub fn switch(&mut self) {
+        // SAFETY: called by the running thread.
+        unsafe { switch_from(self.td()) }
+    }
+
+    /// Let other runnable threads of the same or higher priority run, then
+    /// continue (round-robin within a priority). DragonFly: `lwkt_yield()`.
+    pub fn yield_now(&mut self) {
+        let td = self.td();
+        let gd = td.gd();
+        crit::enter(&td.critcount);
+        // SAFETY: on our CPU in a critical section.
+        unsafe {
+            splz(gd);
+            let rq = gd.runq();
+            if td.has(tdf::RUNQ) && rq.has_peer_or_better(td) {
+                let me = td as *const Thread as *mut Thread;
+                rq.remove(me);
+                rq.push_back(me);
+            }
+            switch_from(td);
+        }
+        crit_exit_td(td);
+    }
+
+    /// Take this thread off the run queue: it keeps running until its next
+    /// [`switch`](Self::switch), then sleeps until someone schedules it.
+    /// DragonFly: `lwkt_deschedule_self()`.
+    pub fn deschedule_self(&mut self) {
+        let td = self.td();
+        crit::enter(&td.critcount);
+        // SAFETY: on our CPU in a critical section.
+        unsafe { dequeue(td.gd(), td) };
+        crit_exit_td(td);
+    }
+
+    /// Put this thread back on the run queue. DragonFly: `lwkt_schedule_self()`.
+    pub fn schedule_self(&mut self) {
+        let td = self.td();
+        crit::enter(&td.critcount);
+        // SAFETY: on our CPU in a critical section.
+        unsafe { schedule_local(td.gd(), td) };
+        crit_exit_td(td);
+    }
+
+    /// Change this thread's priority (it does not switch by itself).
+    /// DragonFly: `lwkt_setpri_self()`.
+    pub fn set_priority(&mut self, pri: Priority) {
+        let td = self.td();
+        crit::enter(&td.critcount);
+        let gd = td.gd();
+        let me = td as *const Thread as *mut Thread;
+        if td.has(tdf::RUNQ) {
+            // SAFETY: on our CPU in a critical section; we are queued.
+            unsafe {
+                gd.runq().remove(me);
+                td.pri.set(pri);
+                gd.runq().push_back(me);
+            }
+        } else {
+            td.pri.set(pri);
+        }
+        crit_exit_td(td);
+    }
+
+    /// Move this thread to `cpu` and continue there. The old CPU hands the
+    /// thread over by IPI message once it has fully switched away.
+    /// DragonFly: `lwkt_setcpu_self()` / `lwkt_migratecpu()`.
+    pub fn migrate(&mut self, cpu: CpuId) -> Result<(), SpawnError> {
+        let td = self.td();
+        let gd = td.gd();
+        let m = gd.machine();
+        let Some(target) = m.cpu(cpu) else {
+            return Err(SpawnError::NoSuchCpu { cpu, ncpus: m.ncpus });
+        };
+        if cpu == gd.id() {
+            return Ok(());
+        }
+        crit::enter(&td.critcount);
+        // SAFETY: on our CPU in a critical section.
+        unsafe {
+            if td.has(tdf::TSLEEPQ) {
+                sleep::unqueue(gd, td);
+            }
+            dequeue(gd, td);
+        }
+        td.set(tdf::MIGRATING);
+        td.migrate_to.set(target);
+        gd.live_threads.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: we are the running thread.
+        unsafe { switch_from(td) };
+        debug_assert_eq!(td.gd().id(), cpu);
+        crit_exit_td(td);
+        Ok(())
+    }
+
+    /// Block until `cond()` holds, sleeping on `chan` between checks; a
+    /// [`MyCpu::wakeup`] of `chan` after the condition became true is never
+    /// lost. DragonFly: `tsleep_interlock()` + `tsleep(PINTERLOCKED)`.
+    ///
+    /// `cond` runs inside a critical section and must not block.
+    pub fn sleep_until(&mut self, chan: usize, mut cond: impl FnMut() -> bool) {
+        let td = self.td();
+        crit::enter(&td.critcount);
+        loop {
+            let gd = td.gd();
+            // SAFETY: on our CPU in a critical section; `td` is current.
+            unsafe { sleep::interlock(gd, td, chan) };
+            if cond() {
+                // SAFETY: as above.
+                unsafe {
+                    if td.has(tdf::TSLEEPQ) {
+                        sleep::unqueue(gd, td);
+                    }
+                }
+                break;
+            }
+            // SAFETY: as above; the wakeup path re-queues us.
+            unsafe {
+                dequeue(gd, td);
+                switch_from(td);
+            }
+        }
+        crit_exit_td(td);
+    }
+
+    /// Sleep on `chan` until a wakeup (which may be spurious: re-check your
+    /// condition, or use [`sleep_until`](Self::sleep_until)). DragonFly: `tsleep()`.
+    pub fn sleep(&mut self, chan: usize) {
+        let mut first = true;
+        self.sleep_until(chan, || !core::mem::take(&mut first));
+    }
+
+    /// Block until the thread behind `h` has exited.
+    pub fn join(&mut self, h: &ThreadHandle) {
+        let chan = h.td.as_ptr() as usize;
+        self.sleep_until(chan, || h.has_exited());
+    }
+
+    /// Run `f` on every CPU in `mask` (here too, if included), in interrupt
+    /// context, and return when all have finished. DragonFly:
+    /// `lwkt_cpusync_simple()`.
+    ///
+    /// ```
+    /// use core::sync::atomic::{AtomicUsize, Ordering};
+    /// use lwkt_core::CpuMask;
+    /// lwkt_arch_hosted::Machine::new(3).unwrap().run(|cur| {
+    ///     let n = AtomicUsize::new(0);
+    ///     cur.cpusync(CpuMask::all(3), &|_| { n.fetch_add(1, Ordering::Relaxed); });
+    ///     assert_eq!(n.load(Ordering::Relaxed), 3);
+    /// });
+    /// ```
+    pub fn cpusync(&mut self, mask: crate::CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)) {
+        crate::cpusync::cpusync(self.td(), mask, f);
+    }
+}
+
+/// Options for a new thread. DragonFly: the arguments of `lwkt_create()`.
+///
+/// ```
+/// use lwkt_core::{CpuId, Priority};
+/// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+///     let h = cur.builder().cpu(CpuId::new(1)).priority(Priority::SOFT_NORM)
+///         .stack_size(32 * 1024).name("worker")
+///         .spawn(|me| assert_eq!(me.name(), "worker")).unwrap();
+///     cur.join(&h);
+/// });
+/// ```
+#[derive(Debug)]
+pub struct Builder<'a> {
+    cur: &'a Cur,
+    cpu: CpuId,
+    pri: Priority,
+    stack: usize,
+    name: &'static str,
+}
+
+impl Builder<'_> {
+    /// The CPU the thread lives on.
+    pub fn cpu(mut self, cpu: CpuId) -> Self {
+        self.cpu = cpu;
+        self
+    }
+    /// Its priority.
+    pub fn priority(mut self, pri: Priority) -> Self {
+        self.pri = pri;
+        self
+    }
+    /// Its stack size in bytes (the thread block and closure live at the top).
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack = bytes;
+        self
+    }
+    /// Its name, for reports.
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Create the thread and make it runnable.
+    pub fn spawn<F>(self, f: F) -> Result<ThreadHandle, SpawnError>
+    where
+        F: FnOnce(&mut Cur) + Send + 'static,
+    {
+        let gd = self.cur.td().gd();
+        let td = create_thread(gd.machine(), self.cpu, self.pri, self.stack, self.name, f)?;
+        // SAFETY: `create_thread` returned a live, unpublished thread.
+        let t = unsafe { td.as_ref() };
+        let handle = ThreadHandle::new_held(t);
+        let cur_td = self.cur.td();
+        crit::enter(&cur_td.critcount);
+        if self.cpu == gd.id() {
+            // SAFETY: on our CPU in a critical section; `t` is new and ours.
+            unsafe { adopt(gd, t) };
+        } else {
+            t.hold(); // for the message in flight
+            let msg = IpiMsg { func: adopt_remote, arg1: td.as_ptr() as usize, arg2: 0 };
+            // SAFETY: on our CPU in a critical section.
+            let r = unsafe { ipiq::send(gd, self.cpu, &[msg]) };
+            debug_assert!(r.is_ok());
+        }
+        crit_exit_td(cur_td);
+        Ok(handle)
+    }
+}
+
+/// Allocate and lay out a thread (not yet runnable anywhere).
+fn create_thread<F>(
+    m: &crate::Machine,
+    cpu: CpuId,
+    pri: Priority,
+    stack_size: usize,
+    name: &'static str,
+    f: F,
+) -> Result<NonNull<Thread>, SpawnError>
+where
+    F: FnOnce(&mut Cur) + Send,
+{
+    let Some(target) = m.cpu(cpu) else {
+        return Err(SpawnError::NoSuchCpu { cpu, ncpus: m.ncpus });
+    };
+    let too_small = SpawnError::StackTooSmall { requested: stack_size };
+    let need = size_of::<Thread>() + size_of::<F>() + MIN_STACK + 64 + align_of::<F>();
+    if stack_size < need {
+        return Err(too_small);
+    }
+    let stack = m.arch.alloc_stack(stack_size).ok_or(SpawnError::OutOfStacks)?;
+    // Layout, top down: thread block, closure, then the stack proper.
+    let top = stack.base.as_ptr() as usize + stack.len;
+    let td_addr = (top - size_of::<Thread>()) & !(align_of::<Thread>().max(16) - 1);
+    let f_addr = (td_addr - size_of::<F>()) & !(align_of::<F>().max(16) - 1);
+    let sp_top = f_addr & !15;
+    if sp_top < stack.base.as_ptr() as usize + MIN_STACK {
+        // SAFETY: just allocated, unused.
+        unsafe { m.arch.free_stack(stack) };
+        return Err(too_small);
+    }
+    let td_ptr = td_addr as *mut Thread;
+    // SAFETY: `td_addr..top` and `f_addr..td_addr` lie inside the fresh
+    // stack, suitably aligned and unused.
+    unsafe {
+        td_ptr.write(Thread::new(m.arch, m.id, target, cpu, pri, Some(stack), name));
+        (f_addr as *mut F).write(f);
+    }
+    // SAFETY: just written.
+    let td = unsafe { &*td_ptr };
+    td.closure.set(f_addr as *mut u8);
+    let inner = Stack {
+        base: stack.base,
+        len: sp_top - stack.base.as_ptr() as usize,
+    };
+    // SAFETY: `inner` belongs to the new thread and nothing runs on it.
+    unsafe { m.arch.init_context(&td.ctx, inner, thread_start::<F>, td_addr) };
+    // SAFETY: non-null (derived from a stack address).
+    Ok(unsafe { NonNull::new_unchecked(td_ptr) })
+}
+
+impl Cpu {
+    /// Create a thread on this CPU before the CPU starts (boot threads; the
+    /// hosted backend's main thread). `F` need not be `'static`.
+    ///
+    /// # Safety
+    /// - this CPU has not entered [`idle_loop`](Cpu::idle_loop) yet and no
+    ///   other code touches it meanwhile;
+    /// - whatever `f` borrows outlives the machine (every CPU has left its
+    ///   idle loop before the borrowed data goes away).
+    pub unsafe fn spawn_boot_thread<F>(&self, pri: Priority, stack_size: usize, name: &'static str, f: F) -> Result<ThreadHandle, SpawnError>
+    where
+        F: FnOnce(&mut Cur) + Send,
+    {
+        let td = create_thread(self.machine(), self.id(), pri, stack_size, name, f)?;
+        // SAFETY: just created.
+        let t = unsafe { td.as_ref() };
+        let h = ThreadHandle::new_held(t);
+        // SAFETY: the CPU is not running (caller), so nothing else touches its queues.
+        unsafe { adopt(self, t) };
+        Ok(h)
+    }
+}
+
+/// A new thread arrives on its CPU: count it and make it runnable.
+///
+/// # Safety
+/// On `gd`, in a critical section; `td` is a new thread of `gd`.
+unsafe fn adopt(gd: &Cpu, td: &Thread) {
+    gd.live_threads.fetch_add(1, Ordering::Relaxed);
+    gd.stats.threads_created.add(1);
+    // SAFETY: forwarded.
+    unsafe { schedule_local(gd, td) };
+}
+
+fn adopt_remote(my: MyCpu<'_>, td: usize, _: usize) {
+    // SAFETY: `td` was held for this message by `spawn`; IPI functions run
+    // on their CPU in a critical section.
+    unsafe {
+        let t = NonNull::new_unchecked(td as *mut Thread);
+        adopt(my.cpu(), t.as_ref());
+        Thread::release(t);
+    }
+}
+
+/// The first code a new thread runs. DragonFly: the `lwkt_create` trampoline.
+extern "C" fn thread_start<F: FnOnce(&mut Cur)>(arg: usize) -> ! {
+    let td_ptr = arg as *mut Thread;
+    // SAFETY: `arg` is the thread block `spawn` wrote; the thread is running.
+    let td = unsafe { &*td_ptr };
+    // SAFETY: we were just switched to, on our CPU, in a critical section.
+    unsafe { finish_switch(td.gd()) };
+    // SAFETY: `spawn` wrote an `F` there and nothing else reads it.
+    let f = unsafe { ptr::read(td.closure.get() as *mut F) };
+    crit_exit_td(td); // new threads start inside a critical section
+    let mut cur = Cur {
+        td: NonNull::from(td),
+        _not_send: PhantomData,
+    };
+    f(&mut cur);
+    exit_current(td)
+}
+
+/// End the running thread. DragonFly: `lwkt_exit()`.
+fn exit_current(td: &Thread) -> ! {
+    crit::enter(&td.critcount);
+    assert!(!td.has(tdf::EXITING), "lwkt: thread exited twice");
+    let gd = td.gd();
+    td.set(tdf::EXITING);
+    // SAFETY: on our CPU in a critical section.
+    unsafe {
+        if td.has(tdf::TSLEEPQ) {
+            sleep::unqueue(gd, td);
+        }
+        dequeue(gd, td);
+    }
+    gd.live_threads.fetch_sub(1, Ordering::Relaxed);
+    gd.stats.threads_exited.add(1);
+    // SAFETY: we are the running thread; `finish_switch` on the next thread
+    // releases our own hold once we are off the CPU.
+    unsafe { switch_from(td) };
+    unreachable!("lwkt: an exited thread was switched to")
+}
+
+/// Owner: make `td` runnable here. DragonFly: `_lwkt_enqueue()` via
+/// `lwkt_schedule()`; does nothing for queued, migrating or exited threads.
+///
+/// # Safety
+/// On `gd`, in a critical section; `td` is a live thread of `gd`.
+pub(crate) unsafe fn schedule_local(gd: &Cpu, td: &Thread) {
+    if td.has(tdf::RUNQ | tdf::MIGRATING | tdf::EXITING | tdf::IDLE) {
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe { gd.runq().push_back(td as *const Thread as *mut Thread) };
+    let cur = gd.curthread.load(Ordering::Relaxed);
+    // SAFETY: a non-null `curthread` is the live running thread.
+    if !cur.is_null() && td.pri.get() > unsafe { (*cur).pri.get() } {
+        gd.reqflags.fetch_or(crit::rqf::RESCHED, Ordering::Relaxed);
+    }
+}
+
+/// Owner: take `td` off the run queue.
+///
+/// # Safety
+/// On `gd`, in a critical section; `td` is a live thread of `gd`.
+unsafe fn dequeue(gd: &Cpu, td: &Thread) {
+    if td.has(tdf::RUNQ) {
+        // SAFETY: forwarded.
+        unsafe { gd.runq().remove(td as *const Thread as *mut Thread) };
+    }
+}
+
+/// Schedule `td` wherever it lives.
+///
+/// # Safety
+/// On `gd`, in a critical section; the caller holds `td`.
+unsafe fn schedule_any(gd: &Cpu, td: &Thread) {
+    let owner = td.gd.load(Ordering::Acquire);
+    if ptr::eq(owner, gd) {
+        // SAFETY: forwarded; `td` is ours.
+        unsafe { schedule_local(gd, td) };
+    } else {
+        td.hold();
+        // SAFETY: `owner` is a CPU of this machine (same machine id).
+        let target = unsafe { (*owner).id() };
+        // SAFETY: forwarded.
+        let r = unsafe { ipiq::send(gd, target, &[IpiMsg { func: schedule_remote, arg1: td as *const Thread as usize, arg2: 0 }]) };
+        debug_assert!(r.is_ok());
+    }
+}
+
+fn schedule_remote(my: MyCpu<'_>, td: usize, _: usize) {
+    // SAFETY: the sender took a hold for this message; we run on `my` in a
+    // critical section. If the thread moved meanwhile, forward the request.
+    unsafe {
+        let t = NonNull::new_unchecked(td as *mut Thread);
+        schedule_any(my.cpu(), t.as_ref());
+        Thread::release(t);
+    }
+}
+
+/// Deschedule `td` wherever it lives.
+///
+/// # Safety
+/// As for [`schedule_any`].
+unsafe fn deschedule_any(gd: &Cpu, td: &Thread) {
+    let owner = td.gd.load(Ordering::Acquire);
+    if ptr::eq(owner, gd) {
+        // SAFETY: forwarded.
+        unsafe { dequeue(gd, td) };
+    } else {
+        td.hold();
+        // SAFETY: `owner` is a CPU of this machine.
+        let target = unsafe { (*owner).id() };
+        // SAFETY: forwarded.
+        let r = unsafe { ipiq::send(gd, target, &[IpiMsg { func: deschedule_remote, arg1: td as *const Thread as usize, arg2: 0 }]) };
+        debug_assert!(r.is_ok());
+    }
+}
+
+fn deschedule_remote(my: MyCpu<'_>, td: usize, _: usize) {
+    // SAFETY: as in `schedule_remote`.
+    unsafe {
+        let t = NonNull::new_unchecked(td as *mut Thread);
+        deschedule_any(my.cpu(), t.as_ref());
+        Thread::release(t);
+    }
+}
+
+fn wakeup_remote(my: MyCpu<'_>, chan: usize, _: usize) {
+    // SAFETY: IPI functions run on their CPU in a critical section.
+    unsafe { sleep::wakeup_local(my.cpu(), chan) };
+}
+
+fn setcpu_remote(my: MyCpu<'_>, td: usize, _: usize) {
+    let gd = my.cpu();
+    // SAFETY: the old CPU made us the owner (`td.gd`) before sending this;
+    // the ring's Release/Acquire orders its writes before our reads.
+    let t = unsafe { &*(td as *const Thread) };
+    assert!(ptr::eq(t.gd.load(Ordering::Acquire), gd), "lwkt: migration message on the wrong CPU");
+    t.clear(tdf::MIGRATING);
+    gd.live_threads.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: on `gd` in a critical section; `t` is now ours.
+    unsafe { schedule_local(gd, t) };
+}
+
+/// The core of `lwkt_switch`: run the best thread of this CPU.
+///
+/// # Safety
+/// `td` is the running thread.
+pub(crate) unsafe fn switch_from(td: &Thread) {
+    crit::enter(&td.critcount);
+    let gd = td.gd();
+    assert!(gd.intr_nesting.get() == 0, "lwkt: switch from interrupt or IPI context");
+    // SAFETY: on our CPU in a critical section.
+    let next = unsafe { gd.runq() }.first();
+    let ntd: &Thread = if next.is_null() {
+        &gd.idle
+    } else {
+        // SAFETY: queued threads are live.
+        unsafe { &*next }
+    };
+    if !ptr::eq(ntd, td) {
+        assert!(
+            ptr::eq(ntd.gd.load(Ordering::Relaxed), gd),
+            "lwkt: CPU {} was about to run a thread of another CPU",
+            gd.id().get()
+        );
+        gd.prev.set(td as *const Thread as *mut Thread);
+        gd.curthread.store(ntd as *const Thread as *mut Thread, Ordering::Relaxed);
+        gd.reqflags.fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
+        gd.stats.switches.add(1);
+        ntd.switches.set(ntd.switches.get() + 1);
+        // SAFETY: inside a critical section; `ntd.ctx` was saved by `switch`
+        // or prepared by `init_context`.
+        unsafe { gd.machine().arch.switch(&td.ctx, &ntd.ctx) };
+        // Running again, perhaps on another CPU after a migration.
+        // SAFETY: just switched to, in a critical section.
+        unsafe { finish_switch(td.gd()) };
+    }
+    crit_exit_td(td);
+}
+
+/// After a switch, on the thread switched to: finish what the previous
+/// thread could not do while still on its stack. DragonFly:
+/// `lwkt_switch_return()`.
+///
+/// # Safety
+/// On `gd`, right after a switch, in a critical section.
+unsafe fn finish_switch(gd: &Cpu) {
+    let me = gd.cur();
+    if cfg!(debug_assertions) {
+        if let Some(c) = gd.machine().arch.current_cpu() {
+            assert!(
+                ptr::eq(c.as_ptr(), gd),
+                "lwkt: thread '{}' of CPU {} runs on another CPU",
+                me.name,
+                gd.id().get()
+            );
+        }
+    }
+    let prev = gd.prev.replace(ptr::null_mut());
+    if prev.is_null() {
+        return;
+    }
+    // SAFETY: the previous thread is held (by itself) until we release it.
+    let p = unsafe { &*prev };
+    if p.has(tdf::EXITING) {
+        p.mpflags.fetch_or(MPF_EXITED, Ordering::Release);
+        let chan = prev as usize;
+        MyCpu::new(gd).wakeup(chan);
+        // SAFETY: the thread's own hold; it is off the CPU for good.
+        unsafe { Thread::release(NonNull::new_unchecked(prev)) };
+    } else if p.has(tdf::MIGRATING) {
+        let target = p.migrate_to.get();
+        // SAFETY: `target` is a CPU of this machine (checked by `migrate`).
+        let tid = unsafe { (*target).id() };
+        p.cpuid.store(tid.get(), Ordering::Relaxed);
+        p.gd.store(target as *mut Cpu, Ordering::Release);
+        // SAFETY: on `gd` in a critical section.
+        let r = unsafe { ipiq::send(gd, tid, &[IpiMsg { func: setcpu_remote, arg1: prev as usize, arg2: 0 }]) };
+        debug_assert!(r.is_ok());
+    }
+}
+
+impl Cpu {
+    /// The CPU's idle loop: the backend calls it on each CPU's boot context,
+    /// which becomes that CPU's idle thread. It runs threads and IPIs, and
+    /// waits in [`Arch::idle_wait`](crate::Arch::idle_wait) when there is
+    /// nothing to do; it returns after [`request_shutdown`](Cpu::request_shutdown)
+    /// once no thread is runnable and no message is queued.
+    /// DragonFly: `cpu_idle()`.
+    ///
+    /// # Safety
+    /// Called once per CPU, on that CPU (so that the backend's
+    /// `current_cpu` names it), after [`Machine::bind`](crate::Machine::bind).
+    pub unsafe fn idle_loop(&self) {
+        let idle = &self.idle;
+        let arch = self.machine().arch;
+        idle.critcount.store(1, Ordering::Relaxed);
+        self.curthread.store(idle as *const Thread as *mut Thread, Ordering::Relaxed);
+        loop {
+            // SAFETY: on this CPU, in the idle thread's critical section.
+            unsafe { splz(self) };
+            // SAFETY: as above.
+            if unsafe { self.runq() }.len() != 0 {
+                // SAFETY: the idle thread is running.
+                unsafe { switch_from(idle) };
+                continue;
+            }
+            if self.shutdown.load(Ordering::SeqCst) && self.ipimask.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            arch.idle_wait(self);
+        }
+        idle.critcount.store(0, Ordering::Relaxed);
+    }
+
+    /// Interrupt entry for the IPI vector: the backend calls it on this CPU
+    /// when a kick arrives. Inside a critical section (or nested interrupt
+    /// processing) the work is only recorded and runs at the final
+    /// `crit_exit`; otherwise the queued messages run now.
+    /// DragonFly: `Xipiq`.
+    ///
+    /// # Safety
+    /// Called on this CPU, from its interrupt (or signal) context, with the
+    /// interrupted code's registers preserved by the backend.
+    pub unsafe fn ipi_interrupt(&self) {
+        let cur = self.curthread.load(Ordering::Relaxed);
+        if cur.is_null() {
+            return;
+        }
+        // SAFETY: `curthread` names the live running thread.
+        let td = unsafe { &*cur };
+        if !crit::interrupt_arrives(&td.critcount, self.intr_nesting.get(), &self.reqflags, crit::rqf::IPIQ) {
+            return;
+        }
+        crit::enter(&td.critcount);
+        // SAFETY: on this CPU inside a critical section.
+        unsafe { splz(self) };
+        // Do not use `crit_exit_td`: its slow path would process again here;
+        // anything that arrived meanwhile set a request bit, handled above.
+        let c = td.critcount.load(Ordering::Relaxed);
+        td.critcount.store(c - 1, Ordering::Relaxed);
+        crate::sync::signal_fence();
+    }
+}

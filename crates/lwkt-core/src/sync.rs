@@ -1,0 +1,80 @@
+//! The one place that says "loom": atomics and cells come from `loom` under
+//! `--cfg loom` and from `core` otherwise, so the models run this crate's own
+//! code (the approach of tokio's `src/loom/`).
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+
+pub(crate) use core::sync::atomic::Ordering;
+
+/// Orders this thread's memory accesses against a signal or interrupt
+/// handler running on the same CPU (a compiler barrier, no instruction).
+#[inline(always)]
+pub(crate) fn signal_fence() {
+    #[cfg(not(loom))]
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
+/// A full fence between CPUs.
+#[inline(always)]
+pub(crate) fn fence_seqcst() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+    #[cfg(not(loom))]
+    core::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// Busy-wait hint; under loom, a yield so the model can make progress.
+#[allow(dead_code)]
+#[inline(always)]
+pub(crate) fn spin_loop() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
+
+/// `UnsafeCell` with loom's closure API, so access is tracked under loom.
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// `UnsafeCell` with loom's closure API, so access is tracked under loom.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(v: T) -> Self {
+        Self(core::cell::UnsafeCell::new(v))
+    }
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// A counter written only by its owner CPU and read by anyone: a plain
+/// load and store (no locked read-modify-write), atomic only so that
+/// concurrent readers are not a data race.
+#[derive(Debug, Default)]
+pub(crate) struct OwnerCounter(AtomicU64);
+
+impl OwnerCounter {
+    /// Owner only.
+    #[inline(always)]
+    pub(crate) fn add(&self, n: u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+    #[inline(always)]
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}

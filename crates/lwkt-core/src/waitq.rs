@@ -1,0 +1,78 @@
+//! A wait queue: block until signalled.
+//!
+//! DragonFly (2003-2006, the paper's Table I): `lwkt_block()` /
+//! `lwkt_signal()`. DragonFly later replaced these with `tsleep`/`wakeup`;
+//! here the wait queue is a generation counter on top of
+//! [`Cur::sleep_until`], so it inherits its no-lost-wake-up argument: a
+//! waiter reads the generation, then sleeps until it changes; a signal
+//! bumps it, then wakes the queue's channel on every CPU with sleepers.
+
+use crate::sched::{Cur, MyCpu};
+use crate::sync::{AtomicU64, Ordering};
+
+/// Threads block here until another thread or an IPI function signals.
+/// Every waiter blocked before a [`signal`](WaitQueue::signal) is woken by it.
+///
+/// ```
+/// use lwkt_core::{CpuId, WaitQueue};
+/// static Q: WaitQueue = WaitQueue::new();
+/// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+///     let gen = Q.generation();
+///     let t = cur.spawn_on(CpuId::new(1), |me| Q.signal(me.my_cpu())).unwrap();
+///     Q.block_since(cur, gen);
+///     cur.join(&t);
+/// });
+/// ```
+#[derive(Debug)]
+pub struct WaitQueue {
+    gen: AtomicU64,
+}
+
+impl Default for WaitQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WaitQueue {
+    /// An empty wait queue.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        WaitQueue { gen: AtomicU64::new(0) }
+    }
+
+    /// An empty wait queue.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        WaitQueue { gen: AtomicU64::new(0) }
+    }
+
+    fn chan(&self) -> usize {
+        self as *const WaitQueue as usize
+    }
+
+    /// The number of signals so far; pass it to
+    /// [`block_since`](Self::block_since) to wait for the next one without a
+    /// window where a signal could be missed.
+    pub fn generation(&self) -> u64 {
+        self.gen.load(Ordering::SeqCst)
+    }
+
+    /// Block until the next signal. DragonFly: `lwkt_block()`.
+    pub fn block(&self, cur: &mut Cur) {
+        let g = self.generation();
+        self.block_since(cur, g);
+    }
+
+    /// Block until a signal after generation `gen` (returns at once if one
+    /// has happened already).
+    pub fn block_since(&self, cur: &mut Cur, gen: u64) {
+        cur.sleep_until(self.chan(), || self.gen.load(Ordering::SeqCst) != gen);
+    }
+
+    /// Wake every thread blocked here. DragonFly: `lwkt_signal()`.
+    pub fn signal(&self, my: MyCpu<'_>) {
+        self.gen.fetch_add(1, Ordering::SeqCst);
+        my.wakeup(self.chan());
+    }
+}
