@@ -14,7 +14,9 @@ use crate::arch::Arch;
 use crate::ipiq::IpiRing;
 use crate::runq::RunQueue;
 use crate::sleep::SleepQueues;
-use crate::sync::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, OwnerCounter};
+use crate::sync::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, OwnerCounter,
+};
 use crate::thread::{tdf, Priority, Thread};
 
 /// Most CPUs one machine may have (the width of [`CpuMask`]).
@@ -168,7 +170,9 @@ unsafe impl Send for Machine {}
 
 impl fmt::Debug for Machine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Machine").field("ncpus", &self.ncpus).finish_non_exhaustive()
+        f.debug_struct("Machine")
+            .field("ncpus", &self.ncpus)
+            .finish_non_exhaustive()
     }
 }
 
@@ -196,10 +200,21 @@ impl Machine {
     /// [`rings_needed`]: Machine::rings_needed
     pub fn new(arch: &'static dyn Arch, cpus: &[Cpu], rings: &[IpiRing]) -> Machine {
         assert!(!cpus.is_empty(), "lwkt: a machine needs at least one CPU");
-        assert!(cpus.len() <= MAX_CPUS, "lwkt: at most {MAX_CPUS} CPUs per machine");
-        assert_eq!(rings.len(), Self::rings_needed(cpus.len()), "lwkt: a machine needs ncpus^2 IPI rings");
+        assert!(
+            cpus.len() <= MAX_CPUS,
+            "lwkt: at most {MAX_CPUS} CPUs per machine"
+        );
+        assert_eq!(
+            rings.len(),
+            Self::rings_needed(cpus.len()),
+            "lwkt: a machine needs ncpus^2 IPI rings"
+        );
         for (i, c) in cpus.iter().enumerate() {
-            assert_eq!(c.id.index(), i, "lwkt: CPU blocks must be numbered 0..n in order");
+            assert_eq!(
+                c.id.index(),
+                i,
+                "lwkt: CPU blocks must be numbered 0..n in order"
+            );
         }
         Machine {
             arch,
@@ -221,7 +236,9 @@ impl Machine {
     pub unsafe fn bind(&self) {
         for c in self.cpu_slice() {
             c.machine.set(self);
-            c.idle.gd.store(c as *const Cpu as *mut Cpu, Ordering::Relaxed);
+            c.idle
+                .gd
+                .store(c as *const Cpu as *mut Cpu, Ordering::Relaxed);
         }
     }
 
@@ -290,7 +307,9 @@ unsafe impl Send for Cpu {}
 
 impl fmt::Debug for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cpu").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Cpu")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -302,7 +321,14 @@ unsafe impl Arch for NoArch {
     fn current_cpu(&self) -> Option<core::ptr::NonNull<Cpu>> {
         None
     }
-    unsafe fn init_context(&self, _: &crate::Context, _: crate::Stack, _: crate::EntryFn, _: usize) {}
+    unsafe fn init_context(
+        &self,
+        _: &crate::Context,
+        _: crate::Stack,
+        _: crate::EntryFn,
+        _: usize,
+    ) {
+    }
     unsafe fn switch(&self, _: &crate::Context, _: &crate::Context) {
         unreachable!("lwkt: switch before Machine::bind")
     }
@@ -321,7 +347,11 @@ static NO_ARCH: NoArch = NoArch;
 impl Cpu {
     /// A fresh CPU block for CPU `id`.
     pub fn new(id: CpuId) -> Cpu {
-        assert!(id.index() < MAX_CPUS, "lwkt: CPU {} is beyond MAX_CPUS ({MAX_CPUS})", id.get());
+        assert!(
+            id.index() < MAX_CPUS,
+            "lwkt: CPU {} is beyond MAX_CPUS ({MAX_CPUS})",
+            id.get()
+        );
         let idle = Thread::new(&NO_ARCH, 0, ptr::null(), id, Priority(0), None, "idle");
         idle.flags.set(tdf::IDLE);
         Cpu {

@@ -26,7 +26,8 @@ fn remote(my: MyCpu<'_>, cs: usize, _: usize) {
     // cleared below (the master waits for it).
     let cs = unsafe { &*(cs as *const CpuSync<'_>) };
     (cs.func)(my);
-    cs.pending.fetch_and(!CpuMask::single(my.id()).0, Ordering::Release);
+    cs.pending
+        .fetch_and(!CpuMask::single(my.id()).0, Ordering::Release);
 }
 
 pub(crate) fn cpusync(td: &Thread, mask: CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)) {
@@ -42,7 +43,17 @@ pub(crate) fn cpusync(td: &Thread, mask: CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)
     let addr = &cs as *const CpuSync<'_> as usize;
     for c in others.iter() {
         // SAFETY: on our CPU in a critical section.
-        let r = unsafe { ipiq::send(gd, c, &[IpiMsg { func: remote, arg1: addr, arg2: 0 }]) };
+        let r = unsafe {
+            ipiq::send(
+                gd,
+                c,
+                &[IpiMsg {
+                    func: remote,
+                    arg1: addr,
+                    arg2: 0,
+                }],
+            )
+        };
         debug_assert!(r.is_ok());
     }
     let mut spins = 0u32;

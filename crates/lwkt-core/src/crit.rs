@@ -54,14 +54,21 @@ pub(crate) fn exit(count: &AtomicU32, reqflags: &AtomicU32) -> bool {
 #[cold]
 #[inline(never)]
 fn crit_underflow() -> ! {
-    panic!("lwkt: crit_exit without a matching crit_enter (critical-section count would go negative)")
+    panic!(
+        "lwkt: crit_exit without a matching crit_enter (critical-section count would go negative)"
+    )
 }
 
 /// What an interrupt does on arrival: run now (true; the handler must raise
 /// the count around its work) or record the request bit for the final
 /// `crit_exit` (false). DragonFly: the `td_critcount` test in `Xipiq`.
 #[inline]
-pub(crate) fn interrupt_arrives(count: &AtomicU32, nesting: u32, reqflags: &AtomicU32, bit: u32) -> bool {
+pub(crate) fn interrupt_arrives(
+    count: &AtomicU32,
+    nesting: u32,
+    reqflags: &AtomicU32,
+    bit: u32,
+) -> bool {
     if count.load(Ordering::Relaxed) != 0 || nesting != 0 {
         reqflags.fetch_or(bit, Ordering::Relaxed);
         false

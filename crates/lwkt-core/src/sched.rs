@@ -160,7 +160,17 @@ impl<'a> MyCpu<'a> {
             unsafe { sleep::wakeup_local(self.gd, chan) };
             for c in sleep::remote_sleepers(self.gd, chan).iter() {
                 // SAFETY: as above.
-                let r = unsafe { ipiq::send(self.gd, c, &[IpiMsg { func: wakeup_remote, arg1: chan, arg2: 0 }]) };
+                let r = unsafe {
+                    ipiq::send(
+                        self.gd,
+                        c,
+                        &[IpiMsg {
+                            func: wakeup_remote,
+                            arg1: chan,
+                            arg2: 0,
+                        }],
+                    )
+                };
                 debug_assert!(r.is_ok());
             }
         });
@@ -169,7 +179,13 @@ impl<'a> MyCpu<'a> {
     /// Queue `func(arg1, arg2)` to run on `target` in interrupt context (in
     /// a critical section; it must not block). On this CPU it runs at once.
     /// DragonFly: `lwkt_send_ipiq3()`.
-    pub fn send_ipi(self, target: CpuId, func: IpiFn, arg1: usize, arg2: usize) -> Result<(), IpiError> {
+    pub fn send_ipi(
+        self,
+        target: CpuId,
+        func: IpiFn,
+        arg1: usize,
+        arg2: usize,
+    ) -> Result<(), IpiError> {
         self.send_ipi_batch(target, &[IpiMsg { func, arg1, arg2 }])
     }
 
@@ -264,7 +280,8 @@ pub(crate) unsafe fn splz(gd: &Cpu) {
     loop {
         let f = gd.reqflags.load(Ordering::Relaxed);
         if f & crit::rqf::IDLECHECK != 0 {
-            gd.reqflags.fetch_and(!crit::rqf::IDLECHECK, Ordering::Relaxed);
+            gd.reqflags
+                .fetch_and(!crit::rqf::IDLECHECK, Ordering::Relaxed);
         }
         // SAFETY: forwarded.
         unsafe { ipiq::process(gd) };
@@ -449,7 +466,10 @@ impl Cur {
         let gd = td.gd();
         let m = gd.machine();
         let Some(target) = m.cpu(cpu) else {
-            return Err(SpawnError::NoSuchCpu { cpu, ncpus: m.ncpus });
+            return Err(SpawnError::NoSuchCpu {
+                cpu,
+                ncpus: m.ncpus,
+            });
         };
         if cpu == gd.id() {
             return Ok(());
@@ -592,7 +612,11 @@ impl Builder<'_> {
             unsafe { adopt(gd, t) };
         } else {
             t.hold(); // for the message in flight
-            let msg = IpiMsg { func: adopt_remote, arg1: td.as_ptr() as usize, arg2: 0 };
+            let msg = IpiMsg {
+                func: adopt_remote,
+                arg1: td.as_ptr() as usize,
+                arg2: 0,
+            };
             // SAFETY: on our CPU in a critical section.
             let r = unsafe { ipiq::send(gd, self.cpu, &[msg]) };
             debug_assert!(r.is_ok());
@@ -615,14 +639,22 @@ where
     F: FnOnce(&mut Cur) + Send,
 {
     let Some(target) = m.cpu(cpu) else {
-        return Err(SpawnError::NoSuchCpu { cpu, ncpus: m.ncpus });
+        return Err(SpawnError::NoSuchCpu {
+            cpu,
+            ncpus: m.ncpus,
+        });
     };
-    let too_small = SpawnError::StackTooSmall { requested: stack_size };
+    let too_small = SpawnError::StackTooSmall {
+        requested: stack_size,
+    };
     let need = size_of::<Thread>() + size_of::<F>() + MIN_STACK + 64 + align_of::<F>();
     if stack_size < need {
         return Err(too_small);
     }
-    let stack = m.arch.alloc_stack(stack_size).ok_or(SpawnError::OutOfStacks)?;
+    let stack = m
+        .arch
+        .alloc_stack(stack_size)
+        .ok_or(SpawnError::OutOfStacks)?;
     // Layout, top down: thread block, closure, then the stack proper.
     let top = stack.base.as_ptr() as usize + stack.len;
     let td_addr = (top - size_of::<Thread>()) & !(align_of::<Thread>().max(16) - 1);
@@ -637,7 +669,15 @@ where
     // SAFETY: `td_addr..top` and `f_addr..td_addr` lie inside the fresh
     // stack, suitably aligned and unused.
     unsafe {
-        td_ptr.write(Thread::new(m.arch, m.id, target, cpu, pri, Some(stack), name));
+        td_ptr.write(Thread::new(
+            m.arch,
+            m.id,
+            target,
+            cpu,
+            pri,
+            Some(stack),
+            name,
+        ));
         (f_addr as *mut F).write(f);
     }
     // SAFETY: just written.
@@ -648,7 +688,10 @@ where
         len: sp_top - stack.base.as_ptr() as usize,
     };
     // SAFETY: `inner` belongs to the new thread and nothing runs on it.
-    unsafe { m.arch.init_context(&td.ctx, inner, thread_start::<F>, td_addr) };
+    unsafe {
+        m.arch
+            .init_context(&td.ctx, inner, thread_start::<F>, td_addr)
+    };
     // SAFETY: non-null (derived from a stack address).
     Ok(unsafe { NonNull::new_unchecked(td_ptr) })
 }
@@ -662,7 +705,13 @@ impl Cpu {
     ///   other code touches it meanwhile;
     /// - whatever `f` borrows outlives the machine (every CPU has left its
     ///   idle loop before the borrowed data goes away).
-    pub unsafe fn spawn_boot_thread<F>(&self, pri: Priority, stack_size: usize, name: &'static str, f: F) -> Result<ThreadHandle, SpawnError>
+    pub unsafe fn spawn_boot_thread<F>(
+        &self,
+        pri: Priority,
+        stack_size: usize,
+        name: &'static str,
+        f: F,
+    ) -> Result<ThreadHandle, SpawnError>
     where
         F: FnOnce(&mut Cur) + Send,
     {
@@ -779,7 +828,17 @@ unsafe fn schedule_any(gd: &Cpu, td: &Thread) {
         // SAFETY: `owner` is a CPU of this machine (same machine id).
         let target = unsafe { (*owner).id() };
         // SAFETY: forwarded.
-        let r = unsafe { ipiq::send(gd, target, &[IpiMsg { func: schedule_remote, arg1: td as *const Thread as usize, arg2: 0 }]) };
+        let r = unsafe {
+            ipiq::send(
+                gd,
+                target,
+                &[IpiMsg {
+                    func: schedule_remote,
+                    arg1: td as *const Thread as usize,
+                    arg2: 0,
+                }],
+            )
+        };
         debug_assert!(r.is_ok());
     }
 }
@@ -808,7 +867,17 @@ unsafe fn deschedule_any(gd: &Cpu, td: &Thread) {
         // SAFETY: `owner` is a CPU of this machine.
         let target = unsafe { (*owner).id() };
         // SAFETY: forwarded.
-        let r = unsafe { ipiq::send(gd, target, &[IpiMsg { func: deschedule_remote, arg1: td as *const Thread as usize, arg2: 0 }]) };
+        let r = unsafe {
+            ipiq::send(
+                gd,
+                target,
+                &[IpiMsg {
+                    func: deschedule_remote,
+                    arg1: td as *const Thread as usize,
+                    arg2: 0,
+                }],
+            )
+        };
         debug_assert!(r.is_ok());
     }
 }
@@ -832,7 +901,10 @@ fn setcpu_remote(my: MyCpu<'_>, td: usize, _: usize) {
     // SAFETY: the old CPU made us the owner (`td.gd`) before sending this;
     // the ring's Release/Acquire orders its writes before our reads.
     let t = unsafe { &*(td as *const Thread) };
-    assert!(ptr::eq(t.gd.load(Ordering::Acquire), gd), "lwkt: migration message on the wrong CPU");
+    assert!(
+        ptr::eq(t.gd.load(Ordering::Acquire), gd),
+        "lwkt: migration message on the wrong CPU"
+    );
     t.clear(tdf::MIGRATING);
     gd.live_threads.fetch_add(1, Ordering::Relaxed);
     // SAFETY: on `gd` in a critical section; `t` is now ours.
@@ -846,7 +918,10 @@ fn setcpu_remote(my: MyCpu<'_>, td: usize, _: usize) {
 pub(crate) unsafe fn switch_from(td: &Thread) {
     crit::enter(&td.critcount);
     let gd = td.gd();
-    assert!(gd.intr_nesting.get() == 0, "lwkt: switch from interrupt or IPI context");
+    assert!(
+        gd.intr_nesting.get() == 0,
+        "lwkt: switch from interrupt or IPI context"
+    );
     // SAFETY: on our CPU in a critical section.
     let next = unsafe { gd.runq() }.first();
     let ntd: &Thread = if next.is_null() {
@@ -862,8 +937,10 @@ pub(crate) unsafe fn switch_from(td: &Thread) {
             gd.id().get()
         );
         gd.prev.set(td as *const Thread as *mut Thread);
-        gd.curthread.store(ntd as *const Thread as *mut Thread, Ordering::Relaxed);
-        gd.reqflags.fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
+        gd.curthread
+            .store(ntd as *const Thread as *mut Thread, Ordering::Relaxed);
+        gd.reqflags
+            .fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
         gd.stats.switches.add(1);
         ntd.switches.set(ntd.switches.get() + 1);
         // SAFETY: inside a critical section; `ntd.ctx` was saved by `switch`
@@ -913,7 +990,17 @@ unsafe fn finish_switch(gd: &Cpu) {
         p.cpuid.store(tid.get(), Ordering::Relaxed);
         p.gd.store(target as *mut Cpu, Ordering::Release);
         // SAFETY: on `gd` in a critical section.
-        let r = unsafe { ipiq::send(gd, tid, &[IpiMsg { func: setcpu_remote, arg1: prev as usize, arg2: 0 }]) };
+        let r = unsafe {
+            ipiq::send(
+                gd,
+                tid,
+                &[IpiMsg {
+                    func: setcpu_remote,
+                    arg1: prev as usize,
+                    arg2: 0,
+                }],
+            )
+        };
         debug_assert!(r.is_ok());
     }
 }
@@ -933,7 +1020,8 @@ impl Cpu {
         let idle = &self.idle;
         let arch = self.machine().arch;
         idle.critcount.store(1, Ordering::Relaxed);
-        self.curthread.store(idle as *const Thread as *mut Thread, Ordering::Relaxed);
+        self.curthread
+            .store(idle as *const Thread as *mut Thread, Ordering::Relaxed);
         loop {
             // SAFETY: on this CPU, in the idle thread's critical section.
             unsafe { splz(self) };
@@ -967,7 +1055,12 @@ impl Cpu {
         }
         // SAFETY: `curthread` names the live running thread.
         let td = unsafe { &*cur };
-        if !crit::interrupt_arrives(&td.critcount, self.intr_nesting.get(), &self.reqflags, crit::rqf::IPIQ) {
+        if !crit::interrupt_arrives(
+            &td.critcount,
+            self.intr_nesting.get(),
+            &self.reqflags,
+            crit::rqf::IPIQ,
+        ) {
             return;
         }
         crit::enter(&td.critcount);

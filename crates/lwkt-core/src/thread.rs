@@ -236,7 +236,10 @@ impl Thread {
     /// Take a hold (`lwkt_hold`).
     pub(crate) fn hold(&self) {
         let old = self.refs.fetch_add(1, Ordering::Relaxed);
-        assert!(old != 0 && old < u32::MAX / 2, "lwkt: hold on a freed thread");
+        assert!(
+            old != 0 && old < u32::MAX / 2,
+            "lwkt: hold on a freed thread"
+        );
     }
 
     /// Drop a hold (`lwkt_rele`); frees the stack (and this block) on the last.
@@ -289,7 +292,9 @@ impl ThreadHandle {
     /// Wrap a thread pointer, taking a new hold.
     pub(crate) fn new_held(td: &Thread) -> ThreadHandle {
         td.hold();
-        ThreadHandle { td: NonNull::from(td) }
+        ThreadHandle {
+            td: NonNull::from(td),
+        }
     }
 
     pub(crate) fn thread(&self) -> &Thread {

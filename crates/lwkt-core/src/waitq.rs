@@ -38,13 +38,17 @@ impl WaitQueue {
     /// An empty wait queue.
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        WaitQueue { gen: AtomicU64::new(0) }
+        WaitQueue {
+            gen: AtomicU64::new(0),
+        }
     }
 
     /// An empty wait queue.
     #[cfg(loom)]
     pub fn new() -> Self {
-        WaitQueue { gen: AtomicU64::new(0) }
+        WaitQueue {
+            gen: AtomicU64::new(0),
+        }
     }
 
     fn chan(&self) -> usize {

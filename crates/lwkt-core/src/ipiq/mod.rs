@@ -76,7 +76,11 @@ impl core::fmt::Display for IpiError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             IpiError::NoSuchCpu { cpu, ncpus } => {
-                write!(f, "lwkt: no CPU {} on this machine (CPUs 0..{ncpus})", cpu.get())
+                write!(
+                    f,
+                    "lwkt: no CPU {} on this machine (CPUs 0..{ncpus})",
+                    cpu.get()
+                )
             }
         }
     }
@@ -150,7 +154,10 @@ impl Cpu {
 pub(crate) unsafe fn send(gd: &Cpu, target: CpuId, msgs: &[IpiMsg]) -> Result<(), IpiError> {
     let m = gd.machine();
     let Some(tgd) = m.cpu(target) else {
-        return Err(IpiError::NoSuchCpu { cpu: target, ncpus: m.ncpus });
+        return Err(IpiError::NoSuchCpu {
+            cpu: target,
+            ncpus: m.ncpus,
+        });
     };
     if target == gd.id() {
         for msg in msgs {
