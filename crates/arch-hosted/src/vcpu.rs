@@ -105,11 +105,15 @@ unsafe impl Arch for HostedArch {
 
     fn kick(&self, target: &Cpu) {
         let v = vcpu_of(target);
+        // Always leave an unpark token: a sender may have been delayed
+        // between queueing and kicking, and the target may be parking right
+        // now; a signal alone does not end a `park()`. An unneeded token
+        // costs the target one extra pass of its idle loop.
+        if let Some(t) = v.thread.get() {
+            t.unpark();
+        }
         if v.sleeping.load(Ordering::SeqCst) != 0 {
-            if let Some(t) = v.thread.get() {
-                v.unparks_sent.fetch_add(1, Ordering::Relaxed);
-                t.unpark();
-            }
+            v.unparks_sent.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let pt = v.pthread.load(Ordering::Acquire);

@@ -1034,6 +1034,15 @@ impl Cpu {
             if self.shutdown.load(Ordering::SeqCst) && self.ipimask.load(Ordering::SeqCst) == 0 {
                 break;
             }
+            // About to wait: clear the kick interlock so that every sender
+            // from now on kicks us, then look once more. Without this, a
+            // kick whose message we already ran leaves `npoll` set, its
+            // signal may land while we sleep, and later senders, seeing
+            // `npoll` set, never kick again (a lost wake-up).
+            self.doorbell().begin_poll();
+            if self.has_pending() {
+                continue;
+            }
             arch.idle_wait(self);
         }
         idle.critcount.store(0, Ordering::Relaxed);

@@ -128,6 +128,9 @@ impl Doorbell<'_> {
     #[inline]
     pub(crate) fn drained(&self, src: u32) {
         self.ipimask.fetch_and(!(1u64 << src), Ordering::SeqCst);
+        // Pairs with the fence in `ring`: either the sender saw the bit
+        // cleared (and sets it again), or our re-check sees its entry.
+        fence_seqcst();
     }
 
     /// Receiver: `src`'s ring refilled after `drained`.

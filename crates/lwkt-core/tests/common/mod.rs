@@ -1,0 +1,24 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::process::Command;
+
+/// Run this test binary again with only `test_name`, with `LWKT_CHILD=1`,
+/// and return (success, stderr). Used for misuse that must abort the process
+/// (a panic inside an LWKT thread cannot unwind through its first frame).
+pub fn run_child(test_name: &str) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("LWKT_CHILD", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn is_child() -> bool {
+    std::env::var_os("LWKT_CHILD").is_some()
+}
