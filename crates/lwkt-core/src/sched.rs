@@ -111,6 +111,13 @@ impl<'a> MyCpu<'a> {
         self.gd.machine().cpu(c).map(Cpu::stats)
     }
 
+    /// True when an interrupt or IPI arrived inside a critical section and
+    /// waits for the final `crit_exit` (DragonFly: `gd_reqflags &
+    /// RQF_IDLECHECK_MASK`). A diagnostic; nothing needs to poll it.
+    pub fn has_deferred(self) -> bool {
+        self.gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK != 0
+    }
+
     /// The backend's cycle counter.
     pub fn cycles(self) -> u64 {
         self.gd.machine().arch.cycles()
