@@ -36,7 +36,9 @@ pub(crate) fn current_cpu_block() -> Option<&'static Cpu> {
 pub(crate) struct Vcpu {
     pub(crate) pthread: AtomicUsize,
     pub(crate) thread: std::sync::OnceLock<std::thread::Thread>,
-    /// 1 while parked in `idle_wait` (or about to park).
+    /// What the vCPU is doing, for `kick`: `RUNNING`, `POLLING` (spinning
+    /// in `idle_wait`, watching for work) or `PARKED` (in or about to enter
+    /// `park()`).
     pub(crate) sleeping: AtomicU32,
     pub(crate) signals_sent: AtomicUsize,
     pub(crate) unparks_sent: AtomicUsize,
@@ -64,6 +66,10 @@ fn vcpu_of(cpu: &Cpu) -> &Vcpu {
     // as the CPU block.
     unsafe { &*p }
 }
+
+const RUNNING: u32 = 0;
+const PARKED: u32 = 1;
+const POLLING: u32 = 2;
 
 /// The hosted backend. Stateless: per-CPU state lives in the CPU blocks.
 #[derive(Debug)]
@@ -112,9 +118,14 @@ unsafe impl Arch for HostedArch {
         if let Some(t) = v.thread.get() {
             t.unpark();
         }
-        if v.sleeping.load(Ordering::SeqCst) != 0 {
-            v.unparks_sent.fetch_add(1, Ordering::Relaxed);
-            return;
+        match v.sleeping.load(Ordering::SeqCst) {
+            // Spinning on `has_pending`: it will see the message by itself.
+            POLLING => return,
+            PARKED => {
+                v.unparks_sent.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            _ => {}
         }
         let pt = v.pthread.load(Ordering::Acquire);
         if pt != 0 {
@@ -126,20 +137,24 @@ unsafe impl Arch for HostedArch {
     }
 
     fn idle_wait(&self, cpu: &Cpu) {
-        // Spin briefly first: a message often follows soon, and an unpark
-        // costs microseconds.
-        for _ in 0..256 {
+        // Poll briefly first: a message often follows soon, and while we
+        // poll senders need neither a signal nor an unpark. Publishing the
+        // state before each check (SeqCst on both sides) means a sender that
+        // saw POLLING or PARKED queued its message before our next check.
+        let v = vcpu_of(cpu);
+        v.sleeping.store(POLLING, Ordering::SeqCst);
+        for _ in 0..2048 {
             if cpu.has_pending() {
+                v.sleeping.store(RUNNING, Ordering::SeqCst);
                 return;
             }
             core::hint::spin_loop();
         }
-        let v = vcpu_of(cpu);
-        v.sleeping.store(1, Ordering::SeqCst);
+        v.sleeping.store(PARKED, Ordering::SeqCst);
         if !cpu.has_pending() {
             std::thread::park();
         }
-        v.sleeping.store(0, Ordering::SeqCst);
+        v.sleeping.store(RUNNING, Ordering::SeqCst);
     }
 
     fn cycles(&self) -> u64 {

@@ -1,0 +1,249 @@
+//! The lwkt demo: boots the hosted backend with one virtual CPU per host
+//! core (or `--cpus N`), runs three workloads across the CPUs, and prints
+//! what each CPU did.
+//!
+//! - ping-pong: pairs of threads on neighbouring CPUs hand a turn back and
+//!   forth with sleep/wakeup (each hand-off is an IPI to the other CPU);
+//! - fan-out: one thread sends batches of work to every CPU as IPI messages
+//!   and collects the results with `cpusync`;
+//! - switch: threads on every CPU yield to each other (same-CPU switches).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lwkt_arch_hosted::Machine;
+use lwkt_core::{CpuId, CpuMask, Cur, IpiMsg, MyCpu};
+
+const USAGE: &str = "usage: lwkt-demo [--cpus N] [--rounds N]
+  --cpus N    virtual CPUs (default: one per host core; may exceed them)
+  --rounds N  hand-offs per ping-pong pair and work items per CPU (default 20000)";
+
+struct Opts {
+    cpus: usize,
+    rounds: u64,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        cpus: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        rounds: 20_000,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or(format!("{name} needs a value"))?;
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: '{v}' is not a whole number"))
+        };
+        match a.as_str() {
+            "--cpus" => o.cpus = num("--cpus")? as usize,
+            "--rounds" => o.rounds = num("--rounds")?,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    if o.cpus == 0 {
+        return Err("--cpus 0: a machine needs at least 1 CPU".into());
+    }
+    if o.rounds == 0 {
+        return Err("--rounds 0: nothing to run".into());
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = match parse(&args) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("lwkt-demo: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let machine = match Machine::new(o.cpus) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("lwkt-demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "lwkt demo: {} virtual CPUs on {} host cores, {} rounds",
+        o.cpus,
+        host_cores(),
+        o.rounds
+    );
+    let (lines, report) = machine.run_with_report(|cur| {
+        vec![
+            ping_pong(cur, o.rounds),
+            fan_out(cur, o.rounds),
+            switches(cur, o.rounds),
+        ]
+    });
+    for l in lines {
+        println!("  {l}");
+    }
+    println!();
+    println!("{report}");
+    if report.leaked_threads != 0 {
+        eprintln!("lwkt-demo: {} threads never exited", report.leaked_threads);
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pairs (i, i+1 mod n) hand a turn counter back and forth.
+fn ping_pong(cur: &mut Cur, rounds: u64) -> String {
+    let n = cur.my_cpu().ncpus() as u32;
+    let start = Instant::now();
+    let mut hs = Vec::new();
+    for i in 0..n {
+        let turn = Arc::new(AtomicU64::new(0));
+        for side in 0..2u64 {
+            let turn = turn.clone();
+            let c = if side == 0 { i } else { (i + 1) % n };
+            hs.push(
+                cur.builder()
+                    .cpu(CpuId::new(c))
+                    .name("ping-pong")
+                    .spawn(move |me| {
+                        let chan = Arc::as_ptr(&turn) as usize;
+                        for r in 0..rounds {
+                            let mine = 2 * r + side;
+                            me.sleep_until(chan, || turn.load(Ordering::SeqCst) == mine);
+                            turn.store(mine + 1, Ordering::SeqCst);
+                            me.my_cpu().wakeup(chan);
+                        }
+                    })
+                    .expect("spawn"),
+            );
+        }
+    }
+    for h in &hs {
+        cur.join(h);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let handoffs = 2 * rounds * u64::from(n);
+    format!(
+        "ping-pong: {n} pairs, {handoffs} hand-offs in {secs:.3} s ({:.0} ns each, cross-CPU when n > 1)",
+        secs * 1e9 / handoffs as f64
+    )
+}
+
+static FAN_SUM: [AtomicU64; lwkt_core::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; lwkt_core::MAX_CPUS];
+
+fn work(my: MyCpu<'_>, a: usize, _: usize) {
+    // Owned by this CPU: a plain load and store.
+    let s = &FAN_SUM[my.id().index()];
+    s.store(s.load(Ordering::Relaxed) + a as u64, Ordering::Relaxed);
+}
+
+/// One thread sends `rounds` work items to every CPU in batches of 64, then
+/// a cpusync collects the per-CPU sums.
+fn fan_out(cur: &mut Cur, rounds: u64) -> String {
+    let n = cur.my_cpu().ncpus();
+    for s in &FAN_SUM {
+        s.store(0, Ordering::Relaxed);
+    }
+    let start = Instant::now();
+    let mut batch = Vec::with_capacity(64);
+    let mut item = 0u64;
+    while item < rounds {
+        let k = 64.min(rounds - item);
+        for c in 0..n {
+            batch.clear();
+            batch.extend((0..k).map(|j| IpiMsg {
+                func: work,
+                arg1: (item + j) as usize,
+                arg2: 0,
+            }));
+            cur.my_cpu()
+                .send_ipi_batch(CpuId::new(c as u32), &batch)
+                .expect("send");
+        }
+        item += k;
+    }
+    let total = AtomicU64::new(0);
+    cur.cpusync(CpuMask::all(n), &|my| {
+        total.fetch_add(
+            FAN_SUM[my.id().index()].load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let expect = n as u64 * rounds * (rounds - 1) / 2;
+    let got = total.load(Ordering::Relaxed);
+    assert_eq!(got, expect, "fan-out lost or repeated work");
+    format!(
+        "fan-out: {} messages to {n} CPUs in {secs:.3} s ({:.1} M msg/s), sums check out",
+        n as u64 * rounds,
+        (n as u64 * rounds) as f64 / secs / 1e6
+    )
+}
+
+/// Four threads per CPU yield to each other.
+fn switches(cur: &mut Cur, rounds: u64) -> String {
+    let n = cur.my_cpu().ncpus() as u32;
+    let start = Instant::now();
+    let hs: Vec<_> = (0..4 * n)
+        .map(|i| {
+            cur.builder()
+                .cpu(CpuId::new(i % n))
+                .name("yielder")
+                .spawn(move |me| {
+                    for _ in 0..rounds {
+                        me.yield_now();
+                    }
+                })
+                .expect("spawn")
+        })
+        .collect();
+    for h in &hs {
+        cur.join(h);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = 4 * u64::from(n) * rounds;
+    format!(
+        "switch: {total} yields by {} threads in {secs:.3} s ({:.1} ns per yield+switch, per CPU)",
+        4 * n,
+        secs * 1e9 * f64::from(n) / total as f64
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn refuses_zero_cpus_and_bad_options() {
+        assert_eq!(
+            parse(&args("--cpus 0")).err().unwrap(),
+            "--cpus 0: a machine needs at least 1 CPU"
+        );
+        assert!(parse(&args("--cpus x"))
+            .err()
+            .unwrap()
+            .contains("not a whole number"));
+        assert!(parse(&args("--frob"))
+            .err()
+            .unwrap()
+            .contains("unknown option '--frob'"));
+        let o = parse(&args("--cpus 8 --rounds 10")).unwrap();
+        assert_eq!((o.cpus, o.rounds), (8, 10));
+    }
+}
