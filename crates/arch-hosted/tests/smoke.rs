@@ -1,3 +1,4 @@
+//! Smallest end-to-end check: boot, spawn across CPUs, join, shut down.
 use lwkt_core::CpuId;
 #[test]
 fn boots_and_spawns() {

@@ -50,7 +50,7 @@ impl RunQueue {
         let above = self.bitmap & !((1u32 << p) - 1) & !(1u32 << p);
         let h = self.head[p as usize];
         above != 0
-            || (!h.is_null() && (h != td as *const _ as *mut _ || !td.rq_next.get().is_null()))
+            || (!h.is_null() && (!core::ptr::eq(h, td) || !td.rq_next.get().is_null()))
     }
 
     /// Append `td` at the tail of its priority (`_lwkt_enqueue`).
