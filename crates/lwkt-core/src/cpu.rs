@@ -314,7 +314,7 @@ impl fmt::Debug for Cpu {
 }
 
 /// The backend that made `Cpu::new`'s idle thread; replaced at `bind`.
-struct NoArch;
+pub(crate) struct NoArch;
 // SAFETY: never used to run anything: `Cpu::new` needs an `Arch` for its idle
 // block, and every use goes through the machine's real backend after `bind`.
 unsafe impl Arch for NoArch {
@@ -342,7 +342,7 @@ unsafe impl Arch for NoArch {
         0
     }
 }
-static NO_ARCH: NoArch = NoArch;
+pub(crate) static NO_ARCH: NoArch = NoArch;
 
 impl Cpu {
     /// A fresh CPU block for CPU `id`.

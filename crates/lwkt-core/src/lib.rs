@@ -42,6 +42,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(test)]
+extern crate std;
+
 mod arch;
 mod cpu;
 mod cpusync;

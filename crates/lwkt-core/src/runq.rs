@@ -49,8 +49,7 @@ impl RunQueue {
         let p = td.pri.get().get() as u32;
         let above = self.bitmap & !((1u32 << p) - 1) & !(1u32 << p);
         let h = self.head[p as usize];
-        above != 0
-            || (!h.is_null() && (!core::ptr::eq(h, td) || !td.rq_next.get().is_null()))
+        above != 0 || (!h.is_null() && (!core::ptr::eq(h, td) || !td.rq_next.get().is_null()))
     }
 
     /// Append `td` at the tail of its priority (`_lwkt_enqueue`).
@@ -105,5 +104,98 @@ impl RunQueue {
         t.rq_prev.set(ptr::null_mut());
         t.clear(tdf::RUNQ);
         self.count -= 1;
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::RunQueue;
+    use crate::cpu::{CpuId, NO_ARCH};
+    use crate::thread::{tdf, Priority, Thread};
+    use alloc_free::Threads;
+    use std::vec::Vec;
+
+    /// Thread blocks for run-queue tests, without a machine.
+    mod alloc_free {
+        use super::*;
+        pub(super) struct Threads(pub(super) [Thread; 8]);
+        impl Threads {
+            pub(super) fn new() -> Self {
+                Threads(core::array::from_fn(|i| {
+                    Thread::new(
+                        &NO_ARCH,
+                        0,
+                        core::ptr::null(),
+                        CpuId::new(0),
+                        Priority((i % 4) as u8 * 3),
+                        None,
+                        "t",
+                    )
+                }))
+            }
+            pub(super) fn ptr(&self, i: usize) -> *mut Thread {
+                &self.0[i] as *const Thread as *mut Thread
+            }
+        }
+    }
+
+    /// Reference model: a list of (priority, id) in insertion order; the
+    /// next to run is the earliest-inserted of the highest priority.
+    fn model_first(model: &[(u8, usize)]) -> Option<usize> {
+        let best = model.iter().map(|&(p, _)| p).max()?;
+        model.iter().find(|&&(p, _)| p == best).map(|&(_, i)| i)
+    }
+
+    fn check(ops: &[(bool, usize)]) {
+        let ts = Threads::new();
+        let mut rq = RunQueue::new();
+        let mut model: Vec<(u8, usize)> = Vec::new();
+        for &(insert, i) in ops {
+            let t = &ts.0[i];
+            if insert && !t.has(tdf::RUNQ) {
+                // SAFETY: a live thread block not on the queue.
+                unsafe { rq.push_back(ts.ptr(i)) };
+                model.push((t.pri.get().get(), i));
+            } else if !insert && t.has(tdf::RUNQ) {
+                // SAFETY: a live thread block on the queue.
+                unsafe { rq.remove(ts.ptr(i)) };
+                model.retain(|&(_, j)| j != i);
+            }
+            assert_eq!(rq.len(), model.len());
+            let first = rq.first();
+            let want = model_first(&model).map(|i| ts.ptr(i));
+            assert_eq!((!first.is_null()).then_some(first), want);
+        }
+        // Drain in run order and compare with the model's order.
+        while let Some(i) = model_first(&model) {
+            assert_eq!(rq.first(), ts.ptr(i));
+            // SAFETY: on the queue.
+            unsafe { rq.remove(ts.ptr(i)) };
+            model.retain(|&(_, j)| j != i);
+        }
+        assert!(rq.first().is_null());
+    }
+
+    #[test]
+    fn fixed_priority_then_fifo_small() {
+        check(&[
+            (true, 0),
+            (true, 4),
+            (true, 1),
+            (true, 5),
+            (false, 1),
+            (true, 1),
+            (true, 3),
+            (false, 0),
+            (true, 7),
+        ]);
+    }
+
+    #[cfg(not(miri))]
+    proptest::proptest! {
+        #[test]
+        fn matches_reference_model(ops in proptest::collection::vec((proptest::bool::ANY, 0usize..8), 0..200)) {
+            check(&ops);
+        }
     }
 }
