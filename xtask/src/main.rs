@@ -10,7 +10,9 @@ const USAGE: &str = "usage: cargo xtask <loom|miri|ci>";
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: {cmd:?}");
-    let st = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let st = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if st.success() {
         Ok(())
     } else {
@@ -33,7 +35,13 @@ fn miri() -> Result<(), String> {
         .is_ok_and(|o| o.status.success());
     if !have {
         run(Command::new("rustup").args([
-            "toolchain", "install", "nightly", "--profile", "minimal", "--component", "miri,rust-src",
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "miri,rust-src",
         ]))?;
     }
     run(Command::new("cargo").args(["+nightly", "miri", "setup"]))?;
