@@ -57,6 +57,9 @@ mod sync;
 mod thread;
 mod waitq;
 
+/// Serializing tokens (the `lwkt-token` crate), integrated with this scheduler.
+pub use lwkt_token as token;
+
 pub use arch::{Arch, Context, EntryFn, Stack};
 pub use cpu::{Cpu, CpuId, CpuMask, CpuStats, CpuStatsSnapshot, Machine, MAX_CPUS};
 pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};

@@ -44,6 +44,21 @@ impl RunQueue {
         self.head[31 - self.bitmap.leading_zeros() as usize]
     }
 
+    /// The next thread after `td` in run order (same priority first, then lower).
+    pub(crate) fn after(&self, td: &Thread) -> *mut Thread {
+        let n = td.rq_next.get();
+        if !n.is_null() {
+            return n;
+        }
+        let p = td.pri.get().get() as u32;
+        let lower = self.bitmap & ((1u32 << p) - 1);
+        if lower == 0 {
+            ptr::null_mut()
+        } else {
+            self.head[31 - lower.leading_zeros() as usize]
+        }
+    }
+
     /// Is any thread other than `td` queued at `td`'s priority or above?
     pub(crate) fn has_peer_or_better(&self, td: &Thread) -> bool {
         let p = td.pri.get().get() as u32;

@@ -298,6 +298,21 @@ pub(crate) unsafe fn splz(gd: &Cpu) {
     }
 }
 
+// SAFETY: the stack is the running thread's own; `switch_from` releases a
+// thread's tokens whenever it switches away and switches to a thread only
+// after `acquire_all` succeeded, so a running thread holds all its tokens;
+// `wait_for_tokens` is such a switch, and returns only when we run again.
+unsafe impl lwkt_token::TokenThread for Cur {
+    fn token_stack(&self) -> &lwkt_token::TokenStack {
+        &self.td().toks
+    }
+
+    fn wait_for_tokens(&mut self) {
+        // SAFETY: called by the running thread.
+        unsafe { switch_from(self.td()) };
+    }
+}
+
 impl Cur {
     fn td(&self) -> &Thread {
         // SAFETY: the running thread's block is alive while it runs.
@@ -402,7 +417,53 @@ impl Cur {
     /// DragonFly: `lwkt_switch()`.
     pub fn switch(&mut self) {
         // SAFETY: called by the running thread.
-        unsafe { switch_from(self.td()) }
+        unsafe { switch_from(self.td()) };
+    }
+
+    /// Hold `tok` exclusively while `f` runs; see [`lwkt_token::with_token`].
+    /// DragonFly: `lwkt_gettoken()` ... `lwkt_reltoken()`.
+    ///
+    /// If `f` blocks, the token is released meanwhile and all of this
+    /// thread's tokens are held again before it continues.
+    ///
+    /// ```
+    /// use lwkt_core::token::{Token, TokenCell};
+    /// static TOK: Token = Token::new("stats");
+    /// static HITS: TokenCell<'static, u64> = TokenCell::new(&TOK, 0);
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     cur.with_token(&TOK, |cur, held| *HITS.get_mut(held, cur) += 1);
+    /// });
+    /// ```
+    pub fn with_token<R>(
+        &mut self,
+        tok: &lwkt_token::Token,
+        f: impl for<'h> FnOnce(&mut Cur, &lwkt_token::Held<'h, lwkt_token::Exclusive>) -> R,
+    ) -> R {
+        lwkt_token::with_token(self, tok, f)
+    }
+
+    /// Hold `tok` shared while `f` runs. DragonFly: `lwkt_gettoken_shared()`.
+    pub fn with_token_shared<R>(
+        &mut self,
+        tok: &lwkt_token::Token,
+        f: impl for<'h> FnOnce(&mut Cur, &lwkt_token::Held<'h, lwkt_token::Shared>) -> R,
+    ) -> R {
+        lwkt_token::with_token_shared(self, tok, f)
+    }
+
+    /// Hold `tok` exclusively while `f` runs, only if it is free now.
+    /// DragonFly: `lwkt_trytoken()`.
+    pub fn try_with_token<R>(
+        &mut self,
+        tok: &lwkt_token::Token,
+        f: impl for<'h> FnOnce(&mut Cur, &lwkt_token::Held<'h, lwkt_token::Exclusive>) -> R,
+    ) -> Option<R> {
+        lwkt_token::try_with_token(self, tok, f)
+    }
+
+    /// Token references this thread holds now.
+    pub fn tokens_held(&self) -> usize {
+        self.td().toks.len()
     }
 
     /// Let other runnable threads of the same or higher priority run, then
@@ -777,6 +838,7 @@ fn exit_current(td: &Thread) -> ! {
     assert!(!td.has(tdf::EXITING), "lwkt: thread exited twice");
     let gd = td.gd();
     td.set(tdf::EXITING);
+    debug_assert!(td.toks.is_empty(), "lwkt: thread exits holding tokens");
     // SAFETY: on our CPU in a critical section.
     unsafe {
         if td.has(tdf::TSLEEPQ) {
@@ -918,26 +980,46 @@ fn setcpu_remote(my: MyCpu<'_>, td: usize, _: usize) {
     unsafe { schedule_local(gd, t) };
 }
 
-/// The core of `lwkt_switch`: run the best thread of this CPU.
+/// The core of `lwkt_switch`: run the best thread of this CPU whose tokens
+/// can all be had. Returns whether it switched.
+///
+/// The caller's tokens are released first (a thread holds tokens only while
+/// it runs); each candidate, in run order, gets all of its tokens or is
+/// skipped (it stays at its place in the queue, so it is tried first again
+/// next time and is not starved by the threads that run meanwhile). If
+/// nothing can run, the idle thread runs and retries.
 ///
 /// # Safety
 /// `td` is the running thread.
-pub(crate) unsafe fn switch_from(td: &Thread) {
+pub(crate) unsafe fn switch_from(td: &Thread) -> bool {
     crit::enter(&td.critcount);
     let gd = td.gd();
     assert!(
         gd.intr_nesting.get() == 0,
         "lwkt: switch from interrupt or IPI context"
     );
+    if !td.toks.is_empty() {
+        // SAFETY: our own stack, on our CPU.
+        unsafe { td.toks.release_all() };
+    }
     // SAFETY: on our CPU in a critical section.
-    let next = unsafe { gd.runq() }.first();
-    let ntd: &Thread = if next.is_null() {
-        &gd.idle
-    } else {
+    let rq = unsafe { gd.runq() };
+    let mut next = rq.first();
+    let ntd: &Thread = loop {
+        if next.is_null() {
+            break &gd.idle;
+        }
         // SAFETY: queued threads are live.
-        unsafe { &*next }
+        let cand = unsafe { &*next };
+        // SAFETY: `cand` is not running (or is `td`, whose tokens we just
+        // released); its stack is touched only by this CPU.
+        if cand.toks.is_empty() || unsafe { cand.toks.acquire_all() } {
+            break cand;
+        }
+        next = rq.after(cand);
     };
-    if !ptr::eq(ntd, td) {
+    let switched = !ptr::eq(ntd, td);
+    if switched {
         assert!(
             ptr::eq(ntd.gd.load(Ordering::Relaxed), gd),
             "lwkt: CPU {} was about to run a thread of another CPU",
@@ -953,11 +1035,14 @@ pub(crate) unsafe fn switch_from(td: &Thread) {
         // SAFETY: inside a critical section; `ntd.ctx` was saved by `switch`
         // or prepared by `init_context`.
         unsafe { gd.machine().arch.switch(&td.ctx, &ntd.ctx) };
-        // Running again, perhaps on another CPU after a migration.
+        // Running again (perhaps on another CPU after a migration), with all
+        // our tokens: whoever switched to us acquired them.
         // SAFETY: just switched to, in a critical section.
         unsafe { finish_switch(td.gd()) };
     }
+    debug_assert!(td.toks.all_held() || td.has(tdf::IDLE));
     crit_exit_td(td);
+    switched
 }
 
 /// After a switch, on the thread switched to: finish what the previous
@@ -1029,13 +1114,21 @@ impl Cpu {
         idle.critcount.store(1, Ordering::Relaxed);
         self.curthread
             .store(idle as *const Thread as *mut Thread, Ordering::Relaxed);
+        let mut contended = 0u32;
         loop {
             // SAFETY: on this CPU, in the idle thread's critical section.
             unsafe { splz(self) };
             // SAFETY: as above.
             if unsafe { self.runq() }.len() != 0 {
                 // SAFETY: the idle thread is running.
-                unsafe { switch_from(idle) };
+                if unsafe { switch_from(idle) } {
+                    contended = 0;
+                } else {
+                    // Runnable threads, but none can have its tokens yet:
+                    // tokens are polled, so try again shortly.
+                    arch.pause(contended);
+                    contended = contended.wrapping_add(1);
+                }
                 continue;
             }
             if self.shutdown.load(Ordering::SeqCst) && self.ipimask.load(Ordering::SeqCst) == 0 {

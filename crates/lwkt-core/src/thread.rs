@@ -158,6 +158,8 @@ pub(crate) struct Thread {
     pub(crate) closure: Cell<*mut u8>,
     /// Owner: times this thread was switched to.
     pub(crate) switches: Cell<u64>,
+    /// The tokens this thread holds while it runs (`td_toks_array`).
+    pub(crate) toks: lwkt_token::TokenStack,
     pub(crate) name: &'static str,
 }
 
@@ -204,6 +206,7 @@ impl Thread {
             machine_id,
             closure: Cell::new(ptr::null_mut()),
             switches: Cell::new(0),
+            toks: lwkt_token::TokenStack::new(),
             name,
         }
     }
