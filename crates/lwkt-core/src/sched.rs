@@ -461,6 +461,12 @@ impl Cur {
         lwkt_token::try_with_token(self, tok, f)
     }
 
+    /// The owner id this thread's exclusive token holds carry
+    /// ([`Token::exclusive_owner`](lwkt_token::Token::exclusive_owner)).
+    pub fn token_stack_id(&self) -> usize {
+        self.td().toks.owner_id()
+    }
+
     /// Token references this thread holds now.
     pub fn tokens_held(&self) -> usize {
         self.td().toks.len()

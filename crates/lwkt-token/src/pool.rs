@@ -28,12 +28,12 @@ pub fn pool_token(addr: usize) -> &'static Token {
     &POOL[pool_index(addr)]
 }
 
-/// The pool slot for `addr`: two hashes of different bit ranges of the
-/// address, each modulo a large prime, exclusive-or'ed (DragonFly's scheme).
+/// The pool slot for `addr`: Fibonacci hashing (multiply by 2^64/phi, keep
+/// the top bits). DragonFly hashes two shifted ranges of the address modulo
+/// large primes; on small heap objects that keeps the always-zero low bits
+/// and used only 383 of 1024 slots for 1000 consecutive 16-byte boxes here,
+/// where the multiplicative hash spreads them (see the lwkt-core token tests).
 pub fn pool_index(addr: usize) -> usize {
-    const P1: usize = 4_194_301;
-    const P2: usize = 4_194_287;
-    let h1 = (addr.wrapping_add(addr >> 18)) % P1;
-    let h2 = ((addr >> 8).wrapping_add(addr >> 24)) % P2;
-    (h1 ^ h2) & (POOL_SIZE - 1)
+    const SHIFT: u32 = u64::BITS - POOL_SIZE.trailing_zeros();
+    ((addr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> SHIFT) as usize
 }
