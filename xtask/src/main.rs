@@ -1,7 +1,7 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
 //! - `loom`: the loom models (`--cfg loom`, `LOOM_MAX_PREEMPTIONS=2`, release).
-//! - `miri`: the Miri subset (lwkt-core's unit tests), installing Miri if needed.
+//! - `miri`: the Miri subset (lwkt-token's and lwkt-core's unit tests), installing Miri if needed.
 //! - `ci`: the whole CI script, `.ci/run`.
 
 use std::process::{Command, ExitCode};
@@ -22,7 +22,15 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 fn loom() -> Result<(), String> {
     run(Command::new("cargo")
-        .args(["test", "-p", "lwkt-core", "--release", "--lib"])
+        .args([
+            "test",
+            "-p",
+            "lwkt-token",
+            "-p",
+            "lwkt-core",
+            "--release",
+            "--lib",
+        ])
         .env("RUSTFLAGS", "--cfg loom")
         .env("LOOM_MAX_PREEMPTIONS", "2")
         .env("CARGO_TARGET_DIR", "target/loom"))
@@ -46,7 +54,16 @@ fn miri() -> Result<(), String> {
     }
     run(Command::new("cargo").args(["+nightly", "miri", "setup"]))?;
     run(Command::new("cargo")
-        .args(["+nightly", "miri", "test", "-p", "lwkt-core", "--lib"])
+        .args([
+            "+nightly",
+            "miri",
+            "test",
+            "-p",
+            "lwkt-token",
+            "-p",
+            "lwkt-core",
+            "--lib",
+        ])
         .env("MIRIFLAGS", "-Zmiri-strict-provenance")
         .env("CARGO_TARGET_DIR", "target/miri"))
 }

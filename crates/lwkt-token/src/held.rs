@@ -67,9 +67,6 @@ impl<M> Held<'_, M> {
     }
 }
 
-/// Spins on a contended token before handing the wait to the scheduler.
-const SPINS: u32 = 16;
-
 fn acquire<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) {
     let st = cur.token_stack();
     // SAFETY: the running thread's own stack, all its references held.
@@ -78,13 +75,13 @@ fn acquire<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) {
         Ok(Pushed::Recursive) => return,
         Ok(Pushed::New) => {}
     }
-    for i in 0..SPINS {
+    for i in 0..crate::sync::SPIN_TRIES {
         // SAFETY: as above; the top reference was just pushed.
         if unsafe { st.try_top(true) } {
             return;
         }
         for _ in 0..(1u32 << i.min(6)) {
-            core::hint::spin_loop();
+            crate::sync::spin_loop();
         }
     }
     cur.wait_for_tokens();

@@ -77,3 +77,8 @@ pub use pool::{pool_index, pool_token, POOL_SIZE};
 pub use spin::SpinThread;
 pub use stack::{Mode, Pushed, TokenError, TokenStack, MAX_TOKENS, SORTED_AFTER};
 pub use token::Token;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(all(test, not(loom), not(miri)))]
+mod model_tests;

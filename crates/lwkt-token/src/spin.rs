@@ -45,11 +45,13 @@ unsafe impl TokenThread for SpinThread {
             // SAFETY: our own stack; nothing else uses it meanwhile.
             unsafe { self.stack.release_all() };
             for _ in 0..spins {
-                core::hint::spin_loop();
+                crate::sync::spin_loop();
             }
-            spins = (spins * 2).min(1 << 10);
-            #[cfg(loom)]
-            loom::thread::yield_now();
+            spins = if cfg!(loom) {
+                1
+            } else {
+                (spins * 2).min(1 << 10)
+            };
             // SAFETY: as above, nothing held now.
             if unsafe { self.stack.acquire_all() } {
                 return;

@@ -11,9 +11,13 @@
 //!   while the token is exclusive (DragonFly adds, looks, and subtracts
 //!   again), so nothing but the owner writes the word while it is held
 //!   exclusively;
-//! - hence an exclusive release is a plain store (one locked instruction per
-//!   exclusive acquire+release pair instead of two). A waiter's `EXCLREQ`
-//!   hint may be erased by that store; the waiter sets it again on its next try.
+//! - a waiting exclusive requester sets `EXCLREQ` only while the token is
+//!   held shared, with a compare-and-swap whose expected value has
+//!   `EXCLUSIVE` clear;
+//! - so while a token is held exclusively nobody else writes its state word
+//!   (every foreign write is a CAS that cannot succeed then), and the
+//!   exclusive release is a plain store: one locked instruction per
+//!   exclusive acquire+release pair instead of DragonFly's two.
 
 use core::fmt;
 
@@ -128,8 +132,18 @@ impl Token {
                     Err(now) => s = now,
                 }
             } else {
-                if blocking && s & EXCLREQ == 0 {
-                    self.state.fetch_or(EXCLREQ, Ordering::Relaxed);
+                // Ask shared holders to let us in next, but only while the
+                // token is shared: a CAS that cannot succeed while it is held
+                // exclusively, so that nobody but the exclusive holder ever
+                // writes the word then (which is what lets its release be a
+                // plain store).
+                if blocking && s & (EXCLUSIVE | EXCLREQ) == 0 {
+                    let _ = self.state.compare_exchange(
+                        s,
+                        s | EXCLREQ,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                 }
                 return false;
             }
