@@ -1,1 +1,49 @@
-//! Benchmarks live in `benches/`.
+//! Shared pieces of the lwkt benches: pinning OS threads to cores and
+//! running a closure on an LWKT thread of a fresh hosted machine.
+//!
+//! The benches use criterion's `iter_custom`: each sample boots a machine
+//! (not timed), runs the measured loop inside an LWKT thread, and returns the
+//! time that loop took, so machine boot never pollutes a number.
+
+use std::time::Duration;
+
+use lwkt_core::Cur;
+
+/// Pin the calling OS thread to host core `core` (by explicit id: after a
+/// thread pins itself, `sched_getaffinity` in its children sees one core).
+pub fn pin(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; we set one core for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Host cores online. Not `available_parallelism`: that reads the calling
+/// thread's affinity, which is one core once a bench has pinned it.
+pub fn cores() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n < 1 {
+        1
+    } else {
+        n as usize
+    }
+}
+
+/// Boot an `ncpus` machine, run `f` as its main thread, return its result.
+pub fn on_lwkt<R: Send>(ncpus: usize, f: impl FnOnce(&mut Cur) -> R + Send) -> R {
+    lwkt_arch_hosted::Machine::new(ncpus)
+        .expect("machine")
+        .run(f)
+}
+
+/// Time `f` in an LWKT main thread.
+pub fn time_on_lwkt(ncpus: usize, f: impl FnOnce(&mut Cur) + Send) -> Duration {
+    on_lwkt(ncpus, |cur| {
+        let t = std::time::Instant::now();
+        f(cur);
+        t.elapsed()
+    })
+}

@@ -222,7 +222,7 @@ impl Machine {
             ncpus: cpus.len(),
             rings: rings.as_ptr(),
             id: MACHINE_IDS.0.fetch_add(1, Ordering::Relaxed),
-            sleep_masks: [const { AtomicU64::new(0) }; crate::sleep::SLEEP_HASH],
+            sleep_masks: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -370,7 +370,7 @@ impl Cpu {
             shutdown: AtomicBool::new(false),
             live_threads: AtomicUsize::new(0),
             stats: CpuStats::default(),
-            arch_words: [const { AtomicUsize::new(0) }; 4],
+            arch_words: core::array::from_fn(|_| AtomicUsize::new(0)),
         }
     }
 

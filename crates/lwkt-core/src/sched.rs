@@ -480,7 +480,10 @@ impl Cur {
         crit::enter(&td.critcount);
         // SAFETY: on our CPU in a critical section.
         unsafe {
-            splz(gd);
+            // Deferred interrupts first (DragonFly: only when flagged).
+            if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK != 0 {
+                splz(gd);
+            }
             let rq = gd.runq();
             if td.has(tdf::RUNQ) && rq.has_peer_or_better(td) {
                 let me = td as *const Thread as *mut Thread;
@@ -1034,8 +1037,10 @@ pub(crate) unsafe fn switch_from(td: &Thread) -> bool {
         gd.prev.set(td as *const Thread as *mut Thread);
         gd.curthread
             .store(ntd as *const Thread as *mut Thread, Ordering::Relaxed);
-        gd.reqflags
-            .fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
+        if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0 {
+            gd.reqflags
+                .fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
+        }
         gd.stats.switches.add(1);
         ntd.switches.set(ntd.switches.get() + 1);
         // SAFETY: inside a critical section; `ntd.ctx` was saved by `switch`

@@ -34,3 +34,185 @@ fn ring_spsc_in_order() {
         assert_eq!(unsafe { r.pop() }, None);
     });
 }
+
+/// A full ring refuses a push without overwriting anything, and takes it
+/// after a pop; a batch publishes what fits.
+#[test]
+fn ring_full_then_drained() {
+    loom::model(|| {
+        let r: Arc<Ring<u32, 2>> = Arc::new(Ring::new());
+        let p = r.clone();
+        let t = thread::spawn(move || {
+            // SAFETY: this thread is the only producer.
+            unsafe {
+                assert_eq!(p.push_batch(&[1, 2, 3]), 2, "a batch takes what fits");
+                let mut third = 3;
+                while let Err(v) = p.push(third) {
+                    third = v; // refused, not lost
+                    thread::yield_now();
+                }
+            }
+        });
+        let mut got = std::vec::Vec::new();
+        while got.len() < 3 {
+            // SAFETY: this thread is the only consumer.
+            match unsafe { r.pop() } {
+                Some(v) => got.push(v),
+                None => thread::yield_now(),
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(got, [1, 2, 3]);
+    });
+}
+
+use crate::cpu::CpuId;
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use super::Doorbell;
+
+/// The receive protocol of `ipiq::process`, on a model ring.
+fn drain(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::Vec<u32>) {
+    db.begin_poll();
+    let mask = db.pending();
+    if mask & 1 == 0 {
+        return;
+    }
+    loop {
+        // SAFETY: the calling thread is the only consumer.
+        while let Some(v) = unsafe { ring.pop() } {
+            seen.push(v);
+        }
+        db.drained(0);
+        if ring.is_empty() {
+            break;
+        }
+        db.rearm(0);
+    }
+}
+
+/// Sender: queue, then `Doorbell::ring`, kicking when it says so. Receiver:
+/// drain on every kick, and before "sleeping" clear the interlock and look
+/// once more, as the idle loop does. Every message is run exactly once, in
+/// order, and none is left behind without a kick pending.
+#[test]
+fn doorbell_loses_no_kick() {
+    loom::model(|| {
+        let ring: Arc<Ring<u32, 4>> = Arc::new(Ring::new());
+        let ipimask = Arc::new(AtomicU64::new(0));
+        let npoll = Arc::new(AtomicU32::new(0));
+        let kick = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (ring, ipimask, npoll, kick) =
+                (ring.clone(), ipimask.clone(), npoll.clone(), kick.clone());
+            thread::spawn(move || {
+                let db = Doorbell {
+                    ipimask: &ipimask,
+                    npoll: &npoll,
+                };
+                for i in 0..2 {
+                    // SAFETY: this thread is the only producer.
+                    assert!(unsafe { ring.push(i) }.is_ok());
+                    if db.ring(CpuId::new(0)) {
+                        kick.store(true, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        let db = Doorbell {
+            ipimask: &ipimask,
+            npoll: &npoll,
+        };
+        let mut seen = std::vec::Vec::new();
+        // A receiver that is kicked once or twice while the sender runs.
+        for _ in 0..2 {
+            if kick.swap(false, Ordering::SeqCst) {
+                drain(&db, &ring, &mut seen);
+            }
+            thread::yield_now();
+        }
+        // Going idle: clear the interlock, look once more (idle loop).
+        db.begin_poll();
+        if db.pending() != 0 {
+            drain(&db, &ring, &mut seen);
+        }
+        sender.join().unwrap();
+        // Whatever is still queued must have a kick pending (or a mask bit
+        // the idle loop will see), or the receiver would sleep forever.
+        if !ring.is_empty() {
+            assert!(
+                kick.load(Ordering::SeqCst) || ipimask.load(Ordering::SeqCst) != 0,
+                "lost kick"
+            );
+            drain(&db, &ring, &mut seen);
+        }
+        assert_eq!(seen, [0, 1], "every message once, in order");
+    });
+}
+
+/// The critical-section hand-off: an interrupt (kick) that arrives inside a
+/// critical section is recorded, not run; the final exit runs it, exactly
+/// once, with no message left behind. Kicks are counted by the sender and
+/// taken by the CPU by comparing with what it has handled.
+#[test]
+fn crit_defers_the_interrupt_to_the_final_exit() {
+    loom::model(|| {
+        let ring: Arc<Ring<u32, 4>> = Arc::new(Ring::new());
+        let ipimask = Arc::new(AtomicU64::new(0));
+        let npoll = Arc::new(AtomicU32::new(0));
+        let kicks = Arc::new(AtomicU32::new(0));
+        let sender = {
+            let (ring, ipimask, npoll, kicks) =
+                (ring.clone(), ipimask.clone(), npoll.clone(), kicks.clone());
+            thread::spawn(move || {
+                let db = Doorbell {
+                    ipimask: &ipimask,
+                    npoll: &npoll,
+                };
+                // SAFETY: this thread is the only producer.
+                assert!(unsafe { ring.push(7) }.is_ok());
+                if db.ring(CpuId::new(0)) {
+                    kicks.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        let count = AtomicU32::new(0);
+        let reqflags = AtomicU32::new(0);
+        let db = Doorbell {
+            ipimask: &ipimask,
+            npoll: &npoll,
+        };
+        let mut seen = std::vec::Vec::new();
+        let mut taken = 0;
+        crate::crit::enter(&count);
+        // The interrupt may arrive here, inside the section: deferred.
+        if kicks.load(Ordering::SeqCst) > taken {
+            taken += 1;
+            assert!(!crate::crit::interrupt_arrives(
+                &count,
+                0,
+                &reqflags,
+                crate::crit::rqf::IPIQ
+            ));
+            assert!(seen.is_empty(), "an IPI ran inside a critical section");
+        }
+        if crate::crit::exit(&count, &reqflags) {
+            // The final exit runs what was deferred (`splz`).
+            reqflags.fetch_and(!crate::crit::rqf::IPIQ, Ordering::Relaxed);
+            drain(&db, &ring, &mut seen);
+        }
+        sender.join().unwrap();
+        // Or it arrives after the section, and runs at once.
+        if kicks.load(Ordering::SeqCst) > taken {
+            assert!(crate::crit::interrupt_arrives(
+                &count,
+                0,
+                &reqflags,
+                crate::crit::rqf::IPIQ
+            ));
+            drain(&db, &ring, &mut seen);
+        }
+        assert_eq!(seen, [7], "the message ran exactly once");
+        assert_eq!(reqflags.load(Ordering::Relaxed) & crate::crit::rqf::IPIQ, 0);
+    });
+}

@@ -1,0 +1,281 @@
+#![allow(missing_docs)] // criterion_group! generates an undocumented fn
+//! lwkt-core against what a user would pick instead, side by side in one run:
+//!
+//! - `switch`: a same-CPU LWKT thread switch vs an OS-thread hand-off
+//!   (Mutex+Condvar ping-pong on one core) vs `std::thread::yield_now`;
+//! - `crit`: `crit_enter`+`crit_exit` vs an atomic `fetch_add` vs two plain
+//!   increments;
+//! - `ipi_ring`: messages between two pinned threads through lwkt's IPI ring
+//!   (unbatched and in batches of 32) vs `rtrb` vs `crossbeam-channel`.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lwkt_benches::{cores, on_lwkt, pin, time_on_lwkt};
+use lwkt_core::ipiq::Ring;
+use lwkt_core::CpuId;
+
+fn switch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("switch");
+    g.throughput(Throughput::Elements(1));
+    // One element = one thread switch.
+    g.bench_function("lwkt same-CPU switch", |b| {
+        b.iter_custom(|iters| {
+            on_lwkt(1, |cur| {
+                let stop = Arc::new(AtomicBool::new(false));
+                let s2 = stop.clone();
+                let partner = cur
+                    .spawn_on(CpuId::new(0), move |me| {
+                        while !s2.load(Ordering::Relaxed) {
+                            me.yield_now();
+                        }
+                    })
+                    .unwrap();
+                cur.yield_now(); // partner starts
+                let t = Instant::now();
+                for _ in 0..iters.div_ceil(2) {
+                    cur.yield_now(); // to the partner and back: two switches
+                }
+                let d = t.elapsed();
+                stop.store(true, Ordering::Relaxed);
+                cur.join(&partner);
+                d
+            })
+        })
+    });
+    g.bench_function("OS hand-off (Mutex+Condvar, one core)", |b| {
+        b.iter_custom(|iters| {
+            let pair = Arc::new((Mutex::new(false), Condvar::new()));
+            let p2 = pair.clone();
+            let n = iters.div_ceil(2);
+            let start = Arc::new(Barrier::new(2));
+            let s2 = start.clone();
+            let partner = std::thread::spawn(move || {
+                pin(0);
+                s2.wait();
+                let (m, cv) = &*p2;
+                for _ in 0..n {
+                    let mut turn = m.lock().unwrap();
+                    while !*turn {
+                        turn = cv.wait(turn).unwrap();
+                    }
+                    *turn = false;
+                    drop(turn);
+                    cv.notify_one();
+                }
+            });
+            pin(0);
+            start.wait();
+            let (m, cv) = &*pair;
+            let t = Instant::now();
+            for _ in 0..n {
+                let mut turn = m.lock().unwrap();
+                *turn = true;
+                drop(turn);
+                cv.notify_one();
+                let mut turn = m.lock().unwrap();
+                while *turn {
+                    turn = cv.wait(turn).unwrap();
+                }
+            }
+            let d = t.elapsed();
+            partner.join().unwrap();
+            unpin();
+            d
+        })
+    });
+    g.bench_function("std::thread::yield_now", |b| b.iter(std::thread::yield_now));
+    g.finish();
+}
+
+fn unpin() {
+    // SAFETY: a zeroed cpu_set_t is empty; we add every core and apply it.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        for c in 0..cores() {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn crit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("crit");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("lwkt crit_enter+crit_exit", |b| {
+        b.iter_custom(|iters| {
+            time_on_lwkt(1, |cur| {
+                for _ in 0..iters {
+                    let c = black_box(&*cur);
+                    c.crit_enter();
+                    c.crit_exit();
+                }
+            })
+        })
+    });
+    g.bench_function("AtomicU64::fetch_add", |b| {
+        let a = AtomicU64::new(0);
+        b.iter(|| black_box(&a).fetch_add(1, Ordering::Relaxed))
+    });
+    g.bench_function("two plain increments", |b| {
+        let mut x = 0u64;
+        b.iter(|| {
+            let p = black_box(&mut x);
+            *p += 1;
+            let p = black_box(p);
+            *p -= 1;
+        })
+    });
+    g.finish();
+}
+
+/// Move `iters` u64 messages from a thread on core 0 to one on core 1.
+fn two_cores<P, C>(iters: u64, produce: P, consume: C) -> Duration
+where
+    P: FnOnce(u64) + Send + 'static,
+    C: FnOnce(u64) + Send + 'static,
+{
+    let start = Arc::new(Barrier::new(2));
+    let s2 = start.clone();
+    let consumer = std::thread::spawn(move || {
+        pin(1 % cores());
+        s2.wait();
+        consume(iters);
+    });
+    let producer = std::thread::spawn(move || {
+        pin(0);
+        start.wait();
+        let t = Instant::now();
+        produce(iters);
+        t
+    });
+    let t = producer.join().unwrap();
+    consumer.join().unwrap();
+    t.elapsed()
+}
+
+fn ipi_ring(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipi_ring");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("lwkt ring, unbatched", |b| {
+        b.iter_custom(|iters| {
+            let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
+            let (p, q) = (r.clone(), r);
+            two_cores(
+                iters,
+                move |n| {
+                    for i in 0..n {
+                        // SAFETY: this thread is the ring's only producer.
+                        while unsafe { p.push(i) }.is_err() {
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+                move |n| {
+                    let mut got = 0;
+                    while got < n {
+                        // SAFETY: this thread is the ring's only consumer.
+                        if let Some(v) = unsafe { q.pop() } {
+                            black_box(v);
+                            got += 1;
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+            )
+        })
+    });
+    g.bench_function("lwkt ring, batches of 32", |b| {
+        b.iter_custom(|iters| {
+            let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
+            let (p, q) = (r.clone(), r);
+            two_cores(
+                iters,
+                move |n| {
+                    let batch: Vec<u64> = (0..32).collect();
+                    let mut sent = 0u64;
+                    while sent < n {
+                        let want = (n - sent).min(32) as usize;
+                        // SAFETY: this thread is the ring's only producer.
+                        let k = unsafe { p.push_batch(&batch[..want]) };
+                        sent += k as u64;
+                        if k == 0 {
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+                move |n| {
+                    let mut got = 0;
+                    while got < n {
+                        // SAFETY: this thread is the ring's only consumer.
+                        if let Some(v) = unsafe { q.pop() } {
+                            black_box(v);
+                            got += 1;
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+            )
+        })
+    });
+    g.bench_function("rtrb", |b| {
+        b.iter_custom(|iters| {
+            let (mut p, mut q) = rtrb::RingBuffer::<u64>::new(256);
+            two_cores(
+                iters,
+                move |n| {
+                    for i in 0..n {
+                        while p.push(i).is_err() {
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+                move |n| {
+                    let mut got = 0;
+                    while got < n {
+                        if let Ok(v) = q.pop() {
+                            black_box(v);
+                            got += 1;
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+            )
+        })
+    });
+    g.bench_function("crossbeam-channel bounded(256)", |b| {
+        b.iter_custom(|iters| {
+            let (tx, rx) = crossbeam_channel::bounded::<u64>(256);
+            two_cores(
+                iters,
+                move |n| {
+                    for i in 0..n {
+                        tx.send(i).unwrap();
+                    }
+                },
+                move |n| {
+                    for _ in 0..n {
+                        black_box(rx.recv().unwrap());
+                    }
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+}
+
+criterion_group! { name = benches; config = config(); targets = switch, crit, ipi_ring }
+criterion_main!(benches);
