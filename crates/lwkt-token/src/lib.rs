@@ -82,3 +82,5 @@ pub use token::Token;
 mod loom_tests;
 #[cfg(all(test, not(loom), not(miri)))]
 mod model_tests;
+#[cfg(all(test, not(loom)))]
+mod unit_tests;

@@ -231,3 +231,81 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         Some(v)
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Ring;
+    use std::sync::Arc;
+
+    #[test]
+    fn many_laps_keep_order() {
+        let r: Ring<u32, 4> = Ring::new();
+        let mut next = 0;
+        for i in 0..1000u32 {
+            // SAFETY: this test is the only producer and consumer.
+            unsafe {
+                assert!(r.push(i).is_ok());
+                if i % 3 == 2 {
+                    while let Some(v) = r.pop() {
+                        assert_eq!(v, next);
+                        next += 1;
+                    }
+                }
+            }
+        }
+        // SAFETY: as above.
+        while let Some(v) = unsafe { r.pop() } {
+            assert_eq!(v, next);
+            next += 1;
+        }
+        assert_eq!(next, 1000);
+    }
+
+    #[test]
+    fn full_ring_refuses_and_batches_take_what_fits() {
+        let r: Ring<u64, 4> = Ring::new();
+        // SAFETY: this test is the only producer and consumer.
+        unsafe {
+            assert_eq!(r.push_batch(&[1, 2, 3]), 3);
+            assert_eq!(r.push_batch(&[4, 5, 6]), 1);
+            assert_eq!(r.push(7), Err(7));
+            assert_eq!(r.len(), 4);
+            assert_eq!(r.producer_len(), 4);
+            assert_eq!(r.pop(), Some(1));
+            assert!(r.push(7).is_ok());
+            let all: std::vec::Vec<u64> = core::iter::from_fn(|| r.pop()).collect();
+            assert_eq!(all, [2, 3, 4, 7]);
+        }
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn two_threads_move_every_value_once() {
+        const N: u64 = if cfg!(miri) { 200 } else { 100_000 };
+        let r: Arc<Ring<u64, 8>> = Arc::new(Ring::new());
+        let p = r.clone();
+        let t = std::thread::spawn(move || {
+            let mut i = 0;
+            while i < N {
+                // SAFETY: the only producer.
+                if unsafe { p.push(i) }.is_ok() {
+                    i += 1;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut next = 0;
+        while next < N {
+            // SAFETY: the only consumer.
+            match unsafe { r.pop() } {
+                Some(v) => {
+                    assert_eq!(v, next);
+                    next += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        t.join().unwrap();
+    }
+}
