@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lwkt_benches::{cores, on_lwkt, pin, time_on_lwkt};
+use lwkt_benches::{config, cores, on_lwkt, pin, time_on_lwkt};
 use lwkt_core::ipiq::Ring;
 use lwkt_core::CpuId;
 
@@ -157,6 +157,20 @@ where
     t.elapsed()
 }
 
+/// Pop `n` values from `q`, spinning while it is empty.
+fn consume_ring(q: &Ring<u64, 256>, n: u64) {
+    let mut got = 0;
+    while got < n {
+        // SAFETY: the calling thread is the ring's only consumer.
+        if let Some(v) = unsafe { q.pop() } {
+            black_box(v);
+            got += 1;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 fn ipi_ring(c: &mut Criterion) {
     let mut g = c.benchmark_group("ipi_ring");
     g.throughput(Throughput::Elements(1));
@@ -174,18 +188,7 @@ fn ipi_ring(c: &mut Criterion) {
                         }
                     }
                 },
-                move |n| {
-                    let mut got = 0;
-                    while got < n {
-                        // SAFETY: this thread is the ring's only consumer.
-                        if let Some(v) = unsafe { q.pop() } {
-                            black_box(v);
-                            got += 1;
-                        } else {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
+                move |n| consume_ring(&q, n),
             )
         })
     });
@@ -208,18 +211,7 @@ fn ipi_ring(c: &mut Criterion) {
                         }
                     }
                 },
-                move |n| {
-                    let mut got = 0;
-                    while got < n {
-                        // SAFETY: this thread is the ring's only consumer.
-                        if let Some(v) = unsafe { q.pop() } {
-                            black_box(v);
-                            got += 1;
-                        } else {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
+                move |n| consume_ring(&q, n),
             )
         })
     });
@@ -268,13 +260,6 @@ fn ipi_ring(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20)
 }
 
 criterion_group! { name = benches; config = config(); targets = switch, crit, ipi_ring }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lwkt_benches::{cores, on_lwkt, pin, time_on_lwkt};
+use lwkt_benches::{config, cores, on_lwkt, pin, time_on_lwkt};
 use lwkt_core::token::{Token, TokenCell};
 use lwkt_core::{CpuId, WaitQueue};
 
@@ -154,65 +154,50 @@ fn counters(c: &mut Criterion, group: &str, partitioned: bool) {
             &n,
             |b, &n| b.iter_custom(|iters| lwkt_counters(n, iters.div_ceil(n as u64), partitioned)),
         );
-        g.bench_with_input(
-            BenchmarkId::new("std Mutex", format!("{n}cpu")),
-            &n,
-            |b, &n| {
-                let locks = Arc::new([
-                    CachePadded::new(std::sync::Mutex::new(0u64)),
-                    CachePadded::new(std::sync::Mutex::new(0u64)),
-                ]);
-                b.iter_custom(|iters| {
-                    mutex_counters(
-                        n,
-                        iters.div_ceil(n as u64),
-                        partitioned,
-                        locks.clone(),
-                        |m| *m.lock().unwrap() += 1,
-                    )
-                })
-            },
+        mutex_row(
+            &mut g,
+            "std Mutex",
+            n,
+            partitioned,
+            std::sync::Mutex::new,
+            |m| *m.lock().unwrap() += 1,
         );
-        g.bench_with_input(
-            BenchmarkId::new("parking_lot Mutex", format!("{n}cpu")),
-            &n,
-            |b, &n| {
-                let locks = Arc::new([
-                    CachePadded::new(parking_lot::Mutex::new(0u64)),
-                    CachePadded::new(parking_lot::Mutex::new(0u64)),
-                ]);
-                b.iter_custom(|iters| {
-                    mutex_counters(
-                        n,
-                        iters.div_ceil(n as u64),
-                        partitioned,
-                        locks.clone(),
-                        |m| *m.lock() += 1,
-                    )
-                })
-            },
+        mutex_row(
+            &mut g,
+            "parking_lot Mutex",
+            n,
+            partitioned,
+            parking_lot::Mutex::new,
+            |m| *m.lock() += 1,
         );
-        g.bench_with_input(
-            BenchmarkId::new("spin Mutex", format!("{n}cpu")),
-            &n,
-            |b, &n| {
-                let locks = Arc::new([
-                    CachePadded::new(spin::Mutex::new(0u64)),
-                    CachePadded::new(spin::Mutex::new(0u64)),
-                ]);
-                b.iter_custom(|iters| {
-                    mutex_counters(
-                        n,
-                        iters.div_ceil(n as u64),
-                        partitioned,
-                        locks.clone(),
-                        |m| *m.lock() += 1,
-                    )
-                })
-            },
+        mutex_row(
+            &mut g,
+            "spin Mutex",
+            n,
+            partitioned,
+            spin::Mutex::new,
+            |m| *m.lock() += 1,
         );
     }
     g.finish();
+}
+
+/// One mutex design's row: `n` pinned threads incrementing counters under
+/// locks made by `new` (one shared, or one each when `partitioned`).
+fn mutex_row<M: Send + Sync + 'static>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    n: usize,
+    partitioned: bool,
+    new: fn(u64) -> M,
+    inc: fn(&M),
+) {
+    let locks = Arc::new([CachePadded::new(new(0)), CachePadded::new(new(0))]);
+    g.bench_with_input(BenchmarkId::new(name, format!("{n}cpu")), &n, |b, &n| {
+        b.iter_custom(|iters| {
+            mutex_counters(n, iters.div_ceil(n as u64), partitioned, locks.clone(), inc)
+        })
+    });
 }
 
 fn shared_struct(c: &mut Criterion) {
@@ -307,13 +292,6 @@ fn blocking_holder(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20)
 }
 
 criterion_group! { name = benches; config = config(); targets = uncontended, shared_struct, partitioned, blocking_holder }

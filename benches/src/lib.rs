@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use criterion::Criterion;
+
 use lwkt_core::Cur;
 
 /// Pin the calling OS thread to host core `core` (by explicit id: after a
@@ -46,4 +48,12 @@ pub fn time_on_lwkt(ncpus: usize, f: impl FnOnce(&mut Cur) + Send) -> Duration {
         f(cur);
         t.elapsed()
     })
+}
+
+/// The criterion settings every group uses: short warm-up, 2 s of samples.
+pub fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
 }

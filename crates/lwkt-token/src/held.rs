@@ -42,12 +42,16 @@ pub enum Exclusive {}
 #[derive(Debug)]
 pub enum Shared {}
 
+/// Invariant in `'h` (so the brand cannot be shortened or widened), `!Send`
+/// and `!Sync`, carrying the hold's mode `M`.
+type Brand<'h, M> = PhantomData<(fn(&'h ()) -> &'h (), M, *mut ())>;
+
 /// Proof that the current thread holds a token, valid inside one
 /// [`with_token`] closure (the `'h` brand keeps it from leaving it).
 pub struct Held<'h, M> {
     tok: *const Token,
     stack: *const TokenStack,
-    _brand: PhantomData<(fn(&'h ()) -> &'h (), M, *mut ())>,
+    _brand: Brand<'h, M>,
 }
 
 impl<M> fmt::Debug for Held<'_, M> {
@@ -98,6 +102,19 @@ where
     C: TokenThread + ?Sized,
 {
     acquire(cur, tok, mode);
+    run_held(cur, tok, f)
+}
+
+/// Run `f` with a proof of the hold the thread has just taken on `tok`,
+/// then drop the reference (it is on top: closures nest).
+fn run_held<C, M, R>(
+    cur: &mut C,
+    tok: &Token,
+    f: impl for<'h> FnOnce(&mut C, &Held<'h, M>) -> R,
+) -> R
+where
+    C: TokenThread + ?Sized,
+{
     let held = Held {
         tok,
         stack: cur.token_stack(),
@@ -168,15 +185,7 @@ where
             }
         }
     }
-    let held = Held {
-        tok,
-        stack: cur.token_stack(),
-        _brand: PhantomData,
-    };
-    let r = f(cur, &held);
-    // SAFETY: as in `with_mode`.
-    unsafe { cur.token_stack().pop(tok) };
-    Some(r)
+    Some(run_held(cur, tok, f))
 }
 
 /// Data protected by a token. Reach it with the current thread's handle and
