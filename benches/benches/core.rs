@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lwkt_benches::{config, cores, on_lwkt, pin, time_on_lwkt};
+use lwkt_benches::{config, cores, on_lwkt, pin, time_on_lwkt, unpin};
 use lwkt_core::ipiq::Ring;
 use lwkt_core::CpuId;
 
@@ -89,17 +89,6 @@ fn switch(c: &mut Criterion) {
     });
     g.bench_function("std::thread::yield_now", |b| b.iter(std::thread::yield_now));
     g.finish();
-}
-
-fn unpin() {
-    // SAFETY: a zeroed cpu_set_t is empty; we add every core and apply it.
-    unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        for c in 0..cores() {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 fn crit(c: &mut Criterion) {

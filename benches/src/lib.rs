@@ -14,10 +14,22 @@ use lwkt_core::Cur;
 /// Pin the calling OS thread to host core `core` (by explicit id: after a
 /// thread pins itself, `sched_getaffinity` in its children sees one core).
 pub fn pin(core: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; we set one core for this thread.
+    set_affinity(core..core + 1);
+}
+
+/// Let the calling OS thread run on every core again.
+pub fn unpin() {
+    set_affinity(0..cores());
+}
+
+fn set_affinity(cores: std::ops::Range<usize>) {
+    // SAFETY: a zeroed cpu_set_t is empty; we add the cores and apply the
+    // set to the calling thread (failure leaves its affinity unchanged).
     unsafe {
         let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
+        for c in cores {
+            libc::CPU_SET(c, &mut set);
+        }
         libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
