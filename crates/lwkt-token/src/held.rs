@@ -71,21 +71,32 @@ impl<M> Held<'_, M> {
     }
 }
 
+#[inline]
 fn acquire<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) {
     let st = cur.token_stack();
     // SAFETY: the running thread's own stack, all its references held.
     match unsafe { st.push(tok, mode) } {
         Err(e) => panic!("{e}"),
-        Ok(Pushed::Recursive) => return,
-        Ok(Pushed::New) => {}
-    }
-    for i in 0..crate::sync::SPIN_TRIES {
+        Ok(Pushed::Recursive) => {}
         // SAFETY: as above; the top reference was just pushed.
-        if unsafe { st.try_top(true) } {
-            return;
-        }
+        Ok(Pushed::New) if unsafe { st.try_top(true) } => {}
+        Ok(Pushed::New) => contended(cur),
+    }
+}
+
+/// The top reference is busy: spin a little with back-off, then let the
+/// scheduler wait (it acquires every reference before we run again).
+#[cold]
+#[inline(never)]
+fn contended<C: TokenThread + ?Sized>(cur: &mut C) {
+    let st = cur.token_stack();
+    for i in 1..crate::sync::SPIN_TRIES {
         for _ in 0..(1u32 << i.min(6)) {
             crate::sync::spin_loop();
+        }
+        // SAFETY: the running thread's own stack; the top reference is not held.
+        if unsafe { st.try_top(true) } {
+            return;
         }
     }
     cur.wait_for_tokens();

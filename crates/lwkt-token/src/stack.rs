@@ -66,6 +66,7 @@ struct Ref {
     tok: *const Token,
     mode: Mode,
     /// A nested hold of a token held deeper in the stack: costs no atomic.
+    /// Its `mode` is the mode the token is held in (the acquiring ref's).
     recursive: bool,
 }
 
@@ -161,20 +162,23 @@ impl TokenStack {
         if n == MAX_TOKENS {
             return Err(TokenError::TooManyTokens);
         }
-        let mut recursive = false;
+        // A nested reference records the mode the token is actually held in
+        // (that of its acquiring reference), so one scan finds it.
+        let mut base = None;
         for i in (0..n).rev() {
             let r = self.refs[i].get();
             if ptr::eq(r.tok, tok) {
-                let base = self.base_mode(i);
-                match (base, mode) {
-                    (Mode::Shared, Mode::Exclusive) => {
-                        return Err(TokenError::ExclusiveWhileShared { token: tok.name() })
-                    }
-                    _ => recursive = true,
-                }
+                base = Some(r.mode);
                 break;
             }
         }
+        let (mode, recursive) = match (base, mode) {
+            (Some(Mode::Shared), Mode::Exclusive) => {
+                return Err(TokenError::ExclusiveWhileShared { token: tok.name() })
+            }
+            (Some(held_as), _) => (held_as, true),
+            (None, _) => (mode, false),
+        };
         self.refs[n].set(Ref {
             tok,
             mode,
@@ -187,15 +191,6 @@ impl TokenStack {
         } else {
             Ok(Pushed::New)
         }
-    }
-
-    /// The mode of the first (acquiring) reference of the token at `i`.
-    fn base_mode(&self, i: usize) -> Mode {
-        let tok = self.refs[i].get().tok;
-        (0..=i)
-            .map(|j| self.refs[j].get())
-            .find(|r| ptr::eq(r.tok, tok) && !r.recursive)
-            .map_or(Mode::Shared, |r| r.mode)
     }
 
     /// Try once to acquire the top reference (after `push` said `New`).
@@ -232,7 +227,6 @@ impl TokenStack {
         let n = self.len.get();
         assert!(n > 0 && ptr::eq(self.refs[n - 1].get().tok, tok));
         debug_assert_eq!(self.held.get(), n - 1);
-        self.refs[n - 1].set(EMPTY);
         self.len.set(n - 1);
     }
 
@@ -261,7 +255,6 @@ impl TokenStack {
             // SAFETY: held by this thread in `r.mode`.
             unsafe { release(tok, r.mode) };
         }
-        self.refs[n - 1].set(EMPTY);
         self.len.set(n - 1);
         self.held.set(n - 1);
     }
