@@ -484,11 +484,10 @@ impl Cur {
             if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK != 0 {
                 splz(gd);
             }
-            let rq = gd.runq();
-            if td.has(tdf::RUNQ) && rq.has_peer_or_better(td) {
-                let me = td as *const Thread as *mut Thread;
-                rq.remove(me);
-                rq.push_back(me);
+            // Behind our equal-priority peers; a higher-priority thread, if
+            // any, runs next anyway.
+            if td.has(tdf::RUNQ) {
+                gd.runq().rotate(td as *const Thread as *mut Thread);
             }
             switch_from(td);
         }
