@@ -19,9 +19,12 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lwkt_benches::{config, cores, on_lwkt, pin, time_on_lwkt};
+use lwkt_benches::{
+    config, cores, on_lwkt, pin, time_on_lwkt, with_blocked_mutex_holder,
+    with_blocked_token_holder, HOLDER_DATA, HOLDER_TOKEN,
+};
 use lwkt_core::token::{Token, TokenCell};
-use lwkt_core::{CpuId, WaitQueue};
+use lwkt_core::CpuId;
 
 /// 128-byte alignment (the spatial prefetcher pulls line pairs).
 #[repr(align(128))]
@@ -216,79 +219,30 @@ fn partitioned(c: &mut Criterion) {
 /// it after 1 ms; lwkt has no timed sleep yet), so its token is released
 /// while it sleeps. Mutex: the holder sleeps with the lock held.
 fn blocking_holder(c: &mut Criterion) {
-    static TOK: Token = Token::new("blocking");
-    static DATA: TokenCell<'static, u64> = TokenCell::new(&TOK, 0);
-    static TICK: WaitQueue = WaitQueue::new();
-    const MS: Duration = Duration::from_millis(1);
     let mut g = c.benchmark_group("blocking_holder");
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
     g.bench_function("lwkt token (holder blocked 1 ms holding it)", |b| {
         b.iter_custom(|iters| {
-            on_lwkt(2, |cur| {
-                let stop = Arc::new(AtomicBool::new(false));
-                let (s2, s3) = (stop.clone(), stop.clone());
-                // The "timer interrupt": wakes the holder every millisecond.
-                let timer = cur
-                    .spawn_on(CpuId::new(1), move |me| {
-                        while !s3.load(Ordering::Relaxed) {
-                            let t = Instant::now();
-                            while t.elapsed() < MS {
-                                std::hint::spin_loop();
-                            }
-                            TICK.signal(me.my_cpu());
-                            me.yield_now();
-                        }
-                    })
-                    .unwrap();
-                let holder = cur
-                    .spawn_on(CpuId::new(1), move |me| {
-                        while !s2.load(Ordering::Relaxed) {
-                            me.with_token(&TOK, |me, h| {
-                                *DATA.get_mut(h, me) += 1;
-                                TICK.block(me); // 1 ms asleep, "holding" the token
-                            });
-                            TICK.block(me); // 1 ms of work without it
-                        }
-                    })
-                    .unwrap();
+            with_blocked_token_holder(|cur| {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    cur.with_token(&TOK, |cur, h| *DATA.get_mut(h, cur) += 1);
+                    cur.with_token(&HOLDER_TOKEN, |cur, h| *HOLDER_DATA.get_mut(h, cur) += 1);
                 }
-                let d = t.elapsed();
-                stop.store(true, Ordering::Relaxed);
-                cur.join(&timer);
-                TICK.signal(cur.my_cpu());
-                cur.join(&holder);
-                d
+                t.elapsed()
             })
         })
     });
     g.bench_function("parking_lot Mutex (holder sleeps 1 ms holding it)", |b| {
         b.iter_custom(|iters| {
             let m = Arc::new(parking_lot::Mutex::new(0u64));
-            let stop = Arc::new(AtomicBool::new(false));
-            let (m2, s2) = (m.clone(), stop.clone());
-            let holder = std::thread::spawn(move || {
-                pin(1 % cores());
-                while !s2.load(Ordering::Relaxed) {
-                    let mut g = m2.lock();
-                    *g += 1;
-                    std::thread::sleep(MS);
-                    drop(g);
-                    std::thread::sleep(MS);
+            with_blocked_mutex_holder(&m, || {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    *m.lock() += 1;
                 }
-            });
-            std::thread::sleep(2 * MS);
-            let t = Instant::now();
-            for _ in 0..iters {
-                *m.lock() += 1;
-            }
-            let d = t.elapsed();
-            stop.store(true, Ordering::Relaxed);
-            holder.join().unwrap();
-            d
+                t.elapsed()
+            })
         })
     });
     g.finish();

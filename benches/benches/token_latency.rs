@@ -7,87 +7,37 @@
 //! 300 ms per design (interleaved A, B, A, B) and prints percentiles.
 //! `cargo bench -p lwkt-benches --bench token_latency`
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lwkt_benches::{cores, on_lwkt, pin};
-use lwkt_core::token::{Token, TokenCell};
-use lwkt_core::{CpuId, WaitQueue};
+use lwkt_benches::{
+    pin, unpin, with_blocked_mutex_holder, with_blocked_token_holder, HOLDER_DATA, HOLDER_TOKEN,
+};
 
 const RUN: Duration = Duration::from_millis(300);
-const MS: Duration = Duration::from_millis(1);
+
+fn record(mut op: impl FnMut()) -> Vec<u32> {
+    let mut lat = Vec::with_capacity(1 << 20);
+    let end = Instant::now() + RUN;
+    while Instant::now() < end {
+        let t = Instant::now();
+        op();
+        lat.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+    }
+    lat
+}
 
 fn lwkt() -> Vec<u32> {
-    static TOK: Token = Token::new("latency");
-    static DATA: TokenCell<'static, u64> = TokenCell::new(&TOK, 0);
-    static TICK: WaitQueue = WaitQueue::new();
-    on_lwkt(2, |cur| {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s2, s3) = (stop.clone(), stop.clone());
-        let timer = cur
-            .spawn_on(CpuId::new(1), move |me| {
-                while !s3.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    while t.elapsed() < MS {
-                        std::hint::spin_loop();
-                    }
-                    TICK.signal(me.my_cpu());
-                    me.yield_now();
-                }
-            })
-            .unwrap();
-        let holder = cur
-            .spawn_on(CpuId::new(1), move |me| {
-                while !s2.load(Ordering::Relaxed) {
-                    me.with_token(&TOK, |me, h| {
-                        *DATA.get_mut(h, me) += 1;
-                        TICK.block(me);
-                    });
-                    TICK.block(me);
-                }
-            })
-            .unwrap();
-        let mut lat = Vec::with_capacity(1 << 20);
-        let end = Instant::now() + RUN;
-        while Instant::now() < end {
-            let t = Instant::now();
-            cur.with_token(&TOK, |cur, h| *DATA.get_mut(h, cur) += 1);
-            lat.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
-        }
-        stop.store(true, Ordering::Relaxed);
-        cur.join(&timer);
-        TICK.signal(cur.my_cpu());
-        cur.join(&holder);
-        lat
+    with_blocked_token_holder(|cur| {
+        record(|| cur.with_token(&HOLDER_TOKEN, |cur, h| *HOLDER_DATA.get_mut(h, cur) += 1))
     })
 }
 
 fn mutex() -> Vec<u32> {
     let m = Arc::new(parking_lot::Mutex::new(0u64));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (m2, s2) = (m.clone(), stop.clone());
-    let holder = std::thread::spawn(move || {
-        pin(1 % cores());
-        while !s2.load(Ordering::Relaxed) {
-            let mut g = m2.lock();
-            *g += 1;
-            std::thread::sleep(MS);
-            drop(g);
-            std::thread::sleep(MS);
-        }
-    });
     pin(0);
-    let mut lat = Vec::with_capacity(1 << 20);
-    let end = Instant::now() + RUN;
-    while Instant::now() < end {
-        let t = Instant::now();
-        *m.lock() += 1;
-        lat.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
-    }
-    stop.store(true, Ordering::Relaxed);
-    holder.join().unwrap();
-    lwkt_benches::unpin();
+    let lat = with_blocked_mutex_holder(&m, || record(|| *m.lock() += 1));
+    unpin();
     lat
 }
 
