@@ -2,11 +2,14 @@
 //! lwkt-core against what a user would pick instead, side by side in one run:
 //!
 //! - `switch`: a same-CPU LWKT thread switch vs an OS-thread hand-off
-//!   (Mutex+Condvar ping-pong on one core) vs `std::thread::yield_now`;
+//!   (Mutex+Condvar ping-pong on one core) vs `std::thread::yield_now`
+//!   (alone, and ping-ponging with a second thread on the same core);
 //! - `crit`: `crit_enter`+`crit_exit` vs an atomic `fetch_add` vs two plain
 //!   increments;
 //! - `ipi_ring`: messages between two pinned threads through lwkt's IPI ring
-//!   (unbatched and in batches of 32) vs `rtrb` vs `crossbeam-channel`.
+//!   (unbatched and in batches of 32) vs `rtrb` vs `crossbeam-channel`;
+//! - `ipi_path`: the whole IPI path on a 2-CPU hosted machine (ring, doorbell,
+//!   kicks, dispatch on the target), `send_ipi` vs `send_ipi_batch` of 32.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lwkt_benches::{config, cores, on_lwkt, pin, time_on_lwkt, unpin};
 use lwkt_core::ipiq::Ring;
-use lwkt_core::CpuId;
+use lwkt_core::{CpuId, IpiMsg, MyCpu};
 
 fn switch(c: &mut Criterion) {
     let mut g = c.benchmark_group("switch");
@@ -88,12 +91,39 @@ fn switch(c: &mut Criterion) {
         })
     });
     g.bench_function("std::thread::yield_now", |b| b.iter(std::thread::yield_now));
+    g.bench_function("std::thread::yield_now, two threads on one core", |b| {
+        b.iter_custom(|iters| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let s2 = stop.clone();
+            let start = Arc::new(Barrier::new(2));
+            let b2 = start.clone();
+            let partner = std::thread::spawn(move || {
+                pin(0);
+                b2.wait();
+                while !s2.load(Ordering::Relaxed) {
+                    std::thread::yield_now();
+                }
+            });
+            pin(0);
+            start.wait();
+            let t = Instant::now();
+            for _ in 0..iters.div_ceil(2) {
+                std::thread::yield_now(); // to the partner and back: two switches
+            }
+            let d = t.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            partner.join().unwrap();
+            unpin();
+            d
+        })
+    });
     g.finish();
 }
 
 fn crit(c: &mut Criterion) {
     let mut g = c.benchmark_group("crit");
     g.throughput(Throughput::Elements(1));
+    // All three loops run in an LWKT thread and are timed there, the same way.
     g.bench_function("lwkt crit_enter+crit_exit", |b| {
         b.iter_custom(|iters| {
             time_on_lwkt(1, |cur| {
@@ -106,16 +136,30 @@ fn crit(c: &mut Criterion) {
         })
     });
     g.bench_function("AtomicU64::fetch_add", |b| {
-        let a = AtomicU64::new(0);
-        b.iter(|| black_box(&a).fetch_add(1, Ordering::Relaxed))
+        b.iter_custom(|iters| {
+            time_on_lwkt(1, |_| {
+                let a = AtomicU64::new(0);
+                for _ in 0..iters {
+                    black_box(&a).fetch_add(1, Ordering::Relaxed);
+                }
+                black_box(a.load(Ordering::Relaxed));
+            })
+        })
     });
     g.bench_function("two plain increments", |b| {
-        let mut x = 0u64;
-        b.iter(|| {
-            let p = black_box(&mut x);
-            *p += 1;
-            let p = black_box(p);
-            *p -= 1;
+        b.iter_custom(|iters| {
+            time_on_lwkt(1, |_| {
+                let mut x = 0u64;
+                for _ in 0..iters {
+                    // Each black_box makes the value live in memory: two
+                    // load-add-store sequences, as crit_enter/crit_exit do.
+                    let p = black_box(&mut x);
+                    *p += 1;
+                    let p = black_box(p);
+                    *p += 1;
+                }
+                black_box(x);
+            })
         })
     });
     g.finish();
@@ -251,5 +295,58 @@ fn ipi_ring(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! { name = benches; config = config(); targets = switch, crit, ipi_ring }
+/// Messages the IPI function has run (one sample at a time uses it).
+static IPIS_RUN: AtomicU64 = AtomicU64::new(0);
+
+fn count_ipi(_: MyCpu<'_>, _: usize, _: usize) {
+    IPIS_RUN.fetch_add(1, Ordering::Relaxed);
+}
+
+/// On a 2-CPU machine, send `iters` IPIs from CPU 0 to CPU 1 in batches of
+/// `batch` messages (`send_ipi` when 1) and time until CPU 1 has run them all.
+fn ipi_path_sample(iters: u64, batch: usize) -> Duration {
+    unpin(); // the machine pins its vCPUs among the caller's allowed cores
+    on_lwkt(2, |cur| {
+        let to = CpuId::new(1);
+        IPIS_RUN.store(0, Ordering::SeqCst);
+        let msgs = vec![
+            IpiMsg {
+                func: count_ipi,
+                arg1: 0,
+                arg2: 0,
+            };
+            batch
+        ];
+        let t = Instant::now();
+        let mut sent = 0u64;
+        while sent < iters {
+            let k = (iters - sent).min(batch as u64) as usize;
+            if k == 1 {
+                cur.my_cpu().send_ipi(to, count_ipi, 0, 0).unwrap();
+            } else {
+                cur.my_cpu().send_ipi_batch(to, &msgs[..k]).unwrap();
+            }
+            sent += k as u64;
+        }
+        while IPIS_RUN.load(Ordering::Acquire) < iters {
+            std::hint::spin_loop();
+        }
+        t.elapsed()
+    })
+}
+
+fn ipi_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipi_path");
+    g.throughput(Throughput::Elements(1));
+    // One element = one message queued on CPU 0 and run on CPU 1.
+    g.bench_function("lwkt send_ipi, CPU 0 -> CPU 1", |b| {
+        b.iter_custom(|iters| ipi_path_sample(iters, 1))
+    });
+    g.bench_function("lwkt send_ipi_batch of 32, CPU 0 -> CPU 1", |b| {
+        b.iter_custom(|iters| ipi_path_sample(iters, 32))
+    });
+    g.finish();
+}
+
+criterion_group! { name = benches; config = config(); targets = switch, crit, ipi_ring, ipi_path }
 criterion_main!(benches);

@@ -167,8 +167,8 @@ impl Machine {
         Ok(Machine { ncpus, pin: true })
     }
 
-    /// Pin vCPU `i` to the `i mod k`-th host core the process may use
-    /// (default: on).
+    /// Pin vCPU `i` to host core `i mod k` of the `k` online cores
+    /// (default: on; where the host refuses, the vCPU stays unpinned).
     pub fn pin(mut self, pin: bool) -> Machine {
         self.pin = pin;
         self
@@ -270,18 +270,12 @@ impl Machine {
     }
 }
 
-/// Host cores the calling thread may run on (empty if unknown).
+/// Host cores online (empty if unknown). Not the calling thread's affinity:
+/// a caller that pinned itself would otherwise put every vCPU on its core.
 fn allowed_cores() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (0..usize::try_from(n).unwrap_or(0)).collect()
 }
 
 fn pin_to(core: usize) {

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Print criterion's per-iteration medians of the `core` bench groups as
+markdown tables: median [95% interval of the median], the fastest sample
+(interference only slows a sample down) and each row's ratio to the group's
+first row. Usage: python3 benches/scripts/summarize.py [target/criterion]"""
+import json
+import os
+import sys
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else "target/criterion"
+GROUPS = {
+    "switch": [
+        "lwkt same-CPU switch",
+        "OS hand-off (Mutex+Condvar, one core)",
+        "std__thread__yield_now",
+        "std__thread__yield_now, two threads on one core",
+    ],
+    "crit": ["lwkt crit_enter+crit_exit", "two plain increments", "AtomicU64__fetch_add"],
+    "ipi_ring": [
+        "lwkt ring, batches of 32",
+        "lwkt ring, unbatched",
+        "rtrb",
+        "crossbeam-channel bounded(256)",
+    ],
+    "ipi_path": ["lwkt send_ipi_batch of 32, CPU 0 -_ CPU 1", "lwkt send_ipi, CPU 0 -_ CPU 1"],
+}
+
+
+def fmt(ns):
+    if ns >= 1000:
+        return f"{ns / 1000:,.2f} µs"
+    if ns >= 100:
+        return f"{ns:,.0f} ns"
+    if ns >= 10:
+        return f"{ns:.1f} ns"
+    return f"{ns:.2f} ns"
+
+
+for group, benches in GROUPS.items():
+    print(f"\n### {group}\n")
+    print("| bench | median per element [95% CI] | fastest sample | M elem/s (median) | ratio to first row |")
+    print("|---|---:|---:|---:|---:|")
+    base = None
+    for b in benches:
+        d = os.path.join(ROOT, group, b, "new")
+        try:
+            est = json.load(open(os.path.join(d, "estimates.json")))
+            smp = json.load(open(os.path.join(d, "sample.json")))
+        except FileNotFoundError:
+            print(f"| {b} | (not run) | | | |")
+            continue
+        m = est["median"]
+        med = m["point_estimate"]
+        lo, hi = m["confidence_interval"]["lower_bound"], m["confidence_interval"]["upper_bound"]
+        fastest = min(t / i for t, i in zip(smp["times"], smp["iters"]))
+        if base is None:
+            base = med
+        print(
+            f"| {b.replace('__', '::').replace('-_', '->')} | {fmt(med)} [{fmt(lo)}, {fmt(hi)}] "
+            f"| {fmt(fastest)} | {1e3 / med:,.1f} | {med / base:.2f}× |"
+        )
