@@ -56,6 +56,7 @@ mod sleep;
 mod sync;
 mod thread;
 mod waitq;
+mod wake;
 
 /// Serializing tokens (the `lwkt-token` crate), integrated with this scheduler.
 pub use lwkt_token as token;

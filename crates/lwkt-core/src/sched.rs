@@ -123,7 +123,17 @@ impl<'a> MyCpu<'a> {
         self.gd.machine().arch.cycles()
     }
 
-    fn crit<R>(self, f: impl FnOnce() -> R) -> R {
+    /// Run `f` inside a critical section of this CPU (nested inside the
+    /// one an IPI function already runs in, if any). DragonFly:
+    /// `crit_enter()` ... `crit_exit()` around `f`.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let n = cur.my_cpu().crit(|| 1 + 1);
+    ///     assert_eq!(n, 2);
+    /// });
+    /// ```
+    pub fn crit<R>(self, f: impl FnOnce() -> R) -> R {
         let td = self.gd.cur();
         crit::enter(&td.critcount);
         let r = f();
@@ -325,6 +335,22 @@ impl Cur {
         MyCpu::new(self.td().gd())
     }
 
+    /// The current CPU, with a lifetime the caller chooses rather than a
+    /// borrow of `self`: for an executor that lends the CPU to a future
+    /// while it keeps `&mut Cur` to block between polls.
+    ///
+    /// # Safety
+    /// For all of `'a`, this thread stays on its CPU (no [`migrate`]) and
+    /// the returned value is used only by this thread.
+    ///
+    /// [`migrate`]: Cur::migrate
+    #[inline]
+    pub unsafe fn my_cpu_unbound<'a>(&self) -> MyCpu<'a> {
+        // SAFETY: the CPU block outlives every thread running on it; the
+        // caller keeps the thread on it for `'a`.
+        MyCpu::new(unsafe { &*(self.td().gd() as *const Cpu) })
+    }
+
     /// This thread's CPU.
     pub fn cpu_id(&self) -> CpuId {
         self.td().gd().id()
@@ -348,6 +374,19 @@ impl Cur {
     /// A handle to this thread, to give to others (for example to wake it).
     pub fn handle(&self) -> ThreadHandle {
         ThreadHandle::new_held(self.td())
+    }
+
+    /// Whether `h` is a handle to this thread (no atomic operation).
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let me = cur.handle();
+    ///     assert!(cur.is(&me));
+    /// });
+    /// ```
+    #[inline]
+    pub fn is(&self, h: &ThreadHandle) -> bool {
+        self.td == h.td
     }
 
     /// Enter a critical section until the guard drops.

@@ -1,0 +1,39 @@
+//! Making a thread runnable from any context of its machine, for code that
+//! has no [`MyCpu`] at hand (an async waker, a callback).
+//!
+//! DragonFly: `lwkt_schedule()` called from whatever context a wakeup
+//! arrives in.
+
+use crate::thread::ThreadHandle;
+use crate::MyCpu;
+
+impl ThreadHandle {
+    /// Make the thread runnable, as [`MyCpu::schedule`] does, from any code
+    /// running on a CPU of the thread's machine (a thread, an IPI function,
+    /// a waker called from either). The CPU is found through
+    /// [`Arch::current_cpu`](crate::Arch::current_cpu).
+    ///
+    /// # Panics
+    /// When called outside every CPU of the thread's machine.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let me = cur.handle();
+    ///     cur.deschedule_self();
+    ///     me.wake();       // back on the run queue before we switch away
+    ///     cur.switch();    // so this returns at once
+    /// });
+    /// ```
+    pub fn wake(&self) {
+        let td = self.thread();
+        let machine = td.gd().machine();
+        let cpu = machine
+            .arch
+            .current_cpu()
+            .expect("lwkt: ThreadHandle::wake called outside any CPU of the thread's machine");
+        // SAFETY: the backend returns the block of the CPU this code runs on,
+        // alive while the machine runs; `schedule` checks it is this machine.
+        let my = MyCpu::new(unsafe { cpu.as_ref() });
+        my.schedule(self);
+    }
+}

@@ -1,0 +1,472 @@
+//! Messages: an intrusive header plus the caller's body, owned in turn by
+//! the originator and the target.
+//!
+//! DragonFly: `struct lwkt_msg`, `lwkt_initmsg()`, `lwkt_checkmsg()`,
+//! `lwkt_abortmsg()`, `lwkt_waitmsg()`.
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::marker::PhantomPinned;
+use core::pin::Pin;
+use core::ptr::NonNull;
+
+use atomic_waker::AtomicWaker;
+use lwkt_core::Cur;
+
+use crate::header::{f, Header};
+use crate::{MsgError, Port};
+
+/// A message: a header the ports use, a reply port, and a body of type `T`
+/// that its current owner reads and writes.
+///
+/// Sending takes `Pin<&mut Msg<T>>`: the message stays where it is until
+/// its reply (ports link it in place; nothing is allocated), and its body is
+/// out of the originator's reach meanwhile ([`body`](Self::body) and
+/// [`body_mut`](Self::body_mut) panic while it is in flight). A message
+/// dropped while in flight **aborts the process** with a message naming the
+/// rule, rather than letting the target write freed memory: keep a sent
+/// message alive until its reply.
+///
+/// DragonFly: `struct lwkt_msg`; [`Msg::new`] is `lwkt_initmsg()`.
+///
+/// ```
+/// use core::pin::pin;
+/// use lwkt_msg::{Msg, MsgHandle, Port};
+///
+/// fn double(my: lwkt_core::MyCpu<'_>, mut m: MsgHandle<u64>) {
+///     *m *= 2;
+///     m.reply(my, Ok(()));
+/// }
+/// static DOUBLER: Port<u64> = Port::put_only(double);
+///
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+///     let mut m = pin!(Msg::new(21u64));
+///     DOUBLER.domsg(cur, m.as_mut()).unwrap();
+///     assert_eq!(*m.body(), 42);
+/// });
+/// ```
+#[repr(C)]
+pub struct Msg<T: Send + 'static> {
+    pub(crate) hdr: Header,
+    pub(crate) reply_port: Option<&'static Port<T>>,
+    pub(crate) waker: AtomicWaker,
+    body: UnsafeCell<T>,
+    _pin: PhantomPinned,
+}
+
+// SAFETY: the body moves between threads with the message's ownership (the
+// target may run on another CPU), so `T: Send` suffices to send a message;
+// a `Msg` is only shared with the target through raw pointers while its
+// originator's access is fenced off by the `DONE` checks.
+unsafe impl<T: Send + 'static> Send for Msg<T> {}
+
+impl<T: Send + 'static> Msg<T> {
+    /// A message with body `body` and no reply port: its reply completes it
+    /// in place and wakes whoever waits for it ([`Msg::wait`],
+    /// [`Port::domsg`], a [`ReplyFuture`](crate::ReplyFuture)).
+    /// DragonFly: `lwkt_initmsg(msg, NULL, 0)`.
+    pub fn new(body: T) -> Msg<T> {
+        Msg::build(None, body)
+    }
+
+    /// A message whose asynchronous replies ([`Port::sendmsg`]) are queued
+    /// on `reply_port`, where [`Port::getport`] / [`Port::waitport`] or
+    /// [`Msg::wait`] take them. Synchronous sends still complete in place.
+    /// DragonFly: `lwkt_initmsg(msg, rport, 0)`.
+    ///
+    /// # Panics
+    /// If `reply_port` cannot take replies (a put-only port).
+    pub fn with_reply_port(reply_port: &'static Port<T>, body: T) -> Msg<T> {
+        reply_port.check_reply_port();
+        Msg::build(Some(reply_port), body)
+    }
+
+    fn build(reply_port: Option<&'static Port<T>>, body: T) -> Msg<T> {
+        Msg {
+            hdr: Header::new(0),
+            reply_port,
+            waker: AtomicWaker::new(),
+            body: UnsafeCell::new(body),
+            _pin: PhantomPinned,
+        }
+    }
+
+    /// Make the message abortable with [`Msg::abort`].
+    /// DragonFly: `lwkt_initmsg_abortable()`.
+    pub fn abortable(self) -> Msg<T> {
+        self.hdr.set_abortable();
+        self
+    }
+
+    /// Whether the originator owns the message (never sent, or replied and
+    /// taken back). DragonFly: `lwkt_checkmsg()`.
+    pub fn is_done(&self) -> bool {
+        self.hdr.is_done()
+    }
+
+    /// The flags word, for inspection and tests.
+    pub fn flags(&self) -> MsgFlags {
+        MsgFlags(self.hdr.flags())
+    }
+
+    /// The body.
+    ///
+    /// # Panics
+    /// While the message is in flight.
+    #[track_caller]
+    pub fn body(&self) -> &T {
+        self.assert_owned();
+        // SAFETY: `DONE` (Acquire) means the target has finished with the
+        // body and nobody else touches it until the originator sends again,
+        // which needs `Pin<&mut Self>`, which this shared borrow excludes.
+        unsafe { &*self.body.get() }
+    }
+
+    /// The body, mutably.
+    ///
+    /// # Panics
+    /// While the message is in flight.
+    #[track_caller]
+    pub fn body_mut(self: Pin<&mut Self>) -> &mut T {
+        self.assert_owned();
+        // SAFETY: as in `get`; the exclusive borrow excludes a send. The body
+        // is not structurally pinned.
+        unsafe { &mut *self.body.get() }
+    }
+
+    /// The result of the last reply (`Ok` for a message never sent).
+    ///
+    /// # Panics
+    /// While the message is in flight.
+    #[track_caller]
+    pub fn result(&self) -> Result<(), MsgError> {
+        self.assert_owned();
+        // SAFETY: the originator owns the message (checked above).
+        MsgError::decode(unsafe { self.hdr.code() })
+    }
+
+    /// Change the reply port (`None`: replies complete the message in place).
+    ///
+    /// # Panics
+    /// While the message is in flight, or if the port cannot take replies.
+    #[track_caller]
+    pub fn set_reply_port(self: Pin<&mut Self>, port: Option<&'static Port<T>>) {
+        self.assert_owned();
+        if let Some(p) = port {
+            p.check_reply_port();
+        }
+        // SAFETY: the field is not structurally pinned; owned by us now.
+        unsafe { self.get_unchecked_mut().reply_port = port };
+    }
+
+    /// Ask the target to give up: it sees the request (a port hands it
+    /// queued messages already replied with [`MsgError::Aborted`]; a handler
+    /// that holds one checks [`MsgHandle::abort_requested`]) and replies. The
+    /// originator still waits for that reply. Returns `false` if the target
+    /// had replied already. DragonFly: `lwkt_abortmsg()`.
+    ///
+    /// # Panics
+    /// If the message was not made [`abortable`](Self::abortable).
+    pub fn abort(&self) -> bool {
+        self.hdr.request_abort()
+    }
+
+    /// Block until the message is done, taking its reply off the reply port
+    /// if it was queued there, and return the reply's result.
+    /// DragonFly: `lwkt_waitmsg()`.
+    ///
+    /// # Panics
+    /// If the reply goes to a thread port that `cur` does not own.
+    pub fn wait(self: Pin<&mut Self>, cur: &mut Cur) -> Result<(), MsgError> {
+        let m = self.as_ref().get_ref() as *const Msg<T> as *mut Msg<T>;
+        if !self.hdr.is_done() {
+            match self.reply_port {
+                Some(port) if self.hdr.flags() & f::SYNC == 0 && port.queues_replies() => {
+                    port.wait_reply(cur, m)
+                }
+                _ => {
+                    let hdr = &self.hdr;
+                    cur.sleep_until(m as usize, || hdr.prepare_wait());
+                }
+            }
+        }
+        self.as_ref().get_ref().result()
+    }
+
+    /// The message as a raw pointer, for the ports.
+    pub(crate) fn as_raw(self: Pin<&mut Self>) -> *mut Msg<T> {
+        // SAFETY: the pointer is used only under the ownership protocol, and
+        // the message is never moved out of.
+        unsafe { self.get_unchecked_mut() as *mut Msg<T> }
+    }
+
+    pub(crate) fn body_ptr(m: *mut Msg<T>) -> *mut T {
+        // SAFETY: `m` is live; projecting to the field does not read.
+        unsafe { (*m).body.get() }
+    }
+
+    #[track_caller]
+    fn assert_owned(&self) {
+        let fl = self.hdr.flags();
+        assert!(
+            fl & f::DONE != 0,
+            "lwkt-msg: message body used while the message is in flight \
+             (rule: the target owns a sent message until its reply{})",
+            if fl & f::QUEUED != 0 && fl & f::REPLY != 0 {
+                "; its reply is queued on the reply port, take it first"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+impl<T: Send + 'static> Drop for Msg<T> {
+    fn drop(&mut self) {
+        if !self.hdr.is_done() {
+            abort_in_flight();
+        }
+    }
+}
+
+impl<T: Send + fmt::Debug + 'static> fmt::Debug for Msg<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Msg");
+        d.field("flags", &self.flags());
+        if self.is_done() {
+            d.field("body", self.body());
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+/// Stop the process: a message is being freed while a port or handler still
+/// points at it. Panicking again while the first panic unwinds aborts (and a
+/// `panic = "abort"` kernel aborts at the first), so the memory is never
+/// reused under the target.
+#[cold]
+#[inline(never)]
+fn abort_in_flight() -> ! {
+    struct Abort;
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            panic!("lwkt-msg: aborting: a message in flight cannot be freed");
+        }
+    }
+    let _abort = Abort;
+    panic!(
+        "lwkt-msg: message dropped while in flight (rule: a sent message must \
+         stay alive until its reply; wait for it with Msg::wait)"
+    );
+}
+
+/// A snapshot of a message's flags. DragonFly: `ms_flags`, `MSGF_*`.
+///
+/// ```
+/// use lwkt_msg::{Msg, MsgFlags};
+/// let m = Msg::new(0u8);
+/// assert!(m.flags().contains(MsgFlags::DONE));
+/// assert!(!m.flags().contains(MsgFlags::QUEUED));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MsgFlags(pub u32);
+
+impl MsgFlags {
+    /// The originator owns the message. `MSGF_DONE`.
+    pub const DONE: MsgFlags = MsgFlags(f::DONE);
+    /// The target has replied. `MSGF_REPLY`.
+    pub const REPLY: MsgFlags = MsgFlags(f::REPLY);
+    /// On a port's queue. `MSGF_QUEUED`.
+    pub const QUEUED: MsgFlags = MsgFlags(f::QUEUED);
+    /// Synchronous: the reply completes it in place. `MSGF_SYNC`.
+    pub const SYNC: MsgFlags = MsgFlags(f::SYNC);
+    /// Riding an IPI (debug builds). `MSGF_INTRANSIT`.
+    pub const INTRANSIT: MsgFlags = MsgFlags(f::INTRANSIT);
+    /// A thread waits for it. `MSGF_WAITING`.
+    pub const WAITING: MsgFlags = MsgFlags(f::WAITING);
+    /// May be aborted. `MSGF_ABORTABLE`.
+    pub const ABORTABLE: MsgFlags = MsgFlags(f::ABORTABLE);
+    /// An abort was requested.
+    pub const ABORT_REQUESTED: MsgFlags = MsgFlags(f::ABORTREQ);
+    /// A future awaits the reply.
+    pub const WAKER: MsgFlags = MsgFlags(f::WAKER);
+
+    /// Whether every bit of `other` is set.
+    ///
+    /// ```
+    /// use lwkt_msg::MsgFlags;
+    /// assert!((MsgFlags::DONE | MsgFlags::REPLY).contains(MsgFlags::REPLY));
+    /// ```
+    pub fn contains(self, other: MsgFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for MsgFlags {
+    type Output = MsgFlags;
+    fn bitor(self, rhs: MsgFlags) -> MsgFlags {
+        MsgFlags(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for MsgFlags {
+    fn fmt(&self, fm: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const NAMES: [(u32, &str); 9] = [
+            (f::DONE, "DONE"),
+            (f::REPLY, "REPLY"),
+            (f::QUEUED, "QUEUED"),
+            (f::SYNC, "SYNC"),
+            (f::INTRANSIT, "INTRANSIT"),
+            (f::WAITING, "WAITING"),
+            (f::ABORTABLE, "ABORTABLE"),
+            (f::ABORTREQ, "ABORT_REQUESTED"),
+            (f::WAKER, "WAKER"),
+        ];
+        let mut first = true;
+        for (bit, name) in NAMES {
+            if self.0 & bit != 0 {
+                if !first {
+                    fm.write_str("|")?;
+                }
+                fm.write_str(name)?;
+                first = false;
+            }
+        }
+        if first {
+            fm.write_str("(none)")?;
+        }
+        Ok(())
+    }
+}
+
+/// A received message: the target's ownership of it. Dereferences to the
+/// body. Consumed by [`reply`](Self::reply) or [`forward`](Self::forward);
+/// dropping it unreplied panics (a reply is what hands the message back, so
+/// a dropped handle would strand its originator).
+///
+/// DragonFly: the `lwkt_msg_t` a port hands its owner.
+#[must_use = "a received message must be replied to or forwarded"]
+pub struct MsgHandle<T: Send + 'static> {
+    pub(crate) m: NonNull<Msg<T>>,
+}
+
+// SAFETY: the handle is the sole owner of the message while it exists; the
+// body is `Send`.
+unsafe impl<T: Send + 'static> Send for MsgHandle<T> {}
+
+impl<T: Send + 'static> MsgHandle<T> {
+    /// # Safety
+    /// The caller owns `m` as its target.
+    pub(crate) unsafe fn from_raw(m: *mut Msg<T>) -> MsgHandle<T> {
+        MsgHandle {
+            // SAFETY: `m` comes from a pinned, live message.
+            m: unsafe { NonNull::new_unchecked(m) },
+        }
+    }
+
+    pub(crate) fn into_raw(self) -> *mut Msg<T> {
+        let m = self.m.as_ptr();
+        core::mem::forget(self);
+        m
+    }
+
+    pub(crate) fn hdr(&self) -> &Header {
+        // SAFETY: the message is live while in flight (its drop aborts).
+        unsafe { &self.m.as_ref().hdr }
+    }
+
+    /// Whether the originator asked to abort. DragonFly: the target's check
+    /// after `ms_abortfn`.
+    pub fn abort_requested(&self) -> bool {
+        self.hdr().flags() & f::ABORTREQ != 0
+    }
+
+    /// Whether the originator waits synchronously (`domsg`, a future).
+    pub fn is_sync(&self) -> bool {
+        self.hdr().flags() & f::SYNC != 0
+    }
+}
+
+impl<T: Send + 'static> core::ops::Deref for MsgHandle<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the handle owns the message; nobody else touches the body.
+        unsafe { &*Msg::body_ptr(self.m.as_ptr()) }
+    }
+}
+
+impl<T: Send + 'static> core::ops::DerefMut for MsgHandle<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above, exclusively.
+        unsafe { &mut *Msg::body_ptr(self.m.as_ptr()) }
+    }
+}
+
+impl<T: Send + 'static> Drop for MsgHandle<T> {
+    fn drop(&mut self) {
+        panic!(
+            "lwkt-msg: a received message was dropped without a reply \
+             (rule: the target must reply to or forward every message it takes)"
+        );
+    }
+}
+
+impl<T: Send + fmt::Debug + 'static> fmt::Debug for MsgHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MsgHandle")
+            .field("flags", &MsgFlags(self.hdr().flags()))
+            .field("body", &**self)
+            .finish()
+    }
+}
+
+/// A reply taken from a reply port: the message is its originator's again.
+/// It names the message (compare with [`is`](Self::is)) and carries the
+/// result; the originator reads the body through its own reference.
+#[derive(Clone, Copy)]
+pub struct Replied<T: Send + 'static> {
+    pub(crate) m: *const Msg<T>,
+    pub(crate) result: Result<(), MsgError>,
+}
+
+impl<T: Send + 'static> Replied<T> {
+    /// Whether this is the reply to `msg`.
+    pub fn is(&self, msg: &Msg<T>) -> bool {
+        core::ptr::eq(self.m, msg)
+    }
+
+    /// The reply's result.
+    pub fn result(&self) -> Result<(), MsgError> {
+        self.result
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for Replied<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replied")
+            .field("msg", &self.m)
+            .field("result", &self.result)
+            .finish()
+    }
+}
+
+/// What a port hands its owner: a request to handle, or a reply to one of
+/// the owner's own messages. DragonFly ports carry both on one queue (the
+/// `MSGF_REPLY` flag tells them apart).
+#[derive(Debug)]
+pub enum Incoming<T: Send + 'static> {
+    /// A request; the receiver owns it until it replies.
+    Request(MsgHandle<T>),
+    /// A reply to a message this port was the reply port of.
+    Reply(Replied<T>),
+}
+
+impl<T: Send + 'static> Incoming<T> {
+    /// The request, or `None` for a reply.
+    pub fn request(self) -> Option<MsgHandle<T>> {
+        match self {
+            Incoming::Request(h) => Some(h),
+            Incoming::Reply(_) => None,
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! Ports: where messages are put, and where their replies go. One type,
+//! four flavours, chosen at construction.
+//!
+//! DragonFly: `struct lwkt_port`, `lwkt_initport_thread()`,
+//! `lwkt_initport_spin()`, `lwkt_initport_putonly()`,
+//! `lwkt_initport_replyonly()`; `lwkt_sendmsg()`, `lwkt_domsg()`,
+//! `lwkt_replymsg()`, `lwkt_forwardmsg()`, `lwkt_getport()`,
+//! `lwkt_waitport()`.
+//!
+//! | flavour | who may receive | put from another CPU | waiting |
+//! |---|---|---|---|
+//! | [`Port::thread`] | the owning thread | IPI to the owner's CPU | deschedule; a put schedules the owner |
+//! | [`Port::spin`] | any thread | directly, under the port's spin lock | sleep on the port; a put wakes it |
+//! | [`Port::put_only`] | nobody: the handler runs in the sender's context | in the sender's context | none |
+//! | [`Port::reply_only`] | nobody: a reply completes the message in place | (replies only) | none |
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::pin::Pin;
+
+use lwkt_core::{Cur, IpiFn, MyCpu, ThreadHandle};
+
+use crate::future::ReplyFuture;
+use crate::header::{f, Header};
+use crate::queue::Queue;
+use crate::spinlock::SpinLock;
+use crate::{Incoming, Msg, MsgError, MsgHandle, Replied};
+
+/// The handler of a put-only port, run in the sender's context (it must
+/// not block; it replies to or forwards the message).
+pub type PutFn<T> = fn(MyCpu<'_>, MsgHandle<T>);
+
+/// Called by a reply-only port once a reply has completed its message.
+pub type ReplyFn<T> = fn(MyCpu<'_>, Replied<T>);
+
+/// A message port for messages with bodies of type `T`.
+///
+/// Ports are used as `&'static Port<T>` (a `static`, or
+/// [`leak`](Port::leak)ed): a put to another CPU's port rides an IPI that
+/// may arrive after the sender has moved on, and replies find their port
+/// long after the send, so a port must outlive every message that names it.
+///
+/// DragonFly: `struct lwkt_port`.
+///
+/// ```
+/// use core::pin::pin;
+/// use lwkt_core::CpuId;
+/// use lwkt_msg::{Msg, Port};
+///
+/// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+///     // A server thread on CPU 1 creates its port and hands it out.
+///     let (tx, rx) = std::sync::mpsc::channel();
+///     let server = cur.spawn_on(CpuId::new(1), move |me| {
+///         let port: &'static Port<u32> = Port::thread(me).leak();
+///         tx.send(port).unwrap();
+///         let mut m = port.waitport(me).request().unwrap();
+///         *m += 1;
+///         m.reply(me.my_cpu(), Ok(()));
+///         port.close(me);
+///     }).unwrap();
+///     let port = loop {
+///         if let Ok(p) = rx.try_recv() { break p; }
+///         cur.yield_now();
+///     };
+///     let mut m = pin!(Msg::new(41));
+///     port.domsg(cur, m.as_mut()).unwrap();   // across CPUs, by IPI
+///     assert_eq!(*m.body(), 42);
+///     cur.join(&server);
+/// });
+/// ```
+pub struct Port<T: Send + 'static> {
+    kind: Kind<T>,
+    lock: SpinLock,
+    inner: UnsafeCell<Inner>,
+}
+
+enum Kind<T: Send + 'static> {
+    Thread(ThreadHandle),
+    Spin,
+    PutOnly(PutFn<T>),
+    ReplyOnly(Option<ReplyFn<T>>),
+}
+
+struct Inner {
+    q: Queue,
+    /// The receiver sleeps until something is queued
+    /// (DragonFly `MSGPORTF_WAITING`).
+    waiting: bool,
+    closed: bool,
+}
+
+// SAFETY: `inner` is touched only by the owner's CPU inside a critical
+// section (thread ports; puts from elsewhere arrive by IPI) or under
+// `lock` (spin ports); put-only and reply-only ports never touch it. Bodies
+// cross threads with their messages, hence `T: Send`.
+unsafe impl<T: Send + 'static> Sync for Port<T> {}
+// SAFETY: as above; a port holds no thread-affine state.
+unsafe impl<T: Send + 'static> Send for Port<T> {}
+
+impl<T: Send + 'static> Port<T> {
+    const fn with_kind(kind: Kind<T>) -> Port<T> {
+        Port {
+            kind,
+            lock: SpinLock::new(),
+            inner: UnsafeCell::new(Inner {
+                q: Queue::new(),
+                waiting: false,
+                closed: false,
+            }),
+        }
+    }
+
+    /// A port owned by the calling thread: only it receives; a put from
+    /// another CPU travels by IPI to the owner's CPU (following it if it
+    /// migrates), so the queue needs no lock.
+    /// DragonFly: `lwkt_initport_thread()` (a thread's `td_msgport`).
+    pub fn thread(cur: &Cur) -> Port<T> {
+        Port::with_kind(Kind::Thread(cur.handle()))
+    }
+
+    /// A port any thread may receive from, guarded by a spin lock; puts from
+    /// any CPU go straight to its queue. DragonFly: `lwkt_initport_spin()`.
+    ///
+    /// ```
+    /// use lwkt_msg::Port;
+    /// static WORK: Port<u64> = Port::spin();
+    /// ```
+    pub const fn spin() -> Port<T> {
+        Port::with_kind(Kind::Spin)
+    }
+
+    /// A port with no queue: a put runs `handler` at once in the sender's
+    /// context, so [`domsg`](Port::domsg) completes without a switch.
+    /// DragonFly: `lwkt_initport_putonly()`.
+    pub const fn put_only(handler: PutFn<T>) -> Port<T> {
+        Port::with_kind(Kind::PutOnly(handler))
+    }
+
+    /// A port that only takes replies: a reply calls `on_reply`, if given,
+    /// then completes the message in place.
+    /// DragonFly: `lwkt_initport_replyonly()` / `_replyonly_null()`.
+    pub const fn reply_only(on_reply: Option<ReplyFn<T>>) -> Port<T> {
+        Port::with_kind(Kind::ReplyOnly(on_reply))
+    }
+
+    /// Give the port a `'static` address for good (the memory is never
+    /// freed).
+    #[cfg(feature = "alloc")]
+    pub fn leak(self) -> &'static Port<T> {
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(self))
+    }
+
+    /// Send `msg` and return at once; the target replies later. The reply
+    /// goes to the message's reply port if it has one, and completes it in
+    /// place otherwise ([`Msg::wait`]). DragonFly: `lwkt_sendmsg()`.
+    ///
+    /// # Panics
+    /// If `msg` is in flight, or this port takes no requests.
+    #[track_caller]
+    pub fn sendmsg(&'static self, my: MyCpu<'_>, msg: Pin<&mut Msg<T>>) {
+        self.check_put();
+        msg.hdr.begin_send(msg.reply_port.is_none());
+        self.put(my, msg.as_raw());
+    }
+
+    /// Send `msg` and block until its reply; returns the reply's result. On
+    /// a [`put_only`](Port::put_only) port the handler runs in the caller's
+    /// context and nothing switches. DragonFly: `lwkt_domsg()`.
+    ///
+    /// # Panics
+    /// If `msg` is in flight, this port takes no requests, or it is the
+    /// caller's own thread port (nobody would ever receive it).
+    #[track_caller]
+    pub fn domsg(&'static self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
+        self.check_put();
+        if let Kind::Thread(owner) = &self.kind {
+            assert!(
+                !cur.is(owner),
+                "lwkt-msg: domsg to the caller's own thread port would wait \
+                 forever (rule: a thread cannot receive while it waits)"
+            );
+        }
+        msg.hdr.begin_send(true);
+        let m = msg.as_raw();
+        self.put(cur.my_cpu(), m);
+        // SAFETY: the caller's pinned borrow keeps the message alive for
+        // this whole call; we touch only its atomic header.
+        let hdr = unsafe { &(*m).hdr };
+        if !hdr.is_done() {
+            cur.sleep_until(m as usize, || hdr.prepare_wait());
+        }
+        // SAFETY: done: the originator owns the message again.
+        MsgError::decode(unsafe { hdr.code() })
+    }
+
+    /// Send `msg` and return a future of its reply, for async code (the
+    /// reply wakes the future's waker). The message is sent now, not at the
+    /// first poll.
+    ///
+    /// # Panics
+    /// As [`sendmsg`](Port::sendmsg).
+    #[track_caller]
+    pub fn call<'a>(&'static self, my: MyCpu<'_>, msg: Pin<&'a mut Msg<T>>) -> ReplyFuture<'a, T> {
+        self.check_put();
+        msg.hdr.begin_send(true);
+        let m = msg.as_raw();
+        self.put(my, m);
+        // SAFETY: `m` comes from the pinned borrow `'a` given to the future.
+        unsafe { ReplyFuture::new(m) }
+    }
+
+    /// Take the next request or reply without blocking.
+    /// DragonFly: `lwkt_getport()`.
+    ///
+    /// # Panics
+    /// On a thread port, if `cur` is not its owner; on a put-only or
+    /// reply-only port.
+    #[track_caller]
+    pub fn getport(&'static self, cur: &Cur) -> Option<Incoming<T>> {
+        self.check_receiver(cur);
+        let my = cur.my_cpu();
+        loop {
+            let h = self.pop(my)?;
+            if let Some(x) = self.classify(my, h) {
+                return Some(x);
+            }
+        }
+    }
+
+    /// Block until a request or reply arrives and take it.
+    /// DragonFly: `lwkt_waitport()`.
+    ///
+    /// # Panics
+    /// As [`getport`](Port::getport), and if the port is closed.
+    #[track_caller]
+    pub fn waitport(&'static self, cur: &mut Cur) -> Incoming<T> {
+        loop {
+            if let Some(x) = self.getport(cur) {
+                return x;
+            }
+            let closed = self.sleep_on(cur, |inner| !inner.q.is_empty() || inner.closed);
+            assert!(!closed, "lwkt-msg: waitport on a closed port");
+        }
+    }
+
+    /// Close the port: every queued request is replied [`MsgError::Closed`],
+    /// queued replies go back to their originators, and later puts are
+    /// refused the same way. A thread port's owner closes it before it
+    /// exits (a put to a port whose owner has exited is refused too, but
+    /// messages queued before the exit would wait for a receiver).
+    ///
+    /// # Panics
+    /// As [`getport`](Port::getport).
+    #[track_caller]
+    pub fn close(&'static self, cur: &Cur) {
+        self.check_receiver(cur);
+        let my = cur.my_cpu();
+        // SAFETY: receiver's access (owner CPU in a critical section, or
+        // the lock), as `with_inner` requires.
+        self.with_inner(my, |inner| inner.closed = true);
+        while let Some(h) = self.pop(my) {
+            let m = h as *mut Msg<T>;
+            // SAFETY: popped: ours to dispose of.
+            let hdr = unsafe { &(*m).hdr };
+            if hdr.flags() & f::REPLY != 0 {
+                hdr.take_reply();
+            } else {
+                hdr.take_request();
+                // SAFETY: a request we took: we own it as its target.
+                unsafe { MsgHandle::from_raw(m) }.reply(my, Err(MsgError::Closed));
+            }
+        }
+    }
+
+    /// Whether [`close`](Port::close) was called.
+    ///
+    /// # Panics
+    /// As [`getport`](Port::getport).
+    #[track_caller]
+    pub fn is_closed(&'static self, cur: &Cur) -> bool {
+        self.check_receiver(cur);
+        self.with_inner(cur.my_cpu(), |inner| inner.closed)
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    /// Put an in-flight message (sent, or forwarded) on this port.
+    pub(crate) fn put(&'static self, my: MyCpu<'_>, m: *mut Msg<T>) {
+        match &self.kind {
+            Kind::Thread(owner) => {
+                let c = owner.cpu();
+                if c == my.id() {
+                    my.crit(|| self.thread_push(my, m, false));
+                } else {
+                    self.send_remote(my, c, m, push_remote::<T, false>);
+                }
+            }
+            Kind::Spin => my.crit(|| self.spin_push(my, m, false)),
+            // SAFETY: the sender handed the message over; the handler owns it.
+            Kind::PutOnly(handler) => handler(my, unsafe { MsgHandle::from_raw(m) }),
+            Kind::ReplyOnly(_) => unreachable!("checked by check_put"),
+        }
+    }
+
+    /// Deliver a reply to this port (the message's reply port).
+    pub(crate) fn deliver_reply(&'static self, my: MyCpu<'_>, m: *mut Msg<T>) {
+        match &self.kind {
+            Kind::Thread(owner) => {
+                let c = owner.cpu();
+                if c == my.id() {
+                    my.crit(|| self.thread_push(my, m, true));
+                } else {
+                    self.send_remote(my, c, m, push_remote::<T, true>);
+                }
+            }
+            Kind::Spin => my.crit(|| self.spin_push(my, m, true)),
+            Kind::ReplyOnly(on_reply) => {
+                // SAFETY: the replier owns the message until `complete`.
+                let result = MsgError::decode(unsafe { (*m).hdr.code() });
+                // The hook runs first, so whoever sees the message done also
+                // sees what the hook did.
+                if let Some(cb) = on_reply {
+                    cb(my, Replied { m, result });
+                }
+                complete(my, m);
+            }
+            Kind::PutOnly(_) => unreachable!("checked by check_reply_port"),
+        }
+    }
+
+    /// Whether replies to this port wait on its queue (not completed in
+    /// place).
+    pub(crate) fn queues_replies(&self) -> bool {
+        matches!(self.kind, Kind::Thread(_) | Kind::Spin)
+    }
+
+    #[track_caller]
+    fn check_put(&self) {
+        if let Kind::ReplyOnly(_) = self.kind {
+            panic!(
+                "lwkt-msg: put to a reply-only port (rule: reply-only ports \
+                 take replies, never requests)"
+            );
+        }
+    }
+
+    #[track_caller]
+    pub(crate) fn check_reply_port(&self) {
+        if let Kind::PutOnly(_) = self.kind {
+            panic!(
+                "lwkt-msg: a put-only port cannot be a reply port (rule: \
+                 put-only ports take requests only)"
+            );
+        }
+    }
+
+    #[track_caller]
+    fn check_receiver(&self, cur: &Cur) {
+        match &self.kind {
+            Kind::Thread(owner) => assert!(
+                cur.is(owner),
+                "lwkt-msg: thread '{}' received from the port of thread '{}' \
+                 (rule: only a thread port's owner receives from it)",
+                cur.name(),
+                owner.name()
+            ),
+            Kind::Spin => {}
+            Kind::PutOnly(_) | Kind::ReplyOnly(_) => panic!(
+                "lwkt-msg: put-only and reply-only ports have no queue to \
+                 receive from"
+            ),
+        }
+    }
+
+    fn send_remote(
+        &'static self,
+        my: MyCpu<'_>,
+        cpu: lwkt_core::CpuId,
+        m: *mut Msg<T>,
+        func: IpiFn,
+    ) {
+        // SAFETY: the message is in flight and live.
+        unsafe { (*m).hdr.transit(true) };
+        my.send_ipi(cpu, func, self as *const Port<T> as usize, m as usize)
+            .expect("lwkt-msg: the port owner's CPU is not on this machine");
+    }
+
+    /// Thread port: queue `m` on the owner's CPU (chasing a migrated owner).
+    /// Runs in a critical section.
+    fn thread_push(&'static self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
+        let Kind::Thread(owner) = &self.kind else {
+            unreachable!()
+        };
+        let c = owner.cpu();
+        if c != my.id() {
+            let func: IpiFn = if is_reply {
+                push_remote::<T, true>
+            } else {
+                push_remote::<T, false>
+            };
+            return self.send_remote(my, c, m, func);
+        }
+        // SAFETY: on the owner's CPU in a critical section.
+        let closed = unsafe { self.inner() }.closed || owner.has_exited();
+        if closed {
+            return refuse(my, m, is_reply);
+        }
+        // SAFETY: as above; the borrow ends before anything else runs.
+        let wake = unsafe {
+            let inner = self.inner();
+            inner.q.push(m as *mut Header);
+            mark(m, is_reply);
+            core::mem::take(&mut inner.waiting)
+        };
+        if wake {
+            my.schedule(owner);
+        }
+    }
+
+    /// Spin port: queue `m` under the lock. Runs in a critical section.
+    fn spin_push(&'static self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
+        let r = self.lock.with(|| {
+            // SAFETY: under the lock.
+            let inner = unsafe { self.inner() };
+            if inner.closed {
+                return None;
+            }
+            // SAFETY: `m` is in flight, on no queue, and stays alive.
+            unsafe { inner.q.push(m as *mut Header) };
+            mark(m, is_reply);
+            Some(core::mem::take(&mut inner.waiting))
+        });
+        match r {
+            None => refuse(my, m, is_reply),
+            Some(true) => my.wakeup(self.chan()),
+            Some(false) => {}
+        }
+    }
+
+    fn pop(&'static self, my: MyCpu<'_>) -> Option<*mut Header> {
+        self.with_inner(my, |inner| inner.q.pop())
+    }
+
+    /// Hand a popped message to the receiver: a reply goes back to its
+    /// originator, a request to the receiver, unless its originator asked
+    /// to abort (then it is replied [`MsgError::Aborted`] here).
+    fn classify(&'static self, my: MyCpu<'_>, h: *mut Header) -> Option<Incoming<T>> {
+        let m = h as *mut Msg<T>;
+        // SAFETY: popped from our queue: the receiver owns it now.
+        let hdr = unsafe { &(*m).hdr };
+        if hdr.flags() & f::REPLY != 0 {
+            // SAFETY: we own the queued reply until `take_reply`.
+            let result = MsgError::decode(unsafe { hdr.code() });
+            hdr.take_reply();
+            return Some(Incoming::Reply(Replied { m, result }));
+        }
+        let before = hdr.take_request();
+        // SAFETY: a request taken from our queue: we are its target.
+        let h = unsafe { MsgHandle::from_raw(m) };
+        if before & f::ABORTREQ != 0 {
+            h.reply(my, Err(MsgError::Aborted));
+            return None;
+        }
+        Some(Incoming::Request(h))
+    }
+
+    /// Sleep until `ready(inner)` holds (checked with the receiver's access);
+    /// returns whether the port is closed.
+    fn sleep_on(&'static self, cur: &mut Cur, ready: impl Fn(&Inner) -> bool) -> bool {
+        match self.kind {
+            Kind::Thread(_) => {
+                cur.crit_enter();
+                // SAFETY: the owner, on its CPU, in a critical section.
+                let sleep = unsafe {
+                    let inner = self.inner();
+                    !ready(inner) && {
+                        inner.waiting = true;
+                        true
+                    }
+                };
+                if sleep {
+                    // A put that lands from here on (deferred by the critical
+                    // section until we switch) schedules us again.
+                    cur.deschedule_self();
+                    cur.switch();
+                }
+                cur.crit_exit();
+            }
+            _ => cur.sleep_until(self.chan(), || {
+                self.lock.with(|| {
+                    // SAFETY: under the lock.
+                    let inner = unsafe { self.inner() };
+                    ready(inner) || {
+                        inner.waiting = true;
+                        false
+                    }
+                })
+            }),
+        }
+        self.with_inner(cur.my_cpu(), |inner| inner.closed)
+    }
+
+    /// Wait for the reply to `m` (whose reply port this is) and take it off
+    /// the queue.
+    pub(crate) fn wait_reply(&'static self, cur: &mut Cur, m: *mut Msg<T>) {
+        self.check_receiver(cur);
+        // SAFETY: the caller's pinned borrow keeps `m` alive.
+        let hdr = unsafe { &(*m).hdr };
+        loop {
+            let got = self.with_inner(cur.my_cpu(), |inner| {
+                hdr.is_queued_reply() && inner.q.remove(m as *mut Header)
+            });
+            if got {
+                hdr.take_reply();
+                return;
+            }
+            if hdr.is_done() {
+                return;
+            }
+            self.sleep_on(cur, |inner| {
+                hdr.is_queued_reply() || hdr.is_done() || inner.closed
+            });
+        }
+    }
+
+    /// Run `f` with the receiver's access to the queue: the owner CPU's
+    /// critical section (thread ports, called by the owner), or the lock.
+    fn with_inner<R>(&'static self, my: MyCpu<'_>, f: impl FnOnce(&mut Inner) -> R) -> R {
+        my.crit(|| match self.kind {
+            // SAFETY: callers checked `check_receiver`: we are the owner, so
+            // on the owner's CPU, and in a critical section.
+            Kind::Thread(_) => f(unsafe { self.inner() }),
+            // SAFETY: under the lock.
+            _ => self.lock.with(|| f(unsafe { self.inner() })),
+        })
+    }
+
+    /// # Safety
+    /// The caller has the receiver's access (see `with_inner`) and holds no
+    /// other reference from `inner`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn inner(&self) -> &mut Inner {
+        // SAFETY: forwarded.
+        unsafe { &mut *self.inner.get() }
+    }
+
+    fn chan(&'static self) -> usize {
+        self as *const Port<T> as usize
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for Port<T> {
+    fn fmt(&self, fm: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Thread(o) => return fm.debug_tuple("Port::thread").field(&o.name()).finish(),
+            Kind::Spin => "Port::spin",
+            Kind::PutOnly(_) => "Port::put_only",
+            Kind::ReplyOnly(_) => "Port::reply_only",
+        };
+        fm.write_str(kind)
+    }
+}
+
+impl<T: Send + 'static> MsgHandle<T> {
+    /// Reply: hand the message back to its originator with `result` (to its
+    /// reply port's queue, or completing it in place for a synchronous send
+    /// or a message without reply port). DragonFly: `lwkt_replymsg()`.
+    ///
+    /// # Panics
+    /// If `result` is `Err(MsgError::Code(c))` with `c <= 0`.
+    pub fn reply(self, my: MyCpu<'_>, result: Result<(), MsgError>) {
+        let code = MsgError::encode(result);
+        let m = self.into_raw();
+        // SAFETY: we owned the message as its target until now.
+        let hdr = unsafe { &(*m).hdr };
+        // SAFETY: as above.
+        unsafe { hdr.set_code(code) };
+        // SAFETY: the reply port is fixed while the message is in flight.
+        match unsafe { (*m).reply_port } {
+            Some(port) if hdr.flags() & f::SYNC == 0 => port.deliver_reply(my, m),
+            _ => complete(my, m),
+        }
+    }
+
+    /// Pass the message on to `port`, still in flight; its eventual reply
+    /// goes to the originator as usual. DragonFly: `lwkt_forwardmsg()`.
+    ///
+    /// # Panics
+    /// If `port` takes no requests.
+    pub fn forward(self, my: MyCpu<'_>, port: &'static Port<T>) {
+        port.check_put();
+        port.put(my, self.into_raw());
+    }
+}
+
+/// Mark a message just linked on a queue.
+fn mark<T: Send + 'static>(m: *mut Msg<T>, is_reply: bool) {
+    // SAFETY: the message is live (queued).
+    let hdr = unsafe { &(*m).hdr };
+    if is_reply {
+        hdr.mark_reply_queued();
+    } else {
+        hdr.mark_queued();
+    }
+}
+
+/// Complete `m` in place and wake its waiters. After this the message is
+/// its originator's, so nothing here touches it once `complete` has set
+/// `DONE` (the sleep channel is only its address).
+fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
+    // SAFETY: we own the message until `complete` sets DONE; the waker runs
+    // before that.
+    let waiting = unsafe {
+        let waker = &(*m).waker;
+        (*m).hdr.complete(|| waker.wake())
+    };
+    if waiting {
+        my.wakeup(m as usize);
+    }
+}
+
+/// A port refused `m` (closed, or its owner exited): a request is replied
+/// [`MsgError::Closed`]; a reply completes its message in place.
+fn refuse<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
+    if is_reply {
+        complete(my, m);
+    } else {
+        // SAFETY: the port would have become its owner; we act for it.
+        unsafe { MsgHandle::from_raw(m) }.reply(my, Err(MsgError::Closed));
+    }
+}
+
+/// IPI function: a put (`REPLY = false`) or reply (`true`) arriving at the
+/// owner's CPU of a thread port.
+fn push_remote<T: Send + 'static, const REPLY: bool>(my: MyCpu<'_>, port: usize, m: usize) {
+    // SAFETY: ports are 'static; the message is in flight and live; IPI
+    // functions run in a critical section.
+    let port = unsafe { &*(port as *const Port<T>) };
+    let m = m as *mut Msg<T>;
+    // SAFETY: as above.
+    unsafe { (*m).hdr.transit(false) };
+    port.thread_push(my, m, REPLY);
+}
