@@ -52,10 +52,8 @@ fn request_lifecycle_direct_reply() {
     assert!(h.complete(|| panic!("no waker")), "the waiter is woken");
     assert!(h.is_done());
     // SAFETY: the originator owns it again.
-    assert_eq!(
-        MsgError::decode(unsafe { h.code() }),
-        Err(MsgError::Code(5))
-    );
+    let code = unsafe { h.code() };
+    assert_eq!(MsgError::decode(code), Err(MsgError::Code(5)));
 }
 
 #[test]
