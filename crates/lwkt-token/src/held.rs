@@ -9,7 +9,7 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ptr;
 
-use crate::stack::{Mode, Pushed, TokenStack};
+use crate::stack::{Mode, Pushed, Slot, TokenStack};
 use crate::token::Token;
 
 /// A running thread that can hold tokens: the bridge to a scheduler.
@@ -71,38 +71,56 @@ impl<M> Held<'_, M> {
     }
 }
 
-#[inline]
-fn acquire<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) {
+/// Take `tok` in `mode` for a thread that does not hold it exclusively.
+#[inline(always)]
+fn acquire<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) -> Slot {
+    let st = cur.token_stack();
+    // SAFETY: the running thread's own stack, all its references held.
+    let fast = unsafe {
+        match mode {
+            Mode::Exclusive => st.push_exclusive_free(tok),
+            Mode::Shared => st.push_shared_first(tok),
+        }
+    };
+    match fast {
+        Some(slot) => slot,
+        None => acquire_slow(cur, tok, mode),
+    }
+}
+
+/// Everything the fast path leaves: a busy token (spin a little with
+/// back-off, then let the scheduler wait: it acquires every reference before
+/// we run again), a shared nested hold found by scanning, misuse.
+#[cold]
+#[inline(never)]
+fn acquire_slow<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) -> Slot {
     let st = cur.token_stack();
     // SAFETY: the running thread's own stack, all its references held.
     match unsafe { st.push(tok, mode) } {
         Err(e) => panic!("{e}"),
-        Ok(Pushed::Recursive) => {}
-        // SAFETY: as above; the top reference was just pushed.
-        Ok(Pushed::New) if unsafe { st.try_top(true) } => {}
-        Ok(Pushed::New) => contended(cur),
+        Ok(Pushed::Recursive) => return st.top_slot(),
+        Ok(Pushed::New) => {}
     }
-}
-
-/// The top reference is busy: spin a little with back-off, then let the
-/// scheduler wait (it acquires every reference before we run again).
-#[cold]
-#[inline(never)]
-fn contended<C: TokenThread + ?Sized>(cur: &mut C) {
-    let st = cur.token_stack();
+    // SAFETY: as above; the top reference was just pushed and is not held.
+    if unsafe { st.try_top(true) } {
+        return st.top_slot();
+    }
     for i in 1..crate::sync::SPIN_TRIES {
         for _ in 0..(1u32 << i.min(6)) {
             crate::sync::spin_loop();
         }
-        // SAFETY: the running thread's own stack; the top reference is not held.
+        // SAFETY: as above.
         if unsafe { st.try_top(true) } {
-            return;
+            return st.top_slot();
         }
     }
     cur.wait_for_tokens();
-    debug_assert!(cur.token_stack().all_held());
+    let st = cur.token_stack();
+    debug_assert!(st.all_held());
+    st.top_slot()
 }
 
+#[inline(always)]
 fn with_mode<C, M, R>(
     cur: &mut C,
     tok: &Token,
@@ -112,29 +130,34 @@ fn with_mode<C, M, R>(
 where
     C: TokenThread + ?Sized,
 {
-    acquire(cur, tok, mode);
-    run_held(cur, tok, f)
+    let st = cur.token_stack();
+    if st.holds_exclusive(tok) {
+        // A nested hold: counted, nothing to acquire or release.
+        // SAFETY: the running thread's own stack; it holds `tok` exclusively.
+        unsafe { st.nest() };
+        let h = held(cur, tok);
+        let r = f(cur, &h);
+        // SAFETY: pairs with the `nest` above.
+        unsafe { cur.token_stack().unnest() };
+        return r;
+    }
+    let slot = acquire(cur, tok, mode);
+    let h = held(cur, tok);
+    let r = f(cur, &h);
+    // SAFETY: our reference, pushed at `slot` (on top: closures nest), held
+    // (we run).
+    unsafe { cur.token_stack().pop_slot(tok, mode, slot) };
+    r
 }
 
-/// Run `f` with a proof of the hold the thread has just taken on `tok`,
-/// then drop the reference (it is on top: closures nest).
-fn run_held<C, M, R>(
-    cur: &mut C,
-    tok: &Token,
-    f: impl for<'h> FnOnce(&mut C, &Held<'h, M>) -> R,
-) -> R
-where
-    C: TokenThread + ?Sized,
-{
-    let held = Held {
+/// The proof of a hold the thread has just taken on `tok`.
+#[inline(always)]
+fn held<'h, C: TokenThread + ?Sized, M>(cur: &C, tok: &Token) -> Held<'h, M> {
+    Held {
         tok,
         stack: cur.token_stack(),
         _brand: PhantomData,
-    };
-    let r = f(cur, &held);
-    // SAFETY: our reference is on top (closures nest) and held (we run).
-    unsafe { cur.token_stack().pop(tok) };
-    r
+    }
 }
 
 /// Hold `tok` exclusively while `f` runs. DragonFly: `lwkt_gettoken()` ...
@@ -183,12 +206,37 @@ where
     C: TokenThread + ?Sized,
 {
     let st = cur.token_stack();
-    // SAFETY: the running thread's own stack.
+    if st.holds_exclusive(tok) {
+        // SAFETY: the running thread's own stack; it holds `tok` exclusively.
+        unsafe { st.nest() };
+        let h = held(cur, tok);
+        let r = f(cur, &h);
+        // SAFETY: pairs with the `nest` above.
+        unsafe { cur.token_stack().unnest() };
+        return Some(r);
+    }
+    // SAFETY: the running thread's own stack, all its references held.
+    let slot = match unsafe { st.push_exclusive_free(tok) } {
+        Some(slot) => slot,
+        None => try_slow(st, tok)?,
+    };
+    let h = held(cur, tok);
+    let r = f(cur, &h);
+    // SAFETY: as in `with_mode`.
+    unsafe { cur.token_stack().pop_slot(tok, Mode::Exclusive, slot) };
+    Some(r)
+}
+
+/// `try_with_token` when the fast path could not decide: without waiting.
+#[cold]
+#[inline(never)]
+fn try_slow(st: &TokenStack, tok: &Token) -> Option<Slot> {
+    // SAFETY: the running thread's own stack, all its references held.
     match unsafe { st.push(tok, Mode::Exclusive) } {
         Err(e) => panic!("{e}"),
         Ok(Pushed::Recursive) => {}
         Ok(Pushed::New) => {
-            // SAFETY: as above.
+            // SAFETY: as above; the top reference was just pushed.
             if !unsafe { st.try_top(false) } {
                 // SAFETY: the top reference is ours and not held.
                 unsafe { st.abandon_top(tok) };
@@ -196,7 +244,7 @@ where
             }
         }
     }
-    Some(run_held(cur, tok, f))
+    Some(st.top_slot())
 }
 
 /// Data protected by a token. Reach it with the current thread's handle and

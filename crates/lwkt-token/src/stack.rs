@@ -16,7 +16,10 @@ use core::ptr;
 
 use crate::token::Token;
 
-/// Most token references one thread may hold at once (DragonFly `LWKT_MAXTOKENS`).
+/// Most token references one thread may hold at once (DragonFly
+/// `LWKT_MAXTOKENS`). Nested holds of a token the thread holds exclusively,
+/// taken through [`with_token`](crate::with_token) and friends, are only
+/// counted and do not use up this space.
 pub const MAX_TOKENS: usize = 32;
 
 /// After this many failed re-acquisitions, a thread's tokens are taken in
@@ -61,27 +64,79 @@ impl fmt::Display for TokenError {
     }
 }
 
+/// Low bits of a reference word. Tokens are at least 8-byte aligned (their
+/// state is an `AtomicUsize`), so the bits below the alignment are free.
+const SHARED_BIT: usize = 1;
+const RECURSIVE_BIT: usize = 2;
+const TAG_BITS: usize = SHARED_BIT | RECURSIVE_BIT;
+const _: () = assert!(core::mem::align_of::<Token>() > TAG_BITS);
+
+/// One token reference in one word: the token's address, bit 0 set when the
+/// token is held shared, bit 1 set for a nested hold of a token held deeper
+/// in the stack (it costs no atomic). A nested reference records the mode
+/// the token is actually held in (its acquiring reference's), so one scan
+/// finds it.
 #[derive(Clone, Copy)]
-struct Ref {
-    tok: *const Token,
-    mode: Mode,
-    /// A nested hold of a token held deeper in the stack: costs no atomic.
-    /// Its `mode` is the mode the token is held in (the acquiring ref's).
-    recursive: bool,
+struct Ref(*const Token);
+
+impl Ref {
+    const EMPTY: Ref = Ref(ptr::null());
+
+    #[inline(always)]
+    fn new(tok: &Token, mode: Mode, recursive: bool) -> Ref {
+        let bits = match mode {
+            Mode::Exclusive => 0,
+            Mode::Shared => SHARED_BIT,
+        } | if recursive { RECURSIVE_BIT } else { 0 };
+        Ref((tok as *const Token).map_addr(|a| a | bits))
+    }
+
+    #[inline(always)]
+    fn tok(self) -> *const Token {
+        self.0.map_addr(|a| a & !TAG_BITS)
+    }
+
+    #[inline(always)]
+    fn is(self, tok: &Token) -> bool {
+        self.0.addr() & !TAG_BITS == (tok as *const Token).addr()
+    }
+
+    #[inline(always)]
+    fn mode(self) -> Mode {
+        if self.0.addr() & SHARED_BIT != 0 {
+            Mode::Shared
+        } else {
+            Mode::Exclusive
+        }
+    }
+
+    #[inline(always)]
+    fn recursive(self) -> bool {
+        self.0.addr() & RECURSIVE_BIT != 0
+    }
 }
 
-const EMPTY: Ref = Ref {
-    tok: ptr::null(),
-    mode: Mode::Shared,
-    recursive: true,
-};
+/// Where the closure API's reference went, for [`TokenStack::pop_slot`]:
+/// its index, and whether it is a nested hold (which releases nothing).
+#[derive(Clone, Copy)]
+pub(crate) struct Slot {
+    n: usize,
+    recursive: bool,
+}
 
 /// One thread's token references, bottom first.
 pub struct TokenStack {
     refs: [Cell<Ref>; MAX_TOKENS],
+    /// References in `refs`.
     len: Cell<usize>,
-    /// Refs `0..held` are acquired now (`td_toks_have`).
-    held: Cell<usize>,
+    /// Nested holds of tokens this thread holds exclusively, taken through
+    /// the closure API: they release nothing and are re-acquired with their
+    /// token's acquiring reference, so they are only counted, not stored.
+    nested: Cell<usize>,
+    /// The top `unheld` references are not acquired now: `len - unheld` is
+    /// DragonFly's `td_toks_have`. Zero while the thread runs, so the fast
+    /// paths never write it.
+    unheld: Cell<usize>,
     contended: Cell<u32>,
     acquisitions_failed: Cell<u64>,
 }
@@ -90,7 +145,7 @@ impl fmt::Debug for TokenStack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenStack")
             .field("len", &self.len.get())
-            .field("held", &self.held.get())
+            .field("held", &self.held())
             .finish()
     }
 }
@@ -114,32 +169,43 @@ impl TokenStack {
     /// An empty stack.
     pub const fn new() -> TokenStack {
         TokenStack {
-            refs: [const { Cell::new(EMPTY) }; MAX_TOKENS],
+            refs: [const { Cell::new(Ref::EMPTY) }; MAX_TOKENS],
             len: Cell::new(0),
-            held: Cell::new(0),
+            nested: Cell::new(0),
+            unheld: Cell::new(0),
             contended: Cell::new(0),
             acquisitions_failed: Cell::new(0),
         }
     }
 
     /// This stack's owner id (its address), as recorded in tokens it holds.
+    #[inline(always)]
     pub fn owner_id(&self) -> usize {
-        self as *const TokenStack as usize
+        (self as *const TokenStack).addr()
     }
 
-    /// References on the stack.
+    /// References on the stack, nested holds included.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.len.get()
+        self.len.get() + self.nested.get()
     }
 
-    /// No references?
+    /// No references? (A nested hold always sits above its token's
+    /// acquiring reference, so a stack with no stored reference has none.)
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len.get() == 0
     }
 
+    /// References acquired now (`td_toks_have`).
+    #[inline]
+    fn held(&self) -> usize {
+        self.len.get() - self.unheld.get()
+    }
+
     /// Are all references acquired right now?
     pub fn all_held(&self) -> bool {
-        self.held.get() == self.len.get()
+        self.unheld.get() == 0
     }
 
     /// Times re-acquisition of the whole set failed for this thread.
@@ -149,7 +215,94 @@ impl TokenStack {
 
     /// Does this thread hold `tok` (in any mode)?
     pub fn holds(&self, tok: &Token) -> bool {
-        (0..self.held.get()).any(|i| ptr::eq(self.refs[i].get().tok, tok))
+        (0..self.held()).any(|i| self.refs[i].get().is(tok))
+    }
+
+    /// Put `r` on top; `n` is the length, below [`MAX_TOKENS`].
+    #[inline(always)]
+    fn put(&self, n: usize, r: Ref) -> Slot {
+        debug_assert!(n < MAX_TOKENS && n == self.len.get());
+        // SAFETY: `n < MAX_TOKENS` (every caller checked it), so in bounds.
+        unsafe { self.refs.get_unchecked(n) }.set(r);
+        self.len.set(n + 1);
+        Slot {
+            n,
+            recursive: r.recursive(),
+        }
+    }
+
+    /// The top reference, as a [`Slot`] for [`pop_slot`](Self::pop_slot).
+    pub(crate) fn top_slot(&self) -> Slot {
+        let n = self.len.get() - 1;
+        Slot {
+            n,
+            recursive: self.refs[n].get().recursive(),
+        }
+    }
+
+    /// Does this thread hold `tok` exclusively? One load, no scan. Only
+    /// this thread ever stores its own id in a token's owner field, and it
+    /// stores 0 before every release (its scheduler does so for it while it
+    /// is switched out), so a running thread that reads its own id there
+    /// holds the token now.
+    #[inline(always)]
+    pub(crate) fn holds_exclusive(&self, tok: &Token) -> bool {
+        tok.exclusive_owner() == self.owner_id()
+    }
+
+    /// Count a nested hold of a token this thread holds exclusively (see
+    /// [`holds_exclusive`](Self::holds_exclusive)): no atomic operation, and
+    /// no stored reference, since it releases nothing and is re-acquired
+    /// with its token's acquiring reference.
+    ///
+    /// # Safety
+    /// As for [`push`](Self::push); the thread holds the token exclusively.
+    #[inline(always)]
+    pub(crate) unsafe fn nest(&self) {
+        debug_assert!(self.len.get() > 0 && self.unheld.get() == 0);
+        self.nested.set(self.nested.get().wrapping_add(1));
+    }
+
+    /// End a hold counted by [`nest`](Self::nest).
+    ///
+    /// # Safety
+    /// As for [`push`](Self::push); pairs with `nest`.
+    #[inline(always)]
+    pub(crate) unsafe fn unnest(&self) {
+        debug_assert!(self.nested.get() > 0);
+        self.nested.set(self.nested.get().wrapping_sub(1));
+    }
+
+    /// Fast path of an exclusive get of a token this thread does not hold
+    /// exclusively: a free token, taken with one compare-and-swap. Returns
+    /// `None`, having changed nothing, when [`push`](Self::push) and
+    /// [`try_top`](Self::try_top) must decide (a busy token, a full stack,
+    /// misuse).
+    ///
+    /// # Safety
+    /// As for [`push`](Self::push).
+    #[inline(always)]
+    pub(crate) unsafe fn push_exclusive_free(&self, tok: &Token) -> Option<Slot> {
+        let n = self.len.get();
+        if n >= MAX_TOKENS || !tok.try_exclusive_free(self.owner_id()) {
+            return None;
+        }
+        Some(self.put(n, Ref::new(tok, Mode::Exclusive, false)))
+    }
+
+    /// Fast path of a shared get of a token this thread does not hold
+    /// exclusively: only as its first token (nothing to scan). As
+    /// [`push_exclusive_free`](Self::push_exclusive_free) otherwise.
+    ///
+    /// # Safety
+    /// As for [`push`](Self::push).
+    #[inline(always)]
+    pub(crate) unsafe fn push_shared_first(&self, tok: &Token) -> Option<Slot> {
+        // Holding no other token, defer to a waiting exclusive requester.
+        if self.len.get() != 0 || !tok.try_shared(true) {
+            return None;
+        }
+        Some(self.put(0, Ref::new(tok, Mode::Shared, false)))
     }
 
     /// Record a reference to `tok` in `mode`. A token the thread already
@@ -159,19 +312,16 @@ impl TokenStack {
     /// Called by the owning thread while it runs with all its tokens held.
     pub unsafe fn push(&self, tok: &Token, mode: Mode) -> Result<Pushed, TokenError> {
         let n = self.len.get();
-        if n == MAX_TOKENS {
+        if n >= MAX_TOKENS {
             return Err(TokenError::TooManyTokens);
         }
-        // A nested reference records the mode the token is actually held in
-        // (that of its acquiring reference), so one scan finds it.
-        let mut base = None;
-        for i in (0..n).rev() {
-            let r = self.refs[i].get();
-            if ptr::eq(r.tok, tok) {
-                base = Some(r.mode);
-                break;
-            }
-        }
+        debug_assert_eq!(self.unheld.get(), 0);
+        let base = self.refs[..n]
+            .iter()
+            .rev()
+            .map(Cell::get)
+            .find(|r| r.is(tok))
+            .map(Ref::mode);
         let (mode, recursive) = match (base, mode) {
             (Some(Mode::Shared), Mode::Exclusive) => {
                 return Err(TokenError::ExclusiveWhileShared { token: tok.name() })
@@ -179,16 +329,11 @@ impl TokenStack {
             (Some(held_as), _) => (held_as, true),
             (None, _) => (mode, false),
         };
-        self.refs[n].set(Ref {
-            tok,
-            mode,
-            recursive,
-        });
-        self.len.set(n + 1);
+        self.put(n, Ref::new(tok, mode, recursive));
         if recursive {
-            self.held.set(n + 1);
             Ok(Pushed::Recursive)
         } else {
+            self.unheld.set(1);
             Ok(Pushed::New)
         }
     }
@@ -201,17 +346,17 @@ impl TokenStack {
     /// As for [`push`](Self::push); the top reference is not yet held.
     pub unsafe fn try_top(&self, blocking: bool) -> bool {
         let n = self.len.get();
-        debug_assert!(n > 0 && self.held.get() == n - 1);
+        debug_assert!(n > 0 && self.unheld.get() == 1);
         let r = self.refs[n - 1].get();
         // SAFETY: a reference on a live thread's stack points at a live token
         // (the token outlives every hold: `with_token` borrows it).
-        let tok = unsafe { &*r.tok };
-        let ok = match r.mode {
+        let tok = unsafe { &*r.tok() };
+        let ok = match r.mode() {
             Mode::Exclusive => tok.try_exclusive(self.owner_id(), blocking),
             Mode::Shared => tok.try_shared(blocking && n == 1),
         };
         if ok {
-            self.held.set(n);
+            self.unheld.set(0);
         } else {
             tok.note_collision();
         }
@@ -225,9 +370,9 @@ impl TokenStack {
     /// As for [`push`](Self::push); the top reference is `tok`, not held.
     pub unsafe fn abandon_top(&self, tok: &Token) {
         let n = self.len.get();
-        assert!(n > 0 && ptr::eq(self.refs[n - 1].get().tok, tok));
-        debug_assert_eq!(self.held.get(), n - 1);
+        assert!(n > 0 && self.refs[n - 1].get().is(tok) && self.unheld.get() == 1);
         self.len.set(n - 1);
+        self.unheld.set(0);
     }
 
     /// Remove the top reference, releasing the token unless it was nested.
@@ -237,26 +382,48 @@ impl TokenStack {
     ///
     /// # Panics
     /// If the top reference is not `tok` (releases are LIFO).
+    #[inline(always)]
     pub unsafe fn pop(&self, tok: &Token) {
         let n = self.len.get();
-        assert!(
-            n > 0,
-            "lwkt: release of token '{}' that this thread does not hold",
-            tok.name()
-        );
-        let r = self.refs[n - 1].get();
-        assert!(
-            ptr::eq(r.tok, tok),
-            "lwkt: tokens must be released in LIFO order ('{}' is not the most recent)",
-            tok.name()
-        );
-        debug_assert!(self.held.get() == n);
-        if !r.recursive {
-            // SAFETY: held by this thread in `r.mode`.
-            unsafe { release(tok, r.mode) };
+        if n == 0 {
+            not_held(tok);
+        }
+        // SAFETY: `0 < n <= MAX_TOKENS`.
+        let r = unsafe { self.refs.get_unchecked(n - 1) }.get();
+        if !r.is(tok) {
+            not_lifo(tok);
+        }
+        debug_assert_eq!(self.unheld.get(), 0);
+        if !r.recursive() {
+            // SAFETY: held by this thread in `r.mode()`.
+            unsafe { release(tok, r.mode()) };
         }
         self.len.set(n - 1);
-        self.held.set(n - 1);
+    }
+
+    /// [`pop`](Self::pop) for the closure API, which knows where its
+    /// reference is and in which mode it asked for the token (a reference
+    /// that is not nested holds the token in the mode asked for). The
+    /// reference must still be on top (the stack is `slot.n + 1` long),
+    /// which nested closures guarantee unless one of them unwound without
+    /// releasing.
+    ///
+    /// # Safety
+    /// As for [`pop`](Self::pop); `slot` came from this stack's push of
+    /// `tok` in `mode`, and the reference is held.
+    #[inline(always)]
+    pub(crate) unsafe fn pop_slot(&self, tok: &Token, mode: Mode, slot: Slot) {
+        if self.len.get() != slot.n + 1 {
+            not_lifo(tok);
+        }
+        debug_assert!(self.refs[slot.n].get().is(tok));
+        debug_assert!(slot.recursive || self.refs[slot.n].get().mode() == mode);
+        debug_assert_eq!(self.unheld.get(), 0);
+        if !slot.recursive {
+            // SAFETY: held by this thread in `mode` (caller).
+            unsafe { release(tok, mode) };
+        }
+        self.len.set(slot.n);
     }
 
     /// Release every acquired reference, keeping them on the stack as the
@@ -266,14 +433,14 @@ impl TokenStack {
     /// # Safety
     /// Owner or its scheduler, the thread not running concurrently.
     pub unsafe fn release_all(&self) {
-        for i in (0..self.held.get()).rev() {
+        for i in (0..self.held()).rev() {
             let r = self.refs[i].get();
-            if !r.recursive {
+            if !r.recursive() {
                 // SAFETY: refs below `held` are acquired, in their mode.
-                unsafe { release(&*r.tok, r.mode) };
+                unsafe { release(&*r.tok(), r.mode()) };
             }
         }
-        self.held.set(0);
+        self.unheld.set(self.len.get());
     }
 
     /// Acquire every reference, all or nothing (DragonFly
@@ -284,7 +451,7 @@ impl TokenStack {
     /// Owner or its scheduler, the thread not running concurrently; nothing
     /// on the stack is held (`release_all` was called).
     pub unsafe fn acquire_all(&self) -> bool {
-        debug_assert_eq!(self.held.get(), 0);
+        debug_assert_eq!(self.held(), 0);
         let n = self.len.get();
         let ok = if self.contended.get() > SORTED_AFTER {
             // SAFETY: forwarded.
@@ -294,7 +461,7 @@ impl TokenStack {
             unsafe { self.acquire_in_order(n) }
         };
         if ok {
-            self.held.set(n);
+            self.unheld.set(0);
             self.contended.set(0);
         } else {
             self.contended.set(self.contended.get().saturating_add(1));
@@ -307,18 +474,18 @@ impl TokenStack {
     unsafe fn acquire_in_order(&self, n: usize) -> bool {
         for i in 0..n {
             let r = self.refs[i].get();
-            if r.recursive {
+            if r.recursive() {
                 continue;
             }
             // SAFETY: references point at live tokens.
-            let tok = unsafe { &*r.tok };
-            if !try_acquire(tok, r.mode, self.owner_id(), i > 0) {
+            let tok = unsafe { &*r.tok() };
+            if !try_acquire(tok, r.mode(), self.owner_id(), i > 0) {
                 tok.note_collision();
                 for j in (0..i).rev() {
                     let q = self.refs[j].get();
-                    if !q.recursive {
+                    if !q.recursive() {
                         // SAFETY: acquired just above.
-                        unsafe { release(&*q.tok, q.mode) };
+                        unsafe { release(&*q.tok(), q.mode()) };
                     }
                 }
                 return false;
@@ -332,10 +499,11 @@ impl TokenStack {
         let mut idx = [0u8; MAX_TOKENS];
         let mut k = 0;
         for i in 0..n {
-            if !self.refs[i].get().recursive {
-                let a = self.refs[i].get().tok as usize;
+            let r = self.refs[i].get();
+            if !r.recursive() {
+                let a = r.tok().addr();
                 let mut j = k;
-                while j > 0 && self.refs[idx[j - 1] as usize].get().tok as usize > a {
+                while j > 0 && self.refs[idx[j - 1] as usize].get().tok().addr() > a {
                     idx[j] = idx[j - 1];
                     j -= 1;
                 }
@@ -346,19 +514,37 @@ impl TokenStack {
         for (pos, &i) in idx[..k].iter().enumerate() {
             let r = self.refs[i as usize].get();
             // SAFETY: references point at live tokens.
-            let tok = unsafe { &*r.tok };
-            if !try_acquire(tok, r.mode, self.owner_id(), pos > 0) {
+            let tok = unsafe { &*r.tok() };
+            if !try_acquire(tok, r.mode(), self.owner_id(), pos > 0) {
                 tok.note_collision();
                 for &j in idx[..pos].iter().rev() {
                     let q = self.refs[j as usize].get();
                     // SAFETY: acquired just above.
-                    unsafe { release(&*q.tok, q.mode) };
+                    unsafe { release(&*q.tok(), q.mode()) };
                 }
                 return false;
             }
         }
         true
     }
+}
+
+#[cold]
+#[inline(never)]
+fn not_held(tok: &Token) -> ! {
+    panic!(
+        "lwkt: release of token '{}' that this thread does not hold",
+        tok.name()
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn not_lifo(tok: &Token) -> ! {
+    panic!(
+        "lwkt: tokens must be released in LIFO order ('{}' is not the most recent)",
+        tok.name()
+    )
 }
 
 fn try_acquire(tok: &Token, mode: Mode, owner: usize, holds_others: bool) -> bool {
@@ -370,6 +556,7 @@ fn try_acquire(tok: &Token, mode: Mode, owner: usize, holds_others: bool) -> boo
 
 /// # Safety
 /// The caller holds `tok` in `mode`.
+#[inline(always)]
 unsafe fn release(tok: &Token, mode: Mode) {
     // SAFETY: forwarded.
     unsafe {

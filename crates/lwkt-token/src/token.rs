@@ -106,9 +106,29 @@ impl Token {
         self.state.load(Ordering::Relaxed) / INCR
     }
 
-    /// The exclusive holder's owner id, or 0 (a snapshot).
+    /// The exclusive holder's owner id, or 0 (a snapshot). A thread that
+    /// reads its own id here holds the token: only the holder stores its id,
+    /// and it stores 0 before it releases.
+    #[inline(always)]
     pub fn exclusive_owner(&self) -> usize {
         self.owner.load(Ordering::Relaxed)
+    }
+
+    /// Take a free token exclusively for `owner` with one compare-and-swap;
+    /// false if it is held or has a waiting exclusive requester (then
+    /// [`try_exclusive`](Self::try_exclusive) decides). The fast path.
+    #[inline(always)]
+    pub(crate) fn try_exclusive_free(&self, owner: usize) -> bool {
+        debug_assert!(owner != 0);
+        if self
+            .state
+            .compare_exchange(0, EXCLUSIVE, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.owner.store(owner, Ordering::Relaxed);
+        true
     }
 
     /// Try to take the token exclusively for `owner` (a non-zero id unique
@@ -152,6 +172,7 @@ impl Token {
 
     /// Try to take a shared hold. `defer` (the requester holds no other
     /// token) makes it give way to a waiting exclusive requester.
+    #[inline]
     pub fn try_shared(&self, defer: bool) -> bool {
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
@@ -176,6 +197,7 @@ impl Token {
     /// # Safety
     /// The caller holds the token exclusively (a release by anyone else
     /// would let two threads into the protected data).
+    #[inline(always)]
     pub unsafe fn release_exclusive(&self) {
         debug_assert!(
             self.state.load(Ordering::Relaxed) & EXCLUSIVE != 0,
@@ -189,6 +211,7 @@ impl Token {
     ///
     /// # Safety
     /// The caller holds one shared hold.
+    #[inline]
     pub unsafe fn release_shared(&self) {
         let old = self.state.fetch_sub(INCR, Ordering::Release);
         debug_assert!(

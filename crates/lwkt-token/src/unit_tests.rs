@@ -148,3 +148,50 @@ impl SpinThread {
         self.token_stack()
     }
 }
+
+#[test]
+fn nested_holds_are_counted_and_release_nothing() {
+    let (a, b) = (Token::new("a"), Token::new("b"));
+    let mut me = SpinThread::new();
+    with_token(&mut me, &a, |me, _| {
+        assert_eq!(me_len(me), 1);
+        with_token(me, &a, |me, _| {
+            assert_eq!(me_len(me), 2);
+            with_token_shared(me, &a, |me, _| assert_eq!(me_len(me), 3));
+            assert_eq!(try_with_token(me, &a, |me, _| me_len(me)), Some(3));
+            with_token_shared(me, &b, |me, _| {
+                assert_eq!(me_len(me), 3);
+                // A nested shared hold of a shared token is found by scanning.
+                with_token_shared(me, &b, |me, _| assert_eq!(me_len(me), 4));
+                assert_eq!(b.shared_holders(), 1);
+            });
+            assert_eq!(b.shared_holders(), 0);
+        });
+        assert_eq!(me_len(me), 1);
+        assert_eq!(a.exclusive_owner(), me.token_stack_for_test().owner_id());
+    });
+    assert_eq!(me_len(&me), 0);
+    assert_eq!(a.exclusive_owner(), 0);
+}
+
+#[test]
+fn a_hold_left_by_an_unwound_closure_is_refused_at_release() {
+    let (a, b) = (Token::new("a"), Token::new("b"));
+    let mut me = SpinThread::new();
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        with_token(&mut me, &a, |me, _| {
+            let inner = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_token(me, &b, |_, _| panic!("inner"));
+            }));
+            assert!(inner.is_err());
+            // `b`'s reference is still on top: releasing `a` must refuse.
+        });
+    }))
+    .unwrap_err();
+    let msg = err
+        .downcast_ref::<std::string::String>()
+        .map(|s| s.as_str())
+        .unwrap_or_default();
+    assert!(msg.contains("LIFO order ('a'"), "{msg}");
+    assert_eq!(a.exclusive_owner(), me.token_stack_for_test().owner_id());
+}
