@@ -1,7 +1,7 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
 //! - `loom`: the loom models (`--cfg loom`, `LOOM_MAX_PREEMPTIONS=2`, release).
-//! - `miri`: the Miri subset (lwkt-token's and lwkt-core's unit tests), installing Miri if needed.
+//! - `miri`: the Miri subset (lwkt-token's, lwkt-core's and lwkt-msg's unit tests), installing Miri if needed.
 //! - `ci`: the whole CI script, `.ci/run`.
 
 use std::process::{Command, ExitCode};
@@ -28,6 +28,8 @@ fn loom() -> Result<(), String> {
             "lwkt-token",
             "-p",
             "lwkt-core",
+            "-p",
+            "lwkt-msg",
             "--release",
             "--lib",
         ])
@@ -62,6 +64,8 @@ fn miri() -> Result<(), String> {
             "lwkt-token",
             "-p",
             "lwkt-core",
+            "-p",
+            "lwkt-msg",
             "--lib",
         ])
         .env("MIRIFLAGS", "-Zmiri-strict-provenance")
