@@ -6,7 +6,11 @@
 //!   forth with sleep/wakeup (each hand-off is an IPI to the other CPU);
 //! - fan-out: one thread sends batches of work to every CPU as IPI messages
 //!   and collects the results with `cpusync`;
-//! - switch: threads on every CPU yield to each other (same-CPU switches).
+//! - switch: threads on every CPU yield to each other (same-CPU switches);
+//! - messages: clients on every CPU call a server port on the next CPU,
+//!   synchronously (`domsg`) and from async code (`call` + `block_on`).
+
+mod messages;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             ping_pong(cur, o.rounds),
             fan_out(cur, o.rounds),
             switches(cur, o.rounds),
+            messages::messages(cur, o.rounds),
         ]
     });
     for l in lines {

@@ -20,6 +20,8 @@ fn runs_eight_cpus_and_reports_every_cpu() {
     );
     assert!(stdout.contains("ping-pong: 8 pairs"));
     assert!(stdout.contains("sums check out"));
+    assert!(stdout.contains("messages: 8000 requests"));
+    assert!(stdout.contains("every one replied once"));
     assert!(stdout.contains("threads never exited: 0"));
     for c in 0..8 {
         assert!(
