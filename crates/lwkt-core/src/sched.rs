@@ -324,7 +324,7 @@ unsafe impl lwkt_token::TokenThread for Cur {
 }
 
 impl Cur {
-    fn td(&self) -> &Thread {
+    pub(crate) fn td(&self) -> &Thread {
         // SAFETY: the running thread's block is alive while it runs.
         unsafe { self.td.as_ref() }
     }

@@ -459,14 +459,17 @@ pub enum Incoming<T: Send + 'static> {
     Request(MsgHandle<T>),
     /// A reply to a message this port was the reply port of.
     Reply(Replied<T>),
+    /// The port is closed and empty ([`Port::waitport`] only): nothing
+    /// more will arrive.
+    Closed,
 }
 
 impl<T: Send + 'static> Incoming<T> {
-    /// The request, or `None` for a reply.
+    /// The request, or `None` for a reply or a closed port.
     pub fn request(self) -> Option<MsgHandle<T>> {
         match self {
             Incoming::Request(h) => Some(h),
-            Incoming::Reply(_) => None,
+            Incoming::Reply(_) | Incoming::Closed => None,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! |---|---|---|---|
 //! | [`Port::thread`] | the owning thread | IPI to the owner's CPU | deschedule; a put schedules the owner |
 //! | [`Port::spin`] | any thread | directly, under the port's spin lock | sleep on the port; a put wakes it |
+//! | [`Port::serializer`] | any thread holding the port's [`Serializer`] | directly, by a holder | release the serializer and sleep; a put wakes it |
 //! | [`Port::put_only`] | nobody: the handler runs in the sender's context | in the sender's context | none |
 //! | [`Port::reply_only`] | nobody: a reply completes the message in place | (replies only) | none |
 
@@ -18,7 +19,9 @@ use core::cell::UnsafeCell;
 use core::fmt;
 use core::pin::Pin;
 
-use lwkt_core::{Cur, IpiFn, MyCpu, ThreadHandle};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use lwkt_core::{Cur, IpiFn, MyCpu, Serializer, ThreadHandle};
 
 use crate::future::ReplyFuture;
 use crate::header::{f, Header};
@@ -71,12 +74,16 @@ pub type ReplyFn<T> = fn(MyCpu<'_>, Replied<T>);
 pub struct Port<T: Send + 'static> {
     kind: Kind<T>,
     lock: SpinLock,
+    /// Serializer ports: bumped by every put, so a receiver that released
+    /// the serializer to sleep sees whether anything arrived meanwhile.
+    gen: AtomicU32,
     inner: UnsafeCell<Inner>,
 }
 
 enum Kind<T: Send + 'static> {
     Thread(ThreadHandle),
     Spin,
+    Serializer(&'static Serializer),
     PutOnly(PutFn<T>),
     ReplyOnly(Option<ReplyFn<T>>),
 }
@@ -90,8 +97,9 @@ struct Inner {
 }
 
 // SAFETY: `inner` is touched only by the owner's CPU inside a critical
-// section (thread ports; puts from elsewhere arrive by IPI) or under
-// `lock` (spin ports); put-only and reply-only ports never touch it. Bodies
+// section (thread ports; puts from elsewhere arrive by IPI), under `lock`
+// (spin ports), or by the holder of the port's serializer (checked on every
+// operation); put-only and reply-only ports never touch it. Bodies
 // cross threads with their messages, hence `T: Send`.
 unsafe impl<T: Send + 'static> Sync for Port<T> {}
 // SAFETY: as above; a port holds no thread-affine state.
@@ -102,6 +110,7 @@ impl<T: Send + 'static> Port<T> {
         Port {
             kind,
             lock: SpinLock::new(),
+            gen: AtomicU32::new(0),
             inner: UnsafeCell::new(Inner {
                 q: Queue::new(),
                 waiting: false,
@@ -127,6 +136,21 @@ impl<T: Send + 'static> Port<T> {
     /// ```
     pub const fn spin() -> Port<T> {
         Port::with_kind(Kind::Spin)
+    }
+
+    /// A port whose queue belongs to whoever holds `slz`: every operation on
+    /// it must be made holding the serializer (checked: a clear panic
+    /// otherwise), and a receiver waiting for a message releases the
+    /// serializer while it sleeps. DragonFly: `lwkt_initport_serialize()`.
+    ///
+    /// ```
+    /// use lwkt_core::Serializer;
+    /// use lwkt_msg::Port;
+    /// static DRIVER: Serializer = Serializer::new();
+    /// static RX: Port<u64> = Port::serializer(&DRIVER);
+    /// ```
+    pub const fn serializer(slz: &'static Serializer) -> Port<T> {
+        Port::with_kind(Kind::Serializer(slz))
     }
 
     /// A port with no queue: a put runs `handler` at once in the sender's
@@ -227,19 +251,22 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    /// Block until a request or reply arrives and take it.
-    /// DragonFly: `lwkt_waitport()`.
+    /// Block until a request or reply arrives and take it; once the port is
+    /// closed and empty, return [`Incoming::Closed`] (a closing port wakes
+    /// its waiters). DragonFly: `lwkt_waitport()`.
     ///
     /// # Panics
-    /// As [`getport`](Port::getport), and if the port is closed.
+    /// As [`getport`](Port::getport).
     #[track_caller]
     pub fn waitport(&'static self, cur: &mut Cur) -> Incoming<T> {
         loop {
             if let Some(x) = self.getport(cur) {
                 return x;
             }
-            let closed = self.sleep_on(cur, |inner| !inner.q.is_empty() || inner.closed);
-            assert!(!closed, "lwkt-msg: waitport on a closed port");
+            if self.sleep_on(cur, |inner| !inner.q.is_empty() || inner.closed) {
+                // Closed; take what arrived before the close, if anything.
+                return self.getport(cur).unwrap_or(Incoming::Closed);
+            }
         }
     }
 
@@ -257,7 +284,15 @@ impl<T: Send + 'static> Port<T> {
         let my = cur.my_cpu();
         // SAFETY: receiver's access (owner CPU in a critical section, or
         // the lock), as `with_inner` requires.
-        self.with_inner(my, |inner| inner.closed = true);
+        let waiting = self.with_inner(my, |inner| {
+            inner.closed = true;
+            core::mem::take(&mut inner.waiting)
+        });
+        if waiting && !matches!(self.kind, Kind::Thread(_)) {
+            // Receivers asleep on the port see it closed.
+            self.gen.fetch_add(1, Ordering::Release);
+            my.wakeup(self.chan());
+        }
         while let Some(h) = self.pop(my) {
             let m = h as *mut Msg<T>;
             // SAFETY: popped: ours to dispose of.
@@ -296,6 +331,7 @@ impl<T: Send + 'static> Port<T> {
                 }
             }
             Kind::Spin => my.crit(|| self.spin_push(my, m, false)),
+            Kind::Serializer(slz) => self.serial_push(my, slz, m, false),
             // SAFETY: the sender handed the message over; the handler owns it.
             Kind::PutOnly(handler) => handler(my, unsafe { MsgHandle::from_raw(m) }),
             Kind::ReplyOnly(_) => unreachable!("checked by check_put"),
@@ -314,6 +350,7 @@ impl<T: Send + 'static> Port<T> {
                 }
             }
             Kind::Spin => my.crit(|| self.spin_push(my, m, true)),
+            Kind::Serializer(slz) => self.serial_push(my, slz, m, true),
             Kind::ReplyOnly(on_reply) => {
                 // SAFETY: the replier owns the message until `complete`.
                 let result = MsgError::decode(unsafe { (*m).hdr.code() });
@@ -331,7 +368,10 @@ impl<T: Send + 'static> Port<T> {
     /// Whether replies to this port wait on its queue (not completed in
     /// place).
     pub(crate) fn queues_replies(&self) -> bool {
-        matches!(self.kind, Kind::Thread(_) | Kind::Spin)
+        matches!(
+            self.kind,
+            Kind::Thread(_) | Kind::Spin | Kind::Serializer(_)
+        )
     }
 
     #[track_caller]
@@ -365,6 +405,12 @@ impl<T: Send + 'static> Port<T> {
                 owner.name()
             ),
             Kind::Spin => {}
+            Kind::Serializer(slz) => assert!(
+                slz.is_held_by(cur),
+                "lwkt-msg: thread '{}' used a serializer port without holding its \
+                 serializer (rule: every operation on a serializer port holds it)",
+                cur.name()
+            ),
             Kind::PutOnly(_) | Kind::ReplyOnly(_) => panic!(
                 "lwkt-msg: put-only and reply-only ports have no queue to \
                  receive from"
@@ -437,6 +483,32 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
+    /// Serializer port: queue `m`; the caller holds the serializer.
+    fn serial_push(&'static self, my: MyCpu<'_>, slz: &Serializer, m: *mut Msg<T>, is_reply: bool) {
+        assert!(
+            slz.is_held_here(my),
+            "lwkt-msg: put or reply to a serializer port without holding its \
+             serializer (rule: every operation on a serializer port holds it)"
+        );
+        // SAFETY: the serializer is held by the running thread.
+        let r = unsafe {
+            let inner = self.inner();
+            if inner.closed {
+                None
+            } else {
+                inner.q.push(m as *mut Header);
+                mark(m, is_reply);
+                self.gen.fetch_add(1, Ordering::Release);
+                Some(core::mem::take(&mut inner.waiting))
+            }
+        };
+        match r {
+            None => refuse(my, m, is_reply),
+            Some(true) => my.wakeup(self.chan()),
+            Some(false) => {}
+        }
+    }
+
     fn pop(&'static self, my: MyCpu<'_>) -> Option<*mut Header> {
         self.with_inner(my, |inner| inner.q.pop())
     }
@@ -486,6 +558,25 @@ impl<T: Send + 'static> Port<T> {
                 }
                 cur.crit_exit();
             }
+            Kind::Serializer(slz) => {
+                let gen = self.gen.load(Ordering::Acquire);
+                // SAFETY: the serializer is held (check_receiver).
+                let sleep = unsafe {
+                    let inner = self.inner();
+                    !ready(inner) && {
+                        inner.waiting = true;
+                        true
+                    }
+                };
+                if sleep {
+                    // Puts need the serializer, so none lands between the
+                    // check and the exit; one after the exit bumps `gen`.
+                    slz.exit(cur);
+                    let chan = self.chan();
+                    cur.sleep_until(chan, || self.gen.load(Ordering::Acquire) != gen);
+                    slz.enter(cur);
+                }
+            }
             _ => cur.sleep_until(self.chan(), || {
                 self.lock.with(|| {
                     // SAFETY: under the lock.
@@ -528,8 +619,9 @@ impl<T: Send + 'static> Port<T> {
     fn with_inner<R>(&'static self, my: MyCpu<'_>, f: impl FnOnce(&mut Inner) -> R) -> R {
         my.crit(|| match self.kind {
             // SAFETY: callers checked `check_receiver`: we are the owner, so
-            // on the owner's CPU, and in a critical section.
-            Kind::Thread(_) => f(unsafe { self.inner() }),
+            // on the owner's CPU, and in a critical section; or we hold the
+            // serializer.
+            Kind::Thread(_) | Kind::Serializer(_) => f(unsafe { self.inner() }),
             // SAFETY: under the lock.
             _ => self.lock.with(|| f(unsafe { self.inner() })),
         })
@@ -554,6 +646,7 @@ impl<T: Send + 'static> fmt::Debug for Port<T> {
         let kind = match &self.kind {
             Kind::Thread(o) => return fm.debug_tuple("Port::thread").field(&o.name()).finish(),
             Kind::Spin => "Port::spin",
+            Kind::Serializer(_) => "Port::serializer",
             Kind::PutOnly(_) => "Port::put_only",
             Kind::ReplyOnly(_) => "Port::reply_only",
         };

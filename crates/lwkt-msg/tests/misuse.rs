@@ -148,3 +148,19 @@ fn a_put_only_port_cannot_take_replies() {
         "put-only port cannot be a reply port",
     );
 }
+
+#[test]
+fn a_serializer_port_needs_its_serializer() {
+    static S: lwkt_core::Serializer = lwkt_core::Serializer::new();
+    static P: Port<u32> = Port::serializer(&S);
+    if is_child() {
+        return in_child(|cur| {
+            let mut m = pin!(Msg::new(0u32));
+            P.sendmsg(cur.my_cpu(), m.as_mut());
+        });
+    }
+    expect_child_failure(
+        "a_serializer_port_needs_its_serializer",
+        "without holding its serializer",
+    );
+}

@@ -113,7 +113,7 @@ fn sendmsg_replies_arrive_on_the_reply_port() {
                     let i = [&*a, &*b, &*c].iter().position(|m| r.is(m)).unwrap();
                     seen[i] += 1;
                 }
-                Incoming::Request(_) => panic!("no requests were sent here"),
+                Incoming::Request(_) | Incoming::Closed => panic!("only replies come here"),
             }
         }
         assert_eq!(seen, [1, 1, 1]);
@@ -460,5 +460,82 @@ fn eight_cpus_exchange_messages() {
         for h in clients.iter().chain(servers.iter()) {
             cur.join(h);
         }
+    });
+}
+
+/// A serializer port: senders and receivers hold the serializer; the
+/// receiver releases it while it waits, so senders get in.
+#[test]
+fn serializer_port_under_its_serializer() {
+    use lwkt_core::Serializer;
+    static DRIVER: Serializer = Serializer::new();
+    static RX: Port<u64> = Port::serializer(&DRIVER);
+    Machine::new(2).unwrap().run(|cur| {
+        let helper = cur
+            .spawn_on(CpuId::new(1), |me| {
+                DRIVER.enter(me);
+                let mut n = 0;
+                while n < 100 {
+                    // Sleeps with the serializer released.
+                    let mut m = RX.waitport(me).request().unwrap();
+                    assert!(DRIVER.is_held_by(me));
+                    *m += 1;
+                    m.reply(me.my_cpu(), Ok(()));
+                    n += 1;
+                }
+                DRIVER.exit(me);
+            })
+            .unwrap();
+        let mut m = pin!(Msg::new(0u64));
+        for _ in 0..100 {
+            DRIVER.enter(cur);
+            RX.sendmsg(cur.my_cpu(), m.as_mut());
+            DRIVER.exit(cur);
+            m.as_mut().wait(cur).unwrap();
+        }
+        assert_eq!(*m.body(), 100);
+        cur.join(&helper);
+    });
+}
+
+/// Closing a spin port wakes every receiver asleep on it; they see
+/// `Incoming::Closed`.
+#[test]
+fn closing_a_spin_port_wakes_its_receivers() {
+    static WORK: Port<u64> = Port::spin();
+    static DONE: AtomicUsize = AtomicUsize::new(0);
+    Machine::new(2).unwrap().run(|cur| {
+        let ws: Vec<_> = (0..4u32)
+            .map(|i| {
+                cur.spawn_on(CpuId::new(i % 2), |me| {
+                    let mut served = 0;
+                    loop {
+                        match WORK.waitport(me) {
+                            Incoming::Request(m) => {
+                                served += 1;
+                                m.reply(me.my_cpu(), Ok(()));
+                            }
+                            Incoming::Closed => break,
+                            Incoming::Reply(_) => unreachable!(),
+                        }
+                    }
+                    DONE.fetch_add(served, Ordering::SeqCst);
+                })
+                .unwrap()
+            })
+            .collect();
+        let mut m = pin!(Msg::new(0u64));
+        for _ in 0..40 {
+            WORK.domsg(cur, m.as_mut()).unwrap();
+        }
+        for _ in 0..50 {
+            cur.yield_now();
+        }
+        WORK.close(cur);
+        for w in &ws {
+            cur.join(w);
+        }
+        assert_eq!(DONE.load(Ordering::SeqCst), 40);
+        assert_eq!(WORK.domsg(cur, m.as_mut()), Err(MsgError::Closed));
     });
 }
