@@ -100,6 +100,11 @@ mod loom_tests;
 #[cfg(all(test, not(loom)))]
 mod unit_tests;
 
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use error::MsgError;
 #[cfg(feature = "alloc")]
 pub use executor::block_on;
