@@ -130,32 +130,60 @@ fn with_mode<C, M, R>(
 where
     C: TokenThread + ?Sized,
 {
-    let st = cur.token_stack();
-    if st.holds_exclusive(tok) {
-        // A nested hold: counted, nothing to acquire or release.
-        // SAFETY: the running thread's own stack; it holds `tok` exclusively.
-        unsafe { st.nest() };
-        let h = held(cur, tok);
-        let r = f(cur, &h);
-        // SAFETY: pairs with the `nest` above.
-        unsafe { cur.token_stack().unnest() };
-        return r;
+    if cur.token_stack().holds_exclusive(tok) {
+        return run_nested(cur, tok, f);
     }
     let slot = acquire(cur, tok, mode);
-    let h = held(cur, tok);
+    run_stored(cur, tok, mode, slot, f)
+}
+
+/// Run `f` under a nested hold of `tok`, which the thread holds
+/// exclusively: counted, nothing to acquire or release.
+#[inline(always)]
+fn run_nested<C, M, R>(
+    cur: &mut C,
+    tok: &Token,
+    f: impl for<'h> FnOnce(&mut C, &Held<'h, M>) -> R,
+) -> R
+where
+    C: TokenThread + ?Sized,
+{
+    let st = cur.token_stack();
+    // SAFETY: the running thread's own stack; it holds `tok` exclusively.
+    unsafe { st.nest() };
+    let h = held(st, tok);
     let r = f(cur, &h);
-    // SAFETY: our reference, pushed at `slot` (on top: closures nest), held
-    // (we run).
+    // SAFETY: pairs with the `nest` above.
+    unsafe { cur.token_stack().unnest() };
+    r
+}
+
+/// Run `f` under the hold the thread has just taken on `tok` in `mode`,
+/// recorded at `slot`, then drop it (it is on top: closures nest).
+#[inline(always)]
+fn run_stored<C, M, R>(
+    cur: &mut C,
+    tok: &Token,
+    mode: Mode,
+    slot: Slot,
+    f: impl for<'h> FnOnce(&mut C, &Held<'h, M>) -> R,
+) -> R
+where
+    C: TokenThread + ?Sized,
+{
+    let h = held(cur.token_stack(), tok);
+    let r = f(cur, &h);
+    // SAFETY: our reference, pushed at `slot`, held (we run).
     unsafe { cur.token_stack().pop_slot(tok, mode, slot) };
     r
 }
 
-/// The proof of a hold the thread has just taken on `tok`.
+/// The proof of a hold the thread owning `stack` has just taken on `tok`.
 #[inline(always)]
-fn held<'h, C: TokenThread + ?Sized, M>(cur: &C, tok: &Token) -> Held<'h, M> {
+fn held<'h, M>(stack: &TokenStack, tok: &Token) -> Held<'h, M> {
     Held {
         tok,
-        stack: cur.token_stack(),
+        stack,
         _brand: PhantomData,
     }
 }
@@ -207,24 +235,14 @@ where
 {
     let st = cur.token_stack();
     if st.holds_exclusive(tok) {
-        // SAFETY: the running thread's own stack; it holds `tok` exclusively.
-        unsafe { st.nest() };
-        let h = held(cur, tok);
-        let r = f(cur, &h);
-        // SAFETY: pairs with the `nest` above.
-        unsafe { cur.token_stack().unnest() };
-        return Some(r);
+        return Some(run_nested(cur, tok, f));
     }
     // SAFETY: the running thread's own stack, all its references held.
     let slot = match unsafe { st.push_exclusive_free(tok) } {
         Some(slot) => slot,
         None => try_slow(st, tok)?,
     };
-    let h = held(cur, tok);
-    let r = f(cur, &h);
-    // SAFETY: as in `with_mode`.
-    unsafe { cur.token_stack().pop_slot(tok, Mode::Exclusive, slot) };
-    Some(r)
+    Some(run_stored(cur, tok, Mode::Exclusive, slot, f))
 }
 
 /// `try_with_token` when the fast path could not decide: without waiting.

@@ -7,12 +7,15 @@
 //!
 //! Every method is `unsafe` with one contract: only the thread that owns the
 //! stack calls it, or its scheduler while that thread is not running, and
-//! never concurrently. The stack's address is the thread's owner id in
-//! [`Token::exclusive_owner`].
+//! never concurrently. Each stack has an owner id, a number no other stack
+//! of the process ever has, recorded in [`Token::exclusive_owner`] of the
+//! tokens it holds exclusively.
 
 use core::cell::Cell;
 use core::fmt;
 use core::ptr;
+// Not loom's: ids only need to be unique, they are not part of any model.
+use core::sync::atomic::{AtomicUsize as IdCounter, Ordering as IdOrdering};
 
 use crate::token::Token;
 
@@ -124,8 +127,20 @@ pub(crate) struct Slot {
     recursive: bool,
 }
 
+/// A stack that has not needed an owner id yet. No token's owner field
+/// holds it (ids count up from 1; 0 means "no exclusive holder").
+const NO_ID: usize = usize::MAX;
+
+/// The next owner id.
+static NEXT_ID: IdCounter = IdCounter::new(1);
+
 /// One thread's token references, bottom first.
 pub struct TokenStack {
+    /// Owner id, or [`NO_ID`] until the first exclusive acquisition. Not
+    /// the stack's address: a stack may move (a `SpinThread` can be moved
+    /// out from under a closure), and another stack may later live at the
+    /// same address while a token still records this one.
+    id: Cell<usize>,
     refs: [Cell<Ref>; MAX_TOKENS],
     /// References in `refs`.
     len: Cell<usize>,
@@ -169,6 +184,7 @@ impl TokenStack {
     /// An empty stack.
     pub const fn new() -> TokenStack {
         TokenStack {
+            id: Cell::new(NO_ID),
             refs: [const { Cell::new(Ref::EMPTY) }; MAX_TOKENS],
             len: Cell::new(0),
             nested: Cell::new(0),
@@ -178,10 +194,26 @@ impl TokenStack {
         }
     }
 
-    /// This stack's owner id (its address), as recorded in tokens it holds.
+    /// This stack's owner id, as recorded in tokens it holds exclusively: a
+    /// non-zero number no other stack of the process has, assigned on first
+    /// use.
     #[inline(always)]
     pub fn owner_id(&self) -> usize {
-        (self as *const TokenStack).addr()
+        let id = self.id.get();
+        if id != NO_ID {
+            id
+        } else {
+            self.assign_id()
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn assign_id(&self) -> usize {
+        let id = NEXT_ID.fetch_add(1, IdOrdering::Relaxed);
+        assert!(id != NO_ID, "lwkt: token owner ids exhausted");
+        self.id.set(id);
+        id
     }
 
     /// References on the stack, nested holds included.
@@ -240,14 +272,15 @@ impl TokenStack {
         }
     }
 
-    /// Does this thread hold `tok` exclusively? One load, no scan. Only
-    /// this thread ever stores its own id in a token's owner field, and it
+    /// Does this thread hold `tok` exclusively? Two loads, no scan. Only
+    /// this stack's thread ever stores the stack's id in a token's owner
+    /// field (no other stack has that id, wherever either lives), and it
     /// stores 0 before every release (its scheduler does so for it while it
     /// is switched out), so a running thread that reads its own id there
-    /// holds the token now.
+    /// holds the token now. A stack without an id holds nothing exclusively.
     #[inline(always)]
     pub(crate) fn holds_exclusive(&self, tok: &Token) -> bool {
-        tok.exclusive_owner() == self.owner_id()
+        tok.exclusive_owner() == self.id.get()
     }
 
     /// Count a nested hold of a token this thread holds exclusively (see

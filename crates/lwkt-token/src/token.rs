@@ -46,7 +46,7 @@ const INCR: usize = 4;
 /// ```
 pub struct Token {
     state: AtomicUsize,
-    /// The exclusive holder's owner id (its token stack's address), 0 if none.
+    /// The exclusive holder's owner id (its token stack's id), 0 if none.
     owner: AtomicUsize,
     collisions: AtomicU64,
     name: &'static str,

@@ -195,3 +195,19 @@ fn a_hold_left_by_an_unwound_closure_is_refused_at_release() {
     assert!(msg.contains("LIFO order ('a'"), "{msg}");
     assert_eq!(a.exclusive_owner(), me.token_stack_for_test().owner_id());
 }
+
+/// Owner ids are not addresses: a fresh thread that ends up where a holder
+/// used to be does not inherit its holds.
+#[test]
+fn a_stack_at_a_holders_old_address_does_not_hold_its_tokens() {
+    let a = Token::new("a");
+    let mut me = SpinThread::new();
+    with_token(&mut me, &a, |me, _| {
+        let holder = core::mem::replace(me, SpinThread::new());
+        assert_eq!(try_with_token(me, &a, |_, _| ()), None);
+        assert_ne!(a.exclusive_owner(), me.token_stack_for_test().owner_id());
+        *me = holder;
+        assert_eq!(try_with_token(me, &a, |me, _| me_len(me)), Some(2));
+    });
+    assert_eq!(a.exclusive_owner(), 0);
+}
