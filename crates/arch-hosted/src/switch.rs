@@ -7,9 +7,8 @@
 //! indirect jump does not (3 ns against 9 ns measured on this machine).
 //!
 //! MXCSR and the x87 control word are reloaded only when the resumed
-//! thread's saved values differ from the current ones. Scratch space for the
-//! comparison is the red zone below the new stack pointer, which nothing
-//! uses at that point (signal frames are pushed below the red zone).
+//! thread's saved values differ from the current ones, which are the values
+//! just saved on the old stack: the comparison reads memory only.
 //!
 //! Frame on a saved stack, from the saved stack pointer up:
 //! `[mxcsr:u32 fcw:u16 pad] r15 r14 r13 r12 rbx rbp return-address`.
@@ -34,20 +33,19 @@ core::arch::global_asm!(
     "stmxcsr [rsp]",
     "fnstcw [rsp + 4]",
     "mov [rdi], rsp",
+    "mov rdx, rsp",
     "mov rsp, rsi",
     // Restore MXCSR and the x87 control word only when they differ: both
     // loads are slow (serialising on many cores) and they rarely change.
-    "stmxcsr [rsp - 8]",
+    // The current values are the ones just saved on the old stack (at
+    // `rdx`), so no second `stmxcsr`/`fnstcw` is needed to compare.
     "mov eax, [rsp]",
-    "cmp eax, [rsp - 8]",
-    "je 2f",
-    "ldmxcsr [rsp]",
+    "cmp eax, [rdx]",
+    "jne 4f",
     "2:",
-    "fnstcw [rsp - 8]",
-    "mov ax, [rsp + 4]",
-    "cmp ax, [rsp - 8]",
-    "je 3f",
-    "fldcw [rsp + 4]",
+    "movzx eax, word ptr [rsp + 4]",
+    "cmp ax, [rdx + 4]",
+    "jne 5f",
     "3:",
     "add rsp, 8",
     "pop r15",
@@ -58,6 +56,12 @@ core::arch::global_asm!(
     "pop rbp",
     "pop rcx",
     "jmp rcx",
+    "4:",
+    "ldmxcsr [rsp]",
+    "jmp 2b",
+    "5:",
+    "fldcw [rsp + 4]",
+    "jmp 3b",
     "",
     ".globl lwkt_hosted_trampoline",
     ".p2align 4",

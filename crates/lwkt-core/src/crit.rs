@@ -51,6 +51,18 @@ pub(crate) fn exit(count: &AtomicU32, reqflags: &AtomicU32) -> bool {
     c == 1 && reqflags.load(Ordering::Relaxed) & rqf::IDLECHECK != 0
 }
 
+/// [`exit`] for a caller that entered the section itself (so the count is
+/// not zero): no underflow check.
+#[inline(always)]
+pub(crate) fn exit_entered(count: &AtomicU32, reqflags: &AtomicU32) -> bool {
+    signal_fence();
+    let c = count.load(Ordering::Relaxed);
+    debug_assert!(c != 0);
+    count.store(c.wrapping_sub(1), Ordering::Relaxed);
+    signal_fence();
+    c == 1 && reqflags.load(Ordering::Relaxed) & rqf::IDLECHECK != 0
+}
+
 #[cold]
 #[inline(never)]
 fn crit_underflow() -> ! {

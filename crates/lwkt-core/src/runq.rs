@@ -5,6 +5,11 @@
 //! keeps one sorted TAILQ; a bitmap of 32 FIFOs gives the same order (fixed
 //! priority, round-robin within one) without the insertion scan.
 //!
+//! Each FIFO is a circular doubly linked list known by its head: the
+//! head's `rq_prev` is the tail. Moving the head (the running thread) behind
+//! its peers, what every `yield_now` does, is then one store: the head
+//! becomes its successor.
+//!
 //! Only the owning CPU touches its run queue, inside a critical section.
 
 use core::ptr;
@@ -13,11 +18,18 @@ use crate::thread::{tdf, Thread};
 
 pub(crate) const NPRI: usize = 32;
 
+/// `td`'s list. The mask is a no-op (priorities are 0..=31 by
+/// construction) that spares the hot paths a bounds check.
+#[inline(always)]
+fn list(td: &Thread) -> usize {
+    td.pri.get().get() as usize & (NPRI - 1)
+}
+
 #[derive(Debug)]
 pub(crate) struct RunQueue {
     bitmap: u32,
+    /// First thread of each priority, null when none.
     head: [*mut Thread; NPRI],
-    tail: [*mut Thread; NPRI],
     count: usize,
 }
 
@@ -26,7 +38,6 @@ impl RunQueue {
         RunQueue {
             bitmap: 0,
             head: [ptr::null_mut(); NPRI],
-            tail: [ptr::null_mut(); NPRI],
             count: 0,
         }
     }
@@ -36,21 +47,22 @@ impl RunQueue {
     }
 
     /// The thread that should run: the head of the highest non-empty priority.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn first(&self) -> *mut Thread {
         if self.bitmap == 0 {
             return ptr::null_mut();
         }
-        self.head[31 - self.bitmap.leading_zeros() as usize]
+        self.head[(31 - self.bitmap.leading_zeros()) as usize & (NPRI - 1)]
     }
 
-    /// The next thread after `td` in run order (same priority first, then lower).
+    /// The next thread after `td` in run order (same priority first, then
+    /// lower). `td` is on the queue.
     pub(crate) fn after(&self, td: &Thread) -> *mut Thread {
+        let p = list(td);
         let n = td.rq_next.get();
-        if !n.is_null() {
+        if n != self.head[p] {
             return n;
         }
-        let p = td.pri.get().get() as u32;
         let lower = self.bitmap & ((1u32 << p) - 1);
         if lower == 0 {
             ptr::null_mut()
@@ -60,37 +72,33 @@ impl RunQueue {
     }
 
     /// Move `td` behind the other threads of its priority (round-robin).
-    /// O(1) in the usual case, where `td` runs and so heads its list.
+    /// One store in the usual case, where `td` runs and so heads its list.
     ///
     /// # Safety
     /// `td` is a live thread on this queue.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn rotate(&mut self, td: *mut Thread) {
         // SAFETY: live queued thread (caller).
         let t = unsafe { &*td };
-        let next = t.rq_next.get();
-        if next.is_null() {
-            return; // already last of its priority
-        }
-        let p = t.pri.get().get() as usize;
-        if self.head[p] != td {
+        let p = list(t);
+        if self.head[p] == td {
+            // The list is circular: its head's successor heads it now, and
+            // `td` (the head's predecessor from now on) is its tail.
+            self.head[p] = t.rq_next.get();
+        } else {
             // SAFETY: forwarded; rare (after a priority change).
-            unsafe {
-                self.remove(td);
-                self.push_back(td);
-            }
-            return;
+            unsafe { self.rotate_slow(td) };
         }
-        let tail = self.tail[p];
-        // SAFETY: `next` and `tail` are live threads on this list.
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn rotate_slow(&mut self, td: *mut Thread) {
+        // SAFETY: forwarded.
         unsafe {
-            (*next).rq_prev.set(ptr::null_mut());
-            (*tail).rq_next.set(td);
+            self.remove(td);
+            self.push_back(td);
         }
-        self.head[p] = next;
-        t.rq_prev.set(tail);
-        t.rq_next.set(ptr::null_mut());
-        self.tail[p] = td;
     }
 
     /// Append `td` at the tail of its priority (`_lwkt_enqueue`).
@@ -101,17 +109,23 @@ impl RunQueue {
         // SAFETY: live thread (caller).
         let t = unsafe { &*td };
         debug_assert!(!t.has(tdf::RUNQ));
-        let p = t.pri.get().get() as usize;
-        t.rq_next.set(ptr::null_mut());
-        t.rq_prev.set(self.tail[p]);
-        if self.tail[p].is_null() {
+        let p = list(t);
+        let h = self.head[p];
+        if h.is_null() {
+            t.rq_next.set(td);
+            t.rq_prev.set(td);
             self.head[p] = td;
             self.bitmap |= 1 << p;
         } else {
             // SAFETY: queued threads are live (they are removed before exit).
-            unsafe { (*self.tail[p]).rq_next.set(td) };
+            unsafe {
+                let tail = (*h).rq_prev.get();
+                (*tail).rq_next.set(td);
+                t.rq_prev.set(tail);
+                t.rq_next.set(h);
+                (*h).rq_prev.set(td);
+            }
         }
-        self.tail[p] = td;
         t.set(tdf::RUNQ);
         self.count += 1;
     }
@@ -124,22 +138,20 @@ impl RunQueue {
         // SAFETY: live thread (caller).
         let t = unsafe { &*td };
         debug_assert!(t.has(tdf::RUNQ));
-        let p = t.pri.get().get() as usize;
+        let p = list(t);
         let (n, pr) = (t.rq_next.get(), t.rq_prev.get());
-        if pr.is_null() {
-            self.head[p] = n;
+        if n == td {
+            self.head[p] = ptr::null_mut();
+            self.bitmap &= !(1 << p);
         } else {
             // SAFETY: neighbours on the queue are live.
-            unsafe { (*pr).rq_next.set(n) };
-        }
-        if n.is_null() {
-            self.tail[p] = pr;
-        } else {
-            // SAFETY: as above.
-            unsafe { (*n).rq_prev.set(pr) };
-        }
-        if self.head[p].is_null() {
-            self.bitmap &= !(1 << p);
+            unsafe {
+                (*pr).rq_next.set(n);
+                (*n).rq_prev.set(pr);
+            }
+            if self.head[p] == td {
+                self.head[p] = n;
+            }
         }
         t.rq_next.set(ptr::null_mut());
         t.rq_prev.set(ptr::null_mut());
@@ -211,6 +223,18 @@ mod tests {
             let first = rq.first();
             let want = model_first(&model).map(|i| ts.ptr(i));
             assert_eq!((!first.is_null()).then_some(first), want);
+            // The whole run order, walked with `after`: by priority, FIFO within.
+            let mut walked = Vec::new();
+            let mut x = first;
+            while !x.is_null() {
+                walked.push(x);
+                // SAFETY: a live thread block on the queue.
+                x = rq.after(unsafe { &*x });
+            }
+            let mut order = model.clone();
+            order.sort_by_key(|&(p, _)| core::cmp::Reverse(p));
+            let order: Vec<_> = order.iter().map(|&(_, i)| ts.ptr(i)).collect();
+            assert_eq!(walked, order);
         }
         // Drain in run order and compare with the model's order.
         while let Some(i) = model_first(&model) {
