@@ -1,7 +1,7 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
 //! - `loom`: the loom models (`--cfg loom`, `LOOM_MAX_PREEMPTIONS=2`, release).
-//! - `miri`: the Miri subset (lwkt-token's, lwkt-core's and lwkt-msg's unit tests), installing Miri if needed.
+//! - `miri`: the Miri subset (the unit tests of lwkt-token, lwkt-core, lwkt-msg and lwkt-slab), installing Miri if needed.
 //! - `ci`: the whole CI script, `.ci/run`.
 
 use std::process::{Command, ExitCode};
@@ -30,6 +30,8 @@ fn loom() -> Result<(), String> {
             "lwkt-core",
             "-p",
             "lwkt-msg",
+            "-p",
+            "lwkt-slab",
             "--release",
             "--lib",
         ])
@@ -66,6 +68,8 @@ fn miri() -> Result<(), String> {
             "lwkt-core",
             "-p",
             "lwkt-msg",
+            "-p",
+            "lwkt-slab",
             "--lib",
         ])
         .env("MIRIFLAGS", "-Zmiri-strict-provenance")

@@ -1,0 +1,161 @@
+//! Size classes: DragonFly's 72 zones, from 8-byte steps below 128 bytes to
+//! 1 KiB steps below 16 KiB, so rounding wastes at most 1/8 of a chunk
+//! above 128 bytes (and at most 7 bytes below).
+//!
+//! DragonFly: `zoneindex()`, `ZoneSize`, `ZoneLimit`, `NZONES`.
+
+use core::alloc::Layout;
+
+use crate::SlabError;
+
+/// Bytes in a zone; zones are aligned to their size, so a chunk's zone is
+/// its address rounded down. DragonFly picks 32–128 KiB by memory size.
+pub const ZONE_SIZE: usize = 64 * 1024;
+
+/// Requests of this size and above bypass the zones (DragonFly
+/// `ZoneLimit` = `min(ZoneSize / 4, 16 KiB)`).
+pub const ZONE_LIMIT: usize = 16 * 1024;
+
+/// The page size, and the largest alignment the slab serves.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Number of size classes (DragonFly `NZONES`).
+pub const NZONES: usize = 72;
+
+/// (upper bound, step, index base) per range: `index = ceil(size / step) + base`.
+const RANGES: [(usize, usize, isize); 8] = [
+    (128, 8, -1),
+    (256, 16, 7),
+    (512, 32, 15),
+    (1024, 64, 23),
+    (2048, 128, 31),
+    (4096, 256, 39),
+    (8192, 512, 47),
+    (16384, 1024, 55),
+];
+
+/// Chunk size of every class.
+pub(crate) const CHUNK: [usize; NZONES] = chunk_table();
+
+const fn chunk_table() -> [usize; NZONES] {
+    let mut t = [0; NZONES];
+    let mut r = 0;
+    while r < RANGES.len() {
+        let (_, step, base) = RANGES[r];
+        // The indices this range produces: sizes (lower, upper).
+        let mut k = 1;
+        while k <= 16 {
+            let idx = k as isize + base;
+            if idx >= 0 && (idx as usize) < NZONES && t[idx as usize] == 0 {
+                t[idx as usize] = k * step;
+            }
+            k += 1;
+        }
+        r += 1;
+    }
+    t
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A chunk of class `class`.
+    Small { class: usize },
+    /// Straight to the page source.
+    Large,
+}
+
+/// Route `layout`: refuse zero sizes and alignments above a page, round the
+/// size up to the alignment, and pick the class.
+#[inline]
+pub(crate) fn route(layout: Layout) -> Result<Route, SlabError> {
+    let (size, align) = (layout.size(), layout.align());
+    if size == 0 {
+        return Err(SlabError::ZeroSize);
+    }
+    if align > PAGE_SIZE {
+        return Err(SlabError::AlignTooLarge { align });
+    }
+    // `Layout` guarantees size rounded up to align does not overflow isize.
+    let size = (size + align - 1) & !(align - 1);
+    if size >= ZONE_LIMIT {
+        return Ok(Route::Large);
+    }
+    Ok(Route::Small {
+        class: class_of(size),
+    })
+}
+
+/// The class of a size in `1..ZONE_LIMIT`. DragonFly: `zoneindex()`.
+#[inline]
+pub(crate) fn class_of(size: usize) -> usize {
+    debug_assert!(size > 0 && size < ZONE_LIMIT);
+    let mut r = 0;
+    while size >= RANGES[r].0 {
+        r += 1;
+    }
+    let (_, step, base) = RANGES[r];
+    (size.div_ceil(step) as isize + base) as usize
+}
+
+/// The alignment every chunk of `class` has: the largest power of two
+/// dividing its size, at most a page.
+#[inline]
+pub(crate) fn chunk_align(class: usize) -> usize {
+    let c = CHUNK[class];
+    (c & c.wrapping_neg()).min(PAGE_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_cover_every_size_and_are_increasing() {
+        for w in CHUNK.windows(2) {
+            assert!(w[0] < w[1], "{CHUNK:?}");
+        }
+        assert_eq!(CHUNK[0], 8);
+        assert_eq!(CHUNK[NZONES - 1], ZONE_LIMIT);
+        for size in 1..ZONE_LIMIT {
+            let c = class_of(size);
+            assert!(CHUNK[c] >= size, "size {size} class {c}");
+            if c > 0 {
+                assert!(CHUNK[c - 1] < size, "size {size} fits a smaller class");
+            }
+            // Waste: at most 7 bytes, or 1/8 of the chunk above 128 bytes.
+            assert!(CHUNK[c] - size <= 7.max(CHUNK[c] / 8), "size {size}");
+        }
+    }
+
+    #[test]
+    fn aligned_requests_get_chunks_that_are_multiples_of_the_alignment() {
+        let mut align = 1;
+        while align <= PAGE_SIZE {
+            for size in [1, 3, 8, 100, 129, 1000, 4095, 4096, 9000] {
+                let l = Layout::from_size_align(size, align).unwrap();
+                if let Route::Small { class } = route(l).unwrap() {
+                    assert_eq!(CHUNK[class] % align, 0, "size {size} align {align}");
+                    assert!(chunk_align(class) >= align);
+                }
+            }
+            align *= 2;
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        assert_eq!(
+            route(Layout::from_size_align(0, 1).unwrap()),
+            Err(SlabError::ZeroSize)
+        );
+        assert_eq!(
+            route(Layout::from_size_align(8, 8192).unwrap()),
+            Err(SlabError::AlignTooLarge { align: 8192 })
+        );
+        assert_eq!(
+            route(Layout::from_size_align(ZONE_LIMIT, 8).unwrap()),
+            Ok(Route::Large)
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! For programs on a host OS: a page source over `mmap`, a CPU context
+//! that maps OS threads to slots, and a `GlobalAlloc` built from them.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+use lwkt_core::MAX_CPUS;
+
+use crate::class::{PAGE_SIZE, ZONE_SIZE};
+use crate::{CpuContext, Flags, MallocStats, MallocType, PageSource, Slab};
+
+/// A page source over the host's memory: zones are carved from one arena
+/// reserved with `mmap` on first use (address space only; the host commits
+/// pages as they are touched), large blocks are mapped one by one. At most
+/// `capacity` bytes are handed out at once; past that, allocations fail
+/// (which makes exhaustion testable).
+///
+/// ```
+/// use lwkt_slab::{HostedPages, PageSource};
+/// let pages = HostedPages::new(1 << 20);
+/// let (z, zeroed) = pages.alloc_zone(false).unwrap();
+/// assert!(zeroed && z.as_ptr() as usize % lwkt_slab::ZONE_SIZE == 0);
+/// unsafe { pages.free_zone(z) };
+/// ```
+#[derive(Debug)]
+pub struct HostedPages {
+    capacity: usize,
+    base: AtomicPtr<u8>,
+    /// Next never-used zone offset in the arena.
+    bump: AtomicUsize,
+    /// Bytes handed out now (zones and large blocks).
+    used: AtomicUsize,
+    /// Zones given back, linked through their first word.
+    free: AtomicPtr<u8>,
+    free_lock: AtomicBool,
+}
+
+impl HostedPages {
+    /// A source of at most `capacity` bytes (rounded up to whole zones).
+    pub const fn new(capacity: usize) -> HostedPages {
+        HostedPages {
+            capacity: capacity.div_ceil(ZONE_SIZE) * ZONE_SIZE,
+            base: AtomicPtr::new(ptr::null_mut()),
+            bump: AtomicUsize::new(0),
+            used: AtomicUsize::new(0),
+            free: AtomicPtr::new(ptr::null_mut()),
+            free_lock: AtomicBool::new(false),
+        }
+    }
+
+    /// Bytes handed out now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn arena(&self) -> Option<*mut u8> {
+        let b = self.base.load(Ordering::Acquire);
+        if !b.is_null() {
+            return Some(b);
+        }
+        let len = self.capacity + ZONE_SIZE;
+        // SAFETY: an anonymous private mapping; no memory is touched.
+        let m = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if m == libc::MAP_FAILED {
+            return None;
+        }
+        let m = m.cast::<u8>();
+        let aligned = m.map_addr(|a| (a + ZONE_SIZE - 1) & !(ZONE_SIZE - 1));
+        match self.base.compare_exchange(
+            ptr::null_mut(),
+            aligned,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Some(aligned),
+            Err(other) => {
+                // Another thread mapped it first.
+                // SAFETY: our own mapping, unused.
+                unsafe { libc::munmap(m.cast(), len) };
+                Some(other)
+            }
+        }
+    }
+
+    fn charge(&self, bytes: usize) -> bool {
+        let mut u = self.used.load(Ordering::Relaxed);
+        loop {
+            if u + bytes > self.capacity {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                u,
+                u + bytes,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => u = now,
+            }
+        }
+    }
+
+    fn with_free<R>(&self, f: impl FnOnce(&AtomicPtr<u8>) -> R) -> R {
+        while self
+            .free_lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        let r = f(&self.free);
+        self.free_lock.store(false, Ordering::Release);
+        r
+    }
+}
+
+// SAFETY: zones are distinct `ZONE_SIZE`-aligned slices of the arena (bump
+// allocation, or a zone given back and handed out once again under the
+// lock); large blocks are fresh mappings.
+unsafe impl PageSource for HostedPages {
+    fn alloc_zone(&self, _nowait: bool) -> Option<(NonNull<u8>, bool)> {
+        if !self.charge(ZONE_SIZE) {
+            return None;
+        }
+        let reused = self.with_free(|head| {
+            let z = head.load(Ordering::Relaxed);
+            if !z.is_null() {
+                // SAFETY: a free zone's first word links the next one.
+                head.store(unsafe { z.cast::<*mut u8>().read() }, Ordering::Relaxed);
+            }
+            z
+        });
+        if let Some(z) = NonNull::new(reused) {
+            return Some((z, false));
+        }
+        let Some(base) = self.arena() else {
+            self.used.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
+            return None;
+        };
+        let off = self.bump.fetch_add(ZONE_SIZE, Ordering::Relaxed);
+        if off + ZONE_SIZE > self.capacity {
+            // Everything is out (some in the free list raced us): give up.
+            self.bump.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
+            self.used.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
+            return None;
+        }
+        // SAFETY: inside the arena.
+        Some((unsafe { NonNull::new_unchecked(base.add(off)) }, true))
+    }
+
+    unsafe fn free_zone(&self, z: NonNull<u8>) {
+        self.with_free(|head| {
+            // SAFETY: the zone is ours again; its first word links it.
+            unsafe {
+                z.as_ptr()
+                    .cast::<*mut u8>()
+                    .write(head.load(Ordering::Relaxed))
+            };
+            head.store(z.as_ptr(), Ordering::Relaxed);
+        });
+        self.used.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
+    }
+
+    fn alloc_large(&self, layout: Layout, _nowait: bool) -> Option<(NonNull<u8>, bool)> {
+        let len = layout.size().checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1);
+        if !self.charge(len) {
+            return None;
+        }
+        // SAFETY: an anonymous private mapping (page-aligned, zeroed).
+        let m = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if m == libc::MAP_FAILED {
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            return None;
+        }
+        NonNull::new(m.cast()).map(|p| (p, true))
+    }
+
+    unsafe fn free_large(&self, p: NonNull<u8>, layout: Layout) {
+        let len = (layout.size() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        // SAFETY: the caller gives back a mapping `alloc_large` made.
+        unsafe { libc::munmap(p.as_ptr().cast(), len) };
+        self.used.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    fn owns_zone(&self, zone: *const u8) -> bool {
+        let b = self.base.load(Ordering::Acquire) as usize;
+        b != 0 && (zone as usize) >= b && (zone as usize) < b + self.capacity
+    }
+}
+
+std::thread_local! {
+    static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// A CPU context for OS threads: each thread is given one of `n` slots
+/// (round-robin at its first allocation) and takes that slot's lock around
+/// each operation, so the slab's per-CPU state is never shared. The lock is
+/// uncontended while threads do not outnumber slots; a thread that finds
+/// its slot busy (another thread, or a signal handler interrupting its own
+/// allocation) uses the next free one. Costs one compare-and-swap per
+/// operation, which LWKT's critical sections do not.
+#[derive(Debug)]
+pub struct ThreadSlots {
+    n: usize,
+    next: AtomicUsize,
+    busy: [CachePadded<AtomicBool>; MAX_CPUS],
+}
+
+impl ThreadSlots {
+    /// `n` slots (use the slab's CPU count).
+    ///
+    /// # Panics
+    /// If `n` is 0 or above `MAX_CPUS`.
+    pub const fn new(n: usize) -> ThreadSlots {
+        assert!(n > 0 && n <= MAX_CPUS, "lwkt-slab: 1..=MAX_CPUS slots");
+        ThreadSlots {
+            n,
+            next: AtomicUsize::new(0),
+            busy: [const { CachePadded::new(AtomicBool::new(false)) }; MAX_CPUS],
+        }
+    }
+}
+
+// SAFETY: an index is used only while its `busy` flag is held (Acquire on
+// taking, Release on leaving), so no two callers use one index at once.
+unsafe impl CpuContext for ThreadSlots {
+    #[inline]
+    fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        let mut s = SLOT.with(Cell::get);
+        if s >= self.n {
+            s = self.next.fetch_add(1, Ordering::Relaxed) % self.n;
+            SLOT.with(|c| c.set(s));
+        }
+        loop {
+            if !self.busy[s].swap(true, Ordering::Acquire) {
+                break;
+            }
+            s = (s + 1) % self.n;
+            core::hint::spin_loop();
+        }
+        struct Leave<'a>(&'a AtomicBool);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _leave = Leave(&self.busy[s]);
+        f(s)
+    }
+}
+
+/// A whole program's allocator on the slab: `#[global_allocator]`.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static ALLOC: lwkt_slab::GlobalSlab = lwkt_slab::GlobalSlab::new(1 << 30, 8);
+/// fn main() {
+///     let v: Vec<u32> = (0..1000).collect();
+///     assert_eq!(ALLOC.stats().in_use > 0, true);
+///     drop(v);
+/// }
+/// ```
+#[derive(Debug)]
+pub struct GlobalSlab {
+    slab: Slab<HostedPages>,
+    slots: ThreadSlots,
+    ty: MallocType,
+}
+
+impl GlobalSlab {
+    /// An allocator of at most `capacity` bytes with `slots` per-CPU slabs.
+    pub const fn new(capacity: usize, slots: usize) -> GlobalSlab {
+        GlobalSlab {
+            slab: Slab::new(HostedPages::new(capacity), slots),
+            slots: ThreadSlots::new(slots),
+            ty: MallocType::new("global"),
+        }
+    }
+
+    /// Statistics of everything allocated through it.
+    pub fn stats(&self) -> MallocStats {
+        self.ty.stats()
+    }
+
+    /// The slab underneath.
+    pub fn slab(&self) -> &Slab<HostedPages> {
+        &self.slab
+    }
+
+    /// The CPU context it uses (for [`Slab::check`] and [`Slab::reclaim`]).
+    pub fn slots(&self) -> &ThreadSlots {
+        &self.slots
+    }
+}
+
+// SAFETY: forwards to the slab, which returns blocks fitting the layout or
+// an error (returned as null); frees go back with the same layout.
+unsafe impl GlobalAlloc for GlobalSlab {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.slab
+            .alloc(&self.slots, layout, &self.ty, Flags::NONE)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.slab
+            .alloc(&self.slots, layout, &self.ty, Flags::ZERO)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `GlobalAlloc` contract: `ptr` came from us with `layout`.
+        unsafe {
+            self.slab
+                .free(&self.slots, NonNull::new_unchecked(ptr), layout, &self.ty)
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as in `dealloc`.
+        unsafe {
+            self.slab.realloc(
+                &self.slots,
+                NonNull::new_unchecked(ptr),
+                layout,
+                new_size,
+                &self.ty,
+                Flags::NONE,
+            )
+        }
+        .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+}

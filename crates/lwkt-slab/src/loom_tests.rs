@@ -1,0 +1,116 @@
+//! Loom models of the remote-free path: the zone's lock-free list (pushes
+//! from other CPUs while the owner drains), and the hand-off between a
+//! remote free and the owner marking the zone full. They run this crate's
+//! own `AtomicStack` and `Zone` code. Run with `cargo xtask loom`.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::vec::Vec;
+
+use loom::sync::Arc;
+use loom::thread;
+
+use crate::class::ZONE_SIZE;
+use crate::remote::{AtomicStack, Link};
+use crate::zone::{Chunk, Zone};
+
+/// A zone-aligned block, freed at the end of the model run.
+struct Block(*mut u8);
+// SAFETY: the block is plain memory shared under the protocol under test.
+unsafe impl Send for Block {}
+// SAFETY: as above.
+unsafe impl Sync for Block {}
+const ZL: Layout = match Layout::from_size_align(ZONE_SIZE, ZONE_SIZE) {
+    Ok(l) => l,
+    Err(_) => panic!(),
+};
+impl Block {
+    fn new() -> Block {
+        // SAFETY: non-zero layout.
+        Block(unsafe { alloc_zeroed(ZL) })
+    }
+    fn chunk(&self, i: usize) -> *mut Chunk {
+        // SAFETY: inside the block (chunks of 64 bytes from offset 4 KiB).
+        unsafe { self.0.add(4096 + 64 * i).cast() }
+    }
+}
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with `ZL`.
+        unsafe { dealloc(self.0, ZL) }
+    }
+}
+
+fn drain(s: &AtomicStack<Chunk>, into: &mut Vec<usize>) {
+    let mut c = s.take_all();
+    while !c.is_null() {
+        into.push(c as usize);
+        // SAFETY: taken off the stack: ours.
+        c = unsafe { Chunk::next(c) };
+    }
+}
+
+/// Two CPUs push two chunks each while the owner drains: every chunk is
+/// drained exactly once.
+#[test]
+fn remote_list_loses_nothing_and_duplicates_nothing() {
+    loom::model(|| {
+        let block = Arc::new(Block::new());
+        let stack = Arc::new(AtomicStack::<Chunk>::new());
+        let pushers: Vec<_> = (0..2)
+            .map(|t| {
+                let (b, s) = (block.clone(), stack.clone());
+                thread::spawn(move || {
+                    for i in 0..2 {
+                        // SAFETY: each chunk is pushed once, by one thread.
+                        unsafe { s.push(b.chunk(2 * t + i)) };
+                    }
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        drain(&stack, &mut got);
+        for p in pushers {
+            p.join().unwrap();
+        }
+        drain(&stack, &mut got);
+        got.sort_unstable();
+        let mut want: Vec<usize> = (0..4).map(|i| block.chunk(i) as usize).collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    });
+}
+
+/// A remote free racing the owner marking the zone full: the chunk is never
+/// lost. Either the owner's drain absorbs it, or the freer saw the zone
+/// full and queued it for the owner, or it waits on the remote list for the
+/// owner's scan of full zones; and a queued zone is marked queued.
+#[test]
+fn remote_free_against_mark_full() {
+    loom::model(|| {
+        let block = Arc::new(Block::new());
+        // SAFETY: a fresh zone-aligned block; chunks of class 7 (64 B).
+        let z = unsafe { Zone::init(block.0, 0, 7, true) } as usize;
+        let queue = Arc::new(AtomicStack::<Zone>::new());
+        let chunk = block.chunk(0) as usize;
+        let freer = {
+            let (q, b) = (queue.clone(), block.clone());
+            thread::spawn(move || {
+                let _keep = b;
+                // SAFETY: an "allocated" chunk of the live zone, given up.
+                unsafe { Zone::remote_free(z as *mut Zone, chunk as *mut u8, &q) };
+            })
+        };
+        // SAFETY: the owner's side of the live zone.
+        let zone = unsafe { &mut *(z as *mut Zone) };
+        zone.nfree = 0;
+        let absorbed = zone.mark_full();
+        freer.join().unwrap();
+        let queued = queue.take_all();
+        let later = zone.absorb_remote();
+        assert_eq!(absorbed + later, 1, "the chunk is absorbed exactly once");
+        if !queued.is_null() {
+            assert_eq!(queued as usize, z);
+            assert!(zone.is_queued());
+        }
+    });
+}

@@ -1,0 +1,164 @@
+//! Allocation types: who allocated what, per CPU, with an optional limit.
+//!
+//! DragonFly: `struct malloc_type`, `MALLOC_DEFINE()`, `ks_use[]`,
+//! `ks_loosememuse`, `ks_limit`.
+
+use core::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+use lwkt_core::MAX_CPUS;
+
+use crate::class::ZONE_SIZE;
+
+/// Per-CPU counters, written only by their CPU inside its critical section
+/// (a load and a store: no read-modify-write), read by anyone. A CPU's
+/// values may go negative when it frees what others allocated; only the
+/// sums mean something.
+struct Use {
+    bytes: AtomicIsize,
+    objects: AtomicIsize,
+    calls: AtomicU64,
+    /// Bytes not yet folded into the type's loose total.
+    pending: AtomicIsize,
+}
+
+/// An allocation type: statistics and a limit for a family of allocations.
+///
+/// DragonFly: `struct malloc_type` (`MALLOC_DEFINE(M_DEVBUF, "devbuf", ..)`).
+///
+/// ```
+/// use lwkt_slab::MallocType;
+/// static M_PACKETS: MallocType = MallocType::new("packets");
+/// static M_SMALL: MallocType = MallocType::with_limit("small", 1 << 20);
+/// assert_eq!(M_PACKETS.stats().in_use, 0);
+/// ```
+pub struct MallocType {
+    name: &'static str,
+    limit: usize,
+    per_cpu: [CachePadded<Use>; MAX_CPUS],
+    /// Sum of folded-in deltas: within `ncpus * ZONE_SIZE` of the truth.
+    loose: AtomicIsize,
+    high_water: AtomicUsize,
+}
+
+/// A snapshot of an allocation type's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MallocStats {
+    /// Allocations not yet freed.
+    pub in_use: isize,
+    /// Bytes held by them (rounded to chunk or page size).
+    pub bytes: isize,
+    /// Allocations ever made.
+    pub total: u64,
+    /// The highest `bytes` seen, measured at `ZONE_SIZE` granularity per
+    /// CPU (DragonFly's loose accounting), and never below `bytes`.
+    pub high_water: usize,
+}
+
+impl MallocType {
+    /// A type without limit. DragonFly: `MALLOC_DEFINE()`.
+    pub const fn new(name: &'static str) -> MallocType {
+        MallocType::with_limit(name, 0)
+    }
+
+    /// A type whose allocations may hold at most `limit` bytes (0: none);
+    /// past it, allocations fail with [`SlabError::LimitExceeded`].
+    ///
+    /// [`SlabError::LimitExceeded`]: crate::SlabError::LimitExceeded
+    pub const fn with_limit(name: &'static str, limit: usize) -> MallocType {
+        MallocType {
+            name,
+            limit,
+            per_cpu: [const {
+                CachePadded::new(Use {
+                    bytes: AtomicIsize::new(0),
+                    objects: AtomicIsize::new(0),
+                    calls: AtomicU64::new(0),
+                    pending: AtomicIsize::new(0),
+                })
+            }; MAX_CPUS],
+            loose: AtomicIsize::new(0),
+            high_water: AtomicUsize::new(0),
+        }
+    }
+
+    /// The name given at definition.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Sum the per-CPU counters.
+    pub fn stats(&self) -> MallocStats {
+        let (mut bytes, mut objects, mut total) = (0isize, 0isize, 0u64);
+        for u in &self.per_cpu {
+            bytes += u.bytes.load(Ordering::Relaxed);
+            objects += u.objects.load(Ordering::Relaxed);
+            total += u.calls.load(Ordering::Relaxed);
+        }
+        MallocStats {
+            in_use: objects,
+            bytes,
+            total,
+            high_water: self
+                .high_water
+                .load(Ordering::Relaxed)
+                .max(bytes.max(0) as usize),
+        }
+    }
+
+    /// CPU `cpu`, in its critical section: may `bytes` more be allocated?
+    #[inline]
+    pub(crate) fn admit(&self, cpu: usize, bytes: usize) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        let near = self.loose.load(Ordering::Relaxed)
+            + self.per_cpu[cpu].pending.load(Ordering::Relaxed)
+            + bytes as isize;
+        if near <= self.limit as isize {
+            return true;
+        }
+        // Near the limit: sum exactly (DragonFly does the same).
+        self.stats().bytes + bytes as isize <= self.limit as isize
+    }
+
+    /// CPU `cpu`, in its critical section: account an allocation (`bytes`
+    /// > 0) or a free (`bytes` < 0).
+    #[inline]
+    pub(crate) fn account(&self, cpu: usize, bytes: isize) {
+        let u = &self.per_cpu[cpu];
+        let add =
+            |a: &AtomicIsize, d: isize| a.store(a.load(Ordering::Relaxed) + d, Ordering::Relaxed);
+        add(&u.bytes, bytes);
+        add(&u.objects, bytes.signum());
+        if bytes > 0 {
+            u.calls
+                .store(u.calls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        let p = u.pending.load(Ordering::Relaxed) + bytes;
+        if p.unsigned_abs() >= ZONE_SIZE {
+            self.fold(p);
+            u.pending.store(0, Ordering::Relaxed);
+        } else {
+            u.pending.store(p, Ordering::Relaxed);
+        }
+    }
+
+    #[cold]
+    fn fold(&self, delta: isize) {
+        let now = self.loose.fetch_add(delta, Ordering::Relaxed) + delta;
+        if now > 0 {
+            self.high_water.fetch_max(now as usize, Ordering::Relaxed);
+        }
+    }
+}
+
+impl core::fmt::Debug for MallocType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MallocType")
+            .field("name", &self.name)
+            .field("limit", &self.limit)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

@@ -1,0 +1,773 @@
+//! The allocator: per-CPU zone lists per size class, lock-free local paths,
+//! remote frees back to the owning CPU, large allocations straight from the
+//! page source.
+//!
+//! DragonFly: `kmalloc()`, `kfree()`, `krealloc()`, `SLGlobalData`,
+//! `slab_cleanup()`.
+
+use core::alloc::Layout;
+use core::cell::UnsafeCell;
+use core::ptr::{self, NonNull};
+
+use crossbeam_utils::CachePadded;
+use lwkt_core::MAX_CPUS;
+
+use crate::class::{route, Route, CHUNK, NZONES, PAGE_SIZE};
+use crate::remote::{AtomicStack, Link};
+use crate::zone::Zone;
+use crate::{CpuContext, MallocType, PageSource, SlabError};
+
+/// Free zones a CPU keeps for reuse before giving them back to the page
+/// source (DragonFly `ZoneRelsThresh`, scaled down to 64 KiB zones).
+pub const CACHED_ZONES: usize = 4;
+
+/// Full zones the allocation slow path re-examines per call, in rotation,
+/// for chunks freed remotely while nobody was told.
+const SCAN_FULL: usize = 4;
+
+/// Allocation flags. DragonFly: `M_ZERO`, `M_NOWAIT`.
+///
+/// ```
+/// use lwkt_slab::Flags;
+/// let f = Flags::ZERO | Flags::NOWAIT;
+/// assert!(f.contains(Flags::ZERO));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flags(u32);
+
+impl Flags {
+    /// No flags: may wait in the page source, memory not zeroed.
+    pub const NONE: Flags = Flags(0);
+    /// Zero-fill (skipped for memory known to be zero). `M_ZERO`.
+    pub const ZERO: Flags = Flags(1);
+    /// Never wait: the page source is asked not to block, and the slab does
+    /// no reclaiming before failing. `M_NOWAIT`.
+    pub const NOWAIT: Flags = Flags(2);
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, rhs: Flags) -> Flags {
+        Flags(self.0 | rhs.0)
+    }
+}
+
+/// An intrusive list of zones (owner only).
+#[derive(Clone, Copy)]
+struct List {
+    head: *mut Zone,
+    tail: *mut Zone,
+}
+
+impl List {
+    const EMPTY: List = List {
+        head: ptr::null_mut(),
+        tail: ptr::null_mut(),
+    };
+
+    fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    /// # Safety
+    /// `z` is a live zone on no list.
+    unsafe fn push_front(&mut self, z: *mut Zone) {
+        // SAFETY: forwarded; list members are live.
+        unsafe {
+            (*z).prev = ptr::null_mut();
+            (*z).next = self.head;
+            if self.head.is_null() {
+                self.tail = z;
+            } else {
+                (*self.head).prev = z;
+            }
+        }
+        self.head = z;
+    }
+
+    /// # Safety
+    /// As for `push_front`.
+    unsafe fn push_back(&mut self, z: *mut Zone) {
+        // SAFETY: forwarded; list members are live.
+        unsafe {
+            (*z).next = ptr::null_mut();
+            (*z).prev = self.tail;
+            if self.tail.is_null() {
+                self.head = z;
+            } else {
+                (*self.tail).next = z;
+            }
+        }
+        self.tail = z;
+    }
+
+    /// # Safety
+    /// `z` is on this list.
+    unsafe fn remove(&mut self, z: *mut Zone) {
+        // SAFETY: forwarded; neighbours are live members.
+        unsafe {
+            let (p, n) = ((*z).prev, (*z).next);
+            if p.is_null() {
+                self.head = n;
+            } else {
+                (*p).next = n;
+            }
+            if n.is_null() {
+                self.tail = p;
+            } else {
+                (*n).prev = p;
+            }
+            (*z).next = ptr::null_mut();
+            (*z).prev = ptr::null_mut();
+        }
+    }
+}
+
+/// One CPU's zones (owner only, in its critical section).
+/// DragonFly: `SLGlobalData`.
+struct CpuSlab {
+    /// Zones with free chunks, per class. DragonFly `ZoneAry`.
+    partial: [List; NZONES],
+    /// Zones without, per class.
+    full: [List; NZONES],
+    /// Whole free zones kept for reuse. DragonFly `FreeZones`.
+    cache: *mut Zone,
+    ncache: usize,
+}
+
+struct PerCpu {
+    own: UnsafeCell<CpuSlab>,
+    /// Full zones that received remote frees, pushed by the freeing CPUs.
+    queue: AtomicStack<Zone>,
+}
+
+/// A slab allocator over page source `P` for up to `ncpus` CPUs.
+///
+/// Allocation and free on a chunk's own CPU touch only that CPU's state,
+/// inside its critical section: no lock, no atomic read-modify-write. A
+/// chunk freed by another CPU goes on its zone's lock-free remote list,
+/// which the owner drains when it runs out of free chunks.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use lwkt_slab::{Flags, HostedPages, MallocType, Slab};
+///
+/// static M_TEST: MallocType = MallocType::new("test");
+/// let slab = Slab::new(HostedPages::new(16 << 20), 1);
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+///     let l = Layout::new::<[u64; 4]>();
+///     let p = slab.alloc(cur, l, &M_TEST, Flags::ZERO).unwrap();
+///     assert_eq!(unsafe { *p.as_ptr() }, 0);
+///     unsafe { slab.free(cur, p, l, &M_TEST) };
+/// });
+/// assert_eq!(M_TEST.stats().in_use, 0);
+/// ```
+pub struct Slab<P: PageSource> {
+    pages: P,
+    ncpus: usize,
+    cpus: [CachePadded<PerCpu>; MAX_CPUS],
+}
+
+// SAFETY: a CPU's `own` state is touched only inside `with_cpu` for that
+// CPU (the `CpuContext` contract excludes every other user of the index);
+// `queue` and zone remote lists are atomic; the page source is `Sync`.
+unsafe impl<P: PageSource> Sync for Slab<P> {}
+// SAFETY: as above; zones are plain memory owned by the slab.
+unsafe impl<P: PageSource + Send> Send for Slab<P> {}
+
+impl<P: PageSource> Slab<P> {
+    /// A slab for CPUs `0..ncpus` over `pages`.
+    ///
+    /// # Panics
+    /// If `ncpus` is 0 or above [`MAX_CPUS`].
+    pub const fn new(pages: P, ncpus: usize) -> Slab<P> {
+        assert!(
+            ncpus > 0 && ncpus <= MAX_CPUS,
+            "lwkt-slab: 1..=MAX_CPUS CPUs"
+        );
+        Slab {
+            pages,
+            ncpus,
+            cpus: [const {
+                CachePadded::new(PerCpu {
+                    own: UnsafeCell::new(CpuSlab {
+                        partial: [List::EMPTY; NZONES],
+                        full: [List::EMPTY; NZONES],
+                        cache: ptr::null_mut(),
+                        ncache: 0,
+                    }),
+                    queue: AtomicStack::new(),
+                })
+            }; MAX_CPUS],
+        }
+    }
+
+    /// The page source.
+    pub fn page_source(&self) -> &P {
+        &self.pages
+    }
+
+    /// Allocate memory for `layout`, accounted to `ty`.
+    /// DragonFly: `kmalloc(size, type, flags)`.
+    ///
+    /// # Errors
+    /// [`SlabError`]: a zero size, an alignment above the page size, the
+    /// type's limit, or an exhausted page source. Nothing changes on error.
+    #[inline]
+    pub fn alloc(
+        &self,
+        cx: &impl CpuContext,
+        layout: Layout,
+        ty: &MallocType,
+        flags: Flags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        let r = route(layout)?;
+        cx.with_cpu(|cpu| {
+            self.check_cpu(cpu);
+            let (p, bytes, zeroed) = match r {
+                Route::Small { class } => {
+                    let bytes = CHUNK[class];
+                    if !ty.admit(cpu, bytes) {
+                        return Err(SlabError::LimitExceeded { ty: ty.name() });
+                    }
+                    // SAFETY: in `cpu`'s critical section (`with_cpu`).
+                    let (p, z) = unsafe { self.alloc_small(cpu, class, flags)? };
+                    (p, bytes, z)
+                }
+                Route::Large => {
+                    let bytes = large_bytes(layout)?;
+                    if !ty.admit(cpu, bytes) {
+                        return Err(SlabError::LimitExceeded { ty: ty.name() });
+                    }
+                    let (p, z) = self
+                        .pages
+                        .alloc_large(layout, flags.contains(Flags::NOWAIT))
+                        .ok_or(SlabError::Exhausted)?;
+                    (p, bytes, z)
+                }
+            };
+            ty.account(cpu, bytes as isize);
+            if flags.contains(Flags::ZERO) && !zeroed {
+                // SAFETY: `p` is a fresh block of at least `layout.size()`.
+                unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
+            }
+            Ok(p)
+        })
+    }
+
+    /// Free `ptr`, allocated with `layout` and `ty` from this slab, on any
+    /// CPU. DragonFly: `kfree(ptr, type)`.
+    ///
+    /// Debug builds check the pointer (a zone of this slab's page source, a
+    /// chunk start, of `layout`'s size class) and catch double frees, with
+    /// a panic naming the rule.
+    ///
+    /// # Safety
+    /// `ptr` came from this slab's `alloc` (or `realloc`) with `layout` and
+    /// `ty`, and is not used after.
+    #[inline]
+    pub unsafe fn free(
+        &self,
+        cx: &impl CpuContext,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        ty: &MallocType,
+    ) {
+        let r = route(layout).expect("lwkt-slab: free with a layout that alloc refuses");
+        match r {
+            Route::Small { class } => {
+                let p = ptr.as_ptr();
+                let z = Zone::of(p);
+                #[cfg(debug_assertions)]
+                self.check_free(z, p, class);
+                cx.with_cpu(|cpu| {
+                    self.check_cpu(cpu);
+                    ty.account(cpu, -(CHUNK[class] as isize));
+                    // SAFETY: `p` is an allocated chunk, so its zone is live;
+                    // the owner never changes while chunks are allocated.
+                    let owner = unsafe { (*z).owner } as usize;
+                    if owner == cpu {
+                        // SAFETY: in the owner's critical section.
+                        unsafe { self.free_local(cpu, z, p) };
+                    } else {
+                        // SAFETY: the chunk is given up here, and not
+                        // touched after.
+                        unsafe { Zone::remote_free(z, p, &self.cpus[owner].queue) };
+                    }
+                });
+            }
+            Route::Large => {
+                let bytes = large_bytes(layout).expect("checked at allocation");
+                cx.with_cpu(|cpu| {
+                    self.check_cpu(cpu);
+                    ty.account(cpu, -(bytes as isize));
+                    // SAFETY: the caller's contract.
+                    unsafe { self.pages.free_large(ptr, layout) };
+                });
+            }
+        }
+    }
+
+    /// Resize: keep the block when the new size has the same size class,
+    /// otherwise allocate, copy, and free. DragonFly: `krealloc()`.
+    ///
+    /// # Errors
+    /// As [`alloc`](Self::alloc), and [`SlabError::SizeOverflow`]; on
+    /// error the old block is untouched and still allocated.
+    ///
+    /// # Safety
+    /// As for [`free`](Self::free) of `ptr` with `old`.
+    pub unsafe fn realloc(
+        &self,
+        cx: &impl CpuContext,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+        ty: &MallocType,
+        flags: Flags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        let new =
+            Layout::from_size_align(new_size, old.align()).map_err(|_| SlabError::SizeOverflow)?;
+        if let (Ok(Route::Small { class: a }), Ok(Route::Small { class: b })) =
+            (route(old), route(new))
+        {
+            if a == b {
+                return Ok(ptr);
+            }
+        }
+        let q = self.alloc(cx, new, ty, flags)?;
+        // SAFETY: distinct live blocks of at least the copied length.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), q.as_ptr(), old.size().min(new_size));
+            self.free(cx, ptr, old, ty);
+        }
+        Ok(q)
+    }
+
+    /// Reclaim this CPU's memory: absorb every remote free, give fully free
+    /// zones (all but one per class) and the zone cache back to the page
+    /// source. DragonFly: `slab_cleanup()`, which runs every 10 s.
+    pub fn reclaim(&self, cx: &impl CpuContext) {
+        cx.with_cpu(|cpu| {
+            self.check_cpu(cpu);
+            // SAFETY: in `cpu`'s critical section.
+            unsafe {
+                self.drain_queue(cpu);
+                for class in 0..NZONES {
+                    self.scan_full(cpu, class, usize::MAX);
+                    let cs = self.cs(cpu);
+                    let mut z = cs.partial[class].head;
+                    while !z.is_null() {
+                        let next = (*z).next;
+                        (*z).absorb_remote();
+                        if (*z).nfree == (*z).nmax {
+                            self.release(cpu, z, 0);
+                        }
+                        z = next;
+                    }
+                }
+                let cs = self.cs(cpu);
+                while !cs.cache.is_null() {
+                    let z = cs.cache;
+                    cs.cache = (*z).next;
+                    cs.ncache -= 1;
+                    self.pages.free_zone(NonNull::new_unchecked(z.cast()));
+                }
+            }
+        });
+    }
+
+    /// Check this CPU's structures (zone headers, list membership, free
+    /// counts against the free lists); for tests and fuzzing.
+    ///
+    /// # Errors
+    /// A description of the first broken invariant.
+    pub fn check(&self, cx: &impl CpuContext) -> Result<SlabUsage, &'static str> {
+        cx.with_cpu(|cpu| {
+            self.check_cpu(cpu);
+            // SAFETY: in `cpu`'s critical section; list members are live.
+            unsafe {
+                let cs = self.cs(cpu);
+                let mut u = SlabUsage::default();
+                for class in 0..NZONES {
+                    for (list, full) in [(&cs.partial[class], false), (&cs.full[class], true)] {
+                        let mut z = list.head;
+                        let mut prev = ptr::null_mut();
+                        while !z.is_null() {
+                            let zone = &*z;
+                            if !zone.magic_ok() {
+                                return Err("zone header overwritten");
+                            }
+                            if zone.owner as usize != cpu || zone.class as usize != class {
+                                return Err("zone on the wrong CPU or class list");
+                            }
+                            if zone.prev != prev {
+                                return Err("zone list links broken");
+                            }
+                            if zone.on_full != full {
+                                return Err("zone's full mark disagrees with its list");
+                            }
+                            if full && zone.nfree != 0 {
+                                return Err("full zone with free chunks");
+                            }
+                            if !full && zone.nfree == 0 {
+                                return Err("partial zone without free chunks");
+                            }
+                            if zone.nfree != zone.local_len() + zone.unused() {
+                                return Err("zone free count disagrees with its free list");
+                            }
+                            u.zones += 1;
+                            u.free_chunks += zone.nfree as usize;
+                            prev = z;
+                            z = zone.next;
+                        }
+                        if list.tail != prev {
+                            return Err("zone list tail broken");
+                        }
+                    }
+                }
+                u.cached_zones = cs.ncache;
+                Ok(u)
+            }
+        })
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    #[inline(always)]
+    fn check_cpu(&self, cpu: usize) {
+        assert!(
+            cpu < self.ncpus,
+            "lwkt-slab: CPU {cpu} on a slab built for {} CPUs",
+            self.ncpus
+        );
+    }
+
+    /// # Safety
+    /// In `cpu`'s critical section, with no other reference to its state.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn cs(&self, cpu: usize) -> &mut CpuSlab {
+        // SAFETY: forwarded.
+        unsafe { &mut *self.cpus[cpu].own.get() }
+    }
+
+    /// # Safety
+    /// In `cpu`'s critical section.
+    #[inline]
+    unsafe fn alloc_small(
+        &self,
+        cpu: usize,
+        class: usize,
+        flags: Flags,
+    ) -> Result<(NonNull<u8>, bool), SlabError> {
+        loop {
+            // SAFETY: forwarded.
+            let z = unsafe { self.cs(cpu) }.partial[class].head;
+            if !z.is_null() {
+                let (p, zeroed) = Zone::pop(z);
+                // SAFETY: owner access to a live zone of our list.
+                unsafe {
+                    let zone = &mut *z;
+                    zone.nfree -= 1;
+                    #[cfg(debug_assertions)]
+                    zone.set_live(zone.index_of(p).expect("a chunk of the zone"));
+                    if zone.nfree == 0 {
+                        self.zone_emptied(cpu, z);
+                    }
+                    return Ok((NonNull::new_unchecked(p), zeroed));
+                }
+            }
+            // SAFETY: forwarded.
+            unsafe { self.refill(cpu, class, flags)? };
+        }
+    }
+
+    /// A partial zone handed out its last free chunk.
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section; `z` is on the class's partial list.
+    #[cold]
+    unsafe fn zone_emptied(&self, cpu: usize, z: *mut Zone) {
+        // SAFETY: forwarded.
+        unsafe {
+            let zone = &mut *z;
+            if zone.absorb_remote() > 0 {
+                return;
+            }
+            let cs = self.cs(cpu);
+            let class = zone.class as usize;
+            cs.partial[class].remove(z);
+            if zone.mark_full() > 0 {
+                zone.mark_not_full();
+                cs.partial[class].push_front(z);
+            } else {
+                zone.on_full = true;
+                cs.full[class].push_back(z);
+            }
+        }
+    }
+
+    /// No partial zone for `class`: collect remote frees, then take a zone.
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section.
+    #[cold]
+    unsafe fn refill(&self, cpu: usize, class: usize, flags: Flags) -> Result<(), SlabError> {
+        // SAFETY: forwarded.
+        unsafe {
+            self.drain_queue(cpu);
+            if !self.cs(cpu).partial[class].is_empty() {
+                return Ok(());
+            }
+            self.scan_full(cpu, class, SCAN_FULL);
+            if !self.cs(cpu).partial[class].is_empty() {
+                return Ok(());
+            }
+            let nowait = flags.contains(Flags::NOWAIT);
+            let cs = self.cs(cpu);
+            let (base, zeroed) = if !cs.cache.is_null() {
+                let z = cs.cache;
+                cs.cache = (*z).next;
+                cs.ncache -= 1;
+                (z.cast::<u8>(), false)
+            } else if let Some((b, zeroed)) = self.pages.alloc_zone(nowait) {
+                (b.as_ptr(), zeroed)
+            } else {
+                if !nowait {
+                    // Out of pages: look at every full zone of the class
+                    // before giving up.
+                    self.scan_full(cpu, class, usize::MAX);
+                    if !self.cs(cpu).partial[class].is_empty() {
+                        return Ok(());
+                    }
+                }
+                return Err(SlabError::Exhausted);
+            };
+            let z = Zone::init(base, cpu, class, zeroed);
+            self.cs(cpu).partial[class].push_front(z);
+            Ok(())
+        }
+    }
+
+    /// Take the zones other CPUs queued (full zones that got remote frees).
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section.
+    unsafe fn drain_queue(&self, cpu: usize) {
+        let mut z = self.cpus[cpu].queue.take_all();
+        while !z.is_null() {
+            // SAFETY: taken off our queue: ours; queued zones are live.
+            unsafe {
+                let next = Zone::next(z);
+                (*z).dequeued();
+                self.absorbed(cpu, z);
+                z = next;
+            }
+        }
+    }
+
+    /// Re-examine up to `n` full zones of `class`, rotating the list.
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section.
+    unsafe fn scan_full(&self, cpu: usize, class: usize, n: usize) {
+        // SAFETY: forwarded; members of our lists are live.
+        unsafe {
+            let mut seen = 0;
+            let stop = self.cs(cpu).full[class].tail;
+            while seen < n {
+                let cs = self.cs(cpu);
+                let z = cs.full[class].head;
+                if z.is_null() {
+                    break;
+                }
+                cs.full[class].remove(z);
+                cs.full[class].push_back(z);
+                self.absorbed(cpu, z);
+                seen += 1;
+                if z == stop {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Absorb `z`'s remote frees and move or release it as its counts say.
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section; `z` is a live zone of `cpu` on one of
+    /// its lists.
+    unsafe fn absorbed(&self, cpu: usize, z: *mut Zone) {
+        // SAFETY: forwarded.
+        unsafe {
+            let zone = &mut *z;
+            zone.absorb_remote();
+            let class = zone.class as usize;
+            if zone.on_full && zone.nfree > 0 {
+                let cs = self.cs(cpu);
+                cs.full[class].remove(z);
+                zone.on_full = false;
+                zone.mark_not_full();
+                cs.partial[class].push_front(z);
+            }
+            if !zone.on_full && zone.nfree == zone.nmax {
+                self.release(cpu, z, 1);
+            }
+        }
+    }
+
+    /// # Safety
+    /// In `cpu`'s critical section; `p` is an allocated chunk of `z`, owned
+    /// by `cpu`.
+    #[inline]
+    unsafe fn free_local(&self, cpu: usize, z: *mut Zone, p: *mut u8) {
+        // SAFETY: forwarded.
+        unsafe {
+            let zone = &mut *z;
+            zone.push_local(p);
+            zone.nfree += 1;
+            if zone.on_full {
+                let cs = self.cs(cpu);
+                let class = zone.class as usize;
+                cs.full[class].remove(z);
+                zone.on_full = false;
+                zone.mark_not_full();
+                cs.partial[class].push_front(z);
+            } else if zone.nfree == zone.nmax {
+                self.release(cpu, z, 1);
+            }
+        }
+    }
+
+    /// A fully free partial zone: keep it if it is one of the class's last
+    /// `keep` partial zones or still queued; otherwise cache it or give it
+    /// back to the page source.
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section; `z` is on its class's partial list and
+    /// has no allocated chunk.
+    #[cold]
+    unsafe fn release(&self, cpu: usize, z: *mut Zone, keep: usize) {
+        // SAFETY: forwarded.
+        unsafe {
+            let zone = &mut *z;
+            if zone.is_queued() {
+                return;
+            }
+            let cs = self.cs(cpu);
+            let class = zone.class as usize;
+            if keep > 0 {
+                let l = &cs.partial[class];
+                let only = l.head == z && l.tail == z;
+                if only {
+                    return;
+                }
+            }
+            cs.partial[class].remove(z);
+            zone.clear_magic();
+            if cs.ncache < CACHED_ZONES {
+                zone.next = cs.cache;
+                cs.cache = z;
+                cs.ncache += 1;
+            } else {
+                self.pages.free_zone(NonNull::new_unchecked(z.cast()));
+            }
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    #[track_caller]
+    fn check_free(&self, z: *mut Zone, p: *mut u8, class: usize) {
+        assert!(
+            self.pages.owns_zone(z.cast()),
+            "lwkt-slab: free of {p:p}, which this slab did not allocate"
+        );
+        // SAFETY: the page source handed this zone out, so its header is
+        // readable (live or cached).
+        let zone = unsafe { &*z };
+        assert!(
+            zone.magic_ok(),
+            "lwkt-slab: free of {p:p}, which lies in no live zone of this slab"
+        );
+        assert!(
+            zone.class as usize == class,
+            "lwkt-slab: free of {p:p} with a layout of size class {class} ({} bytes); \
+             it was allocated in class {} ({} bytes)",
+            CHUNK[class],
+            zone.class,
+            zone.chunk
+        );
+        let i = zone.index_of(p).unwrap_or_else(|| {
+            panic!("lwkt-slab: free of {p:p}, which is not the start of a chunk")
+        });
+        zone.clear_live(i, p);
+    }
+}
+
+impl<P: PageSource> Drop for Slab<P> {
+    /// Give every zone back to the page source (allocations still
+    /// outstanding die with them; large blocks are left to the source).
+    fn drop(&mut self) {
+        for c in 0..self.ncpus {
+            let cs = self.cpus[c].own.get_mut();
+            for class in 0..NZONES {
+                for list in [&mut cs.partial[class], &mut cs.full[class]] {
+                    let mut z = list.head;
+                    while !z.is_null() {
+                        // SAFETY: list members are live zones of this slab.
+                        unsafe {
+                            let next = (*z).next;
+                            (*z).clear_magic();
+                            self.pages.free_zone(NonNull::new_unchecked(z.cast()));
+                            z = next;
+                        }
+                    }
+                    *list = List::EMPTY;
+                }
+            }
+            while !cs.cache.is_null() {
+                let z = cs.cache;
+                // SAFETY: cached zones are live blocks of this slab.
+                unsafe {
+                    cs.cache = (*z).next;
+                    self.pages.free_zone(NonNull::new_unchecked(z.cast()));
+                }
+            }
+            cs.ncache = 0;
+        }
+    }
+}
+
+/// What [`Slab::check`] counted on one CPU.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SlabUsage {
+    /// Zones on the CPU's lists.
+    pub zones: usize,
+    /// Free chunks in them (local lists and never used).
+    pub free_chunks: usize,
+    /// Whole free zones kept for reuse.
+    pub cached_zones: usize,
+}
+
+/// Bytes a large allocation accounts for (its size rounded to pages).
+fn large_bytes(layout: Layout) -> Result<usize, SlabError> {
+    layout
+        .size()
+        .checked_add(PAGE_SIZE - 1)
+        .map(|s| s & !(PAGE_SIZE - 1))
+        .ok_or(SlabError::SizeOverflow)
+}
+
+impl<P: PageSource> core::fmt::Debug for Slab<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Slab")
+            .field("ncpus", &self.ncpus)
+            .finish_non_exhaustive()
+    }
+}
