@@ -29,6 +29,8 @@ use crate::{CpuContext, Flags, MallocStats, MallocType, PageSource, Slab};
 pub struct HostedPages {
     capacity: usize,
     base: AtomicPtr<u8>,
+    /// The mapping as `mmap` returned it (`base` is rounded up to a zone).
+    mapping: AtomicPtr<u8>,
     /// Next never-used zone offset in the arena.
     bump: AtomicUsize,
     /// Bytes handed out now (zones and large blocks).
@@ -44,6 +46,7 @@ impl HostedPages {
         HostedPages {
             capacity: capacity.div_ceil(ZONE_SIZE) * ZONE_SIZE,
             base: AtomicPtr::new(ptr::null_mut()),
+            mapping: AtomicPtr::new(ptr::null_mut()),
             bump: AtomicUsize::new(0),
             used: AtomicUsize::new(0),
             free: AtomicPtr::new(ptr::null_mut()),
@@ -84,7 +87,10 @@ impl HostedPages {
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            Ok(_) => Some(aligned),
+            Ok(_) => {
+                self.mapping.store(m, Ordering::Release);
+                Some(aligned)
+            }
             Err(other) => {
                 // Another thread mapped it first.
                 // SAFETY: our own mapping, unused.
@@ -123,6 +129,19 @@ impl HostedPages {
         let r = f(&self.free);
         self.free_lock.store(false, Ordering::Release);
         r
+    }
+}
+
+impl Drop for HostedPages {
+    /// Unmap the arena (zones die with it; large blocks still out stay
+    /// mapped).
+    fn drop(&mut self) {
+        let m = *self.mapping.get_mut();
+        if !m.is_null() {
+            // SAFETY: the mapping `arena` made, with its length; `&mut self`
+            // means no zone of it is in use through this source any more.
+            unsafe { libc::munmap(m.cast(), self.capacity + ZONE_SIZE) };
+        }
     }
 }
 
