@@ -21,6 +21,8 @@ compile_error!("lwkt-arch-hosted has a context switch for x86-64 only");
 core::arch::global_asm!(
     ".text",
     ".globl lwkt_hosted_switch",
+    // Not preemptible: callers jump to it directly, not through the GOT.
+    ".hidden lwkt_hosted_switch",
     ".p2align 4",
     "lwkt_hosted_switch:",
     "push rbp",
@@ -32,19 +34,21 @@ core::arch::global_asm!(
     "sub rsp, 8",
     "stmxcsr [rsp]",
     "fnstcw [rsp + 4]",
-    "mov [rdi], rsp",
-    "mov rdx, rsp",
-    "mov rsp, rsi",
+    // rdi is unused (it carries `&HostedArch` through unchanged, so the
+    // trait method is a bare jump here), rsi is `from`, rdx is `to`.
+    "mov [rsi], rsp",
+    "mov rdi, rsp",
+    "mov rsp, [rdx]",
     // Restore MXCSR and the x87 control word only when they differ: both
     // loads are slow (serialising on many cores) and they rarely change.
     // The current values are the ones just saved on the old stack (at
-    // `rdx`), so no second `stmxcsr`/`fnstcw` is needed to compare.
+    // `rdi`), so no second `stmxcsr`/`fnstcw` is needed to compare.
     "mov eax, [rsp]",
-    "cmp eax, [rdx]",
+    "cmp eax, [rdi]",
     "jne 4f",
     "2:",
     "movzx eax, word ptr [rsp + 4]",
-    "cmp ax, [rdx + 4]",
+    "cmp ax, [rdi + 4]",
     "jne 5f",
     "3:",
     "add rsp, 8",
@@ -64,6 +68,7 @@ core::arch::global_asm!(
     "jmp 3b",
     "",
     ".globl lwkt_hosted_trampoline",
+    ".hidden lwkt_hosted_trampoline",
     ".p2align 4",
     "lwkt_hosted_trampoline:",
     // First run of a thread: r12 = argument, r13 = entry. The stack pointer
@@ -74,7 +79,9 @@ core::arch::global_asm!(
 );
 
 extern "sysv64" {
-    fn lwkt_hosted_switch(save_sp: *mut usize, new_sp: usize);
+    /// Saves the stack pointer at `from`, loads it from `to`; `_arch` is
+    /// not used (see the asm).
+    fn lwkt_hosted_switch(_arch: *const (), from: *const usize, to: *const usize);
     fn lwkt_hosted_trampoline();
 }
 
@@ -107,14 +114,23 @@ pub(crate) unsafe fn init(ctx: &Context, stack: Stack, entry: EntryFn, arg: usiz
     ctx.words[0].set(sp);
 }
 
-/// Save the running context in `from` and resume `to`.
+/// Save the running context in `from` and resume `to`. `arch` is passed
+/// through untouched so that the caller's registers already hold the
+/// arguments (the trait method compiles to a bare jump).
 ///
 /// # Safety
 /// `to` holds a stack pointer saved by `switch` or built by `init`, whose
 /// stack is alive; nothing else runs on it.
 #[inline(always)]
-pub(crate) unsafe fn switch(from: &Context, to: &Context) {
+pub(crate) unsafe fn switch(arch: *const (), from: &Context, to: &Context) {
     // SAFETY: the asm saves every callee-saved register (and MXCSR/FCW) on
     // the current stack and restores them from `to`'s, per the caller.
-    unsafe { lwkt_hosted_switch(from.words[0].as_ptr(), to.words[0].get()) }
+    // `words[0]` is the first field of the `repr(C)` `Context`.
+    unsafe {
+        lwkt_hosted_switch(
+            arch,
+            from.words[0].as_ptr().cast_const(),
+            to.words[0].as_ptr().cast_const(),
+        )
+    }
 }

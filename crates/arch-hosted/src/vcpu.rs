@@ -97,7 +97,7 @@ unsafe impl Arch for HostedArch {
     #[inline(always)]
     unsafe fn switch(&self, from: &Context, to: &Context) {
         // SAFETY: forwarded contract.
-        unsafe { crate::switch::switch(from, to) }
+        unsafe { crate::switch::switch(self as *const HostedArch as *const (), from, to) }
     }
 
     fn alloc_stack(&self, size: usize) -> Option<Stack> {

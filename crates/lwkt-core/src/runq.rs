@@ -71,24 +71,34 @@ impl RunQueue {
         }
     }
 
-    /// Move `td` behind the other threads of its priority (round-robin).
-    /// One store in the usual case, where `td` runs and so heads its list.
+    /// Move `td` behind the other threads of its priority (round-robin)
+    /// and return the thread that should run now ([`first`](Self::first)).
+    /// One store in the usual case, where `td` runs and so heads its list;
+    /// then, when no higher priority is queued, the answer is `td`'s
+    /// successor, already at hand, so the caller's next step does not wait
+    /// for the bitmap and head loads of `first`.
     ///
     /// # Safety
     /// `td` is a live thread on this queue.
     #[inline(always)]
-    pub(crate) unsafe fn rotate(&mut self, td: *mut Thread) {
+    pub(crate) unsafe fn rotate(&mut self, td: *mut Thread) -> *mut Thread {
         // SAFETY: live queued thread (caller).
         let t = unsafe { &*td };
         let p = list(t);
         if self.head[p] == td {
             // The list is circular: its head's successor heads it now, and
             // `td` (the head's predecessor from now on) is its tail.
-            self.head[p] = t.rq_next.get();
+            let next = t.rq_next.get();
+            self.head[p] = next;
+            // Bit `p` is set (`td` is queued); nothing above it?
+            if self.bitmap >> p == 1 {
+                return next;
+            }
         } else {
             // SAFETY: forwarded; rare (after a priority change).
             unsafe { self.rotate_slow(td) };
         }
+        self.first()
     }
 
     #[cold]
@@ -207,7 +217,8 @@ mod tests {
             let t = &ts.0[i];
             if op == 2 && t.has(tdf::RUNQ) {
                 // SAFETY: a live thread block on the queue.
-                unsafe { rq.rotate(ts.ptr(i)) };
+                let first = unsafe { rq.rotate(ts.ptr(i)) };
+                assert_eq!(first, rq.first(), "rotate returns the new first");
                 let e = model.remove(model.iter().position(|&(_, j)| j == i).unwrap());
                 model.push(e);
             } else if op == 0 && !t.has(tdf::RUNQ) {

@@ -289,15 +289,23 @@ fn splz_from_thread(td: &Thread) {
     }
 }
 
-/// [`splz`] out of line, for paths that only check the flags inline.
+/// `yield_now` found request flags set: run deferred work, and clear the
+/// reschedule request (the switch that follows serves it; no new one can
+/// arrive meanwhile, since interrupts wait for the critical section).
 ///
 /// # Safety
 /// As for [`splz`].
 #[cold]
 #[inline(never)]
-unsafe fn splz_cold(gd: &Cpu) {
-    // SAFETY: forwarded.
-    unsafe { splz(gd) }
+unsafe fn yield_flags(gd: &Cpu) {
+    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK != 0 {
+        // SAFETY: forwarded.
+        unsafe { splz(gd) };
+    }
+    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0 {
+        gd.reqflags
+            .fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
+    }
 }
 
 /// Drain deferred requests. DragonFly `splz()`.
@@ -535,19 +543,22 @@ impl Cur {
         let td = self.td();
         crit::enter(&td.critcount);
         let gd = td.gd();
-        // Deferred interrupts first (DragonFly: only when flagged).
-        if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK != 0 {
+        // Deferred interrupts first (DragonFly: only when flagged), and the
+        // reschedule request, which the switch below serves.
+        if gd.reqflags.load(Ordering::Relaxed) & (crit::rqf::IDLECHECK | crit::rqf::RESCHED) != 0 {
             // SAFETY: on our CPU in a critical section.
-            unsafe { splz_cold(gd) };
+            unsafe { yield_flags(gd) };
         }
         // SAFETY: on our CPU in a critical section, as the running thread.
         unsafe {
             // Behind our equal-priority peers; a higher-priority thread, if
             // any, runs next anyway.
-            if td.has(tdf::RUNQ) {
-                gd.runq().rotate(td as *const Thread as *mut Thread);
-            }
-            switch_in_crit(td, gd);
+            let first = if td.has(tdf::RUNQ) {
+                gd.runq().rotate(td as *const Thread as *mut Thread)
+            } else {
+                gd.runq().first()
+            };
+            switch_in_crit::<false>(td, gd, first);
         }
         // We entered above: leave without the underflow check.
         if crit::exit_entered(&td.critcount, &td.gd().reqflags) {
@@ -1068,15 +1079,16 @@ fn setcpu_remote(my: MyCpu<'_>, td: usize, _: usize) {
 /// `td` is the running thread.
 pub(crate) unsafe fn switch_from(td: &Thread) -> bool {
     crit::enter(&td.critcount);
+    let gd = td.gd();
     // SAFETY: forwarded; in a critical section on `td`'s CPU.
-    let switched = unsafe { switch_in_crit(td, td.gd()) };
+    let switched = unsafe { switch_in_crit::<true>(td, gd, gd.runq().first()) };
     crit_exit_td(td);
     switched
 }
 
 /// [`switch_from`] for a caller already in a critical section on `gd`, the
-/// running thread's CPU; returns in it (on `td`'s CPU then, which a
-/// migration may have changed).
+/// running thread's CPU, which passes the run queue's first thread; returns
+/// in it (on `td`'s CPU then, which a migration may have changed).
 ///
 /// The common case is inline and straight: no token to release, and the
 /// first thread of the run queue holds none. Everything else (tokens to
@@ -1085,13 +1097,17 @@ pub(crate) unsafe fn switch_from(td: &Thread) -> bool {
 /// # Safety
 /// `td` is the running thread, `gd` its CPU, inside a critical section.
 #[inline(always)]
-unsafe fn switch_in_crit(td: &Thread, gd: &Cpu) -> bool {
+unsafe fn switch_in_crit<const CLEAR_RESCHED: bool>(
+    td: &Thread,
+    gd: &Cpu,
+    first: *mut Thread,
+) -> bool {
     debug_assert!(td.critcount.load(Ordering::Relaxed) > 0);
+    // SAFETY: on our CPU in a critical section.
+    debug_assert!(first == unsafe { gd.runq() }.first());
     if gd.intr_nesting.get() != 0 {
         switch_in_interrupt();
     }
-    // SAFETY: on our CPU in a critical section.
-    let first = unsafe { gd.runq() }.first();
     // SAFETY: queued threads are live; `first` is not running (or is `td`).
     let ntd: &Thread =
         if !first.is_null() && unsafe { (*first).toks.is_empty() } && td.toks.is_empty() {
@@ -1105,14 +1121,19 @@ unsafe fn switch_in_crit(td: &Thread, gd: &Cpu) -> bool {
         debug_assert!(td.toks.all_held() || td.has(tdf::IDLE));
         return false;
     }
-    assert!(
+    // Only this CPU queues threads on its run queue, and only its own
+    // (`schedule_local`); a migrating thread leaves the queue before it
+    // changes owner.
+    debug_assert!(
         ptr::eq(ntd.gd.load(Ordering::Relaxed), gd),
         "lwkt: CPU {} was about to run a thread of another CPU",
         gd.id().get()
     );
     gd.curthread
         .store(ntd as *const Thread as *mut Thread, Ordering::Relaxed);
-    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0 {
+    // The reschedule request is served by this switch. `yield_now` checks
+    // the flags before it switches and clears the request itself.
+    if CLEAR_RESCHED && gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0 {
         gd.reqflags
             .fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
     }
