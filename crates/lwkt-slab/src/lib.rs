@@ -70,6 +70,11 @@ mod loom_tests;
 #[cfg(all(test, not(loom)))]
 mod unit_tests;
 
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use class::{NZONES, PAGE_SIZE, ZONE_LIMIT, ZONE_SIZE};
 pub use cpu::CpuContext;
 pub use error::SlabError;
