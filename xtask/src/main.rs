@@ -2,11 +2,18 @@
 //!
 //! - `loom`: the loom models (`--cfg loom`, `LOOM_MAX_PREEMPTIONS=2`, release).
 //! - `miri`: the Miri subset (the unit tests of lwkt-token, lwkt-core, lwkt-msg and lwkt-slab), installing Miri if needed.
+//! - `fuzz [seconds]`: build every cargo-fuzz target and run each for a
+//!   while (default 30 s) from its committed corpus, installing nightly and
+//!   cargo-fuzz if needed. New inputs go to a scratch directory; the
+//!   committed corpus is replayed by `cargo test` anyway.
 //! - `ci`: the whole CI script, `.ci/run`.
 
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <loom|miri|ci>";
+const USAGE: &str = "usage: cargo xtask <loom|miri|fuzz [seconds]|ci>";
+
+/// cargo-fuzz targets: (crate directory, target).
+const FUZZ_TARGETS: &[(&str, &str)] = &[("crates/lwkt-slab", "slab_ops")];
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: {cmd:?}");
@@ -76,11 +83,50 @@ fn miri() -> Result<(), String> {
         .env("CARGO_TARGET_DIR", "target/miri"))
 }
 
+fn nightly() -> Result<(), String> {
+    let have = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+}
+
+fn fuzz(seconds: &str) -> Result<(), String> {
+    nightly()?;
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    for (dir, target) in FUZZ_TARGETS {
+        let scratch = std::env::temp_dir().join(format!("lwkt-fuzz-{target}"));
+        std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+        let corpus = format!("fuzz/corpus/{target}");
+        run(Command::new("cargo")
+            .current_dir(dir)
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&scratch)
+            .arg(&corpus)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=4096",
+            ]))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let r = match task.as_str() {
         "loom" => loom(),
         "miri" => miri(),
+        "fuzz" => fuzz(&std::env::args().nth(2).unwrap_or_else(|| "30".into())),
         "ci" => run(Command::new("bash").arg(".ci/run")),
         _ => Err(USAGE.to_string()),
     };

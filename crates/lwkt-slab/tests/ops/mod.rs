@@ -83,7 +83,7 @@ struct Live {
 /// Run `ops` against a fresh slab (small enough to run out sometimes) and
 /// the model; panics on the first disagreement.
 pub fn run(ops: &[Op]) {
-    let ty = Box::leak(Box::new(MallocType::new("ops")));
+    let ty = &MallocType::new("ops");
     let slab = Slab::new(HostedPages::new(24 * ZONE_SIZE), CPUS);
     let mut live: BTreeMap<usize, Live> = BTreeMap::new();
     let mut stamp = 0u8;
