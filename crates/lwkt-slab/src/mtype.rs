@@ -124,16 +124,23 @@ impl MallocType {
 
     /// CPU `cpu`, in its critical section: account an allocation (`bytes`
     /// > 0) or a free (`bytes` < 0).
+    ///
+    /// # Safety
+    /// `cpu < MAX_CPUS` (the slab checked it against its CPU count).
     #[inline]
-    pub(crate) fn account(&self, cpu: usize, bytes: isize) {
-        let u = &self.per_cpu[cpu];
+    pub(crate) unsafe fn account(&self, cpu: usize, bytes: isize) {
+        debug_assert!(cpu < MAX_CPUS);
+        // SAFETY: in range (caller).
+        let u = unsafe { self.per_cpu.get_unchecked(cpu) };
         let add =
             |a: &AtomicIsize, d: isize| a.store(a.load(Ordering::Relaxed) + d, Ordering::Relaxed);
         add(&u.bytes, bytes);
-        add(&u.objects, bytes.signum());
         if bytes > 0 {
+            add(&u.objects, 1);
             u.calls
                 .store(u.calls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        } else {
+            add(&u.objects, -1);
         }
         let p = u.pending.load(Ordering::Relaxed) + bytes;
         if p.unsigned_abs() >= ZONE_SIZE {

@@ -251,7 +251,8 @@ impl<P: PageSource> Slab<P> {
                     (p, bytes, z)
                 }
             };
-            ty.account(cpu, bytes as isize);
+            // SAFETY: `check_cpu` passed: `cpu < ncpus <= MAX_CPUS`.
+            unsafe { ty.account(cpu, bytes as isize) };
             if flags.contains(Flags::ZERO) && !zeroed {
                 // SAFETY: `p` is a fresh block of at least `layout.size()`.
                 unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
@@ -287,7 +288,8 @@ impl<P: PageSource> Slab<P> {
                 self.check_free(z, p, class);
                 cx.with_cpu(|cpu| {
                     self.check_cpu(cpu);
-                    ty.account(cpu, -(CHUNK[class] as isize));
+                    // SAFETY: `check_cpu` passed.
+                    unsafe { ty.account(cpu, -(CHUNK[class] as isize)) };
                     // SAFETY: `p` is an allocated chunk, so its zone is live;
                     // the owner never changes while chunks are allocated.
                     let owner = unsafe { (*z).owner } as usize;
@@ -305,7 +307,8 @@ impl<P: PageSource> Slab<P> {
                 let bytes = large_bytes(layout).expect("checked at allocation");
                 cx.with_cpu(|cpu| {
                     self.check_cpu(cpu);
-                    ty.account(cpu, -(bytes as isize));
+                    // SAFETY: `check_cpu` passed.
+                    unsafe { ty.account(cpu, -(bytes as isize)) };
                     // SAFETY: the caller's contract.
                     unsafe { self.pages.free_large(ptr, layout) };
                 });
@@ -453,8 +456,9 @@ impl<P: PageSource> Slab<P> {
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
     unsafe fn cs(&self, cpu: usize) -> &mut CpuSlab {
-        // SAFETY: forwarded.
-        unsafe { &mut *self.cpus[cpu].own.get() }
+        debug_assert!(cpu < self.ncpus);
+        // SAFETY: forwarded; `cpu < ncpus <= MAX_CPUS` (`check_cpu`).
+        unsafe { &mut *self.cpus.get_unchecked(cpu).own.get() }
     }
 
     /// # Safety
@@ -639,7 +643,9 @@ impl<P: PageSource> Slab<P> {
                 zone.on_full = false;
                 zone.mark_not_full();
                 cs.partial[class].push_front(z);
-            } else if zone.nfree == zone.nmax {
+            } else if zone.nfree == zone.nmax && !(zone.prev.is_null() && zone.next.is_null()) {
+                // Whole again and not its class's only partial zone (a zone
+                // on no other list has no neighbours only when alone).
                 self.release(cpu, z, 1);
             }
         }

@@ -260,6 +260,7 @@ impl Zone {
     }
 
     /// Chunk index of `p`, if `p` is a chunk start of this zone.
+    #[cfg(debug_assertions)]
     pub(crate) fn index_of(&self, p: *const u8) -> Option<usize> {
         let off = (p as usize).wrapping_sub(self as *const Zone as usize);
         let rel = off.checked_sub(self.first as usize)?;
