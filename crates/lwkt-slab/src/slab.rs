@@ -498,20 +498,20 @@ impl<P: PageSource> Slab<P> {
     /// In `cpu`'s critical section; `z` is on the class's partial list.
     #[cold]
     unsafe fn zone_emptied(&self, cpu: usize, z: *mut Zone) {
-        // SAFETY: forwarded.
+        // SAFETY: forwarded. The zone is reached through `z` each time, as
+        // the list operations write its links through `z` too.
         unsafe {
-            let zone = &mut *z;
-            if zone.absorb_remote() > 0 {
+            if (*z).absorb_remote() > 0 {
                 return;
             }
             let cs = self.cs(cpu);
-            let class = zone.class as usize;
+            let class = (*z).class as usize;
             cs.partial[class].remove(z);
-            if zone.mark_full() > 0 {
-                zone.mark_not_full();
+            if (*z).mark_full() > 0 {
+                (*z).mark_not_full();
                 cs.partial[class].push_front(z);
             } else {
-                zone.on_full = true;
+                (*z).on_full = true;
                 cs.full[class].push_back(z);
             }
         }
@@ -608,19 +608,18 @@ impl<P: PageSource> Slab<P> {
     /// In `cpu`'s critical section; `z` is a live zone of `cpu` on one of
     /// its lists.
     unsafe fn absorbed(&self, cpu: usize, z: *mut Zone) {
-        // SAFETY: forwarded.
+        // SAFETY: forwarded; `z` is used afresh around list operations.
         unsafe {
-            let zone = &mut *z;
-            zone.absorb_remote();
-            let class = zone.class as usize;
-            if zone.on_full && zone.nfree > 0 {
+            (*z).absorb_remote();
+            let class = (*z).class as usize;
+            if (*z).on_full && (*z).nfree > 0 {
                 let cs = self.cs(cpu);
                 cs.full[class].remove(z);
-                zone.on_full = false;
-                zone.mark_not_full();
+                (*z).on_full = false;
+                (*z).mark_not_full();
                 cs.partial[class].push_front(z);
             }
-            if !zone.on_full && zone.nfree == zone.nmax {
+            if !(*z).on_full && (*z).nfree == (*z).nmax {
                 self.release(cpu, z, 1);
             }
         }
@@ -631,19 +630,18 @@ impl<P: PageSource> Slab<P> {
     /// by `cpu`.
     #[inline]
     unsafe fn free_local(&self, cpu: usize, z: *mut Zone, p: *mut u8) {
-        // SAFETY: forwarded.
+        // SAFETY: forwarded; `z` is used afresh around list operations.
         unsafe {
-            let zone = &mut *z;
-            zone.push_local(p);
-            zone.nfree += 1;
-            if zone.on_full {
+            (*z).push_local(p);
+            (*z).nfree += 1;
+            if (*z).on_full {
                 let cs = self.cs(cpu);
-                let class = zone.class as usize;
+                let class = (*z).class as usize;
                 cs.full[class].remove(z);
-                zone.on_full = false;
-                zone.mark_not_full();
+                (*z).on_full = false;
+                (*z).mark_not_full();
                 cs.partial[class].push_front(z);
-            } else if zone.nfree == zone.nmax && !(zone.prev.is_null() && zone.next.is_null()) {
+            } else if (*z).nfree == (*z).nmax && !((*z).prev.is_null() && (*z).next.is_null()) {
                 // Whole again and not its class's only partial zone (a zone
                 // on no other list has no neighbours only when alone).
                 self.release(cpu, z, 1);
@@ -660,14 +658,13 @@ impl<P: PageSource> Slab<P> {
     /// has no allocated chunk.
     #[cold]
     unsafe fn release(&self, cpu: usize, z: *mut Zone, keep: usize) {
-        // SAFETY: forwarded.
+        // SAFETY: forwarded; `z` is used afresh around list operations.
         unsafe {
-            let zone = &mut *z;
-            if zone.is_queued() {
+            if (*z).is_queued() {
                 return;
             }
             let cs = self.cs(cpu);
-            let class = zone.class as usize;
+            let class = (*z).class as usize;
             if keep > 0 {
                 let l = &cs.partial[class];
                 let only = l.head == z && l.tail == z;
@@ -676,9 +673,9 @@ impl<P: PageSource> Slab<P> {
                 }
             }
             cs.partial[class].remove(z);
-            zone.clear_magic();
+            (*z).clear_magic();
             if cs.ncache < CACHED_ZONES {
-                zone.next = cs.cache;
+                (*z).next = cs.cache;
                 cs.cache = z;
                 cs.ncache += 1;
             } else {
