@@ -8,3 +8,4 @@
 
 #[cfg(test)]
 extern crate std;
+pub mod registry;

@@ -1,0 +1,204 @@
+//! The protocol registry: each protocol registers its per-CPU ports (made
+//! by its own per-CPU protocol threads); the rest of the stack finds the
+//! port for (protocol, CPU) here and knows nothing else about the threads.
+//!
+//! DragonFly: `netisr_register()`, `netisr_hashport()`,
+//! `netisr_cpuport()`, the netisr threads' `td_msgport`.
+
+use core::fmt;
+
+use lwkt_core::MAX_CPUS;
+use lwkt_msg::Port;
+
+/// Protocols a registry holds at most (DragonFly `NETISR_MAX`).
+pub const MAX_PROTOCOLS: usize = 32;
+
+/// A protocol number (DragonFly `NETISR_IP`, `NETISR_ARP`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProtoId(pub u8);
+
+/// Why a registration or a lookup failed.
+///
+/// ```
+/// use lwkt_netdispatch::registry::{DispatchError, ProtoId};
+/// let e = DispatchError::NoSuchCpu { cpu: 9, ncpus: 2 };
+/// assert_eq!(e.to_string(), "CPU 9 does not exist (2 CPUs)");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchError {
+    /// The protocol number is taken.
+    AlreadyRegistered {
+        /// The number.
+        id: ProtoId,
+        /// Who has it.
+        by: &'static str,
+    },
+    /// The protocol number is at or above [`MAX_PROTOCOLS`].
+    BadProtocol {
+        /// The number.
+        id: ProtoId,
+    },
+    /// No protocol has this number.
+    NotRegistered {
+        /// The number.
+        id: ProtoId,
+    },
+    /// A registration brought a port count other than the CPU count.
+    WrongPortCount {
+        /// CPUs of the registry.
+        ncpus: usize,
+        /// Ports given.
+        ports: usize,
+    },
+    /// A dispatch to a CPU that does not exist.
+    NoSuchCpu {
+        /// The CPU asked for.
+        cpu: usize,
+        /// CPUs of the registry.
+        ncpus: usize,
+    },
+}
+
+impl fmt::Display for DispatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DispatchError::AlreadyRegistered { id, by } => {
+                write!(f, "protocol {} is already registered by '{by}'", id.0)
+            }
+            DispatchError::BadProtocol { id } => {
+                write!(f, "protocol number {} is not below {MAX_PROTOCOLS}", id.0)
+            }
+            DispatchError::NotRegistered { id } => write!(f, "protocol {} is not registered", id.0),
+            DispatchError::WrongPortCount { ncpus, ports } => {
+                write!(f, "{ports} ports registered for {ncpus} CPUs (one per CPU)")
+            }
+            DispatchError::NoSuchCpu { cpu, ncpus } => {
+                write!(f, "CPU {cpu} does not exist ({ncpus} CPUs)")
+            }
+        }
+    }
+}
+
+impl core::error::Error for DispatchError {}
+
+struct Entry<T: Send + 'static> {
+    name: &'static str,
+    ports: [Option<&'static Port<T>>; MAX_CPUS],
+}
+
+/// Per-CPU ports of every registered protocol, for messages of type `T`.
+///
+/// ```
+/// use lwkt_msg::Port;
+/// use lwkt_netdispatch::registry::{ProtoId, Registry};
+///
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+///     let mut reg: Registry<u32> = Registry::new(1);
+///     let port: &'static Port<u32> = Port::thread(cur).leak();
+///     reg.register(ProtoId(1), "echo", &[port]).unwrap();
+///     assert!(reg.register(ProtoId(1), "again", &[port]).is_err());
+///     assert!(core::ptr::eq(reg.port(ProtoId(1), 0).unwrap(), port));
+///     assert!(reg.port(ProtoId(1), 5).is_err());
+///     port.close(cur);
+/// });
+/// ```
+pub struct Registry<T: Send + 'static> {
+    ncpus: usize,
+    entries: [Option<Entry<T>>; MAX_PROTOCOLS],
+}
+
+impl<T: Send + 'static> Registry<T> {
+    /// An empty registry for `ncpus` CPUs.
+    ///
+    /// # Panics
+    /// If `ncpus` is 0 or above `MAX_CPUS`.
+    pub fn new(ncpus: usize) -> Registry<T> {
+        assert!(
+            ncpus > 0 && ncpus <= MAX_CPUS,
+            "lwkt-netdispatch: a registry needs 1..=MAX_CPUS CPUs"
+        );
+        Registry {
+            ncpus,
+            entries: [const { None }; MAX_PROTOCOLS],
+        }
+    }
+
+    /// The CPU count.
+    pub fn ncpus(&self) -> usize {
+        self.ncpus
+    }
+
+    /// Register protocol `id` with one port per CPU (`ports[c]` is served
+    /// by the protocol's thread on CPU `c`). DragonFly: `netisr_register()`.
+    ///
+    /// # Errors
+    /// [`DispatchError::AlreadyRegistered`], [`DispatchError::BadProtocol`],
+    /// [`DispatchError::WrongPortCount`].
+    pub fn register(
+        &mut self,
+        id: ProtoId,
+        name: &'static str,
+        ports: &[&'static Port<T>],
+    ) -> Result<(), DispatchError> {
+        let slot = self
+            .entries
+            .get_mut(id.0 as usize)
+            .ok_or(DispatchError::BadProtocol { id })?;
+        if let Some(e) = slot {
+            return Err(DispatchError::AlreadyRegistered { id, by: e.name });
+        }
+        if ports.len() != self.ncpus {
+            return Err(DispatchError::WrongPortCount {
+                ncpus: self.ncpus,
+                ports: ports.len(),
+            });
+        }
+        let mut e = Entry {
+            name,
+            ports: [None; MAX_CPUS],
+        };
+        for (i, p) in ports.iter().enumerate() {
+            e.ports[i] = Some(*p);
+        }
+        *slot = Some(e);
+        Ok(())
+    }
+
+    /// The port of protocol `id` on CPU `cpu`. DragonFly:
+    /// `netisr_cpuport()`.
+    ///
+    /// # Errors
+    /// [`DispatchError::NotRegistered`], [`DispatchError::NoSuchCpu`].
+    #[inline]
+    pub fn port(&self, id: ProtoId, cpu: usize) -> Result<&'static Port<T>, DispatchError> {
+        let e = self
+            .entries
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(DispatchError::NotRegistered { id })?;
+        if cpu >= self.ncpus {
+            return Err(DispatchError::NoSuchCpu {
+                cpu,
+                ncpus: self.ncpus,
+            });
+        }
+        Ok(e.ports[cpu].expect("registered with one port per CPU"))
+    }
+
+    /// The name protocol `id` registered under.
+    pub fn name(&self, id: ProtoId) -> Option<&'static str> {
+        self.entries.get(id.0 as usize)?.as_ref().map(|e| e.name)
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for Registry<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut l = f.debug_map();
+        for (i, e) in self.entries.iter().enumerate() {
+            if let Some(e) = e {
+                l.entry(&i, &e.name);
+            }
+        }
+        l.finish()
+    }
+}
