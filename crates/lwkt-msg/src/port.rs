@@ -307,6 +307,57 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
+    /// Close the port from any thread: later puts are refused
+    /// ([`MsgError::Closed`]); its receiver takes what is already queued,
+    /// then [`waitport`](Port::waitport) returns [`Incoming::Closed`]. For
+    /// a thread port the close travels by IPI to the owner's CPU; use
+    /// [`close`](Port::close) from a serializer port's holder.
+    ///
+    /// ```
+    /// use lwkt_core::CpuId;
+    /// use lwkt_msg::{Incoming, Port};
+    /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+    ///     let (tx, rx) = std::sync::mpsc::channel();
+    ///     let t = cur.spawn_on(CpuId::new(1), move |me| {
+    ///         let port: &'static Port<u8> = Port::thread(me).leak();
+    ///         tx.send(port).unwrap();
+    ///         assert!(matches!(port.waitport(me), Incoming::Closed));
+    ///     }).unwrap();
+    ///     let port = loop { if let Ok(p) = rx.try_recv() { break p; } cur.yield_now(); };
+    ///     port.close_from(cur.my_cpu());
+    ///     cur.join(&t);
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// On a serializer, put-only or reply-only port.
+    pub fn close_from(&'static self, my: MyCpu<'_>) {
+        match &self.kind {
+            Kind::Thread(owner) => {
+                let c = owner.cpu();
+                my.send_ipi(c, close_remote::<T>, self as *const Port<T> as usize, 0)
+                    .expect("lwkt-msg: the port owner's CPU is not on this machine");
+            }
+            Kind::Spin => {
+                let waiting = my.crit(|| {
+                    self.lock.with(|| {
+                        // SAFETY: under the lock.
+                        let inner = unsafe { self.inner() };
+                        inner.closed = true;
+                        core::mem::take(&mut inner.waiting)
+                    })
+                });
+                if waiting {
+                    my.wakeup(self.chan());
+                }
+            }
+            _ => panic!(
+                "lwkt-msg: close_from works on thread and spin ports (a serializer \
+                 port is closed by its holder with close)"
+            ),
+        }
+    }
+
     /// Whether [`close`](Port::close) was called.
     ///
     /// # Panics
@@ -720,6 +771,31 @@ fn refuse<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
     } else {
         // SAFETY: the port would have become its owner; we act for it.
         unsafe { MsgHandle::from_raw(m) }.reply(my, Err(MsgError::Closed));
+    }
+}
+
+/// IPI function: close a thread port on its owner's CPU (chasing a
+/// migrated owner) and wake the owner if it waits on the port.
+fn close_remote<T: Send + 'static>(my: MyCpu<'_>, port: usize, _: usize) {
+    // SAFETY: ports are 'static.
+    let port = unsafe { &*(port as *const Port<T>) };
+    let Kind::Thread(owner) = &port.kind else {
+        unreachable!()
+    };
+    let c = owner.cpu();
+    if c != my.id() {
+        my.send_ipi(c, close_remote::<T>, port as *const Port<T> as usize, 0)
+            .expect("lwkt-msg: the port owner's CPU is not on this machine");
+        return;
+    }
+    // SAFETY: on the owner's CPU, in an IPI function's critical section.
+    let wake = unsafe {
+        let inner = port.inner();
+        inner.closed = true;
+        core::mem::take(&mut inner.waiting)
+    };
+    if wake {
+        my.schedule(owner);
     }
 }
 
