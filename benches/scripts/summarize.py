@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Print criterion's per-iteration medians of the `core` bench groups as
+"""Print criterion's per-iteration medians of the `core` bench groups and
+the `token_uncontended` group (parking_lot first, the token targets' reference) as
 markdown tables: median [95% interval of the median], the fastest sample
 (interference only slows a sample down) and each row's ratio to the group's
 first row. Usage: python3 benches/scripts/summarize.py [target/criterion]"""
@@ -23,6 +24,13 @@ GROUPS = {
         "crossbeam-channel bounded(256)",
     ],
     "ipi_path": ["lwkt send_ipi_batch of 32, CPU 0 -_ CPU 1", "lwkt send_ipi, CPU 0 -_ CPU 1"],
+    "token_uncontended": [
+        "parking_lot__Mutex lock+unlock",
+        "lwkt token get+release",
+        "lwkt token recursive get+release",
+        "std__sync__Mutex lock+unlock",
+        "spin__Mutex lock+unlock",
+    ],
 }
 
 
