@@ -276,7 +276,8 @@ pub struct Cpu {
     pub(crate) machine: Cell<*const Machine>,
     /// The running thread (`gd_curthread`); read by the interrupt path.
     pub(crate) curthread: AtomicPtr<Thread>,
-    /// The thread that switched to the current one, for `finish_switch`.
+    /// An exiting or migrating thread that just switched away, for
+    /// `finish_switch` to complete (null after an ordinary switch).
     pub(crate) prev: Cell<*mut Thread>,
     pub(crate) runq: UnsafeCell<RunQueue>,
     pub(crate) sleepq: UnsafeCell<SleepQueues>,
