@@ -17,7 +17,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lwkt_benches::{config, cores, on_lwkt, pin, time_on_lwkt, unpin};
+use lwkt_benches::{config, on_lwkt, pin, time_on_lwkt, two_cores, unpin};
 use lwkt_core::ipiq::Ring;
 use lwkt_core::{CpuId, IpiMsg, MyCpu};
 
@@ -163,31 +163,6 @@ fn crit(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-/// Move `iters` u64 messages from a thread on core 0 to one on core 1.
-fn two_cores<P, C>(iters: u64, produce: P, consume: C) -> Duration
-where
-    P: FnOnce(u64) + Send + 'static,
-    C: FnOnce(u64) + Send + 'static,
-{
-    let start = Arc::new(Barrier::new(2));
-    let s2 = start.clone();
-    let consumer = std::thread::spawn(move || {
-        pin(1 % cores());
-        s2.wait();
-        consume(iters);
-    });
-    let producer = std::thread::spawn(move || {
-        pin(0);
-        start.wait();
-        let t = Instant::now();
-        produce(iters);
-        t
-    });
-    let t = producer.join().unwrap();
-    consumer.join().unwrap();
-    t.elapsed()
 }
 
 /// Pop `n` values from `q`, spinning while it is empty.

@@ -46,6 +46,33 @@ pub fn cores() -> usize {
     }
 }
 
+/// Run `produce(iters)` on a thread pinned to core 0 and `consume(iters)` on
+/// one pinned to core 1 (core 0 too on a 1-core host), started together;
+/// return the producer's time.
+pub fn two_cores<P, C>(iters: u64, produce: P, consume: C) -> Duration
+where
+    P: FnOnce(u64) + Send + 'static,
+    C: FnOnce(u64) + Send + 'static,
+{
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let s2 = start.clone();
+    let consumer = std::thread::spawn(move || {
+        pin(1 % cores());
+        s2.wait();
+        consume(iters);
+    });
+    let producer = std::thread::spawn(move || {
+        pin(0);
+        start.wait();
+        let t = std::time::Instant::now();
+        produce(iters);
+        t
+    });
+    let t = producer.join().unwrap();
+    consumer.join().unwrap();
+    t.elapsed()
+}
+
 /// Boot an `ncpus` machine, run `f` as its main thread, return its result.
 pub fn on_lwkt<R: Send>(ncpus: usize, f: impl FnOnce(&mut Cur) -> R + Send) -> R {
     lwkt_arch_hosted::Machine::new(ncpus)

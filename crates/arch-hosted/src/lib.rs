@@ -85,6 +85,9 @@ pub struct Report {
     pub signals: Vec<usize>,
     /// Kicks delivered as unparks to idle vCPUs, per CPU (as target).
     pub unparks: Vec<usize>,
+    /// Kicks a running vCPU answered by polling at its next critical-section
+    /// exit or switch, so no signal was needed, per CPU (as target).
+    pub soft_kicks: Vec<usize>,
     /// Threads still alive (blocked) at shutdown: they never exited. Their
     /// stacks are leaked rather than freed under them.
     pub leaked_threads: usize,
@@ -103,7 +106,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>4} {:>9} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8} {:>8}",
+            "{:>4} {:>9} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8} {:>8} {:>8}",
             "cpu",
             "threads",
             "switches",
@@ -112,12 +115,13 @@ impl fmt::Display for Report {
             "kicks",
             "batched",
             "signals",
-            "unparks"
+            "unparks",
+            "polled"
         )?;
         for (i, c) in self.cpus.iter().enumerate() {
             writeln!(
                 f,
-                "{:>4} {:>9} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8} {:>8}",
+                "{:>4} {:>9} {:>10} {:>11} {:>11} {:>9} {:>9} {:>8} {:>8} {:>8}",
                 i,
                 c.threads_created,
                 c.switches,
@@ -126,7 +130,8 @@ impl fmt::Display for Report {
                 c.kicks_sent,
                 c.kicks_avoided,
                 self.signals[i],
-                self.unparks[i]
+                self.unparks[i],
+                self.soft_kicks[i]
             )?;
         }
         write!(
@@ -258,6 +263,10 @@ impl Machine {
             unparks: vcpus
                 .iter()
                 .map(|v| v.unparks_sent.load(Ordering::Relaxed))
+                .collect(),
+            soft_kicks: vcpus
+                .iter()
+                .map(|v| v.soft_kicks.load(Ordering::Relaxed))
                 .collect(),
             leaked_threads: leaked,
             elapsed: start.elapsed(),

@@ -419,6 +419,30 @@ impl Cpu {
             || self.shutdown.load(Ordering::SeqCst)
     }
 
+    /// Ask this CPU to look at its IPI rings at its next critical-section
+    /// exit or switch, without interrupting it: for backends whose real
+    /// interrupt is expensive (the hosted backend's signal), which may try
+    /// this first and interrupt only if [`kick_outstanding`] stays true.
+    ///
+    /// [`kick_outstanding`]: Cpu::kick_outstanding
+    pub fn post_ipi_check(&self) {
+        self.reqflags
+            .fetch_or(crate::crit::rqf::IPIQ, Ordering::SeqCst);
+    }
+
+    /// Whether this CPU has been kicked and has not yet begun polling its
+    /// rings since (DragonFly `gd_npoll`).
+    pub fn kick_outstanding(&self) -> bool {
+        self.npoll.load(Ordering::SeqCst) != 0
+    }
+
+    /// Whether messages from CPU `src` wait in this CPU's rings, not yet
+    /// taken up by a poll (its bit in `ipimask`, which a poll clears before
+    /// draining that ring).
+    pub fn ipi_pending_from(&self, src: CpuId) -> bool {
+        self.ipimask.load(Ordering::SeqCst) & CpuMask::single(src).0 != 0
+    }
+
     /// Ask this CPU's idle loop to return once it has nothing left to run.
     /// Threads still blocked then are reported by the backend as never exited.
     pub fn request_shutdown(&self) {
