@@ -58,6 +58,8 @@ mod hosted;
 #[cfg(not(loom))]
 mod mtype;
 #[cfg(not(loom))]
+pub mod objcache;
+#[cfg(not(loom))]
 mod page;
 mod remote;
 #[cfg(not(loom))]

@@ -235,3 +235,130 @@ fn double_free_is_caught_in_debug_builds() {
     unsafe { s.free(&On(0), keep, l(32, 8), &T) };
     s.check(&On(0)).unwrap();
 }
+
+mod objcache {
+    use super::{On, TestPages};
+    use crate::objcache::{ObjCache, ObjCacheError, SlabSource};
+    use crate::{MallocType, Slab};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static CTORS: AtomicUsize = AtomicUsize::new(0);
+    static DTORS: AtomicUsize = AtomicUsize::new(0);
+
+    struct Obj {
+        v: [u64; 4],
+    }
+
+    fn make() -> Obj {
+        CTORS.fetch_add(1, Ordering::Relaxed);
+        Obj { v: [7; 4] }
+    }
+
+    fn unmake(o: &mut Obj) {
+        assert_eq!(o.v, [7; 4]);
+        DTORS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn constructor_runs_once_per_object_and_objects_move_between_cpus() {
+        static T: MallocType = MallocType::new("objcache");
+        let slab = Slab::new(super::pages(8), 2);
+        let c: ObjCache<Obj, _, 4> = ObjCache::new(
+            SlabSource {
+                slab: &slab,
+                ty: &T,
+            },
+            2,
+            0,
+            make,
+            Some(unmake),
+        );
+        let before = CTORS.load(Ordering::Relaxed);
+        // Many get/put pairs on one CPU: one object.
+        for _ in 0..1000 {
+            let o = c.get(&On(0)).unwrap();
+            // SAFETY: from `get`, given back once.
+            unsafe { c.put(&On(0), o) };
+        }
+        assert_eq!(c.stats().constructed, 1);
+        // Ten objects out on CPU 0, back on CPU 1 (through its magazines and
+        // the depot), then out again on CPU 0: no new construction.
+        let os: std::vec::Vec<_> = (0..10).map(|_| c.get(&On(0)).unwrap()).collect();
+        for o in &os {
+            // SAFETY: as above.
+            unsafe { c.put(&On(1), *o) };
+        }
+        // CPU 1 keeps two magazines (up to 2 x 4 objects); a full one went
+        // to the depot, where CPU 0 finds it.
+        let again: std::vec::Vec<_> = (0..10).map(|_| c.get(&On(0)).unwrap()).collect();
+        let moved = again.iter().filter(|o| os.contains(o)).count();
+        assert!(moved >= 4, "a full magazine crossed CPUs: {moved}");
+        let st = c.stats();
+        assert!(st.constructed <= 10 + 2 * 4, "{st:?}");
+        assert!(st.depot_hits > 0);
+        for o in again {
+            // SAFETY: as above.
+            unsafe { c.put(&On(0), o) };
+        }
+        let built = CTORS.load(Ordering::Relaxed) - before;
+        assert_eq!(built as u64, c.stats().constructed);
+        c.reclaim(&On(0));
+        c.reclaim(&On(1));
+        let st = c.stats();
+        assert_eq!(st.live, 0, "{st:?}");
+        assert_eq!(st.destroyed, st.constructed);
+        assert_eq!(T.stats().in_use, 0, "every object and magazine went back");
+    }
+
+    #[test]
+    fn the_limit_is_an_error_and_a_put_makes_room() {
+        static T: MallocType = MallocType::new("objcache-limit");
+        let slab = Slab::new(super::pages(4), 1);
+        let c: ObjCache<Obj, _, 2> = ObjCache::new(
+            SlabSource {
+                slab: &slab,
+                ty: &T,
+            },
+            1,
+            3,
+            make,
+            None,
+        );
+        let os: std::vec::Vec<_> = (0..3).map(|_| c.get(&On(0)).unwrap()).collect();
+        assert_eq!(c.get(&On(0)).err(), Some(ObjCacheError::LimitReached));
+        // SAFETY: from `get`.
+        unsafe { c.put(&On(0), os[0]) };
+        let o = c.get(&On(0)).unwrap();
+        assert_eq!(o, os[0]);
+        for o in [o, os[1], os[2]] {
+            // SAFETY: from `get`, once each.
+            unsafe { c.put(&On(0), o) };
+        }
+        c.reclaim(&On(0));
+        assert_eq!(c.stats().live, 0);
+        assert_eq!(T.stats().in_use, 0);
+    }
+
+    #[test]
+    fn exhaustion_of_the_source_is_an_error() {
+        static T: MallocType = MallocType::new("objcache-exhaust");
+        let slab = Slab::new(
+            TestPages {
+                zones: Default::default(),
+                max: 0,
+            },
+            1,
+        );
+        let c: ObjCache<Obj, _, 2> = ObjCache::new(
+            SlabSource {
+                slab: &slab,
+                ty: &T,
+            },
+            1,
+            0,
+            make,
+            None,
+        );
+        assert_eq!(c.get(&On(0)).err(), Some(ObjCacheError::Exhausted));
+    }
+}
