@@ -49,12 +49,11 @@ fn pairs(a: &dyn GlobalAlloc, size: usize, iters: u64) -> Duration {
 /// `iters` alloc+free pairs of `size` through the slab on an LWKT thread.
 fn slab_pairs(cur: &lwkt_core::Cur, size: usize, iters: u64) -> Duration {
     let l = Layout::from_size_align(size, 8).unwrap();
-    let my = cur.my_cpu();
     let t = Instant::now();
     for _ in 0..iters {
-        let p = black_box(SLAB.alloc(&my, l, &M_BENCH, Flags::NONE).unwrap());
+        let p = black_box(SLAB.alloc(cur, l, &M_BENCH, Flags::NONE).unwrap());
         // SAFETY: allocated just above with `l`.
-        unsafe { SLAB.free(&my, p, l, &M_BENCH) };
+        unsafe { SLAB.free(cur, p, l, &M_BENCH) };
     }
     t.elapsed()
 }

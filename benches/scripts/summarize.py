@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Print criterion's per-iteration medians of the `core` bench groups and
-the `token_uncontended` group (parking_lot first, the token targets' reference) as
+"""Print criterion's per-iteration medians of the `core` bench groups, the
+`token_uncontended` group (parking_lot first, the token targets' reference),
+and the `msg` and `slab` groups (the reference each target names first) as
 markdown tables: median [95% interval of the median], the fastest sample
 (interference only slows a sample down) and each row's ratio to the group's
 first row. Usage: python3 benches/scripts/summarize.py [target/criterion]"""
@@ -31,7 +32,28 @@ GROUPS = {
         "std__sync__Mutex lock+unlock",
         "spin__Mutex lock+unlock",
     ],
+    "msg_same_cpu": ["lwkt domsg, put-only port (inline)", "lwkt domsg, thread port on the same CPU"],
+    "msg_cross_cpu": [
+        "cache-line ping-pong (floor)",
+        "lwkt domsg, thread port on the other CPU",
+        "crossbeam-channel pair",
+        "Mutex+Condvar rendezvous",
+    ],
+    "msg_async": [
+        "crossbeam-channel, 64 in flight, reply channel",
+        "lwkt sendmsg, 64 in flight, replies to own port",
+        "flume, 64 in flight, reply channel",
+    ],
 }
+for size in [16, 64, 256, 1024, 4096]:
+    GROUPS[f"slab_local/{size}"] = [
+        f"mimalloc/{size}",
+        f"lwkt-slab (LWKT thread)/{size}",
+        f"GlobalSlab (OS thread)/{size}",
+        f"system (glibc)/{size}",
+    ]
+GROUPS["slab_two_local"] = ["mimalloc, 2 threads", "lwkt-slab, 2 CPUs", "system (glibc), 2 threads"]
+GROUPS["slab_remote"] = ["mimalloc", "lwkt-slab, LWKT threads on 2 CPUs", "system (glibc)"]
 
 
 def fmt(ns):
@@ -50,7 +72,7 @@ for group, benches in GROUPS.items():
     print("|---|---:|---:|---:|---:|")
     base = None
     for b in benches:
-        d = os.path.join(ROOT, group, b, "new")
+        d = os.path.join(ROOT, group.split("/")[0], b, "new")
         try:
             est = json.load(open(os.path.join(d, "estimates.json")))
             smp = json.load(open(os.path.join(d, "sample.json")))

@@ -1,7 +1,7 @@
 //! A tight local alloc+free loop on one LWKT thread, for instruction
 //! counts: `valgrind --tool=callgrind target/release/examples/slab_loop N`
 //! for two values of N; the difference divided by the difference in N is
-//! the cost of one 64-byte alloc+free pair. Without valgrind it prints the
+//! the cost of one alloc+free pair (64 bytes, or the second argument). Without valgrind it prints the
 //! time per pair.
 
 use core::alloc::Layout;
@@ -17,8 +17,12 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000_000);
+    let size: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(64);
     let ns = lwkt_arch_hosted::Machine::new(1).unwrap().run(move |cur| {
-        let l = Layout::from_size_align(64, 8).unwrap();
+        let l = Layout::from_size_align(std::hint::black_box(size), 8).unwrap();
         let t = Instant::now();
         for _ in 0..n {
             let p = SLAB.alloc(cur, l, &M_LOOP, Flags::NONE).unwrap();
@@ -28,5 +32,5 @@ fn main() {
         }
         t.elapsed().as_nanos() as f64 / n as f64
     });
-    println!("{n} alloc+free pairs of 64 bytes: {ns:.2} ns per pair");
+    println!("{n} alloc+free pairs of {size} bytes: {ns:.2} ns per pair");
 }
