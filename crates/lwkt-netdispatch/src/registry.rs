@@ -10,6 +10,9 @@ use core::fmt;
 use lwkt_core::MAX_CPUS;
 use lwkt_msg::Port;
 
+use crate::classify::Class;
+use crate::dispatch::Dispatcher;
+
 /// Protocols a registry holds at most (DragonFly `NETISR_MAX`).
 pub const MAX_PROTOCOLS: usize = 32;
 
@@ -50,6 +53,20 @@ pub enum DispatchError {
         /// Ports given.
         ports: usize,
     },
+    /// A CPU count of 0, or above what a dispatcher or registry supports.
+    BadCpuCount {
+        /// The count asked for.
+        ncpus: usize,
+        /// The largest supported.
+        max: usize,
+    },
+    /// An RSS key too short for the inputs it must hash.
+    KeyTooShort {
+        /// Bytes given.
+        len: usize,
+        /// Bytes needed.
+        need: usize,
+    },
     /// A dispatch to a CPU that does not exist.
     NoSuchCpu {
         /// The CPU asked for.
@@ -72,6 +89,15 @@ impl fmt::Display for DispatchError {
             DispatchError::WrongPortCount { ncpus, ports } => {
                 write!(f, "{ports} ports registered for {ncpus} CPUs (one per CPU)")
             }
+            DispatchError::BadCpuCount { ncpus, max } => {
+                write!(f, "{ncpus} CPUs: a dispatcher needs 1 to {max}")
+            }
+            DispatchError::KeyTooShort { len, need } => {
+                write!(
+                    f,
+                    "an RSS key of {len} bytes is too short (at least {need})"
+                )
+            }
             DispatchError::NoSuchCpu { cpu, ncpus } => {
                 write!(f, "CPU {cpu} does not exist ({ncpus} CPUs)")
             }
@@ -81,8 +107,14 @@ impl fmt::Display for DispatchError {
 
 impl core::error::Error for DispatchError {}
 
+/// A protocol's dispatch function: the CPU whose protocol thread takes a
+/// packet of this class. DragonFly: the `nh_hashck`/`netisr_hashfn` a
+/// protocol registers; [`Dispatcher::cpu_of`] is the usual choice.
+pub type CpuFn = fn(&Dispatcher, &Class) -> usize;
+
 struct Entry<T: Send + 'static> {
     name: &'static str,
+    cpu_fn: CpuFn,
     ports: [Option<&'static Port<T>>; MAX_CPUS],
 }
 
@@ -90,15 +122,26 @@ struct Entry<T: Send + 'static> {
 ///
 /// ```
 /// use lwkt_msg::Port;
-/// use lwkt_netdispatch::registry::{ProtoId, Registry};
+/// use lwkt_netdispatch::registry::{DispatchError, ProtoId, Registry};
+/// use lwkt_netdispatch::{classify, Dispatcher};
 ///
 /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
 ///     let mut reg: Registry<u32> = Registry::new(1);
 ///     let port: &'static Port<u32> = Port::thread(cur).leak();
-///     reg.register(ProtoId(1), "echo", &[port]).unwrap();
-///     assert!(reg.register(ProtoId(1), "again", &[port]).is_err());
+///     reg.register(ProtoId(1), "echo", &[port], Dispatcher::cpu_of).unwrap();
+///     assert!(reg.register(ProtoId(1), "again", &[port], Dispatcher::cpu_of).is_err());
 ///     assert!(core::ptr::eq(reg.port(ProtoId(1), 0).unwrap(), port));
 ///     assert!(reg.port(ProtoId(1), 5).is_err());
+///
+///     // A protocol whose dispatch function names a CPU that does not exist.
+///     reg.register(ProtoId(2), "broken", &[port], |_, _| 3).unwrap();
+///     let d = Dispatcher::new(1).unwrap();
+///     let c = classify::classify(&[0u8; 60]);
+///     assert_eq!(reg.dispatch(ProtoId(1), &d, &c).unwrap().0, 0);
+///     assert_eq!(
+///         reg.dispatch(ProtoId(2), &d, &c).unwrap_err(),
+///         DispatchError::NoSuchCpu { cpu: 3, ncpus: 1 }
+///     );
 ///     port.close(cur);
 /// });
 /// ```
@@ -129,7 +172,8 @@ impl<T: Send + 'static> Registry<T> {
     }
 
     /// Register protocol `id` with one port per CPU (`ports[c]` is served
-    /// by the protocol's thread on CPU `c`). DragonFly: `netisr_register()`.
+    /// by the protocol's thread on CPU `c`) and its dispatch function.
+    /// DragonFly: `netisr_register()`.
     ///
     /// # Errors
     /// [`DispatchError::AlreadyRegistered`], [`DispatchError::BadProtocol`],
@@ -139,6 +183,7 @@ impl<T: Send + 'static> Registry<T> {
         id: ProtoId,
         name: &'static str,
         ports: &[&'static Port<T>],
+        cpu_fn: CpuFn,
     ) -> Result<(), DispatchError> {
         let slot = self
             .entries
@@ -155,6 +200,7 @@ impl<T: Send + 'static> Registry<T> {
         }
         let mut e = Entry {
             name,
+            cpu_fn,
             ports: [None; MAX_CPUS],
         };
         for (i, p) in ports.iter().enumerate() {
@@ -183,6 +229,29 @@ impl<T: Send + 'static> Registry<T> {
             });
         }
         Ok(e.ports[cpu].expect("registered with one port per CPU"))
+    }
+
+    /// The CPU and port of protocol `id` for a packet of class `class`, by
+    /// the protocol's own dispatch function. DragonFly: `netisr_queue()`
+    /// after the protocol's hash check.
+    ///
+    /// # Errors
+    /// [`DispatchError::NotRegistered`]; [`DispatchError::NoSuchCpu`] if
+    /// the dispatch function names a CPU that does not exist.
+    #[inline]
+    pub fn dispatch(
+        &self,
+        id: ProtoId,
+        disp: &Dispatcher,
+        class: &Class,
+    ) -> Result<(usize, &'static Port<T>), DispatchError> {
+        let e = self
+            .entries
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(DispatchError::NotRegistered { id })?;
+        let cpu = (e.cpu_fn)(disp, class);
+        Ok((cpu, self.port(id, cpu)?))
     }
 
     /// The name protocol `id` registered under.
