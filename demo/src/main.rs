@@ -8,7 +8,10 @@
 //!   and collects the results with `cpusync`;
 //! - switch: threads on every CPU yield to each other (same-CPU switches);
 //! - messages: clients on every CPU call a server port on the next CPU,
-//!   synchronously (`domsg`) and from async code (`call` + `block_on`).
+//!   synchronously (`domsg`) and from async code (`call` + `block_on`);
+//! - network: generated TCP and UDP flows (or a pcap file) dispatched by
+//!   connection hash to per-CPU protocol threads, next to the same packets
+//!   through a table with per-bucket mutexes and one with a global mutex.
 
 mod messages;
 
@@ -19,20 +22,28 @@ use std::time::Instant;
 
 use lwkt_arch_hosted::Machine;
 use lwkt_core::{CpuId, CpuMask, Cur, IpiMsg, MyCpu};
+use lwkt_demo::net;
 
-const USAGE: &str = "usage: lwkt-demo [--cpus N] [--rounds N]
-  --cpus N    virtual CPUs (default: one per host core; may exceed them)
-  --rounds N  hand-offs per ping-pong pair and work items per CPU (default 20000)";
+const USAGE: &str = "usage: lwkt-demo [--cpus N] [--rounds N] [--flows N] [--pcap FILE]
+  --cpus N     virtual CPUs (default: one per host core; may exceed them)
+  --rounds N   hand-offs per ping-pong pair and work items per CPU (default 20000)
+  --flows N    generated connections for the network workload (default 6000:
+               two thirds TCP-like, one third UDP; fixed seed)
+  --pcap FILE  replay an Ethernet pcap capture instead of generated flows";
 
 struct Opts {
     cpus: usize,
     rounds: u64,
+    flows: u64,
+    pcap: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         cpus: std::thread::available_parallelism().map_or(2, |n| n.get()),
         rounds: 20_000,
+        flows: 6_000,
+        pcap: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -44,6 +55,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         match a.as_str() {
             "--cpus" => o.cpus = num("--cpus")? as usize,
             "--rounds" => o.rounds = num("--rounds")?,
+            "--flows" => o.flows = num("--flows")?,
+            "--pcap" => o.pcap = Some(it.next().ok_or("--pcap needs a file")?.clone()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option '{other}'")),
         }
@@ -53,6 +66,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     }
     if o.rounds == 0 {
         return Err("--rounds 0: nothing to run".into());
+    }
+    if o.flows == 0 {
+        return Err("--flows 0: nothing to run".into());
     }
     Ok(o)
 }
@@ -70,6 +86,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let frames = match &o.pcap {
+        Some(path) => match net::read_pcap(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("lwkt-demo: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => net::generated(0x1e47, (o.flows * 2 / 3) as usize, (o.flows / 3) as usize),
+    };
+    let frames = Arc::new(frames);
     let machine = match Machine::new(o.cpus) {
         Ok(m) => m,
         Err(e) => {
@@ -83,19 +110,26 @@ fn main() -> ExitCode {
         host_cores(),
         o.rounds
     );
-    let (lines, report) = machine.run_with_report(|cur| {
-        vec![
+    let ((lines, net_ok), report) = machine.run_with_report(|cur| {
+        let mut lines = vec![
             ping_pong(cur, o.rounds),
             fan_out(cur, o.rounds),
             switches(cur, o.rounds),
             messages::messages(cur, o.rounds),
-        ]
+        ];
+        let (net_lines, ok) = net::report(cur, frames);
+        lines.extend(net_lines);
+        (lines, ok)
     });
     for l in lines {
         println!("  {l}");
     }
     println!();
     println!("{report}");
+    if !net_ok {
+        eprintln!("lwkt-demo: a connection was handled on two CPUs, or the designs disagree");
+        return ExitCode::FAILURE;
+    }
     if report.leaked_threads != 0 {
         eprintln!("lwkt-demo: {} threads never exited", report.leaked_threads);
         return ExitCode::FAILURE;
@@ -248,7 +282,13 @@ mod tests {
             .err()
             .unwrap()
             .contains("unknown option '--frob'"));
-        let o = parse(&args("--cpus 8 --rounds 10")).unwrap();
-        assert_eq!((o.cpus, o.rounds), (8, 10));
+        let o = parse(&args("--cpus 8 --rounds 10 --flows 7 --pcap x.pcap")).unwrap();
+        assert_eq!((o.cpus, o.rounds, o.flows), (8, 10, 7));
+        assert_eq!(o.pcap.as_deref(), Some("x.pcap"));
+        assert!(parse(&args("--pcap"))
+            .err()
+            .unwrap()
+            .contains("needs a file"));
+        assert!(parse(&args("--flows 0")).is_err());
     }
 }

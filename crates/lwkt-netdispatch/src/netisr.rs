@@ -9,7 +9,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-use lwkt_core::{CpuId, Cur, SpawnError, ThreadHandle};
+use lwkt_core::{CpuId, Cur, Priority, SpawnError, ThreadHandle};
 use lwkt_msg::Port;
 
 /// Up to `N` items of type `T` carried by one message: the protocol thread
@@ -102,6 +102,11 @@ pub struct ProtocolThreads<T: Send + 'static> {
 /// once every port exists. DragonFly: `netisr_init()` /
 /// `netmsg_service_port_init()`.
 ///
+/// The threads run at [`Priority::SOFT_NORM`], above ordinary kernel
+/// threads (a receive loop or a user request), so a batch that arrives is
+/// served at the sender's next preemption point instead of waiting until
+/// the sender blocks: the batches in flight stay few and the replies flow.
+///
 /// ```
 /// use lwkt_msg::{Incoming, Msg};
 /// use lwkt_netdispatch::netisr::spawn_protocol_threads;
@@ -144,6 +149,7 @@ where
             cur.builder()
                 .cpu(CpuId::new(cpu as u32))
                 .name(name)
+                .priority(Priority::SOFT_NORM)
                 .spawn(move |me| {
                     let port: &'static Port<T> = Port::thread(me).leak();
                     slots[cpu].store(port as *const Port<T> as *mut Port<T>, Ordering::Release);
