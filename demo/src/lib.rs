@@ -3,3 +3,8 @@
 //! `cargo bench --bench netdispatch`.
 
 pub mod net;
+
+/// The root README's examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

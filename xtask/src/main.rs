@@ -13,7 +13,10 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask <loom|miri|fuzz [seconds]|ci>";
 
 /// cargo-fuzz targets: (crate directory, target).
-const FUZZ_TARGETS: &[(&str, &str)] = &[("crates/lwkt-slab", "slab_ops")];
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("crates/lwkt-slab", "slab_ops"),
+    ("crates/lwkt-netdispatch", "dispatch"),
+];
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: {cmd:?}");

@@ -47,3 +47,8 @@ pub mod rss;
 pub use dispatch::{Dispatcher, Routed, MAX_DISPATCH_CPUS};
 pub use flow::{Flow, L4};
 pub use registry::DispatchError;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
