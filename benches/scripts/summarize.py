@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print criterion's per-iteration medians of the `core` bench groups, the
 `token_uncontended` group (parking_lot first, the token targets' reference),
-and the `msg` and `slab` groups (the reference each target names first) as
+the `msg`, `slab` and `netdispatch` groups (the reference each target names first) as
 markdown tables: median [95% interval of the median], the fastest sample
 (interference only slows a sample down) and each row's ratio to the group's
 first row. Usage: python3 benches/scripts/summarize.py [target/criterion]"""
@@ -54,6 +54,16 @@ for size in [16, 64, 256, 1024, 4096]:
     ]
 GROUPS["slab_two_local"] = ["mimalloc, 2 threads", "lwkt-slab, 2 CPUs", "system (glibc), 2 threads"]
 GROUPS["slab_remote"] = ["mimalloc", "lwkt-slab, LWKT threads on 2 CPUs", "system (glibc)"]
+GROUPS["netdispatch_hash"] = ["toeplitz_table", "legacy_xor", "toeplitz_bitwise"]
+GROUPS["netdispatch_classify"] = ["ipv4_tcp"]
+GROUPS["netdispatch_packets"] = [
+    "lwkt/1",
+    "lwkt/2",
+    "bucket_mutexes/1",
+    "bucket_mutexes/2",
+    "global_mutex/1",
+    "global_mutex/2",
+]
 
 
 def fmt(ns):

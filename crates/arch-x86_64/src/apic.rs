@@ -1,0 +1,314 @@
+//! The local APIC, in xAPIC (MMIO) or x2APIC (MSR) mode, chosen at run
+//! time: enable, EOI, and inter-processor interrupts.
+//!
+//! Written here rather than taken from the `x2apic` crate: lwkt needs
+//! exactly fixed IPIs to one APIC id, the INIT/SIPI broadcast, EOI and the
+//! spurious vector, with the xAPIC ICR written high-then-low with
+//! interrupts off in between (a handler that sends an IPI between the two
+//! stores would redirect the interrupted one), and the encodings testable
+//! on the host. That is the 150 lines below.
+//!
+//! IPIs carry no count: two with the same vector coalesce into one IRR bit,
+//! so lwkt never counts them; queued work lives in lwkt-core's IPI rings.
+//!
+//! DragonFly: `sys/platform/pc64/apic/lapic.c` (`lapic_init()`,
+//! `single_apic_ipi()`, `apic_ipi()`).
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// xAPIC MMIO base (IA32_APIC_BASE's default).
+pub const XAPIC_BASE: usize = 0xFEE0_0000;
+/// IA32_APIC_BASE.
+pub const MSR_APIC_BASE: u32 = 0x1B;
+
+/// xAPIC register offsets.
+mod xreg {
+    pub(super) const ID: usize = 0x20;
+    pub(super) const TPR: usize = 0x80;
+    pub(super) const EOI: usize = 0xB0;
+    pub(super) const SVR: usize = 0xF0;
+    pub(super) const ICR_LOW: usize = 0x300;
+    pub(super) const ICR_HIGH: usize = 0x310;
+}
+
+/// x2APIC MSRs.
+mod x2reg {
+    pub(super) const ID: u32 = 0x802;
+    pub(super) const TPR: u32 = 0x808;
+    pub(super) const EOI: u32 = 0x80B;
+    pub(super) const SVR: u32 = 0x80F;
+    pub(super) const ICR: u32 = 0x830;
+}
+
+/// ICR delivery modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Delivery {
+    /// Deliver the vector.
+    Fixed = 0,
+    /// INIT.
+    Init = 5,
+    /// Start-up (SIPI): the vector is the 4 KiB page of the AP's entry.
+    Startup = 6,
+}
+
+/// ICR destination shorthands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Shorthand {
+    /// The destination field names the target.
+    None = 0,
+    /// The sending CPU.
+    SelfOnly = 1,
+    /// Every CPU.
+    All = 2,
+    /// Every CPU but the sender.
+    AllButSelf = 3,
+}
+
+/// An interrupt command, encodable for either APIC mode.
+///
+/// ```
+/// use lwkt_arch_x86_64::apic::Icr;
+/// assert_eq!(Icr::init_all_but_self().xapic_low(), 0x000C_4500);
+/// assert_eq!(Icr::startup_all_but_self(0x08).xapic_low(), 0x000C_4608);
+/// let ipi = Icr::fixed(0x40, 3);
+/// assert_eq!((ipi.xapic_low(), ipi.xapic_high()), (0x4040, 3 << 24));
+/// assert_eq!(ipi.x2apic(), (3u64 << 32) | 0x4040);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Icr {
+    /// Vector (or SIPI page).
+    pub vector: u8,
+    /// Delivery mode.
+    pub delivery: Delivery,
+    /// Level bit: assert (set for everything lwkt sends).
+    pub assert: bool,
+    /// Destination shorthand.
+    pub shorthand: Shorthand,
+    /// Destination APIC id, when `shorthand` is `None`.
+    pub dest: u32,
+}
+
+impl Icr {
+    /// A fixed interrupt with `vector` to the CPU with APIC id `dest`.
+    pub const fn fixed(vector: u8, dest: u32) -> Icr {
+        Icr {
+            vector,
+            delivery: Delivery::Fixed,
+            assert: true,
+            shorthand: Shorthand::None,
+            dest,
+        }
+    }
+
+    /// INIT to every other CPU.
+    pub const fn init_all_but_self() -> Icr {
+        Icr {
+            vector: 0,
+            delivery: Delivery::Init,
+            assert: true,
+            shorthand: Shorthand::AllButSelf,
+            dest: 0,
+        }
+    }
+
+    /// Start-up to every other CPU at physical page `page` (entry at
+    /// `page << 12`).
+    pub const fn startup_all_but_self(page: u8) -> Icr {
+        Icr {
+            vector: page,
+            delivery: Delivery::Startup,
+            assert: true,
+            shorthand: Shorthand::AllButSelf,
+            dest: 0,
+        }
+    }
+
+    /// The low ICR word (both modes share it).
+    pub const fn xapic_low(self) -> u32 {
+        self.vector as u32
+            | (self.delivery as u32) << 8
+            | (self.assert as u32) << 14
+            | (self.shorthand as u32) << 18
+    }
+
+    /// The xAPIC high ICR word: the 8-bit destination in bits 31:24.
+    pub const fn xapic_high(self) -> u32 {
+        (self.dest & 0xFF) << 24
+    }
+
+    /// The x2APIC ICR MSR value: the 32-bit destination in bits 63:32.
+    pub const fn x2apic(self) -> u64 {
+        (self.dest as u64) << 32 | self.xapic_low() as u64
+    }
+}
+
+/// Which interface the local APICs are driven through (the same on every
+/// CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Memory-mapped at [`XAPIC_BASE`].
+    XApic,
+    /// MSRs (CPUID.1:ECX bit 21).
+    X2Apic,
+}
+
+const MODE_UNSET: u8 = 0;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNSET);
+
+/// Whether the CPU has x2APIC (CPUID.1:ECX bit 21). `core::arch`'s
+/// `__cpuid` is one line; the `raw-cpuid` crate would add a dependency for
+/// this one bit.
+pub fn has_x2apic() -> bool {
+    let r = core::arch::x86_64::__cpuid(1);
+    r.ecx & (1 << 21) != 0
+}
+
+/// The mode chosen by [`enable`], if any CPU has enabled its APIC.
+pub fn mode() -> Option<Mode> {
+    match MODE.load(Ordering::Acquire) {
+        1 => Some(Mode::XApic),
+        2 => Some(Mode::X2Apic),
+        _ => None,
+    }
+}
+
+/// Enable this CPU's local APIC in `mode` with spurious vector
+/// `spurious` and task priority 0. The first call fixes the mode for
+/// every CPU.
+///
+/// # Safety
+/// Ring 0; `mode` is supported (x2APIC only if [`has_x2apic`]); in xAPIC
+/// mode [`XAPIC_BASE`] is mapped uncached at its physical address.
+///
+/// # Panics
+/// If a CPU asks for a mode other than the one the first CPU chose.
+pub unsafe fn enable(mode: Mode, spurious: u8) {
+    let m = match mode {
+        Mode::XApic => 1,
+        Mode::X2Apic => 2,
+    };
+    if let Err(prev) = MODE.compare_exchange(MODE_UNSET, m, Ordering::AcqRel, Ordering::Acquire) {
+        assert_eq!(prev, m, "lwkt-arch-x86_64: every CPU must use the same APIC mode");
+    }
+    // SAFETY (all below): ring 0, registers of this CPU's own APIC.
+    unsafe {
+        let base = rdmsr(MSR_APIC_BASE);
+        match mode {
+            Mode::XApic => {
+                wrmsr(MSR_APIC_BASE, base | 1 << 11);
+                xwrite(xreg::TPR, 0);
+                xwrite(xreg::SVR, 0x100 | u32::from(spurious));
+            }
+            Mode::X2Apic => {
+                wrmsr(MSR_APIC_BASE, base | 1 << 11 | 1 << 10);
+                wrmsr(x2reg::TPR, 0);
+                wrmsr(x2reg::SVR, 0x100 | u64::from(spurious));
+            }
+        }
+    }
+}
+
+fn current_mode() -> Mode {
+    mode().expect("lwkt-arch-x86_64: the local APIC is not enabled yet")
+}
+
+/// This CPU's APIC id.
+pub fn id() -> u32 {
+    // SAFETY: reads of this CPU's own APIC, enabled (checked by `current_mode`).
+    unsafe {
+        match current_mode() {
+            Mode::XApic => xread(xreg::ID) >> 24,
+            Mode::X2Apic => rdmsr(x2reg::ID) as u32,
+        }
+    }
+}
+
+/// Signal end of interrupt.
+///
+/// # Safety
+/// Ring 0, from an interrupt handler of a fixed-vector interrupt.
+pub unsafe fn eoi() {
+    // SAFETY: caller; the write value is ignored by hardware.
+    unsafe {
+        match current_mode() {
+            Mode::XApic => xwrite(xreg::EOI, 0),
+            Mode::X2Apic => wrmsr(x2reg::EOI, 0),
+        }
+    }
+}
+
+/// Send `icr`. In xAPIC mode the two ICR stores happen with interrupts off
+/// and after the previous IPI has left (delivery-status bit clear).
+///
+/// # Safety
+/// Ring 0; the APIC is enabled; an INIT or SIPI is the caller's to mean.
+pub unsafe fn send(icr: Icr) {
+    match current_mode() {
+        Mode::X2Apic => {
+            // SAFETY: caller; one MSR write sends it, nothing to interleave.
+            unsafe { wrmsr(x2reg::ICR, icr.x2apic()) }
+        }
+        Mode::XApic => x86_64::instructions::interrupts::without_interrupts(|| {
+            // SAFETY: caller; interrupts are off, so no handler's IPI can
+            // slip between the high and the low store.
+            unsafe {
+                while xread(xreg::ICR_LOW) & (1 << 12) != 0 {
+                    core::hint::spin_loop();
+                }
+                xwrite(xreg::ICR_HIGH, icr.xapic_high());
+                xwrite(xreg::ICR_LOW, icr.xapic_low());
+            }
+        }),
+    }
+}
+
+unsafe fn xread(off: usize) -> u32 {
+    // SAFETY: caller: ring 0, the xAPIC page is mapped at its address.
+    unsafe { core::ptr::read_volatile((XAPIC_BASE + off) as *const u32) }
+}
+
+unsafe fn xwrite(off: usize, v: u32) {
+    // SAFETY: as for `xread`.
+    unsafe { core::ptr::write_volatile((XAPIC_BASE + off) as *mut u32, v) }
+}
+
+/// Read an MSR.
+///
+/// # Safety
+/// Ring 0 and `msr` exists (else #GP).
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: caller.
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).read() }
+}
+
+/// Write an MSR.
+///
+/// # Safety
+/// Ring 0, `msr` exists and the value is one the caller means.
+pub unsafe fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: caller.
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).write(v) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icr_encodings() {
+        // The values QEMU-NOTES.md proved on QEMU 7.2 (pc, q35, microvm).
+        assert_eq!(Icr::init_all_but_self().xapic_low(), 0x000C_4500);
+        assert_eq!(Icr::startup_all_but_self(0x08).xapic_low(), 0x000C_4608);
+        let f = Icr::fixed(0xFE, 0x1_0203);
+        assert_eq!(f.xapic_low(), 0x40FE);
+        assert_eq!(f.xapic_high(), 0x0300_0000, "xAPIC ids are 8 bits");
+        assert_eq!(f.x2apic(), 0x0001_0203_0000_40FE);
+        let s = Icr {
+            shorthand: Shorthand::SelfOnly,
+            ..Icr::fixed(0x41, 0)
+        };
+        assert_eq!(s.xapic_low(), 0x0004_4041);
+    }
+}

@@ -1,0 +1,263 @@
+//! The interrupt descriptor table and its entry stubs.
+//!
+//! The `x86-interrupt` calling convention is not stable, so the entries
+//! are assembly stubs calling `extern "C"` functions:
+//!
+//! - vectors 0–255 each have a 16-byte stub that pushes a zero error code
+//!   (unless the CPU pushed one), then the vector, and jumps to a common
+//!   path that calls the fault handler set with [`set_fault_handler`]
+//!   (exceptions and any vector nobody expects end there);
+//! - [`IPI_VECTOR`] saves the nine caller-saved registers, calls lwkt's IPI
+//!   entry (EOI, then [`lwkt_core::Cpu::ipi_interrupt`]) and returns with
+//!   `iretq` (5 frame words + 9 pushes keep the stack 16-byte aligned at
+//!   the call);
+//! - [`SPURIOUS_VECTOR`] returns at once, without EOI, as the SDM says.
+//!
+//! The gate encoding is ours (16 bytes, tested on the host); the `x86_64`
+//! crate's table wants `x86-interrupt` handler types.
+//!
+//! DragonFly: `sys/platform/pc64/x86_64/exception.S`, `apic_vector.S`
+//! (`Xipiq`), `setidt()`.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The vector lwkt's IPI kick uses.
+pub const IPI_VECTOR: u8 = 0x40;
+/// The local APIC's spurious-interrupt vector.
+pub const SPURIOUS_VECTOR: u8 = 0xFF;
+
+/// One 16-byte IDT gate.
+///
+/// ```
+/// use lwkt_arch_x86_64::idt::Gate;
+/// let g = Gate::interrupt(0x1234_5678_9abc_def0, 0x08);
+/// assert_eq!(g.handler(), 0x1234_5678_9abc_def0);
+/// assert_eq!(
+///     g.to_bytes(),
+///     [0xf0, 0xde, 0x08, 0x00, 0x00, 0x8e, 0xbc, 0x9a, 0x78, 0x56, 0x34, 0x12, 0, 0, 0, 0]
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attr: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+impl Gate {
+    /// A present ring-0 64-bit interrupt gate (interrupts off on entry) to
+    /// `handler` through code segment `selector`.
+    pub const fn interrupt(handler: u64, selector: u16) -> Gate {
+        Gate {
+            offset_low: handler as u16,
+            selector,
+            ist: 0,
+            attr: 0x8E,
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+
+    /// The handler address.
+    pub const fn handler(&self) -> u64 {
+        self.offset_low as u64 | (self.offset_mid as u64) << 16 | (self.offset_high as u64) << 32
+    }
+
+    /// The gate as the CPU reads it.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..2].copy_from_slice(&self.offset_low.to_le_bytes());
+        b[2..4].copy_from_slice(&self.selector.to_le_bytes());
+        b[4] = self.ist;
+        b[5] = self.attr;
+        b[6..8].copy_from_slice(&self.offset_mid.to_le_bytes());
+        b[8..12].copy_from_slice(&self.offset_high.to_le_bytes());
+        b
+    }
+}
+
+static_assertions::assert_eq_size!(Gate, [u8; 16]);
+
+/// What the fault stub saw, as pushed on the stack.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct FaultFrame {
+    /// The vector.
+    pub vector: u64,
+    /// The CPU's error code, or 0.
+    pub error: u64,
+    /// Where it happened.
+    pub rip: u64,
+    /// Code segment.
+    pub cs: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// Stack segment.
+    pub ss: u64,
+}
+
+/// The fault handler: never returns (a test kernel prints and exits).
+pub type FaultHandler = fn(&FaultFrame) -> !;
+
+static FAULT_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Set the function every exception and unexpected vector ends in.
+pub fn set_fault_handler(f: FaultHandler) {
+    FAULT_HANDLER.store(f as usize, Ordering::Release);
+}
+
+#[no_mangle]
+extern "C" fn lwkt_x86_fault(frame: &FaultFrame) -> ! {
+    let f = FAULT_HANDLER.load(Ordering::Acquire);
+    if f != 0 {
+        // SAFETY: only `set_fault_handler` stores here, a `FaultHandler`.
+        let f: FaultHandler = unsafe { core::mem::transmute::<usize, FaultHandler>(f) };
+        f(frame)
+    }
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+core::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl lwkt_x86_vectors",
+    "lwkt_x86_vectors:",
+    ".set lwkt_vec, 0",
+    ".rept 256",
+    ".p2align 4",
+    // The CPU pushes an error code for 8, 10-14, 17, 21, 29 and 30.
+    ".if (lwkt_vec == 8) | ((lwkt_vec >= 10) & (lwkt_vec <= 14)) | (lwkt_vec == 17) | (lwkt_vec == 21) | (lwkt_vec == 29) | (lwkt_vec == 30)",
+    ".else",
+    "push 0",
+    ".endif",
+    "push lwkt_vec",
+    "jmp lwkt_x86_fault_common",
+    ".set lwkt_vec, lwkt_vec + 1",
+    ".endr",
+    "",
+    "lwkt_x86_fault_common:",
+    "mov rdi, rsp",
+    "and rsp, -16",
+    "cld",
+    "call lwkt_x86_fault",
+    "ud2",
+    "",
+    ".p2align 4",
+    ".globl lwkt_x86_ipi_stub",
+    "lwkt_x86_ipi_stub:",
+    "push rax",
+    "push rcx",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "push r8",
+    "push r9",
+    "push r10",
+    "push r11",
+    "cld",
+    "call lwkt_x86_ipi_entry",
+    "pop r11",
+    "pop r10",
+    "pop r9",
+    "pop r8",
+    "pop rdi",
+    "pop rsi",
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
+    "iretq",
+    "",
+    ".p2align 4",
+    ".globl lwkt_x86_spurious_stub",
+    "lwkt_x86_spurious_stub:",
+    "iretq",
+);
+
+extern "C" {
+    static lwkt_x86_vectors: u8;
+    fn lwkt_x86_ipi_stub();
+    fn lwkt_x86_spurious_stub();
+}
+
+/// A full table: every vector to its stub.
+#[derive(Debug)]
+#[repr(C, align(16))]
+pub struct Idt {
+    gates: [Gate; 256],
+}
+
+impl Idt {
+    /// The table lwkt needs, with kernel code segment `selector`.
+    pub fn new(selector: u16) -> Idt {
+        let base = core::ptr::addr_of!(lwkt_x86_vectors) as u64;
+        let mut gates = [Gate::default(); 256];
+        for (v, g) in gates.iter_mut().enumerate() {
+            *g = Gate::interrupt(base + 16 * v as u64, selector);
+        }
+        gates[usize::from(IPI_VECTOR)] = Gate::interrupt(lwkt_x86_ipi_stub as *const () as u64, selector);
+        gates[usize::from(SPURIOUS_VECTOR)] =
+            Gate::interrupt(lwkt_x86_spurious_stub as *const () as u64, selector);
+        Idt { gates }
+    }
+
+    /// The gate of vector `v`.
+    pub fn gate(&self, v: u8) -> Gate {
+        self.gates[usize::from(v)]
+    }
+
+    /// Load it on this CPU (each CPU loads the same table).
+    ///
+    /// # Safety
+    /// Ring 0; `self` stays valid and unchanged while any CPU uses it, and
+    /// its selector is a 64-bit code segment of the loaded GDT.
+    pub unsafe fn load(&'static self) {
+        let ptr = x86_64::structures::DescriptorTablePointer {
+            limit: (core::mem::size_of::<Idt>() - 1) as u16,
+            base: x86_64::VirtAddr::new(self as *const Idt as u64),
+        };
+        // SAFETY: caller.
+        unsafe { x86_64::instructions::tables::lidt(&ptr) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stubs_are_16_bytes_apart_and_special_vectors_have_their_own() {
+        let idt = Idt::new(0x08);
+        let base = idt.gate(0).handler();
+        assert_eq!(base % 16, 0);
+        for v in [1u8, 6, 8, 13, 14, 0x3F, 0x41, 0xFE] {
+            assert_eq!(idt.gate(v).handler(), base + 16 * u64::from(v), "vector {v}");
+        }
+        assert_eq!(idt.gate(IPI_VECTOR).handler(), lwkt_x86_ipi_stub as *const () as u64);
+        assert_eq!(idt.gate(SPURIOUS_VECTOR).handler(), lwkt_x86_spurious_stub as *const () as u64);
+        assert!(idt.gates.iter().all(|g| g.to_bytes()[5] == 0x8E && g.to_bytes()[2] == 8));
+    }
+
+    #[test]
+    fn error_code_vectors_skip_the_dummy_push() {
+        // A stub with a dummy push starts with `push 0` (6a 00); the CPU
+        // pushes the error code itself for #DF, #TS..#PF, #AC, #CP, #VC, #SX.
+        let idt = Idt::new(0x08);
+        // SAFETY: the stubs are 16 readable bytes of code each.
+        let first = |v: u8| unsafe { *(idt.gate(v).handler() as *const [u8; 2]) };
+        for v in 0u8..32 {
+            let has_error = matches!(v, 8 | 10..=14 | 17 | 21 | 29 | 30);
+            assert_eq!(first(v) == [0x6a, 0x00], !has_error, "vector {v}");
+        }
+    }
+}

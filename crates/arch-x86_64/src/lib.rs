@@ -1,0 +1,33 @@
+//! The reference bare-metal backend of lwkt for x86-64 (ring 0,
+//! `x86_64-unknown-none`): [`X86Arch`] implements lwkt-core's `Arch` with
+//!
+//! - per-CPU blocks through `IA32_GS_BASE`/`IA32_KERNEL_GS_BASE` and
+//!   `swapgs` ([`percpu`], with the NMI window documented there);
+//! - the local APIC in xAPIC or x2APIC mode, detected at run time
+//!   ([`apic`]): fixed-vector IPIs, INIT/SIPI, EOI, spurious vector;
+//! - an IDT of assembly stubs calling `extern "C"` handlers ([`idt`]);
+//! - the context switch, `sti; hlt` idling and the TSC.
+//!
+//! What comes from crates: MSR access, `lidt`, `hlt` and the interrupt
+//! flag from [`x86_64`]. What is ours and why: the APIC driver (see
+//! [`apic`]: 150 lines, exactly the operations lwkt needs, with the xAPIC
+//! ICR race closed), the IDT gate encoding and stubs (the `x86_64` crate's
+//! table wants the unstable `x86-interrupt` ABI), CPUID's x2APIC bit
+//! (`core::arch` is enough for one bit).
+//!
+//! The boot code (PVH entry, long mode, AP start-up) is a kernel's own;
+//! `kernels/qemu-test` is a complete example, run by `cargo xtask qemu`.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("lwkt-arch-x86_64 is for x86-64");
+
+pub mod apic;
+mod arch;
+pub mod idt;
+pub mod percpu;
+mod switch;
+
+pub use arch::{StackPool, X86Arch, MAX_STACKS};
