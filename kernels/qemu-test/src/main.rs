@@ -1,0 +1,315 @@
+//! lwkt's test kernel: boots under QEMU with the PVH entry, brings up every
+//! application processor (INIT-SIPI-SIPI), installs the per-CPU blocks,
+//! starts one lwkt scheduler per CPU and runs, on every CPU, thread
+//! switches, cross-CPU scheduling by IPI message, IPI handshakes,
+//! `cpusync` over all CPUs, a token taken from every CPU and messages
+//! between CPUs. It prints a report on COM1 and exits QEMU through
+//! isa-debug-exit: 33 for a pass, 35 for a failure (a triple fault exits
+//! 0, a hang is killed by the runner: both count as failures).
+//!
+//! Command line (`-append`): `rounds=N` (default 200), `apic=auto|xapic|
+//! x2apic`, `fault=CPU` (that CPU executes `ud2` once online: the negative
+//! test). Anything else is refused.
+//!
+//! Run it with `cargo xtask qemu [--smp N]` from the repository root.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod boot;
+mod heap;
+#[macro_use]
+mod hw;
+mod tests;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use lwkt_arch_x86_64::apic::{self, Icr, Mode};
+use lwkt_arch_x86_64::idt::{self, FaultFrame, Idt, SPURIOUS_VECTOR};
+use lwkt_arch_x86_64::percpu::{self, PerCpu};
+use lwkt_arch_x86_64::X86Arch;
+use lwkt_core::{Cpu, CpuId, IpiRing, Machine, Priority};
+
+use boot::MAX_CPUS;
+
+/// The backend, with its stack pool.
+static ARCH: X86Arch = X86Arch::new();
+/// Each CPU's GS block.
+static PERCPU: [PerCpu; MAX_CPUS] = {
+    let mut i = 0;
+    let mut a = [const { PerCpu::new(0) }; MAX_CPUS];
+    while i < MAX_CPUS {
+        a[i] = PerCpu::new(i);
+        i += 1;
+    }
+    a
+};
+static IDT: spin::Once<Idt> = spin::Once::new();
+static MACHINE: spin::Once<&'static Machine> = spin::Once::new();
+static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
+static OPTS: spin::Once<Opts> = spin::Once::new();
+/// APs that reached `ap_main` and attached.
+static ONLINE: AtomicUsize = AtomicUsize::new(0);
+/// Set by the BSP once every CPU is online: APs enter their idle loops.
+static GO: AtomicBool = AtomicBool::new(false);
+/// APs that left their idle loops.
+static DONE: AtomicUsize = AtomicUsize::new(0);
+/// Per CPU: did `gs:[0]` and the GS MSRs read back as installed?
+static GS_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+const STACK_REGION: usize = 8 << 20;
+/// A 64 KiB stack plus the pool's canary room, page-rounded.
+const STACK_SLOT: usize = (64 + 4) << 10;
+#[repr(C, align(4096))]
+struct Stacks([u8; STACK_REGION]);
+static mut STACKS: Stacks = Stacks([0; STACK_REGION]);
+
+/// About 10 ms and 200 µs of TSC at ≤ 3 GHz.
+const INIT_DELAY: u64 = 30_000_000;
+const SIPI_DELAY: u64 = 600_000;
+/// How long the BSP waits for APs (and for them to finish), in TSC cycles.
+const ONLINE_TIMEOUT: u64 = 6_000_000_000;
+
+/// The command line, parsed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opts {
+    pub(crate) rounds: u64,
+    apic: Option<Mode>,
+    fault: Option<usize>,
+}
+
+impl Opts {
+    fn parse(cmdline: &str) -> Result<Opts, alloc::string::String> {
+        let mut o = Opts {
+            rounds: 200,
+            apic: None,
+            fault: None,
+        };
+        for w in cmdline.split_whitespace() {
+            let (k, v) = w.split_once('=').unwrap_or((w, ""));
+            let num = || {
+                v.parse::<u64>()
+                    .map_err(|_| alloc::format!("option '{w}': '{v}' is not a number"))
+            };
+            match k {
+                "rounds" => o.rounds = num()?.max(1),
+                "fault" => o.fault = Some(num()? as usize),
+                "apic" => {
+                    o.apic = match v {
+                        "auto" => None,
+                        "xapic" => Some(Mode::XApic),
+                        "x2apic" => Some(Mode::X2Apic),
+                        _ => return Err(alloc::format!("option '{w}': apic=auto|xapic|x2apic")),
+                    }
+                }
+                _ => {
+                    return Err(alloc::format!(
+                        "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU)"
+                    ))
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn on_fault(f: &FaultFrame) -> ! {
+    let cpu = if GS_OK.iter().any(|g| g.load(Ordering::Relaxed)) {
+        percpu::current_index()
+    } else {
+        0
+    };
+    let cr2 = x86_64::registers::control::Cr2::read_raw();
+    fail!(
+        "EXCEPTION vector={:#x} error={:#x} rip={:#x} cr2={:#x} on cpu {cpu}",
+        f.vector,
+        f.error,
+        f.rip,
+        cr2
+    )
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    fail!("PANIC: {info}")
+}
+
+/// Load the IDT, enable the APIC, install GS and attach lwkt's CPU block.
+///
+/// # Safety
+/// Once per CPU, on CPU `idx`, interrupts off.
+unsafe fn setup_cpu(idx: usize, mode: Mode, cpus: &'static [Cpu]) {
+    let pcpu = &PERCPU[idx];
+    // SAFETY: caller (ring 0, once on this CPU, interrupts off); the IDT
+    // and the per-CPU block are statics.
+    unsafe {
+        IDT.get().expect("IDT built by the BSP").load();
+        apic::enable(mode, SPURIOUS_VECTOR);
+        percpu::install(pcpu);
+        ARCH.attach(pcpu, &cpus[idx]);
+        let (gs, kgs) = percpu::bases();
+        let ok = gs == pcpu as *const PerCpu as u64
+            && kgs == 0
+            && core::ptr::eq(percpu::current(), pcpu)
+            && percpu::current_index() == idx;
+        GS_OK[idx].store(ok, Ordering::Relaxed);
+    }
+}
+
+/// The BSP's entry from `boot.rs`, with the `hvm_start_info` address.
+#[no_mangle]
+extern "C" fn bsp_main(info: usize) -> ! {
+    // SAFETY: EBX from QEMU's PVH entry, identity mapped.
+    let cmdline = unsafe { boot::cmdline(info) };
+    kprintln!("lwkt-qemu-test: cmdline '{cmdline}'");
+    let opts = match Opts::parse(cmdline) {
+        Ok(o) => *OPTS.call_once(|| o),
+        Err(e) => fail!("{e}"),
+    };
+    idt::set_fault_handler(on_fault);
+    let ncpus = hw::fw_cfg_ncpus();
+    if ncpus == 0 || ncpus > MAX_CPUS {
+        fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");
+    }
+    if let Some(f) = opts.fault.filter(|&f| f == 0 || f >= ncpus) {
+        fail!("fault={f}: pick an application processor, 1 to {}", ncpus - 1);
+    }
+    let mode = match opts.apic {
+        Some(Mode::X2Apic) if !apic::has_x2apic() => {
+            fail!("apic=x2apic: this CPU has no x2APIC (TCG in QEMU 7.2 offers only xAPIC)")
+        }
+        Some(m) => m,
+        None if apic::has_x2apic() => Mode::X2Apic,
+        None => Mode::XApic,
+    };
+    hw::mask_pics();
+    IDT.call_once(|| Idt::new(0x08));
+
+    // The lwkt machine: CPU blocks, ncpus^2 IPI rings, the backend.
+    let cpus: &'static [Cpu] = Box::leak(
+        (0..ncpus)
+            .map(|i| Cpu::new(CpuId::new(i as u32)))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    let rings: &'static [IpiRing] = Box::leak(
+        (0..Machine::rings_needed(ncpus))
+            .map(|_| IpiRing::new())
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    let machine: &'static Machine = Box::leak(Box::new(Machine::new(&ARCH, cpus, rings)));
+    // SAFETY: the machine, CPU blocks and rings are leaked ('static); no
+    // CPU runs lwkt yet.
+    unsafe { machine.bind() };
+    MACHINE.call_once(|| machine);
+    CPUS.call_once(|| cpus);
+    // SAFETY: the region is a static used for nothing else.
+    unsafe {
+        ARCH.stacks().init(
+            core::ptr::addr_of_mut!(STACKS).cast(),
+            STACK_REGION,
+            STACK_SLOT,
+        )
+    };
+    // SAFETY: CPU 0, once, interrupts off (PVH entry state).
+    unsafe { setup_cpu(0, mode, cpus) };
+    kprintln!(
+        "lwkt-qemu-test: {ncpus} CPUs expected (fw_cfg), {:?}, bsp apic id {}",
+        mode,
+        apic::id()
+    );
+
+    // Start the APs: INIT, wait, SIPI, wait, SIPI (broadcast to all others).
+    if ncpus > 1 {
+        // SAFETY: low memory at 0x8000 is free; INIT/SIPI to the other
+        // CPUs, which firmware left parked.
+        unsafe {
+            boot::install_trampoline();
+            apic::send(Icr::init_all_but_self());
+            hw::delay(INIT_DELAY);
+            let page = (boot::TRAMPOLINE >> 12) as u8;
+            apic::send(Icr::startup_all_but_self(page));
+            hw::delay(SIPI_DELAY);
+            apic::send(Icr::startup_all_but_self(page));
+        }
+    }
+    let t = hw::tsc();
+    while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
+        if hw::tsc() - t > ONLINE_TIMEOUT {
+            let up = ONLINE.load(Ordering::Acquire) + 1;
+            fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
+        }
+        core::hint::spin_loop();
+    }
+    kprintln!(
+        "lwkt-qemu-test: all {ncpus} CPUs online after {} Mcycles",
+        (hw::tsc() - t) / 1_000_000
+    );
+
+    // SAFETY: CPU 0 has not entered its idle loop; the test borrows only
+    // statics.
+    unsafe {
+        cpus[0]
+            .spawn_boot_thread(Priority::default(), 64 << 10, "test-main", move |cur| {
+                tests::run(cur, opts);
+                for c in cpus {
+                    c.request_shutdown();
+                }
+            })
+            .unwrap_or_else(|e| fail!("cannot create the test thread: {e}"));
+    }
+    GO.store(true, Ordering::Release);
+    x86_64::instructions::interrupts::enable();
+    // SAFETY: on CPU 0, once, after `bind`.
+    unsafe { cpus[0].idle_loop() };
+    x86_64::instructions::interrupts::disable();
+
+    let t = hw::tsc();
+    while DONE.load(Ordering::Acquire) < ncpus - 1 {
+        if hw::tsc() - t > ONLINE_TIMEOUT {
+            fail!("a CPU did not leave its idle loop after shutdown");
+        }
+        core::hint::spin_loop();
+    }
+    let ok = tests::report(cpus, &PERCPU, &GS_OK);
+    kprintln!("heap used: {} KiB", heap::used() / 1024);
+    if ok {
+        kprintln!("PASS");
+        hw::exit(true)
+    }
+    fail!("a check failed (see above)")
+}
+
+/// An AP's entry from `boot.rs`, with its CPU index (1..).
+#[no_mangle]
+extern "C" fn ap_main(idx: usize) -> ! {
+    let cpus = *CPUS.get().expect("the BSP built the machine before the SIPI");
+    if idx >= cpus.len() {
+        fail!("AP {idx} started but fw_cfg said {} CPUs", cpus.len());
+    }
+    let mode = apic::mode().expect("the BSP enabled its APIC first");
+    // SAFETY: this AP, once, interrupts off (trampoline `cli`).
+    unsafe { setup_cpu(idx, mode, cpus) };
+    ONLINE.fetch_add(1, Ordering::Release);
+    if OPTS.get().and_then(|o| o.fault) == Some(idx) {
+        kprintln!("cpu {idx}: faulting on purpose (fault={idx})");
+        // SAFETY: the negative test: #UD, reported by the fault handler.
+        unsafe { core::arch::asm!("ud2") };
+    }
+    while !GO.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    x86_64::instructions::interrupts::enable();
+    // SAFETY: on this CPU, once, after `bind` (the BSP bound before SIPI).
+    unsafe { cpus[idx].idle_loop() };
+    x86_64::instructions::interrupts::disable();
+    DONE.fetch_add(1, Ordering::Release);
+    loop {
+        x86_64::instructions::hlt();
+    }
+}
