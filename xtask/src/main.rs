@@ -6,11 +6,15 @@
 //!   while (default 30 s) from its committed corpus, installing nightly and
 //!   cargo-fuzz if needed. New inputs go to a scratch directory; the
 //!   committed corpus is replayed by `cargo test` anyway.
+//! - `qemu [--smp N] ...`: build the test kernel and boot it under QEMU
+//!   (see `qemu.rs` and `cargo xtask qemu --help`).
 //! - `ci`: the whole CI script, `.ci/run`.
 
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <loom|miri|fuzz [seconds]|ci>";
+mod qemu;
+
+const USAGE: &str = "usage: cargo xtask <loom|miri|fuzz [seconds]|qemu [options]|ci>";
 
 /// cargo-fuzz targets: (crate directory, target).
 const FUZZ_TARGETS: &[(&str, &str)] = &[
@@ -18,7 +22,7 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("crates/lwkt-netdispatch", "dispatch"),
 ];
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: {cmd:?}");
     let st = cmd
         .status()
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         "loom" => loom(),
         "miri" => miri(),
         "fuzz" => fuzz(&std::env::args().nth(2).unwrap_or_else(|| "30".into())),
+        "qemu" => qemu::qemu(&std::env::args().skip(2).collect::<Vec<_>>()),
         "ci" => run(Command::new("bash").arg(".ci/run")),
         _ => Err(USAGE.to_string()),
     };

@@ -9,7 +9,8 @@
 //!
 //! Command line (`-append`): `rounds=N` (default 200), `apic=auto|xapic|
 //! x2apic`, `fault=CPU` (that CPU executes `ud2` once online: the negative
-//! test). Anything else is refused.
+//! test), `expect-cpus=N` (wait for N CPUs instead of fw_cfg's count).
+//! Anything else is refused.
 //!
 //! Run it with `cargo xtask qemu [--smp N]` from the repository root.
 #![no_std]
@@ -80,6 +81,9 @@ pub(crate) struct Opts {
     pub(crate) rounds: u64,
     apic: Option<Mode>,
     fault: Option<usize>,
+    /// Wait for this many CPUs instead of fw_cfg's count (more than exist
+    /// tests the "a CPU never came online" path).
+    expect_cpus: Option<usize>,
 }
 
 impl Opts {
@@ -88,6 +92,7 @@ impl Opts {
             rounds: 200,
             apic: None,
             fault: None,
+            expect_cpus: None,
         };
         for w in cmdline.split_whitespace() {
             let (k, v) = w.split_once('=').unwrap_or((w, ""));
@@ -98,6 +103,7 @@ impl Opts {
             match k {
                 "rounds" => o.rounds = num()?.max(1),
                 "fault" => o.fault = Some(num()? as usize),
+                "expect-cpus" => o.expect_cpus = Some(num()? as usize),
                 "apic" => {
                     o.apic = match v {
                         "auto" => None,
@@ -108,7 +114,7 @@ impl Opts {
                 }
                 _ => {
                     return Err(alloc::format!(
-                        "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU)"
+                        "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N)"
                     ))
                 }
             }
@@ -171,12 +177,15 @@ extern "C" fn bsp_main(info: usize) -> ! {
         Err(e) => fail!("{e}"),
     };
     idt::set_fault_handler(on_fault);
-    let ncpus = hw::fw_cfg_ncpus();
+    let ncpus = opts.expect_cpus.unwrap_or_else(hw::fw_cfg_ncpus);
     if ncpus == 0 || ncpus > MAX_CPUS {
         fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");
     }
     if let Some(f) = opts.fault.filter(|&f| f == 0 || f >= ncpus) {
-        fail!("fault={f}: pick an application processor, 1 to {}", ncpus - 1);
+        fail!(
+            "fault={f}: pick an application processor, 1 to {}",
+            ncpus - 1
+        );
     }
     let mode = match opts.apic {
         Some(Mode::X2Apic) if !apic::has_x2apic() => {
@@ -288,7 +297,9 @@ extern "C" fn bsp_main(info: usize) -> ! {
 /// An AP's entry from `boot.rs`, with its CPU index (1..).
 #[no_mangle]
 extern "C" fn ap_main(idx: usize) -> ! {
-    let cpus = *CPUS.get().expect("the BSP built the machine before the SIPI");
+    let cpus = *CPUS
+        .get()
+        .expect("the BSP built the machine before the SIPI");
     if idx >= cpus.len() {
         fail!("AP {idx} started but fw_cfg said {} CPUs", cpus.len());
     }

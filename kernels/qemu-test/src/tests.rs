@@ -16,18 +16,17 @@ use crate::boot::MAX_CPUS;
 use crate::Opts;
 
 type Counts = [AtomicU64; MAX_CPUS];
-const ZERO: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 
-static YIELDS: Counts = ZERO;
-static HANDOFFS: Counts = ZERO;
-static IPI_ACKS: Counts = ZERO;
-static SYNCS: Counts = ZERO;
-static TOKEN_INCS: Counts = ZERO;
-static MSGS: Counts = ZERO;
+static YIELDS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+static HANDOFFS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+static IPI_ACKS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+static SYNCS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+static TOKEN_INCS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+static MSGS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// `ACK[target * MAX_CPUS + source]`: the last handshake sequence number
 /// `target` answered for `source`, written only by the IPI function.
 static ACK: [AtomicU64; MAX_CPUS * MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS * MAX_CPUS];
-static TURNS: Counts = ZERO;
+static TURNS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 static PORTS: [AtomicPtr<Port<u64>>; MAX_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 
@@ -44,7 +43,12 @@ fn here(cur: &Cur) -> usize {
     cur.my_cpu().id().index()
 }
 
-fn spawn(cur: &mut Cur, cpu: usize, name: &'static str, f: impl FnOnce(&mut Cur) + Send + 'static) -> ThreadHandle {
+fn spawn(
+    cur: &mut Cur,
+    cpu: usize,
+    name: &'static str,
+    f: impl FnOnce(&mut Cur) + Send + 'static,
+) -> ThreadHandle {
     cur.builder()
         .cpu(CpuId::new(cpu as u32))
         .name(name)
@@ -52,8 +56,10 @@ fn spawn(cur: &mut Cur, cpu: usize, name: &'static str, f: impl FnOnce(&mut Cur)
         .unwrap_or_else(|e| crate::fail!("spawn {name} on cpu {cpu}: {e}"))
 }
 
-fn join_all(cur: &mut Cur, hs: &[ThreadHandle]) {
-    for h in hs {
+/// Join the threads and drop their handles (a handle keeps its thread's
+/// stack, which the backend's pool needs back).
+fn join_all(cur: &mut Cur, hs: alloc::vec::Vec<ThreadHandle>) {
+    for h in &hs {
         cur.join(h);
     }
 }
@@ -75,18 +81,17 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
             })
         })
         .collect();
-    join_all(cur, &hs);
+    join_all(cur, hs);
     crate::kprintln!("  switches: done");
 
     // 2. Cross-CPU scheduling: pairs on CPUs (i, i+1) hand a turn back and
     //    forth with sleep/wakeup; every wake-up of the other side is an IPI
     //    message to its CPU.
     let mut hs = alloc::vec::Vec::new();
-    for i in 0..n {
+    for (i, turn) in TURNS.iter().enumerate().take(n) {
         for side in 0..2u64 {
             let cpu = if side == 0 { i } else { (i + 1) % n };
             hs.push(spawn(cur, cpu, "ping-pong", move |me| {
-                let turn = &TURNS[i];
                 let chan = turn as *const AtomicU64 as usize;
                 for r in 0..rounds {
                     let mine = 2 * r + side;
@@ -98,7 +103,7 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
             }));
         }
     }
-    join_all(cur, &hs);
+    join_all(cur, hs);
     crate::kprintln!("  cross-CPU sleep/wakeup: done");
 
     // 3. IPI handshakes: every CPU sends to every other CPU a function that
@@ -122,7 +127,7 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
             })
         })
         .collect();
-    join_all(cur, &hs);
+    join_all(cur, hs);
     crate::kprintln!("  IPI handshakes: done");
 
     // 4. cpusync over all CPUs.
@@ -156,7 +161,7 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
             })
         })
         .collect();
-    join_all(cur, &hs);
+    join_all(cur, hs);
     cur.with_token(&TOKEN, |me, held| {
         FINAL_TOTAL.store(*TOTAL.get(held, me), Ordering::Relaxed);
     });
@@ -168,7 +173,10 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
     for c in 0..n {
         hs.push(spawn(cur, c, "msg-server", move |me| {
             let port: &'static Port<u64> = Port::thread(me).leak();
-            PORTS[c].store(port as *const Port<u64> as *mut Port<u64>, Ordering::Release);
+            PORTS[c].store(
+                port as *const Port<u64> as *mut Port<u64>,
+                Ordering::Release,
+            );
             for _ in 0..rounds {
                 let mut m = port
                     .waitport(me)
@@ -203,7 +211,7 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
             }
         }));
     }
-    join_all(cur, &hs);
+    join_all(cur, hs);
     crate::kprintln!("  messages: done");
 }
 

@@ -1,0 +1,220 @@
+//! `cargo xtask qemu`: build the test kernel (`kernels/qemu-test`) for
+//! `x86_64-unknown-none` and boot it under QEMU, judging the run by the
+//! kernel's own verdict.
+//!
+//! Exit status 33 with a `PASS` line is a pass. Anything else fails with
+//! the reason: 35 (the kernel reported a failure: its output says which),
+//! 0 (QEMU's status on a triple fault with `-no-reboot`), a timeout (a
+//! hang), or 33 without the report.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KERNEL_DIR: &str = "kernels/qemu-test";
+const KERNEL: &str = "kernels/qemu-test/target/x86_64-unknown-none/release/lwkt-qemu-test";
+/// The kernel's limit (`boot::MAX_CPUS`).
+const MAX_SMP: usize = 16;
+
+pub(crate) const USAGE: &str = "usage: cargo xtask qemu [--smp N] [--accel single|multi|kvm] [--machine microvm|pc|q35]
+                        [--runs N] [--timeout SECS] [--expect-fault CPU] [-- KERNEL-ARGS...]
+  --smp N            CPUs (1 to 16, default 4)
+  --accel A          single: one-threaded TCG (default; fastest here), multi: MTTCG
+                     (real parallelism), kvm: hardware virtualisation (x2APIC)
+  --machine M        QEMU machine type (default microvm)
+  --runs N           boot N times, stopping at the first failure (default 1)
+  --timeout SECS     per run (default 60)
+  --expect-fault CPU the negative test: CPU faults on purpose; passes only if the
+                     run fails with the exception vector in its output
+  KERNEL-ARGS        the kernel's command line: rounds=N apic=auto|xapic|x2apic fault=CPU
+                     expect-cpus=N";
+
+struct Opts {
+    smp: usize,
+    accel: String,
+    machine: String,
+    runs: usize,
+    timeout: u64,
+    expect_fault: Option<usize>,
+    kernel_args: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        smp: 4,
+        accel: "single".into(),
+        machine: "microvm".into(),
+        runs: 1,
+        timeout: 60,
+        expect_fault: None,
+        kernel_args: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        let num = |name: &str, v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: '{v}' is not a whole number"))
+        };
+        match a.as_str() {
+            "--smp" => o.smp = num("--smp", val("--smp")?)? as usize,
+            "--accel" => o.accel = val("--accel")?,
+            "--machine" => o.machine = val("--machine")?,
+            "--runs" => o.runs = num("--runs", val("--runs")?)? as usize,
+            "--timeout" => o.timeout = num("--timeout", val("--timeout")?)?,
+            "--expect-fault" => o.expect_fault = Some(num("--expect-fault", val("--expect-fault")?)? as usize),
+            "--" => o.kernel_args.extend(it.by_ref().cloned()),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown option '{other}'\n{USAGE}")),
+        }
+    }
+    if o.smp == 0 || o.smp > MAX_SMP {
+        return Err(format!("--smp {}: the test kernel supports 1 to {MAX_SMP} CPUs", o.smp));
+    }
+    if !matches!(o.accel.as_str(), "single" | "multi" | "kvm") {
+        return Err(format!("--accel {}: single, multi or kvm", o.accel));
+    }
+    if o.runs == 0 || o.timeout == 0 {
+        return Err("--runs and --timeout must be at least 1".into());
+    }
+    if let Some(f) = o.expect_fault {
+        if f == 0 || f >= o.smp {
+            return Err(format!("--expect-fault {f}: an application processor, 1 to {}", o.smp - 1));
+        }
+        o.kernel_args.push(format!("fault={f}"));
+    }
+    Ok(o)
+}
+
+pub(crate) fn qemu(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map_or(true, |out| !out.status.success())
+    {
+        return Err("qemu-system-x86_64 not found: install it (apt-get install -y qemu-system-x86)".into());
+    }
+    crate::run(Command::new("cargo").current_dir(KERNEL_DIR).args([
+        "build",
+        "--release",
+        "--quiet",
+        "--target",
+        "x86_64-unknown-none",
+    ]))?;
+    let mut times = Vec::new();
+    for i in 1..=o.runs {
+        let t = Instant::now();
+        boot(&o).map_err(|e| format!("run {i} of {}: {e}", o.runs))?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "xtask: qemu --smp {} --accel {} --machine {}: {} run(s) passed, wall time min {:.2} s, median {:.2} s, max {:.2} s",
+        o.smp,
+        o.accel,
+        o.machine,
+        o.runs,
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    Ok(())
+}
+
+fn boot(o: &Opts) -> Result<(), String> {
+    let accel: &[&str] = match o.accel.as_str() {
+        "single" => &["-accel", "tcg,thread=single"],
+        "multi" => &["-accel", "tcg,thread=multi"],
+        _ => &["-accel", "kvm", "-cpu", "host"],
+    };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", &o.machine])
+        .args(accel)
+        .args(["-smp", &o.smp.to_string(), "-m", "128M"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(["-kernel", KERNEL, "-append", &o.kernel_args.join(" ")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(o.timeout);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let output = reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    print!("{output}");
+    for l in stderr.lines().filter(|l| !is_known_warning(l)) {
+        eprintln!("qemu: {l}");
+    }
+    let verdict = match status.and_then(|s| s.code()) {
+        None => Err(format!("hang: no exit within {} s", o.timeout)),
+        Some(33) if output.lines().any(|l| l == "PASS") => Ok(()),
+        Some(33) => Err("exit status 33 but no PASS line: the report is missing".into()),
+        Some(35) => Err(output
+            .lines()
+            .find(|l| l.starts_with("FAIL"))
+            .unwrap_or("the kernel failed without saying why")
+            .to_string()),
+        Some(0) => Err("QEMU exited 0: a triple fault (the CPU reset with -no-reboot)".into()),
+        Some(c) => Err(format!("QEMU exited {c}")),
+    };
+    match (o.expect_fault, verdict) {
+        (None, v) => v,
+        (Some(cpu), Err(e)) if e.contains("EXCEPTION vector=0x6") && e.contains(&format!("on cpu {cpu}")) => {
+            eprintln!("xtask: the deliberate fault was reported as expected: {e}");
+            Ok(())
+        }
+        (Some(cpu), Err(e)) => Err(format!("expected a #UD (vector 0x6) on cpu {cpu}, got: {e}")),
+        (Some(cpu), Ok(())) => Err(format!("expected a fault on cpu {cpu}, but the run passed")),
+    }
+}
+
+/// QEMU's harmless warnings on this kind of host (nested KVM).
+fn is_known_warning(l: &str) -> bool {
+    l.contains("exceeds the recommended cpus supported by KVM") || l.contains("doesn't support requested feature")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_the_reason() {
+        assert!(parse(&args("--smp 17")).err().unwrap().contains("1 to 16 CPUs"));
+        assert!(parse(&args("--smp 0")).is_err());
+        assert!(parse(&args("--accel tcg")).err().unwrap().contains("single, multi or kvm"));
+        assert!(parse(&args("--frob")).err().unwrap().contains("unknown option '--frob'"));
+        assert!(parse(&args("--expect-fault 4 --smp 4")).err().unwrap().contains("1 to 3"));
+        let o = parse(&args("--smp 8 --accel multi --runs 3 --expect-fault 2 -- rounds=10")).unwrap();
+        assert_eq!((o.smp, o.accel.as_str(), o.runs), (8, "multi", 3));
+        assert_eq!(o.kernel_args, ["rounds=10", "fault=2"]);
+    }
+}
