@@ -31,3 +31,8 @@ pub mod percpu;
 mod switch;
 
 pub use arch::{StackPool, X86Arch, MAX_STACKS};
+
+/// The README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -234,6 +234,7 @@ extern "C" fn bsp_main(info: usize) -> ! {
     );
 
     // Start the APs: INIT, wait, SIPI, wait, SIPI (broadcast to all others).
+    let t = hw::tsc();
     if ncpus > 1 {
         // SAFETY: low memory at 0x8000 is free; INIT/SIPI to the other
         // CPUs, which firmware left parked.
@@ -247,7 +248,6 @@ extern "C" fn bsp_main(info: usize) -> ! {
             apic::send(Icr::startup_all_but_self(page));
         }
     }
-    let t = hw::tsc();
     while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
         if hw::tsc() - t > ONLINE_TIMEOUT {
             let up = ONLINE.load(Ordering::Acquire) + 1;
@@ -256,7 +256,7 @@ extern "C" fn bsp_main(info: usize) -> ! {
         core::hint::spin_loop();
     }
     kprintln!(
-        "lwkt-qemu-test: all {ncpus} CPUs online after {} Mcycles",
+        "lwkt-qemu-test: all {ncpus} CPUs online {} Mcycles after the INIT",
         (hw::tsc() - t) / 1_000_000
     );
 
