@@ -8,3 +8,9 @@ pub mod net;
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// `docs/porting.md`'s examples, compiled (and, where they need no ring 0,
+/// run) as doctests.
+#[doc = include_str!("../../docs/porting.md")]
+#[cfg(doctest)]
+pub struct PortingGuideDoctests;
