@@ -8,13 +8,18 @@
 //!   committed corpus is replayed by `cargo test` anyway.
 //! - `qemu [--smp N] ...`: build the test kernel and boot it under QEMU
 //!   (see `qemu.rs` and `cargo xtask qemu --help`).
+//! - `instr [--update]`: instructions per operation of the hot paths
+//!   (callgrind), failing on a regression beyond 5% of
+//!   `benches/instructions.txt`.
 //! - `ci`: the whole CI script, `.ci/run`.
 
 use std::process::{Command, ExitCode};
 
+mod instr;
 mod qemu;
 
-const USAGE: &str = "usage: cargo xtask <loom|miri|fuzz [seconds]|qemu [options]|ci>";
+const USAGE: &str =
+    "usage: cargo xtask <loom|miri|fuzz [seconds]|qemu [options]|instr [--update]|ci>";
 
 /// cargo-fuzz targets: (crate directory, target).
 const FUZZ_TARGETS: &[(&str, &str)] = &[
@@ -135,6 +140,7 @@ fn main() -> ExitCode {
         "miri" => miri(),
         "fuzz" => fuzz(&std::env::args().nth(2).unwrap_or_else(|| "30".into())),
         "qemu" => qemu::qemu(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "instr" => instr::instr(&std::env::args().skip(2).collect::<Vec<_>>()),
         "ci" => run(Command::new("bash").arg(".ci/run")),
         _ => Err(USAGE.to_string()),
     };

@@ -16,7 +16,8 @@ const KERNEL: &str = "kernels/qemu-test/target/x86_64-unknown-none/release/lwkt-
 /// The kernel's limit (`boot::MAX_CPUS`).
 const MAX_SMP: usize = 16;
 
-pub(crate) const USAGE: &str = "usage: cargo xtask qemu [--smp N] [--accel single|multi|kvm] [--machine microvm|pc|q35]
+pub(crate) const USAGE: &str =
+    "usage: cargo xtask qemu [--smp N] [--accel single|multi|kvm] [--machine microvm|pc|q35]
                         [--runs N] [--timeout SECS] [--expect-fault CPU] [-- KERNEL-ARGS...]
   --smp N            CPUs (1 to 16, default 4)
   --accel A          single: one-threaded TCG (default; fastest here), multi: MTTCG
@@ -62,14 +63,19 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--machine" => o.machine = val("--machine")?,
             "--runs" => o.runs = num("--runs", val("--runs")?)? as usize,
             "--timeout" => o.timeout = num("--timeout", val("--timeout")?)?,
-            "--expect-fault" => o.expect_fault = Some(num("--expect-fault", val("--expect-fault")?)? as usize),
+            "--expect-fault" => {
+                o.expect_fault = Some(num("--expect-fault", val("--expect-fault")?)? as usize)
+            }
             "--" => o.kernel_args.extend(it.by_ref().cloned()),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown option '{other}'\n{USAGE}")),
         }
     }
     if o.smp == 0 || o.smp > MAX_SMP {
-        return Err(format!("--smp {}: the test kernel supports 1 to {MAX_SMP} CPUs", o.smp));
+        return Err(format!(
+            "--smp {}: the test kernel supports 1 to {MAX_SMP} CPUs",
+            o.smp
+        ));
     }
     if !matches!(o.accel.as_str(), "single" | "multi" | "kvm") {
         return Err(format!("--accel {}: single, multi or kvm", o.accel));
@@ -79,7 +85,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     }
     if let Some(f) = o.expect_fault {
         if f == 0 || f >= o.smp {
-            return Err(format!("--expect-fault {f}: an application processor, 1 to {}", o.smp - 1));
+            return Err(format!(
+                "--expect-fault {f}: an application processor, 1 to {}",
+                o.smp - 1
+            ));
         }
         o.kernel_args.push(format!("fault={f}"));
     }
@@ -93,7 +102,9 @@ pub(crate) fn qemu(args: &[String]) -> Result<(), String> {
         .output()
         .map_or(true, |out| !out.status.success())
     {
-        return Err("qemu-system-x86_64 not found: install it (apt-get install -y qemu-system-x86)".into());
+        return Err(
+            "qemu-system-x86_64 not found: install it (apt-get install -y qemu-system-x86)".into(),
+        );
     }
     crate::run(Command::new("cargo").current_dir(KERNEL_DIR).args([
         "build",
@@ -184,18 +195,23 @@ fn boot(o: &Opts) -> Result<(), String> {
     };
     match (o.expect_fault, verdict) {
         (None, v) => v,
-        (Some(cpu), Err(e)) if e.contains("EXCEPTION vector=0x6") && e.contains(&format!("on cpu {cpu}")) => {
+        (Some(cpu), Err(e))
+            if e.contains("EXCEPTION vector=0x6") && e.contains(&format!("on cpu {cpu}")) =>
+        {
             eprintln!("xtask: the deliberate fault was reported as expected: {e}");
             Ok(())
         }
-        (Some(cpu), Err(e)) => Err(format!("expected a #UD (vector 0x6) on cpu {cpu}, got: {e}")),
+        (Some(cpu), Err(e)) => Err(format!(
+            "expected a #UD (vector 0x6) on cpu {cpu}, got: {e}"
+        )),
         (Some(cpu), Ok(())) => Err(format!("expected a fault on cpu {cpu}, but the run passed")),
     }
 }
 
 /// QEMU's harmless warnings on this kind of host (nested KVM).
 fn is_known_warning(l: &str) -> bool {
-    l.contains("exceeds the recommended cpus supported by KVM") || l.contains("doesn't support requested feature")
+    l.contains("exceeds the recommended cpus supported by KVM")
+        || l.contains("doesn't support requested feature")
 }
 
 #[cfg(test)]
@@ -208,12 +224,27 @@ mod tests {
 
     #[test]
     fn bad_options_are_refused_with_the_reason() {
-        assert!(parse(&args("--smp 17")).err().unwrap().contains("1 to 16 CPUs"));
+        assert!(parse(&args("--smp 17"))
+            .err()
+            .unwrap()
+            .contains("1 to 16 CPUs"));
         assert!(parse(&args("--smp 0")).is_err());
-        assert!(parse(&args("--accel tcg")).err().unwrap().contains("single, multi or kvm"));
-        assert!(parse(&args("--frob")).err().unwrap().contains("unknown option '--frob'"));
-        assert!(parse(&args("--expect-fault 4 --smp 4")).err().unwrap().contains("1 to 3"));
-        let o = parse(&args("--smp 8 --accel multi --runs 3 --expect-fault 2 -- rounds=10")).unwrap();
+        assert!(parse(&args("--accel tcg"))
+            .err()
+            .unwrap()
+            .contains("single, multi or kvm"));
+        assert!(parse(&args("--frob"))
+            .err()
+            .unwrap()
+            .contains("unknown option '--frob'"));
+        assert!(parse(&args("--expect-fault 4 --smp 4"))
+            .err()
+            .unwrap()
+            .contains("1 to 3"));
+        let o = parse(&args(
+            "--smp 8 --accel multi --runs 3 --expect-fault 2 -- rounds=10",
+        ))
+        .unwrap();
         assert_eq!((o.smp, o.accel.as_str(), o.runs), (8, "multi", 3));
         assert_eq!(o.kernel_args, ["rounds=10", "fault=2"]);
     }

@@ -190,7 +190,10 @@ pub unsafe fn enable(mode: Mode, spurious: u8) {
         Mode::X2Apic => 2,
     };
     if let Err(prev) = MODE.compare_exchange(MODE_UNSET, m, Ordering::AcqRel, Ordering::Acquire) {
-        assert_eq!(prev, m, "lwkt-arch-x86_64: every CPU must use the same APIC mode");
+        assert_eq!(
+            prev, m,
+            "lwkt-arch-x86_64: every CPU must use the same APIC mode"
+        );
     }
     // SAFETY (all below): ring 0, registers of this CPU's own APIC.
     unsafe {

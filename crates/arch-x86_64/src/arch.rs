@@ -58,9 +58,15 @@ impl StackPool {
     /// # Panics
     /// If the pool already has a region, or a slot is under 4 KiB.
     pub unsafe fn init(&self, base: *mut u8, len: usize, slot: usize) {
-        assert!(slot >= 4096 && slot % 16 == 0, "lwkt-arch-x86_64: stack slots of at least 4 KiB");
+        assert!(
+            slot >= 4096 && slot % 16 == 0,
+            "lwkt-arch-x86_64: stack slots of at least 4 KiB"
+        );
         let mut g = self.inner.lock();
-        assert!(g.is_none(), "lwkt-arch-x86_64: the stack pool has its region already");
+        assert!(
+            g.is_none(),
+            "lwkt-arch-x86_64: the stack pool has its region already"
+        );
         *g = Some(Pool {
             base: base as usize,
             slot,
@@ -90,7 +96,9 @@ impl StackPool {
 
     fn free(&self, s: Stack) {
         let mut g = self.inner.lock();
-        let p = g.as_mut().expect("lwkt-arch-x86_64: free_stack before the pool has a region");
+        let p = g
+            .as_mut()
+            .expect("lwkt-arch-x86_64: free_stack before the pool has a region");
         let start = s.base.as_ptr() as usize - CANARY_ROOM;
         let i = (start - p.base) / p.slot;
         assert!(

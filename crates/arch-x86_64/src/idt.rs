@@ -205,7 +205,8 @@ impl Idt {
         for (v, g) in gates.iter_mut().enumerate() {
             *g = Gate::interrupt(base + 16 * v as u64, selector);
         }
-        gates[usize::from(IPI_VECTOR)] = Gate::interrupt(lwkt_x86_ipi_stub as *const () as u64, selector);
+        gates[usize::from(IPI_VECTOR)] =
+            Gate::interrupt(lwkt_x86_ipi_stub as *const () as u64, selector);
         gates[usize::from(SPURIOUS_VECTOR)] =
             Gate::interrupt(lwkt_x86_spurious_stub as *const () as u64, selector);
         Idt { gates }
@@ -241,11 +242,24 @@ mod tests {
         let base = idt.gate(0).handler();
         assert_eq!(base % 16, 0);
         for v in [1u8, 6, 8, 13, 14, 0x3F, 0x41, 0xFE] {
-            assert_eq!(idt.gate(v).handler(), base + 16 * u64::from(v), "vector {v}");
+            assert_eq!(
+                idt.gate(v).handler(),
+                base + 16 * u64::from(v),
+                "vector {v}"
+            );
         }
-        assert_eq!(idt.gate(IPI_VECTOR).handler(), lwkt_x86_ipi_stub as *const () as u64);
-        assert_eq!(idt.gate(SPURIOUS_VECTOR).handler(), lwkt_x86_spurious_stub as *const () as u64);
-        assert!(idt.gates.iter().all(|g| g.to_bytes()[5] == 0x8E && g.to_bytes()[2] == 8));
+        assert_eq!(
+            idt.gate(IPI_VECTOR).handler(),
+            lwkt_x86_ipi_stub as *const () as u64
+        );
+        assert_eq!(
+            idt.gate(SPURIOUS_VECTOR).handler(),
+            lwkt_x86_spurious_stub as *const () as u64
+        );
+        assert!(idt
+            .gates
+            .iter()
+            .all(|g| g.to_bytes()[5] == 0x8E && g.to_bytes()[2] == 8));
     }
 
     #[test]

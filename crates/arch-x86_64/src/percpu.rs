@@ -64,7 +64,8 @@ impl PerCpu {
 
     /// Attach lwkt's CPU block.
     pub fn set_cpu(&self, cpu: &'static Cpu) {
-        self.cpu.store(cpu as *const Cpu as usize, Ordering::Release);
+        self.cpu
+            .store(cpu as *const Cpu as usize, Ordering::Release);
     }
 }
 
@@ -76,7 +77,8 @@ impl PerCpu {
 /// CPU's block and lives forever; interrupts are off (a handler reading
 /// GS mid-way would see the wrong base).
 pub unsafe fn install(p: &'static PerCpu) {
-    p.self_ptr.store(p as *const PerCpu as usize, Ordering::Relaxed);
+    p.self_ptr
+        .store(p as *const PerCpu as usize, Ordering::Relaxed);
     // SAFETY: caller (ring 0, interrupts off, this CPU's own MSRs).
     unsafe {
         crate::apic::wrmsr(MSR_GS_BASE, 0);
@@ -105,7 +107,9 @@ pub unsafe fn swapgs() {
 pub fn current() -> &'static PerCpu {
     let p: usize;
     // SAFETY: a load from the installed per-CPU block's first word.
-    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
+    };
     // SAFETY: `install` stored the block's own 'static address there.
     unsafe { &*(p as *const PerCpu) }
 }
@@ -115,7 +119,9 @@ pub fn current() -> &'static PerCpu {
 pub fn current_index() -> usize {
     let i: usize;
     // SAFETY: as for `current`.
-    unsafe { core::arch::asm!("mov {}, gs:[8]", out(reg) i, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, gs:[8]", out(reg) i, options(nostack, readonly, preserves_flags))
+    };
     i
 }
 

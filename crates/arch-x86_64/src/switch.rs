@@ -67,7 +67,9 @@ pub(crate) unsafe fn init(ctx: &Context, stack: Stack, entry: EntryFn, arg: usiz
         frame.add(3).write(arg); // r12
         frame.add(4).write(0); // rbx
         frame.add(5).write(0); // rbp
-        frame.add(6).write(lwkt_x86_trampoline as *const () as usize); // return address
+        frame
+            .add(6)
+            .write(lwkt_x86_trampoline as *const () as usize); // return address
     }
     ctx.words[0].set(sp);
 }
