@@ -84,6 +84,40 @@ fn packets(c: &mut Criterion) {
         });
     }
     g.finish();
+    write_events(&frames);
+}
+
+/// One more run of each design at 1 and 2 CPUs with its synchronisation
+/// events counted, for the cost model of `bench-report`:
+/// `target/criterion/netdispatch_packets/events.json`.
+fn write_events(frames: &Arc<Vec<Vec<u8>>>) {
+    let mut rows = Vec::new();
+    for n in [1usize, 2] {
+        let l = on_lwkt(n, |cur| net::lwkt(cur, frames.clone(), false));
+        for (design, o) in [
+            ("lwkt", l),
+            ("bucket_mutexes", net::sharded(n, frames)),
+            ("global_mutex", net::global(n, frames)),
+        ] {
+            let e = o.events;
+            rows.push(format!(
+                "{{\"design\":\"{design}\",\"cpus\":{n},\"frames\":{},\"remote_messages\":{},\"local_messages\":{},\"ipis\":{},\"kicks\":{},\"lock_acquisitions\":{}}}",
+                o.counters.total(),
+                e.remote_messages,
+                e.local_messages,
+                e.ipis,
+                e.kicks,
+                e.lock_acquisitions
+            ));
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/criterion/netdispatch_packets");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("events.json"),
+        format!("[\n{}\n]\n", rows.join(",\n")),
+    );
 }
 
 criterion_group! {

@@ -11,6 +11,8 @@
 //! - `instr [--update]`: instructions per operation of the hot paths
 //!   (callgrind), failing on a regression beyond 5% of
 //!   `benches/instructions.txt`.
+//! - `bench-report [--run]`: write `docs/benchmarks.md` and its plots from
+//!   criterion's results (`--run` runs `cargo bench -p lwkt-benches` first).
 //! - `ci`: the whole CI script, `.ci/run`.
 
 use std::process::{Command, ExitCode};
@@ -19,7 +21,7 @@ mod instr;
 mod qemu;
 
 const USAGE: &str =
-    "usage: cargo xtask <loom|miri|fuzz [seconds]|qemu [options]|instr [--update]|ci>";
+    "usage: cargo xtask <loom|miri|fuzz [seconds]|qemu [options]|instr [--update]|bench-report [--run]|ci>";
 
 /// cargo-fuzz targets: (crate directory, target).
 const FUZZ_TARGETS: &[(&str, &str)] = &[
@@ -133,6 +135,23 @@ fn fuzz(seconds: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn bench_report(args: &[String]) -> Result<(), String> {
+    match args {
+        [] => {}
+        [a] if a == "--run" => run(Command::new("cargo").args(["bench", "-p", "lwkt-benches"]))?,
+        _ => return Err("usage: cargo xtask bench-report [--run]".into()),
+    }
+    run(Command::new("cargo").args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "lwkt-benches",
+        "--bin",
+        "bench_report",
+    ]))
+}
+
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let r = match task.as_str() {
@@ -141,6 +160,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz(&std::env::args().nth(2).unwrap_or_else(|| "30".into())),
         "qemu" => qemu::qemu(&std::env::args().skip(2).collect::<Vec<_>>()),
         "instr" => instr::instr(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "bench-report" => bench_report(&std::env::args().skip(2).collect::<Vec<_>>()),
         "ci" => run(Command::new("bash").arg(".ci/run")),
         _ => Err(USAGE.to_string()),
     };

@@ -195,7 +195,8 @@ pub unsafe fn enable(mode: Mode, spurious: u8) {
             "lwkt-arch-x86_64: every CPU must use the same APIC mode"
         );
     }
-    // SAFETY (all below): ring 0, registers of this CPU's own APIC.
+    // SAFETY: ring 0 (caller); every access below is to this CPU's own
+    // APIC (its MSRs, or the xAPIC page the caller mapped).
     unsafe {
         let base = rdmsr(MSR_APIC_BASE);
         match mode {

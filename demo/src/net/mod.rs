@@ -106,6 +106,25 @@ pub struct Outcome {
     pub requests: u64,
     /// Whether no connection was found in two CPUs' tables.
     pub flows_on_one_cpu: bool,
+    /// Synchronisation events of the packet phase, counted (not sampled).
+    pub events: Events,
+}
+
+/// Synchronisation events a design used for its packets, counted: the
+/// inputs of the cost model in `docs/benchmarks.md`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Events {
+    /// Batch messages sent to a protocol thread on another CPU.
+    pub remote_messages: u64,
+    /// Batch messages to the protocol thread on the sender's own CPU.
+    pub local_messages: u64,
+    /// IPI messages queued between CPUs (lwkt-core's counters: a remote
+    /// message and its reply each take one).
+    pub ipis: u64,
+    /// Hardware IPIs (kicks) sent.
+    pub kicks: u64,
+    /// Mutex acquisitions (the locking designs: one per packet with a flow).
+    pub lock_acquisitions: u64,
 }
 
 impl Outcome {
@@ -141,7 +160,13 @@ pub fn lwkt(cur: &mut Cur, frames: Arc<Vec<Vec<u8>>>, top_half: bool) -> Outcome
     let reg = Arc::new(reg);
 
     // Bottom half.
-    let rx_counters: Arc<Mutex<Counters>> = Arc::default();
+    let rx_counters: Arc<Mutex<(Counters, Events)>> = Arc::default();
+    let stats = |cur: &Cur| -> (u64, u64) {
+        (0..n)
+            .filter_map(|c| cur.my_cpu().cpu_stats(CpuId::new(c as u32)))
+            .fold((0, 0), |(i, k), s| (i + s.ipis_sent, k + s.kicks_sent))
+    };
+    let before = stats(cur);
     let start = Instant::now();
     let rx: Vec<_> = (0..n)
         .map(|q| {
@@ -151,8 +176,11 @@ pub fn lwkt(cur: &mut Cur, frames: Arc<Vec<Vec<u8>>>, top_half: bool) -> Outcome
                 .cpu(CpuId::new(q as u32))
                 .name("rx")
                 .spawn(move |me| {
-                    let c = receive(me, q, n, &frames, &disp, &reg);
-                    all.lock().unwrap().merge(&c);
+                    let (c, e) = receive(me, q, n, &frames, &disp, &reg);
+                    let mut all = all.lock().unwrap();
+                    all.0.merge(&c);
+                    all.1.remote_messages += e.remote_messages;
+                    all.1.local_messages += e.local_messages;
                 })
                 .expect("rx thread")
         })
@@ -161,7 +189,10 @@ pub fn lwkt(cur: &mut Cur, frames: Arc<Vec<Vec<u8>>>, top_half: bool) -> Outcome
         cur.join(t);
     }
     let secs = start.elapsed().as_secs_f64();
-    let counters = *rx_counters.lock().unwrap();
+    let after = stats(cur);
+    let (counters, mut events) = *rx_counters.lock().unwrap();
+    events.ipis = after.0 - before.0;
+    events.kicks = after.1 - before.1;
 
     // Top half: requests for some connections, from threads on every CPU,
     // to the CPUs their packets went to.
@@ -211,6 +242,7 @@ pub fn lwkt(cur: &mut Cur, frames: Arc<Vec<Vec<u8>>>, top_half: bool) -> Outcome
         connections: owner.len(),
         requests,
         flows_on_one_cpu: one_cpu,
+        events,
     }
 }
 
@@ -264,7 +296,7 @@ fn serve(me: &mut Cur, port: &'static Port<NetMsg>, cpu: usize, disp: &Dispatche
 
 /// A receive queue: classify every `n`-th frame from `q`, stage it for its
 /// CPU, send full stages (and the rest at the end); return the frames
-/// counted by kind.
+/// counted by kind and the batches sent.
 fn receive(
     me: &mut Cur,
     q: usize,
@@ -272,7 +304,7 @@ fn receive(
     frames: &[Vec<u8>],
     disp: &Dispatcher,
     reg: &Registry<NetMsg>,
-) -> Counters {
+) -> (Counters, Events) {
     let mut pools: Vec<Vec<Pin<Box<Msg<NetMsg>>>>> = (0..n)
         .map(|_| {
             (0..POOL)
@@ -283,7 +315,13 @@ fn receive(
     let mut next = vec![0usize; n];
     let mut stage: Vec<Batch<Desc, BATCH>> = vec![Batch::new(); n];
     let mut counters = Counters::default();
+    let mut events = Events::default();
     let mut send = |me: &mut Cur, cpu: usize, b: &mut Batch<Desc, BATCH>| {
+        if cpu == q {
+            events.local_messages += 1;
+        } else {
+            events.remote_messages += 1;
+        }
         let m = &mut pools[cpu][next[cpu]];
         next[cpu] = (next[cpu] + 1) % POOL;
         if !m.is_done() {
@@ -324,7 +362,7 @@ fn receive(
             m.as_mut().wait(me).expect("served");
         }
     }
-    counters
+    (counters, events)
 }
 
 /// A user thread: open, send twice and close every `n`-th connection from
@@ -400,16 +438,17 @@ fn on_os_threads(
         .map(|q| {
             let (frames, disp, update) = (frames.clone(), disp.clone(), update.clone());
             std::thread::spawn(move || {
-                let (mut counters, mut handled) = (Counters::default(), 0u64);
+                let (mut counters, mut handled, mut locks) = (Counters::default(), 0u64, 0u64);
                 for f in frames.iter().skip(q).step_by(n) {
                     let r = disp.route(f);
                     counters.record(r.class.kind());
                     if let Some(flow) = r.flow() {
                         update(flow.canonical(), f.len().min(usize::from(u16::MAX)) as u16);
+                        locks += 1;
                     }
                     handled += u64::from(r.cpu.is_some());
                 }
-                (counters, handled)
+                (counters, handled, locks)
             })
         })
         .collect();
@@ -418,9 +457,10 @@ fn on_os_threads(
         ..Outcome::default()
     };
     for h in hs {
-        let (c, handled) = h.join().expect("worker");
+        let (c, handled, locks) = h.join().expect("worker");
         o.counters.merge(&c);
         o.per_cpu.push(handled);
+        o.events.lock_acquisitions += locks;
     }
     o.secs = start.elapsed().as_secs_f64();
     o
