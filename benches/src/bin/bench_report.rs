@@ -279,40 +279,27 @@ fn fmt_ns(ns: f64) -> String {
 }
 
 /// A horizontal bar plot of one group's medians, with the 95% interval as
-/// a whisker and the fastest sample as a tick.
+/// a whisker and the fastest sample as a dot; a log scale when the rows
+/// span more than 20x.
 fn bar_plot(
     path: &Path,
     g: &Group,
     rows: &[(&str, Est)],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let h = 60 + 34 * rows.len() as u32;
+    let n = rows.len();
+    let h = 70 + 46 * n as u32;
     let root = SVGBackend::new(path, (760, h)).into_drawing_area();
     root.fill(&WHITE)?;
     let max = rows
         .iter()
         .map(|(_, e)| e.hi.max(e.median))
         .fold(0.0, f64::max)
-        * 1.1;
-    let n = rows.len();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{} (ns per {}, lower is better)", g.title, g.element),
-            ("sans-serif", 15),
-        )
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(300)
-        .build_cartesian_2d(0.0..max, (0..n).into_segmented())?;
-    let labels: Vec<String> = rows.iter().map(|(l, _)| l.to_string()).collect();
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .x_desc("ns")
-        .draw()?;
+        * 1.3;
+    let min = rows
+        .iter()
+        .map(|(_, e)| e.fastest.min(e.lo))
+        .fold(f64::MAX, f64::min);
+    let caption = format!("{} (ns per {}, lower is better)", g.title, g.element);
     let colors = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -322,27 +309,58 @@ fn bar_plot(
         RGBColor(140, 86, 75),
         RGBColor(127, 127, 127),
     ];
-    for (i, (_, e)) in rows.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        chart.draw_series(std::iter::once(Rectangle::new(
-            [
-                (0.0, SegmentValue::Exact(i)),
-                (e.median, SegmentValue::Exact(i + 1)),
-            ],
-            c.mix(0.7).filled(),
-        )))?;
-        chart.draw_series(std::iter::once(PathElement::new(
-            vec![
-                (e.lo, SegmentValue::CenterOf(i)),
-                (e.hi, SegmentValue::CenterOf(i)),
-            ],
-            BLACK.stroke_width(2),
-        )))?;
-        chart.draw_series(std::iter::once(Circle::new(
-            (e.fastest, SegmentValue::CenterOf(i)),
-            3,
-            BLACK.filled(),
-        )))?;
+    macro_rules! draw {
+        ($chart:expr, $x0:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .disable_y_axis()
+                .x_desc("ns")
+                .draw()?;
+            for (i, (label, e)) in rows.iter().enumerate() {
+                let c = colors[i % colors.len()];
+                let y = (n - 1 - i) as f64;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [($x0, y + 0.1), (e.median, y + 0.5)],
+                    c.mix(0.75).filled(),
+                )))?;
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(e.lo, y + 0.3), (e.hi, y + 0.3)],
+                    BLACK.stroke_width(2),
+                )))?;
+                chart.draw_series(std::iter::once(Circle::new(
+                    (e.fastest, y + 0.3),
+                    3,
+                    BLACK.filled(),
+                )))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{label}: {}", fmt_ns(e.median)),
+                    ($x0, y + 0.92),
+                    ("sans-serif", 13),
+                )))?;
+            }
+        }};
+    }
+    if max / min > 20.0 {
+        let x0 = min / 2.0;
+        draw!(
+            ChartBuilder::on(&root)
+                .caption(caption, ("sans-serif", 15))
+                .margin(10)
+                .x_label_area_size(30)
+                .build_cartesian_2d((x0..max).log_scale(), 0f64..n as f64)?,
+            x0
+        );
+    } else {
+        draw!(
+            ChartBuilder::on(&root)
+                .caption(caption, ("sans-serif", 15))
+                .margin(10)
+                .x_label_area_size(30)
+                .build_cartesian_2d(0f64..max, 0f64..n as f64)?,
+            0.0
+        );
     }
     root.present()?;
     Ok(())
@@ -522,7 +540,7 @@ fn scaling_section(
         .filter_map(|(d, _)| model.rate(d, 64.0))
         .fold(10e6, f64::max)
         / 1e6
-        * 1.1;
+        * 1.5;
     let mut chart = ChartBuilder::on(&root_area)
         .caption(
             "netdispatch: M frames/s vs CPUs (points measured, lines MODELLED)",
@@ -531,11 +549,13 @@ fn scaling_section(
         .margin(10)
         .x_label_area_size(32)
         .y_label_area_size(50)
-        .build_cartesian_2d((1f64..64f64).log_scale(), 0f64..ymax)?;
+        .build_cartesian_2d((1f64..64f64).log_scale(), (1f64..ymax).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("CPUs (log scale)")
-        .y_desc("M frames/s")
+        .y_desc("M frames/s (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     let colors = [
         RGBColor(31, 119, 180),
