@@ -12,7 +12,8 @@
 //!   (callgrind), failing on a regression beyond 5% of
 //!   `benches/instructions.txt`.
 //! - `bench-report [--run]`: write `docs/benchmarks.md` and its plots from
-//!   criterion's results (`--run` runs `cargo bench -p lwkt-benches` first).
+//!   criterion's results (`--run` runs `cargo bench -p lwkt-benches` and
+//!   the counting `sync_events` bench first).
 //! - `ci`: the whole CI script, `.ci/run`.
 
 use std::process::{Command, ExitCode};
@@ -138,7 +139,18 @@ fn fuzz(seconds: &str) -> Result<(), String> {
 fn bench_report(args: &[String]) -> Result<(), String> {
     match args {
         [] => {}
-        [a] if a == "--run" => run(Command::new("cargo").args(["bench", "-p", "lwkt-benches"]))?,
+        [a] if a == "--run" => {
+            run(Command::new("cargo").args(["bench", "-p", "lwkt-benches"]))?;
+            run(Command::new("cargo").args([
+                "bench",
+                "-p",
+                "lwkt-benches",
+                "--features",
+                "sync-events",
+                "--bench",
+                "sync_events",
+            ]))?
+        }
         _ => return Err("usage: cargo xtask bench-report [--run]".into()),
     }
     run(Command::new("cargo").args([

@@ -2,10 +2,14 @@
 //! `--cfg loom` and from `core` otherwise, so the models run this crate's own
 //! code (the approach of tokio's `src/loom/`).
 
-#[cfg(not(loom))]
+#[cfg(all(not(loom), not(feature = "bench-counters")))]
 pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+#[cfg(all(not(loom), feature = "bench-counters"))]
+pub(crate) use lwkt_token::sync_events::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+};
 
 pub(crate) use core::sync::atomic::Ordering;
 

@@ -2,10 +2,12 @@
 //! `--cfg loom` and from `core` otherwise, so the models run this crate's
 //! own protocol code (the approach of tokio's `src/loom/`).
 
-#[cfg(not(loom))]
+#[cfg(all(not(loom), not(feature = "bench-counters")))]
 pub(crate) use core::sync::atomic::AtomicU32;
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::AtomicU32;
+#[cfg(all(not(loom), feature = "bench-counters"))]
+pub(crate) use lwkt_core::token::sync_events::AtomicU32;
 
 pub(crate) use core::sync::atomic::Ordering;
 

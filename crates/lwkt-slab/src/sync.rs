@@ -2,10 +2,12 @@
 //! `loom` under `--cfg loom` and from `core` otherwise, so the model runs
 //! this crate's own list (the approach of tokio's `src/loom/`).
 
-#[cfg(not(loom))]
+#[cfg(all(not(loom), not(feature = "bench-counters")))]
 pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr};
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr};
+#[cfg(all(not(loom), feature = "bench-counters"))]
+pub(crate) use lwkt_core::token::sync_events::{AtomicBool, AtomicPtr};
 
 pub(crate) use core::sync::atomic::Ordering;
 

@@ -78,6 +78,9 @@ pub use spin::SpinThread;
 pub use stack::{Mode, Pushed, TokenError, TokenStack, MAX_TOKENS, SORTED_AFTER};
 pub use token::Token;
 
+#[cfg(feature = "bench-counters")]
+pub mod sync_events;
+
 #[cfg(all(test, loom))]
 mod loom_tests;
 #[cfg(all(test, not(loom), not(miri)))]

@@ -1,6 +1,8 @@
 //! Atomics from loom under `--cfg loom`, from core otherwise.
 
-#[cfg(not(loom))]
+#[cfg(all(not(loom), feature = "bench-counters"))]
+pub(crate) use crate::sync_events::{AtomicU64, AtomicUsize};
+#[cfg(all(not(loom), not(feature = "bench-counters")))]
 pub(crate) use core::sync::atomic::{AtomicU64, AtomicUsize};
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize};
