@@ -798,9 +798,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .filter_map(|f| Some((*f, *r.get(&(g.id.to_string(), f.to_string()))?)))
             .collect();
+        // When the group's results were written (groups may come from
+        // different runs: `cargo bench -- GROUP` reruns one).
+        let when = rows
+            .first()
+            .and_then(|(f, _)| {
+                std::fs::metadata(
+                    root.join(g.id)
+                        .join(f.replace("::", "__"))
+                        .join("new/estimates.json"),
+                )
+                .ok()
+            })
+            .or_else(|| std::fs::metadata(root.join(g.id)).ok())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| {
+                sh(
+                    "date",
+                    &[
+                        "-u",
+                        "-d",
+                        &format!("@{}", d.as_secs()),
+                        "+%Y-%m-%d %H:%M UTC",
+                    ],
+                )
+            })
+            .unwrap_or_else(|| "at an unknown time".into());
         let _ = writeln!(
             out,
-            "\n## {}\n\n`{}`: one element = {}.\n",
+            "\n## {}\n\n`{}`: one element = {}; measured {when}.\n",
             g.title, g.id, g.element
         );
         if rows.is_empty() {
