@@ -200,6 +200,37 @@ fn ipi_ring(c: &mut Criterion) {
             )
         })
     });
+    g.bench_function("lwkt ring, unbatched, handles", |b| {
+        b.iter_custom(|iters| {
+            let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
+            let (p, q) = (r.clone(), r);
+            two_cores(
+                iters,
+                move |n| {
+                    // SAFETY: this thread is the ring's only producer.
+                    let mut p = unsafe { p.producer() };
+                    for i in 0..n {
+                        while p.push(i).is_err() {
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+                move |n| {
+                    // SAFETY: this thread is the ring's only consumer.
+                    let mut c = unsafe { q.consumer() };
+                    let mut got = 0;
+                    while got < n {
+                        if let Some(v) = c.pop() {
+                            black_box(v);
+                            got += 1;
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+            )
+        })
+    });
     g.bench_function("lwkt ring, batches of 32", |b| {
         b.iter_custom(|iters| {
             let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());

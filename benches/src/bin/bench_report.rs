@@ -121,6 +121,7 @@ const GROUPS: &[Group] = &[
         element: "one message",
         rows: &[
             "rtrb",
+            "lwkt ring, unbatched, handles",
             "lwkt ring, unbatched",
             "lwkt ring, batches of 32",
             "crossbeam-channel bounded(256)",
@@ -621,10 +622,20 @@ fn targets(r: &Results) -> Vec<(String, Option<bool>, String)> {
             .map(|(a, b)| (a <= 2.0 * b, format!("{:.2}x", a / b))),
     );
     add(
-        "IPI ring (unbatched) at least rtrb's throughput",
-        m("ipi_ring", "lwkt ring, unbatched")
+        "IPI ring, unbatched, at least rtrb's throughput (both through handles)",
+        m("ipi_ring", "lwkt ring, unbatched, handles")
             .zip(m("ipi_ring", "rtrb"))
-            .map(|(a, b)| (a <= b, format!("{:.2}x rtrb's rate", b / a))),
+            .zip(m("ipi_ring", "lwkt ring, unbatched"))
+            .map(|((a, b), plain)| {
+                (
+                    a <= b,
+                    format!(
+                        "{:.2}x rtrb's rate ({:.2}x through the plain `&self` push/pop)",
+                        b / a,
+                        b / plain
+                    ),
+                )
+            }),
     );
     add(
         "token pair no slower than parking_lot",

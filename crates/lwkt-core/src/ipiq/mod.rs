@@ -21,7 +21,7 @@
 
 mod ring;
 
-pub use ring::Ring;
+pub use ring::{Consumer, Producer, Ring};
 
 use crate::cpu::{Cpu, CpuId, CpuMask};
 use crate::sync::{fence_seqcst, AtomicU32, AtomicU64, Ordering};
