@@ -179,16 +179,25 @@ fn consume_ring(q: &Ring<u64, 256>, n: u64) {
     }
 }
 
+/// A fresh ring, `produce` on core 0 and `consume` on core 1.
+fn ring_on_two_cores(
+    iters: u64,
+    produce: fn(&Ring<u64, 256>, u64),
+    consume: fn(&Ring<u64, 256>, u64),
+) -> std::time::Duration {
+    let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
+    let q = r.clone();
+    two_cores(iters, move |n| produce(&r, n), move |n| consume(&q, n))
+}
+
 fn ipi_ring(c: &mut Criterion) {
     let mut g = c.benchmark_group("ipi_ring");
     g.throughput(Throughput::Elements(1));
     g.bench_function("lwkt ring, unbatched", |b| {
         b.iter_custom(|iters| {
-            let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
-            let (p, q) = (r.clone(), r);
-            two_cores(
+            ring_on_two_cores(
                 iters,
-                move |n| {
+                |p, n| {
                     for i in 0..n {
                         // SAFETY: this thread is the ring's only producer.
                         while unsafe { p.push(i) }.is_err() {
@@ -196,17 +205,15 @@ fn ipi_ring(c: &mut Criterion) {
                         }
                     }
                 },
-                move |n| consume_ring(&q, n),
+                consume_ring,
             )
         })
     });
     g.bench_function("lwkt ring, unbatched, handles", |b| {
         b.iter_custom(|iters| {
-            let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
-            let (p, q) = (r.clone(), r);
-            two_cores(
+            ring_on_two_cores(
                 iters,
-                move |n| {
+                |p, n| {
                     // SAFETY: this thread is the ring's only producer.
                     let mut p = unsafe { p.producer() };
                     for i in 0..n {
@@ -215,7 +222,7 @@ fn ipi_ring(c: &mut Criterion) {
                         }
                     }
                 },
-                move |n| {
+                |q, n| {
                     // SAFETY: this thread is the ring's only consumer.
                     let mut c = unsafe { q.consumer() };
                     let mut got = 0;
@@ -233,11 +240,9 @@ fn ipi_ring(c: &mut Criterion) {
     });
     g.bench_function("lwkt ring, batches of 32", |b| {
         b.iter_custom(|iters| {
-            let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
-            let (p, q) = (r.clone(), r);
-            two_cores(
+            ring_on_two_cores(
                 iters,
-                move |n| {
+                |p, n| {
                     let batch: Vec<u64> = (0..32).collect();
                     let mut sent = 0u64;
                     while sent < n {
@@ -250,7 +255,7 @@ fn ipi_ring(c: &mut Criterion) {
                         }
                     }
                 },
-                move |n| consume_ring(&q, n),
+                consume_ring,
             )
         })
     });
