@@ -29,7 +29,8 @@ static STORES: RawU64 = RawU64::new(0);
 pub struct SyncEvents {
     /// Atomic read-modify-writes: compare-exchange, swap, fetch-and-op.
     pub rmw: u64,
-    /// Atomic stores (each one a write another CPU may be reading).
+    /// Atomic stores: publications to another CPU, and writes to atomics
+    /// only their own CPU uses (a thread's critical-section count is one).
     pub stores: u64,
 }
 
