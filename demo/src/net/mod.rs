@@ -24,7 +24,7 @@ use lwkt_netdispatch::{Dispatcher, Flow};
 pub use gen::packets as generated;
 
 /// Packets per batch message (cohort scheduling: one wake-up per batch).
-pub const BATCH: usize = 128;
+pub const BATCH: usize = 256;
 /// Batch messages a receive thread keeps in flight per target CPU.
 const POOL: usize = 8;
 /// Buckets (each with its own mutex) of the fine-grained locking design.
