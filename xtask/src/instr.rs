@@ -18,8 +18,18 @@ pub(crate) const THRESHOLD_PCT: f64 = 5.0;
 const BASELINE: &str = "benches/instructions.txt";
 const N: u64 = 100_000;
 
-/// (name, package, example, extra args, operations per iteration).
-const OPS: &[(&str, &str, &str, &[&str], u64)] = &[
+/// One counted operation: (name, package, example, extra args, operations
+/// per iteration).
+type Op = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    u64,
+);
+
+/// lwkt's own hot paths: gated against the baseline.
+const OPS: &[Op] = &[
     (
         "switch (yield + same-CPU switch)",
         "lwkt-arch-hosted",
@@ -50,7 +60,76 @@ const OPS: &[(&str, &str, &str, &[&str], u64)] = &[
         &[],
         1,
     ),
+    (
+        "lwkt ring push+pop, one thread",
+        "lwkt-benches",
+        "alt_loop",
+        &["lwkt_ring"],
+        1,
+    ),
+    (
+        "lwkt ring push+pop through handles, one thread",
+        "lwkt-benches",
+        "alt_loop",
+        &["lwkt_ring_handles"],
+        1,
+    ),
 ];
+
+/// The alternatives the benches compare with, counted the same way for
+/// reference (other crates' code: reported, not gated).
+const REFERENCE: &[Op] = &[
+    (
+        "parking_lot::Mutex lock+unlock",
+        "lwkt-benches",
+        "alt_loop",
+        &["parking_lot"],
+        1,
+    ),
+    (
+        "std::sync::Mutex lock+unlock",
+        "lwkt-benches",
+        "alt_loop",
+        &["std_mutex"],
+        1,
+    ),
+    (
+        "spin::Mutex lock+unlock",
+        "lwkt-benches",
+        "alt_loop",
+        &["spin"],
+        1,
+    ),
+    (
+        "mimalloc 64 B alloc+free",
+        "lwkt-benches",
+        "alt_loop",
+        &["mimalloc"],
+        1,
+    ),
+    (
+        "glibc malloc 64 B alloc+free",
+        "lwkt-benches",
+        "alt_loop",
+        &["glibc"],
+        1,
+    ),
+    (
+        "rtrb push+pop, one thread",
+        "lwkt-benches",
+        "alt_loop",
+        &["rtrb"],
+        1,
+    ),
+    (
+        "crossbeam-channel send+recv, one thread",
+        "lwkt-benches",
+        "alt_loop",
+        &["crossbeam"],
+        1,
+    ),
+];
+const REFERENCE_FILE: &str = "benches/instructions-reference.txt";
 
 fn callgrind(exe: &str, n: u64, extra: &[&str]) -> Result<u64, String> {
     let out = std::env::temp_dir().join(format!("lwkt-callgrind-{}.out", std::process::id()));
@@ -134,6 +213,20 @@ pub(crate) fn instr(args: &[String]) -> Result<(), String> {
             None => println!("| {name} | {per_op:.1} | (none) | |"),
         }
     }
+    // The alternatives, for the report (not gated).
+    let mut reference = String::from(
+        "# Instructions per operation of the alternatives (callgrind), written by\n\
+         # `cargo xtask instr` for the report; other crates' code, not gated.\n",
+    );
+    for (name, _, ex, extra, per_iter) in REFERENCE {
+        let exe = format!("target/release/examples/{ex}");
+        let a = callgrind(&exe, N, extra)?;
+        let b = callgrind(&exe, 2 * N, extra)?;
+        let per_op = (b as f64 - a as f64) / (N * per_iter) as f64;
+        println!("| {name} (reference) | {per_op:.1} | | |");
+        reference.push_str(&format!("{name} = {per_op:.1}\n"));
+    }
+    std::fs::write(REFERENCE_FILE, reference).map_err(|e| format!("{REFERENCE_FILE}: {e}"))?;
     if update {
         let mut s = String::from(
             "# Instructions per operation (callgrind), checked by `cargo xtask instr`:\n\
