@@ -110,4 +110,4 @@ pub use error::MsgError;
 pub use executor::block_on;
 pub use future::ReplyFuture;
 pub use msg::{Incoming, Msg, MsgFlags, MsgHandle, Replied};
-pub use port::{Port, PutFn, ReplyFn};
+pub use port::{Port, PutFn, ReplyFn, DOMSG_POLL_CYCLES};
