@@ -186,6 +186,35 @@ fn main() {
                 }
             }),
         ));
+        rows.push((
+            "lwkt sendmsg to the other CPU, 64 in flight, replies to own port",
+            count(cur, |cur| {
+                let replies: &'static Port<u64> = Port::thread(cur).leak();
+                let mut ms: Vec<std::pin::Pin<Box<Msg<u64>>>> = (0..64)
+                    .map(|_| Box::pin(Msg::with_reply_port(replies, 0)))
+                    .collect();
+                for m in ms.iter_mut() {
+                    other.sendmsg(cur.my_cpu(), m.as_mut());
+                }
+                let (mut sent, mut oldest) = (64u64, 0usize);
+                for _ in 0..N {
+                    let lwkt_msg::Incoming::Reply(r) = replies.waitport(cur) else {
+                        unreachable!()
+                    };
+                    let i = if r.is(&ms[oldest]) {
+                        oldest
+                    } else {
+                        ms.iter().position(|m| r.is(m)).unwrap()
+                    };
+                    oldest = (i + 1) % 64;
+                    if sent < N {
+                        other.sendmsg(cur.my_cpu(), ms[i].as_mut());
+                        sent += 1;
+                    }
+                }
+                replies.close(cur);
+            }),
+        ));
         same.close_from(cur.my_cpu());
         other.close_from(cur.my_cpu());
         cur.join(&h0);
