@@ -10,7 +10,7 @@
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Once;
 
 use lwkt_core::{Arch, Context, Cpu, EntryFn, Stack};
@@ -44,6 +44,8 @@ pub(crate) struct Vcpu {
     pub(crate) unparks_sent: AtomicUsize,
     /// Kicks a running target answered without a signal.
     pub(crate) soft_kicks: AtomicUsize,
+    /// This vCPU is inside `kick`'s wait for another to answer.
+    pub(crate) kick_waiting: AtomicBool,
 }
 
 impl Vcpu {
@@ -55,6 +57,7 @@ impl Vcpu {
             signals_sent: AtomicUsize::new(0),
             unparks_sent: AtomicUsize::new(0),
             soft_kicks: AtomicUsize::new(0),
+            kick_waiting: AtomicBool::new(false),
         }
     }
 }
@@ -153,7 +156,12 @@ unsafe impl Arch for HostedArch {
         let me = current_cpu_block();
         if LIVE_VCPUS.load(Ordering::Relaxed) <= online_cores() {
             target.post_ipi_check();
+            let mine = me.map(vcpu_of);
+            if let Some(m) = mine {
+                m.kick_waiting.store(true, Ordering::SeqCst);
+            }
             let start = self.cycles();
+            let mut answered = false;
             while self.cycles().wrapping_sub(start) < SOFT_KICK_CYCLES {
                 // Answered: it polled since the kick, or it is draining (or
                 // has drained) our ring, which it re-checks after clearing
@@ -161,15 +169,24 @@ unsafe impl Arch for HostedArch {
                 if !target.kick_outstanding()
                     || me.is_some_and(|m| !target.ipi_pending_from(m.id()))
                 {
-                    v.soft_kicks.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    answered = true;
+                    break;
                 }
-                // Work is waiting for us too (the target may be spinning in
-                // its own kick of us): stop waiting, or both would.
-                if me.is_some_and(Cpu::has_pending) {
+                // Work is waiting for us and the target is itself waiting
+                // in a kick (of us, most likely): stop, or both would wait
+                // out the window. A target merely busy running threads is
+                // given the whole window to reach a critical-section exit.
+                if me.is_some_and(Cpu::has_pending) && v.kick_waiting.load(Ordering::SeqCst) {
                     break;
                 }
                 core::hint::spin_loop();
+            }
+            if let Some(m) = mine {
+                m.kick_waiting.store(false, Ordering::SeqCst);
+            }
+            if answered {
+                v.soft_kicks.fetch_add(1, Ordering::Relaxed);
+                return;
             }
         }
         let pt = v.pthread.load(Ordering::Acquire);
