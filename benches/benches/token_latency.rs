@@ -41,7 +41,8 @@ fn mutex() -> Vec<u32> {
     lat
 }
 
-fn report(name: &str, runs: &[Vec<u32>]) {
+/// Print one design's line and return it as a JSON object for the report.
+fn report(name: &str, runs: &[Vec<u32>]) -> String {
     let mut all: Vec<u32> = runs.iter().flatten().copied().collect();
     all.sort_unstable();
     let q = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
@@ -57,6 +58,14 @@ fn report(name: &str, runs: &[Vec<u32>]) {
         q(0.9999),
         all[all.len() - 1]
     );
+    format!(
+        "{{\"design\":\"{name}\",\"ops_per_run\":{ops_per_run},\"p50\":{},\"p999\":{},\"p9999\":{},\"max\":{},\"waits_over_100us\":{}}}",
+        q(0.5),
+        q(0.999),
+        q(0.9999),
+        all[all.len() - 1],
+        stalls.iter().sum::<usize>() as f64 / runs.len() as f64
+    )
 }
 
 fn main() {
@@ -71,6 +80,15 @@ fn main() {
         a.push(lwkt());
         b.push(mutex());
     }
-    report("lwkt token (holder blocked 1 ms holding it)", &a);
-    report("parking_lot Mutex (holder sleeps 1 ms holding it)", &b);
+    let rows = [
+        report("lwkt token (holder blocked 1 ms holding it)", &a),
+        report("parking_lot Mutex (holder sleeps 1 ms holding it)", &b),
+    ];
+    // For `cargo xtask bench-report`.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("token_latency.json"),
+        format!("[\n{}\n]\n", rows.join(",\n")),
+    );
 }

@@ -175,6 +175,15 @@ const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        id: "blocking_holder",
+        title: "lwkt-token: a holder that blocks 1 ms holding the resource",
+        element: "one update by a thread on the other CPU",
+        rows: &[
+            "parking_lot Mutex (holder sleeps 1 ms holding it)",
+            "lwkt token (holder blocked 1 ms holding it)",
+        ],
+    },
+    Group {
         id: "msg_same_cpu",
         title: "lwkt-msg: domsg on one CPU",
         element: "one round trip",
@@ -722,6 +731,37 @@ fn targets(r: &Results) -> Vec<(String, Option<bool>, String)> {
     t
 }
 
+/// The other CPU's latency while a holder blocks (`--bench token_latency`).
+fn token_latency_section(out: &mut String, root: &Path) {
+    let _ = writeln!(
+        out,
+        "\n## lwkt-token: latency seen by the other CPU while a holder blocks\n"
+    );
+    let Some(serde_json::Value::Array(rows)) = read_json(&root.join("token_latency.json")) else {
+        let _ = writeln!(
+            out,
+            "(not run: `cargo bench -p lwkt-benches --bench token_latency`)"
+        );
+        return;
+    };
+    let _ = writeln!(out, "`cargo bench -p lwkt-benches --bench token_latency`: a thread on CPU 0 updates the resource as fast as it can for 300 ms while a holder on CPU 1 takes it, blocks 1 ms holding it, then works 1 ms without it; three interleaved runs per design, every operation's latency recorded.\n");
+    let _ = writeln!(out, "| design | updates per 300 ms | p50 | p99.9 | p99.99 | max | waits over 100 µs per run |\n|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} | {} | {} | {} | {:.1} |",
+            r["design"].as_str().unwrap_or("?"),
+            f("ops_per_run"),
+            fmt_ns(f("p50")),
+            fmt_ns(f("p999")),
+            fmt_ns(f("p9999")),
+            fmt_ns(f("max")),
+            f("waits_over_100us")
+        );
+    }
+}
+
 /// The counted synchronisation events of `benches/benches/sync_events.rs`.
 fn sync_events_section(out: &mut String, root: &Path) {
     let _ = writeln!(out, "\n## Synchronisation events per operation (counted)\n");
@@ -882,6 +922,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             scaling_section(&mut out, &r, &root, &docs)?;
         }
     }
+    token_latency_section(&mut out, &root);
     sync_events_section(&mut out, &root);
     let _ = writeln!(out, "\n## Instructions per operation (callgrind)\n\nDeterministic counts by `cargo xtask instr` (N and 2N iterations under `valgrind --tool=callgrind`, the difference divided by N). lwkt's rows are checked in CI against `benches/instructions.txt` with a 5% threshold; the alternatives (`benches/instructions-reference.txt`, other crates' code) are counted the same way for comparison. An instruction count is not a time: a locked read-modify-write is one instruction of 20 or more cycles (see the synchronisation events above).\n\n| operation | instructions | |\n|---|---:|---|");
     for (file, label) in [
