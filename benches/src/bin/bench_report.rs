@@ -731,61 +731,81 @@ fn targets(r: &Results) -> Vec<(String, Option<bool>, String)> {
     t
 }
 
+/// A section made from a JSON array a non-criterion bench wrote under
+/// the criterion directory.
+struct JsonSection<'a> {
+    title: &'a str,
+    /// The file, relative to the criterion directory.
+    file: &'a str,
+    /// The command that writes it.
+    command: &'a str,
+    /// What it measures.
+    intro: &'a str,
+    /// The table's header rows.
+    header: &'a str,
+}
+
+impl JsonSection<'_> {
+    /// Write the section, one table row per array element.
+    fn write(&self, out: &mut String, root: &Path, row: impl Fn(&serde_json::Value) -> String) {
+        let _ = writeln!(out, "\n## {}\n", self.title);
+        let Some(serde_json::Value::Array(rows)) = read_json(&root.join(self.file)) else {
+            let _ = writeln!(out, "(not run: `{}`)", self.command);
+            return;
+        };
+        let _ = writeln!(out, "`{}`: {}\n\n{}", self.command, self.intro, self.header);
+        for r in &rows {
+            let _ = writeln!(out, "{}", row(r));
+        }
+    }
+}
+
+fn num(r: &serde_json::Value, k: &str) -> f64 {
+    r[k].as_f64().unwrap_or(0.0)
+}
+
 /// The other CPU's latency while a holder blocks (`--bench token_latency`).
 fn token_latency_section(out: &mut String, root: &Path) {
-    let _ = writeln!(
-        out,
-        "\n## lwkt-token: latency seen by the other CPU while a holder blocks\n"
-    );
-    let Some(serde_json::Value::Array(rows)) = read_json(&root.join("token_latency.json")) else {
-        let _ = writeln!(
-            out,
-            "(not run: `cargo bench -p lwkt-benches --bench token_latency`)"
-        );
-        return;
-    };
-    let _ = writeln!(out, "`cargo bench -p lwkt-benches --bench token_latency`: a thread on CPU 0 updates the resource as fast as it can for 300 ms while a holder on CPU 1 takes it, blocks 1 ms holding it, then works 1 ms without it; three interleaved runs per design, every operation's latency recorded.\n");
-    let _ = writeln!(out, "| design | updates per 300 ms | p50 | p99.9 | p99.99 | max | waits over 100 µs per run |\n|---|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-        let _ = writeln!(
-            out,
-            "| {} | {:.0} | {} | {} | {} | {} | {:.1} |",
-            r["design"].as_str().unwrap_or("?"),
-            f("ops_per_run"),
-            fmt_ns(f("p50")),
-            fmt_ns(f("p999")),
-            fmt_ns(f("p9999")),
-            fmt_ns(f("max")),
-            f("waits_over_100us")
-        );
+    JsonSection {
+        title: "lwkt-token: latency seen by the other CPU while a holder blocks",
+        file: "token_latency.json",
+        command: "cargo bench -p lwkt-benches --bench token_latency",
+        intro: "a thread on CPU 0 updates the resource as fast as it can for 300 ms while a holder on CPU 1 takes it, blocks 1 ms holding it, then works 1 ms without it; three interleaved runs per design, every operation's latency recorded.",
+        header: "| design | updates per 300 ms | p50 | p99.9 | p99.99 | max | waits over 100 µs per run |\n|---|---:|---:|---:|---:|---:|---:|",
     }
+    .write(out, root, |r| {
+            format!(
+                "| {} | {:.0} | {} | {} | {} | {} | {:.1} |",
+                r["design"].as_str().unwrap_or("?"),
+                num(r, "ops_per_run"),
+                fmt_ns(num(r, "p50")),
+                fmt_ns(num(r, "p999")),
+                fmt_ns(num(r, "p9999")),
+                fmt_ns(num(r, "max")),
+                num(r, "waits_over_100us")
+            )
+        });
 }
 
 /// The counted synchronisation events of `benches/benches/sync_events.rs`.
 fn sync_events_section(out: &mut String, root: &Path) {
-    let _ = writeln!(out, "\n## Synchronisation events per operation (counted)\n");
-    let Some(serde_json::Value::Array(rows)) = read_json(&root.join("sync_events.json")) else {
-        let _ = writeln!(
-            out,
-            "(not run: `cargo bench -p lwkt-benches --features sync-events --bench sync_events`)"
-        );
-        return;
-    };
-    let _ = writeln!(out, "Counted by `cargo bench -p lwkt-benches --features sync-events --bench sync_events`: with the `bench-counters` feature every atomic operation of lwkt-token, lwkt-core, lwkt-msg and lwkt-slab goes through a counting wrapper (`lwkt_token::sync_events`, swapped in by each crate's `sync` shim), and lwkt-core's per-CPU counters give the IPI messages and hardware kicks. Averages over 20,000 operations on a 2-vCPU hosted machine, the scheduler's own events included. A read-modify-write is a locked instruction on x86-64 (about 5.3 ns uncontended here, more when the line is remote); an atomic store costs a line transfer only when another CPU reads the line next (many counted stores are to per-CPU lines: a thread's critical-section count is an atomic, two stores per critical section). For comparison, not counted but documented: `parking_lot::Mutex` and `std::sync::Mutex` lock+unlock each take 2 read-modify-writes.\n");
-    let _ = writeln!(out, "| operation | atomic RMWs | atomic stores | IPI messages | hardware kicks |\n|---|---:|---:|---:|---:|");
-    for r in rows {
-        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-        let _ = writeln!(
-            out,
-            "| {} | {:.2} | {:.2} | {:.2} | {:.3} |",
-            r["op"].as_str().unwrap_or("?"),
-            f("rmw"),
-            f("stores"),
-            f("ipis"),
-            f("kicks")
-        );
+    JsonSection {
+        title: "Synchronisation events per operation (counted)",
+        file: "sync_events.json",
+        command: "cargo bench -p lwkt-benches --features sync-events --bench sync_events",
+        intro: "with the `bench-counters` feature every atomic operation of lwkt-token, lwkt-core, lwkt-msg and lwkt-slab goes through a counting wrapper (`lwkt_token::sync_events`, swapped in by each crate's `sync` shim), and lwkt-core's per-CPU counters give the IPI messages and hardware kicks. Averages over 20,000 operations on a 2-vCPU hosted machine, the scheduler's own events included. A read-modify-write is a locked instruction on x86-64 (about 5.3 ns uncontended here, more when the line is remote); an atomic store costs a line transfer only when another CPU reads the line next (many counted stores are to per-CPU lines: a thread's critical-section count is an atomic, two stores per critical section). For comparison, not counted but documented: `parking_lot::Mutex` and `std::sync::Mutex` lock+unlock each take 2 read-modify-writes.",
+        header: "| operation | atomic RMWs | atomic stores | IPI messages | hardware kicks |\n|---|---:|---:|---:|---:|",
     }
+    .write(out, root, |r| {
+            format!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.3} |",
+                r["op"].as_str().unwrap_or("?"),
+                num(r, "rmw"),
+                num(r, "stores"),
+                num(r, "ipis"),
+                num(r, "kicks")
+            )
+        });
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {
