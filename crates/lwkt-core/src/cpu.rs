@@ -375,8 +375,13 @@ impl Cpu {
         }
     }
 
-    /// This CPU's number.
+    /// This CPU's number (below [`MAX_CPUS`], which the compiler is told,
+    /// so per-CPU arrays indexed by it need no bounds check).
+    #[inline]
     pub fn id(&self) -> CpuId {
+        // SAFETY: `Cpu::new` refused ids at or above `MAX_CPUS`, and `id` is
+        // never written after.
+        unsafe { core::hint::assert_unchecked(self.id.index() < MAX_CPUS) };
         self.id
     }
 

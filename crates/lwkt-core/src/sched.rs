@@ -84,6 +84,7 @@ impl core::fmt::Debug for MyCpu<'_> {
 }
 
 impl<'a> MyCpu<'a> {
+    #[inline(always)]
     pub(crate) fn new(gd: &'a Cpu) -> Self {
         MyCpu {
             gd,
@@ -92,6 +93,7 @@ impl<'a> MyCpu<'a> {
     }
 
     /// This CPU's number.
+    #[inline]
     pub fn id(self) -> CpuId {
         self.gd.id()
     }
@@ -133,6 +135,7 @@ impl<'a> MyCpu<'a> {
     ///     assert_eq!(n, 2);
     /// });
     /// ```
+    #[inline(always)]
     pub fn crit<R>(self, f: impl FnOnce() -> R) -> R {
         let td = self.gd.cur();
         crit::enter(&td.critcount);
@@ -255,6 +258,7 @@ pub struct CritGuard<'a> {
 }
 
 impl Drop for CritGuard<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
         crit_exit_td(self.td);
     }
@@ -371,6 +375,7 @@ impl Cur {
     }
 
     /// This thread's CPU.
+    #[inline]
     pub fn cpu_id(&self) -> CpuId {
         self.td().gd().id()
     }

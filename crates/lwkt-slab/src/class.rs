@@ -86,18 +86,63 @@ pub(crate) fn route(layout: Layout) -> Result<Route, SlabError> {
     })
 }
 
+/// Whether a block of `layout` (one `alloc` accepted) is a zone chunk rather
+/// than a large block: [`route`]'s test without the rest.
+#[inline(always)]
+pub(crate) fn is_small(layout: Layout) -> bool {
+    let align = layout.align();
+    (layout.size() + align - 1) & !(align - 1) < ZONE_LIMIT
+}
+
 /// The class of a size in `1..ZONE_LIMIT`. DragonFly: `zoneindex()`.
+///
+/// Two table lookups instead of DragonFly's chain of range tests: below
+/// 1 KiB every class boundary is a multiple of 8, above it a multiple of
+/// 128, so the size rounded up to that grain indexes a byte table.
 #[inline]
 pub(crate) fn class_of(size: usize) -> usize {
     debug_assert!(size > 0 && size < ZONE_LIMIT);
+    let class = if size <= FINE_LIMIT {
+        FINE[(size + 7) >> 3] as usize
+    } else {
+        COARSE[(size + 127) >> 7] as usize
+    };
+    // SAFETY: every table entry is below `NZONES` (`grain_table` asserts it
+    // when the tables are built, at compile time). Telling the compiler
+    // spares each per-class array access its bounds check.
+    unsafe { core::hint::assert_unchecked(class < NZONES) };
+    class
+}
+
+/// Sizes up to this use the 8-byte-grain table.
+const FINE_LIMIT: usize = 1024;
+/// Class by `ceil(size / 8)`, for sizes up to `FINE_LIMIT`.
+const FINE: [u8; FINE_LIMIT / 8 + 1] = grain_table::<{ FINE_LIMIT / 8 + 1 }>(8);
+/// Class by `ceil(size / 128)`, for sizes up to `ZONE_LIMIT`.
+const COARSE: [u8; ZONE_LIMIT / 128 + 1] = grain_table::<{ ZONE_LIMIT / 128 + 1 }>(128);
+
+/// Entry `i`: the class of size `i * grain` (DragonFly's range formula).
+const fn grain_table<const N: usize>(grain: usize) -> [u8; N] {
+    let mut t = [0u8; N];
+    let mut i = 1;
+    while i < N {
+        let class = class_by_ranges(i * grain);
+        assert!(class < NZONES);
+        t[i] = class as u8;
+        i += 1;
+    }
+    t
+}
+
+/// DragonFly's `zoneindex()`: find the size's range, then divide by its
+/// step. Builds the tables; `size` in `1..=ZONE_LIMIT`.
+const fn class_by_ranges(size: usize) -> usize {
     let mut r = 0;
-    while size >= RANGES[r].0 {
+    while r + 1 < RANGES.len() && size >= RANGES[r].0 {
         r += 1;
     }
     let (_, step, base) = RANGES[r];
-    // `step` is 8 << r: a shift, not a division.
-    debug_assert_eq!(step, 8 << r);
-    (((size + step - 1) >> (3 + r)) as isize + base) as usize
+    (((size + step - 1) / step) as isize + base) as usize
 }
 
 /// The alignment every chunk of `class` has: the largest power of two

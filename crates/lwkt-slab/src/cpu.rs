@@ -29,10 +29,12 @@ unsafe impl CpuContext for lwkt_core::MyCpu<'_> {
     }
 }
 
-// SAFETY: as for `MyCpu` (a thread's current CPU, in its critical section).
+// SAFETY: as for `MyCpu` (a thread's current CPU, in its critical section;
+// a thread does not change CPU inside one).
 unsafe impl CpuContext for lwkt_core::Cur {
     #[inline(always)]
     fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        self.my_cpu().with_cpu(f)
+        let _crit = self.crit();
+        f(self.cpu_id().index())
     }
 }

@@ -12,14 +12,18 @@ use crate::class::ZONE_SIZE;
 
 /// Per-CPU counters, written only by their CPU inside its critical section
 /// (a load and a store: no read-modify-write), read by anyone. A CPU's
-/// values may go negative when it frees what others allocated; only the
-/// sums mean something.
+/// bytes (`folded + pending`) may go negative when it frees what others
+/// allocated; only the sums mean something. Objects in use are
+/// `calls - frees`, so each call updates two words. DragonFly: `ks_use[cpu]`
+/// (`memuse`, `inuse`, `calls`, `loosememuse`).
 struct Use {
-    bytes: AtomicIsize,
-    objects: AtomicIsize,
     calls: AtomicU64,
-    /// Bytes not yet folded into the type's loose total.
+    frees: AtomicU64,
+    /// Bytes not yet folded into the type's loose total: within
+    /// `(-ZONE_SIZE, ZONE_SIZE)` between calls.
     pending: AtomicIsize,
+    /// Bytes this CPU has folded into the loose total.
+    folded: AtomicIsize,
 }
 
 /// An allocation type: statistics and a limit for a family of allocations.
@@ -71,10 +75,10 @@ impl MallocType {
             limit,
             per_cpu: [const {
                 CachePadded::new(Use {
-                    bytes: AtomicIsize::new(0),
-                    objects: AtomicIsize::new(0),
                     calls: AtomicU64::new(0),
+                    frees: AtomicU64::new(0),
                     pending: AtomicIsize::new(0),
+                    folded: AtomicIsize::new(0),
                 })
             }; MAX_CPUS],
             loose: AtomicIsize::new(0),
@@ -89,14 +93,14 @@ impl MallocType {
 
     /// Sum the per-CPU counters.
     pub fn stats(&self) -> MallocStats {
-        let (mut bytes, mut objects, mut total) = (0isize, 0isize, 0u64);
+        let (mut bytes, mut total, mut frees) = (0isize, 0u64, 0u64);
         for u in &self.per_cpu {
-            bytes += u.bytes.load(Ordering::Relaxed);
-            objects += u.objects.load(Ordering::Relaxed);
+            bytes += u.folded.load(Ordering::Relaxed) + u.pending.load(Ordering::Relaxed);
             total += u.calls.load(Ordering::Relaxed);
+            frees += u.frees.load(Ordering::Relaxed);
         }
         MallocStats {
-            in_use: objects,
+            in_use: total.wrapping_sub(frees) as isize,
             bytes,
             total,
             high_water: self
@@ -122,37 +126,59 @@ impl MallocType {
         self.stats().bytes + bytes as isize <= self.limit as isize
     }
 
-    /// CPU `cpu`, in its critical section: account an allocation (`bytes`
-    /// > 0) or a free (`bytes` < 0).
+    /// CPU `cpu`, in its critical section: account an allocation of
+    /// `bytes`.
     ///
     /// # Safety
     /// `cpu < MAX_CPUS` (the slab checked it against its CPU count).
     #[inline]
-    pub(crate) unsafe fn account(&self, cpu: usize, bytes: isize) {
-        debug_assert!(cpu < MAX_CPUS);
-        // SAFETY: in range (caller).
-        let u = unsafe { self.per_cpu.get_unchecked(cpu) };
-        let add =
-            |a: &AtomicIsize, d: isize| a.store(a.load(Ordering::Relaxed) + d, Ordering::Relaxed);
-        add(&u.bytes, bytes);
-        if bytes > 0 {
-            add(&u.objects, 1);
-            u.calls
-                .store(u.calls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        } else {
-            add(&u.objects, -1);
-        }
-        let p = u.pending.load(Ordering::Relaxed) + bytes;
-        if p.unsigned_abs() >= ZONE_SIZE {
-            self.fold(p);
-            u.pending.store(0, Ordering::Relaxed);
+    pub(crate) unsafe fn account_alloc(&self, cpu: usize, bytes: usize) {
+        // SAFETY: forwarded.
+        let u = unsafe { self.use_of(cpu) };
+        u.calls
+            .store(u.calls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let p = u.pending.load(Ordering::Relaxed) + bytes as isize;
+        if p >= ZONE_SIZE as isize {
+            self.fold(u, p);
         } else {
             u.pending.store(p, Ordering::Relaxed);
         }
     }
 
+    /// CPU `cpu`, in its critical section: account a free of `bytes`.
+    ///
+    /// # Safety
+    /// `cpu < MAX_CPUS` (the slab checked it against its CPU count).
+    #[inline]
+    pub(crate) unsafe fn account_free(&self, cpu: usize, bytes: usize) {
+        // SAFETY: forwarded.
+        let u = unsafe { self.use_of(cpu) };
+        u.frees
+            .store(u.frees.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let p = u.pending.load(Ordering::Relaxed) - bytes as isize;
+        if p <= -(ZONE_SIZE as isize) {
+            self.fold(u, p);
+        } else {
+            u.pending.store(p, Ordering::Relaxed);
+        }
+    }
+
+    /// # Safety
+    /// `cpu < MAX_CPUS`.
+    #[inline(always)]
+    unsafe fn use_of(&self, cpu: usize) -> &Use {
+        debug_assert!(cpu < MAX_CPUS);
+        // SAFETY: in range (caller).
+        unsafe { self.per_cpu.get_unchecked(cpu) }
+    }
+
+    /// Move a CPU's pending bytes (a zone's worth or more) into the loose
+    /// total, and raise the high-water mark to it.
     #[cold]
-    fn fold(&self, delta: isize) {
+    fn fold(&self, u: &Use, delta: isize) {
+        u.folded
+            .store(u.folded.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
+        u.pending.store(0, Ordering::Relaxed);
         let now = self.loose.fetch_add(delta, Ordering::Relaxed) + delta;
         if now > 0 {
             self.high_water.fetch_max(now as usize, Ordering::Relaxed);

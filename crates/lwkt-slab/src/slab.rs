@@ -12,7 +12,7 @@ use core::ptr::{self, NonNull};
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
-use crate::class::{route, Route, CHUNK, NZONES, PAGE_SIZE};
+use crate::class::{is_small, route, Route, CHUNK, NZONES, PAGE_SIZE};
 use crate::remote::{AtomicStack, Link};
 use crate::zone::Zone;
 use crate::{CpuContext, MallocType, PageSource, SlabError};
@@ -226,33 +226,56 @@ impl<P: PageSource> Slab<P> {
         ty: &MallocType,
         flags: Flags,
     ) -> Result<NonNull<u8>, SlabError> {
-        let r = route(layout)?;
-        cx.with_cpu(|cpu| {
-            self.check_cpu(cpu);
-            let (p, bytes, zeroed) = match r {
-                Route::Small { class } => {
-                    let bytes = CHUNK[class];
+        match route(layout)? {
+            Route::Small { class } => {
+                let bytes = CHUNK[class];
+                // The fast path: a chunk from the first partial zone, or
+                // `None` for the slow path (which says why, if it fails).
+                let fast = cx.with_cpu(|cpu| {
+                    self.check_cpu(cpu);
                     if !ty.admit(cpu, bytes) {
-                        return Err(SlabError::LimitExceeded { ty: ty.name() });
+                        return None;
                     }
                     // SAFETY: in `cpu`'s critical section (`with_cpu`).
-                    let (p, z) = unsafe { self.alloc_small(cpu, class, flags)? };
-                    (p, bytes, z)
+                    let got = unsafe { self.pop_chunk(cpu, class) }?;
+                    // SAFETY: `check_cpu` passed.
+                    unsafe { ty.account_alloc(cpu, bytes) };
+                    Some(got)
+                });
+                let (p, zeroed) = match fast {
+                    Some(got) => got,
+                    None => self.alloc_small_slow(cx, class, ty, flags)?,
+                };
+                if flags.contains(Flags::ZERO) && !zeroed {
+                    // SAFETY: `p` is a fresh chunk of at least `layout.size()`.
+                    unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
                 }
-                Route::Large => {
-                    let bytes = large_bytes(layout)?;
-                    if !ty.admit(cpu, bytes) {
-                        return Err(SlabError::LimitExceeded { ty: ty.name() });
-                    }
-                    let (p, z) = self
-                        .pages
-                        .alloc_large(layout, flags.contains(Flags::NOWAIT))
-                        .ok_or(SlabError::Exhausted)?;
-                    (p, bytes, z)
-                }
-            };
-            // SAFETY: `check_cpu` passed: `cpu < ncpus <= MAX_CPUS`.
-            unsafe { ty.account(cpu, bytes as isize) };
+                Ok(p)
+            }
+            Route::Large => self.alloc_large(cx, layout, ty, flags),
+        }
+    }
+
+    /// A large allocation, straight from the page source.
+    fn alloc_large(
+        &self,
+        cx: &impl CpuContext,
+        layout: Layout,
+        ty: &MallocType,
+        flags: Flags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        let bytes = large_bytes(layout)?;
+        cx.with_cpu(|cpu| {
+            self.check_cpu(cpu);
+            if !ty.admit(cpu, bytes) {
+                return Err(SlabError::LimitExceeded { ty: ty.name() });
+            }
+            let (p, zeroed) = self
+                .pages
+                .alloc_large(layout, flags.contains(Flags::NOWAIT))
+                .ok_or(SlabError::Exhausted)?;
+            // SAFETY: `check_cpu` passed.
+            unsafe { ty.account_alloc(cpu, bytes) };
             if flags.contains(Flags::ZERO) && !zeroed {
                 // SAFETY: `p` is a fresh block of at least `layout.size()`.
                 unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
@@ -264,9 +287,11 @@ impl<P: PageSource> Slab<P> {
     /// Free `ptr`, allocated with `layout` and `ty` from this slab, on any
     /// CPU. DragonFly: `kfree(ptr, type)`.
     ///
-    /// Debug builds check the pointer (a zone of this slab's page source, a
-    /// chunk start, of `layout`'s size class) and catch double frees, with
-    /// a panic naming the rule.
+    /// The chunk's size class and owner come from its zone header, so only
+    /// the layout's rounded size is looked at (to tell chunks from large
+    /// blocks). Debug builds check the pointer (a zone of this slab's page
+    /// source, a chunk start, of `layout`'s size class) and catch double
+    /// frees, with a panic naming the rule.
     ///
     /// # Safety
     /// `ptr` came from this slab's `alloc` (or `realloc`) with `layout` and
@@ -279,40 +304,41 @@ impl<P: PageSource> Slab<P> {
         layout: Layout,
         ty: &MallocType,
     ) {
-        let r = route(layout).expect("lwkt-slab: free with a layout that alloc refuses");
-        match r {
-            Route::Small { class } => {
-                let p = ptr.as_ptr();
-                let z = Zone::of(p);
-                #[cfg(debug_assertions)]
+        #[cfg(debug_assertions)]
+        let checked = route(layout).expect("lwkt-slab: free with a layout that alloc refuses");
+        if is_small(layout) {
+            let p = ptr.as_ptr();
+            let z = Zone::of(p);
+            #[cfg(debug_assertions)]
+            if let Route::Small { class } = checked {
                 self.check_free(z, p, class);
-                cx.with_cpu(|cpu| {
-                    self.check_cpu(cpu);
-                    // SAFETY: `check_cpu` passed.
-                    unsafe { ty.account(cpu, -(CHUNK[class] as isize)) };
-                    // SAFETY: `p` is an allocated chunk, so its zone is live;
-                    // the owner never changes while chunks are allocated.
-                    let owner = unsafe { (*z).owner } as usize;
-                    if owner == cpu {
-                        // SAFETY: in the owner's critical section.
-                        unsafe { self.free_local(cpu, z, p) };
-                    } else {
-                        // SAFETY: the chunk is given up here, and not
-                        // touched after.
-                        unsafe { Zone::remote_free(z, p, &self.cpus[owner].queue) };
-                    }
-                });
             }
-            Route::Large => {
-                let bytes = large_bytes(layout).expect("checked at allocation");
-                cx.with_cpu(|cpu| {
-                    self.check_cpu(cpu);
-                    // SAFETY: `check_cpu` passed.
-                    unsafe { ty.account(cpu, -(bytes as isize)) };
-                    // SAFETY: the caller's contract.
-                    unsafe { self.pages.free_large(ptr, layout) };
-                });
-            }
+            cx.with_cpu(|cpu| {
+                self.check_cpu(cpu);
+                // SAFETY: `p` is an allocated chunk, so its zone is live;
+                // its owner and size never change while chunks are
+                // allocated.
+                let (owner, chunk) = unsafe { ((*z).owner as usize, (*z).chunk as usize) };
+                // SAFETY: `check_cpu` passed.
+                unsafe { ty.account_free(cpu, chunk) };
+                if owner == cpu {
+                    // SAFETY: in the owner's critical section.
+                    unsafe { self.free_local(cpu, z, p) };
+                } else {
+                    // SAFETY: the chunk is given up here, and not touched
+                    // after.
+                    unsafe { Zone::remote_free(z, p, &self.cpus[owner].queue) };
+                }
+            });
+        } else {
+            let bytes = large_bytes(layout).expect("checked at allocation");
+            cx.with_cpu(|cpu| {
+                self.check_cpu(cpu);
+                // SAFETY: `check_cpu` passed.
+                unsafe { ty.account_free(cpu, bytes) };
+                // SAFETY: the caller's contract.
+                unsafe { self.pages.free_large(ptr, layout) };
+            });
         }
     }
 
@@ -442,9 +468,18 @@ impl<P: PageSource> Slab<P> {
 
     // ---- internals -------------------------------------------------------
 
+    /// The per-CPU arrays have `MAX_CPUS` entries, so that bound is what
+    /// memory safety needs; it costs nothing for `lwkt_core`'s contexts,
+    /// whose CPU ids the compiler knows to be below it. The slab's own CPU
+    /// count is the `CpuContext` contract, checked in debug builds (a CPU
+    /// beyond it would work, but its zones outlive the slab).
     #[inline(always)]
     fn check_cpu(&self, cpu: usize) {
         assert!(
+            cpu < MAX_CPUS,
+            "lwkt-slab: CPU {cpu} is beyond MAX_CPUS ({MAX_CPUS})"
+        );
+        debug_assert!(
             cpu < self.ncpus,
             "lwkt-slab: CPU {cpu} on a slab built for {} CPUs",
             self.ncpus
@@ -456,40 +491,64 @@ impl<P: PageSource> Slab<P> {
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
     unsafe fn cs(&self, cpu: usize) -> &mut CpuSlab {
-        debug_assert!(cpu < self.ncpus);
-        // SAFETY: forwarded; `cpu < ncpus <= MAX_CPUS` (`check_cpu`).
+        // SAFETY: forwarded; `cpu < MAX_CPUS` (`check_cpu`).
         unsafe { &mut *self.cpus.get_unchecked(cpu).own.get() }
     }
 
+    /// Take a chunk of `class` from the first partial zone, if there is
+    /// one; and whether it is known to be zero.
+    ///
     /// # Safety
     /// In `cpu`'s critical section.
     #[inline]
-    unsafe fn alloc_small(
+    unsafe fn pop_chunk(&self, cpu: usize, class: usize) -> Option<(NonNull<u8>, bool)> {
+        // SAFETY: forwarded.
+        let z = unsafe { self.cs(cpu) }.partial[class].head;
+        if z.is_null() {
+            return None;
+        }
+        let (p, zeroed) = Zone::pop(z);
+        // SAFETY: owner access to a live zone of our list; `p` is one of
+        // its chunks, so not null.
+        unsafe {
+            let zone = &mut *z;
+            zone.nfree -= 1;
+            #[cfg(debug_assertions)]
+            zone.set_live(zone.index_of(p).expect("a chunk of the zone"));
+            if zone.nfree == 0 {
+                self.zone_emptied(cpu, z);
+            }
+            Some((NonNull::new_unchecked(p), zeroed))
+        }
+    }
+
+    /// The allocation slow path: the type is near its limit, or the class
+    /// has no partial zone (collect remote frees, then take a zone).
+    #[cold]
+    fn alloc_small_slow(
         &self,
-        cpu: usize,
+        cx: &impl CpuContext,
         class: usize,
+        ty: &MallocType,
         flags: Flags,
     ) -> Result<(NonNull<u8>, bool), SlabError> {
-        loop {
-            // SAFETY: forwarded.
-            let z = unsafe { self.cs(cpu) }.partial[class].head;
-            if !z.is_null() {
-                let (p, zeroed) = Zone::pop(z);
-                // SAFETY: owner access to a live zone of our list.
+        let bytes = CHUNK[class];
+        cx.with_cpu(|cpu| {
+            self.check_cpu(cpu);
+            if !ty.admit(cpu, bytes) {
+                return Err(SlabError::LimitExceeded { ty: ty.name() });
+            }
+            loop {
+                // SAFETY: in `cpu`'s critical section.
                 unsafe {
-                    let zone = &mut *z;
-                    zone.nfree -= 1;
-                    #[cfg(debug_assertions)]
-                    zone.set_live(zone.index_of(p).expect("a chunk of the zone"));
-                    if zone.nfree == 0 {
-                        self.zone_emptied(cpu, z);
+                    if let Some(got) = self.pop_chunk(cpu, class) {
+                        ty.account_alloc(cpu, bytes);
+                        return Ok(got);
                     }
-                    return Ok((NonNull::new_unchecked(p), zeroed));
+                    self.refill(cpu, class, flags)?;
                 }
             }
-            // SAFETY: forwarded.
-            unsafe { self.refill(cpu, class, flags)? };
-        }
+        })
     }
 
     /// A partial zone handed out its last free chunk.
@@ -630,20 +689,41 @@ impl<P: PageSource> Slab<P> {
     /// by `cpu`.
     #[inline]
     unsafe fn free_local(&self, cpu: usize, z: *mut Zone, p: *mut u8) {
+        // SAFETY: forwarded.
+        let zone = unsafe { &mut *z };
+        zone.push_local(p);
+        let was = zone.nfree;
+        zone.nfree = was + 1;
+        if was == 0 {
+            // It was full: back to the partial list.
+            // SAFETY: forwarded.
+            unsafe { self.free_local_unfull(cpu, z) };
+        } else if was + 1 == zone.nmax && !(zone.prev.is_null() && zone.next.is_null()) {
+            // Whole again, and not its class's only partial zone (a zone
+            // on the partial list has no neighbours only when alone).
+            // SAFETY: forwarded; `z` is on its class's partial list.
+            unsafe { self.release(cpu, z, 1) };
+        }
+    }
+
+    /// A local free gave the full zone `z` a free chunk: move it to the
+    /// partial list.
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section; `z` is a live zone of `cpu` on its
+    /// class's full list.
+    #[cold]
+    unsafe fn free_local_unfull(&self, cpu: usize, z: *mut Zone) {
         // SAFETY: forwarded; `z` is used afresh around list operations.
         unsafe {
-            (*z).push_local(p);
-            (*z).nfree += 1;
-            if (*z).on_full {
-                let cs = self.cs(cpu);
-                let class = (*z).class as usize;
-                cs.full[class].remove(z);
-                (*z).on_full = false;
-                (*z).mark_not_full();
-                cs.partial[class].push_front(z);
-            } else if (*z).nfree == (*z).nmax && !((*z).prev.is_null() && (*z).next.is_null()) {
-                // Whole again and not its class's only partial zone (a zone
-                // on no other list has no neighbours only when alone).
+            debug_assert!((*z).on_full);
+            let cs = self.cs(cpu);
+            let class = (*z).class as usize;
+            cs.full[class].remove(z);
+            (*z).on_full = false;
+            (*z).mark_not_full();
+            cs.partial[class].push_front(z);
+            if (*z).nfree == (*z).nmax && !((*z).prev.is_null() && (*z).next.is_null()) {
                 self.release(cpu, z, 1);
             }
         }
