@@ -142,7 +142,7 @@ const fn class_by_ranges(size: usize) -> usize {
         r += 1;
     }
     let (_, step, base) = RANGES[r];
-    (((size + step - 1) / step) as isize + base) as usize
+    (size.div_ceil(step) as isize + base) as usize
 }
 
 /// The alignment every chunk of `class` has: the largest power of two
