@@ -156,7 +156,10 @@ unsafe impl Arch for HostedArch {
         let me = current_cpu_block();
         if LIVE_VCPUS.load(Ordering::Relaxed) <= online_cores() {
             target.post_ipi_check();
-            let mine = me.map(vcpu_of);
+            // We announce our wait only from a critical section (where
+            // lwkt-core's sends run): another sender that finds us waiting
+            // then knows we will see its posted check when we leave it.
+            let mine = me.filter(|m| m.in_critical()).map(vcpu_of);
             if let Some(m) = mine {
                 m.kick_waiting.store(true, Ordering::SeqCst);
             }
@@ -172,17 +175,23 @@ unsafe impl Arch for HostedArch {
                     answered = true;
                     break;
                 }
-                // Work is waiting for us and the target is itself waiting
-                // in a kick (of us, most likely): stop, or both would wait
-                // out the window. A target merely busy running threads is
-                // given the whole window to reach a critical-section exit.
-                if me.is_some_and(Cpu::has_pending) && v.kick_waiting.load(Ordering::SeqCst) {
+                // The target is itself waiting in a kick, so it is inside
+                // a critical section: it sees our posted check when it
+                // leaves it, and a signal could not make it look sooner (the
+                // handler would only record the request). When two CPUs
+                // kick each other at once, waiting here would only make
+                // both wait out the window and then signal for nothing.
+                if v.kick_waiting.load(Ordering::SeqCst) {
+                    answered = true;
                     break;
                 }
                 core::hint::spin_loop();
             }
             if let Some(m) = mine {
                 m.kick_waiting.store(false, Ordering::SeqCst);
+                // Whoever saw us waiting posted its check before; make sure
+                // our critical-section exit (a relaxed read) sees it.
+                core::sync::atomic::fence(Ordering::SeqCst);
             }
             if answered {
                 v.soft_kicks.fetch_add(1, Ordering::Relaxed);

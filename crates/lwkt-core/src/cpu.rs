@@ -448,6 +448,26 @@ impl Cpu {
         self.ipimask.load(Ordering::SeqCst) & CpuMask::single(src).0 != 0
     }
 
+    /// Whether the code running on this CPU, which must be the caller's, is
+    /// inside a critical section (IPI functions and interrupt work run
+    /// inside one too), so that a kick arriving now would only be recorded
+    /// for its critical-section exit. For a backend's `kick`.
+    ///
+    /// # Panics
+    /// If called from another CPU (its running thread could exit under us).
+    pub fn in_critical(&self) -> bool {
+        let here = self.machine().arch.current_cpu();
+        assert!(
+            here.is_some_and(|c| ptr::eq(c.as_ptr(), self)),
+            "lwkt: Cpu::in_critical asked about CPU {} from elsewhere",
+            self.id.get()
+        );
+        let td = self.curthread.load(Ordering::Relaxed);
+        // SAFETY: we run on this CPU, so `curthread` is the caller's own
+        // (live) thread, or null before the CPU started.
+        !td.is_null() && unsafe { &*td }.critcount.load(Ordering::Relaxed) != 0
+    }
+
     /// Ask this CPU's idle loop to return once it has nothing left to run.
     /// Threads still blocked then are reported by the backend as never exited.
     pub fn request_shutdown(&self) {

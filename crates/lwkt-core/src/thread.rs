@@ -10,6 +10,7 @@
 use core::cell::Cell;
 use core::fmt;
 use core::ptr::{self, NonNull};
+use crossbeam_utils::CachePadded;
 
 use crate::arch::{Arch, Context, Stack};
 use crate::cpu::{Cpu, CpuId};
@@ -118,18 +119,42 @@ impl fmt::Display for SpawnError {
 
 /// The thread block. Users see it only through [`Cur`](crate::Cur) and
 /// [`ThreadHandle`].
+///
+/// Laid out in two cache lines' worth of groups: what other CPUs read to
+/// route work to the thread (and the hold count they change), then, from a
+/// new line on, what its own CPU writes on every critical section and
+/// switch. Mixed, every put to a thread's port from another CPU (which
+/// reads `cpuid`) took away the line holding `critcount`, and the owner
+/// paid a transfer at its next `crit_enter`.
+#[repr(C)]
 pub(crate) struct Thread {
+    // ---- read by other CPUs; written rarely ----
     /// Owning CPU (`td_gd`). Written by the owner, or at migration by the
     /// CPU handing the thread over; read by anyone to route IPIs.
     pub(crate) gd: AtomicPtr<Cpu>,
     /// The owning CPU's number, readable after the machine is gone.
     pub(crate) cpuid: AtomicU32,
+    /// Foreign-visible state: `EXITED` once the thread is off its CPU for good.
+    pub(crate) mpflags: AtomicU32,
+    /// Hold count (`td_refs`): the thread itself while it lives, each
+    /// [`ThreadHandle`], each IPI in flight that names it. The stack (and
+    /// this block within it) is freed when it reaches zero.
+    pub(crate) refs: AtomicU32,
+    /// Which machine the thread belongs to, to catch handles used across machines.
+    pub(crate) machine_id: u64,
+    pub(crate) name: &'static str,
+    /// Backend that gave the stack; outlives every machine.
+    pub(crate) arch: &'static dyn Arch,
+    /// The stack this block lives in (`None` for idle threads, whose stack
+    /// the backend owns).
+    pub(crate) stack: Option<Stack>,
+    /// Starts the owner's group on a line of its own.
+    _owner_line: CachePadded<()>,
+    // ---- the owner's ----
     /// Critical-section depth (`td_critcount`); see [`crate::crit`].
     pub(crate) critcount: AtomicU32,
     /// Owner: `TDF_*`.
     pub(crate) flags: Cell<u32>,
-    /// Foreign-visible state: `EXITED` once the thread is off its CPU for good.
-    pub(crate) mpflags: AtomicU32,
     /// Owner: priority (`td_pri`).
     pub(crate) pri: Cell<Priority>,
     /// Owner: run-queue links (`td_threadq`).
@@ -143,24 +168,12 @@ pub(crate) struct Thread {
     pub(crate) migrate_to: Cell<*const Cpu>,
     /// Saved registers while not running.
     pub(crate) ctx: Context,
-    /// Hold count (`td_refs`): the thread itself while it lives, each
-    /// [`ThreadHandle`], each IPI in flight that names it. The stack (and
-    /// this block within it) is freed when it reaches zero.
-    pub(crate) refs: AtomicU32,
-    /// The stack this block lives in (`None` for idle threads, whose stack
-    /// the backend owns).
-    pub(crate) stack: Option<Stack>,
-    /// Backend that gave the stack; outlives every machine.
-    pub(crate) arch: &'static dyn Arch,
-    /// Which machine the thread belongs to, to catch handles used across machines.
-    pub(crate) machine_id: u64,
     /// Where the closure waits for its first run.
     pub(crate) closure: Cell<*mut u8>,
     /// Owner: times this thread was switched to.
     pub(crate) switches: Cell<u64>,
     /// The tokens this thread holds while it runs (`td_toks_array`).
     pub(crate) toks: lwkt_token::TokenStack,
-    pub(crate) name: &'static str,
 }
 
 /// `mpflags` bit: the thread has exited and is off its CPU.
@@ -208,6 +221,7 @@ impl Thread {
             switches: Cell::new(0),
             toks: lwkt_token::TokenStack::new(),
             name,
+            _owner_line: CachePadded::new(()),
         }
     }
 

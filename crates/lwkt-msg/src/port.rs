@@ -21,6 +21,7 @@ use core::pin::Pin;
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use crossbeam_utils::CachePadded;
 use lwkt_core::{Cur, IpiFn, MyCpu, Serializer, ThreadHandle};
 
 use crate::future::ReplyFuture;
@@ -77,7 +78,10 @@ pub struct Port<T: Send + 'static> {
     /// Serializer ports: bumped by every put, so a receiver that released
     /// the serializer to sleep sees whether anything arrived meanwhile.
     gen: AtomicU32,
-    inner: UnsafeCell<Inner>,
+    /// The receiver's state, on its own cache line: senders on other CPUs
+    /// read `kind` on every put, and must not take away the line the
+    /// receiver writes on every push and pop.
+    inner: CachePadded<UnsafeCell<Inner>>,
 }
 
 /// How long `domsg` to a port served on another CPU watches for the reply
@@ -117,11 +121,11 @@ impl<T: Send + 'static> Port<T> {
             kind,
             lock: SpinLock::new(),
             gen: AtomicU32::new(0),
-            inner: UnsafeCell::new(Inner {
+            inner: CachePadded::new(UnsafeCell::new(Inner {
                 q: Queue::new(),
                 waiting: false,
                 closed: false,
-            }),
+            })),
         }
     }
 
