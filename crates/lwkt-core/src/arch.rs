@@ -140,6 +140,18 @@ pub unsafe trait Arch: Sync {
     /// A monotonic cycle counter (the TSC on x86-64).
     fn cycles(&self) -> u64;
 
+    /// How long, in [`cycles`](Arch::cycles), the idle loop watches its
+    /// rings before it calls [`idle_wait`](Arch::idle_wait). While it
+    /// watches, senders queue without kicking: a message that follows soon
+    /// costs neither side an interrupt. The default, 0, goes straight to
+    /// `idle_wait`; a backend whose interrupts are expensive (the hosted
+    /// one's are signals and futex wake-ups) sets a few tens of
+    /// microseconds. DragonFly: the idle loop's spin before halting
+    /// (`machdep.cpu_idle_repeat`).
+    fn idle_poll_cycles(&self) -> u64 {
+        0
+    }
+
     /// Called in busy-wait loops (a full IPI ring, a `cpusync` waiting for
     /// its targets); `spins` counts the iterations so far. The default is a
     /// CPU pause hint; a hosted backend with more virtual CPUs than cores

@@ -291,6 +291,9 @@ pub struct Cpu {
     /// "A kick is pending or the CPU is polling" (`gd_npoll`).
     pub(crate) npoll: CachePadded<AtomicU32>,
     pub(crate) processing_ipiq: Cell<u32>,
+    /// The idle loop is watching the rings with `npoll` held at 1, so
+    /// senders do not kick and draining must not clear it (owner only).
+    pub(crate) idle_polling: Cell<bool>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) live_threads: AtomicUsize,
     pub(crate) stats: CpuStats,
@@ -368,6 +371,7 @@ impl Cpu {
             ipimask: CachePadded::new(AtomicU64::new(0)),
             npoll: CachePadded::new(AtomicU32::new(0)),
             processing_ipiq: Cell::new(0),
+            idle_polling: Cell::new(false),
             shutdown: AtomicBool::new(false),
             live_threads: AtomicUsize::new(0),
             stats: CpuStats::default(),

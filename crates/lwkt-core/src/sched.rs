@@ -1278,11 +1278,21 @@ impl Cpu {
         self.curthread
             .store(idle as *const Thread as *mut Thread, Ordering::Relaxed);
         let mut contended = 0u32;
+        let poll_cycles = arch.idle_poll_cycles();
+        let mut poll_start = 0u64;
         loop {
             // SAFETY: on this CPU, in the idle thread's critical section.
             unsafe { splz(self) };
             // SAFETY: as above.
             if unsafe { self.runq() }.len() != 0 {
+                if self.idle_polling.get() {
+                    // Threads may spin outside critical sections, where only
+                    // a kick reaches them: senders must kick from now on.
+                    // One that saw us watching did not, so look again.
+                    self.end_idle_poll();
+                    // SAFETY: as above.
+                    unsafe { splz(self) };
+                }
                 // SAFETY: the idle thread is running.
                 if unsafe { switch_from(idle) } {
                     contended = 0;
@@ -1295,20 +1305,50 @@ impl Cpu {
                 continue;
             }
             if self.shutdown.load(Ordering::SeqCst) && self.ipimask.load(Ordering::SeqCst) == 0 {
+                if self.idle_polling.get() {
+                    self.end_idle_poll();
+                }
                 break;
             }
-            // About to wait: clear the kick interlock so that every sender
-            // from now on kicks us, then look once more. Without this, a
-            // kick whose message we already ran leaves `npoll` set, its
-            // signal may land while we sleep, and later senders, seeing
-            // `npoll` set, never kick again (a lost wake-up).
-            self.doorbell().begin_poll();
+            if poll_cycles != 0 {
+                // Watch the rings for a while; senders see `npoll` set and
+                // do not kick.
+                if !self.idle_polling.get() {
+                    self.idle_polling.set(true);
+                    self.doorbell().begin_idle_poll();
+                    poll_start = arch.cycles();
+                }
+                if self.has_pending() {
+                    continue;
+                }
+                if arch.cycles().wrapping_sub(poll_start) < poll_cycles {
+                    core::hint::spin_loop();
+                    continue;
+                }
+                self.end_idle_poll();
+            } else {
+                // About to wait: clear the kick interlock so that every
+                // sender from now on kicks us, then look once more. Without
+                // this, a kick whose message we already ran leaves `npoll`
+                // set, its signal may land while we sleep, and later
+                // senders, seeing `npoll` set, never kick again (a lost
+                // wake-up).
+                self.doorbell().begin_poll();
+            }
             if self.has_pending() {
                 continue;
             }
             arch.idle_wait(self);
         }
         idle.critcount.store(0, Ordering::Relaxed);
+    }
+
+    /// Stop the idle loop's watch of the rings (see
+    /// [`Arch::idle_poll_cycles`](crate::Arch::idle_poll_cycles)); the
+    /// caller looks at the rings once more.
+    fn end_idle_poll(&self) {
+        self.idle_polling.set(false);
+        self.doorbell().end_idle_poll();
     }
 
     /// Interrupt entry for the IPI vector: the backend calls it on this CPU

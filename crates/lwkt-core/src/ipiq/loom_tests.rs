@@ -78,17 +78,7 @@ fn drain(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::Vec<u32>) 
     if mask & 1 == 0 {
         return;
     }
-    loop {
-        // SAFETY: the calling thread is the only consumer.
-        while let Some(v) = unsafe { ring.pop() } {
-            seen.push(v);
-        }
-        db.drained(0);
-        if ring.is_empty() {
-            break;
-        }
-        db.rearm(0);
-    }
+    drain_watching(db, ring, seen);
 }
 
 /// Sender: queue, then `Doorbell::ring`, kicking when it says so. Receiver:
@@ -148,6 +138,79 @@ fn doorbell_loses_no_kick() {
         }
         assert_eq!(seen, [0, 1], "every message once, in order");
     });
+}
+
+/// The idle watch: the receiver holds `npoll` set while it watches the
+/// rings, so the sender queues without kicking; the receiver drains without
+/// clearing `npoll` (as `process` does while `idle_polling`), then ends the
+/// watch and looks once more before it would sleep. Every message is run
+/// once, in order, and none is left queued without a kick pending (or a
+/// mask bit the last look sees).
+#[test]
+fn idle_watch_loses_no_message() {
+    loom::model(|| {
+        let ring: Arc<Ring<u32, 4>> = Arc::new(Ring::new());
+        let ipimask = Arc::new(AtomicU64::new(0));
+        let npoll = Arc::new(AtomicU32::new(0));
+        let kick = Arc::new(AtomicBool::new(false));
+        let db = Doorbell {
+            ipimask: &ipimask,
+            npoll: &npoll,
+        };
+        db.begin_idle_poll();
+        let sender = {
+            let (ring, ipimask, npoll, kick) =
+                (ring.clone(), ipimask.clone(), npoll.clone(), kick.clone());
+            thread::spawn(move || {
+                let db = Doorbell {
+                    ipimask: &ipimask,
+                    npoll: &npoll,
+                };
+                for i in 0..2 {
+                    // SAFETY: this thread is the only producer.
+                    assert!(unsafe { ring.push(i) }.is_ok());
+                    if db.ring(CpuId::new(0)) {
+                        kick.store(true, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        let mut seen = std::vec::Vec::new();
+        // Watching: drain what the mask shows, without touching `npoll`.
+        if db.pending() & 1 != 0 {
+            drain_watching(&db, &ring, &mut seen);
+        }
+        thread::yield_now();
+        // End of the watch, one more look, then "sleep".
+        db.end_idle_poll();
+        if db.pending() != 0 {
+            drain(&db, &ring, &mut seen);
+        }
+        sender.join().unwrap();
+        if !ring.is_empty() {
+            assert!(
+                kick.load(Ordering::SeqCst),
+                "queued while asleep, and no kick"
+            );
+            drain(&db, &ring, &mut seen);
+        }
+        assert_eq!(seen, [0, 1], "every message once, in order");
+    });
+}
+
+/// `drain` while the idle loop watches (`process` skips `begin_poll`).
+fn drain_watching(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::Vec<u32>) {
+    loop {
+        // SAFETY: the calling thread is the only consumer.
+        while let Some(v) = unsafe { ring.pop() } {
+            seen.push(v);
+        }
+        db.drained(0);
+        if ring.is_empty() {
+            break;
+        }
+        db.rearm(0);
+    }
 }
 
 /// The critical-section hand-off: an interrupt (kick) that arrives inside a

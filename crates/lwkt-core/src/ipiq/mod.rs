@@ -16,6 +16,11 @@
 //! source in `ipimask` drain its ring, clear the bit, and re-check the ring
 //! (a sender may have seen the bit still set and skipped setting it).
 //!
+//! An idle CPU first watches its rings for a while with `npoll` held set
+//! (as if a kick were outstanding), so senders queue without kicking; it
+//! clears `npoll` and looks once more before it switches to a thread or
+//! waits for an interrupt.
+//!
 //! A full ring makes the sender drain its own incoming rings while it waits,
 //! so two CPUs flooding each other cannot deadlock.
 
@@ -117,6 +122,23 @@ impl Doorbell<'_> {
         }
     }
 
+    /// Receiver, in its idle loop: watch the rings from now on, so senders
+    /// need not kick (they see `npoll` set, as after a kick). Draining does
+    /// not clear it meanwhile.
+    #[inline]
+    pub(crate) fn begin_idle_poll(&self) {
+        self.npoll.swap(1, Ordering::SeqCst);
+    }
+
+    /// Receiver: stop watching; from now on senders kick. The caller must
+    /// look at [`pending`](Self::pending) once more: a sender that saw the
+    /// watch did not kick, and either it sees `npoll` cleared here or we
+    /// see its mask bit (both sides use sequentially consistent RMWs).
+    #[inline]
+    pub(crate) fn end_idle_poll(&self) {
+        self.npoll.swap(0, Ordering::SeqCst);
+    }
+
     /// Receiver: sources that have queued work.
     #[inline]
     pub(crate) fn pending(&self) -> u64 {
@@ -208,7 +230,9 @@ fn announce(gd: &Cpu, tgd: &Cpu) {
 /// Runs on `gd` inside a critical section (the rings' single-consumer rule).
 pub(crate) unsafe fn process(gd: &Cpu) {
     let db = gd.doorbell();
-    db.begin_poll();
+    if !gd.idle_polling.get() {
+        db.begin_poll();
+    }
     let mut mask = db.pending();
     if mask == 0 {
         return;
