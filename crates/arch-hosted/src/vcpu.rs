@@ -141,12 +141,10 @@ unsafe impl Arch for HostedArch {
         if let Some(t) = v.thread.get() {
             t.unpark();
         }
-        match v.sleeping.load(Ordering::SeqCst) {
-            PARKED => {
-                v.unparks_sent.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            _ => {}
+        // Parked (or about to): the unpark above wakes it.
+        if v.sleeping.load(Ordering::SeqCst) == PARKED {
+            v.unparks_sent.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         // Running: before paying for a signal (a system call here and a
         // handler there, microseconds), ask the target to poll at its next
