@@ -259,6 +259,17 @@ impl Machine {
 
     /// The ring carrying messages from `src` to `dst`.
     #[inline(always)]
+    /// Every CPU of the machine but `cpu`, as a mask: the sources of `cpu`'s
+    /// rings.
+    pub(crate) fn sources_of(&self, cpu: CpuId) -> u64 {
+        let all = if self.ncpus >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.ncpus) - 1
+        };
+        all & !CpuMask::single(cpu).0
+    }
+
     pub(crate) fn ring(&self, src: CpuId, dst: CpuId) -> &IpiRing {
         debug_assert!(src.index() < self.ncpus && dst.index() < self.ncpus);
         // SAFETY: `rings` holds ncpus² live rings; the index is in range.
@@ -442,7 +453,25 @@ impl Cpu {
     /// Whether this CPU has been kicked and has not yet begun polling its
     /// rings since (DragonFly `gd_npoll`).
     pub fn kick_outstanding(&self) -> bool {
-        self.npoll.load(Ordering::SeqCst) != 0
+        self.npoll.load(Ordering::SeqCst) == crate::ipiq::npoll::KICKED
+    }
+
+    /// Whether anything waits for this CPU, its rings included: the idle
+    /// loop's look while it watches (senders then mark nothing).
+    pub(crate) fn watch_sees_work(&self) -> bool {
+        if self.has_pending() {
+            return true;
+        }
+        let m = self.machine();
+        let mut srcs = m.sources_of(self.id);
+        while srcs != 0 {
+            let src = srcs.trailing_zeros();
+            srcs &= srcs - 1;
+            if !m.ring(CpuId::new(src), self.id).is_empty() {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether messages from CPU `src` wait in this CPU's rings, not yet

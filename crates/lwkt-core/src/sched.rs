@@ -1287,11 +1287,9 @@ impl Cpu {
             if unsafe { self.runq() }.len() != 0 {
                 if self.idle_polling.get() {
                     // Threads may spin outside critical sections, where only
-                    // a kick reaches them: senders must kick from now on.
-                    // One that saw us watching did not, so look again.
+                    // a kick reaches them: senders must mark and kick from
+                    // now on (and what they queued unmarked is run here).
                     self.end_idle_poll();
-                    // SAFETY: as above.
-                    unsafe { splz(self) };
                 }
                 // SAFETY: the idle thread is running.
                 if unsafe { switch_from(idle) } {
@@ -1307,6 +1305,7 @@ impl Cpu {
             if self.shutdown.load(Ordering::SeqCst) && self.ipimask.load(Ordering::SeqCst) == 0 {
                 if self.idle_polling.get() {
                     self.end_idle_poll();
+                    continue;
                 }
                 break;
             }
@@ -1318,7 +1317,7 @@ impl Cpu {
                     self.doorbell().begin_idle_poll();
                     poll_start = arch.cycles();
                 }
-                if self.has_pending() {
+                if self.watch_sees_work() {
                     continue;
                 }
                 if arch.cycles().wrapping_sub(poll_start) < poll_cycles {
@@ -1326,6 +1325,10 @@ impl Cpu {
                     continue;
                 }
                 self.end_idle_poll();
+                // SAFETY: as above.
+                if unsafe { self.runq() }.len() != 0 {
+                    continue;
+                }
             } else {
                 // About to wait: clear the kick interlock so that every
                 // sender from now on kicks us, then look once more. Without
@@ -1344,11 +1347,14 @@ impl Cpu {
     }
 
     /// Stop the idle loop's watch of the rings (see
-    /// [`Arch::idle_poll_cycles`](crate::Arch::idle_poll_cycles)); the
-    /// caller looks at the rings once more.
+    /// [`Arch::idle_poll_cycles`](crate::Arch::idle_poll_cycles)) and run
+    /// what senders queued without marking it; from now on they mark and
+    /// kick. Runs in the idle thread's critical section.
     fn end_idle_poll(&self) {
         self.idle_polling.set(false);
         self.doorbell().end_idle_poll();
+        // SAFETY: on this CPU (the idle loop), in a critical section.
+        unsafe { ipiq::process_with(self, true) };
     }
 
     /// Interrupt entry for the IPI vector: the backend calls it on this CPU

@@ -16,10 +16,11 @@
 //! source in `ipimask` drain its ring, clear the bit, and re-check the ring
 //! (a sender may have seen the bit still set and skipped setting it).
 //!
-//! An idle CPU first watches its rings for a while with `npoll` held set
-//! (as if a kick were outstanding), so senders queue without kicking; it
-//! clears `npoll` and looks once more before it switches to a thread or
-//! waits for an interrupt.
+//! An idle CPU first watches its rings for a while with `npoll` set to
+//! `WATCHING`: senders then only write the ring (no `ipimask` bit, no
+//! kick), and the watcher reads the rings' indices. It clears `npoll` and
+//! looks at every ring once more before it switches to a thread or waits
+//! for an interrupt.
 //!
 //! A full ring makes the sender drain its own incoming rings while it waits,
 //! so two CPUs flooding each other cannot deadlock.
@@ -99,19 +100,50 @@ pub(crate) struct Doorbell<'a> {
     pub(crate) npoll: &'a AtomicU32,
 }
 
+/// `npoll` values.
+pub(crate) mod npoll {
+    /// The target looks only when kicked: the next sender kicks.
+    pub(crate) const CLEAR: u32 = 0;
+    /// A kick is on its way; the target will drain every ring marked in
+    /// `ipimask`.
+    pub(crate) const KICKED: u32 = 1;
+    /// The target's idle loop is watching every ring itself: senders
+    /// neither mark `ipimask` nor kick.
+    pub(crate) const WATCHING: u32 = 2;
+}
+
 impl Doorbell<'_> {
-    /// Sender, after publishing ring entries: mark source `src` and decide
-    /// whether the target needs a kick (true) or one is already pending.
+    /// Sender, after publishing ring entries: unless the target watches its
+    /// rings, mark source `src` and decide whether the target needs a kick
+    /// (true) or one is already pending.
     #[inline]
     pub(crate) fn ring(&self, src: CpuId) -> bool {
-        let bit = CpuMask::single(src).0;
         // Orders the ring publication before the reads below; pairs with the
         // receiver's RMWs on `npoll` and `ipimask` before it re-reads rings.
         fence_seqcst();
+        let n = self.npoll.load(Ordering::SeqCst);
+        if n == npoll::WATCHING {
+            // It will see the ring itself (or, if the watch ends now, in
+            // the look that follows `end_idle_poll`): nothing to write on
+            // its lines.
+            return false;
+        }
+        let bit = CpuMask::single(src).0;
         if self.ipimask.load(Ordering::SeqCst) & bit == 0 {
             self.ipimask.fetch_or(bit, Ordering::SeqCst);
         }
-        self.npoll.load(Ordering::SeqCst) == 0 && self.npoll.swap(1, Ordering::SeqCst) == 0
+        // A failed exchange means another sender kicked, or the target
+        // began watching: either way it will look.
+        n == npoll::CLEAR
+            && self
+                .npoll
+                .compare_exchange(
+                    npoll::CLEAR,
+                    npoll::KICKED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
     }
 
     /// Receiver, before scanning: later senders must kick again.
@@ -122,21 +154,25 @@ impl Doorbell<'_> {
         }
     }
 
-    /// Receiver, in its idle loop: watch the rings from now on, so senders
-    /// need not kick (they see `npoll` set, as after a kick). Draining does
-    /// not clear it meanwhile.
+    /// Receiver, in its idle loop: watch every ring from now on, so
+    /// senders neither mark `ipimask` nor kick. Draining does not clear the
+    /// watch.
     #[inline]
     pub(crate) fn begin_idle_poll(&self) {
-        self.npoll.swap(1, Ordering::SeqCst);
+        self.npoll.swap(npoll::WATCHING, Ordering::SeqCst);
     }
 
-    /// Receiver: stop watching; from now on senders kick. The caller must
-    /// look at [`pending`](Self::pending) once more: a sender that saw the
-    /// watch did not kick, and either it sees `npoll` cleared here or we
-    /// see its mask bit (both sides use sequentially consistent RMWs).
+    /// Receiver: stop watching; from now on senders mark and kick. The
+    /// caller must look at every ring once more: a sender that saw the watch
+    /// wrote nothing, and either it sees `npoll` cleared here or we see its
+    /// entry (its fence and our RMW order both sides).
     #[inline]
     pub(crate) fn end_idle_poll(&self) {
-        self.npoll.swap(0, Ordering::SeqCst);
+        self.npoll.swap(npoll::CLEAR, Ordering::SeqCst);
+        // Pairs with the sender's fence: the ring reads that follow see
+        // every entry whose sender saw `WATCHING` (loom finds the lost
+        // message without it).
+        fence_seqcst();
     }
 
     /// Receiver: sources that have queued work.
@@ -229,11 +265,26 @@ fn announce(gd: &Cpu, tgd: &Cpu) {
 /// # Safety
 /// Runs on `gd` inside a critical section (the rings' single-consumer rule).
 pub(crate) unsafe fn process(gd: &Cpu) {
+    // SAFETY: forwarded.
+    unsafe { process_with(gd, gd.idle_polling.get()) }
+}
+
+/// [`process`], looking at every ring (`all`) or only the marked ones.
+/// While the idle loop watches, and once right after, senders mark nothing.
+///
+/// # Safety
+/// As for [`process`].
+pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
     let db = gd.doorbell();
     if !gd.idle_polling.get() {
         db.begin_poll();
     }
-    let mut mask = db.pending();
+    let marked = db.pending();
+    let mut mask = if all {
+        gd.machine().sources_of(gd.id())
+    } else {
+        marked
+    };
     if mask == 0 {
         return;
     }
@@ -249,6 +300,10 @@ pub(crate) unsafe fn process(gd: &Cpu) {
             while let Some(msg) = unsafe { ring.pop() } {
                 gd.stats.ipis_received.add(1);
                 (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2);
+            }
+            if marked & (1 << src) == 0 {
+                // Unmarked (watched): the watch looks again by itself.
+                break;
             }
             db.drained(src);
             if ring.is_empty() {
