@@ -4,9 +4,13 @@
 //! allows; N may exceed the host's cores). LWKT threads are stackful
 //! contexts on `mmap`ed stacks with a guard page, switched in user space by
 //! a dozen instructions (no futex hand-off per switch). An IPI is a ring
-//! write plus, when the target needs one, a kick: an unpark if the target
-//! vCPU is idle, a SIGUSR1 if it is running (its handler is the IPI
-//! interrupt entry and honours critical sections). A machine shuts down
+//! write plus, when the target needs one, a kick: nothing while the target's
+//! idle loop watches its rings, an unpark if it is parked, and if it is
+//! running a posted check that it answers at its next critical-section exit
+//! or switch. A per-machine watchdog thread turns a posted check that goes
+//! unanswered (a thread spinning outside critical sections) into a SIGUSR1,
+//! whose handler is the IPI interrupt entry and honours critical sections.
+//! A machine shuts down
 //! cleanly when its main thread returns: every vCPU is joined and the report
 //! names the threads that never exited.
 //!
@@ -37,7 +41,7 @@ mod switch;
 mod vcpu;
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,8 +89,9 @@ pub struct Report {
     pub signals: Vec<usize>,
     /// Kicks delivered as unparks to idle vCPUs, per CPU (as target).
     pub unparks: Vec<usize>,
-    /// Kicks a running vCPU answered by polling at its next critical-section
-    /// exit or switch, so no signal was needed, per CPU (as target).
+    /// Kicks posted to a running vCPU for its next critical-section exit or
+    /// switch, per CPU (as target); the watchdog turns those not answered
+    /// within about 40 µs into signals (counted in `signals`).
     pub soft_kicks: Vec<usize>,
     /// Threads still alive (blocked) at shutdown: they never exited. Their
     /// stacks are leaked rather than freed under them.
@@ -229,9 +234,16 @@ impl Machine {
             Vec::new()
         };
         let barrier = Barrier::new(n);
+        let running = AtomicUsize::new(n);
         std::thread::scope(|s| {
+            let (cpus_ref, vcpus_ref, running_ref) = (&cpus, &vcpus, &running);
+            std::thread::Builder::new()
+                .name("lwkt-kick-watchdog".into())
+                .spawn_scoped(s, move || vcpu::watchdog(cpus_ref, vcpus_ref, running_ref))
+                .expect("lwkt-arch-hosted: cannot spawn the kick watchdog");
             for i in 0..n {
                 let (cpu, v, barrier, cores) = (&cpus[i], &vcpus[i], &barrier, &cores);
+                let running = &running;
                 std::thread::Builder::new()
                     .name(format!("lwkt-cpu{i}"))
                     .spawn_scoped(s, move || {
@@ -246,6 +258,7 @@ impl Machine {
                         // SAFETY: the machine is bound and outlives this scope;
                         // each CPU runs on exactly one thread.
                         unsafe { vcpu::run_vcpu(cpu) };
+                        running.fetch_sub(1, Ordering::Release);
                     })
                     .expect("lwkt-arch-hosted: cannot spawn a vCPU thread");
             }

@@ -1,17 +1,22 @@
 //! Virtual CPUs: OS threads that each run one lwkt CPU's idle loop, and the
 //! [`Arch`] implementation that ties them to lwkt-core.
 //!
-//! Interrupts: like DragonFly's vkernel, a kick is a host signal (SIGUSR1)
-//! to the target's OS thread when it is running, whose handler is the IPI
-//! interrupt entry ([`Cpu::ipi_interrupt`]): it honours the critical-section
-//! count exactly like the real vector, so a thread that busy-waits outside a
-//! critical section still sees IPIs. A CPU waiting in its idle loop parks
-//! (a futex wait) and is woken with an unpark instead, which is cheaper.
+//! Interrupts: a kick to a running vCPU posts a check
+//! ([`Cpu::post_ipi_check`]) that LWKT code answers at its next
+//! critical-section exit or switch, usually within a microsecond, and the
+//! sender goes on. The machine's watchdog thread signals (SIGUSR1, as
+//! DragonFly's vkernel does for every IPI) a vCPU that leaves a posted
+//! check unanswered for a whole window; the handler is the IPI interrupt
+//! entry ([`Cpu::ipi_interrupt`]) and honours the critical-section count
+//! exactly like the real vector, so a thread that busy-waits outside a
+//! critical section still sees IPIs. A parked vCPU (a futex wait after its
+//! idle loop's watch) is woken with an unpark.
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Once;
+use std::time::Duration;
 
 use lwkt_core::{Arch, Context, Cpu, EntryFn, Stack};
 
@@ -42,10 +47,12 @@ pub(crate) struct Vcpu {
     pub(crate) sleeping: AtomicU32,
     pub(crate) signals_sent: AtomicUsize,
     pub(crate) unparks_sent: AtomicUsize,
-    /// Kicks a running target answered without a signal.
+    /// Kicks posted to a running target for its next critical-section
+    /// exit (the watchdog signals it if it does not look).
     pub(crate) soft_kicks: AtomicUsize,
-    /// This vCPU is inside `kick`'s wait for another to answer.
-    pub(crate) kick_waiting: AtomicBool,
+    /// Cycle count of the oldest posted kick the watchdog has not yet seen
+    /// answered (0: none).
+    pub(crate) posted_at: AtomicU64,
 }
 
 impl Vcpu {
@@ -57,7 +64,7 @@ impl Vcpu {
             signals_sent: AtomicUsize::new(0),
             unparks_sent: AtomicUsize::new(0),
             soft_kicks: AtomicUsize::new(0),
-            kick_waiting: AtomicBool::new(false),
+            posted_at: AtomicU64::new(0),
         }
     }
 }
@@ -73,9 +80,82 @@ fn vcpu_of(cpu: &Cpu) -> &Vcpu {
     unsafe { &*p }
 }
 
-/// How long `kick` waits for a running target to notice a posted check
-/// before signalling it: about 1 µs of TSC at this machine's 2.6 GHz.
-const SOFT_KICK_CYCLES: u64 = 2_500;
+/// How long a running target may leave a posted kick unanswered before the
+/// watchdog signals it: about 40 µs at 2.6 GHz. LWKT code answers at its
+/// next critical-section exit, usually within a microsecond; only a thread
+/// spinning outside critical sections needs the signal.
+const ESCALATE_CYCLES: u64 = 100_000;
+
+/// The watchdog's scan period after it had to signal a vCPU, and the
+/// longest it sleeps: it doubles per scan that signals nobody, so a machine
+/// whose threads answer their kicks wakes it 500 times a second, and a
+/// thread spinning outside critical sections waits at most about 2 ms for
+/// its first signal.
+const WATCH_MIN: Duration = Duration::from_micros(100);
+const WATCH_MAX: Duration = Duration::from_millis(2);
+
+/// Interrupt a running vCPU: its signal handler is the IPI entry.
+fn signal(v: &Vcpu) {
+    let pt = v.pthread.load(Ordering::Acquire);
+    if pt != 0 {
+        v.signals_sent.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `pt` is the pthread of a vCPU thread of a machine that is
+        // still running (kicks and the watchdog run only then); a thread
+        // that has finished but is not yet joined is still a valid target
+        // (the signal is then refused or ignored by the handler).
+        unsafe { libc::pthread_kill(pt as libc::pthread_t, IPI_SIGNAL) };
+    }
+}
+
+/// The kick watchdog of one machine: while any vCPU runs, find posted kicks
+/// their targets have not answered within `ESCALATE_CYCLES` and signal
+/// those targets. DragonFly has no such thing: a hardware IPI always
+/// interrupts. Here a posted check is the cheap interrupt, and this thread
+/// guarantees that it is one.
+pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
+    let mut period = WATCH_MIN;
+    // Kicks each CPU had answered at the previous scan.
+    let mut answered: Vec<u64> = cpus.iter().map(|c| c.stats().kicks_answered).collect();
+    while running.load(Ordering::Acquire) != 0 {
+        std::thread::sleep(period);
+        let now = HOSTED.cycles();
+        let mut signalled = false;
+        for ((c, v), seen) in cpus.iter().zip(vcpus).zip(answered.iter_mut()) {
+            let a = c.stats().kicks_answered;
+            let moved = a != *seen;
+            *seen = a;
+            let t = v.posted_at.load(Ordering::Relaxed);
+            if t == 0 {
+                continue;
+            }
+            // Clear or restart the record by exchange: a kick posted
+            // meanwhile is then still recorded.
+            let update = |to: u64| {
+                v.posted_at
+                    .compare_exchange(t, to, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            };
+            if !c.kick_outstanding() {
+                // Answered, and no kick is outstanding now.
+                update(0);
+            } else if moved {
+                // It keeps answering kicks; the outstanding one is newer
+                // than the record: give it a whole window.
+                update(now);
+            } else if now.wrapping_sub(t) >= ESCALATE_CYCLES && update(0) {
+                // Not a single kick answered for a whole window: it runs
+                // outside critical sections. Interrupt it.
+                signal(v);
+                signalled = true;
+            }
+        }
+        period = if signalled {
+            WATCH_MIN
+        } else {
+            (period * 2).min(WATCH_MAX)
+        };
+    }
+}
 
 /// vCPU threads running now, over every machine of the process.
 pub(crate) static LIVE_VCPUS: AtomicUsize = AtomicUsize::new(0);
@@ -146,65 +226,24 @@ unsafe impl Arch for HostedArch {
             v.unparks_sent.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // Running: before paying for a signal (a system call here and a
-        // handler there, microseconds), ask the target to poll at its next
+        // Running: rather than pay for a signal (a system call here and a
+        // handler there, microseconds), ask the target to look at its next
         // critical-section exit or switch, which LWKT code reaches often,
-        // and give it a moment. A target that does not answer (a thread
-        // spinning outside critical sections) still gets the signal. Not
-        // worth it when vCPUs outnumber host cores: the target may not be
-        // running at all.
-        let me = current_cpu_block();
+        // and go on. The watchdog signals a target that has not looked
+        // within `ESCALATE_CYCLES` (a thread spinning outside critical
+        // sections). Not when vCPUs outnumber host cores: the target may not
+        // be running at all.
         if LIVE_VCPUS.load(Ordering::Relaxed) <= online_cores() {
             target.post_ipi_check();
-            // We announce our wait only from a critical section (where
-            // lwkt-core's sends run): another sender that finds us waiting
-            // then knows we will see its posted check when we leave it.
-            let mine = me.filter(|m| m.in_critical()).map(vcpu_of);
-            if let Some(m) = mine {
-                m.kick_waiting.store(true, Ordering::SeqCst);
-            }
-            let start = self.cycles();
-            let mut answered = false;
-            while self.cycles().wrapping_sub(start) < SOFT_KICK_CYCLES {
-                // Answered: it polled since the kick, or it is draining (or
-                // has drained) our ring, which it re-checks after clearing
-                // our bit.
-                if !target.kick_outstanding()
-                    || me.is_some_and(|m| !target.ipi_pending_from(m.id()))
-                {
-                    answered = true;
-                    break;
-                }
-                // The target is itself waiting in a kick, so it is inside
-                // a critical section: it sees our posted check when it
-                // leaves it, and a signal could not make it look sooner (the
-                // handler would only record the request). When two CPUs
-                // kick each other at once, waiting here would only make
-                // both wait out the window and then signal for nothing.
-                if v.kick_waiting.load(Ordering::SeqCst) {
-                    answered = true;
-                    break;
-                }
-                core::hint::spin_loop();
-            }
-            if let Some(m) = mine {
-                m.kick_waiting.store(false, Ordering::SeqCst);
-                // Whoever saw us waiting posted its check before; make sure
-                // our critical-section exit (a relaxed read) sees it.
-                core::sync::atomic::fence(Ordering::SeqCst);
-            }
-            if answered {
-                v.soft_kicks.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+            let now = self.cycles().max(1);
+            // Keep the oldest unanswered post; the watchdog clears it.
+            let _ = v
+                .posted_at
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            v.soft_kicks.fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        let pt = v.pthread.load(Ordering::Acquire);
-        if pt != 0 {
-            v.signals_sent.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: `pt` is the pthread of a vCPU thread, which lives until
-            // the machine is torn down (after every kick).
-            unsafe { libc::pthread_kill(pt as libc::pthread_t, IPI_SIGNAL) };
-        }
+        signal(v);
     }
 
     fn idle_wait(&self, cpu: &Cpu) {

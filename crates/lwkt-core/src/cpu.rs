@@ -116,6 +116,7 @@ pub struct CpuStats {
     pub(crate) ipis_received: OwnerCounter,
     pub(crate) kicks_sent: OwnerCounter,
     pub(crate) kicks_avoided: OwnerCounter,
+    pub(crate) kicks_answered: OwnerCounter,
     pub(crate) ring_full_waits: OwnerCounter,
     pub(crate) threads_created: OwnerCounter,
     pub(crate) threads_exited: OwnerCounter,
@@ -135,6 +136,10 @@ pub struct CpuStatsSnapshot {
     /// Messages that needed no kick because the target was already kicked
     /// or polling: the batching DragonFly counts as `ipiq_avoided`.
     pub kicks_avoided: u64,
+    /// Kicks this CPU answered: times it began to drain its rings with a
+    /// kick outstanding (a backend that delivers kicks lazily checks that
+    /// its targets keep answering).
+    pub kicks_answered: u64,
     /// Times a sender found a ring full and drained its own rings meanwhile
     /// (`ipiq_fifofull`).
     pub ring_full_waits: u64,
@@ -423,6 +428,7 @@ impl Cpu {
             ipis_received: s.ipis_received.get(),
             kicks_sent: s.kicks_sent.get(),
             kicks_avoided: s.kicks_avoided.get(),
+            kicks_answered: s.kicks_answered.get(),
             ring_full_waits: s.ring_full_waits.get(),
             threads_created: s.threads_created.get(),
             threads_exited: s.threads_exited.get(),
@@ -479,26 +485,6 @@ impl Cpu {
     /// draining that ring).
     pub fn ipi_pending_from(&self, src: CpuId) -> bool {
         self.ipimask.load(Ordering::SeqCst) & CpuMask::single(src).0 != 0
-    }
-
-    /// Whether the code running on this CPU, which must be the caller's, is
-    /// inside a critical section (IPI functions and interrupt work run
-    /// inside one too), so that a kick arriving now would only be recorded
-    /// for its critical-section exit. For a backend's `kick`.
-    ///
-    /// # Panics
-    /// If called from another CPU (its running thread could exit under us).
-    pub fn in_critical(&self) -> bool {
-        let here = self.machine().arch.current_cpu();
-        assert!(
-            here.is_some_and(|c| ptr::eq(c.as_ptr(), self)),
-            "lwkt: Cpu::in_critical asked about CPU {} from elsewhere",
-            self.id.get()
-        );
-        let td = self.curthread.load(Ordering::Relaxed);
-        // SAFETY: we run on this CPU, so `curthread` is the caller's own
-        // (live) thread, or null before the CPU started.
-        !td.is_null() && unsafe { &*td }.critcount.load(Ordering::Relaxed) != 0
     }
 
     /// Ask this CPU's idle loop to return once it has nothing left to run.

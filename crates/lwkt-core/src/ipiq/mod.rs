@@ -146,12 +146,11 @@ impl Doorbell<'_> {
                 .is_ok()
     }
 
-    /// Receiver, before scanning: later senders must kick again.
+    /// Receiver, before scanning: later senders must kick again. Returns
+    /// whether a kick was outstanding (now answered).
     #[inline]
-    pub(crate) fn begin_poll(&self) {
-        if self.npoll.load(Ordering::Relaxed) != 0 {
-            self.npoll.swap(0, Ordering::SeqCst);
-        }
+    pub(crate) fn begin_poll(&self) -> bool {
+        self.npoll.load(Ordering::Relaxed) != 0 && self.npoll.swap(0, Ordering::SeqCst) != 0
     }
 
     /// Receiver, in its idle loop: watch every ring from now on, so
@@ -276,8 +275,8 @@ pub(crate) unsafe fn process(gd: &Cpu) {
 /// As for [`process`].
 pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
     let db = gd.doorbell();
-    if !gd.idle_polling.get() {
-        db.begin_poll();
+    if !gd.idle_polling.get() && db.begin_poll() {
+        gd.stats.kicks_answered.add(1);
     }
     let marked = db.pending();
     let mut mask = if all {
