@@ -76,19 +76,21 @@ fn ipi_inside_a_critical_section_runs_once_at_the_final_exit() {
 #[test]
 fn a_spinning_thread_is_interrupted_by_an_ipi() {
     static FLAG: AtomicBool = AtomicBool::new(false);
+    static SPINNING: AtomicBool = AtomicBool::new(false);
     fn set(_: MyCpu<'_>, _: usize, _: usize) {
         FLAG.store(true, Ordering::SeqCst);
     }
     let (_, report) = Machine::new(2).unwrap().run_with_report(|cur| {
         let spinner = cur
             .spawn_on(cpu(1), |_| {
+                SPINNING.store(true, Ordering::SeqCst);
                 while !FLAG.load(Ordering::SeqCst) {
                     std::hint::spin_loop();
                 }
             })
             .unwrap();
-        // Let the spinner start spinning, then send.
-        for _ in 0..1000 {
+        // Send once the spinner spins (so only an interrupt can reach it).
+        while !SPINNING.load(Ordering::SeqCst) {
             cur.yield_now();
         }
         cur.my_cpu().send_ipi(cpu(1), set, 0, 0).unwrap();
