@@ -89,9 +89,9 @@ pub struct Report {
     pub signals: Vec<usize>,
     /// Kicks delivered as unparks to idle vCPUs, per CPU (as target).
     pub unparks: Vec<usize>,
-    /// Kicks posted to a running vCPU for its next critical-section exit or
-    /// switch, per CPU (as target); the watchdog turns those not answered
-    /// within about 40 µs into signals (counted in `signals`).
+    /// Kicks posted to running vCPUs for their next critical-section exit
+    /// or switch, per CPU (as sender); the watchdog turns those not
+    /// answered within about 40 µs into signals (counted in `signals`).
     pub soft_kicks: Vec<usize>,
     /// Threads still alive (blocked) at shutdown: they never exited. Their
     /// stacks are leaked rather than freed under them.

@@ -47,8 +47,9 @@ pub(crate) struct Vcpu {
     pub(crate) sleeping: AtomicU32,
     pub(crate) signals_sent: AtomicUsize,
     pub(crate) unparks_sent: AtomicUsize,
-    /// Kicks posted to a running target for its next critical-section
-    /// exit (the watchdog signals it if it does not look).
+    /// Kicks this vCPU posted to running targets for their next
+    /// critical-section exit (the watchdog signals a target that does not
+    /// look).
     pub(crate) soft_kicks: AtomicUsize,
     /// Cycle count of the oldest posted kick the watchdog has not yet seen
     /// answered (0: none).
@@ -235,12 +236,19 @@ unsafe impl Arch for HostedArch {
         // be running at all.
         if LIVE_VCPUS.load(Ordering::Relaxed) <= online_cores() {
             target.post_ipi_check();
-            let now = self.cycles().max(1);
-            // Keep the oldest unanswered post; the watchdog clears it.
-            let _ = v
-                .posted_at
-                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-            v.soft_kicks.fetch_add(1, Ordering::Relaxed);
+            // Keep the oldest unanswered post; the watchdog clears it. Look
+            // first: in a stream one is usually recorded already, and a
+            // failed exchange would still take the line.
+            if v.posted_at.load(Ordering::Relaxed) == 0 {
+                let now = self.cycles().max(1);
+                let _ = v
+                    .posted_at
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            // Counted on the sender's own block, off the target's lines.
+            if let Some(me) = current_cpu_block() {
+                vcpu_of(me).soft_kicks.fetch_add(1, Ordering::Relaxed);
+            }
             return;
         }
         signal(v);
