@@ -143,7 +143,13 @@ pub fn with_blocked_token_holder<R: Send>(f: impl FnOnce(&mut Cur) -> R + Send) 
         let r = f(cur);
         stop.store(true, Ordering::Relaxed);
         cur.join(&timer);
-        TICK.signal(cur.my_cpu());
+        // The holder blocks twice per round (holding the token, then not):
+        // wake it until it has seen `stop` and left. One signal hung the
+        // bench when it landed in the first block.
+        while !holder.has_exited() {
+            TICK.signal(cur.my_cpu());
+            cur.yield_now();
+        }
         cur.join(&holder);
         r
     })
