@@ -226,7 +226,7 @@ impl<P: PageSource> Slab<P> {
         ty: &MallocType,
         flags: Flags,
     ) -> Result<NonNull<u8>, SlabError> {
-        match route(layout)? {
+        let (p, zeroed) = match route(layout)? {
             Route::Small { class } => {
                 let bytes = CHUNK[class];
                 // The fast path: a chunk from the first partial zone, or
@@ -242,45 +242,42 @@ impl<P: PageSource> Slab<P> {
                     unsafe { ty.account_alloc(cpu, bytes) };
                     Some(got)
                 });
-                let (p, zeroed) = match fast {
+                match fast {
                     Some(got) => got,
                     None => self.alloc_small_slow(cx, class, ty, flags)?,
-                };
-                if flags.contains(Flags::ZERO) && !zeroed {
-                    // SAFETY: `p` is a fresh chunk of at least `layout.size()`.
-                    unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
                 }
-                Ok(p)
             }
-            Route::Large => self.alloc_large(cx, layout, ty, flags),
+            Route::Large => self.alloc_large(cx, layout, ty, flags)?,
+        };
+        if flags.contains(Flags::ZERO) && !zeroed {
+            // SAFETY: `p` is a fresh block of at least `layout.size()`.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
         }
+        Ok(p)
     }
 
-    /// A large allocation, straight from the page source.
+    /// A large allocation, straight from the page source; and whether it
+    /// is known to be zero.
     fn alloc_large(
         &self,
         cx: &impl CpuContext,
         layout: Layout,
         ty: &MallocType,
         flags: Flags,
-    ) -> Result<NonNull<u8>, SlabError> {
+    ) -> Result<(NonNull<u8>, bool), SlabError> {
         let bytes = large_bytes(layout)?;
         cx.with_cpu(|cpu| {
             self.check_cpu(cpu);
             if !ty.admit(cpu, bytes) {
                 return Err(SlabError::LimitExceeded { ty: ty.name() });
             }
-            let (p, zeroed) = self
+            let got = self
                 .pages
                 .alloc_large(layout, flags.contains(Flags::NOWAIT))
                 .ok_or(SlabError::Exhausted)?;
             // SAFETY: `check_cpu` passed.
             unsafe { ty.account_alloc(cpu, bytes) };
-            if flags.contains(Flags::ZERO) && !zeroed {
-                // SAFETY: `p` is a fresh block of at least `layout.size()`.
-                unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
-            }
-            Ok(p)
+            Ok(got)
         })
     }
 

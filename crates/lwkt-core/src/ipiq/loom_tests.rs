@@ -71,6 +71,30 @@ use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::Doorbell;
 
+/// The model's sender (CPU 0): queue messages 0 and 1, ringing the doorbell
+/// after each and recording a kick when it says so.
+fn spawn_sender(
+    ring: &Arc<Ring<u32, 4>>,
+    ipimask: &Arc<AtomicU64>,
+    npoll: &Arc<AtomicU32>,
+    kick: &Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    let (ring, ipimask, npoll, kick) = (ring.clone(), ipimask.clone(), npoll.clone(), kick.clone());
+    thread::spawn(move || {
+        let db = Doorbell {
+            ipimask: &ipimask,
+            npoll: &npoll,
+        };
+        for i in 0..2 {
+            // SAFETY: this thread is the only producer.
+            assert!(unsafe { ring.push(i) }.is_ok());
+            if db.ring(CpuId::new(0)) {
+                kick.store(true, Ordering::SeqCst);
+            }
+        }
+    })
+}
+
 /// The receive protocol of `ipiq::process`, on a model ring.
 fn drain(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::Vec<u32>) {
     db.begin_poll();
@@ -92,23 +116,7 @@ fn doorbell_loses_no_kick() {
         let ipimask = Arc::new(AtomicU64::new(0));
         let npoll = Arc::new(AtomicU32::new(0));
         let kick = Arc::new(AtomicBool::new(false));
-        let sender = {
-            let (ring, ipimask, npoll, kick) =
-                (ring.clone(), ipimask.clone(), npoll.clone(), kick.clone());
-            thread::spawn(move || {
-                let db = Doorbell {
-                    ipimask: &ipimask,
-                    npoll: &npoll,
-                };
-                for i in 0..2 {
-                    // SAFETY: this thread is the only producer.
-                    assert!(unsafe { ring.push(i) }.is_ok());
-                    if db.ring(CpuId::new(0)) {
-                        kick.store(true, Ordering::SeqCst);
-                    }
-                }
-            })
-        };
+        let sender = spawn_sender(&ring, &ipimask, &npoll, &kick);
         let db = Doorbell {
             ipimask: &ipimask,
             npoll: &npoll,
@@ -157,23 +165,7 @@ fn idle_watch_loses_no_message() {
             npoll: &npoll,
         };
         db.begin_idle_poll();
-        let sender = {
-            let (ring, ipimask, npoll, kick) =
-                (ring.clone(), ipimask.clone(), npoll.clone(), kick.clone());
-            thread::spawn(move || {
-                let db = Doorbell {
-                    ipimask: &ipimask,
-                    npoll: &npoll,
-                };
-                for i in 0..2 {
-                    // SAFETY: this thread is the only producer.
-                    assert!(unsafe { ring.push(i) }.is_ok());
-                    if db.ring(CpuId::new(0)) {
-                        kick.store(true, Ordering::SeqCst);
-                    }
-                }
-            })
-        };
+        let sender = spawn_sender(&ring, &ipimask, &npoll, &kick);
         let mut seen = std::vec::Vec::new();
         // Watching: the ring itself says whether there is work.
         if !ring.is_empty() {
