@@ -1324,25 +1324,24 @@ impl Cpu {
                     core::hint::spin_loop();
                     continue;
                 }
-                self.end_idle_poll();
-                // SAFETY: as above.
-                if unsafe { self.runq() }.len() != 0 {
-                    continue;
-                }
             }
-            // About to wait: clear the kick interlock so that every sender
-            // from now on kicks us, then look once more. Without this, a
-            // kick whose message we already ran (here: one that set
-            // `KICKED` after the watch ended, its message run by the drain
-            // that ends it) leaves `npoll` set, its signal may land while we
-            // sleep, and later senders, seeing `npoll` set, never kick again
-            // (a lost wake-up: found in session 4 as a hang of the 8-CPU
-            // message test once the hosted kick stopped leaving a spare
+            // About to wait: end the watch, clear the kick interlock, look
+            // once more (skipping the clearing after a watch hung the 8-CPU
+            // message test in session 4, with a hosted kick that left no
             // unpark token).
-            if self.doorbell().begin_poll() {
+            let settled = self.doorbell().settle_for_wait(
+                self.idle_polling.get(),
+                || {
+                    self.drain_after_watch();
+                    // SAFETY: as above.
+                    unsafe { self.runq() }.len() != 0
+                },
+                || self.has_pending(),
+            );
+            if settled.answered {
                 self.stats.kicks_answered.add(1);
             }
-            if self.has_pending() {
+            if !settled.wait {
                 continue;
             }
             arch.idle_wait(self);
@@ -1355,8 +1354,14 @@ impl Cpu {
     /// what senders queued without marking it; from now on they mark and
     /// kick. Runs in the idle thread's critical section.
     fn end_idle_poll(&self) {
-        self.idle_polling.set(false);
         self.doorbell().end_idle_poll();
+        self.drain_after_watch();
+    }
+
+    /// The watch has ended (`npoll` cleared): leave watching mode and run
+    /// every ring once. Runs in the idle thread's critical section.
+    fn drain_after_watch(&self) {
+        self.idle_polling.set(false);
         // SAFETY: on this CPU (the idle loop), in a critical section.
         unsafe { ipiq::process_with(self, true) };
     }

@@ -112,6 +112,15 @@ pub(crate) mod npoll {
     pub(crate) const WATCHING: u32 = 2;
 }
 
+/// What [`Doorbell::settle_for_wait`] decided.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settled {
+    /// Nothing can be queued without a kick on its way: wait.
+    pub(crate) wait: bool,
+    /// A kick was outstanding and is answered (for the CPU's counters).
+    pub(crate) answered: bool,
+}
+
 impl Doorbell<'_> {
     /// Sender, after publishing ring entries: unless the target watches its
     /// rings, mark source `src` and decide whether the target needs a kick
@@ -172,6 +181,37 @@ impl Doorbell<'_> {
         // every entry whose sender saw `WATCHING` (loom finds the lost
         // message without it).
         fence_seqcst();
+    }
+
+    /// Receiver, its idle loop with nothing to run, about to wait for a
+    /// kick. If it was watching, end the watch and run `drain_all` (what
+    /// senders queued unmarked meanwhile; it returns whether that made work
+    /// to do). Then clear the kick interlock, so that every sender from now
+    /// on kicks, and look once more with `pending` (the CPU's
+    /// `has_pending`). Without the clearing, a kick whose message already
+    /// ran (for one, set just after the watch ended and run by its drain)
+    /// leaves `npoll` set; its signal may land after the wait began, and
+    /// later senders, seeing `npoll` set, never kick again.
+    pub(crate) fn settle_for_wait(
+        &self,
+        watched: bool,
+        drain_all: impl FnOnce() -> bool,
+        pending: impl FnOnce() -> bool,
+    ) -> Settled {
+        if watched {
+            self.end_idle_poll();
+            if drain_all() {
+                return Settled {
+                    wait: false,
+                    answered: false,
+                };
+            }
+        }
+        let answered = self.begin_poll();
+        Settled {
+            wait: !pending(),
+            answered,
+        }
     }
 
     /// Receiver: sources that have queued work.
