@@ -1326,9 +1326,7 @@ impl Cpu {
                 }
             }
             // About to wait: end the watch, clear the kick interlock, look
-            // once more (skipping the clearing after a watch hung the 8-CPU
-            // message test in session 4, with a hosted kick that left no
-            // unpark token).
+            // once more (loom model `idle_wait_loses_no_kick`).
             let settled = self.doorbell().settle_for_wait(
                 self.idle_polling.get(),
                 || {

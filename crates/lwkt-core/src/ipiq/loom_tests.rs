@@ -71,6 +71,87 @@ use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::Doorbell;
 
+/// The idle loop's last steps before it waits, with the hosted backend's
+/// kick. A kick leaves a wake-up token (an unpark: a wait that starts later
+/// returns at once) and, to a receiver not yet waiting, also an interrupt
+/// that only records a request and may land late (a signal does not end a
+/// `park()`). The receiver watches, drains, runs `settle_for_wait`, and
+/// waits unless told not to, re-checking after it published that it waits,
+/// as `idle_wait` does. A receiver left waiting with no token must have
+/// nothing queued. Without the token it fails: a sender can choose a signal
+/// just before the receiver parks and set `KICKED` after the receiver's
+/// last clearing; every later sender then marks without kicking (the
+/// session-4 hang of the 8-CPU message test). The token is taken with a
+/// compare-exchange, not a swap: loom 0.7 can give a swap a history no
+/// machine allows (tokio-rs/loom#254).
+#[test]
+fn idle_wait_loses_no_kick() {
+    loom::model(|| {
+        let ring: Arc<Ring<u32, 4>> = Arc::new(Ring::new());
+        let ipimask = Arc::new(AtomicU64::new(0));
+        let npoll = Arc::new(AtomicU32::new(0));
+        // What the kick looks at, and what it leaves.
+        let waiting = Arc::new(AtomicBool::new(false));
+        let token = Arc::new(AtomicBool::new(false));
+        let recorded = Arc::new(AtomicBool::new(false));
+        let db = Doorbell {
+            ipimask: &ipimask,
+            npoll: &npoll,
+        };
+        db.begin_idle_poll();
+        let sender = {
+            let (ring, ipimask, npoll) = (ring.clone(), ipimask.clone(), npoll.clone());
+            let (waiting, token, recorded) = (waiting.clone(), token.clone(), recorded.clone());
+            thread::spawn(move || {
+                let db = Doorbell {
+                    ipimask: &ipimask,
+                    npoll: &npoll,
+                };
+                for i in 0..2 {
+                    // SAFETY: this thread is the only producer.
+                    assert!(unsafe { ring.push(i) }.is_ok());
+                    if db.ring(CpuId::new(0)) {
+                        token.store(true, Ordering::SeqCst);
+                        if !waiting.load(Ordering::SeqCst) {
+                            // The signal lands some time later.
+                            thread::yield_now();
+                            recorded.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        };
+        let mut seen = std::vec::Vec::new();
+        if !ring.is_empty() {
+            drain_once(&db, &ring, &mut seen);
+        }
+        let pending = || db.pending() != 0 || recorded.load(Ordering::SeqCst);
+        let settled = db.settle_for_wait(
+            true,
+            || {
+                drain_once(&db, &ring, &mut seen);
+                false
+            },
+            pending,
+        );
+        let mut asleep = false;
+        if settled.wait {
+            waiting.store(true, Ordering::SeqCst);
+            let token_taken = token
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            asleep = !pending() && !token_taken;
+        }
+        sender.join().unwrap();
+        if asleep && !token.load(Ordering::SeqCst) {
+            assert!(
+                ring.is_empty(),
+                "a message queued while asleep, and no wake-up"
+            );
+        }
+    });
+}
+
 /// The model's sender (CPU 0): queue messages 0 and 1, ringing the doorbell
 /// after each and recording a kick when it says so.
 fn spawn_sender(
