@@ -100,24 +100,13 @@ fn idle_wait_loses_no_kick() {
         };
         db.begin_idle_poll();
         let sender = {
-            let (ring, ipimask, npoll) = (ring.clone(), ipimask.clone(), npoll.clone());
             let (waiting, token, recorded) = (waiting.clone(), token.clone(), recorded.clone());
-            thread::spawn(move || {
-                let db = Doorbell {
-                    ipimask: &ipimask,
-                    npoll: &npoll,
-                };
-                for i in 0..2 {
-                    // SAFETY: this thread is the only producer.
-                    assert!(unsafe { ring.push(i) }.is_ok());
-                    if db.ring(CpuId::new(0)) {
-                        token.store(true, Ordering::SeqCst);
-                        if !waiting.load(Ordering::SeqCst) {
-                            // The signal lands some time later.
-                            thread::yield_now();
-                            recorded.store(true, Ordering::SeqCst);
-                        }
-                    }
+            spawn_sender(&ring, &ipimask, &npoll, move || {
+                token.store(true, Ordering::SeqCst);
+                if !waiting.load(Ordering::SeqCst) {
+                    // The signal lands some time later.
+                    thread::yield_now();
+                    recorded.store(true, Ordering::SeqCst);
                 }
             })
         };
@@ -153,14 +142,14 @@ fn idle_wait_loses_no_kick() {
 }
 
 /// The model's sender (CPU 0): queue messages 0 and 1, ringing the doorbell
-/// after each and recording a kick when it says so.
+/// after each and calling `kick` when it says so.
 fn spawn_sender(
     ring: &Arc<Ring<u32, 4>>,
     ipimask: &Arc<AtomicU64>,
     npoll: &Arc<AtomicU32>,
-    kick: &Arc<AtomicBool>,
+    kick: impl Fn() + Send + 'static,
 ) -> thread::JoinHandle<()> {
-    let (ring, ipimask, npoll, kick) = (ring.clone(), ipimask.clone(), npoll.clone(), kick.clone());
+    let (ring, ipimask, npoll) = (ring.clone(), ipimask.clone(), npoll.clone());
     thread::spawn(move || {
         let db = Doorbell {
             ipimask: &ipimask,
@@ -170,10 +159,16 @@ fn spawn_sender(
             // SAFETY: this thread is the only producer.
             assert!(unsafe { ring.push(i) }.is_ok());
             if db.ring(CpuId::new(0)) {
-                kick.store(true, Ordering::SeqCst);
+                kick();
             }
         }
     })
+}
+
+/// A kick that only raises a flag.
+fn flag_kick(kick: &Arc<AtomicBool>) -> impl Fn() + Send + 'static {
+    let kick = kick.clone();
+    move || kick.store(true, Ordering::SeqCst)
 }
 
 /// The receive protocol of `ipiq::process`, on a model ring.
@@ -197,7 +192,7 @@ fn doorbell_loses_no_kick() {
         let ipimask = Arc::new(AtomicU64::new(0));
         let npoll = Arc::new(AtomicU32::new(0));
         let kick = Arc::new(AtomicBool::new(false));
-        let sender = spawn_sender(&ring, &ipimask, &npoll, &kick);
+        let sender = spawn_sender(&ring, &ipimask, &npoll, flag_kick(&kick));
         let db = Doorbell {
             ipimask: &ipimask,
             npoll: &npoll,
@@ -246,7 +241,7 @@ fn idle_watch_loses_no_message() {
             npoll: &npoll,
         };
         db.begin_idle_poll();
-        let sender = spawn_sender(&ring, &ipimask, &npoll, &kick);
+        let sender = spawn_sender(&ring, &ipimask, &npoll, flag_kick(&kick));
         let mut seen = std::vec::Vec::new();
         // Watching: the ring itself says whether there is work.
         if !ring.is_empty() {
