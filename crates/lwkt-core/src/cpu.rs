@@ -262,8 +262,6 @@ impl Machine {
         self.cpu_slice().get(c.index())
     }
 
-    /// The ring carrying messages from `src` to `dst`.
-    #[inline(always)]
     /// Every CPU of the machine but `cpu`, as a mask: the sources of `cpu`'s
     /// rings.
     pub(crate) fn sources_of(&self, cpu: CpuId) -> u64 {
@@ -275,6 +273,8 @@ impl Machine {
         all & !CpuMask::single(cpu).0
     }
 
+    /// The ring carrying messages from `src` to `dst`.
+    #[inline(always)]
     pub(crate) fn ring(&self, src: CpuId, dst: CpuId) -> &IpiRing {
         debug_assert!(src.index() < self.ncpus && dst.index() < self.ncpus);
         // SAFETY: `rings` holds ncpus² live rings; the index is in range.
@@ -304,11 +304,14 @@ pub struct Cpu {
     pub(crate) intr_nesting: Cell<u32>,
     /// Sources with queued entries for this CPU (`gd_ipimask`).
     pub(crate) ipimask: CachePadded<AtomicU64>,
-    /// "A kick is pending or the CPU is polling" (`gd_npoll`).
+    /// Whether senders must kick (`gd_npoll`): `ipiq::npoll::CLEAR`,
+    /// `KICKED` (a kick is on its way) or `WATCHING` (the idle loop reads
+    /// the rings itself).
     pub(crate) npoll: CachePadded<AtomicU32>,
     pub(crate) processing_ipiq: Cell<u32>,
-    /// The idle loop is watching the rings with `npoll` held at 1, so
-    /// senders do not kick and draining must not clear it (owner only).
+    /// The idle loop is watching the rings (`npoll` is `WATCHING`), so
+    /// senders neither mark nor kick and draining must not clear it (owner
+    /// only).
     pub(crate) idle_polling: Cell<bool>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) live_threads: AtomicUsize,

@@ -130,7 +130,7 @@ impl MallocType {
     /// `bytes`.
     ///
     /// # Safety
-    /// `cpu < MAX_CPUS` (the slab checked it against its CPU count).
+    /// `cpu < MAX_CPUS` (the slab's `check_cpu`).
     #[inline]
     pub(crate) unsafe fn account_alloc(&self, cpu: usize, bytes: usize) {
         // SAFETY: forwarded.
@@ -148,7 +148,7 @@ impl MallocType {
     /// CPU `cpu`, in its critical section: account a free of `bytes`.
     ///
     /// # Safety
-    /// `cpu < MAX_CPUS` (the slab checked it against its CPU count).
+    /// `cpu < MAX_CPUS` (the slab's `check_cpu`).
     #[inline]
     pub(crate) unsafe fn account_free(&self, cpu: usize, bytes: usize) {
         // SAFETY: forwarded.

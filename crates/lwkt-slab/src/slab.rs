@@ -236,7 +236,8 @@ impl<P: PageSource> Slab<P> {
                     if !ty.admit(cpu, bytes) {
                         return None;
                     }
-                    // SAFETY: in `cpu`'s critical section (`with_cpu`).
+                    // SAFETY: `pop_chunk` needs `cpu`'s critical section,
+                    // and `with_cpu` runs this closure inside it.
                     let got = unsafe { self.pop_chunk(cpu, class) }?;
                     // SAFETY: `check_cpu` passed.
                     unsafe { ty.account_alloc(cpu, bytes) };
