@@ -4,14 +4,16 @@
 //! DragonFly: `struct lwkt_ipiq` (`ip_windex`, `ip_rindex`, `ip_info[]`).
 //!
 //! Indices are free-running `u32`s; a slot is `index % N`. The producer owns
-//! `windex` and the consumer owns `rindex`. Each side keeps, on a cache line
-//! only it touches, its own index and a cache of the other's, as rtrb's
-//! handles do: a push reads nothing the consumer writes unless its cache says
-//! the ring looks full, and a pop reads nothing the producer writes unless
-//! its cache says the ring looks empty. The shared index lines are only
-//! written (Release) by their owner, and read by the other side on those
-//! rare refreshes. A batch publishes once for many entries, which is what
-//! makes batched sends cheap.
+//! `windex` and the consumer owns `rindex`. Each slot carries a sequence
+//! word, stored by the producer after the entry: `index + 1` of the entry it
+//! holds. The consumer tests the slot it would read next, not the
+//! producer's index, so taking an entry from another CPU costs one cache
+//! line transfer (the slot's), not two (the index's, then the slot's).
+//! The producer keeps, on a line only it touches, its index and a cache of
+//! the consumer's, as rtrb's handles do: a push reads nothing the consumer
+//! writes unless its cache says the ring looks full. `windex` is still
+//! published (for [`len`](Ring::len)), on a line no one else reads in the
+//! normal course.
 
 use core::mem::MaybeUninit;
 
@@ -47,22 +49,51 @@ use crate::sync::{AtomicU32, Ordering, UnsafeCell};
 // measured layout; see `docs/benchmarks.md`).
 #[repr(C)]
 pub struct Ring<T: Copy, const N: usize> {
-    /// The producer's write index, published to the consumer.
+    /// The producer's write index, published for [`len`](Ring::len).
     windex: CachePadded<AtomicU32>,
     /// Producer-private: its write index and its cache of `rindex`.
     prod: CachePadded<Side>,
     /// The consumer's read index, published to the producer.
     rindex: CachePadded<AtomicU32>,
-    /// Consumer-private: its read index and its cache of `windex`.
-    cons: CachePadded<Side>,
-    slots: [UnsafeCell<MaybeUninit<T>>; N],
+    /// Consumer-private: its read index.
+    cons: CachePadded<UnsafeCell<u32>>,
+    slots: [Slot<T>; N],
 }
 
-/// One side's private state: its own index (the value it last published)
-/// and its cache of the other side's. The two live in different 8-byte
-/// words: with both in one, a pop's load of `peer` seemed to wait behind the
-/// previous pop's store to `own` (about 10% of the unbatched throughput,
-/// measured A/B between two cores).
+/// One entry's place: the entry, and the sequence word that says which
+/// entry it holds.
+#[repr(C)]
+struct Slot<T> {
+    /// `index + 1` of the entry in `val` (0: never written), stored with
+    /// Release after `val`; the consumer waits for the value it expects.
+    seq: AtomicU32,
+    val: UnsafeCell<MaybeUninit<T>>,
+}
+
+impl<T> Slot<T> {
+    #[cfg(not(loom))]
+    const fn new() -> Slot<T> {
+        Slot {
+            seq: AtomicU32::new(0),
+            val: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    #[cfg(loom)]
+    fn new() -> Slot<T> {
+        Slot {
+            seq: AtomicU32::new(0),
+            val: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+}
+
+/// The producer's private state: its own index (the value it last
+/// published) and its cache of the consumer's. The two live in different
+/// 8-byte words: with both in one, a pop's load of `peer` seemed to wait
+/// behind the previous pop's store to `own` (about 10% of the unbatched
+/// throughput, measured A/B between two cores, when the consumer had one
+/// too).
 #[repr(C)]
 struct Side {
     own: UnsafeCell<u32>,
@@ -164,8 +195,8 @@ impl<T: Copy, const N: usize> Ring<T, N> {
             windex: CachePadded::new(AtomicU32::new(0)),
             prod: CachePadded::new(Side::new()),
             rindex: CachePadded::new(AtomicU32::new(0)),
-            cons: CachePadded::new(Side::new()),
-            slots: [const { UnsafeCell::new(MaybeUninit::uninit()) }; N],
+            cons: CachePadded::new(UnsafeCell::new(0)),
+            slots: [const { Slot::new() }; N],
         }
     }
 
@@ -178,8 +209,8 @@ impl<T: Copy, const N: usize> Ring<T, N> {
             windex: CachePadded::new(AtomicU32::new(0)),
             prod: CachePadded::new(Side::new()),
             rindex: CachePadded::new(AtomicU32::new(0)),
-            cons: CachePadded::new(Side::new()),
-            slots: core::array::from_fn(|_| UnsafeCell::new(MaybeUninit::uninit())),
+            cons: CachePadded::new(UnsafeCell::new(0)),
+            slots: core::array::from_fn(|_| Slot::new()),
         }
     }
 
@@ -195,9 +226,17 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         w.wrapping_sub(r) as usize
     }
 
-    /// True when nothing is queued (a snapshot).
+    /// True when nothing is queued (a snapshot). It reads the consumer's
+    /// index and the slot it would take next, as [`pop`](Self::pop) does,
+    /// so a consumer that finds an entry here takes it from a line it
+    /// already holds.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let r = self.rindex.load(Ordering::Acquire);
+        self.slots[(r as usize) & (N - 1)]
+            .seq
+            .load(Ordering::Acquire)
+            != r.wrapping_add(1)
     }
 
     /// Free slots as the producer sees them, refreshing its cache of the
@@ -266,13 +305,11 @@ impl<T: Copy, const N: usize> Ring<T, N> {
                 return Err(v);
             }
         }
-        self.slots[(w as usize) & (N - 1)].with_mut(|p| {
-            // SAFETY: slot `w` is free (the consumer's Release store of
-            // `rindex` past it, read with Acquire here or by an earlier
-            // refresh, ordered its last read before this write) and only the
-            // producer (the caller) writes it.
-            unsafe { (*p).write(v) };
-        });
+        // SAFETY: slot `w` is free (the consumer's Release store of `rindex`
+        // past it, read with Acquire here or by an earlier refresh, ordered
+        // its last read before this write) and only the producer (the
+        // caller) writes it.
+        unsafe { self.fill(w, v) };
         *own = w.wrapping_add(1);
         self.windex.store(*own, Ordering::Release);
         Ok(())
@@ -291,9 +328,8 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         let free = unsafe { self.free_slots(w, items.len() as u32) } as usize;
         let n = free.min(items.len());
         for (i, v) in items[..n].iter().enumerate() {
-            let idx = w.wrapping_add(i as u32) as usize & (N - 1);
-            // SAFETY: as in `push`, for each of the `n` free slots.
-            self.slots[idx].with_mut(|p| unsafe { (*p).write(*v) });
+            // SAFETY: as in `push_at`, for each of the `n` free slots.
+            unsafe { self.fill(w.wrapping_add(i as u32), *v) };
         }
         if n > 0 {
             let w = w.wrapping_add(n as u32);
@@ -304,6 +340,18 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         n
     }
 
+    /// Write entry `w` into its slot and publish it (its sequence word).
+    ///
+    /// # Safety
+    /// The caller is the producer, and slot `w` is free.
+    #[inline(always)]
+    unsafe fn fill(&self, w: u32, v: T) {
+        let slot = &self.slots[(w as usize) & (N - 1)];
+        // SAFETY: forwarded: ours to write until the store below.
+        slot.val.with_mut(|p| unsafe { (*p).write(v) });
+        slot.seq.store(w.wrapping_add(1), Ordering::Release);
+    }
+
     /// Takes the oldest entry, freeing its slot before returning it.
     ///
     /// # Safety
@@ -311,38 +359,30 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// the same thread of control, as a nested interrupt does).
     #[inline]
     pub unsafe fn pop(&self) -> Option<T> {
-        // SAFETY: forwarded consumer contract; the private state is written
-        // back before we return, so a nested pop sees it.
-        let (mut own, peer0) = unsafe { (self.cons.own(), self.cons.peer()) };
-        let mut peer = peer0;
-        let v = self.pop_at(&mut own, &mut peer);
-        // SAFETY: as above; only what changed is written (see `push`).
-        unsafe {
-            if v.is_some() {
-                self.cons.set_own(own);
-            }
-            if peer != peer0 {
-                self.cons.set_peer(peer);
-            }
+        // SAFETY: forwarded consumer contract; the index is written back
+        // before we return, so a nested pop sees it.
+        let mut own = self.cons.with(|p| unsafe { *p });
+        let v = self.pop_at(&mut own);
+        if v.is_some() {
+            // SAFETY: as above.
+            self.cons.with_mut(|p| unsafe { *p = own });
         }
         v
     }
 
-    /// The pop itself, on the consumer's index and cache held by the
-    /// caller. The caller is the consumer.
+    /// The pop itself, on the consumer's index held by the caller. The
+    /// caller is the consumer.
     #[inline(always)]
-    fn pop_at(&self, own: &mut u32, peer: &mut u32) -> Option<T> {
+    fn pop_at(&self, own: &mut u32) -> Option<T> {
         let r = *own;
-        if *peer == r {
-            *peer = self.windex.load(Ordering::Acquire);
-            if *peer == r {
-                return None;
-            }
+        let slot = &self.slots[(r as usize) & (N - 1)];
+        if slot.seq.load(Ordering::Acquire) != r.wrapping_add(1) {
+            return None;
         }
-        let v = self.slots[(r as usize) & (N - 1)].with(|p| {
-            // SAFETY: `r` is below the producer's published `windex` (read
-            // with Acquire into `peer`); it wrote this slot before its
-            // Release store of `windex` past it.
+        let v = slot.val.with(|p| {
+            // SAFETY: the sequence word says entry `r` is here: the producer
+            // wrote it before its Release store of the word, read above with
+            // Acquire; it will not overwrite it before our `rindex` store.
             unsafe { (*p).assume_init_read() }
         });
         *own = r.wrapping_add(1);
@@ -391,12 +431,10 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// consumer access (another handle, a nested `pop`) meanwhile.
     #[inline(always)]
     pub unsafe fn consumer(&self) -> Consumer<'_, T, N> {
-        // SAFETY: the caller is the consumer.
-        let (own, peer) = unsafe { (self.cons.own(), self.cons.peer()) };
         Consumer {
             ring: self,
-            own,
-            peer,
+            // SAFETY: the caller is the consumer.
+            own: self.cons.with(|p| unsafe { *p }),
         }
     }
 }
@@ -441,14 +479,13 @@ impl<T: Copy, const N: usize> core::fmt::Debug for Producer<'_, T, N> {
 pub struct Consumer<'a, T: Copy, const N: usize> {
     ring: &'a Ring<T, N>,
     own: u32,
-    peer: u32,
 }
 
 impl<T: Copy, const N: usize> Consumer<'_, T, N> {
     /// Takes the oldest entry, freeing its slot before returning it.
     #[inline]
     pub fn pop(&mut self) -> Option<T> {
-        self.ring.pop_at(&mut self.own, &mut self.peer)
+        self.ring.pop_at(&mut self.own)
     }
 }
 
@@ -456,10 +493,7 @@ impl<T: Copy, const N: usize> Drop for Consumer<'_, T, N> {
     #[inline(always)]
     fn drop(&mut self) {
         // SAFETY: the handle is the consumer (`Ring::consumer`).
-        unsafe {
-            self.ring.cons.set_own(self.own);
-            self.ring.cons.set_peer(self.peer);
-        }
+        self.ring.cons.with_mut(|p| unsafe { *p = self.own });
     }
 }
 
