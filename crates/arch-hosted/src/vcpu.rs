@@ -9,8 +9,10 @@
 //! check unanswered for a whole window; the handler is the IPI interrupt
 //! entry ([`Cpu::ipi_interrupt`]) and honours the critical-section count
 //! exactly like the real vector, so a thread that busy-waits outside a
-//! critical section still sees IPIs. A parked vCPU (a futex wait after its
-//! idle loop's watch) is woken with an unpark.
+//! critical section still sees IPIs. The watchdog also signals a vCPU that
+//! watches its rings (lwkt-core's watch, during which senders do not kick)
+//! but leaves entries in them unrun for a whole scan period. A parked vCPU
+//! (a futex wait after its idle loop's watch) is woken with an unpark.
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
@@ -108,23 +110,41 @@ fn signal(v: &Vcpu) {
     }
 }
 
-/// The kick watchdog of one machine: while any vCPU runs, find posted kicks
-/// their targets have not answered within `ESCALATE_CYCLES` and signal
-/// those targets. DragonFly has no such thing: a hardware IPI always
-/// interrupts. Here a posted check is the cheap interrupt, and this thread
-/// guarantees that it is one.
+/// The kick watchdog of one machine: while any vCPU runs, signal the
+/// targets of posted kicks left unanswered for `ESCALATE_CYCLES`, and the
+/// CPUs that watch their rings (so senders do not kick them) but left
+/// entries in them unrun from one scan to the next. DragonFly has no such
+/// thing: a hardware IPI always interrupts. Here a posted check, or a
+/// watch, is the cheap interrupt, and this thread guarantees that it is one.
 pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
     let mut period = WATCH_MIN;
-    // Kicks each CPU had answered at the previous scan.
+    // Per CPU at the previous scan: kicks answered, IPIs run, and whether
+    // its watch had a backlog.
     let mut answered: Vec<u64> = cpus.iter().map(|c| c.stats().kicks_answered).collect();
+    let mut received: Vec<u64> = cpus.iter().map(|c| c.stats().ipis_received).collect();
+    let mut backlog: Vec<bool> = vec![false; cpus.len()];
     while running.load(Ordering::Acquire) != 0 {
         std::thread::sleep(period);
         let now = HOSTED.cycles();
         let mut signalled = false;
-        for ((c, v), seen) in cpus.iter().zip(vcpus).zip(answered.iter_mut()) {
-            let a = c.stats().kicks_answered;
-            let moved = a != *seen;
-            *seen = a;
+        let mut suspect = false;
+        for (i, (c, v)) in cpus.iter().zip(vcpus).enumerate() {
+            let stats = c.stats();
+            let ran = stats.ipis_received != received[i];
+            received[i] = stats.ipis_received;
+            let was = core::mem::replace(&mut backlog[i], c.watch_backlog());
+            if backlog[i] {
+                if was && !ran {
+                    // Entries waited a whole period and none ran: a thread
+                    // spins outside critical sections. Interrupt it.
+                    signal(v);
+                    signalled = true;
+                } else {
+                    suspect = true;
+                }
+            }
+            let moved = stats.kicks_answered != answered[i];
+            answered[i] = stats.kicks_answered;
             let t = v.posted_at.load(Ordering::Relaxed);
             if t == 0 {
                 continue;
@@ -150,7 +170,9 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
                 signalled = true;
             }
         }
-        period = if signalled {
+        // After a signal, or on a backlog that the next scan decides about,
+        // look again soon.
+        period = if signalled || suspect {
             WATCH_MIN
         } else {
             (period * 2).min(WATCH_MAX)

@@ -305,14 +305,21 @@ pub struct Cpu {
     /// Sources with queued entries for this CPU (`gd_ipimask`).
     pub(crate) ipimask: CachePadded<AtomicU64>,
     /// Whether senders must kick (`gd_npoll`): `ipiq::npoll::CLEAR`,
-    /// `KICKED` (a kick is on its way) or `WATCHING` (the idle loop reads
-    /// the rings itself).
+    /// `KICKED` (a kick is on its way) or `WATCHING` (this CPU reads the
+    /// rings itself).
     pub(crate) npoll: CachePadded<AtomicU32>,
     pub(crate) processing_ipiq: Cell<u32>,
-    /// The idle loop is watching the rings (`npoll` is `WATCHING`), so
-    /// senders neither mark nor kick and draining must not clear it (owner
-    /// only).
-    pub(crate) idle_polling: Cell<bool>,
+    /// This CPU watches its rings (`npoll` is `WATCHING`), so senders
+    /// neither mark nor kick and draining must not clear it; its idle loop,
+    /// `Cur::watch_until` and every final `crit_exit` look at every ring
+    /// (owner only).
+    pub(crate) watching: Cell<bool>,
+    /// While watching: when a look last found work, or the watch began (in
+    /// `Arch::cycles`); the watch ends after `idle_poll_cycles` without.
+    pub(crate) watch_seen: Cell<u64>,
+    /// While watching: final `crit_exit`s so far (threads look at the
+    /// rings at one in `WATCH_LOOK_EVERY`).
+    pub(crate) watch_exits: Cell<u32>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) live_threads: AtomicUsize,
     pub(crate) stats: CpuStats,
@@ -390,7 +397,9 @@ impl Cpu {
             ipimask: CachePadded::new(AtomicU64::new(0)),
             npoll: CachePadded::new(AtomicU32::new(0)),
             processing_ipiq: Cell::new(0),
-            idle_polling: Cell::new(false),
+            watching: Cell::new(false),
+            watch_seen: Cell::new(0),
+            watch_exits: Cell::new(0),
             shutdown: AtomicBool::new(false),
             live_threads: AtomicUsize::new(0),
             stats: CpuStats::default(),
@@ -465,12 +474,25 @@ impl Cpu {
         self.npoll.load(Ordering::SeqCst) == crate::ipiq::npoll::KICKED
     }
 
-    /// Whether anything waits for this CPU, its rings included: the idle
-    /// loop's look while it watches (senders then mark nothing).
+    /// Whether this CPU watches its rings (so senders do not kick it) and
+    /// one of them holds entries: a snapshot, for backends. A backend whose
+    /// [`Arch::idle_poll_cycles`](crate::Arch::idle_poll_cycles) is not 0
+    /// must interrupt a CPU that stays so while it runs none of them (a
+    /// thread spinning outside critical sections, which is where a watching
+    /// CPU looks); the hosted backend's watchdog compares
+    /// [`CpuStatsSnapshot::ipis_received`] between two looks.
+    pub fn watch_backlog(&self) -> bool {
+        self.npoll.load(Ordering::SeqCst) == crate::ipiq::npoll::WATCHING && self.rings_hold_work()
+    }
+
+    /// Whether anything waits for this CPU, its rings included: the look
+    /// of a watching CPU (senders then mark nothing).
     pub(crate) fn watch_sees_work(&self) -> bool {
-        if self.has_pending() {
-            return true;
-        }
+        self.has_pending() || self.rings_hold_work()
+    }
+
+    /// Whether any ring into this CPU holds entries (a snapshot).
+    fn rings_hold_work(&self) -> bool {
         let m = self.machine();
         let mut srcs = m.sources_of(self.id);
         while srcs != 0 {

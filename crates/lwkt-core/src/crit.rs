@@ -21,10 +21,17 @@ pub(crate) mod rqf {
     pub(crate) const IPIQ: u32 = 1 << 0;
     /// A deferred interrupt is pending (DragonFly `RQF_INTPEND`).
     pub(crate) const INTPEND: u32 = 1 << 1;
+    /// The CPU watches its rings (`npoll` is `WATCHING`, so senders do not
+    /// kick): every final `crit_exit` looks at them. Set for the whole
+    /// watch, never cleared by `splz`. No DragonFly equivalent.
+    pub(crate) const WATCH: u32 = 1 << 2;
     /// A higher-priority thread became runnable (DragonFly `RQF_AST_LWKT_RESCHED`).
     pub(crate) const RESCHED: u32 = 1 << 5;
-    /// What `crit_exit` tests (DragonFly `RQF_IDLECHECK_MASK`).
+    /// Deferred work that `splz` runs and clears (DragonFly
+    /// `RQF_IDLECHECK_MASK`).
     pub(crate) const IDLECHECK: u32 = IPIQ | INTPEND;
+    /// What `crit_exit` tests.
+    pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH;
 }
 
 /// Raises a critical-section count. DragonFly: `crit_enter_quick()`.
@@ -48,19 +55,26 @@ pub(crate) fn exit(count: &AtomicU32, reqflags: &AtomicU32) -> bool {
     }
     count.store(c - 1, Ordering::Relaxed);
     signal_fence();
-    c == 1 && reqflags.load(Ordering::Relaxed) & rqf::IDLECHECK != 0
+    c == 1 && reqflags.load(Ordering::Relaxed) & rqf::EXITCHECK != 0
 }
 
 /// [`exit`] for a caller that entered the section itself (so the count is
 /// not zero): no underflow check.
 #[inline(always)]
 pub(crate) fn exit_entered(count: &AtomicU32, reqflags: &AtomicU32) -> bool {
+    exit_entered_for(count, reqflags, rqf::EXITCHECK)
+}
+
+/// [`exit_entered`] testing only the request bits in `mask`: the deferred
+/// work (`rqf::IDLECHECK`) when leaving `splz`, whose watch look just ran.
+#[inline(always)]
+pub(crate) fn exit_entered_for(count: &AtomicU32, reqflags: &AtomicU32, mask: u32) -> bool {
     signal_fence();
     let c = count.load(Ordering::Relaxed);
     debug_assert!(c != 0);
     count.store(c.wrapping_sub(1), Ordering::Relaxed);
     signal_fence();
-    c == 1 && reqflags.load(Ordering::Relaxed) & rqf::IDLECHECK != 0
+    c == 1 && reqflags.load(Ordering::Relaxed) & mask != 0
 }
 
 #[cold]

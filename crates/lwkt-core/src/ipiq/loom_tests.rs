@@ -98,7 +98,7 @@ fn idle_wait_loses_no_kick() {
             ipimask: &ipimask,
             npoll: &npoll,
         };
-        db.begin_idle_poll();
+        db.begin_watch();
         let sender = {
             let (waiting, token, recorded) = (waiting.clone(), token.clone(), recorded.clone());
             spawn_sender(&ring, &ipimask, &npoll, move || {
@@ -227,7 +227,7 @@ fn doorbell_loses_no_kick() {
 /// The idle watch: the receiver sets `npoll` to `WATCHING` and reads the
 /// ring itself; the sender then writes only the ring (no mask bit, no
 /// kick). The receiver ends the watch and drains every ring once (as
-/// `end_idle_poll` does), then "sleeps". Every message is run once, in
+/// `end_watch` does), then "sleeps". Every message is run once, in
 /// order, and none is left queued without a kick pending or a mask bit.
 #[test]
 fn idle_watch_loses_no_message() {
@@ -240,7 +240,7 @@ fn idle_watch_loses_no_message() {
             ipimask: &ipimask,
             npoll: &npoll,
         };
-        db.begin_idle_poll();
+        db.begin_watch();
         let sender = spawn_sender(&ring, &ipimask, &npoll, flag_kick(&kick));
         let mut seen = std::vec::Vec::new();
         // Watching: the ring itself says whether there is work.
@@ -249,7 +249,7 @@ fn idle_watch_loses_no_message() {
         }
         thread::yield_now();
         // End of the watch, then every ring once, then "sleep".
-        db.end_idle_poll();
+        db.end_watch();
         drain_once(&db, &ring, &mut seen);
         sender.join().unwrap();
         if !ring.is_empty() {

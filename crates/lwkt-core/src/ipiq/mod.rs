@@ -107,7 +107,8 @@ pub(crate) mod npoll {
     /// A kick is on its way; the target will drain every ring marked in
     /// `ipimask`.
     pub(crate) const KICKED: u32 = 1;
-    /// The target's idle loop is watching every ring itself: senders
+    /// The target watches every ring itself (its idle loop, a thread in
+    /// `watch_until`, and every final `crit_exit` of its threads): senders
     /// neither mark `ipimask` nor kick.
     pub(crate) const WATCHING: u32 = 2;
 }
@@ -133,7 +134,7 @@ impl Doorbell<'_> {
         let n = self.npoll.load(Ordering::SeqCst);
         if n == npoll::WATCHING {
             // It will see the ring itself (or, if the watch ends now, in
-            // the look that follows `end_idle_poll`): nothing to write on
+            // the look that follows `end_watch`): nothing to write on
             // its lines.
             return false;
         }
@@ -162,11 +163,10 @@ impl Doorbell<'_> {
         self.npoll.load(Ordering::Relaxed) != 0 && self.npoll.swap(0, Ordering::SeqCst) != 0
     }
 
-    /// Receiver, in its idle loop: watch every ring from now on, so
-    /// senders neither mark `ipimask` nor kick. Draining does not clear the
-    /// watch.
+    /// Receiver: watch every ring from now on, so senders neither mark
+    /// `ipimask` nor kick. Draining does not clear the watch.
     #[inline]
-    pub(crate) fn begin_idle_poll(&self) {
+    pub(crate) fn begin_watch(&self) {
         self.npoll.swap(npoll::WATCHING, Ordering::SeqCst);
     }
 
@@ -175,7 +175,7 @@ impl Doorbell<'_> {
     /// wrote nothing, and either it sees `npoll` cleared here or we see its
     /// entry (its fence and our RMW order both sides).
     #[inline]
-    pub(crate) fn end_idle_poll(&self) {
+    pub(crate) fn end_watch(&self) {
         self.npoll.swap(npoll::CLEAR, Ordering::SeqCst);
         // Pairs with the sender's fence: the ring reads that follow see
         // every entry whose sender saw `WATCHING` (loom finds the lost
@@ -199,7 +199,7 @@ impl Doorbell<'_> {
         pending: impl FnOnce() -> bool,
     ) -> Settled {
         if watched {
-            self.end_idle_poll();
+            self.end_watch();
             if drain_all() {
                 return Settled {
                     wait: false,
@@ -305,17 +305,17 @@ fn announce(gd: &Cpu, tgd: &Cpu) {
 /// Runs on `gd` inside a critical section (the rings' single-consumer rule).
 pub(crate) unsafe fn process(gd: &Cpu) {
     // SAFETY: forwarded.
-    unsafe { process_with(gd, gd.idle_polling.get()) }
+    unsafe { process_with(gd, gd.watching.get()) }
 }
 
 /// [`process`], looking at every ring (`all`) or only the marked ones.
-/// While the idle loop watches, and once right after, senders mark nothing.
+/// While the CPU watches, and once right after, senders mark nothing.
 ///
 /// # Safety
 /// As for [`process`].
 pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
     let db = gd.doorbell();
-    if !gd.idle_polling.get() && db.begin_poll() {
+    if !gd.watching.get() && db.begin_poll() {
         gd.stats.kicks_answered.add(1);
     }
     let marked = db.pending();

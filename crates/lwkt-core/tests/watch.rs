@@ -1,0 +1,186 @@
+//! The watch of the IPI rings on the hosted backend (whose
+//! `idle_poll_cycles` is not 0): `Cur::watch_until` serves IPIs in the
+//! waiting thread, senders do not kick a watching CPU, threads look at the
+//! rings at their critical-section exits, a thread spinning outside them is
+//! interrupted by the watchdog, and the watch ends once it finds nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lwkt_arch_hosted::Machine;
+use lwkt_core::{CpuId, MyCpu};
+
+fn cpu(n: u32) -> CpuId {
+    CpuId::new(n)
+}
+
+/// The tests take turns: the harness runs tests in parallel, and with more
+/// vCPUs than host cores the hosted backend kicks by signal.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Enough cycles for any wait below (the backend caps it at its own
+/// `idle_poll_cycles`).
+const FOREVER: u64 = u64::MAX;
+
+/// A thread waiting in `watch_until` runs the IPI that satisfies it itself:
+/// it never switches away, and the sender sees the watch and kicks no one.
+#[test]
+fn watch_until_serves_an_ipi_in_the_waiting_thread() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    static DONE: AtomicBool = AtomicBool::new(false);
+    fn done(_: MyCpu<'_>, _: usize, _: usize) {
+        DONE.store(true, Ordering::SeqCst);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    Machine::new(2).unwrap().run(|cur| {
+        let waiter = cur
+            .spawn_on(cpu(1), |me| {
+                // Start the watch, then announce it: the send below finds
+                // this CPU watching.
+                me.watch_until(1_000, || false);
+                let switches = me.switch_count();
+                STARTED.store(true, Ordering::SeqCst);
+                while !me.watch_until(FOREVER, || DONE.load(Ordering::SeqCst)) {}
+                assert_eq!(me.switch_count(), switches, "the waiter switched away");
+            })
+            .unwrap();
+        while !STARTED.load(Ordering::SeqCst) {
+            cur.yield_now();
+        }
+        let before = cur.my_cpu().stats();
+        cur.my_cpu().send_ipi(cpu(1), done, 0, 0).unwrap();
+        let after = cur.my_cpu().stats();
+        assert_eq!(
+            after.kicks_sent, before.kicks_sent,
+            "a watching CPU was kicked"
+        );
+        assert_eq!(after.kicks_avoided, before.kicks_avoided + 1);
+        cur.join(&waiter);
+    });
+}
+
+/// Senders do not kick a watching CPU, so a thread that spins there outside
+/// any critical section (where a watching CPU looks) would never see their
+/// messages; the hosted watchdog sees the entries wait unrun and signals it.
+#[test]
+fn a_watching_cpu_whose_thread_spins_is_interrupted() {
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static SPINNING: AtomicBool = AtomicBool::new(false);
+    fn set(_: MyCpu<'_>, _: usize, _: usize) {
+        FLAG.store(true, Ordering::SeqCst);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (kicks, report) = Machine::new(2).unwrap().run_with_report(|cur| {
+        let spinner = cur
+            .spawn_on(cpu(1), |me| {
+                me.watch_until(1_000, || false);
+                SPINNING.store(true, Ordering::SeqCst);
+                while !FLAG.load(Ordering::SeqCst) {
+                    std::hint::spin_loop();
+                }
+            })
+            .unwrap();
+        while !SPINNING.load(Ordering::SeqCst) {
+            cur.yield_now();
+        }
+        let before = cur.my_cpu().stats().kicks_sent;
+        cur.my_cpu().send_ipi(cpu(1), set, 0, 0).unwrap();
+        let kicks = cur.my_cpu().stats().kicks_sent - before;
+        cur.join(&spinner);
+        kicks
+    });
+    assert_eq!(kicks, 0, "a watching CPU was kicked");
+    assert!(
+        report.signals[1] >= 1,
+        "no signal reached the spinner: {report}"
+    );
+}
+
+/// While a CPU watches, its threads look at the rings at their
+/// critical-section exits: a thread that only enters and leaves critical
+/// sections sees the message with no kick and no signal. A run is clean
+/// unless the host disturbed it: the watch ended before the send (the
+/// sender's vCPU descheduled for longer than the watch), or the looper's
+/// vCPU was descheduled long enough for the watchdog to signal it; at least
+/// one of a few runs must be clean.
+#[test]
+fn a_watching_cpu_looks_at_critical_section_exits() {
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static LOOPING: AtomicBool = AtomicBool::new(false);
+    fn set(_: MyCpu<'_>, _: usize, _: usize) {
+        FLAG.store(true, Ordering::SeqCst);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        FLAG.store(false, Ordering::SeqCst);
+        LOOPING.store(false, Ordering::SeqCst);
+        let (kicks, report) = Machine::new(2).unwrap().run_with_report(|cur| {
+            let looper = cur
+                .spawn_on(cpu(1), |me| {
+                    me.watch_until(1_000, || false);
+                    LOOPING.store(true, Ordering::SeqCst);
+                    while !FLAG.load(Ordering::SeqCst) {
+                        me.crit_enter();
+                        me.crit_exit();
+                    }
+                })
+                .unwrap();
+            while !LOOPING.load(Ordering::SeqCst) {
+                cur.yield_now();
+            }
+            let before = cur.my_cpu().stats().kicks_sent;
+            cur.my_cpu().send_ipi(cpu(1), set, 0, 0).unwrap();
+            let kicks = cur.my_cpu().stats().kicks_sent - before;
+            cur.join(&looper);
+            kicks
+        });
+        if kicks == 0 && report.signals[1] == 0 {
+            return;
+        }
+        runs.push((kicks, report.signals[1]));
+    }
+    panic!("no clean run; (kicks, signals to the looper) per run: {runs:?}");
+}
+
+/// A watch that finds nothing for the backend's `idle_poll_cycles` ends (at
+/// a critical-section exit of the thread that runs meanwhile): senders kick
+/// again, and nothing pays for looks that find nothing.
+#[test]
+fn a_watch_that_finds_nothing_ends() {
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static LOOPED: AtomicBool = AtomicBool::new(false);
+    fn set(_: MyCpu<'_>, _: usize, _: usize) {
+        FLAG.store(true, Ordering::SeqCst);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let kicks = Machine::new(2).unwrap().run(|cur| {
+        let looper = cur
+            .spawn_on(cpu(1), |me| {
+                me.watch_until(1_000, || false);
+                // Critical sections and nothing to find, for far longer
+                // than the hosted backend's watch (about 75 us).
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(20) {
+                    me.crit_enter();
+                    me.crit_exit();
+                }
+                LOOPED.store(true, Ordering::SeqCst);
+                while !FLAG.load(Ordering::SeqCst) {
+                    me.crit_enter();
+                    me.crit_exit();
+                }
+            })
+            .unwrap();
+        while !LOOPED.load(Ordering::SeqCst) {
+            cur.yield_now();
+        }
+        let before = cur.my_cpu().stats().kicks_sent;
+        cur.my_cpu().send_ipi(cpu(1), set, 0, 0).unwrap();
+        let kicks = cur.my_cpu().stats().kicks_sent - before;
+        cur.join(&looper);
+        kicks
+    });
+    assert_eq!(kicks, 1, "the watch did not end: the sender did not kick");
+}
