@@ -27,6 +27,10 @@ use crate::{MsgError, Port};
 /// rule, rather than letting the target write freed memory: keep a sent
 /// message alive until its reply.
 ///
+/// A `Msg` is aligned to, and sized in, whole 64-byte cache lines, so that
+/// the CPU serving it never shares a line with what its originator writes
+/// meanwhile.
+///
 /// DragonFly: `struct lwkt_msg`; [`Msg::new`] is `lwkt_initmsg()`.
 ///
 /// ```
@@ -45,7 +49,11 @@ use crate::{MsgError, Port};
 ///     assert_eq!(*m.body(), 42);
 /// });
 /// ```
-#[repr(C)]
+// Cache-line aligned (so sized in whole lines): a message travels between
+// CPUs, and must not share a line with what its owner writes meanwhile (its
+// stack frame, the next message of an array). 64 messages in flight
+// unaligned: 0.20 against 0.17 us per request (`msg_async`, scratch loop).
+#[repr(C, align(64))]
 pub struct Msg<T: Send + 'static> {
     pub(crate) hdr: Header,
     pub(crate) reply_port: Option<&'static Port<T>>,
