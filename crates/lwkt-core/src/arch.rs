@@ -140,13 +140,21 @@ pub unsafe trait Arch: Sync {
     /// A monotonic cycle counter (the TSC on x86-64).
     fn cycles(&self) -> u64;
 
-    /// How long, in [`cycles`](Arch::cycles), the idle loop watches its
-    /// rings before it calls [`idle_wait`](Arch::idle_wait). While it
-    /// watches, senders queue without kicking: a message that follows soon
-    /// costs neither side an interrupt. The default, 0, goes straight to
-    /// `idle_wait`; a backend whose interrupts are expensive (the hosted
+    /// How long, in [`cycles`](Arch::cycles), a CPU watches its rings: the
+    /// idle loop before it calls [`idle_wait`](Arch::idle_wait), and a
+    /// thread in [`Cur::watch_until`](crate::Cur::watch_until) at most.
+    /// While a CPU watches, senders queue without kicking: a message that
+    /// follows soon costs neither side an interrupt. The watch goes on
+    /// while threads run (they look at the rings at their critical-section
+    /// exits) until it has found nothing for this long.
+    ///
+    /// The default, 0, never watches (the idle loop goes straight to
+    /// `idle_wait`); a backend whose interrupts are expensive (the hosted
     /// one's are signals and futex wake-ups) sets a few tens of
-    /// microseconds. DragonFly: the idle loop's spin before halting
+    /// microseconds. A backend that watches must interrupt a CPU whose
+    /// [`Cpu::watch_backlog`] stays true (a thread spinning outside
+    /// critical sections never looks): the hosted one's watchdog does.
+    /// DragonFly: the idle loop's spin before halting
     /// (`machdep.cpu_idle_repeat`).
     fn idle_poll_cycles(&self) -> u64 {
         0

@@ -752,7 +752,10 @@ impl Cur {
         let gd = td.gd();
         let arch = gd.machine().arch;
         let budget = budget.min(arch.idle_poll_cycles());
-        if budget == 0 {
+        // SAFETY: on our CPU in a critical section.
+        let others = |gd: &Cpu| unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ));
+        if budget == 0 || others(gd) {
+            // Nothing to watch for, or someone else to run: no watch.
             let r = ready();
             crit_exit_td(td);
             return r;
@@ -772,8 +775,7 @@ impl Cur {
             if ready() {
                 break true;
             }
-            // SAFETY: as above.
-            if unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ))
+            if others(gd)
                 || gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0
                 || gd.shutdown.load(Ordering::Relaxed)
                 || !gd.watching.get()
