@@ -8,12 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lwkt_arch_hosted::Machine;
-use lwkt_core::{CpuId, MyCpu};
-
-fn cpu(n: u32) -> CpuId {
-    CpuId::new(n)
-}
+use lwkt_arch_hosted::{Machine, Report};
+use lwkt_core::{CpuId, Cur, MyCpu};
 
 /// The tests take turns: the harness runs tests in parallel, and with more
 /// vCPUs than host cores the hosted backend kicks by signal.
@@ -23,41 +19,62 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// `idle_poll_cycles`).
 const FOREVER: u64 = u64::MAX;
 
+/// Set by the one IPI each test sends.
+static FLAG: AtomicBool = AtomicBool::new(false);
+/// Set by the target thread when it is ready for that IPI.
+static READY: AtomicBool = AtomicBool::new(false);
+
+fn set(_: MyCpu<'_>, _: usize, _: usize) {
+    FLAG.store(true, Ordering::SeqCst);
+}
+
+fn flag() -> bool {
+    FLAG.load(Ordering::SeqCst)
+}
+
+/// The target says it is ready for the IPI.
+fn ready() {
+    READY.store(true, Ordering::SeqCst);
+}
+
+/// Put the target's CPU into a watch: a short `watch_until` that finds
+/// nothing (the watch outlives it).
+fn start_watching(me: &mut Cur) {
+    me.watch_until(1_000, || false);
+}
+
+/// Run `target` on CPU 1 of a two-CPU machine; once it calls [`ready`],
+/// send CPU 1 one IPI that sets [`FLAG`] and join the target. Returns the
+/// kicks that send cost its sender, and the machine's report.
+fn one_ipi_to(target: fn(&mut Cur)) -> (u64, Report) {
+    FLAG.store(false, Ordering::SeqCst);
+    READY.store(false, Ordering::SeqCst);
+    Machine::new(2).unwrap().run_with_report(|cur| {
+        let t = cur.spawn_on(CpuId::new(1), target).unwrap();
+        while !READY.load(Ordering::SeqCst) {
+            cur.yield_now();
+        }
+        let before = cur.my_cpu().stats().kicks_sent;
+        cur.my_cpu().send_ipi(CpuId::new(1), set, 0, 0).unwrap();
+        let kicks = cur.my_cpu().stats().kicks_sent - before;
+        cur.join(&t);
+        kicks
+    })
+}
+
 /// A thread waiting in `watch_until` runs the IPI that satisfies it itself:
 /// it never switches away, and the sender sees the watch and kicks no one.
 #[test]
 fn watch_until_serves_an_ipi_in_the_waiting_thread() {
-    static STARTED: AtomicBool = AtomicBool::new(false);
-    static DONE: AtomicBool = AtomicBool::new(false);
-    fn done(_: MyCpu<'_>, _: usize, _: usize) {
-        DONE.store(true, Ordering::SeqCst);
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    Machine::new(2).unwrap().run(|cur| {
-        let waiter = cur
-            .spawn_on(cpu(1), |me| {
-                // Start the watch, then announce it: the send below finds
-                // this CPU watching.
-                me.watch_until(1_000, || false);
-                let switches = me.switch_count();
-                STARTED.store(true, Ordering::SeqCst);
-                while !me.watch_until(FOREVER, || DONE.load(Ordering::SeqCst)) {}
-                assert_eq!(me.switch_count(), switches, "the waiter switched away");
-            })
-            .unwrap();
-        while !STARTED.load(Ordering::SeqCst) {
-            cur.yield_now();
-        }
-        let before = cur.my_cpu().stats();
-        cur.my_cpu().send_ipi(cpu(1), done, 0, 0).unwrap();
-        let after = cur.my_cpu().stats();
-        assert_eq!(
-            after.kicks_sent, before.kicks_sent,
-            "a watching CPU was kicked"
-        );
-        assert_eq!(after.kicks_avoided, before.kicks_avoided + 1);
-        cur.join(&waiter);
+    let (kicks, _) = one_ipi_to(|me| {
+        start_watching(me);
+        let switches = me.switch_count();
+        ready();
+        while !me.watch_until(FOREVER, flag) {}
+        assert_eq!(me.switch_count(), switches, "the waiter switched away");
     });
+    assert_eq!(kicks, 0, "a watching CPU was kicked");
 }
 
 /// Senders do not kick a watching CPU, so a thread that spins there outside
@@ -65,30 +82,13 @@ fn watch_until_serves_an_ipi_in_the_waiting_thread() {
 /// messages; the hosted watchdog sees the entries wait unrun and signals it.
 #[test]
 fn a_watching_cpu_whose_thread_spins_is_interrupted() {
-    static FLAG: AtomicBool = AtomicBool::new(false);
-    static SPINNING: AtomicBool = AtomicBool::new(false);
-    fn set(_: MyCpu<'_>, _: usize, _: usize) {
-        FLAG.store(true, Ordering::SeqCst);
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (kicks, report) = Machine::new(2).unwrap().run_with_report(|cur| {
-        let spinner = cur
-            .spawn_on(cpu(1), |me| {
-                me.watch_until(1_000, || false);
-                SPINNING.store(true, Ordering::SeqCst);
-                while !FLAG.load(Ordering::SeqCst) {
-                    std::hint::spin_loop();
-                }
-            })
-            .unwrap();
-        while !SPINNING.load(Ordering::SeqCst) {
-            cur.yield_now();
+    let (kicks, report) = one_ipi_to(|me| {
+        start_watching(me);
+        ready();
+        while !flag() {
+            std::hint::spin_loop();
         }
-        let before = cur.my_cpu().stats().kicks_sent;
-        cur.my_cpu().send_ipi(cpu(1), set, 0, 0).unwrap();
-        let kicks = cur.my_cpu().stats().kicks_sent - before;
-        cur.join(&spinner);
-        kicks
     });
     assert_eq!(kicks, 0, "a watching CPU was kicked");
     assert!(
@@ -106,35 +106,16 @@ fn a_watching_cpu_whose_thread_spins_is_interrupted() {
 /// one of a few runs must be clean.
 #[test]
 fn a_watching_cpu_looks_at_critical_section_exits() {
-    static FLAG: AtomicBool = AtomicBool::new(false);
-    static LOOPING: AtomicBool = AtomicBool::new(false);
-    fn set(_: MyCpu<'_>, _: usize, _: usize) {
-        FLAG.store(true, Ordering::SeqCst);
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut runs = Vec::new();
     for _ in 0..5 {
-        FLAG.store(false, Ordering::SeqCst);
-        LOOPING.store(false, Ordering::SeqCst);
-        let (kicks, report) = Machine::new(2).unwrap().run_with_report(|cur| {
-            let looper = cur
-                .spawn_on(cpu(1), |me| {
-                    me.watch_until(1_000, || false);
-                    LOOPING.store(true, Ordering::SeqCst);
-                    while !FLAG.load(Ordering::SeqCst) {
-                        me.crit_enter();
-                        me.crit_exit();
-                    }
-                })
-                .unwrap();
-            while !LOOPING.load(Ordering::SeqCst) {
-                cur.yield_now();
+        let (kicks, report) = one_ipi_to(|me| {
+            start_watching(me);
+            ready();
+            while !flag() {
+                me.crit_enter();
+                me.crit_exit();
             }
-            let before = cur.my_cpu().stats().kicks_sent;
-            cur.my_cpu().send_ipi(cpu(1), set, 0, 0).unwrap();
-            let kicks = cur.my_cpu().stats().kicks_sent - before;
-            cur.join(&looper);
-            kicks
         });
         if kicks == 0 && report.signals[1] == 0 {
             return;
@@ -149,38 +130,21 @@ fn a_watching_cpu_looks_at_critical_section_exits() {
 /// again, and nothing pays for looks that find nothing.
 #[test]
 fn a_watch_that_finds_nothing_ends() {
-    static FLAG: AtomicBool = AtomicBool::new(false);
-    static LOOPED: AtomicBool = AtomicBool::new(false);
-    fn set(_: MyCpu<'_>, _: usize, _: usize) {
-        FLAG.store(true, Ordering::SeqCst);
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let kicks = Machine::new(2).unwrap().run(|cur| {
-        let looper = cur
-            .spawn_on(cpu(1), |me| {
-                me.watch_until(1_000, || false);
-                // Critical sections and nothing to find, for far longer
-                // than the hosted backend's watch (about 75 us).
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_millis(20) {
-                    me.crit_enter();
-                    me.crit_exit();
-                }
-                LOOPED.store(true, Ordering::SeqCst);
-                while !FLAG.load(Ordering::SeqCst) {
-                    me.crit_enter();
-                    me.crit_exit();
-                }
-            })
-            .unwrap();
-        while !LOOPED.load(Ordering::SeqCst) {
-            cur.yield_now();
+    let (kicks, _) = one_ipi_to(|me| {
+        start_watching(me);
+        // Critical sections and nothing to find, for far longer than the
+        // hosted backend's watch (about 75 us).
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(20) {
+            me.crit_enter();
+            me.crit_exit();
         }
-        let before = cur.my_cpu().stats().kicks_sent;
-        cur.my_cpu().send_ipi(cpu(1), set, 0, 0).unwrap();
-        let kicks = cur.my_cpu().stats().kicks_sent - before;
-        cur.join(&looper);
-        kicks
+        ready();
+        while !flag() {
+            me.crit_enter();
+            me.crit_exit();
+        }
     });
     assert_eq!(kicks, 1, "the watch did not end: the sender did not kick");
 }
