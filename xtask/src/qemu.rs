@@ -5,7 +5,10 @@
 //! Exit status 33 with a `PASS` line is a pass. Anything else fails with
 //! the reason: 35 (the kernel reported a failure: its output says which),
 //! 0 (QEMU's status on a triple fault with `-no-reboot`), a timeout (a
-//! hang), or 33 without the report.
+//! hang), or 33 without the report. On a timeout every CPU first gets an
+//! NMI through QEMU's monitor, and the kernel prints each CPU's LWKT state
+//! (`HANG` lines: running thread, critical-section count, run queue, IPI
+//! interlocks and counters).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -24,10 +27,12 @@ pub(crate) const USAGE: &str =
                      (real parallelism), kvm: hardware virtualisation (x2APIC)
   --machine M        QEMU machine type (default microvm)
   --runs N           boot N times, stopping at the first failure (default 1)
-  --timeout SECS     per run (default 60)
+  --timeout SECS     per run (default 60); a run that times out gets an NMI on
+                     every CPU first, and the kernel prints each CPU's state
   --expect-fault CPU the negative test: CPU faults on purpose; passes only if the
                      run fails with the exception vector in its output
   KERNEL-ARGS        the kernel's command line: rounds=N apic=auto|xapic|x2apic fault=CPU
+                     expect-cpus=N hang (sleep forever after the tests)
                      expect-cpus=N";
 
 struct Opts {
@@ -139,8 +144,14 @@ fn boot(o: &Opts) -> Result<(), String> {
         "multi" => &["-accel", "tcg,thread=multi"],
         _ => &["-accel", "kvm", "-cpu", "host"],
     };
+    // A monitor socket, through which a run that times out gets an NMI on
+    // every CPU: the kernel then prints each CPU's state (`HANG` lines).
+    let monitor = std::env::temp_dir().join(format!("lwkt-qemu-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&monitor);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-M", &o.machine])
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
         .args(accel)
         .args(["-smp", &o.smp.to_string(), "-m", "128M"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
@@ -169,12 +180,14 @@ fn boot(o: &Opts) -> Result<(), String> {
             break Some(st);
         }
         if Instant::now() > deadline {
+            nmi_and_wait(&monitor, &mut child);
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    let _ = std::fs::remove_file(&monitor);
     let output = reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
     print!("{output}");
@@ -182,7 +195,11 @@ fn boot(o: &Opts) -> Result<(), String> {
         eprintln!("qemu: {l}");
     }
     let verdict = match status.and_then(|s| s.code()) {
-        None => Err(format!("hang: no exit within {} s", o.timeout)),
+        None => Err(format!(
+            "hang: no exit within {} s ({} CPUs answered the NMI: the HANG lines above)",
+            o.timeout,
+            output.lines().filter(|l| l.starts_with("HANG")).count()
+        )),
         Some(33) if output.lines().any(|l| l == "PASS") => Ok(()),
         Some(33) => Err("exit status 33 but no PASS line: the report is missing".into()),
         Some(35) => Err(output
@@ -212,6 +229,26 @@ fn boot(o: &Opts) -> Result<(), String> {
 fn is_known_warning(l: &str) -> bool {
     l.contains("exceeds the recommended cpus supported by KVM")
         || l.contains("doesn't support requested feature")
+}
+
+/// A run timed out: ask QEMU's monitor for an NMI on every CPU, and give
+/// the kernel a few seconds to print its `HANG` lines and exit.
+fn nmi_and_wait(monitor: &std::path::Path, child: &mut std::process::Child) {
+    use std::io::Write;
+    match std::os::unix::net::UnixStream::connect(monitor) {
+        Ok(mut m) => {
+            let _ = m.write_all(b"nmi\n");
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("xtask: the kernel did not exit after the NMI");
+        }
+        Err(e) => eprintln!("xtask: no QEMU monitor at {}: {e}", monitor.display()),
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ mod xreg {
     pub(super) const SVR: usize = 0xF0;
     pub(super) const ICR_LOW: usize = 0x300;
     pub(super) const ICR_HIGH: usize = 0x310;
+    pub(super) const LVT_LINT1: usize = 0x360;
 }
 
 /// x2APIC MSRs.
@@ -38,6 +39,7 @@ mod x2reg {
     pub(super) const EOI: u32 = 0x80B;
     pub(super) const SVR: u32 = 0x80F;
     pub(super) const ICR: u32 = 0x830;
+    pub(super) const LVT_LINT1: u32 = 0x835;
 }
 
 /// ICR delivery modes.
@@ -210,6 +212,26 @@ pub unsafe fn enable(mode: Mode, spurious: u8) {
                 wrmsr(x2reg::TPR, 0);
                 wrmsr(x2reg::SVR, 0x100 | u64::from(spurious));
             }
+        }
+    }
+}
+
+/// Deliver this CPU's LINT1 pin as an NMI (it is masked at reset). That
+/// is how a chipset's NMI reaches the CPUs, and how QEMU's monitor command
+/// `nmi` does; a test kernel's NMI handler can then report a hang.
+/// DragonFly: `lapic_init()` programs `LVT_LINT1` for NMI (on the BSP).
+///
+/// # Safety
+/// Ring 0, after [`enable`] on this CPU; the kernel has an NMI (vector 2)
+/// handler.
+pub unsafe fn lint1_as_nmi() {
+    /// Delivery mode NMI, edge triggered, not masked.
+    const NMI: u32 = 0b100 << 8;
+    // SAFETY: caller (ring 0, this CPU's APIC enabled).
+    unsafe {
+        match current_mode() {
+            Mode::XApic => xwrite(xreg::LVT_LINT1, NMI),
+            Mode::X2Apic => wrmsr(x2reg::LVT_LINT1, u64::from(NMI)),
         }
     }
 }

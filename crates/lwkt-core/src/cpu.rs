@@ -122,6 +122,59 @@ pub struct CpuStats {
     pub(crate) threads_exited: OwnerCounter,
 }
 
+/// One CPU's state at a moment: [`Cpu::snapshot`]. Its `Display` is one
+/// line, for a hang report.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSnapshot {
+    /// The CPU.
+    pub cpu: CpuId,
+    /// The running thread's name (the idle loop's is `idle`).
+    pub thread: &'static str,
+    /// The running thread's critical-section count.
+    pub critcount: u32,
+    /// Threads on the run queue, the running one included when runnable.
+    pub runnable: usize,
+    /// Deferred work for the next `crit_exit` (`gd_reqflags`).
+    pub reqflags: u32,
+    /// The kick interlock (`gd_npoll`): 0 clear, 1 kicked, 2 watching.
+    pub npoll: u32,
+    /// Sources marked as having queued IPIs (`gd_ipimask`).
+    pub ipimask: u64,
+    /// Sources whose ring into this CPU holds entries.
+    pub ring_backlog: u64,
+    /// Whether this CPU watches its rings.
+    pub watching: bool,
+    /// Depth of interrupt or IPI processing.
+    pub intr_nesting: u32,
+    /// Its counters.
+    pub stats: CpuStatsSnapshot,
+}
+
+impl core::fmt::Display for CpuSnapshot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "cpu {}: thread '{}' crit {} runnable {} reqflags {:#x} npoll {} ipimask {:#x} \
+             rings {:#x} watching {} nesting {} | switches {} ipis sent {} run {} kicks {} answered {}",
+            self.cpu.get(),
+            self.thread,
+            self.critcount,
+            self.runnable,
+            self.reqflags,
+            self.npoll,
+            self.ipimask,
+            self.ring_backlog,
+            self.watching,
+            self.intr_nesting,
+            self.stats.switches,
+            self.stats.ipis_sent,
+            self.stats.ipis_received,
+            self.stats.kicks_sent,
+            self.stats.kicks_answered,
+        )
+    }
+}
+
 /// A copy of one CPU's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuStatsSnapshot {
@@ -466,6 +519,60 @@ impl Cpu {
     pub fn post_ipi_check(&self) {
         self.reqflags
             .fetch_or(crate::crit::rqf::IPIQ, Ordering::SeqCst);
+    }
+
+    /// This CPU's scheduling and IPI state, for a hang report: what a
+    /// kernel debugger would print for each CPU. Meant for this CPU's NMI
+    /// (or other non-maskable) handler, which may have interrupted anything,
+    /// including a run-queue update: the snapshot is racy by nature, and
+    /// reads the run queue's count without its owner's critical section.
+    ///
+    /// From a thread, [`MyCpu::snapshot`](crate::MyCpu::snapshot) is the
+    /// safe form:
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let s = cur.my_cpu().snapshot();
+    ///     assert_eq!(s.thread, cur.name());
+    ///     assert_eq!(s.cpu.index(), 0);
+    ///     println!("{s}");
+    /// });
+    /// ```
+    ///
+    /// # Safety
+    /// Call it on this CPU (the owner-only fields it reads may not be
+    /// written meanwhile by another one).
+    pub unsafe fn snapshot(&self) -> CpuSnapshot {
+        let td = self.curthread.load(Ordering::Relaxed);
+        // SAFETY: a non-null `curthread` is the live running thread.
+        let (thread, critcount) = match unsafe { td.as_ref() } {
+            Some(t) => (t.name, t.critcount.load(Ordering::Relaxed)),
+            None => ("(none)", 0),
+        };
+        let m = self.machine();
+        let mut ring_backlog = 0;
+        let mut srcs = m.sources_of(self.id);
+        while srcs != 0 {
+            let src = srcs.trailing_zeros();
+            srcs &= srcs - 1;
+            if !m.ring(CpuId::new(src), self.id).is_empty() {
+                ring_backlog |= 1 << src;
+            }
+        }
+        CpuSnapshot {
+            cpu: self.id,
+            thread,
+            critcount,
+            // SAFETY: on this CPU (caller); a plain read of the count.
+            runnable: unsafe { (*self.runq.get()).len() },
+            reqflags: self.reqflags.load(Ordering::SeqCst),
+            npoll: self.npoll.load(Ordering::SeqCst),
+            ipimask: self.ipimask.load(Ordering::SeqCst),
+            ring_backlog,
+            watching: self.watching.get(),
+            intr_nesting: self.intr_nesting.get(),
+            stats: self.stats(),
+        }
     }
 
     /// Whether this CPU has been kicked and has not yet begun polling its

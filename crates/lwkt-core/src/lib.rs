@@ -63,7 +63,7 @@ mod wake;
 pub use lwkt_token as token;
 
 pub use arch::{Arch, Context, EntryFn, Stack};
-pub use cpu::{Cpu, CpuId, CpuMask, CpuStats, CpuStatsSnapshot, Machine, MAX_CPUS};
+pub use cpu::{Cpu, CpuId, CpuMask, CpuSnapshot, CpuStats, CpuStatsSnapshot, Machine, MAX_CPUS};
 pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};
 pub use sched::{Builder, CritGuard, Cur, MyCpu, DEFAULT_STACK, MIN_STACK};
 pub use serializer::Serializer;

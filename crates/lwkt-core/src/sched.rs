@@ -113,6 +113,13 @@ impl<'a> MyCpu<'a> {
         self.gd.machine().cpu(c).map(Cpu::stats)
     }
 
+    /// This CPU's scheduling and IPI state (see [`Cpu::snapshot`], whose
+    /// example uses this).
+    pub fn snapshot(self) -> crate::CpuSnapshot {
+        // SAFETY: a `MyCpu` exists only on its own CPU.
+        unsafe { self.gd.snapshot() }
+    }
+
     /// True when an interrupt or IPI arrived inside a critical section and
     /// waits for the final `crit_exit` (DragonFly: `gd_reqflags &
     /// RQF_IDLECHECK_MASK`). A diagnostic; nothing needs to poll it.

@@ -37,6 +37,24 @@ pub fn print(args: fmt::Arguments<'_>) {
     });
 }
 
+/// Print from an NMI handler, which may have interrupted a holder of the
+/// COM1 lock (interrupts off do not keep an NMI out): wait a bounded time
+/// for the lock, then print without it (a garbled line beats none).
+pub fn print_nmi(args: fmt::Arguments<'_>) {
+    let t = tsc();
+    loop {
+        if let Some(_g) = SERIAL.try_lock() {
+            let _ = Com1.write_fmt(args);
+            return;
+        }
+        if tsc() - t > 300_000_000 {
+            let _ = Com1.write_fmt(args);
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// `print!` to COM1.
 #[macro_export]
 macro_rules! kprint {

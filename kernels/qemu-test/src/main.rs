@@ -84,6 +84,9 @@ pub(crate) struct Opts {
     /// Wait for this many CPUs instead of fw_cfg's count (more than exist
     /// tests the "a CPU never came online" path).
     expect_cpus: Option<usize>,
+    /// Hang on purpose after the tests (the test thread sleeps forever):
+    /// the negative test of the xtask's timeout and its NMI dump.
+    hang: bool,
 }
 
 impl Opts {
@@ -93,6 +96,7 @@ impl Opts {
             apic: None,
             fault: None,
             expect_cpus: None,
+            hang: false,
         };
         for w in cmdline.split_whitespace() {
             let (k, v) = w.split_once('=').unwrap_or((w, ""));
@@ -104,6 +108,7 @@ impl Opts {
                 "rounds" => o.rounds = num()?.max(1),
                 "fault" => o.fault = Some(num()? as usize),
                 "expect-cpus" => o.expect_cpus = Some(num()? as usize),
+                "hang" => o.hang = true,
                 "apic" => {
                     o.apic = match v {
                         "auto" => None,
@@ -114,7 +119,7 @@ impl Opts {
                 }
                 _ => {
                     return Err(alloc::format!(
-                        "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N)"
+                        "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N hang)"
                     ))
                 }
             }
@@ -129,6 +134,9 @@ fn on_fault(f: &FaultFrame) -> ! {
     } else {
         0
     };
+    if f.vector == 2 {
+        nmi_dump(cpu, f)
+    }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     fail!(
         "EXCEPTION vector={:#x} error={:#x} rip={:#x} cr2={:#x} on cpu {cpu}",
@@ -137,6 +145,34 @@ fn on_fault(f: &FaultFrame) -> ! {
         f.rip,
         cr2
     )
+}
+
+/// CPUs that have printed their NMI dump.
+static DUMPED: AtomicUsize = AtomicUsize::new(0);
+
+/// An NMI: the xtask sends one to every CPU (QEMU's monitor command `nmi`)
+/// when a run times out. Print where this CPU was and its LWKT state, one
+/// line, then stop; the last CPU to print ends the run as a failure.
+fn nmi_dump(cpu: usize, f: &FaultFrame) -> ! {
+    let attached = GS_OK[cpu].load(Ordering::Relaxed);
+    match CPUS.get().and_then(|c| c.get(cpu)).filter(|_| attached) {
+        // SAFETY: on CPU `cpu` (its own NMI), attached to its block.
+        Some(c) => hw::print_nmi(format_args!("HANG rip={:#x} {}\n", f.rip, unsafe {
+            c.snapshot()
+        })),
+        None => hw::print_nmi(format_args!(
+            "HANG rip={:#x} cpu {cpu}: not attached\n",
+            f.rip
+        )),
+    }
+    let online = ONLINE.load(Ordering::Acquire) + 1;
+    if DUMPED.fetch_add(1, Ordering::AcqRel) + 1 >= online {
+        hw::exit(false)
+    }
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
 }
 
 #[panic_handler]
@@ -155,6 +191,8 @@ unsafe fn setup_cpu(idx: usize, mode: Mode, cpus: &'static [Cpu]) {
     unsafe {
         IDT.get().expect("IDT built by the BSP").load();
         apic::enable(mode, SPURIOUS_VECTOR);
+        // A hang report: the xtask's NMI on timeout reaches us here.
+        apic::lint1_as_nmi();
         percpu::install(pcpu);
         ARCH.attach(pcpu, &cpus[idx]);
         let (gs, kgs) = percpu::bases();
@@ -266,6 +304,11 @@ extern "C" fn bsp_main(info: usize) -> ! {
         cpus[0]
             .spawn_boot_thread(Priority::default(), 64 << 10, "test-main", move |cur| {
                 tests::run(cur, opts);
+                if opts.hang {
+                    kprintln!("hanging on purpose (hang)");
+                    // Nobody wakes this channel.
+                    cur.sleep(0x4841_4e47);
+                }
                 for c in cpus {
                     c.request_shutdown();
                 }
