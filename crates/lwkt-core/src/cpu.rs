@@ -563,8 +563,8 @@ impl Cpu {
             cpu: self.id,
             thread,
             critcount,
-            // SAFETY: on this CPU (caller); a plain read of the count.
-            runnable: unsafe { (*self.runq.get()).len() },
+            // SAFETY: the block's run queue is live; no reference is made.
+            runnable: unsafe { RunQueue::len_racy(self.runq.get()) },
             reqflags: self.reqflags.load(Ordering::SeqCst),
             npoll: self.npoll.load(Ordering::SeqCst),
             ipimask: self.ipimask.load(Ordering::SeqCst),

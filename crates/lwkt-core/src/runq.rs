@@ -46,6 +46,17 @@ impl RunQueue {
         self.count
     }
 
+    /// The count through a raw pointer, creating no reference: for a hang
+    /// report from an NMI handler, which may have interrupted an update.
+    ///
+    /// # Safety
+    /// `q` points to a live run queue.
+    pub(crate) unsafe fn len_racy(q: *const RunQueue) -> usize {
+        // SAFETY: caller: `q` is live; a volatile read of one word, which a
+        // concurrent update on this CPU can only make stale.
+        unsafe { core::ptr::addr_of!((*q).count).read_volatile() }
+    }
+
     /// The thread that should run: the head of the highest non-empty priority.
     #[inline(always)]
     pub(crate) fn first(&self) -> *mut Thread {
