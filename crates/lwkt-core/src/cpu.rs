@@ -549,16 +549,7 @@ impl Cpu {
             Some(t) => (t.name, t.critcount.load(Ordering::Relaxed)),
             None => ("(none)", 0),
         };
-        let m = self.machine();
-        let mut ring_backlog = 0;
-        let mut srcs = m.sources_of(self.id);
-        while srcs != 0 {
-            let src = srcs.trailing_zeros();
-            srcs &= srcs - 1;
-            if !m.ring(CpuId::new(src), self.id).is_empty() {
-                ring_backlog |= 1 << src;
-            }
-        }
+        let ring_backlog = self.sources_with_entries().fold(0, |m, src| m | 1 << src);
         CpuSnapshot {
             cpu: self.id,
             thread,
@@ -600,16 +591,24 @@ impl Cpu {
 
     /// Whether any ring into this CPU holds entries (a snapshot).
     fn rings_hold_work(&self) -> bool {
+        self.sources_with_entries().next().is_some()
+    }
+
+    /// The CPUs whose ring into this one holds entries (a snapshot), in
+    /// index order.
+    fn sources_with_entries(&self) -> impl Iterator<Item = u32> + '_ {
         let m = self.machine();
         let mut srcs = m.sources_of(self.id);
-        while srcs != 0 {
-            let src = srcs.trailing_zeros();
-            srcs &= srcs - 1;
-            if !m.ring(CpuId::new(src), self.id).is_empty() {
-                return true;
+        core::iter::from_fn(move || {
+            while srcs != 0 {
+                let src = srcs.trailing_zeros();
+                srcs &= srcs - 1;
+                if !m.ring(CpuId::new(src), self.id).is_empty() {
+                    return Some(src);
+                }
             }
-        }
-        false
+            None
+        })
     }
 
     /// Whether messages from CPU `src` wait in this CPU's rings, not yet
