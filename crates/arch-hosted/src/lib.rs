@@ -200,13 +200,18 @@ impl Machine {
             .collect();
         let vcpus: Box<[vcpu::Vcpu]> = (0..n).map(|_| vcpu::Vcpu::new()).collect();
         for (c, v) in cpus.iter().zip(vcpus.iter()) {
-            c.arch_word(0)
-                .store(v as *const vcpu::Vcpu as usize, Ordering::Release);
+            // SAFETY: we are the backend building this machine, before it
+            // starts; `vcpus` outlives every use of the word (the CPUs stop
+            // before it is dropped).
+            unsafe { c.set_arch_word(0, v as *const vcpu::Vcpu as usize) };
         }
-        let machine = lwkt_core::Machine::new(&HOSTED, &cpus, &rings);
+        // SAFETY: `cpus` and `rings` are boxed, never moved, and dropped
+        // after `machine` (declared before it).
+        let machine = unsafe { lwkt_core::Machine::new(&HOSTED, &cpus, &rings) };
         // SAFETY: `machine`, `cpus` and `rings` are not moved (boxed or
         // local and only borrowed below) and outlive the scope that runs
-        // every CPU; `bind` runs once, before any CPU starts.
+        // every CPU; the blocks are dropped right after the machine, unused;
+        // `bind` runs once, before any CPU starts.
         unsafe { machine.bind() };
 
         let result: Mutex<Option<R>> = Mutex::new(None);

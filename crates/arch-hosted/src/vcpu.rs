@@ -72,14 +72,20 @@ impl Vcpu {
     }
 }
 
-fn vcpu_of(cpu: &Cpu) -> &Vcpu {
-    let p = cpu.arch_word(0).load(Ordering::Acquire) as *const Vcpu;
+/// The backend record of `cpu`.
+///
+/// # Safety
+/// `cpu` belongs to a running machine built by this backend (which stored
+/// the record in word 0 and keeps it alive while the machine runs).
+unsafe fn vcpu_of(cpu: &Cpu) -> &Vcpu {
+    let p = cpu.arch_word(0) as *const Vcpu;
     assert!(
         !p.is_null(),
         "lwkt-arch-hosted: CPU block not set up by this backend"
     );
-    // SAFETY: word 0 is set by `Machine` to its `Vcpu`, which lives as long
-    // as the CPU block.
+    // SAFETY: word 0 is set by `Machine` to its `Vcpu`, alive while the
+    // machine runs (caller); nothing else may store there (`set_arch_word`
+    // is unsafe and reserved to the backend).
     unsafe { &*p }
 }
 
@@ -235,8 +241,9 @@ unsafe impl Arch for HostedArch {
         unsafe { crate::stack::free(stack) }
     }
 
-    fn kick(&self, target: &Cpu) {
-        let v = vcpu_of(target);
+    unsafe fn kick(&self, target: &Cpu) {
+        // SAFETY: `target` is a running CPU of a hosted machine (contract).
+        let v = unsafe { vcpu_of(target) };
         // Always leave an unpark token: a sender may have been delayed
         // between queueing and kicking, and the target may be parking right
         // now; a signal alone does not end a `park()`. An unneeded token
@@ -269,19 +276,23 @@ unsafe impl Arch for HostedArch {
             }
             // Counted on the sender's own block, off the target's lines.
             if let Some(me) = current_cpu_block() {
-                vcpu_of(me).soft_kicks.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: the calling vCPU's own block, running.
+                unsafe { vcpu_of(me) }
+                    .soft_kicks
+                    .fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
         signal(v);
     }
 
-    fn idle_wait(&self, cpu: &Cpu) {
+    unsafe fn idle_wait(&self, cpu: &Cpu) {
         // lwkt-core's idle loop has watched the rings for
         // `idle_poll_cycles` already. Publishing the state before the last
         // check (SeqCst on both sides) means a sender that saw PARKED queued
         // its message before that check, or unparks us.
-        let v = vcpu_of(cpu);
+        // SAFETY: our own running CPU of a hosted machine (contract).
+        let v = unsafe { vcpu_of(cpu) };
         v.sleeping.store(PARKED, Ordering::SeqCst);
         if !cpu.has_pending() {
             std::thread::park();

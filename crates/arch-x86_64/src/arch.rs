@@ -167,7 +167,8 @@ impl X86Arch {
     pub unsafe fn attach(&self, pcpu: &'static PerCpu, cpu: &'static Cpu) {
         let id = apic::id() as usize;
         pcpu.apic_id.store(id, Ordering::Relaxed);
-        cpu.arch_word(0).store(id, Ordering::Release);
+        // SAFETY: we are the backend setting up this CPU, before it runs.
+        unsafe { cpu.set_arch_word(0, id) };
         pcpu.set_cpu(cpu);
     }
 }
@@ -202,14 +203,16 @@ unsafe impl Arch for X86Arch {
         self.stacks.free(stack)
     }
 
-    fn kick(&self, target: &Cpu) {
-        let id = target.arch_word(0).load(Ordering::Acquire) as u32;
+    unsafe fn kick(&self, target: &Cpu) {
+        // `attach` stored the APIC id (the caller passes a CPU of a running
+        // machine of this backend).
+        let id = target.arch_word(0) as u32;
         // SAFETY: ring 0, APIC enabled on every CPU running lwkt; a fixed
         // IPI to a CPU that `attach` recorded.
         unsafe { apic::send(Icr::fixed(IPI_VECTOR, id)) }
     }
 
-    fn idle_wait(&self, cpu: &Cpu) {
+    unsafe fn idle_wait(&self, cpu: &Cpu) {
         x86_64::instructions::interrupts::disable();
         if cpu.has_pending() {
             x86_64::instructions::interrupts::enable();

@@ -86,8 +86,8 @@ pub type EntryFn = extern "C" fn(arg: usize) -> !;
 ///     unsafe fn switch(&self, _: &Context, _: &Context) { unreachable!() }
 ///     fn alloc_stack(&self, _: usize) -> Option<Stack> { None }
 ///     unsafe fn free_stack(&self, _: Stack) {}
-///     fn kick(&self, _: &Cpu) {}
-///     fn idle_wait(&self, _: &Cpu) {}
+///     unsafe fn kick(&self, _: &Cpu) {}
+///     unsafe fn idle_wait(&self, _: &Cpu) {}
 ///     fn cycles(&self) -> u64 { 0 }
 /// }
 /// ```
@@ -130,12 +130,22 @@ pub unsafe trait Arch: Sync {
     /// [`Cpu::ipi_interrupt`] soon, or return from
     /// [`idle_wait`](Arch::idle_wait). lwkt calls it at most once per batch
     /// of queued messages; the work itself lives in the IPI rings.
-    fn kick(&self, target: &Cpu);
+    ///
+    /// # Safety
+    /// `target` is a CPU block of a machine bound on this backend, set up by
+    /// it (its [`Cpu::arch_word`]s hold what this backend stored there), and
+    /// that machine is still running. lwkt-core is the only caller; a
+    /// backend may trust what it stored in the block.
+    unsafe fn kick(&self, target: &Cpu);
 
     /// Wait for an interrupt on the current CPU (called by its idle loop
     /// inside a critical section). Must return promptly once
     /// [`Cpu::has_pending`] is true; may return spuriously.
-    fn idle_wait(&self, cpu: &Cpu);
+    ///
+    /// # Safety
+    /// As for [`kick`](Arch::kick), and the caller runs on `cpu` (its idle
+    /// loop, inside a critical section).
+    unsafe fn idle_wait(&self, cpu: &Cpu);
 
     /// A monotonic cycle counter (the TSC on x86-64).
     fn cycles(&self) -> u64;

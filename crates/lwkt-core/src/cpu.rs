@@ -255,8 +255,24 @@ impl Machine {
     /// If `cpus` is empty or longer than [`MAX_CPUS`], if CPU `i` does not
     /// have id `i`, or if `rings` does not hold [`rings_needed`] rings.
     ///
+    /// # Safety
+    /// The machine keeps raw pointers to `cpus` and `rings` (so that a
+    /// kernel can place them in static or per-CPU memory without a
+    /// lifetime on every handle): both stay at their addresses and alive for
+    /// as long as the returned `Machine` is used (every method of it reads
+    /// them), and for [`bind`](Machine::bind)'s contract after that.
+    ///
+    /// ```
+    /// use lwkt_core::{Cpu, CpuId, IpiRing, Machine};
+    /// let cpus: Vec<Cpu> = (0..2).map(|i| Cpu::new(CpuId::new(i))).collect();
+    /// let rings: Vec<IpiRing> = (0..Machine::rings_needed(2)).map(|_| IpiRing::new()).collect();
+    /// // SAFETY: `cpus` and `rings` outlive `m` and do not move.
+    /// let m = unsafe { Machine::new(&lwkt_arch_hosted::HOSTED, &cpus, &rings) };
+    /// assert_eq!(m.ncpus(), 2);
+    /// ```
+    ///
     /// [`rings_needed`]: Machine::rings_needed
-    pub fn new(arch: &'static dyn Arch, cpus: &[Cpu], rings: &[IpiRing]) -> Machine {
+    pub unsafe fn new(arch: &'static dyn Arch, cpus: &[Cpu], rings: &[IpiRing]) -> Machine {
         assert!(!cpus.is_empty(), "lwkt: a machine needs at least one CPU");
         assert!(
             cpus.len() <= MAX_CPUS,
@@ -289,8 +305,9 @@ impl Machine {
     /// # Safety
     /// `self`, the CPU blocks and the rings given to [`new`](Machine::new)
     /// stay at their addresses and alive until every CPU has returned from
-    /// [`Cpu::idle_loop`] and no thread of this machine runs; `bind` is
-    /// called once, before any CPU starts.
+    /// [`Cpu::idle_loop`] and no thread of this machine runs, and the CPU
+    /// blocks are not used after the machine is gone (a bound block points
+    /// at it); `bind` is called once, before any CPU starts.
     pub unsafe fn bind(&self) {
         for c in self.cpu_slice() {
             c.machine.set(self);
@@ -419,8 +436,8 @@ unsafe impl Arch for NoArch {
         None
     }
     unsafe fn free_stack(&self, _: crate::Stack) {}
-    fn kick(&self, _: &Cpu) {}
-    fn idle_wait(&self, _: &Cpu) {}
+    unsafe fn kick(&self, _: &Cpu) {}
+    unsafe fn idle_wait(&self, _: &Cpu) {}
     fn cycles(&self) -> u64 {
         0
     }
@@ -479,9 +496,26 @@ impl Cpu {
         unsafe { &*m }
     }
 
-    /// Backend word `i` (0..4): per-CPU state the backend keeps here.
-    pub fn arch_word(&self, i: usize) -> &AtomicUsize {
-        &self.arch_words[i]
+    /// Backend word `i` (0..4): per-CPU state the backend keeps here
+    /// (the hosted backend: its vCPU record; x86-64: the APIC id).
+    ///
+    /// # Panics
+    /// If `i` is 4 or more.
+    pub fn arch_word(&self, i: usize) -> usize {
+        self.arch_words[i].load(Ordering::Acquire)
+    }
+
+    /// Store backend word `i` (0..4).
+    ///
+    /// # Safety
+    /// Only the backend that builds this CPU's machine stores here, before
+    /// the machine starts: [`Arch::kick`] and [`Arch::idle_wait`] trust
+    /// these words (a pointer, an APIC id) without checking them.
+    ///
+    /// # Panics
+    /// If `i` is 4 or more.
+    pub unsafe fn set_arch_word(&self, i: usize, v: usize) {
+        self.arch_words[i].store(v, Ordering::Release);
     }
 
     /// A copy of this CPU's counters (safe to read from anywhere).
@@ -622,7 +656,10 @@ impl Cpu {
     /// Threads still blocked then are reported by the backend as never exited.
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
-        self.machine().arch.kick(self);
+        // SAFETY: `machine()` found this block bound, and `bind`'s contract
+        // keeps the machine (and the backend's state in this block) alive
+        // while any reference to a bound block can be had.
+        unsafe { self.machine().arch.kick(self) };
     }
 
     /// Threads that live on this CPU now (created or migrated here, not exited).

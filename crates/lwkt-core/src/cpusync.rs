@@ -25,7 +25,7 @@ fn remote(my: MyCpu<'_>, cs: usize, _: usize) {
     // SAFETY: `cs` points at the master's descriptor, alive until our bit is
     // cleared below (the master waits for it).
     let cs = unsafe { &*(cs as *const CpuSync<'_>) };
-    (cs.func)(my);
+    crate::abort_on_unwind("a cpusync function", || (cs.func)(my));
     cs.pending
         .fetch_and(!CpuMask::single(my.id()).0, Ordering::Release);
 }
@@ -65,7 +65,7 @@ pub(crate) fn cpusync(td: &Thread, mask: CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)
     }
     if mask.contains(gd.id()) {
         gd.intr_nesting.set(gd.intr_nesting.get() + 1);
-        f(MyCpu::new(gd));
+        crate::abort_on_unwind("a cpusync function", || f(MyCpu::new(gd)));
         gd.intr_nesting.set(gd.intr_nesting.get() - 1);
     }
     crit_exit_td(td);

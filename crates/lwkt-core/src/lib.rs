@@ -38,6 +38,13 @@
 //!   for anything pinned on the thread's stack.
 //! - IPI functions ([`IpiFn`]) get a [`MyCpu`] for the CPU they run on and
 //!   must not block (they run in interrupt context).
+//!
+//! # Panics in callbacks
+//!
+//! Code a thread runs may unwind through lwkt (token closures release their
+//! token on the way out); a panic in interrupt context (an IPI or `cpusync`
+//! function) or out of a thread body aborts. [`abort_on_unwind`] has the
+//! whole policy.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -56,6 +63,7 @@ mod serializer;
 mod sleep;
 mod sync;
 mod thread;
+mod unwind;
 mod waitq;
 mod wake;
 
@@ -68,4 +76,5 @@ pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};
 pub use sched::{Builder, CritGuard, Cur, MyCpu, DEFAULT_STACK, MIN_STACK};
 pub use serializer::Serializer;
 pub use thread::{Priority, SpawnError, ThreadHandle};
+pub use unwind::abort_on_unwind;
 pub use waitq::WaitQueue;

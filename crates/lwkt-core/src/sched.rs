@@ -32,6 +32,10 @@ pub const MIN_STACK: usize = 8 * 1024;
 /// Default stack size for [`Cur::spawn_on`].
 pub const DEFAULT_STACK: usize = 64 * 1024;
 
+/// Copies of a thread's closure its own frames may hold while calling it,
+/// reserved beyond [`MIN_STACK`] (see `create_thread`).
+const CLOSURE_COPIES: usize = 2;
+
 /// The running thread's handle: proof that the code holding it runs as this
 /// thread, on its CPU. Every thread body receives `&mut Cur`.
 ///
@@ -234,7 +238,7 @@ impl<'a> MyCpu<'a> {
         });
     }
 
-    fn check_machine(self, td: &Thread) {
+    pub(crate) fn check_machine(self, td: &Thread) {
         assert!(
             td.machine_id == self.gd.machine().id,
             "lwkt: thread handle of another machine used on this one"
@@ -799,7 +803,11 @@ impl Cur {
     }
 
     /// Block until the thread behind `h` has exited.
+    ///
+    /// # Panics
+    /// If `h` belongs to another machine (it could never be seen to exit).
     pub fn join(&mut self, h: &ThreadHandle) {
+        self.my_cpu().check_machine(h.thread());
         let chan = h.td.as_ptr() as usize;
         self.sleep_until(chan, || h.has_exited());
     }
@@ -916,7 +924,13 @@ where
     let too_small = SpawnError::StackTooSmall {
         requested: stack_size,
     };
-    let need = size_of::<Thread>() + size_of::<F>() + MIN_STACK + 64 + align_of::<F>();
+    // The closure is stored above the stack proper, and the new thread
+    // moves it onto its own frames to call it (`thread_start`): one copy
+    // there, and in unoptimised builds another for the by-value call.
+    // Each copy may need up to its alignment of padding.
+    let copy = size_of::<F>() + align_of::<F>();
+    let frames = MIN_STACK + CLOSURE_COPIES * copy;
+    let need = size_of::<Thread>() + copy + 64 + frames;
     if stack_size < need {
         return Err(too_small);
     }
@@ -929,7 +943,7 @@ where
     let td_addr = (top - size_of::<Thread>()) & !(align_of::<Thread>().max(16) - 1);
     let f_addr = (td_addr - size_of::<F>()) & !(align_of::<F>().max(16) - 1);
     let sp_top = f_addr & !15;
-    if sp_top < stack.base.as_ptr() as usize + MIN_STACK {
+    if sp_top < stack.base.as_ptr() as usize + frames {
         // SAFETY: just allocated, unused.
         unsafe { m.arch.free_stack(stack) };
         return Err(too_small);
@@ -1022,14 +1036,17 @@ extern "C" fn thread_start<F: FnOnce(&mut Cur)>(arg: usize) -> ! {
     let td = unsafe { &*td_ptr };
     // SAFETY: we were just switched to, on our CPU, in a critical section.
     unsafe { finish_switch(td.gd()) };
-    // SAFETY: `spawn` wrote an `F` there and nothing else reads it.
-    let f = unsafe { ptr::read(td.closure.get() as *mut F) };
     crit_exit_td(td); // new threads start inside a critical section
     let mut cur = Cur {
         td: NonNull::from(td),
         _not_send: PhantomData,
     };
-    f(&mut cur);
+    let f = td.closure.get() as *mut F;
+    crate::abort_on_unwind("a thread body", || {
+        // SAFETY: `spawn` wrote an `F` there and nothing else reads it.
+        let f = unsafe { ptr::read(f) };
+        f(&mut cur)
+    });
     exit_current(td)
 }
 
@@ -1456,7 +1473,9 @@ impl Cpu {
             if !settled.wait {
                 continue;
             }
-            arch.idle_wait(self);
+            // SAFETY: our idle loop, on this CPU of a bound, running
+            // machine, inside a critical section.
+            unsafe { arch.idle_wait(self) };
         }
         idle.critcount.store(0, Ordering::Relaxed);
     }

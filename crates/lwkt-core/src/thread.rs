@@ -333,6 +333,38 @@ impl ThreadHandle {
     pub fn name(&self) -> &'static str {
         self.thread().name
     }
+
+    /// Whether the thread belongs to the machine `my` is a CPU of. A
+    /// handle kept past its machine, or carried to another one, answers
+    /// `false` (machines are numbered once per process).
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let h = cur.handle();
+    ///     assert!(h.is_of_machine(cur.my_cpu()));
+    /// });
+    /// ```
+    pub fn is_of_machine(&self, my: crate::MyCpu<'_>) -> bool {
+        self.thread().machine_id == my.cpu().machine().id
+    }
+
+    /// Whether the thread lives on `my`'s CPU now: same machine, same CPU.
+    /// Only the thread's own CPU changes that answer (by migrating it away),
+    /// so a `true` stays true until `my`'s CPU lets the thread run or
+    /// leaves its critical section.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+    ///     let h = cur.handle();
+    ///     assert!(h.is_local(cur.my_cpu()));
+    ///     cur.migrate(lwkt_core::CpuId::new(1)).unwrap();
+    ///     assert!(h.is_local(cur.my_cpu()));
+    /// });
+    /// ```
+    pub fn is_local(&self, my: crate::MyCpu<'_>) -> bool {
+        self.is_of_machine(my)
+            && ptr::eq(self.thread().gd.load(Ordering::Acquire), my.cpu() as *const Cpu)
+    }
 }
 
 impl Clone for ThreadHandle {

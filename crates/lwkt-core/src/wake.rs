@@ -26,14 +26,21 @@ impl ThreadHandle {
     /// ```
     pub fn wake(&self) {
         let td = self.thread();
-        let machine = td.gd().machine();
-        let cpu = machine
-            .arch
-            .current_cpu()
-            .expect("lwkt: ThreadHandle::wake called outside any CPU of the thread's machine");
-        // SAFETY: the backend returns the block of the CPU this code runs on,
-        // alive while the machine runs; `schedule` checks it is this machine.
-        let my = MyCpu::new(unsafe { cpu.as_ref() });
+        // The thread block is alive (our hold), and so is the backend
+        // (`'static`); its machine may not be, so nothing of it is read
+        // before the current CPU proves it is the same machine.
+        let here = td.arch.current_cpu().map(|c| {
+            // SAFETY: the backend returns the block of the CPU this code
+            // runs on, alive while it runs.
+            unsafe { &*c.as_ptr() }
+        });
+        let my = match here {
+            Some(cpu) if cpu.machine().id == td.machine_id => MyCpu::new(cpu),
+            _ => panic!(
+                "lwkt: ThreadHandle::wake called outside every CPU of the thread's machine \
+                 (from another machine, or after it stopped)"
+            ),
+        };
         my.schedule(self);
     }
 }

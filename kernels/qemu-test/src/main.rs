@@ -249,7 +249,9 @@ extern "C" fn bsp_main(info: usize) -> ! {
             .collect::<Vec<_>>()
             .into_boxed_slice(),
     );
-    let machine: &'static Machine = Box::leak(Box::new(Machine::new(&ARCH, cpus, rings)));
+    // SAFETY: `cpus` and `rings` are leaked: alive and in place for ever.
+    let machine: &'static Machine =
+        Box::leak(Box::new(unsafe { Machine::new(&ARCH, cpus, rings) }));
     // SAFETY: the machine, CPU blocks and rings are leaked ('static); no
     // CPU runs lwkt yet.
     unsafe { machine.bind() };

@@ -261,7 +261,9 @@ pub(crate) unsafe fn send(gd: &Cpu, target: CpuId, msgs: &[IpiMsg]) -> Result<()
     };
     if target == gd.id() {
         for msg in msgs {
-            (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2);
+            crate::abort_on_unwind("an IPI function", || {
+                (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2)
+            });
         }
         return Ok(());
     }
@@ -293,7 +295,9 @@ pub(crate) unsafe fn send(gd: &Cpu, target: CpuId, msgs: &[IpiMsg]) -> Result<()
 fn announce(gd: &Cpu, tgd: &Cpu) {
     if tgd.doorbell().ring(gd.id()) {
         gd.stats.kicks_sent.add(1);
-        gd.machine().arch.kick(tgd);
+        // SAFETY: `tgd` is a CPU of the running machine `gd` belongs to,
+        // bound on its backend.
+        unsafe { gd.machine().arch.kick(tgd) };
     } else {
         gd.stats.kicks_avoided.add(1);
     }
@@ -338,7 +342,9 @@ pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
             // SAFETY: only code on `gd` in a critical section pops this ring.
             while let Some(msg) = unsafe { ring.pop() } {
                 gd.stats.ipis_received.add(1);
-                (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2);
+                crate::abort_on_unwind("an IPI function", || {
+                    (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2)
+                });
             }
             if marked & (1 << src) == 0 {
                 // Unmarked (watched): the watch looks again by itself.
