@@ -10,7 +10,7 @@ use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
 use crate::class::{PAGE_SIZE, ZONE_SIZE};
-use crate::{CpuContext, Flags, MallocStats, MallocType, PageSource, Slab};
+use crate::{CpuContext, Domain, DomainId, Flags, MallocStats, MallocType, PageSource, Slab};
 
 /// A page source over the host's memory: zones are carved from one arena
 /// reserved with `mmap` on first use (address space only; the host commits
@@ -229,21 +229,50 @@ unsafe impl PageSource for HostedPages {
 }
 
 std::thread_local! {
+    /// This thread's preferred slot (a hint shared by every `ThreadSlots`).
     static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Slots this thread holds now, of any `ThreadSlots`: non-zero when a
+    /// signal handler (or a nested call) interrupts this thread inside one.
+    /// A const-initialised `Cell` without destructor: reading it in a
+    /// signal handler touches only the thread's static TLS block.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether this OS thread holds a slot of some `ThreadSlots` now (so code
+/// running here interrupted, or was called from, an operation in one).
+fn this_thread_holds_a_slot() -> bool {
+    HELD.with(Cell::get) != 0
 }
 
 /// A CPU context for OS threads: each thread is given one of `n` slots
 /// (round-robin at its first allocation) and takes that slot's lock around
 /// each operation, so the slab's per-CPU state is never shared. The lock is
 /// uncontended while threads do not outnumber slots; a thread that finds
-/// its slot busy (another thread, or a signal handler interrupting its own
-/// allocation) uses the next free one. Costs one compare-and-swap per
+/// its slot busy uses the next free one. Costs one compare-and-swap per
 /// operation, which LWKT's critical sections do not.
+///
+/// Each `ThreadSlots` is its own [`Domain`](crate::Domain): a slab used
+/// with one refuses every other context.
+///
+/// Re-entry: a signal handler (or a nested call) that uses a `ThreadSlots`
+/// while its thread already holds a slot never waits for a slot, since
+/// the holder it would wait for may be the code it interrupted; it takes
+/// any free slot, and panics if every slot is busy (with one slot,
+/// always) rather than deadlock. [`GlobalSlab`] does not get there: it
+/// serves a re-entered thread without a slot.
+///
+/// ```
+/// use lwkt_slab::{CpuContext, ThreadSlots};
+/// static SLOTS: ThreadSlots = ThreadSlots::new(2);
+/// let a = SLOTS.with_cpu(|cpu| cpu);
+/// assert!(a < 2);
+/// ```
 #[derive(Debug)]
 pub struct ThreadSlots {
     n: usize,
     next: AtomicUsize,
     busy: [CachePadded<AtomicBool>; MAX_CPUS],
+    id: DomainId,
 }
 
 impl ThreadSlots {
@@ -257,35 +286,85 @@ impl ThreadSlots {
             n,
             next: AtomicUsize::new(0),
             busy: [const { CachePadded::new(AtomicBool::new(false)) }; MAX_CPUS],
+            id: DomainId::new(),
         }
     }
-}
 
-// SAFETY: an index is used only while its `busy` flag is held (Acquire on
-// taking, Release on leaving), so no two callers use one index at once.
-unsafe impl CpuContext for ThreadSlots {
+    /// Take slot `s` if it is free.
     #[inline]
-    fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+    fn try_take(&self, s: usize) -> bool {
+        !self.busy[s].load(Ordering::Relaxed) && !self.busy[s].swap(true, Ordering::Acquire)
+    }
+
+    /// Take a free slot, starting at `s`: waiting for one, unless this
+    /// thread already holds a slot (then one round, and `None`).
+    fn take_from(&self, mut s: usize) -> Option<usize> {
+        let reentered = this_thread_holds_a_slot();
+        let mut tried = 0;
+        loop {
+            if self.try_take(s) {
+                return Some(s);
+            }
+            s = (s + 1) % self.n;
+            tried += 1;
+            if reentered && tried >= self.n {
+                return None;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Run `f` holding slot `s` (taken by `take_from`).
+    #[inline]
+    fn hold<R>(&self, s: usize, f: impl FnOnce(usize) -> R) -> R {
+        struct Leave<'a>(&'a AtomicBool);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                HELD.with(|h| h.set(h.get() - 1));
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        HELD.with(|h| h.set(h.get() + 1));
+        let _leave = Leave(&self.busy[s]);
+        f(s)
+    }
+
+    /// This thread's preferred slot.
+    #[inline]
+    fn preferred(&self) -> usize {
         let mut s = SLOT.with(Cell::get);
         if s >= self.n {
             s = self.next.fetch_add(1, Ordering::Relaxed) % self.n;
             SLOT.with(|c| c.set(s));
         }
-        loop {
-            if !self.busy[s].swap(true, Ordering::Acquire) {
-                break;
-            }
-            s = (s + 1) % self.n;
-            core::hint::spin_loop();
-        }
-        struct Leave<'a>(&'a AtomicBool);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let _leave = Leave(&self.busy[s]);
-        f(s)
+        s
+    }
+}
+
+// SAFETY: an index is used only while its `busy` flag is held (Acquire on
+// taking, Release on leaving), so no two callers use one index at once;
+// the domain is this instance's own `DomainId`, which no other context
+// reports.
+unsafe impl CpuContext for ThreadSlots {
+    #[inline]
+    fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        let s = self.preferred();
+        let s = if self.try_take(s) {
+            s
+        } else {
+            self.take_from(s).unwrap_or_else(|| {
+                panic!(
+                    "lwkt-slab: ThreadSlots re-entered (a signal handler or a nested call) \
+                     on a thread that holds a slot, with every slot busy"
+                )
+            })
+        };
+        self.hold(s, f)
+    }
+
+    #[inline]
+    fn domain(&self) -> Domain<'_> {
+        self.id.domain()
     }
 }
 

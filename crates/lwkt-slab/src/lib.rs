@@ -15,6 +15,7 @@
 //! | `slab_cleanup()` | [`Slab::reclaim`] |
 //! | `kmem_slab_alloc()` | [`PageSource`] |
 //! | `mycpu` + `crit_enter()` | [`CpuContext`] |
+//! | one kernel's CPUs | [`Domain`]: a slab serves the CPUs of one machine |
 //!
 //! What the slab needs from a kernel is two small traits: a [`PageSource`]
 //! (zone-sized, zone-aligned blocks and large blocks) and a [`CpuContext`]
@@ -78,7 +79,7 @@ mod unit_tests;
 pub struct ReadmeDoctests;
 
 pub use class::{NZONES, PAGE_SIZE, ZONE_LIMIT, ZONE_SIZE};
-pub use cpu::CpuContext;
+pub use cpu::{CpuContext, Domain, DomainId};
 pub use error::SlabError;
 #[cfg(all(feature = "std", not(loom)))]
 pub use hosted::{GlobalSlab, HostedPages, ThreadSlots};

@@ -18,6 +18,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
+use crate::cpu::Binding;
 use crate::{CpuContext, Flags, MallocType, PageSource, Slab};
 
 /// Where an object cache gets raw memory for its objects and magazines.
@@ -149,6 +150,8 @@ pub struct ObjCache<T, S: RawSource, const M: usize = 32> {
     ctor: fn() -> T,
     dtor: Option<fn(&mut T)>,
     ncpus: usize,
+    /// The machine (or other domain) whose CPUs use it.
+    binding: Binding,
     limit: usize,
     live: AtomicUsize,
     constructed: AtomicU64,
@@ -192,6 +195,7 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
             ctor,
             dtor,
             ncpus,
+            binding: Binding::new(),
             limit,
             live: AtomicUsize::new(0),
             constructed: AtomicU64::new(0),
@@ -223,8 +227,7 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
     /// memory.
     #[inline]
     pub fn get(&self, cx: &impl CpuContext) -> Result<NonNull<T>, ObjCacheError> {
-        let cached = cx.with_cpu(|cpu| {
-            let pc = self.pc(cpu);
+        let cached = self.on_cpu(cx, |pc| {
             bump(&pc.gets);
             // SAFETY: in `cpu`'s critical section: its magazines are ours.
             unsafe {
@@ -274,8 +277,7 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
     pub unsafe fn put(&self, cx: &impl CpuContext, obj: NonNull<T>) {
         let mut spare: *mut Magazine<T, M> = ptr::null_mut();
         loop {
-            let done = cx.with_cpu(|cpu| {
-                let pc = self.pc(cpu);
+            let done = self.on_cpu(cx, |pc| {
                 // SAFETY: in `cpu`'s critical section.
                 unsafe {
                     let loaded = &mut *pc.loaded.get();
@@ -346,8 +348,7 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
         // Take this CPU's magazines and everything in the depot, then work
         // outside the critical section and the lock.
         let mut mags: *mut Magazine<T, M> = ptr::null_mut();
-        cx.with_cpu(|cpu| {
-            let pc = self.pc(cpu);
+        self.on_cpu(cx, |pc| {
             // SAFETY: in `cpu`'s critical section; magazines are ours.
             unsafe {
                 for m in [pc.loaded.get(), pc.previous.get()] {
@@ -401,15 +402,38 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
         s
     }
 
+    /// Forget the machine (or other domain) this cache is bound to, so
+    /// that another's CPUs can use it (see [`Slab::unbind`]).
+    ///
+    /// # Safety
+    /// As for [`Slab::unbind`]: every use by the bound domain happens
+    /// before this call, and none runs during it.
+    pub unsafe fn unbind(&self) {
+        // SAFETY: forwarded.
+        unsafe { self.binding.unbind() }
+    }
+
     // ---- internals -------------------------------------------------------
 
-    fn pc(&self, cpu: usize) -> &PerCpu<T, M> {
-        assert!(
-            cpu < self.ncpus,
-            "lwkt-slab: CPU {cpu} on an object cache built for {} CPUs",
-            self.ncpus
-        );
-        &self.cpus[cpu]
+    /// Run `f` in `cx`'s critical section with its CPU's magazines, after
+    /// checking that `cx` is of the domain this cache serves (binding it on
+    /// first use) and that the index is one of the cache's CPUs.
+    ///
+    /// # Panics
+    /// If `cx` is of another domain than the cache's, or its CPU index is
+    /// not below the cache's CPU count.
+    #[inline(always)]
+    #[track_caller]
+    fn on_cpu<R>(&self, cx: &impl CpuContext, f: impl FnOnce(&PerCpu<T, M>) -> R) -> R {
+        self.binding.check(cx.domain(), "object cache");
+        cx.with_cpu(|cpu| {
+            assert!(
+                cpu < self.ncpus,
+                "lwkt-slab: CPU {cpu} on an object cache built for {} CPUs",
+                self.ncpus
+            );
+            f(&self.cpus[cpu])
+        })
     }
 
     #[cold]

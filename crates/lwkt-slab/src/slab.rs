@@ -13,6 +13,7 @@ use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
 use crate::class::{is_small, route, Route, CHUNK, NZONES, PAGE_SIZE};
+use crate::cpu::Binding;
 use crate::remote::{AtomicStack, Link};
 use crate::zone::Zone;
 use crate::{CpuContext, MallocType, PageSource, SlabError};
@@ -170,6 +171,8 @@ struct PerCpu {
 pub struct Slab<P: PageSource> {
     pages: P,
     ncpus: usize,
+    /// The machine (or other [`Domain`](crate::Domain)) whose CPUs use it.
+    binding: Binding,
     cpus: [CachePadded<PerCpu>; MAX_CPUS],
 }
 
@@ -193,6 +196,7 @@ impl<P: PageSource> Slab<P> {
         Slab {
             pages,
             ncpus,
+            binding: Binding::new(),
             cpus: [const {
                 CachePadded::new(PerCpu {
                     own: UnsafeCell::new(CpuSlab {
@@ -231,15 +235,14 @@ impl<P: PageSource> Slab<P> {
                 let bytes = CHUNK[class];
                 // The fast path: a chunk from the first partial zone, or
                 // `None` for the slow path (which says why, if it fails).
-                let fast = cx.with_cpu(|cpu| {
-                    self.check_cpu(cpu);
+                let fast = self.on_cpu(cx, |cpu| {
                     if !ty.admit(cpu, bytes) {
                         return None;
                     }
                     // SAFETY: `pop_chunk` needs `cpu`'s critical section,
                     // and `with_cpu` runs this closure inside it.
                     let got = unsafe { self.pop_chunk(cpu, class) }?;
-                    // SAFETY: `check_cpu` passed.
+                    // SAFETY: `cpu < MAX_CPUS` (`on_cpu`).
                     unsafe { ty.account_alloc(cpu, bytes) };
                     Some(got)
                 });
@@ -267,8 +270,7 @@ impl<P: PageSource> Slab<P> {
         flags: Flags,
     ) -> Result<(NonNull<u8>, bool), SlabError> {
         let bytes = large_bytes(layout)?;
-        cx.with_cpu(|cpu| {
-            self.check_cpu(cpu);
+        self.on_cpu(cx, |cpu| {
             if !ty.admit(cpu, bytes) {
                 return Err(SlabError::LimitExceeded { ty: ty.name() });
             }
@@ -276,7 +278,7 @@ impl<P: PageSource> Slab<P> {
                 .pages
                 .alloc_large(layout, flags.contains(Flags::NOWAIT))
                 .ok_or(SlabError::Exhausted)?;
-            // SAFETY: `check_cpu` passed.
+            // SAFETY: `cpu < MAX_CPUS` (`on_cpu`).
             unsafe { ty.account_alloc(cpu, bytes) };
             Ok(got)
         })
@@ -311,13 +313,12 @@ impl<P: PageSource> Slab<P> {
             if let Route::Small { class } = checked {
                 self.check_free(z, p, class);
             }
-            cx.with_cpu(|cpu| {
-                self.check_cpu(cpu);
+            self.on_cpu(cx, |cpu| {
                 // SAFETY: `p` is an allocated chunk, so its zone is live;
                 // its owner and size never change while chunks are
                 // allocated.
                 let (owner, chunk) = unsafe { ((*z).owner as usize, (*z).chunk as usize) };
-                // SAFETY: `check_cpu` passed.
+                // SAFETY: `cpu < MAX_CPUS` (`on_cpu`).
                 unsafe { ty.account_free(cpu, chunk) };
                 if owner == cpu {
                     // SAFETY: in the owner's critical section.
@@ -330,9 +331,8 @@ impl<P: PageSource> Slab<P> {
             });
         } else {
             let bytes = large_bytes(layout).expect("checked at allocation");
-            cx.with_cpu(|cpu| {
-                self.check_cpu(cpu);
-                // SAFETY: `check_cpu` passed.
+            self.on_cpu(cx, |cpu| {
+                // SAFETY: `cpu < MAX_CPUS` (`on_cpu`).
                 unsafe { ty.account_free(cpu, bytes) };
                 // SAFETY: the caller's contract.
                 unsafe { self.pages.free_large(ptr, layout) };
@@ -380,8 +380,7 @@ impl<P: PageSource> Slab<P> {
     /// zones (all but one per class) and the zone cache back to the page
     /// source. DragonFly: `slab_cleanup()`, which runs every 10 s.
     pub fn reclaim(&self, cx: &impl CpuContext) {
-        cx.with_cpu(|cpu| {
-            self.check_cpu(cpu);
+        self.on_cpu(cx, |cpu| {
             // SAFETY: in `cpu`'s critical section.
             unsafe {
                 self.drain_queue(cpu);
@@ -415,8 +414,7 @@ impl<P: PageSource> Slab<P> {
     /// # Errors
     /// A description of the first broken invariant.
     pub fn check(&self, cx: &impl CpuContext) -> Result<SlabUsage, &'static str> {
-        cx.with_cpu(|cpu| {
-            self.check_cpu(cpu);
+        self.on_cpu(cx, |cpu| {
             // SAFETY: in `cpu`'s critical section; list members are live.
             unsafe {
                 let cs = self.cs(cpu);
@@ -466,22 +464,56 @@ impl<P: PageSource> Slab<P> {
 
     // ---- internals -------------------------------------------------------
 
-    /// The per-CPU arrays have `MAX_CPUS` entries, so that bound is what
-    /// memory safety needs; it costs nothing for `lwkt_core`'s contexts,
-    /// whose CPU ids the compiler knows to be below it. The slab's own CPU
-    /// count is the `CpuContext` contract, checked in debug builds (a CPU
-    /// beyond it would work, but its zones outlive the slab).
+    /// Run `f` in `cx`'s critical section with its CPU index, after
+    /// checking that `cx` is of the domain this slab serves (binding the
+    /// slab to it on first use) and that the index is one of the slab's
+    /// CPUs. Every per-CPU access goes through here.
+    ///
+    /// # Panics
+    /// If `cx` is of another domain than the slab's, or its CPU index is
+    /// not below the slab's CPU count.
     #[inline(always)]
-    fn check_cpu(&self, cpu: usize) {
-        assert!(
-            cpu < MAX_CPUS,
-            "lwkt-slab: CPU {cpu} is beyond MAX_CPUS ({MAX_CPUS})"
-        );
-        debug_assert!(
-            cpu < self.ncpus,
-            "lwkt-slab: CPU {cpu} on a slab built for {} CPUs",
-            self.ncpus
-        );
+    #[track_caller]
+    fn on_cpu<R>(&self, cx: &impl CpuContext, f: impl FnOnce(usize) -> R) -> R {
+        self.binding.check(cx.domain(), "slab");
+        cx.with_cpu(|cpu| {
+            assert!(
+                cpu < self.ncpus,
+                "lwkt-slab: CPU {cpu} on a slab built for {} CPUs",
+                self.ncpus
+            );
+            f(cpu)
+        })
+    }
+
+    /// Forget the machine (or other domain) this slab is bound to, so that
+    /// the CPUs of another can use it: a static slab serving one machine
+    /// after another. Its zones stay where they are and serve the CPUs
+    /// with the same indices.
+    ///
+    /// ```
+    /// use core::alloc::Layout;
+    /// use lwkt_slab::{Flags, HostedPages, MallocType, Slab};
+    /// static M: MallocType = MallocType::new("seq");
+    /// static S: Slab<HostedPages> = Slab::new(HostedPages::new(1 << 20), 1);
+    /// for _ in 0..2 {
+    ///     lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///         let p = S.alloc(cur, Layout::new::<u64>(), &M, Flags::NONE).unwrap();
+    ///         unsafe { S.free(cur, p, Layout::new::<u64>(), &M) };
+    ///     });
+    ///     // SAFETY: the machine has stopped: nothing of it uses `S`.
+    ///     unsafe { S.unbind() };
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// No context of the bound domain uses the slab any more: every use
+    /// of it happens before this call (its machine has stopped and
+    /// `run` returned; its threads are joined), and no other use runs
+    /// during the call.
+    pub unsafe fn unbind(&self) {
+        // SAFETY: forwarded.
+        unsafe { self.binding.unbind() }
     }
 
     /// # Safety
@@ -489,7 +521,7 @@ impl<P: PageSource> Slab<P> {
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
     unsafe fn cs(&self, cpu: usize) -> &mut CpuSlab {
-        // SAFETY: forwarded; `cpu < MAX_CPUS` (`check_cpu`).
+        // SAFETY: forwarded; `cpu < self.ncpus <= MAX_CPUS` (`on_cpu`).
         unsafe { &mut *self.cpus.get_unchecked(cpu).own.get() }
     }
 
@@ -531,8 +563,7 @@ impl<P: PageSource> Slab<P> {
         flags: Flags,
     ) -> Result<(NonNull<u8>, bool), SlabError> {
         let bytes = CHUNK[class];
-        cx.with_cpu(|cpu| {
-            self.check_cpu(cpu);
+        self.on_cpu(cx, |cpu| {
             if !ty.admit(cpu, bytes) {
                 return Err(SlabError::LimitExceeded { ty: ty.name() });
             }

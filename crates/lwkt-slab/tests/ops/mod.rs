@@ -10,7 +10,9 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 use std::collections::BTreeMap;
 
-use lwkt_slab::{CpuContext, Flags, HostedPages, MallocType, Slab, SlabError, ZONE_SIZE};
+use lwkt_slab::{
+    CpuContext, Domain, DomainId, Flags, HostedPages, MallocType, Slab, SlabError, ZONE_SIZE,
+};
 
 /// CPUs the sequences run on.
 pub const CPUS: usize = 4;
@@ -72,6 +74,11 @@ struct On(usize);
 unsafe impl CpuContext for On {
     fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         f(self.0)
+    }
+    fn domain(&self) -> Domain<'_> {
+        // One domain for every run: each run has its own slab.
+        static ID: DomainId = DomainId::new();
+        ID.domain()
     }
 }
 
