@@ -689,23 +689,12 @@ impl Cur {
         let td = self.td();
         crit::enter(&td.critcount);
         loop {
-            let gd = td.gd();
             // SAFETY: on our CPU in a critical section; `td` is current.
-            unsafe { sleep::interlock(gd, td, chan) };
-            if cond() {
-                // SAFETY: as above.
-                unsafe {
-                    if td.has(tdf::TSLEEPQ) {
-                        sleep::unqueue(gd, td);
-                    }
-                }
+            if unsafe { sleep::sleep_pass(td.gd(), td, chan, &mut cond) } {
                 break;
             }
             // SAFETY: as above; the wakeup path re-queues us.
-            unsafe {
-                dequeue(gd, td);
-                switch_from(td);
-            }
+            unsafe { switch_from(td) };
         }
         crit_exit_td(td);
     }
@@ -1096,7 +1085,7 @@ pub(crate) unsafe fn schedule_local(gd: &Cpu, td: &Thread) {
 ///
 /// # Safety
 /// On `gd`, in a critical section; `td` is a live thread of `gd`.
-unsafe fn dequeue(gd: &Cpu, td: &Thread) {
+pub(crate) unsafe fn dequeue(gd: &Cpu, td: &Thread) {
     if td.has(tdf::RUNQ) {
         // SAFETY: forwarded.
         unsafe { gd.runq().remove(td as *const Thread as *mut Thread) };

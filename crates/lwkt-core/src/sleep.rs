@@ -67,6 +67,36 @@ pub(crate) unsafe fn interlock(gd: &Cpu, td: &Thread, chan: usize) {
     gd.machine().sleep_masks[s].fetch_or(CpuMask::single(gd.id()).0, Ordering::SeqCst);
 }
 
+/// One pass of a sleep on the sleeper's CPU (DragonFly
+/// `tsleep_interlock()`, the caller's re-check, then `tsleep()` taking the
+/// thread off its run queue): queue `td` on `chan` and publish it
+/// ([`interlock`]), then run `cond`. If it holds, leave the sleep queue and
+/// return `true`. Otherwise leave the run queue and return `false`: the
+/// caller switches away, and a wakeup of `chan` puts `td` back on the run
+/// queue (`Cur::sleep_until` loops on this; the loom models run it).
+///
+/// # Safety
+/// On `gd`, in a critical section; `td` is `gd`'s live current thread.
+pub(crate) unsafe fn sleep_pass(
+    gd: &Cpu,
+    td: &Thread,
+    chan: usize,
+    cond: impl FnOnce() -> bool,
+) -> bool {
+    // SAFETY: forwarded.
+    unsafe { interlock(gd, td, chan) };
+    if cond() {
+        if td.has(tdf::TSLEEPQ) {
+            // SAFETY: forwarded; `td` is on this CPU's sleep queue.
+            unsafe { unqueue(gd, td) };
+        }
+        return true;
+    }
+    // SAFETY: forwarded.
+    unsafe { crate::sched::dequeue(gd, td) };
+    false
+}
+
 /// Owner, in a critical section: take `td` off its sleep queue.
 ///
 /// # Safety
