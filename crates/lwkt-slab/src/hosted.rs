@@ -9,7 +9,9 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
-use crate::class::{PAGE_SIZE, ZONE_SIZE};
+use crate::class::{is_small, route, PAGE_SIZE, ZONE_SIZE};
+use crate::slab::large_bytes;
+use crate::zone::Zone;
 use crate::{CpuContext, Domain, DomainId, Flags, MallocStats, MallocType, PageSource, Slab};
 
 /// A page source over the host's memory: zones are carved from one arena
@@ -118,7 +120,11 @@ impl HostedPages {
         }
     }
 
+    /// Run `f` under the free-zone lock. Holding it counts as being inside
+    /// the allocator (`HELD`), so `GlobalSlab` serves a signal handler that
+    /// interrupts the holder without this lock.
     fn with_free<R>(&self, f: impl FnOnce(&AtomicPtr<u8>) -> R) -> R {
+        HELD.with(|h| h.set(h.get() + 1));
         while self
             .free_lock
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -128,6 +134,7 @@ impl HostedPages {
         }
         let r = f(&self.free);
         self.free_lock.store(false, Ordering::Release);
+        HELD.with(|h| h.set(h.get() - 1));
         r
     }
 }
@@ -231,16 +238,18 @@ unsafe impl PageSource for HostedPages {
 std::thread_local! {
     /// This thread's preferred slot (a hint shared by every `ThreadSlots`).
     static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
-    /// Slots this thread holds now, of any `ThreadSlots`: non-zero when a
-    /// signal handler (or a nested call) interrupts this thread inside one.
+    /// Slots of any `ThreadSlots`, and `HostedPages` free-zone locks, this
+    /// thread holds now: non-zero when a signal handler (or a nested call)
+    /// interrupts this thread inside the allocator.
     /// A const-initialised `Cell` without destructor: reading it in a
     /// signal handler touches only the thread's static TLS block.
     static HELD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Whether this OS thread holds a slot of some `ThreadSlots` now (so code
-/// running here interrupted, or was called from, an operation in one).
-fn this_thread_holds_a_slot() -> bool {
+/// Whether this OS thread holds a slot of some `ThreadSlots` or a page
+/// source's lock now (so code running here interrupted, or was called
+/// from, an operation holding one).
+fn this_thread_is_inside() -> bool {
     HELD.with(Cell::get) != 0
 }
 
@@ -299,7 +308,7 @@ impl ThreadSlots {
     /// Take a free slot, starting at `s`: waiting for one, unless this
     /// thread already holds a slot (then one round, and `None`).
     fn take_from(&self, mut s: usize) -> Option<usize> {
-        let reentered = this_thread_holds_a_slot();
+        let reentered = this_thread_is_inside();
         let mut tried = 0;
         loop {
             if self.try_take(s) {
@@ -370,6 +379,15 @@ unsafe impl CpuContext for ThreadSlots {
 
 /// A whole program's allocator on the slab: `#[global_allocator]`.
 ///
+/// Signal handlers may allocate and free through it, even when they
+/// interrupt their thread inside it (holding its slot, or the page
+/// source's lock): a thread re-entered so neither waits for a slot nor
+/// takes a lock; it maps a block of its own for each allocation (page
+/// granular, with `mmap`, which is async-signal-safe) and frees chunks
+/// onto their zone's remote list, as another CPU would. Those blocks are
+/// told from chunks by address (outside the zone arena), so either side
+/// may free what the other allocated.
+///
 /// ```no_run
 /// #[global_allocator]
 /// static ALLOC: lwkt_slab::GlobalSlab = lwkt_slab::GlobalSlab::new(1 << 30, 8);
@@ -412,11 +430,72 @@ impl GlobalSlab {
     }
 }
 
+impl GlobalSlab {
+    /// Whether this thread is inside the allocator already (a signal
+    /// handler interrupted it there, or a nested call): then it must not
+    /// wait for a slot or the page source's lock, whose holder may be the
+    /// code it interrupted.
+    #[inline]
+    fn reentered() -> bool {
+        this_thread_is_inside()
+    }
+
+    /// Whether `ptr` (with a small layout) is a block of the re-entered
+    /// path rather than a chunk: chunks lie in the page source's zone
+    /// arena, those blocks are mappings of their own.
+    #[inline]
+    fn is_unowned_block(&self, ptr: *mut u8, layout: Layout) -> bool {
+        is_small(layout) && !self.slab.page_source().owns_zone(Zone::of(ptr).cast())
+    }
+
+    /// The re-entered path: a block mapped for this allocation alone (page
+    /// granular, zeroed), with no slot and no lock, accounted without a
+    /// CPU. `mmap` is async-signal-safe.
+    #[cold]
+    fn alloc_unowned(&self, layout: Layout) -> *mut u8 {
+        let Ok(bytes) = route(layout).and_then(|_| large_bytes(layout)) else {
+            return ptr::null_mut();
+        };
+        match self.slab.page_source().alloc_large(layout, true) {
+            Some((p, _zeroed)) => {
+                self.ty.account_unowned(bytes as isize);
+                p.as_ptr()
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Free on the re-entered path, or a block it made.
+    ///
+    /// # Safety
+    /// `ptr` came from this allocator with `layout` and is not used after.
+    #[cold]
+    unsafe fn dealloc_unowned(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded; `ptr` is not null (`GlobalAlloc` contract).
+        let p = unsafe { NonNull::new_unchecked(ptr) };
+        if self.is_unowned_block(ptr, layout) {
+            let bytes = large_bytes(layout).expect("checked at allocation");
+            self.ty.account_unowned(-(bytes as isize));
+            // SAFETY: `alloc_unowned` mapped it with `alloc_large(layout)`.
+            unsafe { self.slab.page_source().free_large(p, layout) };
+        } else {
+            // SAFETY: a chunk or large block of the slab (caller).
+            unsafe { self.slab.free_unowned(p, layout, &self.ty) };
+        }
+    }
+}
+
 // SAFETY: forwards to the slab, which returns blocks fitting the layout or
-// an error (returned as null); frees go back with the same layout.
+// an error (returned as null), or (re-entered) to `alloc_unowned`, whose
+// blocks are page-rounded mappings fitting the layout; each free goes back
+// the way its block came: `is_unowned_block` tells a mapping of the
+// re-entered path from a chunk, and the re-entered free needs no slot.
 unsafe impl GlobalAlloc for GlobalSlab {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if Self::reentered() {
+            return self.alloc_unowned(layout);
+        }
         self.slab
             .alloc(&self.slots, layout, &self.ty, Flags::NONE)
             .map_or(ptr::null_mut(), NonNull::as_ptr)
@@ -424,6 +503,10 @@ unsafe impl GlobalAlloc for GlobalSlab {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if Self::reentered() {
+            // Fresh mappings are zero.
+            return self.alloc_unowned(layout);
+        }
         self.slab
             .alloc(&self.slots, layout, &self.ty, Flags::ZERO)
             .map_or(ptr::null_mut(), NonNull::as_ptr)
@@ -431,6 +514,10 @@ unsafe impl GlobalAlloc for GlobalSlab {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if Self::reentered() || self.is_unowned_block(ptr, layout) {
+            // SAFETY: forwarded.
+            return unsafe { self.dealloc_unowned(ptr, layout) };
+        }
         // SAFETY: `GlobalAlloc` contract: `ptr` came from us with `layout`.
         unsafe {
             self.slab
@@ -440,6 +527,23 @@ unsafe impl GlobalAlloc for GlobalSlab {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if Self::reentered() || self.is_unowned_block(ptr, layout) {
+            // Allocate, copy and free, each on its own path.
+            let Ok(new) = Layout::from_size_align(new_size, layout.align()) else {
+                return ptr::null_mut();
+            };
+            // SAFETY: `new` has a non-zero size (`GlobalAlloc` contract).
+            let q = unsafe { self.alloc(new) };
+            if !q.is_null() {
+                // SAFETY: distinct live blocks of at least the copied
+                // length; `ptr` is ours to free (caller).
+                unsafe {
+                    ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
+                    self.dealloc(ptr, layout);
+                }
+            }
+            return q;
+        }
         // SAFETY: as in `dealloc`.
         unsafe {
             self.slab.realloc(

@@ -40,6 +40,10 @@ pub struct MallocType {
     name: &'static str,
     limit: usize,
     per_cpu: [CachePadded<Use>; MAX_CPUS],
+    /// Allocations made and freed without a CPU (the hosted allocator's
+    /// path for a thread re-entered inside the slab), updated with
+    /// read-modify-writes; `folded` holds their bytes, `pending` is unused.
+    unowned: CachePadded<Use>,
     /// Sum of folded-in deltas: within `ncpus * ZONE_SIZE` of the truth.
     loose: AtomicIsize,
     high_water: AtomicUsize,
@@ -81,6 +85,12 @@ impl MallocType {
                     folded: AtomicIsize::new(0),
                 })
             }; MAX_CPUS],
+            unowned: CachePadded::new(Use {
+                calls: AtomicU64::new(0),
+                frees: AtomicU64::new(0),
+                pending: AtomicIsize::new(0),
+                folded: AtomicIsize::new(0),
+            }),
             loose: AtomicIsize::new(0),
             high_water: AtomicUsize::new(0),
         }
@@ -94,7 +104,7 @@ impl MallocType {
     /// Sum the per-CPU counters.
     pub fn stats(&self) -> MallocStats {
         let (mut bytes, mut total, mut frees) = (0isize, 0u64, 0u64);
-        for u in &self.per_cpu {
+        for u in self.per_cpu.iter().chain([&self.unowned]) {
             bytes += u.folded.load(Ordering::Relaxed) + u.pending.load(Ordering::Relaxed);
             total += u.calls.load(Ordering::Relaxed);
             frees += u.frees.load(Ordering::Relaxed);
@@ -160,6 +170,24 @@ impl MallocType {
             self.fold(u, p);
         } else {
             u.pending.store(p, Ordering::Relaxed);
+        }
+    }
+
+    /// Account an allocation (`bytes > 0`) or a free (`bytes < 0`) made
+    /// without a CPU, from any context. Limits are not applied (the caller
+    /// has no CPU to ask with); the bytes count towards them.
+    #[cfg(feature = "std")]
+    pub(crate) fn account_unowned(&self, bytes: isize) {
+        let u = &self.unowned;
+        if bytes >= 0 {
+            u.calls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            u.frees.fetch_add(1, Ordering::Relaxed);
+        }
+        u.folded.fetch_add(bytes, Ordering::Relaxed);
+        let now = self.loose.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if now > 0 {
+            self.high_water.fetch_max(now as usize, Ordering::Relaxed);
         }
     }
 

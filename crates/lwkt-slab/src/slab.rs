@@ -340,6 +340,40 @@ impl<P: PageSource> Slab<P> {
         }
     }
 
+    /// Free without a CPU, from any context (the hosted allocator's path
+    /// for a thread re-entered inside the slab): a chunk goes on its zone's
+    /// remote list, for its owner to take as from any other CPU; a large
+    /// block goes back to the page source. Accounted to `ty` without a CPU.
+    ///
+    /// # Safety
+    /// As for [`free`](Self::free).
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn free_unowned(&self, ptr: NonNull<u8>, layout: Layout, ty: &MallocType) {
+        let p = ptr.as_ptr();
+        match route(layout) {
+            Ok(Route::Small { class }) => {
+                let z = Zone::of(p);
+                #[cfg(debug_assertions)]
+                self.check_free(z, p, class);
+                #[cfg(not(debug_assertions))]
+                let _ = class;
+                // SAFETY: `p` is an allocated chunk, so its zone is live and
+                // its owner is one of our CPUs; the chunk is given up here.
+                unsafe {
+                    let owner = (*z).owner as usize;
+                    ty.account_unowned(-((*z).chunk as isize));
+                    Zone::remote_free(z, p, &self.cpus[owner].queue);
+                }
+            }
+            _ => {
+                let bytes = large_bytes(layout).expect("checked at allocation");
+                ty.account_unowned(-(bytes as isize));
+                // SAFETY: the caller's contract.
+                unsafe { self.pages.free_large(ptr, layout) };
+            }
+        }
+    }
+
     /// Resize: keep the block when the new size has the same size class,
     /// otherwise allocate, copy, and free. DragonFly: `krealloc()`.
     ///
@@ -868,7 +902,7 @@ pub struct SlabUsage {
 }
 
 /// Bytes a large allocation accounts for (its size rounded to pages).
-fn large_bytes(layout: Layout) -> Result<usize, SlabError> {
+pub(crate) fn large_bytes(layout: Layout) -> Result<usize, SlabError> {
     layout
         .size()
         .checked_add(PAGE_SIZE - 1)
