@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KERNEL_DIR: &str = "kernels/qemu-test";
-const KERNEL: &str = "kernels/qemu-test/target/x86_64-unknown-none/release/lwkt-qemu-test";
+/// The kernel binary under its target directory.
+const KERNEL_BIN: &str = "x86_64-unknown-none/release/lwkt-qemu-test";
 /// The kernel's limit (`boot::MAX_CPUS`).
 const MAX_SMP: usize = 16;
 
@@ -33,7 +34,7 @@ pub(crate) const USAGE: &str =
                      run fails with the exception vector in its output
   KERNEL-ARGS        the kernel's command line: rounds=N apic=auto|xapic|x2apic fault=CPU
                      expect-cpus=N hang (sleep forever after the tests)
-                     expect-cpus=N";
+                     attach-twice (X86Arch::attach must refuse a second attach)";
 
 struct Opts {
     smp: usize,
@@ -111,17 +112,25 @@ pub(crate) fn qemu(args: &[String]) -> Result<(), String> {
             "qemu-system-x86_64 not found: install it (apt-get install -y qemu-system-x86)".into(),
         );
     }
-    crate::run(Command::new("cargo").current_dir(KERNEL_DIR).args([
-        "build",
-        "--release",
-        "--quiet",
-        "--target",
-        "x86_64-unknown-none",
-    ]))?;
+    let target_dir = kernel_target_dir(std::env::var_os("CARGO_TARGET_DIR"))?;
+    crate::run(
+        Command::new("cargo")
+            .current_dir(KERNEL_DIR)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "x86_64-unknown-none",
+                "--target-dir",
+            ])
+            .arg(&target_dir),
+    )?;
+    let kernel = target_dir.join(KERNEL_BIN);
     let mut times = Vec::new();
     for i in 1..=o.runs {
         let t = Instant::now();
-        boot(&o).map_err(|e| format!("run {i} of {}: {e}", o.runs))?;
+        boot(&o, &kernel).map_err(|e| format!("run {i} of {}: {e}", o.runs))?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
@@ -138,7 +147,19 @@ pub(crate) fn qemu(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn boot(o: &Opts) -> Result<(), String> {
+/// Where the kernel is built: under `$CARGO_TARGET_DIR/qemu-test` when
+/// that is set (so that engineers sharing a checkout, each with a target
+/// directory, never boot each other's kernel), else the kernel's own
+/// `target`. Absolute, since cargo runs in the kernel's directory.
+fn kernel_target_dir(env: Option<std::ffi::OsString>) -> Result<std::path::PathBuf, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?;
+    Ok(match env.filter(|d| !d.is_empty()) {
+        Some(d) => cwd.join(d).join("qemu-test"),
+        None => cwd.join(KERNEL_DIR).join("target"),
+    })
+}
+
+fn boot(o: &Opts, kernel: &std::path::Path) -> Result<(), String> {
     let accel: &[&str] = match o.accel.as_str() {
         "single" => &["-accel", "tcg,thread=single"],
         "multi" => &["-accel", "tcg,thread=multi"],
@@ -156,7 +177,9 @@ fn boot(o: &Opts) -> Result<(), String> {
         .args(["-smp", &o.smp.to_string(), "-m", "128M"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .args(["-kernel", KERNEL, "-append", &o.kernel_args.join(" ")])
+        .arg("-kernel")
+        .arg(kernel)
+        .args(["-append", &o.kernel_args.join(" ")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -253,7 +276,7 @@ fn nmi_and_wait(monitor: &std::path::Path, child: &mut std::process::Child) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{kernel_target_dir, parse, KERNEL_DIR};
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
@@ -284,5 +307,26 @@ mod tests {
         .unwrap();
         assert_eq!((o.smp, o.accel.as_str(), o.runs), (8, "multi", 3));
         assert_eq!(o.kernel_args, ["rounds=10", "fault=2"]);
+    }
+
+    #[test]
+    fn the_kernel_is_built_under_cargo_target_dir_when_set() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            kernel_target_dir(Some("/t/x86".into())).unwrap(),
+            std::path::Path::new("/t/x86/qemu-test")
+        );
+        assert_eq!(
+            kernel_target_dir(Some("rel".into())).unwrap(),
+            cwd.join("rel/qemu-test")
+        );
+        assert_eq!(
+            kernel_target_dir(None).unwrap(),
+            cwd.join(KERNEL_DIR).join("target")
+        );
+        assert_eq!(
+            kernel_target_dir(Some("".into())).unwrap(),
+            cwd.join(KERNEL_DIR).join("target")
+        );
     }
 }

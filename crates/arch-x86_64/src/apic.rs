@@ -176,21 +176,52 @@ pub fn mode() -> Option<Mode> {
     }
 }
 
+/// IA32_APIC_BASE bit 11: the APIC is enabled.
+const BASE_EN: u64 = 1 << 11;
+/// IA32_APIC_BASE bit 10: x2APIC mode.
+const BASE_EXTD: u64 = 1 << 10;
+/// IA32_APIC_BASE bits 12 and up: the xAPIC page's physical address.
+const BASE_ADDR: u64 = !0xFFF & ((1 << 52) - 1);
+
 /// Enable this CPU's local APIC in `mode` with spurious vector
 /// `spurious` and task priority 0. The first call fixes the mode for
-/// every CPU.
+/// every CPU. DragonFly: `lapic_init()`.
+///
+/// Checked before anything is written: the mode is the first CPU's; for
+/// xAPIC, the firmware has not put this APIC in x2APIC mode already
+/// (leaving it takes a disable, which this does not do) nor moved its page
+/// from [`XAPIC_BASE`].
 ///
 /// # Safety
 /// Ring 0; `mode` is supported (x2APIC only if [`has_x2apic`]); in xAPIC
 /// mode [`XAPIC_BASE`] is mapped uncached at its physical address.
 ///
 /// # Panics
-/// If a CPU asks for a mode other than the one the first CPU chose.
+/// If a check above fails.
+///
+/// ```compile_fail,E0133
+/// use lwkt_arch_x86_64::apic::{self, Mode};
+/// apic::enable(Mode::XApic, 0xFF);
+/// ```
 pub unsafe fn enable(mode: Mode, spurious: u8) {
     let m = match mode {
         Mode::XApic => 1,
         Mode::X2Apic => 2,
     };
+    // SAFETY: ring 0 (caller); IA32_APIC_BASE exists on every x86-64 CPU.
+    let base = unsafe { rdmsr(MSR_APIC_BASE) };
+    if mode == Mode::XApic {
+        assert!(
+            base & BASE_EXTD == 0,
+            "lwkt-arch-x86_64: this local APIC is in x2APIC mode already (the firmware \
+             enabled it): use Mode::X2Apic"
+        );
+        assert!(
+            base & BASE_ADDR == XAPIC_BASE as u64,
+            "lwkt-arch-x86_64: this local APIC's xAPIC page is at {:#x}, not {XAPIC_BASE:#x}",
+            base & BASE_ADDR
+        );
+    }
     if let Err(prev) = MODE.compare_exchange(MODE_UNSET, m, Ordering::AcqRel, Ordering::Acquire) {
         assert_eq!(
             prev, m,
@@ -198,21 +229,42 @@ pub unsafe fn enable(mode: Mode, spurious: u8) {
         );
     }
     // SAFETY: ring 0 (caller); every access below is to this CPU's own
-    // APIC (its MSRs, or the xAPIC page the caller mapped).
+    // APIC (its MSRs, or the xAPIC page the caller mapped, checked above
+    // to be where this APIC decodes it).
     unsafe {
-        let base = rdmsr(MSR_APIC_BASE);
         match mode {
             Mode::XApic => {
-                wrmsr(MSR_APIC_BASE, base | 1 << 11);
+                wrmsr(MSR_APIC_BASE, base | BASE_EN);
                 xwrite(xreg::TPR, 0);
                 xwrite(xreg::SVR, 0x100 | u32::from(spurious));
             }
             Mode::X2Apic => {
-                wrmsr(MSR_APIC_BASE, base | 1 << 11 | 1 << 10);
+                wrmsr(MSR_APIC_BASE, base | BASE_EN | BASE_EXTD);
                 wrmsr(x2reg::TPR, 0);
                 wrmsr(x2reg::SVR, 0x100 | u64::from(spurious));
             }
         }
+    }
+}
+
+/// The mode this CPU's local APIC is in, as IA32_APIC_BASE says (`None`:
+/// disabled). [`X86Arch::attach`](crate::X86Arch::attach) checks it against
+/// [`mode`]: every CPU that sends kicks then writes its ICR in the mode its
+/// APIC decodes.
+///
+/// # Safety
+/// Ring 0 (`rdmsr` faults elsewhere).
+///
+/// ```compile_fail,E0133
+/// let _ = lwkt_arch_x86_64::apic::mode_here();
+/// ```
+pub unsafe fn mode_here() -> Option<Mode> {
+    // SAFETY: caller; IA32_APIC_BASE exists on every x86-64 CPU.
+    let base = unsafe { rdmsr(MSR_APIC_BASE) };
+    match (base & BASE_EN != 0, base & BASE_EXTD != 0) {
+        (false, _) => None,
+        (true, false) => Some(Mode::XApic),
+        (true, true) => Some(Mode::X2Apic),
     }
 }
 
@@ -241,8 +293,23 @@ fn current_mode() -> Mode {
 }
 
 /// This CPU's APIC id.
-pub fn id() -> u32 {
-    // SAFETY: reads of this CPU's own APIC, enabled (checked by `current_mode`).
+///
+/// # Safety
+/// Ring 0, after [`enable`] on this CPU: in x2APIC mode the read is an
+/// `rdmsr` that faults unless this APIC is in x2APIC mode; in xAPIC mode
+/// an MMIO read of [`XAPIC_BASE`], which [`enable`]'s contract maps.
+/// ([`mode`] is global: it says which mode the first CPU chose, not that
+/// this one has enabled its APIC.)
+///
+/// # Panics
+/// If no CPU has enabled its APIC.
+///
+/// ```compile_fail,E0133
+/// let _ = lwkt_arch_x86_64::apic::id();
+/// ```
+pub unsafe fn id() -> u32 {
+    // SAFETY: reads of this CPU's own APIC, enabled in `current_mode()`
+    // (caller).
     unsafe {
         match current_mode() {
             Mode::XApic => xread(xreg::ID) >> 24,
@@ -265,11 +332,21 @@ pub unsafe fn eoi() {
     }
 }
 
-/// Send `icr`. In xAPIC mode the two ICR stores happen with interrupts off
-/// and after the previous IPI has left (delivery-status bit clear).
+/// Send `icr`, in the mode [`mode`] reports. In xAPIC mode the two ICR
+/// stores happen with interrupts off and after the previous IPI has left
+/// (delivery-status bit clear). DragonFly: `single_apic_ipi()`.
 ///
 /// # Safety
-/// Ring 0; the APIC is enabled; an INIT or SIPI is the caller's to mean.
+/// Ring 0; this CPU's APIC was enabled with [`enable`] (so it decodes the
+/// mode [`mode`] reports: an x2APIC ICR write to an APIC in xAPIC mode
+/// faults, an xAPIC one to an x2APIC is lost); not from an NMI handler in
+/// xAPIC mode (an NMI can land between the two ICR stores and redirect
+/// the interrupted IPI); an INIT or SIPI is the caller's to mean.
+///
+/// ```compile_fail,E0133
+/// use lwkt_arch_x86_64::apic::{self, Icr};
+/// apic::send(Icr::fixed(0x40, 1));
+/// ```
 pub unsafe fn send(icr: Icr) {
     match current_mode() {
         Mode::X2Apic => {
@@ -321,6 +398,16 @@ pub unsafe fn wrmsr(msr: u32, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apic_base_fields() {
+        // An xAPIC at its default page, enabled, on the BSP (bit 8).
+        let base: u64 = 0xFEE0_0900;
+        assert_eq!(base & BASE_ADDR, XAPIC_BASE as u64);
+        assert_ne!(base & BASE_EN, 0);
+        assert_eq!(base & BASE_EXTD, 0);
+        assert_eq!(BASE_ADDR, 0x000F_FFFF_FFFF_F000);
+    }
 
     #[test]
     fn icr_encodings() {

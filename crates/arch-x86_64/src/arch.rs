@@ -1,7 +1,6 @@
 //! [`X86Arch`]: lwkt-core's [`Arch`] on bare-metal x86-64.
 
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
 
 use lwkt_core::{Arch, Context, Cpu, EntryFn, Stack};
 
@@ -56,11 +55,26 @@ impl StackPool {
     /// lives forever.
     ///
     /// # Panics
-    /// If the pool already has a region, or a slot is under 4 KiB.
+    /// If the pool already has a region, a slot is under 4 KiB or not a
+    /// multiple of 16, `base` is null or not 16-byte aligned, or the region
+    /// wraps around the address space.
+    ///
+    /// ```compile_fail,E0133
+    /// # use lwkt_arch_x86_64::X86Arch;
+    /// fn give(arch: &X86Arch, p: *mut u8) {
+    ///     arch.stacks().init(p, 1 << 20, 64 << 10); // any pointer: unsafe
+    /// }
+    /// ```
     pub unsafe fn init(&self, base: *mut u8, len: usize, slot: usize) {
         assert!(
             slot >= 4096 && slot % 16 == 0,
-            "lwkt-arch-x86_64: stack slots of at least 4 KiB"
+            "lwkt-arch-x86_64: stack slots of at least 4 KiB, a multiple of 16 bytes"
+        );
+        assert!(
+            !base.is_null()
+                && base as usize % 16 == 0
+                && (base as usize).checked_add(len).is_some(),
+            "lwkt-arch-x86_64: the stack region must be non-null, 16-byte aligned and not wrap"
         );
         let mut g = self.inner.lock();
         assert!(
@@ -99,10 +113,14 @@ impl StackPool {
         let p = g
             .as_mut()
             .expect("lwkt-arch-x86_64: free_stack before the pool has a region");
-        let start = s.base.as_ptr() as usize - CANARY_ROOM;
-        let i = (start - p.base) / p.slot;
+        let start = (s.base.as_ptr() as usize).wrapping_sub(CANARY_ROOM);
+        let off = start.wrapping_sub(p.base);
+        let i = off / p.slot;
         assert!(
-            start >= p.base && i < p.count && p.used[i / 64] & (1 << (i % 64)) != 0,
+            start >= p.base
+                && off % p.slot == 0
+                && i < p.count
+                && p.used[i / 64] & (1 << (i % 64)) != 0,
             "lwkt-arch-x86_64: free_stack of a stack the pool did not hand out"
         );
         // SAFETY: the slot's first word, written by `alloc`.
@@ -120,15 +138,19 @@ impl StackPool {
 /// IPIs through the local APIC (xAPIC or x2APIC), `sti; hlt` idling, the
 /// TSC, and stacks from a [`StackPool`].
 ///
-/// A kernel keeps one in a `static`, gives its pool a region, and on every
-/// CPU: loads the IDT ([`crate::idt::Idt::load`]), enables the APIC
+/// A kernel keeps one in a `static` (made with the `unsafe`
+/// [`X86Arch::new`], whose contract is that CPUs call in only once their
+/// GS holds their block), gives its pool a region, and on every CPU: loads
+/// the IDT ([`crate::idt::Idt::load`]), enables the APIC
 /// ([`apic::enable`]), installs the CPU's [`PerCpu`] block
 /// ([`percpu::install`]), calls [`X86Arch::attach`], enables interrupts
 /// and enters [`Cpu::idle_loop`].
 ///
 /// ```no_run
 /// use lwkt_arch_x86_64::X86Arch;
-/// static ARCH: X86Arch = X86Arch::new();
+/// // SAFETY: every CPU of this kernel installs its `PerCpu` block with
+/// // `percpu::install` before it calls into lwkt (see `X86Arch::new`).
+/// static ARCH: X86Arch = unsafe { X86Arch::new() };
 /// static mut STACKS: [u8; 1 << 20] = [0; 1 << 20];
 /// // SAFETY: the region is used for nothing else.
 /// unsafe { ARCH.stacks().init(core::ptr::addr_of_mut!(STACKS).cast(), 1 << 20, 64 << 10) };
@@ -139,15 +161,76 @@ pub struct X86Arch {
     stacks: StackPool,
 }
 
-impl Default for X86Arch {
-    fn default() -> Self {
-        X86Arch::new()
+/// Serialises [`bind`] across CPUs: its checks (the block has no `Cpu`, the
+/// `Cpu` has no block) and its stores are one step.
+static ATTACH: spin::Mutex<()> = spin::Mutex::new(());
+
+/// [`Cpu::arch_word`] 0: the CPU's local APIC id, what [`Arch::kick`]
+/// addresses.
+const WORD_APIC_ID: usize = 0;
+/// [`Cpu::arch_word`] 1: the address of the [`PerCpu`] block attached to
+/// the CPU, 0 before [`X86Arch::attach`].
+const WORD_PERCPU: usize = 1;
+
+/// Record that `pcpu` and `cpu` belong together, on the CPU with local
+/// APIC id `apic_id`: each names the other from now on, for good.
+///
+/// # Safety
+/// [`Cpu::set_arch_word`]'s: `cpu` belongs to a machine of this backend
+/// that has not started.
+///
+/// # Panics
+/// If `pcpu` or `cpu` is attached already (then two CPUs could drive one
+/// `Cpu`); nothing is changed then.
+unsafe fn bind(pcpu: &'static PerCpu, cpu: &'static Cpu, apic_id: u32) {
+    let _g = ATTACH.lock();
+    assert!(
+        cpu.arch_word(WORD_PERCPU) == 0,
+        "lwkt-arch-x86_64: Cpu {} is attached already: two CPUs would drive one Cpu",
+        cpu.id().index()
+    );
+    pcpu.claim(cpu, apic_id);
+    // SAFETY: caller; the APIC id first, then (Release) the block that
+    // `kick_dest` tests before it reads the id.
+    unsafe {
+        cpu.set_arch_word(WORD_APIC_ID, apic_id as usize);
+        cpu.set_arch_word(WORD_PERCPU, pcpu as *const PerCpu as usize);
+    }
+}
+
+/// The APIC id a kick to `cpu` goes to, or `None` while no CPU has
+/// attached `cpu` (it has not started: its idle loop looks at its rings
+/// when it does, so the kick is not needed, and an IPI sent to a CPU that
+/// may not have GS installed could make its IPI entry read wild memory).
+fn kick_dest(cpu: &Cpu) -> Option<u32> {
+    if cpu.arch_word(WORD_PERCPU) == 0 {
+        None
+    } else {
+        Some(cpu.arch_word(WORD_APIC_ID) as u32)
     }
 }
 
 impl X86Arch {
     /// A backend with an empty stack pool.
-    pub const fn new() -> X86Arch {
+    ///
+    /// # Safety
+    /// The backend's safe methods (`Arch::current_cpu` above all, which
+    /// lwkt calls from safe code such as `ThreadHandle::wake`) read GS and
+    /// trust it. So: every CPU that calls into this `X86Arch` (lwkt code of
+    /// a machine built on it, or a direct call of its methods) runs in
+    /// ring 0 and has installed its own [`PerCpu`] block with
+    /// [`percpu::install`] before its first call, and GS holds that block
+    /// whenever it calls in (not between an entry from user mode and its
+    /// `swapgs`). A CPU that has installed its block but not yet
+    /// [`attach`](X86Arch::attach)ed is fine: `current_cpu` returns `None`
+    /// there. Outside such a kernel (a hosted test program) nothing may
+    /// call in; reading GS there faults or reads wild memory.
+    ///
+    /// ```compile_fail,E0133
+    /// // Its `current_cpu` trusts GS: constructing it is a promise.
+    /// static ARCH: lwkt_arch_x86_64::X86Arch = lwkt_arch_x86_64::X86Arch::new();
+    /// ```
+    pub const unsafe fn new() -> X86Arch {
         X86Arch {
             stacks: StackPool::new(),
         }
@@ -158,31 +241,80 @@ impl X86Arch {
         &self.stacks
     }
 
-    /// Bind this CPU: `pcpu` (installed in GS) names `cpu`, and `cpu`
+    /// Bind this CPU: `pcpu` (installed in GS here) names `cpu`, and `cpu`
     /// records this CPU's APIC id, which [`Arch::kick`] addresses.
+    /// DragonFly: `mi_gdinit()`/`cpu_gdinit()` linking `mdglobaldata` to
+    /// its `globaldata`.
+    ///
+    /// Checked (a panic, before anything is stored): `pcpu` is the block
+    /// installed on this CPU and is for `cpu`'s index; this CPU's local
+    /// APIC is enabled in the mode [`apic::mode`] reports (the mode every
+    /// kick from here is sent in); neither `pcpu` nor `cpu` is attached
+    /// already. So each `Cpu` has one CPU driving it.
     ///
     /// # Safety
-    /// On the CPU `pcpu` belongs to, after [`percpu::install`] and
-    /// [`apic::enable`] there, before the CPU runs lwkt.
+    /// Ring 0 on the CPU `pcpu` belongs to, after [`percpu::install`] and
+    /// [`apic::enable`] there; `cpu` is a CPU block of a machine built on
+    /// this backend, whose CPUs have not started ([`Cpu::idle_loop`]).
+    ///
+    /// # Panics
+    /// If a check above fails.
+    ///
+    /// ```compile_fail,E0133
+    /// # use lwkt_arch_x86_64::{X86Arch, percpu::PerCpu};
+    /// # use lwkt_core::{Cpu, CpuId};
+    /// fn setup(arch: &X86Arch, pcpu: &'static PerCpu, cpu: &'static Cpu) {
+    ///     arch.attach(pcpu, cpu);
+    /// }
+    /// ```
     pub unsafe fn attach(&self, pcpu: &'static PerCpu, cpu: &'static Cpu) {
-        let id = apic::id() as usize;
-        pcpu.apic_id.store(id, Ordering::Relaxed);
-        // SAFETY: we are the backend setting up this CPU, before it runs.
-        unsafe { cpu.set_arch_word(0, id) };
-        pcpu.set_cpu(cpu);
+        // SAFETY: caller: `install` ran on this CPU.
+        let here = unsafe { percpu::current() };
+        assert!(
+            core::ptr::eq(here, pcpu),
+            "lwkt-arch-x86_64: attach: the PerCpu block of CPU {} is not the one installed \
+             on this CPU (CPU {})",
+            pcpu.index,
+            here.index
+        );
+        assert_eq!(
+            pcpu.index,
+            cpu.id().index(),
+            "lwkt-arch-x86_64: attach: the PerCpu block of CPU {} given Cpu {}",
+            pcpu.index,
+            cpu.id().index()
+        );
+        let mode = apic::mode().expect("lwkt-arch-x86_64: attach before apic::enable");
+        // SAFETY: ring 0 (caller).
+        let hw = unsafe { apic::mode_here() };
+        assert_eq!(
+            hw,
+            Some(mode),
+            "lwkt-arch-x86_64: attach: this CPU's local APIC is not enabled in {mode:?} mode \
+             (apic::enable on every CPU)"
+        );
+        // SAFETY: ring 0, this CPU's APIC enabled in `mode` (checked).
+        let id = unsafe { apic::id() };
+        // SAFETY: caller: `cpu`'s machine is of this backend and not started.
+        unsafe { bind(pcpu, cpu, id) };
     }
 }
 
-// SAFETY: `current_cpu` reads the block installed in GS on this CPU;
-// `init_context`/`switch` keep every callee-saved register of the SysV ABI
-// (there is no FPU/SSE state on this soft-float target); stacks come from
-// the pool and go back to it once; `kick` makes the target take the IPI
-// vector, whose handler calls `Cpu::ipi_interrupt` on that CPU, and
+// SAFETY: `current_cpu` reads the block installed in GS on this CPU, which
+// `X86Arch::new`'s contract guarantees for every CPU that calls in, and
+// returns the `Cpu` that `attach` bound to it (one CPU per `Cpu`, checked
+// there); `init_context`/`switch` keep every callee-saved register of the
+// SysV ABI (there is no FPU/SSE state on this soft-float target); stacks
+// come from the pool and go back to it once; `kick` makes the target take
+// the IPI vector, whose handler calls `Cpu::ipi_interrupt` on that CPU, and
 // `idle_wait` checks for pending work with interrupts off and then waits
 // with `sti; hlt`, which cannot miss an interrupt between the two.
 unsafe impl Arch for X86Arch {
     fn current_cpu(&self) -> Option<NonNull<Cpu>> {
-        percpu::current().cpu().map(NonNull::from)
+        // SAFETY: `X86Arch::new`'s contract: this CPU installed its block
+        // before calling in, and GS holds it.
+        let pcpu = unsafe { percpu::current() };
+        pcpu.cpu().map(NonNull::from)
     }
 
     unsafe fn init_context(&self, ctx: &Context, stack: Stack, entry: EntryFn, arg: usize) {
@@ -204,12 +336,17 @@ unsafe impl Arch for X86Arch {
     }
 
     unsafe fn kick(&self, target: &Cpu) {
-        // `attach` stored the APIC id (the caller passes a CPU of a running
-        // machine of this backend).
-        let id = target.arch_word(0) as u32;
-        // SAFETY: ring 0, APIC enabled on every CPU running lwkt; a fixed
-        // IPI to a CPU that `attach` recorded.
-        unsafe { apic::send(Icr::fixed(IPI_VECTOR, id)) }
+        let Some(dest) = kick_dest(target) else {
+            return;
+        };
+        // SAFETY: ring 0 (`X86Arch::new`). The sending CPU runs lwkt, so
+        // `current_cpu` names it (`Cpu::idle_loop`'s contract): it was
+        // attached, and `attach` checked that its APIC is enabled in
+        // `apic::mode()`, the mode `send` writes the ICR in. `dest` is the
+        // APIC id `attach` recorded for `target` (lwkt-core passes a CPU of
+        // a running machine of this backend), a CPU with GS installed, so
+        // the IPI entry there reads a real block.
+        unsafe { apic::send(Icr::fixed(IPI_VECTOR, dest)) }
     }
 
     unsafe fn idle_wait(&self, cpu: &Cpu) {
@@ -234,9 +371,86 @@ unsafe impl Arch for X86Arch {
 extern "C" fn lwkt_x86_ipi_entry() {
     // SAFETY: from the fixed IPI vector's interrupt gate, in ring 0.
     unsafe { apic::eoi() };
-    if let Some(cpu) = percpu::current().cpu() {
+    // SAFETY: the IPI vector reaches only CPUs whose GS holds their block:
+    // `kick` sends it only to attached CPUs, and `Idt::load`'s contract
+    // binds every other sender.
+    let pcpu = unsafe { percpu::current() };
+    if let Some(cpu) = pcpu.cpu() {
         // SAFETY: on this CPU, in its interrupt context, registers saved by
         // the stub.
         unsafe { cpu.ipi_interrupt() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwkt_core::CpuId;
+    use std::boxed::Box;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::string::String;
+
+    fn leak<T>(t: T) -> &'static T {
+        Box::leak(Box::new(t))
+    }
+
+    fn panic_message(f: impl FnOnce()) -> String {
+        let e = catch_unwind(AssertUnwindSafe(f)).expect_err("it must panic");
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| String::from(*s)))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn one_cpu_is_driven_by_one_block() {
+        let cpu = leak(Cpu::new(CpuId::new(1)));
+        let (a, b) = (leak(PerCpu::new(1)), leak(PerCpu::new(1)));
+        assert_eq!(kick_dest(cpu), None, "not attached: no kick");
+        // SAFETY: `cpu` belongs to no machine; nothing reads its words but
+        // this test.
+        unsafe { bind(a, cpu, 5) };
+        assert_eq!(kick_dest(cpu), Some(5));
+        assert!(core::ptr::eq(a.cpu().unwrap(), cpu));
+        // A second block for the same `Cpu` (two CPUs would drive it).
+        let msg = panic_message(|| {
+            // SAFETY: as above.
+            unsafe { bind(b, cpu, 6) }
+        });
+        assert!(msg.contains("Cpu 1 is attached already"), "{msg}");
+        assert!(b.cpu().is_none(), "the refused block stays unbound");
+        assert_eq!(kick_dest(cpu), Some(5), "the first binding stands");
+        // The same block for a second `Cpu`.
+        let other = leak(Cpu::new(CpuId::new(2)));
+        let msg = panic_message(|| {
+            // SAFETY: as above.
+            unsafe { bind(a, other, 7) }
+        });
+        assert!(msg.contains("CPU 1 is attached already"), "{msg}");
+        assert_eq!(kick_dest(other), None);
+    }
+
+    #[test]
+    fn the_pool_refuses_a_bad_region_and_foreign_stacks() {
+        // SAFETY: none of these regions is ever used: `init` panics first.
+        let msg =
+            panic_message(|| unsafe { StackPool::new().init(8 as *mut u8, 1 << 20, 64 << 10) });
+        assert!(msg.contains("16-byte aligned"), "{msg}");
+        #[repr(C, align(16))]
+        struct Region([u8; 4 * 8192]);
+        let region = Box::leak(Box::new(Region([0; 4 * 8192])));
+        let pool = StackPool::new();
+        // SAFETY: a leaked region used only by this pool.
+        unsafe { pool.init(region.0.as_mut_ptr(), 4 * 8192, 8192) };
+        let s = pool.alloc(4096).unwrap();
+        assert_eq!(s.len, 8192 - CANARY_ROOM);
+        // A stack that starts mid-slot: not one the pool handed out.
+        let mid = Stack {
+            base: NonNull::new(s.base.as_ptr().wrapping_add(16)).unwrap(),
+            len: s.len - 16,
+        };
+        let msg = panic_message(|| pool.free(mid));
+        assert!(msg.contains("did not hand out"), "{msg}");
+        pool.free(s);
     }
 }

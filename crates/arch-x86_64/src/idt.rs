@@ -110,7 +110,27 @@ pub type FaultHandler = fn(&FaultFrame) -> !;
 static FAULT_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
 /// Set the function every exception and unexpected vector ends in.
-pub fn set_fault_handler(f: FaultHandler) {
+/// DragonFly: `trap()` reached from `exception.S`.
+///
+/// # Safety
+/// `f` runs in exception context: on whatever CPU faulted (an NMI too),
+/// interrupts off, possibly before that CPU installed its `PerCpu` block
+/// and in the middle of any lwkt operation (a run-queue update, a token
+/// hand-off, an IPI). It must not call into lwkt on the faulting CPU
+/// (`ThreadHandle::wake`, anything that reads the current CPU through
+/// [`X86Arch`](crate::X86Arch)) nor trust GS ([`crate::percpu::bases`]
+/// finds the block without it); what it calls must allow exception context
+/// (like `Cpu::snapshot`'s contract). It never returns, so the interrupted
+/// code never resumes.
+///
+/// ```compile_fail,E0133
+/// use lwkt_arch_x86_64::idt::{self, FaultFrame};
+/// fn on_fault(_: &FaultFrame) -> ! {
+///     loop {}
+/// }
+/// idt::set_fault_handler(on_fault);
+/// ```
+pub unsafe fn set_fault_handler(f: FaultHandler) {
     FAULT_HANDLER.store(f as usize, Ordering::Release);
 }
 
@@ -118,7 +138,8 @@ pub fn set_fault_handler(f: FaultHandler) {
 extern "C" fn lwkt_x86_fault(frame: &FaultFrame) -> ! {
     let f = FAULT_HANDLER.load(Ordering::Acquire);
     if f != 0 {
-        // SAFETY: only `set_fault_handler` stores here, a `FaultHandler`.
+        // SAFETY: only `set_fault_handler` stores here, a `FaultHandler`
+        // whose setter promised it may run here.
         let f: FaultHandler = unsafe { core::mem::transmute::<usize, FaultHandler>(f) };
         f(frame)
     }
@@ -221,7 +242,13 @@ impl Idt {
     ///
     /// # Safety
     /// Ring 0; `self` stays valid and unchanged while any CPU uses it, and
-    /// its selector is a 64-bit code segment of the loaded GDT.
+    /// its selector is a 64-bit code segment of the loaded GDT. The stubs
+    /// do not `swapgs`: interrupts reach this CPU only from ring 0. The IPI
+    /// vector's handler reads GS: an interrupt on [`IPI_VECTOR`] reaches
+    /// this CPU only once it has installed its `PerCpu` block
+    /// ([`X86Arch`](crate::X86Arch)'s kick sends it only to attached CPUs;
+    /// a kernel sending it itself, or routing a device to it, must keep
+    /// this).
     pub unsafe fn load(&'static self) {
         let ptr = x86_64::structures::DescriptorTablePointer {
             limit: (core::mem::size_of::<Idt>() - 1) as u16,

@@ -15,6 +15,13 @@
 //! table wants the unstable `x86-interrupt` ABI), CPUID's x2APIC bit
 //! (`core::arch` is enough for one bit).
 //!
+//! **Soundness.** Every function that reads or writes GS, an MSR, the
+//! local APIC or the IDT, or trusts GS to point at a [`percpu::PerCpu`],
+//! is `unsafe` with a written contract; so is [`X86Arch::new`], whose
+//! contract (every CPU calling in has installed its block) lets the safe
+//! `Arch::current_cpu` read GS. [`X86Arch::attach`] checks that one `Cpu`
+//! has one CPU driving it.
+//!
 //! The boot code (PVH entry, long mode, AP start-up) is a kernel's own;
 //! `kernels/qemu-test` is a complete example, run by `cargo xtask qemu`.
 #![no_std]
@@ -23,6 +30,9 @@
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("lwkt-arch-x86_64 is for x86-64");
+
+#[cfg(test)]
+extern crate std;
 
 pub mod apic;
 mod arch;

@@ -31,17 +31,32 @@ pub const MSR_GS_BASE: u32 = 0xC000_0101;
 pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 
 /// One CPU's block, at its GS base.
+///
+/// Made with [`PerCpu::new`] (safe: a block that is not installed is
+/// inert), put in GS by [`install`] (`unsafe`), bound to lwkt's [`Cpu`] by
+/// [`X86Arch::attach`](crate::X86Arch::attach) (`unsafe`, and checked:
+/// each block names one `Cpu` and each `Cpu` one block, so two CPUs cannot
+/// drive one `Cpu`). DragonFly: `struct mdglobaldata`.
+///
+/// ```
+/// use lwkt_arch_x86_64::percpu::PerCpu;
+/// static PCPU: PerCpu = PerCpu::new(3);
+/// assert_eq!(PCPU.index, 3);
+/// assert!(PCPU.cpu().is_none(), "not attached");
+/// assert_eq!(PCPU.apic_id(), None);
+/// ```
 #[derive(Debug)]
 #[repr(C)]
 pub struct PerCpu {
-    /// `gs:[0]`: the block's own address.
+    /// `gs:[0]`: the block's own address, once installed (0 before).
     self_ptr: AtomicUsize,
     /// `gs:[8]`: the CPU index (lwkt's `CpuId`).
     pub index: usize,
-    /// `gs:[16]`: lwkt's per-CPU block for this CPU.
+    /// `gs:[16]`: lwkt's per-CPU block for this CPU, once attached (0
+    /// before).
     cpu: AtomicUsize,
-    /// `gs:[24]`: this CPU's local APIC id.
-    pub apic_id: AtomicUsize,
+    /// `gs:[24]`: this CPU's local APIC id, once attached.
+    apic_id: AtomicUsize,
 }
 
 impl PerCpu {
@@ -55,34 +70,85 @@ impl PerCpu {
         }
     }
 
-    /// The lwkt CPU block this CPU runs, once set.
+    /// The lwkt CPU block this CPU runs, once
+    /// [`attach`](crate::X86Arch::attach)ed.
     pub fn cpu(&self) -> Option<&'static Cpu> {
         let p = self.cpu.load(Ordering::Acquire) as *const Cpu;
-        // SAFETY: only `set_cpu` stores here, a `&'static Cpu`.
+        // SAFETY: only `claim` stores here, a `&'static Cpu`.
         unsafe { p.as_ref() }
     }
 
-    /// Attach lwkt's CPU block.
-    pub fn set_cpu(&self, cpu: &'static Cpu) {
+    /// This CPU's local APIC id, once [`attach`](crate::X86Arch::attach)
+    /// recorded it.
+    pub fn apic_id(&self) -> Option<u32> {
+        self.cpu()
+            .map(|_| self.apic_id.load(Ordering::Relaxed) as u32)
+    }
+
+    /// Whether [`install`] put this block in some CPU's GS.
+    pub fn is_installed(&self) -> bool {
+        self.self_ptr.load(Ordering::Acquire) != 0
+    }
+
+    /// Bind this block to `cpu` with APIC id `apic_id`, once: the one
+    /// place that stores the `Cpu` that `X86Arch::current_cpu` returns.
+    /// [`attach`](crate::X86Arch::attach) calls it with its lock held
+    /// (so the check and the store are one step), after checking that
+    /// `cpu` has no block.
+    ///
+    /// # Panics
+    /// If the block is bound already; nothing is changed then.
+    pub(crate) fn claim(&self, cpu: &'static Cpu, apic_id: u32) {
+        assert!(
+            self.cpu.load(Ordering::Acquire) == 0,
+            "lwkt-arch-x86_64: the PerCpu block of CPU {} is attached already \
+             (one block drives one Cpu)",
+            self.index
+        );
+        self.apic_id.store(apic_id as usize, Ordering::Relaxed);
+        // Release: a reader that sees the `Cpu` sees the APIC id.
         self.cpu
             .store(cpu as *const Cpu as usize, Ordering::Release);
     }
 }
 
 /// Make `p` this CPU's GS base: `IA32_GS_BASE = 0`,
-/// `IA32_KERNEL_GS_BASE = p`, then `swapgs`.
+/// `IA32_KERNEL_GS_BASE = p`, then `swapgs`. DragonFly: `init_secondary()`
+/// writing `MSR_GSBASE`.
 ///
 /// # Safety
-/// Ring 0, once per CPU, before anything reads [`current`]; `p` is this
-/// CPU's block and lives forever; interrupts are off (a handler reading
-/// GS mid-way would see the wrong base).
+/// Ring 0, once per CPU, before anything on this CPU reads [`current`] or
+/// calls into an [`X86Arch`](crate::X86Arch); `p` becomes this CPU's
+/// block for good; interrupts are off (a handler reading GS mid-way would
+/// see the wrong base); nothing reloads the GS selector afterwards.
+///
+/// # Panics
+/// If `p` was installed already (on this CPU or another: one block per
+/// CPU), before touching any MSR.
+///
+/// ```no_run
+/// use lwkt_arch_x86_64::percpu::{self, PerCpu};
+/// static PCPU: PerCpu = PerCpu::new(0);
+/// // SAFETY: ring 0, interrupts off, this CPU's first and only install.
+/// unsafe { percpu::install(&PCPU) };
+/// // SAFETY: installed just above, on this CPU.
+/// assert!(core::ptr::eq(unsafe { percpu::current() }, &PCPU));
+/// ```
 pub unsafe fn install(p: &'static PerCpu) {
-    p.self_ptr
-        .store(p as *const PerCpu as usize, Ordering::Relaxed);
+    let addr = p as *const PerCpu as usize;
+    let r = p
+        .self_ptr
+        .compare_exchange(0, addr, Ordering::AcqRel, Ordering::Acquire);
+    assert!(
+        r.is_ok(),
+        "lwkt-arch-x86_64: the PerCpu block of CPU {} is installed already \
+         (one block per CPU)",
+        p.index
+    );
     // SAFETY: caller (ring 0, interrupts off, this CPU's own MSRs).
     unsafe {
         crate::apic::wrmsr(MSR_GS_BASE, 0);
-        crate::apic::wrmsr(MSR_KERNEL_GS_BASE, p as *const PerCpu as u64);
+        crate::apic::wrmsr(MSR_KERNEL_GS_BASE, addr as u64);
         swapgs();
     }
 }
@@ -93,6 +159,10 @@ pub unsafe fn install(p: &'static PerCpu) {
 /// # Safety
 /// Ring 0, interrupts off, and exactly where the kernel/user GS
 /// discipline says a swap belongs (see the module docs).
+///
+/// ```compile_fail,E0133
+/// lwkt_arch_x86_64::percpu::swapgs();
+/// ```
 #[inline(always)]
 pub unsafe fn swapgs() {
     // SAFETY: caller.
@@ -101,12 +171,24 @@ pub unsafe fn swapgs() {
 
 /// This CPU's block (from `gs:[0]`).
 ///
-/// Valid only after [`install`] ran on this CPU; before, GS is 0 and
-/// `gs:[0]` reads physical address 0.
+/// `X86Arch`'s safe `current_cpu` calls it under the promise its
+/// `unsafe` constructor [`X86Arch::new`](crate::X86Arch::new) carries.
+///
+/// # Safety
+/// [`install`] ran on this CPU, and GS holds the kernel base (not between
+/// an entry from user mode and its `swapgs`; see the module docs on NMIs).
+/// Otherwise `gs:[0]` is whatever lies at the GS base (address 0 before
+/// `install`): a wild pointer, or a fault (in a hosted program, SIGSEGV).
+///
+/// ```compile_fail,E0133
+/// // Reads GS: outside a CPU that installed its block, wild memory.
+/// let _ = lwkt_arch_x86_64::percpu::current();
+/// ```
 #[inline(always)]
-pub fn current() -> &'static PerCpu {
+pub unsafe fn current() -> &'static PerCpu {
     let p: usize;
-    // SAFETY: a load from the installed per-CPU block's first word.
+    // SAFETY: GS holds an installed block (caller): a load of its first
+    // word.
     unsafe {
         core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags))
     };
@@ -115,10 +197,17 @@ pub fn current() -> &'static PerCpu {
 }
 
 /// The CPU index (`gs:[8]`), read without going through the block pointer.
+///
+/// # Safety
+/// As for [`current`].
+///
+/// ```compile_fail,E0133
+/// let _ = lwkt_arch_x86_64::percpu::current_index();
+/// ```
 #[inline(always)]
-pub fn current_index() -> usize {
+pub unsafe fn current_index() -> usize {
     let i: usize;
-    // SAFETY: as for `current`.
+    // SAFETY: as for `current` (caller).
     unsafe {
         core::arch::asm!("mov {}, gs:[8]", out(reg) i, options(nostack, readonly, preserves_flags))
     };
@@ -126,10 +215,16 @@ pub fn current_index() -> usize {
 }
 
 /// `(IA32_GS_BASE, IA32_KERNEL_GS_BASE)` as the MSRs hold them, to check an
-/// installation.
+/// installation, or to find the block from a handler that cannot trust GS
+/// (an NMI, a fault before [`install`]) by comparing with the kernel's
+/// blocks.
 ///
 /// # Safety
-/// Ring 0.
+/// Ring 0 (`rdmsr` faults elsewhere).
+///
+/// ```compile_fail,E0133
+/// let _ = lwkt_arch_x86_64::percpu::bases();
+/// ```
 pub unsafe fn bases() -> (u64, u64) {
     // SAFETY: caller.
     unsafe {
@@ -143,6 +238,24 @@ pub unsafe fn bases() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::boxed::Box;
+    use std::string::String;
+
+    #[test]
+    fn claim_binds_a_block_once() {
+        static PCPU: PerCpu = PerCpu::new(2);
+        let cpu: &'static Cpu = Box::leak(Box::new(Cpu::new(lwkt_core::CpuId::new(2))));
+        assert!(PCPU.cpu().is_none() && PCPU.apic_id().is_none());
+        PCPU.claim(cpu, 7);
+        assert!(core::ptr::eq(PCPU.cpu().unwrap(), cpu));
+        assert_eq!(PCPU.apic_id(), Some(7));
+        let other: &'static Cpu = Box::leak(Box::new(Cpu::new(lwkt_core::CpuId::new(3))));
+        let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| PCPU.claim(other, 8)))
+            .unwrap_err();
+        let msg = e.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("CPU 2 is attached already"), "{msg}");
+        assert!(core::ptr::eq(PCPU.cpu().unwrap(), cpu), "unchanged");
+    }
 
     #[test]
     fn layout_is_what_the_asm_reads() {

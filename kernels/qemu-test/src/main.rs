@@ -9,8 +9,11 @@
 //!
 //! Command line (`-append`): `rounds=N` (default 200), `apic=auto|xapic|
 //! x2apic`, `fault=CPU` (that CPU executes `ud2` once online: the negative
-//! test), `expect-cpus=N` (wait for N CPUs instead of fw_cfg's count).
-//! Anything else is refused.
+//! test), `expect-cpus=N` (wait for N CPUs instead of fw_cfg's count),
+//! `hang` (sleep forever after the tests), `attach-twice` (the BSP
+//! attaches its `Cpu` a second time: `X86Arch::attach` must refuse with a
+//! panic, the run fails with "attached already"). Anything else is
+//! refused.
 //!
 //! Run it with `cargo xtask qemu [--smp N]` from the repository root.
 #![no_std]
@@ -38,7 +41,13 @@ use lwkt_core::{Cpu, CpuId, IpiRing, Machine, Priority};
 use boot::MAX_CPUS;
 
 /// The backend, with its stack pool.
-static ARCH: X86Arch = X86Arch::new();
+// SAFETY: every CPU runs `setup_cpu` (which installs its `PerCpu` block in
+// GS) before it calls into lwkt: the BSP before it spawns the test thread
+// or enters its idle loop, each AP first thing in `ap_main`; no code here
+// runs in user mode, so GS always holds the kernel block. The fault
+// handler finds the CPU through the GS base MSR and calls no lwkt code but
+// `Cpu::snapshot` on a CPU that is attached.
+static ARCH: X86Arch = unsafe { X86Arch::new() };
 /// Each CPU's GS block.
 static PERCPU: [PerCpu; MAX_CPUS] = {
     let mut i = 0;
@@ -87,6 +96,9 @@ pub(crate) struct Opts {
     /// Hang on purpose after the tests (the test thread sleeps forever):
     /// the negative test of the xtask's timeout and its NMI dump.
     hang: bool,
+    /// Attach CPU 0's `Cpu` twice: the negative test of `attach`'s check
+    /// that one `Cpu` has one CPU driving it.
+    attach_twice: bool,
 }
 
 impl Opts {
@@ -97,6 +109,7 @@ impl Opts {
             fault: None,
             expect_cpus: None,
             hang: false,
+            attach_twice: false,
         };
         for w in cmdline.split_whitespace() {
             let (k, v) = w.split_once('=').unwrap_or((w, ""));
@@ -109,6 +122,7 @@ impl Opts {
                 "fault" => o.fault = Some(num()? as usize),
                 "expect-cpus" => o.expect_cpus = Some(num()? as usize),
                 "hang" => o.hang = true,
+                "attach-twice" => o.attach_twice = true,
                 "apic" => {
                     o.apic = match v {
                         "auto" => None,
@@ -119,7 +133,8 @@ impl Opts {
                 }
                 _ => {
                     return Err(alloc::format!(
-                        "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N hang)"
+                        "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N \
+                         hang attach-twice)"
                     ))
                 }
             }
@@ -128,16 +143,23 @@ impl Opts {
     }
 }
 
+/// The index of the CPU this runs on, found without trusting GS: an
+/// exception or NMI may arrive before this CPU installed its block (GS
+/// then reads address 0). The GS base MSR is compared with the blocks'
+/// addresses; nothing is read through it.
+fn cpu_here() -> Option<usize> {
+    // SAFETY: ring 0 (all of this kernel runs there).
+    let (gs, _) = unsafe { percpu::bases() };
+    PERCPU.iter().position(|p| p as *const PerCpu as u64 == gs)
+}
+
 fn on_fault(f: &FaultFrame) -> ! {
-    let cpu = if GS_OK.iter().any(|g| g.load(Ordering::Relaxed)) {
-        percpu::current_index()
-    } else {
-        0
-    };
+    let cpu = cpu_here();
     if f.vector == 2 {
         nmi_dump(cpu, f)
     }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
+    let cpu = cpu.map_or_else(|| "? (GS not installed)".into(), |c| alloc::format!("{c}"));
     fail!(
         "EXCEPTION vector={:#x} error={:#x} rip={:#x} cr2={:#x} on cpu {cpu}",
         f.vector,
@@ -153,15 +175,16 @@ static DUMPED: AtomicUsize = AtomicUsize::new(0);
 /// An NMI: the xtask sends one to every CPU (QEMU's monitor command `nmi`)
 /// when a run times out. Print where this CPU was and its LWKT state, one
 /// line, then stop; the last CPU to print ends the run as a failure.
-fn nmi_dump(cpu: usize, f: &FaultFrame) -> ! {
-    let attached = GS_OK[cpu].load(Ordering::Relaxed);
-    match CPUS.get().and_then(|c| c.get(cpu)).filter(|_| attached) {
-        // SAFETY: on CPU `cpu` (its own NMI), attached to its block.
+fn nmi_dump(cpu: Option<usize>, f: &FaultFrame) -> ! {
+    // The `Cpu` this CPU's installed block is attached to, if any.
+    let attached = cpu.and_then(|i| PERCPU[i].cpu());
+    match attached {
+        // SAFETY: on this CPU (its own NMI), the `Cpu` attached to it.
         Some(c) => hw::print_nmi(format_args!("HANG rip={:#x} {}\n", f.rip, unsafe {
             c.snapshot()
         })),
         None => hw::print_nmi(format_args!(
-            "HANG rip={:#x} cpu {cpu}: not attached\n",
+            "HANG rip={:#x} cpu {cpu:?}: not attached\n",
             f.rip
         )),
     }
@@ -175,9 +198,13 @@ fn nmi_dump(cpu: usize, f: &FaultFrame) -> ! {
     }
 }
 
+/// One line (the xtask reports the `FAIL` line): where, then the message.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    fail!("PANIC: {info}")
+    match info.location() {
+        Some(l) => fail!("PANIC at {}:{}: {}", l.file(), l.line(), info.message()),
+        None => fail!("PANIC: {}", info.message()),
+    }
 }
 
 /// Load the IDT, enable the APIC, install GS and attach lwkt's CPU block.
@@ -214,7 +241,9 @@ extern "C" fn bsp_main(info: usize) -> ! {
         Ok(o) => *OPTS.call_once(|| o),
         Err(e) => fail!("{e}"),
     };
-    idt::set_fault_handler(on_fault);
+    // SAFETY: `on_fault` trusts no GS (it finds the CPU through the MSR)
+    // and calls no lwkt code but `Cpu::snapshot` on this CPU's own block.
+    unsafe { idt::set_fault_handler(on_fault) };
     let ncpus = opts.expect_cpus.unwrap_or_else(hw::fw_cfg_ncpus);
     if ncpus == 0 || ncpus > MAX_CPUS {
         fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");
@@ -267,11 +296,16 @@ extern "C" fn bsp_main(info: usize) -> ! {
     };
     // SAFETY: CPU 0, once, interrupts off (PVH entry state).
     unsafe { setup_cpu(0, mode, cpus) };
-    kprintln!(
-        "lwkt-qemu-test: {ncpus} CPUs expected (fw_cfg), {:?}, bsp apic id {}",
-        mode,
-        apic::id()
-    );
+    if opts.attach_twice {
+        kprintln!("attaching cpu 0 a second time (attach-twice)");
+        // SAFETY: ring 0 on CPU 0, after `install` and `apic::enable`
+        // here; no CPU has started. `attach` must refuse (a panic).
+        unsafe { ARCH.attach(&PERCPU[0], &cpus[0]) };
+        fail!("attach-twice: the second attach was accepted");
+    }
+    // SAFETY: ring 0, after `apic::enable` on this CPU (`setup_cpu`).
+    let bsp_apic = unsafe { apic::id() };
+    kprintln!("lwkt-qemu-test: {ncpus} CPUs expected (fw_cfg), {mode:?}, bsp apic id {bsp_apic}");
 
     // Start the APs: INIT, wait, SIPI, wait, SIPI (broadcast to all others).
     let t = hw::tsc();

@@ -242,7 +242,7 @@ pub(crate) fn report(cpus: &[Cpu], pcpu: &[PerCpu], gs_ok: &[AtomicBool]) -> boo
         let gs = gs_ok[i].load(Ordering::Relaxed);
         crate::kprint!(
             "{i:>3}  {:>4}  {:#018x}  {}  {:>8}  {:>8}",
-            pcpu[i].apic_id.load(Ordering::Relaxed),
+            pcpu[i].apic_id().map_or(-1, i64::from),
             &pcpu[i] as *const PerCpu as usize,
             if gs { "ok" } else { "NO" },
             s.switches,
