@@ -88,3 +88,47 @@ fn entering_twice_or_exiting_unheld_panics() {
         assert!(!ok && stderr.contains(rule), "{case}: {stderr}");
     }
 }
+
+/// Hole 8 of issue 15: an IPI function that runs on the holder's CPU is
+/// not the holder, though the holder is the thread it interrupted; so
+/// `is_held_here` answers `false` there (in IPI and `cpusync` functions),
+/// and `true` in the holder's own code.
+#[test]
+fn is_held_here_is_false_in_interrupt_context() {
+    use std::sync::atomic::AtomicU32;
+    static S: Serializer = Serializer::new();
+    /// 1: the probe ran and saw the serializer held; 2: it ran and did not.
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    fn probe(my: lwkt_core::MyCpu<'_>, _: usize, _: usize) {
+        let v = if S.is_held_here(my) { 1 } else { 2 };
+        SEEN.store(v, Ordering::Release);
+    }
+    Machine::new(2).unwrap().run(|cur| {
+        S.enter(cur);
+        assert!(S.is_held_here(cur.my_cpu()));
+        let t = cur
+            .spawn_on(CpuId::new(1), |me| {
+                me.my_cpu().send_ipi(CpuId::new(0), probe, 0, 0).unwrap();
+            })
+            .unwrap();
+        // Run the probe in this CPU's IPI processing while we hold S.
+        while SEEN.load(Ordering::Acquire) == 0 {
+            cur.my_cpu().process_ipis();
+        }
+        assert_eq!(
+            SEEN.load(Ordering::Acquire),
+            2,
+            "an IPI function on the holder's CPU was taken for the holder"
+        );
+        let held_in_cpusync = AtomicU32::new(0);
+        cur.cpusync(lwkt_core::CpuMask::all(2), &|my| {
+            if S.is_held_here(my) {
+                held_in_cpusync.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        assert_eq!(held_in_cpusync.load(Ordering::Relaxed), 0);
+        assert!(S.is_held_here(cur.my_cpu()));
+        S.exit(cur);
+        cur.join(&t);
+    });
+}
