@@ -58,7 +58,6 @@ mod error;
 mod hosted;
 #[cfg(not(loom))]
 mod mtype;
-#[cfg(not(loom))]
 pub mod objcache;
 #[cfg(not(loom))]
 mod page;

@@ -1,7 +1,9 @@
 //! Loom models of the remote-free path: the zone's lock-free list (pushes
 //! from other CPUs while the owner drains), and the hand-off between a
-//! remote free and the owner marking the zone full. They run this crate's
-//! own `AtomicStack` and `Zone` code. Run with `cargo xtask loom`.
+//! remote free and the owner marking the zone full; and of the object
+//! cache's depot (per-CPU magazines traded through the shared depot). They
+//! run this crate's own `AtomicStack`, `Zone` and `ObjCache` code. Run with
+//! `cargo xtask loom`.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::vec::Vec;
@@ -112,5 +114,102 @@ fn remote_free_against_mark_full() {
             assert_eq!(queued as usize, z);
             assert!(zone.is_queued());
         }
+    });
+}
+
+/// The object cache's depot: CPU 0 fills magazines until one goes to the
+/// depot while CPU 1 gets (perhaps that full magazine, perhaps a fresh
+/// object) and puts back. Every object is handed to one user at a time
+/// (its flag says so), and after both CPUs reclaim, every object
+/// constructed was destroyed once: nothing lost or duplicated in the
+/// exchange. Runs `ObjCache::get`/`put`/`reclaim` themselves, through the
+/// crate's sync shim (the depot lock, the magazine cells, the counters).
+#[test]
+fn objcache_depot_hands_each_object_to_one_user() {
+    use core::alloc::Layout;
+    use core::ptr::NonNull;
+
+    use loom::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::objcache::{ObjCache, RawSource};
+    use crate::{CpuContext, Domain, DomainId};
+
+    /// Memory from the host heap.
+    struct Heap;
+    // SAFETY: blocks from the global allocator, given back with their
+    // layout.
+    unsafe impl RawSource for Heap {
+        fn alloc(&self, _: &impl CpuContext, layout: Layout) -> Option<NonNull<u8>> {
+            // SAFETY: objects and magazines have a non-zero size.
+            NonNull::new(unsafe { std::alloc::alloc(layout) })
+        }
+        unsafe fn free(&self, _: &impl CpuContext, p: NonNull<u8>, layout: Layout) {
+            // SAFETY: from `alloc` with `layout` (caller).
+            unsafe { std::alloc::dealloc(p.as_ptr(), layout) }
+        }
+    }
+
+    /// CPU `n`: each model thread is one CPU, and uses only its own.
+    struct On(usize);
+    static ID: DomainId = DomainId::new();
+    // SAFETY: each index is used by one model thread at a time (the
+    // spawned threads use 0 and 1; the main thread uses them only before
+    // spawning and after joining).
+    unsafe impl CpuContext for On {
+        fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+            f(self.0)
+        }
+        fn domain(&self) -> Domain<'_> {
+            ID.domain()
+        }
+    }
+
+    type Cache = ObjCache<AtomicBool, Heap, 1>;
+
+    fn take(c: &Cache, cx: &On) -> NonNull<AtomicBool> {
+        let o = c.get(cx).unwrap();
+        // SAFETY: a live object of the cache, ours until put.
+        let was = unsafe { o.as_ref() }.swap(true, Ordering::Relaxed);
+        assert!(!was, "an object handed to two users");
+        o
+    }
+
+    fn give(c: &Cache, cx: &On, o: NonNull<AtomicBool>) {
+        // SAFETY: ours until the put below.
+        unsafe { o.as_ref() }.store(false, Ordering::Relaxed);
+        // SAFETY: from `get`, given up here.
+        unsafe { c.put(cx, o) };
+    }
+
+    loom::model(|| {
+        let cache: Arc<Cache> =
+            Arc::new(ObjCache::new(Heap, 2, 0, || AtomicBool::new(false), None));
+        let filler = {
+            let c = cache.clone();
+            thread::spawn(move || {
+                let cx = On(0);
+                let objs: Vec<_> = (0..3).map(|_| take(&c, &cx)).collect();
+                // The third put sends a full magazine to the depot.
+                for o in objs {
+                    give(&c, &cx, o);
+                }
+            })
+        };
+        let taker = {
+            let c = cache.clone();
+            thread::spawn(move || {
+                let cx = On(1);
+                let o = take(&c, &cx);
+                give(&c, &cx, o);
+            })
+        };
+        filler.join().unwrap();
+        taker.join().unwrap();
+        cache.reclaim(&On(0));
+        cache.reclaim(&On(1));
+        let st = cache.stats();
+        assert_eq!(st.live, 0, "{st:?}");
+        assert_eq!(st.constructed, st.destroyed, "{st:?}");
+        assert!(st.constructed <= 4, "{st:?}");
     });
 }

@@ -9,17 +9,18 @@
 //! `struct magazinedepot`.
 
 use core::alloc::Layout;
-use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
 use crate::cpu::Binding;
-use crate::{CpuContext, Flags, MallocType, PageSource, Slab};
+use crate::sync::{spin_loop, AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+use crate::CpuContext;
+#[cfg(not(loom))]
+use crate::{Flags, MallocType, PageSource, Slab};
 
 /// Where an object cache gets raw memory for its objects and magazines.
 ///
@@ -38,6 +39,7 @@ pub unsafe trait RawSource: Sync {
 
 /// Objects and magazines from a [`Slab`], accounted to a [`MallocType`].
 /// DragonFly: `objcache_create_mbacked()`.
+#[cfg(not(loom))]
 #[derive(Debug)]
 pub struct SlabSource<'a, P: PageSource> {
     /// The slab.
@@ -47,6 +49,7 @@ pub struct SlabSource<'a, P: PageSource> {
 }
 
 // SAFETY: forwards to the slab's alloc and free with the same layout.
+#[cfg(not(loom))]
 unsafe impl<P: PageSource> RawSource for SlabSource<'_, P> {
     fn alloc(&self, cx: &impl CpuContext, layout: Layout) -> Option<NonNull<u8>> {
         self.slab.alloc(cx, layout, self.ty, Flags::NONE).ok()
@@ -89,11 +92,16 @@ struct Magazine<T, const M: usize> {
 /// One CPU's magazines and counters (owner only, in its critical section;
 /// counters read by anyone). DragonFly: `struct percpu_objcache`.
 struct PerCpu<T, const M: usize> {
-    loaded: UnsafeCell<*mut Magazine<T, M>>,
-    previous: UnsafeCell<*mut Magazine<T, M>>,
+    mags: UnsafeCell<Mags<T, M>>,
     gets: AtomicU64,
     puts: AtomicU64,
     depot_hits: AtomicU64,
+}
+
+/// A CPU's loaded and previous magazines (either may be null).
+struct Mags<T, const M: usize> {
+    loaded: *mut Magazine<T, M>,
+    previous: *mut Magazine<T, M>,
 }
 
 /// Full and empty magazines, under a spin lock. DragonFly:
@@ -162,8 +170,9 @@ pub struct ObjCache<T, S: RawSource, const M: usize = 32> {
     _owns: PhantomData<T>,
 }
 
-// SAFETY: per-CPU magazines are touched only inside `with_cpu` for their
-// CPU; the depot only under `lock`; objects cross CPUs through them, hence
+// SAFETY: per-CPU magazines are touched only in `on_cpu`, inside
+// `with_cpu` for their CPU of the one domain the cache is bound to; the
+// depot only under `lock`; objects cross CPUs through them, hence
 // `T: Send`.
 unsafe impl<T: Send, S: RawSource, const M: usize> Sync for ObjCache<T, S, M> {}
 // SAFETY: as above.
@@ -202,8 +211,10 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
             destroyed: AtomicU64::new(0),
             cpus: core::array::from_fn(|_| {
                 CachePadded::new(PerCpu {
-                    loaded: UnsafeCell::new(ptr::null_mut()),
-                    previous: UnsafeCell::new(ptr::null_mut()),
+                    mags: UnsafeCell::new(Mags {
+                        loaded: ptr::null_mut(),
+                        previous: ptr::null_mut(),
+                    }),
                     gets: AtomicU64::new(0),
                     puts: AtomicU64::new(0),
                     depot_hits: AtomicU64::new(0),
@@ -227,12 +238,11 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
     /// memory.
     #[inline]
     pub fn get(&self, cx: &impl CpuContext) -> Result<NonNull<T>, ObjCacheError> {
-        let cached = self.on_cpu(cx, |pc| {
+        let cached = self.on_cpu(cx, |pc, mags| {
             bump(&pc.gets);
+            let Mags { loaded, previous } = mags;
             // SAFETY: in `cpu`'s critical section: its magazines are ours.
             unsafe {
-                let loaded = &mut *pc.loaded.get();
-                let previous = &mut *pc.previous.get();
                 if let Some(o) = pop(*loaded) {
                     return Some(o);
                 }
@@ -277,11 +287,10 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
     pub unsafe fn put(&self, cx: &impl CpuContext, obj: NonNull<T>) {
         let mut spare: *mut Magazine<T, M> = ptr::null_mut();
         loop {
-            let done = self.on_cpu(cx, |pc| {
+            let done = self.on_cpu(cx, |pc, mags| {
+                let Mags { loaded, previous } = mags;
                 // SAFETY: in `cpu`'s critical section.
                 unsafe {
-                    let loaded = &mut *pc.loaded.get();
-                    let previous = &mut *pc.previous.get();
                     if push(*loaded, obj.as_ptr()) {
                         bump(&pc.puts);
                         return true;
@@ -348,15 +357,13 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
         // Take this CPU's magazines and everything in the depot, then work
         // outside the critical section and the lock.
         let mut mags: *mut Magazine<T, M> = ptr::null_mut();
-        self.on_cpu(cx, |pc| {
-            // SAFETY: in `cpu`'s critical section; magazines are ours.
-            unsafe {
-                for m in [pc.loaded.get(), pc.previous.get()] {
-                    let mag = core::mem::replace(&mut *m, ptr::null_mut());
-                    if !mag.is_null() {
-                        (*mag).next = mags;
-                        mags = mag;
-                    }
+        self.on_cpu(cx, |_, own| {
+            for m in [&mut own.loaded, &mut own.previous] {
+                let mag = core::mem::replace(m, ptr::null_mut());
+                if !mag.is_null() {
+                    // SAFETY: this CPU's magazine, taken off it: ours.
+                    unsafe { (*mag).next = mags };
+                    mags = mag;
                 }
             }
             self.with_depot(|d| {
@@ -424,7 +431,11 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
     /// not below the cache's CPU count.
     #[inline(always)]
     #[track_caller]
-    fn on_cpu<R>(&self, cx: &impl CpuContext, f: impl FnOnce(&PerCpu<T, M>) -> R) -> R {
+    fn on_cpu<R>(
+        &self,
+        cx: &impl CpuContext,
+        f: impl FnOnce(&PerCpu<T, M>, &mut Mags<T, M>) -> R,
+    ) -> R {
         self.binding.check(cx.domain(), "object cache");
         cx.with_cpu(|cpu| {
             assert!(
@@ -432,7 +443,11 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
                 "lwkt-slab: CPU {cpu} on an object cache built for {} CPUs",
                 self.ncpus
             );
-            f(&self.cpus[cpu])
+            let pc = &self.cpus[cpu];
+            // SAFETY: inside `cpu`'s critical section of the cache's
+            // domain (checked above), which the `CpuContext` contract gives
+            // to this call alone: nothing else reaches this CPU's magazines.
+            pc.mags.with_mut(|m| f(pc, unsafe { &mut *m }))
         })
     }
 
@@ -505,10 +520,10 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            core::hint::spin_loop();
+            spin_loop();
         }
         // SAFETY: under the lock.
-        let r = f(unsafe { &mut *self.depot.get() });
+        let r = self.depot.with_mut(|d| f(unsafe { &mut *d }));
         self.lock.store(false, Ordering::Release);
         r
     }

@@ -1,13 +1,35 @@
-//! The one place that says "loom": the remote-free list's atomics come from
+//! The one place that says "loom": the remote-free list's and the object
+//! cache's atomics and cells come from
 //! `loom` under `--cfg loom` and from `core` otherwise, so the model runs
 //! this crate's own list (the approach of tokio's `src/loom/`).
 
 #[cfg(all(not(loom), not(feature = "bench-counters")))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 #[cfg(all(not(loom), feature = "bench-counters"))]
-pub(crate) use lwkt_core::token::sync_events::{AtomicBool, AtomicPtr};
+pub(crate) use lwkt_core::token::sync_events::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+
+/// An `UnsafeCell` reached only through `with_mut`, so that under loom
+/// every access is checked against the others (the object cache's per-CPU
+/// magazines and its depot).
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(v: T) -> Self {
+        UnsafeCell(core::cell::UnsafeCell::new(v))
+    }
+    /// Run `f` with a pointer to the contents; the caller excludes every
+    /// other access for the call.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
 
 pub(crate) use core::sync::atomic::Ordering;
 
@@ -19,4 +41,14 @@ pub(crate) fn fence_seqcst() {
     loom::sync::atomic::fence(Ordering::SeqCst);
     #[cfg(not(loom))]
     core::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// A spin-wait hint; under loom, a yield, so that a model of a spin lock
+/// lets the holder run.
+#[inline(always)]
+pub(crate) fn spin_loop() {
+    #[cfg(loom)]
+    loom::hint::spin_loop();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
 }
