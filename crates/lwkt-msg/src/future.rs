@@ -9,12 +9,24 @@ use crate::{Msg, MsgError};
 
 /// The reply to a message sent with [`Port::call`](crate::Port::call), as a
 /// future. It resolves to the reply's result; the message is the caller's
-/// again afterwards. The reply wakes the registered waker from the
-/// replier's context (a thread or an IPI function on some CPU), so the
-/// waker must not block.
+/// again afterwards.
 ///
-/// Dropping the future before the reply does not cancel the message; the
-/// message itself must still outlive its reply (see [`Msg`]).
+/// # Where the waker runs
+///
+/// The reply wakes the waker of the last poll in the replier's context, on
+/// the replier's CPU: a thread, or **interrupt context** when the reply is
+/// made by an IPI function (a handler the target runs there, or lwkt-msg
+/// refusing the message on a closed port's CPU). So the waker must do only
+/// what an [`IpiFn`](lwkt_core::IpiFn) may: not block, not take a lock the
+/// interrupted code may hold. A panic in it aborts (it runs on the
+/// message's behalf, half way through the reply; see
+/// [`abort_on_unwind`](lwkt_core::abort_on_unwind)). The waker of
+/// [`block_on`](crate::block_on) qualifies: it stores a flag and makes a
+/// thread runnable.
+///
+/// Dropping the future before the reply does not cancel the message (the
+/// message itself must still outlive its reply, see [`Msg`]); it takes its
+/// waker back, so a later reply wakes nothing.
 ///
 /// ```
 /// use core::pin::pin;
@@ -65,6 +77,15 @@ impl<T: Send + 'static> Future for ReplyFuture<'_, T> {
             }
         }
         Poll::Ready(msg.result())
+    }
+}
+
+impl<T: Send + 'static> Drop for ReplyFuture<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the message is borrowed by us until the end of this drop.
+        // `AtomicWaker::take` races `wake` safely: one of them gets it.
+        let msg = unsafe { &*self.m };
+        drop(msg.waker.take());
     }
 }
 

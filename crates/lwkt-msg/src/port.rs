@@ -22,7 +22,7 @@ use core::pin::Pin;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crossbeam_utils::CachePadded;
-use lwkt_core::{Cur, IpiFn, MyCpu, Serializer, ThreadHandle};
+use lwkt_core::{abort_on_unwind, CpuId, Cur, IpiFn, MyCpu, Serializer, ThreadHandle};
 
 use crate::future::ReplyFuture;
 use crate::header::{f, Header};
@@ -30,11 +30,16 @@ use crate::queue::Queue;
 use crate::spinlock::SpinLock;
 use crate::{Incoming, Msg, MsgError, MsgHandle, Replied};
 
-/// The handler of a put-only port, run in the sender's context (it must
-/// not block; it replies to or forwards the message).
+/// The handler of a put-only port, run in the sender's context, which may
+/// be interrupt context (a put from an IPI function): it must do only what
+/// an [`IpiFn`] may (not block, not take a lock the interrupted code may
+/// hold); it replies to or forwards the message. It runs on the port's
+/// behalf, so a panic in it aborts ([`abort_on_unwind`]).
 pub type PutFn<T> = fn(MyCpu<'_>, MsgHandle<T>);
 
-/// Called by a reply-only port once a reply has completed its message.
+/// Called by a reply-only port once a reply has completed its message, in
+/// the replier's context, which may be interrupt context: the rules of
+/// [`PutFn`] apply (and a panic aborts).
 pub type ReplyFn<T> = fn(MyCpu<'_>, Replied<T>);
 
 /// A message port for messages with bodies of type `T`.
@@ -124,11 +129,13 @@ struct Inner {
     closed: bool,
 }
 
-// SAFETY: `inner` is touched only by the owner's CPU inside a critical
-// section (thread ports; puts from elsewhere arrive by IPI), under `lock`
-// (spin ports), or by the holder of the port's serializer (checked on every
-// operation); put-only and reply-only ports never touch it. Bodies
-// cross threads with their messages, hence `T: Send`.
+// SAFETY: `inner` is touched only by the CPU the owner lives on, inside a
+// critical section (thread ports: `route` finds the owner here only after
+// the handover of a migrating owner is complete, and puts from elsewhere
+// arrive by IPI), under `lock` (spin ports), or by the thread holding the
+// port's serializer, in a critical section (checked on every operation;
+// interrupt context never holds it); put-only and reply-only ports never
+// touch it. Bodies cross threads with their messages, hence `T: Send`.
 unsafe impl<T: Send + 'static> Sync for Port<T> {}
 // SAFETY: as above; a port holds no thread-affine state.
 unsafe impl<T: Send + 'static> Send for Port<T> {}
@@ -207,10 +214,11 @@ impl<T: Send + 'static> Port<T> {
     /// place otherwise ([`Msg::wait`]). DragonFly: `lwkt_sendmsg()`.
     ///
     /// # Panics
-    /// If `msg` is in flight, or this port takes no requests.
+    /// If `msg` is in flight, this port takes no requests, or it is the
+    /// thread port of another machine's thread.
     #[track_caller]
     pub fn sendmsg(&'static self, my: MyCpu<'_>, msg: Pin<&mut Msg<T>>) {
-        self.check_put();
+        self.check_put(my);
         msg.hdr.begin_send(msg.reply_port.is_none());
         self.put(my, msg.as_raw());
     }
@@ -220,11 +228,12 @@ impl<T: Send + 'static> Port<T> {
     /// context and nothing switches. DragonFly: `lwkt_domsg()`.
     ///
     /// # Panics
-    /// If `msg` is in flight, this port takes no requests, or it is the
-    /// caller's own thread port (nobody would ever receive it).
+    /// If `msg` is in flight, this port takes no requests, it is the
+    /// caller's own thread port (nobody would ever receive it), or the
+    /// thread port of another machine's thread.
     #[track_caller]
     pub fn domsg(&'static self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
-        self.check_put();
+        self.check_put(cur.my_cpu());
         if let Kind::Thread(owner) = &self.kind {
             assert!(
                 !cur.is(owner),
@@ -286,14 +295,15 @@ impl<T: Send + 'static> Port<T> {
     }
 
     /// Send `msg` and return a future of its reply, for async code (the
-    /// reply wakes the future's waker). The message is sent now, not at the
-    /// first poll.
+    /// reply wakes the future's waker, maybe in interrupt context: see
+    /// [`ReplyFuture`] for what the waker may do). The message is sent now,
+    /// not at the first poll.
     ///
     /// # Panics
     /// As [`sendmsg`](Port::sendmsg).
     #[track_caller]
     pub fn call<'a>(&'static self, my: MyCpu<'_>, msg: Pin<&'a mut Msg<T>>) -> ReplyFuture<'a, T> {
-        self.check_put();
+        self.check_put(my);
         msg.hdr.begin_send(true);
         let m = msg.as_raw();
         self.put(my, m);
@@ -398,13 +408,15 @@ impl<T: Send + 'static> Port<T> {
     /// ```
     ///
     /// # Panics
-    /// On a serializer, put-only or reply-only port.
+    /// On a serializer, put-only or reply-only port, and on the thread port
+    /// of another machine's thread.
+    #[track_caller]
     pub fn close_from(&'static self, my: MyCpu<'_>) {
         match &self.kind {
             Kind::Thread(owner) => {
-                let c = owner.cpu();
-                my.send_ipi(c, close_remote::<T>, self as *const Port<T> as usize, 0)
-                    .expect("lwkt-msg: the port owner's CPU is not on this machine");
+                check_machine(owner, my);
+                // Closed here if the owner lives here, else by IPI.
+                my.crit(|| close_remote::<T>(my, self as *const Port<T> as usize, 0));
             }
             Kind::Spin => {
                 let waiting = my.crit(|| {
@@ -441,33 +453,24 @@ impl<T: Send + 'static> Port<T> {
     /// Put an in-flight message (sent, or forwarded) on this port.
     pub(crate) fn put(&'static self, my: MyCpu<'_>, m: *mut Msg<T>) {
         match &self.kind {
-            Kind::Thread(owner) => {
-                let c = owner.cpu();
-                if c == my.id() {
-                    my.crit(|| self.thread_push(my, m, false));
-                } else {
-                    self.send_remote(my, c, m, push_remote::<T, false>);
-                }
-            }
+            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, false)),
             Kind::Spin => my.crit(|| self.spin_push(my, m, false)),
             Kind::Serializer(slz) => self.serial_push(my, slz, m, false),
-            // SAFETY: the sender handed the message over; the handler owns it.
-            Kind::PutOnly(handler) => handler(my, unsafe { MsgHandle::from_raw(m) }),
+            Kind::PutOnly(handler) => {
+                // SAFETY: the sender handed the message over; the handler
+                // owns it.
+                let h = unsafe { MsgHandle::from_raw(m) };
+                abort_on_unwind("a put-only port's handler", || handler(my, h));
+            }
             Kind::ReplyOnly(_) => unreachable!("checked by check_put"),
         }
     }
 
     /// Deliver a reply to this port (the message's reply port).
+    #[track_caller]
     pub(crate) fn deliver_reply(&'static self, my: MyCpu<'_>, m: *mut Msg<T>) {
         match &self.kind {
-            Kind::Thread(owner) => {
-                let c = owner.cpu();
-                if c == my.id() {
-                    my.crit(|| self.thread_push(my, m, true));
-                } else {
-                    self.send_remote(my, c, m, push_remote::<T, true>);
-                }
-            }
+            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, true)),
             Kind::Spin => my.crit(|| self.spin_push(my, m, true)),
             Kind::Serializer(slz) => self.serial_push(my, slz, m, true),
             Kind::ReplyOnly(on_reply) => {
@@ -476,7 +479,9 @@ impl<T: Send + 'static> Port<T> {
                 // The hook runs first, so whoever sees the message done also
                 // sees what the hook did.
                 if let Some(cb) = on_reply {
-                    cb(my, Replied { m, result });
+                    abort_on_unwind("a reply-only port's callback", || {
+                        cb(my, Replied { m, result })
+                    });
                 }
                 complete(my, m);
             }
@@ -493,13 +498,17 @@ impl<T: Send + 'static> Port<T> {
         )
     }
 
+    /// Before a send touches the message: the port takes requests, from
+    /// this machine.
     #[track_caller]
-    fn check_put(&self) {
-        if let Kind::ReplyOnly(_) = self.kind {
-            panic!(
+    fn check_put(&self, my: MyCpu<'_>) {
+        match &self.kind {
+            Kind::ReplyOnly(_) => panic!(
                 "lwkt-msg: put to a reply-only port (rule: reply-only ports \
                  take replies, never requests)"
-            );
+            ),
+            Kind::Thread(owner) => check_machine(owner, my),
+            _ => {}
         }
     }
 
@@ -537,27 +546,25 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    fn send_remote(
-        &'static self,
-        my: MyCpu<'_>,
-        cpu: lwkt_core::CpuId,
-        m: *mut Msg<T>,
-        func: IpiFn,
-    ) {
+    fn send_remote(&'static self, my: MyCpu<'_>, cpu: CpuId, m: *mut Msg<T>, func: IpiFn) {
         // SAFETY: the message is in flight and live.
         unsafe { (*m).hdr.transit(true) };
         my.send_ipi(cpu, func, self as *const Port<T> as usize, m as usize)
             .expect("lwkt-msg: the port owner's CPU is not on this machine");
     }
 
-    /// Thread port: queue `m` on the owner's CPU (chasing a migrated owner).
-    /// Runs in a critical section.
+    /// Thread port: queue `m` if the owner lives on this CPU, or send it by
+    /// IPI to the owner's CPU, which does the same (chasing a migrating
+    /// owner). Runs in a critical section.
+    ///
+    /// # Panics
+    /// If the owner belongs to another machine.
+    #[track_caller]
     fn thread_push(&'static self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
         let Kind::Thread(owner) = &self.kind else {
             unreachable!()
         };
-        let c = owner.cpu();
-        if c != my.id() {
+        if let Some(c) = route(owner, my) {
             let func: IpiFn = if is_reply {
                 push_remote::<T, true>
             } else {
@@ -565,7 +572,7 @@ impl<T: Send + 'static> Port<T> {
             };
             return self.send_remote(my, c, m, func);
         }
-        // SAFETY: on the owner's CPU in a critical section.
+        // SAFETY: the owner lives here (`route`), in a critical section.
         let closed = unsafe { self.inner() }.closed || owner.has_exited();
         if closed {
             return refuse(my, m, is_reply);
@@ -602,25 +609,26 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    /// Serializer port: queue `m`; the caller holds the serializer.
+    /// Serializer port: queue `m`; the running thread holds the serializer
+    /// (not interrupt context: an IPI function is never the holder).
+    #[track_caller]
     fn serial_push(&'static self, my: MyCpu<'_>, slz: &Serializer, m: *mut Msg<T>, is_reply: bool) {
         assert!(
             slz.is_held_here(my),
             "lwkt-msg: put or reply to a serializer port without holding its \
-             serializer (rule: every operation on a serializer port holds it)"
+             serializer, or from interrupt context (rule: every operation on a \
+             serializer port is made by the thread holding it)"
         );
-        // SAFETY: the serializer is held by the running thread.
-        let r = unsafe {
-            let inner = self.inner();
+        let r = self.with_inner(my, |inner| {
             if inner.closed {
-                None
-            } else {
-                inner.q.push(m as *mut Header);
-                mark(m, is_reply);
-                self.gen.fetch_add(1, Ordering::Release);
-                Some(core::mem::take(&mut inner.waiting))
+                return None;
             }
-        };
+            // SAFETY: `m` is in flight, on no queue, and stays alive.
+            unsafe { inner.q.push(m as *mut Header) };
+            mark(m, is_reply);
+            self.gen.fetch_add(1, Ordering::Release);
+            Some(core::mem::take(&mut inner.waiting))
+        });
         match r {
             None => refuse(my, m, is_reply),
             Some(true) => my.wakeup(self.chan()),
@@ -750,8 +758,8 @@ impl<T: Send + 'static> Port<T> {
     fn with_inner<R>(&'static self, my: MyCpu<'_>, f: impl FnOnce(&mut Inner) -> R) -> R {
         my.crit(|| match self.kind {
             // SAFETY: callers checked `check_receiver`: we are the owner, so
-            // on the owner's CPU, and in a critical section; or we hold the
-            // serializer.
+            // on the owner's CPU, and in a critical section; or the running
+            // thread holds the serializer (`check_receiver`, `serial_push`).
             Kind::Thread(_) | Kind::Serializer(_) => f(unsafe { self.inner() }),
             // SAFETY: under the lock.
             _ => self.lock.with(|| f(unsafe { self.inner() })),
@@ -791,7 +799,11 @@ impl<T: Send + 'static> MsgHandle<T> {
     /// or a message without reply port). DragonFly: `lwkt_replymsg()`.
     ///
     /// # Panics
-    /// If `result` is `Err(MsgError::Code(c))` with `c <= 0`.
+    /// If `result` is `Err(MsgError::Code(c))` with `c <= 0`; if the reply
+    /// port is the thread port of another machine's thread, or a
+    /// serializer port whose serializer the running thread does not hold
+    /// (the message then stays in flight).
+    #[track_caller]
     pub fn reply(self, my: MyCpu<'_>, result: Result<(), MsgError>) {
         let code = MsgError::encode(result);
         let m = self.into_raw();
@@ -810,9 +822,11 @@ impl<T: Send + 'static> MsgHandle<T> {
     /// goes to the originator as usual. DragonFly: `lwkt_forwardmsg()`.
     ///
     /// # Panics
-    /// If `port` takes no requests.
+    /// If `port` takes no requests, or is the thread port of another
+    /// machine's thread.
+    #[track_caller]
     pub fn forward(self, my: MyCpu<'_>, port: &'static Port<T>) {
-        port.check_put();
+        port.check_put(my);
         port.put(my, self.into_raw());
     }
 }
@@ -836,7 +850,8 @@ fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     // before that.
     let waiting = unsafe {
         let waker = &(*m).waker;
-        (*m).hdr.complete(|| waker.wake())
+        (*m).hdr
+            .complete(|| abort_on_unwind("a ReplyFuture's waker", || waker.wake()))
     };
     if waiting {
         my.wakeup(m as usize);
@@ -854,21 +869,22 @@ fn refuse<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
     }
 }
 
-/// IPI function: close a thread port on its owner's CPU (chasing a
-/// migrated owner) and wake the owner if it waits on the port.
+/// IPI function (and `close_from`, in a critical section): close a thread
+/// port on its owner's CPU (chasing a migrated owner) and wake the owner if
+/// it waits on the port.
 fn close_remote<T: Send + 'static>(my: MyCpu<'_>, port: usize, _: usize) {
     // SAFETY: ports are 'static.
     let port = unsafe { &*(port as *const Port<T>) };
     let Kind::Thread(owner) = &port.kind else {
         unreachable!()
     };
-    let c = owner.cpu();
-    if c != my.id() {
+    if let Some(c) = route(owner, my) {
         my.send_ipi(c, close_remote::<T>, port as *const Port<T> as usize, 0)
             .expect("lwkt-msg: the port owner's CPU is not on this machine");
         return;
     }
-    // SAFETY: on the owner's CPU, in an IPI function's critical section.
+    // SAFETY: the owner lives here (`route`), in a critical section (an IPI
+    // function's, or `close_from`'s).
     let wake = unsafe {
         let inner = port.inner();
         inner.closed = true;
@@ -877,6 +893,64 @@ fn close_remote<T: Send + 'static>(my: MyCpu<'_>, port: usize, _: usize) {
     if wake {
         my.schedule(owner);
     }
+}
+
+/// Where a thread port's queue may be touched, seen from `my` inside a
+/// critical section: `None` when the owner lives on this CPU (then only
+/// this CPU touches the queue until the critical section ends), else the
+/// CPU to send the operation to by IPI (which routes it again: a migrating
+/// owner is chased). DragonFly: `lwkt_thread_putport()`'s
+/// `td->td_gd == mycpu` test.
+///
+/// "Lives here" is [`ThreadHandle::is_local`]: its Acquire load of the
+/// owner's CPU pairs with the Release store by which the old CPU hands a
+/// migrating thread over (lwkt-core's `finish_switch`, after the thread has
+/// switched away), so everything the owner did to the queue on its old CPU
+/// happens before this CPU's push. The CPU number alone (a Relaxed load)
+/// does not order them: that was a data race on the queue (loom model
+/// `loom_tests::thread_port_push_after_migration`).
+///
+/// # Panics
+/// If the owner belongs to another machine (its CPU numbers name CPUs of
+/// that machine, not of `my`'s).
+#[track_caller]
+fn route(owner: &ThreadHandle, my: MyCpu<'_>) -> Option<CpuId> {
+    loop {
+        if owner.is_local(my) {
+            return None;
+        }
+        check_machine(owner, my);
+        let c = owner.cpu();
+        if c != my.id() {
+            return Some(c);
+        }
+        // The owner's number already says this CPU, its CPU pointer not yet:
+        // the old CPU is between the two stores of the handover (they come
+        // one after the other, in its critical section), or this load of
+        // the pointer came before that store. Sending to ourselves would run
+        // this again at once; look again instead.
+        core::hint::spin_loop();
+    }
+}
+
+/// Panic unless `owner` is a thread of `my`'s machine.
+#[track_caller]
+fn check_machine(owner: &ThreadHandle, my: MyCpu<'_>) {
+    if !owner.is_of_machine(my) {
+        other_machine(owner);
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn other_machine(owner: &ThreadHandle) -> ! {
+    panic!(
+        "lwkt-msg: port of another machine: the thread port of '{}' used from a CPU \
+         of another lwkt machine (rule: a thread port takes puts, replies and \
+         closes only from the machine of its owner)",
+        owner.name()
+    )
 }
 
 /// IPI function: a put (`REPLY = false`) or reply (`true`) arriving at the
