@@ -3,7 +3,9 @@
 //! and a third party that aborts. They run this crate's own state machine
 //! (`header.rs`) through the `sync` shim; the hand-off between CPUs (the
 //! port's queue or IPI ring) is a Release store and an Acquire load, as the
-//! real rings are. Run with `cargo xtask loom`.
+//! real rings are. The last models route a put to a thread port whose
+//! owner migrates (`port::route_by`, the port's `Queue`), against the
+//! handover as lwkt-core makes it. Run with `cargo xtask loom`.
 
 use loom::sync::atomic::AtomicBool;
 use loom::sync::Arc;
@@ -178,4 +180,134 @@ fn future_waker_and_reply_race() {
         assert_eq!(unsafe { s.hdr.code() }, 7);
         t.join().unwrap();
     });
+}
+
+/// A thread port's owner, as lwkt-core keeps it: its CPU number and its
+/// CPU pointer (`Thread::cpuid`, `Thread::gd`; here the pointer is a
+/// number too). A migration's handover (lwkt-core `finish_switch`, on the
+/// old CPU after the thread has switched away) stores the number (Relaxed)
+/// then the pointer (Release); `ThreadHandle::is_local` loads the pointer
+/// (Acquire). Those orderings are lwkt-core's, restated here.
+struct Migrating {
+    cpuid: loom::sync::atomic::AtomicU32,
+    gd: loom::sync::atomic::AtomicU32,
+    /// The port's queue (lwkt-msg's own `Queue`, and `Header`s whose links
+    /// are loom cells), in a loom cell: loom checks who touches it.
+    q: loom::cell::UnsafeCell<crate::queue::Queue>,
+    hdrs: [Header; 2],
+    /// The IPI rings' hand-off (Release/Acquire), one way each: 0 nothing,
+    /// 1 a put, 2 "no put is coming".
+    to_old: loom::sync::atomic::AtomicU32,
+    to_new: AtomicBool,
+}
+
+// SAFETY: the queue's raw pointers name `hdrs`, inside the same `Arc`; loom
+// checks every access to the queue and the links.
+unsafe impl Send for Migrating {}
+// SAFETY: as above.
+unsafe impl Sync for Migrating {}
+
+impl Migrating {
+    fn hdr(&self, i: usize) -> *mut Header {
+        &self.hdrs[i] as *const Header as *mut Header
+    }
+
+    /// A put on CPU `here`, as `thread_push` makes it: route, then push
+    /// (the queue is ours) or pass it on.
+    fn put(&self, here: u32, is_local: impl Fn(&Migrating, u32) -> bool) -> Option<u32> {
+        let r = crate::port::route_by(
+            lwkt_core::CpuId::new(here),
+            || is_local(self, here),
+            || lwkt_core::CpuId::new(self.cpuid.load(Ordering::Relaxed)),
+        );
+        match r {
+            None => {
+                // SAFETY: `route` says the owner lives here.
+                self.q.with_mut(|q| unsafe { (*q).push(self.hdr(1)) });
+                self.hdrs[1].mark_queued();
+                None
+            }
+            Some(c) => Some(c.get()),
+        }
+    }
+}
+
+/// The owner of a thread port migrates from CPU 0 to CPU 1 right after its
+/// last look at the port's queue, while a put to the port arrives on CPU 1
+/// (an IPI from a sender that read the old number, or a sender there). The
+/// put must not touch the queue before the owner's last access on CPU 0 is
+/// ordered before it. `is_local` is the check the put routes by.
+fn migration_model(is_local: fn(&Migrating, u32) -> bool) {
+    loom::model(move || {
+        let p = Arc::new(Migrating {
+            cpuid: loom::sync::atomic::AtomicU32::new(0),
+            gd: loom::sync::atomic::AtomicU32::new(0),
+            q: loom::cell::UnsafeCell::new(crate::queue::Queue::new()),
+            hdrs: [Header::new(0), Header::new(0)],
+            to_old: loom::sync::atomic::AtomicU32::new(0),
+            to_new: AtomicBool::new(false),
+        });
+        // A request queued on CPU 0 before.
+        p.hdrs[0].begin_send(false);
+        // SAFETY: nobody else runs yet.
+        p.q.with_mut(|q| unsafe { (*q).push(p.hdr(0)) });
+        p.hdrs[0].mark_queued();
+        p.hdrs[1].begin_send(false);
+
+        let old = {
+            let p = p.clone();
+            thread::spawn(move || {
+                // CPU 0: the owner takes the request, then migrates; the
+                // next thread there hands it over.
+                // SAFETY: the owner lives here.
+                let h = p.q.with_mut(|q| unsafe { (*q).pop() });
+                assert_eq!(h, Some(p.hdr(0)));
+                p.hdrs[0].take_request();
+                p.cpuid.store(1, Ordering::Relaxed);
+                p.gd.store(1, Ordering::Release);
+                // An IPI may bring the put here: route it on.
+                spin_until(|| p.to_old.load(Ordering::Acquire) != 0);
+                if p.to_old.load(Ordering::Acquire) == 1 {
+                    assert_eq!(p.put(0, is_local), Some(1), "the owner left CPU 0");
+                    p.to_new.store(true, Ordering::Release);
+                }
+            })
+        };
+
+        // CPU 1: the put arrives.
+        match p.put(1, is_local) {
+            None => p.to_old.store(2, Ordering::Release),
+            Some(c) => {
+                assert_eq!(c, 0);
+                p.to_old.store(1, Ordering::Release);
+                spin_until(|| p.to_new.load(Ordering::Acquire));
+                assert_eq!(p.put(1, is_local), None, "back here after the handover");
+            }
+        }
+        old.join().unwrap();
+        // The owner, now on CPU 1, finds the put and nothing else.
+        // SAFETY: the owner lives here.
+        let h = p.q.with_mut(|q| unsafe { (*q).pop() });
+        assert_eq!(h, Some(p.hdr(1)));
+        // SAFETY: as above.
+        assert!(p.q.with(|q| unsafe { (*q).is_empty() }));
+    });
+}
+
+/// The check thread ports route by (`ThreadHandle::is_local`: the owner's
+/// CPU pointer, Acquire): the put on the new CPU comes after the owner's
+/// last access on the old one, whichever way it is routed (the spin of
+/// `route_by` while the number is ahead of the pointer included).
+#[test]
+fn thread_port_push_after_migration() {
+    migration_model(|p, here| p.gd.load(Ordering::Acquire) == here);
+}
+
+/// The check thread ports routed by before issue 15 (the owner's CPU
+/// number, Relaxed): loom finds the put on the new CPU racing the owner's
+/// last access to the queue on the old one.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn thread_port_push_by_cpu_number_races() {
+    migration_model(|p, here| p.cpuid.load(Ordering::Relaxed) == here);
 }

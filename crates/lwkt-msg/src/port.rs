@@ -915,13 +915,29 @@ fn close_remote<T: Send + 'static>(my: MyCpu<'_>, port: usize, _: usize) {
 /// that machine, not of `my`'s).
 #[track_caller]
 fn route(owner: &ThreadHandle, my: MyCpu<'_>) -> Option<CpuId> {
+    route_by(
+        my.id(),
+        || owner.is_local(my),
+        || {
+            check_machine(owner, my);
+            owner.cpu()
+        },
+    )
+}
+
+/// `route` over the owner's two words, for the loom models: `is_local()`
+/// (its CPU pointer, Acquire: is it this CPU) and `cpu()` (its number).
+pub(crate) fn route_by(
+    here: CpuId,
+    is_local: impl Fn() -> bool,
+    cpu: impl Fn() -> CpuId,
+) -> Option<CpuId> {
     loop {
-        if owner.is_local(my) {
+        if is_local() {
             return None;
         }
-        check_machine(owner, my);
-        let c = owner.cpu();
-        if c != my.id() {
+        let c = cpu();
+        if c != here {
             return Some(c);
         }
         // The owner's number already says this CPU, its CPU pointer not yet:
@@ -929,7 +945,7 @@ fn route(owner: &ThreadHandle, my: MyCpu<'_>) -> Option<CpuId> {
         // one after the other, in its critical section), or this load of
         // the pointer came before that store. Sending to ourselves would run
         // this again at once; look again instead.
-        core::hint::spin_loop();
+        crate::sync::spin_loop();
     }
 }
 
