@@ -3,13 +3,20 @@
 //!
 //! DragonFly: `lwkt_gettoken()`, `lwkt_gettoken_shared()`, `lwkt_trytoken()`,
 //! `lwkt_reltoken()`.
+//!
+//! Every hold ends in a drop guard ([`Hold`]), so it ends whether its closure
+//! returns or unwinds: a panic caught by `catch_unwind` leaves no reference
+//! on the thread's stack to a token that may be freed afterwards (issue 15,
+//! hole 1). What cannot be put right (the closure replaced the thread
+//! handle, or broke the stack through its `unsafe` API) aborts: unwinding
+//! would let the caller free a token the stack still points at.
 
 use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr;
 
-use crate::stack::{Mode, Pushed, Slot, TokenStack};
+use crate::stack::{Mode, OwnerId, Pushed, Slot, TokenStack};
 use crate::token::Token;
 
 /// A running thread that can hold tokens: the bridge to a scheduler.
@@ -24,10 +31,17 @@ use crate::token::Token;
 ///   scheduler calls [`TokenStack::release_all`] when it switches the thread
 ///   out and resumes it only after [`TokenStack::acquire_all`] succeeded);
 /// - `wait_for_tokens` blocks the thread and returns only once that is so.
+///   If it unwinds instead, it does so before releasing anything (the
+///   reference being acquired is then dropped), or the process aborts.
 ///
 /// Everything that may block must take `&mut self` (as `wait_for_tokens`
 /// does): [`TokenCell`] data borrowed through `&self` must not outlive a
 /// blocking point.
+///
+/// One thread uses one `TokenThread`. A second one used inside it (a
+/// [`SpinThread`](crate::SpinThread) inside an lwkt thread) keeps its tokens
+/// when the first one blocks: not undefined behaviour, but the tokens rule
+/// is gone, and with it the freedom from deadlock.
 pub unsafe trait TokenThread {
     /// This thread's token references.
     fn token_stack(&self) -> &TokenStack;
@@ -48,37 +62,51 @@ type Brand<'h, M> = PhantomData<(fn(&'h ()) -> &'h (), M, *mut ())>;
 
 /// Proof that the current thread holds a token, valid inside one
 /// [`with_token`] closure (the `'h` brand keeps it from leaving it).
+///
+/// It names the holder by its stack's owner id, not by address: a closure
+/// may move the thread handle's contents out (`mem::replace` of a
+/// [`SpinThread`](crate::SpinThread)) and a fresh stack then sits at the
+/// holder's address, holding nothing.
 pub struct Held<'h, M> {
     tok: *const Token,
-    stack: *const TokenStack,
+    owner: usize,
     _brand: Brand<'h, M>,
 }
 
 impl<M> fmt::Debug for Held<'_, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // SAFETY: the token outlives the hold (`with_token` borrows it).
-        f.debug_tuple("Held")
-            .field(&unsafe { &*self.tok }.name())
-            .finish()
+        f.debug_tuple("Held").field(&self.token().name()).finish()
     }
 }
 
 impl<M> Held<'_, M> {
     /// The token held.
+    ///
+    /// ```
+    /// use lwkt_token::{with_token, SpinThread, Token};
+    /// static TOK: Token = Token::new("named");
+    /// let mut me = SpinThread::new();
+    /// with_token(&mut me, &TOK, |_, held| assert_eq!(held.token().name(), "named"));
+    /// ```
     pub fn token(&self) -> &Token {
-        // SAFETY: as in `Debug`.
+        // SAFETY: the token outlives the hold: the function that made this
+        // `Held` borrows it for longer than the closure the `Held` is
+        // confined to (the `'h` brand).
         unsafe { &*self.tok }
     }
 }
 
-/// Take `tok` in `mode` for a thread that does not hold it exclusively.
+/// Take `tok` in `mode` for a thread that does not hold it exclusively;
+/// `owner` is its stack's id.
 #[inline(always)]
-fn acquire<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) -> Slot {
+fn acquire<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode, owner: OwnerId) -> Slot {
     let st = cur.token_stack();
-    // SAFETY: the running thread's own stack, all its references held.
+    // SAFETY: the running thread's own stack, all its references held; the
+    // reference is popped by the `Hold` made right after, while `tok` is
+    // still borrowed.
     let fast = unsafe {
         match mode {
-            Mode::Exclusive => st.push_exclusive_free(tok),
+            Mode::Exclusive => st.push_exclusive_free(tok, owner),
             Mode::Shared => st.push_shared_first(tok),
         }
     };
@@ -95,7 +123,7 @@ fn acquire<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) -> Slo
 #[inline(never)]
 fn acquire_slow<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) -> Slot {
     let st = cur.token_stack();
-    // SAFETY: the running thread's own stack, all its references held.
+    // SAFETY: as in `acquire`.
     match unsafe { st.push(tok, mode) } {
         Err(e) => panic!("{e}"),
         Ok(Pushed::Recursive) => return st.top_slot(),
@@ -105,6 +133,7 @@ fn acquire_slow<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) -
     if unsafe { st.try_top(true) } {
         return st.top_slot();
     }
+    #[allow(clippy::reversed_empty_ranges)] // one try under loom
     for i in 1..crate::sync::SPIN_TRIES {
         for _ in 0..(1u32 << i.min(6)) {
             crate::sync::spin_loop();
@@ -114,10 +143,138 @@ fn acquire_slow<C: TokenThread + ?Sized>(cur: &mut C, tok: &Token, mode: Mode) -
             return st.top_slot();
         }
     }
-    cur.wait_for_tokens();
-    let st = cur.token_stack();
+    let owner = st.owner_id();
+    let wait = Waiting { cur, tok, owner };
+    wait.cur.wait_for_tokens();
+    let st = wait.cur.token_stack();
     debug_assert!(st.all_held());
     st.top_slot()
+}
+
+/// Drops the reference being acquired if `wait_for_tokens` unwinds before
+/// it released anything (lwkt-core's does when asked to block in interrupt
+/// context); aborts if it unwound having released the thread's tokens.
+struct Waiting<'c, 't, C: TokenThread + ?Sized> {
+    cur: &'c mut C,
+    tok: &'t Token,
+    owner: usize,
+}
+
+impl<C: TokenThread + ?Sized> Drop for Waiting<'_, '_, C> {
+    fn drop(&mut self) {
+        let st = self.cur.token_stack();
+        if st.all_held() {
+            return; // the wait succeeded
+        }
+        // SAFETY: the running thread's own stack (same id); `tok` is the
+        // top reference, pushed by `acquire_slow` and not held.
+        if st.raw_id() != self.owner || !unsafe { st.abandon_unheld_top(self.tok) } {
+            crate::abort(format_args!(
+                "lwkt: wait_for_tokens unwound with the thread's tokens released \
+                 (waiting for '{}'); they cannot be restored (aborting)",
+                self.tok.name()
+            ));
+        }
+    }
+}
+
+/// How a hold ends.
+#[derive(Clone, Copy)]
+enum End {
+    /// A nested hold of a token the thread holds exclusively: uncounted.
+    Nested,
+    /// A reference stored at the slot, held in the mode: popped.
+    Stored(Mode, Slot),
+}
+
+/// Ends a hold if its closure unwinds (the normal path ends it itself,
+/// with the values in registers). It carries the closure's [`Held`] (in
+/// memory anyway: the closure gets a reference to it), the thread handle,
+/// and how the hold ends.
+struct Hold<'h, C: TokenThread + ?Sized, M> {
+    held: Held<'h, M>,
+    /// The `&mut C` given to `run`; used here only once the closure, which
+    /// had it reborrowed, has unwound.
+    cur: *mut C,
+    end: End,
+}
+
+impl<C: TokenThread + ?Sized, M> Drop for Hold<'_, C, M> {
+    #[cold]
+    fn drop(&mut self) {
+        // SAFETY: `cur` came from the `&mut C` `run` was given; the
+        // closure's reborrow of it ended as the closure unwound, and nothing
+        // else uses it meanwhile.
+        let cur = unsafe { &*self.cur };
+        end_hold(cur, self.held.token(), self.held.owner, self.end);
+    }
+}
+
+/// End a hold on the stack that took it (checked by owner id: the closure
+/// may have replaced the handle's contents, and then the reference cannot
+/// be reached: abort).
+#[inline(always)]
+fn end_hold<C: TokenThread + ?Sized>(cur: &C, tok: &Token, owner: usize, end: End) {
+    let st = cur.token_stack();
+    if st.raw_id() != owner {
+        replaced(tok);
+    }
+    match end {
+        // SAFETY: the running thread's own stack (its id is the one that
+        // took the hold), pairing with the `nest` in `run`.
+        End::Nested => unsafe { st.unnest() },
+        // SAFETY: as above; our reference, pushed at `slot` in `mode`
+        // (`pop_slot` checks that it is on top, and aborts if not).
+        End::Stored(mode, slot) => unsafe { st.pop_slot(tok, mode, slot) },
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn replaced(tok: &Token) -> ! {
+    crate::abort(format_args!(
+        "lwkt: the thread handle was replaced inside a closure holding token '{}': \
+         the stack that holds it is out of reach (aborting)",
+        tok.name()
+    ))
+}
+
+/// Run `f` under the hold of `tok` that ends as `end` says, ending it when
+/// `f` returns or unwinds.
+#[inline(always)]
+fn run<C, M, R>(
+    cur: &mut C,
+    tok: &Token,
+    owner: OwnerId,
+    end: End,
+    f: impl for<'h> FnOnce(&mut C, &Held<'h, M>) -> R,
+) -> R
+where
+    C: TokenThread + ?Sized,
+{
+    let st = cur.token_stack();
+    if let End::Nested = end {
+        // SAFETY: the running thread's own stack; it holds `tok`
+        // exclusively; the `Hold` below pairs it with an `unnest`.
+        unsafe { st.nest() };
+    }
+    let cur: *mut C = cur;
+    let g = Hold {
+        held: Held {
+            tok,
+            owner: owner.get(),
+            _brand: PhantomData,
+        },
+        cur,
+        end,
+    };
+    // SAFETY: `cur` is the `&mut C` we were given, reborrowed for `f` alone
+    // (`g` touches it only if `f` unwinds, after the reborrow ended).
+    let r = f(unsafe { &mut *cur }, &g.held);
+    core::mem::forget(g);
+    // SAFETY: as above; `f`'s reborrow has ended.
+    end_hold(unsafe { &*cur }, tok, owner.get(), end);
+    r
 }
 
 #[inline(always)]
@@ -130,62 +287,12 @@ fn with_mode<C, M, R>(
 where
     C: TokenThread + ?Sized,
 {
-    if cur.token_stack().holds_exclusive(tok) {
-        return run_nested(cur, tok, f);
+    let owner = cur.token_stack().owner();
+    if tok.is_held_by(owner) {
+        return run(cur, tok, owner, End::Nested, f);
     }
-    let slot = acquire(cur, tok, mode);
-    run_stored(cur, tok, mode, slot, f)
-}
-
-/// Run `f` under a nested hold of `tok`, which the thread holds
-/// exclusively: counted, nothing to acquire or release.
-#[inline(always)]
-fn run_nested<C, M, R>(
-    cur: &mut C,
-    tok: &Token,
-    f: impl for<'h> FnOnce(&mut C, &Held<'h, M>) -> R,
-) -> R
-where
-    C: TokenThread + ?Sized,
-{
-    let st = cur.token_stack();
-    // SAFETY: the running thread's own stack; it holds `tok` exclusively.
-    unsafe { st.nest() };
-    let h = held(st, tok);
-    let r = f(cur, &h);
-    // SAFETY: pairs with the `nest` above.
-    unsafe { cur.token_stack().unnest() };
-    r
-}
-
-/// Run `f` under the hold the thread has just taken on `tok` in `mode`,
-/// recorded at `slot`, then drop it (it is on top: closures nest).
-#[inline(always)]
-fn run_stored<C, M, R>(
-    cur: &mut C,
-    tok: &Token,
-    mode: Mode,
-    slot: Slot,
-    f: impl for<'h> FnOnce(&mut C, &Held<'h, M>) -> R,
-) -> R
-where
-    C: TokenThread + ?Sized,
-{
-    let h = held(cur.token_stack(), tok);
-    let r = f(cur, &h);
-    // SAFETY: our reference, pushed at `slot`, held (we run).
-    unsafe { cur.token_stack().pop_slot(tok, mode, slot) };
-    r
-}
-
-/// The proof of a hold the thread owning `stack` has just taken on `tok`.
-#[inline(always)]
-fn held<'h, M>(stack: &TokenStack, tok: &Token) -> Held<'h, M> {
-    Held {
-        tok,
-        stack,
-        _brand: PhantomData,
-    }
+    let slot = acquire(cur, tok, mode, owner);
+    run(cur, tok, owner, End::Stored(mode, slot), f)
 }
 
 /// Hold `tok` exclusively while `f` runs. DragonFly: `lwkt_gettoken()` ...
@@ -197,9 +304,28 @@ fn held<'h, M>(stack: &TokenStack, tok: &Token) -> Held<'h, M> {
 /// every blocking call**. Taking a token the thread already holds nests at
 /// no cost.
 ///
+/// If `f` panics, the hold ends as the panic unwinds (a `catch_unwind`
+/// further out finds the token released and off the thread's stack).
+///
+/// ```
+/// use lwkt_token::{with_token, SpinThread, Token};
+/// static TOK: Token = Token::new("t");
+/// let mut me = SpinThread::new();
+/// let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+///     with_token(&mut me, &TOK, |_, _| panic!("oops"))
+/// }));
+/// assert!(caught.is_err());
+/// assert_eq!(TOK.exclusive_owner(), 0); // released on the way out
+/// ```
+///
 /// # Panics
 /// With more than [`MAX_TOKENS`](crate::MAX_TOKENS) references, or when the
 /// thread holds `tok` only shared (that could never succeed).
+///
+/// # Aborts
+/// If `f` replaces the thread handle's contents (`mem::replace` of a
+/// [`SpinThread`](crate::SpinThread)) and does not put them back: the stack
+/// holding the token is out of reach, and the caller may free the token.
 pub fn with_token<C, R>(
     cur: &mut C,
     tok: &Token,
@@ -212,6 +338,15 @@ where
 }
 
 /// Hold `tok` shared while `f` runs. DragonFly: `lwkt_gettoken_shared()`.
+/// As [`with_token`] otherwise (unwinding, panics, aborts).
+///
+/// ```
+/// use lwkt_token::{with_token_shared, SpinThread, Token, TokenCell};
+/// static TOK: Token = Token::new("config");
+/// static LIMIT: TokenCell<'static, u32> = TokenCell::new(&TOK, 64);
+/// let mut me = SpinThread::new();
+/// assert_eq!(with_token_shared(&mut me, &TOK, |me, h| *LIMIT.get(h, me)), 64);
+/// ```
 pub fn with_token_shared<C, R>(
     cur: &mut C,
     tok: &Token,
@@ -224,7 +359,15 @@ where
 }
 
 /// Hold `tok` exclusively while `f` runs if it can be had without waiting;
-/// `None` otherwise. DragonFly: `lwkt_trytoken()`.
+/// `None` otherwise. DragonFly: `lwkt_trytoken()`. As [`with_token`]
+/// otherwise (unwinding, panics, aborts).
+///
+/// ```
+/// use lwkt_token::{try_with_token, SpinThread, Token};
+/// static TOK: Token = Token::new("t");
+/// let mut me = SpinThread::new();
+/// assert_eq!(try_with_token(&mut me, &TOK, |_, _| 1), Some(1));
+/// ```
 pub fn try_with_token<C, R>(
     cur: &mut C,
     tok: &Token,
@@ -234,22 +377,24 @@ where
     C: TokenThread + ?Sized,
 {
     let st = cur.token_stack();
-    if st.holds_exclusive(tok) {
-        return Some(run_nested(cur, tok, f));
+    let owner = st.owner();
+    if tok.is_held_by(owner) {
+        return Some(run(cur, tok, owner, End::Nested, f));
     }
-    // SAFETY: the running thread's own stack, all its references held.
-    let slot = match unsafe { st.push_exclusive_free(tok) } {
+    // SAFETY: the running thread's own stack, all its references held; the
+    // reference is popped by the `Hold` `run` makes, while `tok` is borrowed.
+    let slot = match unsafe { st.push_exclusive_free(tok, owner) } {
         Some(slot) => slot,
         None => try_slow(st, tok)?,
     };
-    Some(run_stored(cur, tok, Mode::Exclusive, slot, f))
+    Some(run(cur, tok, owner, End::Stored(Mode::Exclusive, slot), f))
 }
 
 /// `try_with_token` when the fast path could not decide: without waiting.
 #[cold]
 #[inline(never)]
 fn try_slow(st: &TokenStack, tok: &Token) -> Option<Slot> {
-    // SAFETY: the running thread's own stack, all its references held.
+    // SAFETY: as in `try_with_token`.
     match unsafe { st.push(tok, Mode::Exclusive) } {
         Err(e) => panic!("{e}"),
         Ok(Pushed::Recursive) => {}
@@ -390,8 +535,8 @@ impl<'t, T: ?Sized> TokenCell<'t, T> {
             self.token.name()
         );
         assert!(
-            ptr::eq(held.stack, cur.token_stack()),
-            "lwkt: a token hold of another thread was used"
+            held.owner == cur.token_stack().raw_id(),
+            "lwkt: a token hold of another thread (or of a replaced thread handle) was used"
         );
     }
 

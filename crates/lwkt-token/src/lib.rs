@@ -75,11 +75,28 @@ pub use held::{
 #[cfg(not(loom))]
 pub use pool::{pool_index, pool_token, POOL_SIZE};
 pub use spin::SpinThread;
-pub use stack::{Mode, Pushed, TokenError, TokenStack, MAX_TOKENS, SORTED_AFTER};
+pub use stack::{Mode, OwnerId, Pushed, TokenError, TokenStack, MAX_TOKENS, SORTED_AFTER};
 pub use token::Token;
 
 #[cfg(feature = "bench-counters")]
 pub mod sync_events;
+
+/// Print the message and abort the process: for a state that cannot be put
+/// right and must not unwind (unwinding would let a caller free a token a
+/// thread's stack still points at). The panic starts the message; a panic
+/// while it unwinds aborts (`no_std`: there is no `process::abort`).
+#[cold]
+#[inline(never)]
+pub(crate) fn abort(msg: core::fmt::Arguments<'_>) -> ! {
+    struct Abort;
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            panic!("lwkt: aborting");
+        }
+    }
+    let _abort = Abort;
+    panic!("{msg}");
+}
 
 #[cfg(all(test, loom))]
 mod loom_tests;

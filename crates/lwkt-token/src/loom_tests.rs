@@ -5,7 +5,7 @@ use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
 
-use crate::{with_token, with_token_shared, SpinThread, Token};
+use crate::{with_token, with_token_shared, Mode, Pushed, SpinThread, Token, TokenStack};
 
 struct Shared {
     tok: Token,
@@ -117,27 +117,189 @@ fn try_and_release() {
         let tok = Arc::new(Token::new("try"));
         let t2 = tok.clone();
         let h = thread::spawn(move || {
-            if t2.try_exclusive(2, false) {
-                // SAFETY: we hold it.
+            let me = TokenStack::new();
+            // SAFETY: this thread's own stack.
+            if unsafe { t2.try_exclusive(me.owner(), false) } {
+                // SAFETY: we hold it; no hold was made from it.
                 unsafe { t2.release_exclusive() };
                 true
             } else {
                 false
             }
         });
-        let mine = tok.try_exclusive(1, true);
+        let me = TokenStack::new();
+        // SAFETY: this thread's own stack.
+        let mine = unsafe { tok.try_exclusive(me.owner(), true) };
         if mine {
-            assert_eq!(tok.exclusive_owner(), 1);
-            // SAFETY: we hold it.
+            assert_eq!(tok.exclusive_owner(), me.owner_id());
+            // SAFETY: we hold it; no hold was made from it.
             unsafe { tok.release_exclusive() };
         }
         let theirs = h.join().unwrap();
         assert!(mine || theirs, "a free token was refused to both");
-        assert!(
-            tok.try_exclusive(3, false),
-            "{:?} owner {}",
-            tok,
-            tok.exclusive_owner()
-        );
+        // SAFETY: this thread's own stack.
+        let again = unsafe { tok.try_exclusive(me.owner(), false) };
+        assert!(again, "{:?} owner {}", tok, tok.exclusive_owner());
+    });
+}
+
+/// Two tokens and the data they protect together.
+struct Two {
+    a: Token,
+    b: Token,
+    /// Touched only by a thread holding both tokens (loom reports an
+    /// overlap as a data race).
+    data: UnsafeCell<u32>,
+}
+
+// SAFETY: `data` is accessed only by a thread holding `a` and `b` (the
+// property under test; loom checks it).
+unsafe impl Sync for Two {}
+
+impl Two {
+    fn new() -> Arc<Two> {
+        Arc::new(Two {
+            a: Token::new("a"),
+            b: Token::new("b"),
+            data: UnsafeCell::new(0),
+        })
+    }
+
+    /// A read-modify-write of the data, for a holder of both tokens.
+    fn bump(&self) {
+        // SAFETY: the caller holds both tokens (checked by loom).
+        self.data.with_mut(|p| unsafe { *p += 1 });
+    }
+
+    fn assert_free(&self) {
+        for t in [&self.a, &self.b] {
+            assert_eq!(t.exclusive_owner(), 0, "{t:?} still held");
+            assert_eq!(t.shared_holders(), 0);
+        }
+    }
+}
+
+/// A stack handed from one CPU to another, as the scheduler hands a
+/// switched-out thread to the CPU it migrates to (the hand-off, here the
+/// spawn, orders the two CPUs' uses of it).
+struct Migrating(TokenStack);
+
+// SAFETY: only one CPU uses the stack at a time: CPU 0 until it hands it
+// over, CPU 1 after; the spawn orders the two.
+unsafe impl Send for Migrating {}
+
+/// A blocked thread's stack holding `toks` exclusively, released, as its
+/// scheduler leaves it (made on this loom thread, then handed to a CPU).
+fn blocked_holding(toks: [&Token; 2]) -> Migrating {
+    let st = TokenStack::new();
+    // SAFETY: `st` is used by one thread at a time (here, then the CPU it
+    // is handed to); the tokens outlive every reference (`Two` in an `Arc`
+    // held until the references are popped).
+    unsafe {
+        for t in toks {
+            assert_eq!(st.push(t, Mode::Exclusive), Ok(Pushed::New));
+            assert!(st.try_top(true));
+        }
+        st.release_all();
+    }
+    Migrating(st)
+}
+
+/// CPU `x`'s scheduler: resume the thread (re-acquire all, or try again as
+/// the scheduler does with the next candidate), run it, block it again,
+/// resume it, and let it release its tokens.
+fn run_on_cpu(s: Arc<Two>, x: Migrating, order: [usize; 2]) {
+    let toks = [&s.a, &s.b];
+    for round in 0..2 {
+        // SAFETY: the thread is not running; only this CPU uses its stack.
+        while !unsafe { x.0.acquire_all() } {
+            thread::yield_now();
+        }
+        let id = x.0.owner_id();
+        assert_eq!(s.a.exclusive_owner(), id, "resumed without a");
+        assert_eq!(s.b.exclusive_owner(), id, "resumed without b");
+        s.bump();
+        if round == 0 {
+            // SAFETY: the thread blocks: its scheduler releases its stack.
+            unsafe { x.0.release_all() };
+        }
+    }
+    // SAFETY: the thread runs, holding both: it releases them, LIFO.
+    unsafe {
+        x.0.pop(toks[order[1]]);
+        x.0.pop(toks[order[0]]);
+    }
+}
+
+/// The scheduler's token re-acquisition on two CPUs at once (issue 15),
+/// with the code lwkt-core's switch runs (`release_all` when a thread
+/// blocks, `acquire_all` for a candidate, retried until it succeeds): each
+/// CPU resumes a thread holding both tokens (taken in opposite orders),
+/// runs it, blocks it, and resumes it again, against the other CPU doing
+/// the same. The two never overlap, and a thread resumes only holding every
+/// token of its stack (no acquisition lost, none left behind).
+#[test]
+fn reacquisition_on_two_cpus_excludes() {
+    loom::model(|| {
+        let s = Two::new();
+        let x = blocked_holding([&s.a, &s.b]);
+        let y = blocked_holding([&s.b, &s.a]);
+        let s0 = s.clone();
+        let c0 = thread::spawn(move || run_on_cpu(s0, x, [0, 1]));
+        run_on_cpu(s.clone(), y, [1, 0]);
+        c0.join().unwrap();
+        // SAFETY: all threads joined.
+        assert_eq!(s.data.with(|p| unsafe { *p }), 4);
+        s.assert_free();
+    });
+}
+
+/// A thread holding both tokens blocks on CPU 0 (its stack released) and is
+/// resumed on CPU 1, whose scheduler re-acquires the stack, while CPU 0
+/// runs another thread that takes the tokens in the other order: they never
+/// overlap, and the migrated thread resumes holding both.
+#[test]
+fn a_migrated_thread_reacquires_on_another_cpu() {
+    loom::model(|| {
+        let s = Two::new();
+        let x = TokenStack::new();
+        // SAFETY: `x` is the stack of the thread running here (CPU 0); the
+        // tokens live in `s` until every reference is popped.
+        unsafe {
+            for t in [&s.a, &s.b] {
+                assert_eq!(x.push(t, Mode::Exclusive), Ok(Pushed::New));
+                assert!(x.try_top(true));
+            }
+        }
+        s.bump();
+        // SAFETY: the thread blocks: its scheduler releases its stack.
+        unsafe { x.release_all() };
+        let moved = Migrating(x);
+        let s1 = s.clone();
+        let cpu1 = thread::spawn(move || {
+            let x = moved;
+            // CPU 1's scheduler: the thread runs only once it holds all.
+            // SAFETY: the thread is not running; only this CPU uses its
+            // stack now.
+            while !unsafe { x.0.acquire_all() } {
+                thread::yield_now();
+            }
+            let id = x.0.owner_id();
+            assert_eq!(s1.a.exclusive_owner(), id, "resumed without a");
+            assert_eq!(s1.b.exclusive_owner(), id, "resumed without b");
+            s1.bump();
+            // SAFETY: the thread runs, holding both: it releases them.
+            unsafe {
+                x.0.pop(&s1.b);
+                x.0.pop(&s1.a);
+            }
+        });
+        // CPU 0 runs another thread meanwhile.
+        let mut y = SpinThread::new();
+        with_token(&mut y, &s.b, |y, _| with_token(y, &s.a, |_, _| s.bump()));
+        cpu1.join().unwrap();
+        // SAFETY: all threads joined.
+        assert_eq!(s.data.with(|p| unsafe { *p }), 3);
+        s.assert_free();
     });
 }

@@ -8,7 +8,23 @@ use crate::stack::TokenStack;
 /// deadlock). For early boot, host threads, and tests; a scheduler should
 /// switch to other work instead, as lwkt-core does.
 ///
-/// Keep one per OS thread (it is `!Sync`).
+/// Keep one per OS thread (it is `!Send` and `!Sync`).
+///
+/// **Never use one inside an lwkt thread** (or any thread another scheduler
+/// can block): the scheduler releases the tokens on its own thread's stack
+/// when that thread blocks, not the ones a `SpinThread` holds, so they stay
+/// held across every blocking call, and a thread that needs one of them can
+/// wait forever (a deadlock, not undefined behaviour). In an lwkt thread,
+/// take tokens through its `Cur`. Nothing checks this at run time: this
+/// crate cannot see which scheduler, if any, runs the code.
+///
+/// A `SpinThread` cannot move to another OS thread (it may hold tokens, and
+/// a token's owner field names its stack):
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// send(lwkt_token::SpinThread::new());
+/// ```
 ///
 /// ```
 /// use lwkt_token::{with_token, SpinThread, Token};

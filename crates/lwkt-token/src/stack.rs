@@ -5,14 +5,16 @@
 //! `td_toks_have`, `lwkt_relalltokens()`, `lwkt_getalltokens()`,
 //! `_lwkt_getalltokens_sorted()`.
 //!
-//! Every method is `unsafe` with one contract: only the thread that owns the
-//! stack calls it, or its scheduler while that thread is not running, and
-//! never concurrently. Each stack has an owner id, a number no other stack
-//! of the process ever has, recorded in [`Token::exclusive_owner`] of the
-//! tokens it holds exclusively.
+//! Every method that changes the stack is `unsafe` with one contract: only
+//! the thread that owns the stack calls it, or its scheduler while that
+//! thread is not running, and never concurrently; and a token stays alive
+//! while a reference to it is on the stack. Each stack has an owner id
+//! ([`OwnerId`]), a number no other stack of the process ever has, recorded
+//! in [`Token::exclusive_owner`] of the tokens it holds exclusively.
 
 use core::cell::Cell;
 use core::fmt;
+use core::num::NonZeroUsize;
 use core::ptr;
 // Not loom's: ids only need to be unique, they are not part of any model.
 use core::sync::atomic::{AtomicUsize as IdCounter, Ordering as IdOrdering};
@@ -73,6 +75,7 @@ const SHARED_BIT: usize = 1;
 const RECURSIVE_BIT: usize = 2;
 const TAG_BITS: usize = SHARED_BIT | RECURSIVE_BIT;
 const _: () = assert!(core::mem::align_of::<Token>() > TAG_BITS);
+const _: () = assert!(MAX_TOKENS <= u8::MAX as usize);
 
 /// One token reference in one word: the token's address, bit 0 set when the
 /// token is held shared, bit 1 set for a nested hold of a token held deeper
@@ -123,16 +126,66 @@ impl Ref {
 /// its index, and whether it is a nested hold (which releases nothing).
 #[derive(Clone, Copy)]
 pub(crate) struct Slot {
-    n: usize,
+    /// Below [`MAX_TOKENS`]: a byte keeps a hold's record short.
+    n: u8,
     recursive: bool,
 }
 
+impl Slot {
+    #[inline(always)]
+    fn new(n: usize, recursive: bool) -> Slot {
+        Slot {
+            n: n as u8,
+            recursive,
+        }
+    }
+}
+
 /// A stack that has not needed an owner id yet. No token's owner field
-/// holds it (ids count up from 1; 0 means "no exclusive holder").
+/// ever holds it: the owner field is written only from an [`OwnerId`], and
+/// ids count up from 1 and stop short of `NO_ID` (0 means "no exclusive
+/// holder"). So a fresh stack never takes a token's owner field for its own
+/// (issue 15, hole 2: a forged `usize::MAX` once made every fresh stack
+/// "hold" a token).
 const NO_ID: usize = usize::MAX;
 
-/// The next owner id.
+/// The next owner id; it stays at [`NO_ID`] once the ids are used up.
 static NEXT_ID: IdCounter = IdCounter::new(1);
+
+/// A token stack's owner id: what a token's owner field records of the
+/// stack holding it exclusively. Only a [`TokenStack`] makes one
+/// ([`TokenStack::owner`]); it is never 0 ("no holder") nor the value a
+/// stack without an id compares equal to, and no two stacks of the process
+/// ever have the same one.
+///
+/// ```
+/// use lwkt_token::TokenStack;
+/// let (a, b) = (TokenStack::new(), TokenStack::new());
+/// assert_ne!(a.owner(), b.owner());
+/// assert_eq!(a.owner(), a.owner());
+/// assert_eq!(a.owner().get(), a.owner_id());
+/// ```
+///
+/// It cannot be made from a number:
+///
+/// ```compile_fail
+/// let forged = lwkt_token::OwnerId(core::num::NonZeroUsize::MAX); // error: private
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnerId(NonZeroUsize);
+
+impl OwnerId {
+    /// The id as a number, as [`Token::exclusive_owner`] shows it.
+    ///
+    /// ```
+    /// let st = lwkt_token::TokenStack::new();
+    /// assert_ne!(st.owner().get(), 0);
+    /// ```
+    #[inline(always)]
+    pub fn get(self) -> usize {
+        self.0.get()
+    }
+}
 
 /// One thread's token references, bottom first.
 pub struct TokenStack {
@@ -194,26 +247,59 @@ impl TokenStack {
         }
     }
 
-    /// This stack's owner id, as recorded in tokens it holds exclusively: a
-    /// non-zero number no other stack of the process has, assigned on first
-    /// use.
+    /// This stack's owner id, as recorded in tokens it holds exclusively,
+    /// assigned on first use.
+    ///
+    /// # Panics
+    /// When the process has used up every id (`usize::MAX - 1` stacks that
+    /// held a token, or needed an id, in its lifetime).
     #[inline(always)]
-    pub fn owner_id(&self) -> usize {
+    pub fn owner(&self) -> OwnerId {
         let id = self.id.get();
         if id != NO_ID {
-            id
+            // SAFETY: an assigned id is never 0 (`assign_id`).
+            OwnerId(unsafe { NonZeroUsize::new_unchecked(id) })
         } else {
             self.assign_id()
         }
     }
 
+    /// [`owner`](Self::owner) as a number: what
+    /// [`Token::exclusive_owner`] shows while this stack holds a token
+    /// exclusively.
+    ///
+    /// ```
+    /// use lwkt_token::{with_token, SpinThread, Token, TokenThread};
+    /// static TOK: Token = Token::new("t");
+    /// let mut me = SpinThread::new();
+    /// with_token(&mut me, &TOK, |me, _| {
+    ///     assert_eq!(TOK.exclusive_owner(), me.token_stack().owner_id());
+    /// });
+    /// ```
+    #[inline(always)]
+    pub fn owner_id(&self) -> usize {
+        self.owner().get()
+    }
+
+    /// The id, or [`NO_ID`] before one was needed; no allocation of one.
+    #[inline(always)]
+    pub(crate) fn raw_id(&self) -> usize {
+        self.id.get()
+    }
+
     #[cold]
     #[inline(never)]
-    fn assign_id(&self) -> usize {
-        let id = NEXT_ID.fetch_add(1, IdOrdering::Relaxed);
-        assert!(id != NO_ID, "lwkt: token owner ids exhausted");
+    fn assign_id(&self) -> OwnerId {
+        // Never wraps: once the counter reaches NO_ID it stays there, and
+        // no later stack gets 0 or a reused id.
+        let id = NEXT_ID
+            .fetch_update(IdOrdering::Relaxed, IdOrdering::Relaxed, |n| {
+                (n < NO_ID).then_some(n + 1)
+            })
+            .unwrap_or_else(|_| panic!("lwkt: token owner ids exhausted"));
         self.id.set(id);
-        id
+        // `NEXT_ID` starts at 1 and only grows.
+        OwnerId(NonZeroUsize::new(id).expect("lwkt: token owner id 0"))
     }
 
     /// References on the stack, nested holds included.
@@ -257,34 +343,17 @@ impl TokenStack {
         // SAFETY: `n < MAX_TOKENS` (every caller checked it), so in bounds.
         unsafe { self.refs.get_unchecked(n) }.set(r);
         self.len.set(n + 1);
-        Slot {
-            n,
-            recursive: r.recursive(),
-        }
+        Slot::new(n, r.recursive())
     }
 
     /// The top reference, as a [`Slot`] for [`pop_slot`](Self::pop_slot).
     pub(crate) fn top_slot(&self) -> Slot {
         let n = self.len.get() - 1;
-        Slot {
-            n,
-            recursive: self.refs[n].get().recursive(),
-        }
-    }
-
-    /// Does this thread hold `tok` exclusively? Two loads, no scan. Only
-    /// this stack's thread ever stores the stack's id in a token's owner
-    /// field (no other stack has that id, wherever either lives), and it
-    /// stores 0 before every release (its scheduler does so for it while it
-    /// is switched out), so a running thread that reads its own id there
-    /// holds the token now. A stack without an id holds nothing exclusively.
-    #[inline(always)]
-    pub(crate) fn holds_exclusive(&self, tok: &Token) -> bool {
-        tok.exclusive_owner() == self.id.get()
+        Slot::new(n, self.refs[n].get().recursive())
     }
 
     /// Count a nested hold of a token this thread holds exclusively (see
-    /// [`holds_exclusive`](Self::holds_exclusive)): no atomic operation, and
+    /// [`Token::is_held_by`]): no atomic operation, and
     /// no stored reference, since it releases nothing and is re-acquired
     /// with its token's acquiring reference.
     ///
@@ -313,11 +382,12 @@ impl TokenStack {
     /// misuse).
     ///
     /// # Safety
-    /// As for [`push`](Self::push).
+    /// As for [`push`](Self::push); `owner` is this stack's id.
     #[inline(always)]
-    pub(crate) unsafe fn push_exclusive_free(&self, tok: &Token) -> Option<Slot> {
+    pub(crate) unsafe fn push_exclusive_free(&self, tok: &Token, owner: OwnerId) -> Option<Slot> {
+        debug_assert!(owner == self.owner());
         let n = self.len.get();
-        if n >= MAX_TOKENS || !tok.try_exclusive_free(self.owner_id()) {
+        if n >= MAX_TOKENS || !tok.try_exclusive_free(owner) {
             return None;
         }
         Some(self.put(n, Ref::new(tok, Mode::Exclusive, false)))
@@ -342,7 +412,11 @@ impl TokenStack {
     /// holds (exclusively, or shared for a shared request) nests at no cost.
     ///
     /// # Safety
-    /// Called by the owning thread while it runs with all its tokens held.
+    /// Called by the owning thread while it runs with all its tokens held;
+    /// `tok` stays alive until this reference is popped
+    /// ([`pop`](Self::pop), [`abandon_top`](Self::abandon_top)): the stack
+    /// keeps its address, and [`release_all`](Self::release_all) and
+    /// [`acquire_all`](Self::acquire_all) write to it.
     pub unsafe fn push(&self, tok: &Token, mode: Mode) -> Result<Pushed, TokenError> {
         let n = self.len.get();
         if n >= MAX_TOKENS {
@@ -385,7 +459,9 @@ impl TokenStack {
         // (the token outlives every hold: `with_token` borrows it).
         let tok = unsafe { &*r.tok() };
         let ok = match r.mode() {
-            Mode::Exclusive => tok.try_exclusive(self.owner_id(), blocking),
+            // SAFETY: our own id, on behalf of the thread that owns this
+            // stack (the caller's contract), which records the hold here.
+            Mode::Exclusive => unsafe { tok.try_exclusive(self.owner(), blocking) },
             Mode::Shared => tok.try_shared(blocking && n == 1),
         };
         if ok {
@@ -406,6 +482,23 @@ impl TokenStack {
         assert!(n > 0 && self.refs[n - 1].get().is(tok) && self.unheld.get() == 1);
         self.len.set(n - 1);
         self.unheld.set(0);
+    }
+
+    /// Remove the top reference if it is `tok` and the only one not held:
+    /// what a `wait_for_tokens` that unwound before it released anything
+    /// leaves. False (nothing changed) for any other state.
+    ///
+    /// # Safety
+    /// As for [`push`](Self::push), except that the top reference is not
+    /// held.
+    pub(crate) unsafe fn abandon_unheld_top(&self, tok: &Token) -> bool {
+        let n = self.len.get();
+        if n == 0 || !self.refs[n - 1].get().is(tok) || self.unheld.get() != 1 {
+            return false;
+        }
+        self.len.set(n - 1);
+        self.unheld.set(0);
+        true
     }
 
     /// Remove the top reference, releasing the token unless it was nested.
@@ -437,26 +530,29 @@ impl TokenStack {
     /// [`pop`](Self::pop) for the closure API, which knows where its
     /// reference is and in which mode it asked for the token (a reference
     /// that is not nested holds the token in the mode asked for). The
-    /// reference must still be on top (the stack is `slot.n + 1` long),
-    /// which nested closures guarantee unless one of them unwound without
-    /// releasing.
+    /// reference must still be on top (the stack is `slot.n + 1` long) and
+    /// held, which nested closures guarantee (each ends its hold as it
+    /// returns or unwinds) unless the stack's `unsafe` API was misused; then
+    /// this aborts, since a panic would leave a reference to a token its
+    /// owner may free.
     ///
     /// # Safety
     /// As for [`pop`](Self::pop); `slot` came from this stack's push of
-    /// `tok` in `mode`, and the reference is held.
+    /// `tok` in `mode`.
     #[inline(always)]
     pub(crate) unsafe fn pop_slot(&self, tok: &Token, mode: Mode, slot: Slot) {
-        if self.len.get() != slot.n + 1 {
-            not_lifo(tok);
+        let n = usize::from(slot.n);
+        if self.len.get() != n + 1 {
+            closure_end_broken(tok);
         }
-        debug_assert!(self.refs[slot.n].get().is(tok));
-        debug_assert!(slot.recursive || self.refs[slot.n].get().mode() == mode);
         debug_assert_eq!(self.unheld.get(), 0);
+        debug_assert!(self.refs[n].get().is(tok));
+        debug_assert!(slot.recursive || self.refs[n].get().mode() == mode);
         if !slot.recursive {
             // SAFETY: held by this thread in `mode` (caller).
             unsafe { release(tok, mode) };
         }
-        self.len.set(slot.n);
+        self.len.set(n);
     }
 
     /// Release every acquired reference, keeping them on the stack as the
@@ -512,7 +608,8 @@ impl TokenStack {
             }
             // SAFETY: references point at live tokens.
             let tok = unsafe { &*r.tok() };
-            if !try_acquire(tok, r.mode(), self.owner_id(), i > 0) {
+            // SAFETY: our id; the scheduler acquires for our thread.
+            if !unsafe { try_acquire(tok, r.mode(), self.owner(), i > 0) } {
                 tok.note_collision();
                 for j in (0..i).rev() {
                     let q = self.refs[j].get();
@@ -548,7 +645,8 @@ impl TokenStack {
             let r = self.refs[i as usize].get();
             // SAFETY: references point at live tokens.
             let tok = unsafe { &*r.tok() };
-            if !try_acquire(tok, r.mode(), self.owner_id(), pos > 0) {
+            // SAFETY: as in `acquire_in_order`.
+            if !unsafe { try_acquire(tok, r.mode(), self.owner(), pos > 0) } {
                 tok.note_collision();
                 for &j in idx[..pos].iter().rev() {
                     let q = self.refs[j as usize].get();
@@ -573,6 +671,16 @@ fn not_held(tok: &Token) -> ! {
 
 #[cold]
 #[inline(never)]
+fn closure_end_broken(tok: &Token) -> ! {
+    crate::abort(format_args!(
+        "lwkt: token '{}' is not the held top of its thread's token stack at the end of \
+         its closure (the stack's unsafe API was misused; aborting)",
+        tok.name()
+    ))
+}
+
+#[cold]
+#[inline(never)]
 fn not_lifo(tok: &Token) -> ! {
     panic!(
         "lwkt: tokens must be released in LIFO order ('{}' is not the most recent)",
@@ -580,9 +688,13 @@ fn not_lifo(tok: &Token) -> ! {
     )
 }
 
-fn try_acquire(tok: &Token, mode: Mode, owner: usize, holds_others: bool) -> bool {
+/// # Safety
+/// `owner` is the id of the stack `tok`'s reference is on, acquired on
+/// behalf of that stack's thread.
+unsafe fn try_acquire(tok: &Token, mode: Mode, owner: OwnerId, holds_others: bool) -> bool {
     match mode {
-        Mode::Exclusive => tok.try_exclusive(owner, true),
+        // SAFETY: forwarded.
+        Mode::Exclusive => unsafe { tok.try_exclusive(owner, true) },
         Mode::Shared => tok.try_shared(!holds_others),
     }
 }

@@ -14,7 +14,7 @@
 //! use lwkt_token::sync_events;
 //! sync_events::reset();
 //! let t = lwkt_token::Token::new("counted");
-//! let _ = t.try_exclusive(1, false);
+//! let _ = t.try_shared(false);
 //! assert!(sync_events::snapshot().rmw >= 1);
 //! # }
 //! ```

@@ -174,28 +174,6 @@ fn nested_holds_are_counted_and_release_nothing() {
     assert_eq!(a.exclusive_owner(), 0);
 }
 
-#[test]
-fn a_hold_left_by_an_unwound_closure_is_refused_at_release() {
-    let (a, b) = (Token::new("a"), Token::new("b"));
-    let mut me = SpinThread::new();
-    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        with_token(&mut me, &a, |me, _| {
-            let inner = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                with_token(me, &b, |_, _| panic!("inner"));
-            }));
-            assert!(inner.is_err());
-            // `b`'s reference is still on top: releasing `a` must refuse.
-        });
-    }))
-    .unwrap_err();
-    let msg = err
-        .downcast_ref::<std::string::String>()
-        .map(|s| s.as_str())
-        .unwrap_or_default();
-    assert!(msg.contains("LIFO order ('a'"), "{msg}");
-    assert_eq!(a.exclusive_owner(), me.token_stack_for_test().owner_id());
-}
-
 /// Owner ids are not addresses: a fresh thread that ends up where a holder
 /// used to be does not inherit its holds.
 #[test]
@@ -210,4 +188,136 @@ fn a_stack_at_a_holders_old_address_does_not_hold_its_tokens() {
         assert_eq!(try_with_token(me, &a, |me, _| me_len(me)), Some(2));
     });
     assert_eq!(a.exclusive_owner(), 0);
+}
+
+/// Issue 15, hole 1: a closure that panics, caught by `catch_unwind`, must
+/// not leave its hold on the thread's stack. Here the token lives in a box
+/// dropped right after; its memory is taken by a canary, and the stack then
+/// releases and re-acquires everything (what blocking does): a dead
+/// reference left on the stack would write into the canary.
+#[test]
+fn an_unwound_closure_releases_its_token() {
+    use std::boxed::Box;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    const CANARY: usize = 0xA5A5_A5A5_A5A5_A5A5;
+    let outer = Token::new("outer");
+    let mut me = SpinThread::new();
+    with_token(&mut me, &outer, |me, _| {
+        for way in 0..3 {
+            let boxed = Box::new(Token::new("boxed"));
+            let r = catch_unwind(AssertUnwindSafe(|| match way {
+                0 => with_token(me, &boxed, |_, _| panic!("exclusive")),
+                1 => with_token_shared(me, &boxed, |_, _| panic!("shared")),
+                _ => try_with_token(me, &boxed, |_, _| panic!("try")).unwrap(),
+            }));
+            assert!(r.is_err());
+            assert_eq!(me_len(me), 1, "way {way}: the unwound hold was popped");
+            assert_eq!(boxed.exclusive_owner(), 0, "way {way}: released");
+            assert_eq!(boxed.shared_holders(), 0, "way {way}: released");
+            drop(boxed);
+            let canary: Vec<Box<[usize; 5]>> = (0..8).map(|_| Box::new([CANARY; 5])).collect();
+            let st = me.token_stack_for_test();
+            // SAFETY: our own stack, not used elsewhere meanwhile: what
+            // `wait_for_tokens` does when a token is busy.
+            unsafe {
+                st.release_all();
+                assert!(st.acquire_all());
+            }
+            for c in &canary {
+                assert_eq!(**c, [CANARY; 5], "way {way}: a dead token was written");
+            }
+        }
+    });
+    assert_eq!(outer.exclusive_owner(), 0);
+}
+
+/// Hole 1, nested holds: an unwound nested hold is uncounted.
+#[test]
+fn an_unwound_nested_hold_is_uncounted() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let a = Token::new("a");
+    let mut me = SpinThread::new();
+    with_token(&mut me, &a, |me, _| {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            with_token(me, &a, |me, _| {
+                assert_eq!(me_len(me), 2);
+                panic!("nested")
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(me_len(me), 1);
+    });
+    assert_eq!(me_len(&me), 0);
+    assert_eq!(a.exclusive_owner(), 0);
+}
+
+/// A thread whose `wait_for_tokens` unwinds (lwkt-core's does when asked to
+/// block in interrupt context): the reference being acquired is dropped.
+#[test]
+fn an_unwinding_wait_leaves_no_reference() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    struct CannotBlock(TokenStack);
+    // SAFETY: the stack is this object's own; it never blocks (it panics
+    // before changing anything), so every reference is held while it runs.
+    unsafe impl crate::TokenThread for CannotBlock {
+        fn token_stack(&self) -> &TokenStack {
+            &self.0
+        }
+        fn wait_for_tokens(&mut self) {
+            panic!("cannot block here");
+        }
+    }
+    let (a, busy) = (Token::new("a"), Token::new("busy"));
+    let other = TokenStack::new();
+    // SAFETY: `other` is used only here, by this thread.
+    unsafe {
+        other.push(&busy, Mode::Exclusive).unwrap();
+        assert!(other.try_top(true));
+    }
+    let mut me = CannotBlock(TokenStack::new());
+    with_token(&mut me, &a, |me, _| {
+        let r = catch_unwind(AssertUnwindSafe(|| with_token(me, &busy, |_, _| ())));
+        assert!(r.is_err());
+        assert_eq!(me.0.len(), 1, "the busy token's reference was dropped");
+        assert!(me.0.all_held());
+    });
+    assert_eq!(a.exclusive_owner(), 0);
+    // SAFETY: as above.
+    unsafe { other.pop(&busy) };
+}
+
+/// A closure that replaces the thread handle (`mem::replace` of a
+/// `SpinThread`) leaves the old stack, which holds the token, elsewhere: a
+/// hold proof must not open the cell for the new handle, though its stack
+/// sits at the same address.
+#[test]
+fn a_hold_does_not_open_the_cell_for_a_replaced_handle() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    static TOK: Token = Token::new("swapped");
+    static DATA: TokenCell<'static, u64> = TokenCell::new(&TOK, 0);
+    let mut me = SpinThread::new();
+    with_token(&mut me, &TOK, |me, held| {
+        let mut holder = core::mem::replace(me, SpinThread::new());
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let a = DATA.get_mut(held, me);
+            // The holder still holds the token: a nested hold for it.
+            with_token(&mut holder, &TOK, |h, held2| {
+                let b = DATA.get_mut(held2, h);
+                *a += 1;
+                *b += 1;
+            });
+        }));
+        let err = r.unwrap_err();
+        let msg = err
+            .downcast_ref::<&str>()
+            .copied()
+            .or(err
+                .downcast_ref::<std::string::String>()
+                .map(|s| s.as_str()))
+            .unwrap_or_default();
+        assert!(msg.contains("a token hold of another thread"), "{msg}");
+        *me = holder;
+        *DATA.get_mut(held, me) += 1;
+    });
+    assert_eq!(with_token(&mut me, &TOK, |me, h| *DATA.get(h, me)), 1);
 }
