@@ -28,10 +28,16 @@
 //! assert_eq!(report.cpus.len(), 4);
 //! ```
 //!
-//! Rules for IPI functions on this backend: they may run inside a signal
-//! handler, so besides not blocking they must not allocate or take locks
-//! that the interrupted code may hold (the same rule a kernel's interrupt
-//! handlers follow).
+//! IPI functions and signals: the signal handler runs only lwkt-core's own
+//! IPI functions (scheduling and wake-ups, which touch nothing the
+//! interrupted code can hold), through
+//! [`Cpu::ipi_interrupt_async_safe`](lwkt_core::Cpu::ipi_interrupt_async_safe).
+//! A user's IPI function, a `cpusync` function and lwkt-msg's port
+//! functions run at the CPU's next critical-section exit, switch or idle
+//! loop, never inside the handler, so they may allocate like any thread
+//! code (the signal may have interrupted `malloc`). The cost: a thread that
+//! spins in its own code, calling nothing of lwkt's, delays them until it
+//! does (on bare metal the interrupt would run them at once).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

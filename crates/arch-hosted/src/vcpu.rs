@@ -327,8 +327,11 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
     let p = CURRENT.with(Cell::get);
     if !p.is_null() {
         // SAFETY: we are the vCPU thread of this CPU (the thread-local says
-        // so), in signal context: the interrupt entry's contract.
-        unsafe { (*p).ipi_interrupt() };
+        // so), in signal context: the interrupt entry's contract. The
+        // async-safe entry: the signal may have landed inside the C
+        // library's allocator, so only lwkt-core's own IPI functions run
+        // here; users' wait for the thread's next critical-section exit.
+        unsafe { (*p).ipi_interrupt_async_safe() };
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };

@@ -107,6 +107,20 @@ impl<'a> MyCpu<'a> {
         self.gd.machine().ncpus
     }
 
+    /// The machine's number, unique in this process: per-CPU state kept
+    /// outside lwkt (a slab, a driver's queues) indexed by [`id`](Self::id)
+    /// compares it to refuse a CPU of another machine, whose CPU numbers
+    /// overlap.
+    ///
+    /// ```
+    /// let a = lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| cur.my_cpu().machine_id());
+    /// let b = lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| cur.my_cpu().machine_id());
+    /// assert_ne!(a, b);
+    /// ```
+    pub fn machine_id(self) -> u64 {
+        self.gd.machine().id
+    }
+
     /// This CPU's counters.
     pub fn stats(self) -> CpuStatsSnapshot {
         self.gd.stats()
@@ -1008,6 +1022,24 @@ unsafe fn adopt(gd: &Cpu, td: &Thread) {
     unsafe { schedule_local(gd, td) };
 }
 
+/// Whether `f` is one of lwkt-core's own IPI functions, which only touch
+/// lwkt's per-CPU state (inside the critical section they run in) and the
+/// backend's kick: safe wherever an interrupt may land, unlike a user's
+/// function, which may allocate or lock ([`Cpu::ipi_interrupt_async_safe`]).
+/// `cpusync`'s is not among them: it calls the user's function. A function
+/// address that is not unique (a copy in another codegen unit) only makes
+/// an entry wait for the next full drain.
+pub(crate) fn is_own_ipi(f: IpiFn) -> bool {
+    let own: [IpiFn; 5] = [
+        adopt_remote,
+        schedule_remote,
+        deschedule_remote,
+        wakeup_remote,
+        setcpu_remote,
+    ];
+    own.iter().any(|&g| core::ptr::fn_addr_eq(g, f))
+}
+
 fn adopt_remote(my: MyCpu<'_>, td: usize, _: usize) {
     // SAFETY: `td` was held for this message by `spawn`; IPI functions run
     // on their CPU in a critical section.
@@ -1552,5 +1584,48 @@ impl Cpu {
         let c = td.critcount.load(Ordering::Relaxed);
         td.critcount.store(c - 1, Ordering::Relaxed);
         crate::sync::signal_fence();
+    }
+
+    /// Interrupt entry for a backend whose interrupt may land anywhere in
+    /// the host's code, as a signal handler does: inside the C library's
+    /// `malloc`, holding its lock, or half way through a thread-local
+    /// allocator's update. It runs only lwkt-core's own IPI functions
+    /// (scheduling, wake-ups, thread placement), which touch nothing the
+    /// interrupted code can hold; the first user function in a ring (a
+    /// `send_ipi` function, `cpusync`'s, lwkt-msg's port functions) and
+    /// everything after it wait for the CPU's next critical-section exit,
+    /// switch or idle loop, which this entry asks for. So an ordinary IPI
+    /// function may allocate on the hosted backend. Inside a critical
+    /// section it only records the interrupt, as
+    /// [`ipi_interrupt`](Cpu::ipi_interrupt) does.
+    ///
+    /// # Safety
+    /// As for [`ipi_interrupt`](Cpu::ipi_interrupt).
+    pub unsafe fn ipi_interrupt_async_safe(&self) {
+        let cur = self.curthread.load(Ordering::Relaxed);
+        if cur.is_null() {
+            return;
+        }
+        // SAFETY: `curthread` names the live running thread.
+        let td = unsafe { &*cur };
+        if !crit::interrupt_arrives(
+            &td.critcount,
+            self.intr_nesting.get(),
+            &self.reqflags,
+            crit::rqf::IPIQ,
+        ) {
+            return;
+        }
+        crit::enter(&td.critcount);
+        // SAFETY: on this CPU inside a critical section.
+        let left = unsafe { ipiq::process_own(self) };
+        let c = td.critcount.load(Ordering::Relaxed);
+        td.critcount.store(c - 1, Ordering::Relaxed);
+        crate::sync::signal_fence();
+        if left {
+            // The interrupted thread's next critical-section exit (or
+            // switch) runs the rest.
+            self.reqflags.fetch_or(crit::rqf::IPIQ, Ordering::Relaxed);
+        }
     }
 }

@@ -349,9 +349,11 @@ impl ThreadHandle {
     }
 
     /// Whether the thread lives on `my`'s CPU now: same machine, same CPU.
-    /// Only the thread's own CPU changes that answer (by migrating it away),
-    /// so a `true` stays true until `my`'s CPU lets the thread run or
-    /// leaves its critical section.
+    /// A `true` stays true until `my`'s CPU lets the thread run or leaves
+    /// its critical section (only the thread itself, running there, can
+    /// move away). A `false` can turn true meanwhile: the CPU handing a
+    /// migrating thread over publishes it (with Release, read here with
+    /// Acquire), so what the old CPU did with the thread happens before.
     ///
     /// ```
     /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod common;
+
 use lwkt_arch_hosted::Machine;
 use lwkt_core::{CpuId, IpiMsg, MyCpu};
 
@@ -70,21 +72,25 @@ fn ipi_inside_a_critical_section_runs_once_at_the_final_exit() {
 }
 
 /// A thread that busy-waits outside any critical section, never yielding,
-/// still receives an IPI: the hosted backend interrupts it (SIGUSR1), as
-/// hardware would: its kick watchdog signals a target that leaves a posted
-/// kick unanswered (or the kick signals at once when vCPUs outnumber cores).
+/// still receives lwkt's own IPIs (here: making another thread of its CPU
+/// runnable): the hosted backend interrupts it (SIGUSR1), as hardware
+/// would: its kick watchdog signals a target that leaves a posted kick
+/// unanswered (or the kick signals at once when vCPUs outnumber cores).
 #[test]
 fn a_spinning_thread_is_interrupted_by_an_ipi() {
-    static FLAG: AtomicBool = AtomicBool::new(false);
     static SPINNING: AtomicBool = AtomicBool::new(false);
-    fn set(_: MyCpu<'_>, _: usize, _: usize) {
-        FLAG.store(true, Ordering::SeqCst);
-    }
     let (_, report) = Machine::new(2).unwrap().run_with_report(|cur| {
+        let sleeper = cur
+            .spawn_on(cpu(1), |me| {
+                me.deschedule_self();
+                me.switch();
+            })
+            .unwrap();
         let spinner = cur
-            .spawn_on(cpu(1), |_| {
+            .spawn_on(cpu(1), |me| {
+                let before = me.my_cpu().stats().ipis_received;
                 SPINNING.store(true, Ordering::SeqCst);
-                while !FLAG.load(Ordering::SeqCst) {
+                while me.my_cpu().stats().ipis_received == before {
                     std::hint::spin_loop();
                 }
             })
@@ -93,13 +99,69 @@ fn a_spinning_thread_is_interrupted_by_an_ipi() {
         while !SPINNING.load(Ordering::SeqCst) {
             cur.yield_now();
         }
-        cur.my_cpu().send_ipi(cpu(1), set, 0, 0).unwrap();
+        cur.my_cpu().schedule(&sleeper);
         cur.join(&spinner);
+        cur.join(&sleeper);
     });
     assert!(
         report.signals[1] >= 1,
         "no signal reached the spinner: {report}"
     );
+}
+
+/// Hole 10 of the audit: IPI functions ran inside the SIGUSR1 handler, so
+/// one that allocates, landing while the interrupted thread was inside
+/// `malloc`, deadlocked on the C library's lock. Now the handler runs only
+/// lwkt's own IPI functions; a user's runs at the thread's next
+/// critical-section exit, where allocating is fine.
+#[test]
+fn ipi_functions_may_allocate_while_the_target_allocates() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    fn alloc(_: MyCpu<'_>, n: usize, _: usize) {
+        let v = std::hint::black_box(vec![1u8; n]);
+        RUNS.fetch_add(v.len() / n, Ordering::Relaxed);
+    }
+    const SENDS: usize = 50_000;
+    common::within_seconds(120, "ipi_functions_may_allocate_while_the_target_allocates", || {
+        Machine::new(2).unwrap().run(|cur| {
+            static STOP: AtomicBool = AtomicBool::new(false);
+            let allocator = cur
+                .spawn_on(cpu(1), |me| {
+                    let mut keep = Vec::new();
+                    let mut last = std::time::Instant::now();
+                    while !STOP.load(Ordering::Relaxed) {
+                        // Allocation outside any critical section, beyond
+                        // the per-thread cache's sizes (so under the
+                        // allocator's lock): where a signal lands inside
+                        // malloc.
+                        keep.push(vec![0u8; 2048 + keep.len() * 61 % 30_000]);
+                        if keep.len() > 64 {
+                            keep.clear();
+                        }
+                        // Now and then a call into lwkt, as real thread
+                        // code makes: the IPIs that wait run here. Rarely
+                        // enough that the watchdog signals in between.
+                        if last.elapsed() > std::time::Duration::from_millis(1) {
+                            me.yield_now();
+                            last = std::time::Instant::now();
+                        }
+                    }
+                })
+                .unwrap();
+            for i in 0..SENDS {
+                cur.my_cpu().send_ipi(cpu(1), alloc, 2048 + i * 97 % 30_000, 0).unwrap();
+                if i % 64 == 0 {
+                    cur.yield_now();
+                }
+            }
+            while RUNS.load(Ordering::Relaxed) < SENDS {
+                cur.yield_now();
+            }
+            STOP.store(true, Ordering::Relaxed);
+            cur.join(&allocator);
+        });
+        assert_eq!(RUNS.load(Ordering::Relaxed), SENDS);
+    });
 }
 
 #[test]

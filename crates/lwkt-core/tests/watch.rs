@@ -80,15 +80,39 @@ fn watch_until_serves_an_ipi_in_the_waiting_thread() {
 /// Senders do not kick a watching CPU, so a thread that spins there outside
 /// any critical section (where a watching CPU looks) would never see their
 /// messages; the hosted watchdog sees the entries wait unrun and signals it.
+/// The message is one of lwkt's own (making a thread of that CPU runnable):
+/// the signal handler runs only those; a user's IPI function waits for the
+/// spinner's next critical-section exit (tests/ipi.rs).
 #[test]
 fn a_watching_cpu_whose_thread_spins_is_interrupted() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (kicks, report) = one_ipi_to(|me| {
-        start_watching(me);
-        ready();
-        while !flag() {
-            std::hint::spin_loop();
+    READY.store(false, Ordering::SeqCst);
+    let (kicks, report) = Machine::new(2).unwrap().run_with_report(|cur| {
+        let sleeper = cur
+            .spawn_on(CpuId::new(1), |me| {
+                me.deschedule_self();
+                me.switch();
+            })
+            .unwrap();
+        let spinner = cur
+            .spawn_on(CpuId::new(1), |me| {
+                start_watching(me);
+                let before = me.my_cpu().stats().ipis_received;
+                ready();
+                while me.my_cpu().stats().ipis_received == before {
+                    std::hint::spin_loop();
+                }
+            })
+            .unwrap();
+        while !READY.load(Ordering::SeqCst) {
+            cur.yield_now();
         }
+        let before = cur.my_cpu().stats().kicks_sent;
+        cur.my_cpu().schedule(&sleeper);
+        let kicks = cur.my_cpu().stats().kicks_sent - before;
+        cur.join(&spinner);
+        cur.join(&sleeper);
+        kicks
     });
     assert_eq!(kicks, 0, "a watching CPU was kicked");
     assert!(

@@ -318,6 +318,32 @@ pub(crate) unsafe fn process(gd: &Cpu) {
 /// # Safety
 /// As for [`process`].
 pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
+    // SAFETY: forwarded.
+    unsafe { drain::<false>(gd, all) };
+}
+
+/// Run the queued messages for `gd` that are lwkt-core's own
+/// ([`crate::sched::is_own_ipi`]), oldest first, stopping at each ring's
+/// first other entry, which waits with its source still marked for the
+/// next full [`process`]. Returns whether any waits. For a backend whose
+/// interrupt can land anywhere in the host's code (a signal handler): the
+/// user's IPI functions may allocate or lock, which the interrupted code
+/// may be doing.
+///
+/// # Safety
+/// As for [`process`].
+pub(crate) unsafe fn process_own(gd: &Cpu) -> bool {
+    // SAFETY: forwarded.
+    unsafe { drain::<true>(gd, gd.watching.get()) }
+}
+
+/// [`process_with`], or [`process_own`] with `OWN_ONLY`. Returns whether
+/// an entry was left queued.
+///
+/// # Safety
+/// As for [`process`].
+#[inline(always)]
+unsafe fn drain<const OWN_ONLY: bool>(gd: &Cpu, all: bool) -> bool {
     let db = gd.doorbell();
     if !gd.watching.get() && db.begin_poll() {
         gd.stats.kicks_answered.add(1);
@@ -329,9 +355,10 @@ pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
         marked
     };
     if mask == 0 {
-        return;
+        return false;
     }
     let m = gd.machine();
+    let mut left = false;
     gd.processing_ipiq.set(gd.processing_ipiq.get() + 1);
     gd.intr_nesting.set(gd.intr_nesting.get() + 1);
     while mask != 0 {
@@ -340,11 +367,23 @@ pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
         let ring = m.ring(CpuId::new(src), gd.id());
         loop {
             // SAFETY: only code on `gd` in a critical section pops this ring.
-            while let Some(msg) = unsafe { ring.pop() } {
+            while let Some(msg) = unsafe {
+                if OWN_ONLY {
+                    ring.pop_if(|msg| crate::sched::is_own_ipi(msg.func))
+                } else {
+                    ring.pop()
+                }
+            } {
                 gd.stats.ipis_received.add(1);
                 crate::abort_on_unwind("an IPI function", || {
                     (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2)
                 });
+            }
+            if OWN_ONLY && !ring.is_empty() {
+                // A user's function heads the ring: it and what follows
+                // wait, the source still marked (or watched).
+                left = true;
+                break;
             }
             if marked & (1 << src) == 0 {
                 // Unmarked (watched): the watch looks again by itself.
@@ -359,6 +398,7 @@ pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
     }
     gd.intr_nesting.set(gd.intr_nesting.get() - 1);
     gd.processing_ipiq.set(gd.processing_ipiq.get() - 1);
+    left
 }
 
 #[cfg(all(test, loom))]

@@ -370,6 +370,31 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         v
     }
 
+    /// Take the oldest entry if `take` accepts it; leave it (and every
+    /// later one) queued otherwise.
+    ///
+    /// # Safety
+    /// Consumer only, as for [`pop`](Ring::pop).
+    #[inline]
+    pub unsafe fn pop_if(&self, take: impl FnOnce(&T) -> bool) -> Option<T> {
+        // SAFETY: forwarded consumer contract.
+        let r = self.cons.with(|p| unsafe { *p });
+        let slot = &self.slots[(r as usize) & (N - 1)];
+        if slot.seq.load(Ordering::Acquire) != r.wrapping_add(1) {
+            return None;
+        }
+        let v = slot.val.with(|p| {
+            // SAFETY: entry `r` is here (as in `pop_at`); `T: Copy`, so
+            // reading it without taking it leaves the slot intact.
+            unsafe { (*p).assume_init_read() }
+        });
+        if !take(&v) {
+            return None;
+        }
+        // SAFETY: as in `pop`.
+        unsafe { self.pop() }
+    }
+
     /// The pop itself, on the consumer's index held by the caller. The
     /// caller is the consumer.
     #[inline(always)]

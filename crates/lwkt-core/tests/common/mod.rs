@@ -22,3 +22,26 @@ pub fn run_child(test_name: &str) -> (bool, String) {
 pub fn is_child() -> bool {
     std::env::var_os("LWKT_CHILD").is_some()
 }
+
+/// Run `f`; if it has not returned within `secs` seconds (a deadlock),
+/// abort the test binary with a message naming `what`, rather than hang.
+pub fn within_seconds<R>(secs: u64, what: &'static str, f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < end {
+            if d.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        eprintln!("{what}: not finished within {secs} s (deadlock?); aborting");
+        std::process::abort();
+    });
+    let r = f();
+    done.store(true, Ordering::Release);
+    r
+}
