@@ -7,27 +7,49 @@
 //! be waiting on it), until every target has cleared its bit. The
 //! descriptor outlives every use because the master does not return before
 //! the last bit is cleared, and a target touches the descriptor only before
-//! it clears its bit.
+//! it clears its bit (the loom models check both, with [`Life`]).
 
-use crate::cpu::{Cpu, CpuMask};
+use crate::cpu::{Cpu, CpuId, CpuMask};
 use crate::crit;
 use crate::ipiq::{self, IpiMsg};
 use crate::sched::{crit_exit_td, MyCpu};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Life, Ordering};
 use crate::thread::Thread;
 
+/// The master's descriptor, on its stack. Targets use it only through
+/// [`func`](CpuSync::func) and [`done`](CpuSync::done), which mark each use
+/// for the loom models.
 struct CpuSync<'f> {
     func: &'f (dyn Fn(MyCpu<'_>) + Sync),
     pending: AtomicU64,
+    /// Ends when the master has seen `pending == 0`.
+    life: Life,
+}
+
+impl<'f> CpuSync<'f> {
+    /// Target: the function to run (it may borrow the master's stack too).
+    fn func(&self) -> &'f (dyn Fn(MyCpu<'_>) + Sync) {
+        self.life.touch();
+        self.func
+    }
+
+    /// Target `me`: clear our bit, the last use of the descriptor; the
+    /// Release orders everything we did (the function's effects included)
+    /// before the master's Acquire that sees the bit clear.
+    fn done(&self, me: CpuId) {
+        self.life.touch();
+        self.pending
+            .fetch_and(!CpuMask::single(me).0, Ordering::Release);
+    }
 }
 
 fn remote(my: MyCpu<'_>, cs: usize, _: usize) {
     // SAFETY: `cs` points at the master's descriptor, alive until our bit is
-    // cleared below (the master waits for it).
+    // cleared by `done` (the master waits for it); nothing here uses it after.
     let cs = unsafe { &*(cs as *const CpuSync<'_>) };
-    crate::abort_on_unwind("a cpusync function", || (cs.func)(my));
-    cs.pending
-        .fetch_and(!CpuMask::single(my.id()).0, Ordering::Release);
+    let f = cs.func();
+    crate::abort_on_unwind("a cpusync function", || f(my));
+    cs.done(my.id());
 }
 
 pub(crate) fn cpusync(td: &Thread, mask: CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)) {
@@ -39,6 +61,7 @@ pub(crate) fn cpusync(td: &Thread, mask: CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)
     let cs = CpuSync {
         func: f,
         pending: AtomicU64::new(others.0),
+        life: Life::new(),
     };
     let addr = &cs as *const CpuSync<'_> as usize;
     for c in others.iter() {
@@ -63,6 +86,8 @@ pub(crate) fn cpusync(td: &Thread, mask: CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)
         m.arch.pause(spins);
         spins = spins.wrapping_add(1);
     }
+    // No target uses the descriptor any more.
+    cs.life.end();
     if mask.contains(gd.id()) {
         gd.intr_nesting.set(gd.intr_nesting.get() + 1);
         crate::abort_on_unwind("a cpusync function", || f(MyCpu::new(gd)));

@@ -67,6 +67,9 @@ mod unwind;
 mod waitq;
 mod wake;
 
+#[cfg(all(test, loom))]
+mod loom_models;
+
 /// Serializing tokens (the `lwkt-token` crate), integrated with this scheduler.
 pub use lwkt_token as token;
 

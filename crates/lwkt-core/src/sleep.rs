@@ -13,7 +13,7 @@
 use core::ptr;
 
 use crate::cpu::{Cpu, CpuMask};
-use crate::sync::Ordering;
+use crate::sync::{fence_seqcst, Ordering};
 use crate::thread::{tdf, Thread};
 
 /// Slots in each CPU's sleep hash (and in the machine's CPU-mask table).
@@ -65,6 +65,13 @@ pub(crate) unsafe fn interlock(gd: &Cpu, td: &Thread, chan: usize) {
     q.head[s] = me;
     td.set(tdf::TSLEEPQ);
     gd.machine().sleep_masks[s].fetch_or(CpuMask::single(gd.id()).0, Ordering::SeqCst);
+    // Orders the bit before the caller's re-check of its condition; pairs
+    // with the fence in `remote_sleepers`. The read-modify-write alone does
+    // not: a later load may be satisfied before its store is visible
+    // (store buffering, allowed by the language and by weakly ordered
+    // CPUs), and then the sleeper misses the condition while the waker
+    // misses the bit (the loom model `cross_cpu_wakeup_is_never_lost`).
+    fence_seqcst();
 }
 
 /// One pass of a sleep on the sleeper's CPU (DragonFly

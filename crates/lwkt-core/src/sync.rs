@@ -64,6 +64,45 @@ impl<T> UnsafeCell<T> {
     }
 }
 
+/// The life of an object other CPUs use by address (a descriptor on its
+/// owner's stack): every user calls [`touch`](Life::touch) at each use, and
+/// the owner calls [`end`](Life::end) once it no longer guarantees the
+/// object. Under loom it is a cell that `touch` reads and `end` writes, so
+/// a use not ordered before the end is reported as a data race (in a
+/// kernel, a use after free); otherwise it is nothing at all.
+#[derive(Debug)]
+pub(crate) struct Life {
+    #[cfg(loom)]
+    cell: loom::cell::UnsafeCell<()>,
+}
+
+impl Life {
+    #[inline(always)]
+    #[cfg_attr(loom, track_caller)]
+    pub(crate) fn new() -> Self {
+        Life {
+            #[cfg(loom)]
+            cell: loom::cell::UnsafeCell::new(()),
+        }
+    }
+
+    /// A user's access: it must happen before [`end`](Life::end).
+    #[inline(always)]
+    #[cfg_attr(loom, track_caller)]
+    pub(crate) fn touch(&self) {
+        #[cfg(loom)]
+        self.cell.with(|_| ());
+    }
+
+    /// The owner ends the object's life.
+    #[inline(always)]
+    #[cfg_attr(loom, track_caller)]
+    pub(crate) fn end(&self) {
+        #[cfg(loom)]
+        self.cell.with_mut(|_| ());
+    }
+}
+
 /// A counter written only by its owner CPU and read by anyone: a plain
 /// load and store (no locked read-modify-write), atomic only so that
 /// concurrent readers are not a data race.
