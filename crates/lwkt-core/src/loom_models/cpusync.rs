@@ -11,7 +11,7 @@ use loom::cell::UnsafeCell;
 use loom::thread;
 use std::sync::Arc;
 
-use super::TwoCpus;
+use super::{model, Entry, TwoCpus};
 use crate::cpu::CpuMask;
 use crate::cpusync::cpusync;
 use crate::sched::MyCpu;
@@ -47,14 +47,14 @@ impl Hits {
 }
 
 /// CPU 0 runs a function on both CPUs; CPU 1 takes its kick in its
-/// interrupt entry (`Cpu::ipi_interrupt`) and runs `cpusync`'s message.
+/// interrupt entry (each [`Entry`] in turn) and runs `cpusync`'s message.
 /// When `cpusync` returns, the function ran once on each CPU, its effects
 /// are visible to the master, and no target touched the descriptor after
 /// clearing its bit.
 #[test]
 fn cpusync_one_master() {
-    loom::model(|| {
-        let m = TwoCpus::new();
+    model(|entry: Entry| {
+        let m = TwoCpus::new(entry);
         let hits = Hits::new();
         let over = Arc::new(AtomicBool::new(false));
         let target = {
@@ -83,8 +83,8 @@ fn cpusync_one_master() {
 /// each descriptor was last used before its master saw `pending == 0`.
 #[test]
 fn cpusync_two_masters_at_once() {
-    loom::model(|| {
-        let m = TwoCpus::new();
+    model(|entry: Entry| {
+        let m = TwoCpus::new(entry);
         let finished = Arc::new(AtomicU32::new(0));
         let master = |i: usize, m: Arc<TwoCpus>, finished: Arc<AtomicU32>| {
             let hits = Hits::new();

@@ -6,8 +6,10 @@
 //! `Cpu::ipi_interrupt`, `cpusync`) on that CPU's block, through the
 //! `sync` shim's loom atomics. The backend is [`LoomArch`]: a kick sets a
 //! word of the target's block, which the target's model takes as its
-//! interrupt ([`TwoCpus::interrupt`]); nothing switches stacks, so a thread
-//! "switching away" is modelled by making the CPU's idle thread current.
+//! interrupt ([`TwoCpus::interrupt`]), through either interrupt entry
+//! ([`Entry`]); nothing switches stacks, so a thread "switching away" is
+//! modelled by making the CPU's idle thread current. Every model runs once
+//! per entry ([`model`]).
 
 mod cpusync;
 mod sleep;
@@ -18,7 +20,9 @@ use std::sync::Arc;
 
 use crate::arch::{Arch, Context, EntryFn, Stack};
 use crate::cpu::{Cpu, CpuId, Machine};
+use crate::crit;
 use crate::ipiq::IpiRing;
+use crate::sched::crit_exit_td;
 use crate::sync::Ordering;
 use crate::thread::{Priority, Thread};
 
@@ -62,9 +66,30 @@ unsafe impl Arch for LoomArch {
 
 static LOOM_ARCH: LoomArch = LoomArch;
 
+/// How a CPU takes its interrupt.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Entry {
+    /// `Cpu::ipi_interrupt`: every queued message runs (bare metal).
+    Direct,
+    /// `Cpu::ipi_interrupt_async_safe`, then the interrupted thread's next
+    /// final `crit_exit`, which runs what the entry left (the hosted
+    /// backend's signal handler: a user's or `cpusync`'s function waits).
+    AsyncSafe,
+}
+
+/// Run `f` as a loom model once per interrupt entry.
+pub(super) fn model(f: impl Fn(Entry) + Sync + Send + 'static) {
+    let f = Arc::new(f);
+    for entry in [Entry::Direct, Entry::AsyncSafe] {
+        let f = f.clone();
+        loom::model(move || f(entry));
+    }
+}
+
 /// A bound two-CPU machine with one ordinary thread per CPU, current and
 /// queued, in no critical section.
 pub(super) struct TwoCpus {
+    entry: Entry,
     // Field order is drop order: the machine, then what it points into.
     _machine: Box<Machine>,
     threads: Box<[Box<Thread>]>,
@@ -80,7 +105,7 @@ unsafe impl Send for TwoCpus {}
 unsafe impl Sync for TwoCpus {}
 
 impl TwoCpus {
-    pub(super) fn new() -> Arc<TwoCpus> {
+    pub(super) fn new(entry: Entry) -> Arc<TwoCpus> {
         let cpus: Box<[Cpu]> = (0..2).map(|i| Cpu::new(CpuId::new(i))).collect();
         let rings: Box<[IpiRing]> = (0..Machine::rings_needed(2))
             .map(|_| IpiRing::new())
@@ -114,6 +139,7 @@ impl TwoCpus {
             })
             .collect();
         Arc::new(TwoCpus {
+            entry,
             _machine: machine,
             threads,
             cpus,
@@ -146,8 +172,8 @@ impl TwoCpus {
         self.cpu(i).curthread.store(p, Ordering::Relaxed);
     }
 
-    /// CPU `i` takes a pending kick: its interrupt entry runs
-    /// (`Cpu::ipi_interrupt`). Returns whether there was one.
+    /// CPU `i` takes a pending kick: its interrupt entry runs ([`Entry`]).
+    /// Returns whether there was one.
     pub(super) fn interrupt(&self, i: usize) -> bool {
         let gd = self.cpu(i);
         if gd.arch_word(KICK) == 0 {
@@ -155,8 +181,18 @@ impl TwoCpus {
         }
         // SAFETY: the backend's own word.
         unsafe { gd.set_arch_word(KICK, 0) };
-        // SAFETY: played by CPU `i`'s loom thread; the machine runs.
-        unsafe { gd.ipi_interrupt() };
+        match self.entry {
+            // SAFETY: played by CPU `i`'s loom thread; the machine runs.
+            Entry::Direct => unsafe { gd.ipi_interrupt() },
+            Entry::AsyncSafe => {
+                // SAFETY: as above.
+                unsafe { gd.ipi_interrupt_async_safe() };
+                // The interrupted thread's next final `crit_exit`.
+                let td = gd.cur();
+                crit::enter(&td.critcount);
+                crit_exit_td(td);
+            }
+        }
         true
     }
 }

@@ -3,7 +3,7 @@
 use loom::thread;
 use std::sync::Arc;
 
-use super::TwoCpus;
+use super::{model, Entry, TwoCpus};
 use crate::crit;
 use crate::sched::{crit_exit_td, MyCpu};
 use crate::sleep::sleep_pass;
@@ -20,8 +20,8 @@ const CHAN: usize = 0x1040;
 fn sleep_until_on_cpu0(m: &TwoCpus, count: &AtomicU32, want: u32, waker_done: &AtomicBool) {
     let (gd, td) = (m.cpu(0), m.thread(0));
     crit::enter(&td.critcount);
-    // SAFETY (both calls): CPU 0's loom thread, in a critical section;
-    // `td` is its current thread.
+    // SAFETY: CPU 0's loom thread, in a critical section; `td` is its
+    // current thread (again, after each wake).
     while !unsafe { sleep_pass(gd, td, CHAN, || count.load(Ordering::Acquire) >= want) } {
         m.switch_to_idle(0);
         while !td.has(tdf::RUNQ) {
@@ -36,7 +36,10 @@ fn sleep_until_on_cpu0(m: &TwoCpus, count: &AtomicU32, want: u32, waker_done: &A
         }
         m.switch_to_thread(0);
     }
-    assert!(!td.has(tdf::TSLEEPQ), "a sleeper that returns is off its sleep queue");
+    assert!(
+        !td.has(tdf::TSLEEPQ),
+        "a sleeper that returns is off its sleep queue"
+    );
     crit_exit_td(td);
 }
 
@@ -44,8 +47,8 @@ fn sleep_until_on_cpu0(m: &TwoCpus, count: &AtomicU32, want: u32, waker_done: &A
 /// raises the count and calls `MyCpu::wakeup` each time, whose IPI goes
 /// through the real ring and doorbell to CPU 0's interrupt entry.
 fn sleep_against_wakeups(rounds: u32) {
-    loom::model(move || {
-        let m = TwoCpus::new();
+    model(move |entry: Entry| {
+        let m = TwoCpus::new(entry);
         let count = Arc::new(AtomicU32::new(0));
         let waker_done = Arc::new(AtomicBool::new(false));
         let sleeper = {
