@@ -12,7 +12,9 @@ use crate::thread::tdf;
 
 const CHAN: usize = 0x1040;
 
-/// `Cur::sleep_until(CHAN, || count >= want)` on CPU 0: the same loop of
+/// `Cur::sleep_until(CHAN, || count >= want)` on CPU 0 (the condition
+/// reads the count Relaxed, and the waker stores it Relaxed: the interlock
+/// is lwkt's fences, not the caller's orderings): the same loop of
 /// `sleep_pass`, with the switch away played as the idle thread taking
 /// kicks until the thread is runnable again. Panics if it never can be:
 /// the waker is done, the condition holds, no kick is pending, and the
@@ -22,7 +24,7 @@ fn sleep_until_on_cpu0(m: &TwoCpus, count: &AtomicU32, want: u32, waker_done: &A
     crit::enter(&td.critcount);
     // SAFETY: CPU 0's loom thread, in a critical section; `td` is its
     // current thread (again, after each wake).
-    while !unsafe { sleep_pass(gd, td, CHAN, || count.load(Ordering::Acquire) >= want) } {
+    while !unsafe { sleep_pass(gd, td, CHAN, || count.load(Ordering::Relaxed) >= want) } {
         m.switch_to_idle(0);
         while !td.has(tdf::RUNQ) {
             if !m.interrupt(0) {
@@ -61,7 +63,7 @@ fn sleep_against_wakeups(rounds: u32) {
         };
         // CPU 1: make the condition true, then wake.
         for n in 1..=rounds {
-            count.store(n, Ordering::Release);
+            count.store(n, Ordering::Relaxed);
             MyCpu::new(m.cpu(1)).wakeup(CHAN);
         }
         waker_done.store(true, Ordering::Release);
