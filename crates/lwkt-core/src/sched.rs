@@ -164,9 +164,9 @@ impl<'a> MyCpu<'a> {
     pub fn crit<R>(self, f: impl FnOnce() -> R) -> R {
         let td = self.gd.cur();
         crit::enter(&td.critcount);
-        let r = f();
-        crit_exit_td(td);
-        r
+        // Left when `f` returns, and when it unwinds (thread context may).
+        let _exit = CritExit(td);
+        f()
     }
 
     /// Make `h` runnable on its CPU: directly when it lives here, by IPI
@@ -261,6 +261,36 @@ impl<'a> MyCpu<'a> {
 
     pub(crate) fn cpu(self) -> &'a Cpu {
         self.gd
+    }
+}
+
+/// Leaves the running thread's critical section when dropped: on the
+/// normal path and when a callback unwinds through lwkt's frame.
+struct CritExit<'a>(&'a Thread);
+
+impl Drop for CritExit<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        crit_exit_td(self.0);
+    }
+}
+
+/// Restores a thread that a callback (a sleep condition, a watch test)
+/// unwound out of, inside `sleep_until` or `watch_until`: off any sleep
+/// queue it was put on, and out of the critical section. Forgotten on the
+/// normal path, which leaves by itself.
+struct RestoreOnUnwind<'a>(&'a Thread);
+
+impl Drop for RestoreOnUnwind<'_> {
+    #[cold]
+    fn drop(&mut self) {
+        let td = self.0;
+        if td.has(tdf::TSLEEPQ) {
+            // SAFETY: the running thread, on its CPU, still inside the
+            // critical section the guarded code entered.
+            unsafe { sleep::unqueue(td.gd(), td) };
+        }
+        crit_exit_td(td);
     }
 }
 
@@ -702,6 +732,9 @@ impl Cur {
     pub fn sleep_until(&mut self, chan: usize, mut cond: impl FnMut() -> bool) {
         let td = self.td();
         crit::enter(&td.critcount);
+        // `cond` is the caller's: if it panics, we unwind off the sleep
+        // queue and out of the critical section.
+        let restore = RestoreOnUnwind(td);
         loop {
             // SAFETY: on our CPU in a critical section; `td` is current.
             if unsafe { sleep::sleep_pass(td.gd(), td, chan, &mut cond) } {
@@ -710,6 +743,7 @@ impl Cur {
             // SAFETY: as above; the wakeup path re-queues us.
             unsafe { switch_from(td) };
         }
+        core::mem::forget(restore);
         crit_exit_td(td);
     }
 
@@ -768,9 +802,13 @@ impl Cur {
         let budget = budget.min(arch.idle_poll_cycles());
         // SAFETY: on our CPU in a critical section.
         let others = |gd: &Cpu| unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ));
+        // `ready` is the caller's: if it panics, we unwind out of the
+        // critical section (the watch itself may go on).
+        let restore = RestoreOnUnwind(td);
         if budget == 0 || others(gd) {
             // Nothing to watch for, or someone else to run: no watch.
             let r = ready();
+            core::mem::forget(restore);
             crit_exit_td(td);
             return r;
         }
@@ -801,6 +839,7 @@ impl Cur {
         };
         // The watch goes on (the idle loop's, if we now sleep): the next
         // message finds this CPU still watching, and its sender kicks no one.
+        core::mem::forget(restore);
         crit_exit_td(td);
         got
     }

@@ -365,7 +365,10 @@ impl ThreadHandle {
     /// ```
     pub fn is_local(&self, my: crate::MyCpu<'_>) -> bool {
         self.is_of_machine(my)
-            && ptr::eq(self.thread().gd.load(Ordering::Acquire), my.cpu() as *const Cpu)
+            && ptr::eq(
+                self.thread().gd.load(Ordering::Acquire),
+                my.cpu() as *const Cpu,
+            )
     }
 }
 

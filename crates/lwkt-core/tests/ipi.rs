@@ -122,46 +122,52 @@ fn ipi_functions_may_allocate_while_the_target_allocates() {
         RUNS.fetch_add(v.len() / n, Ordering::Relaxed);
     }
     const SENDS: usize = 50_000;
-    common::within_seconds(120, "ipi_functions_may_allocate_while_the_target_allocates", || {
-        Machine::new(2).unwrap().run(|cur| {
-            static STOP: AtomicBool = AtomicBool::new(false);
-            let allocator = cur
-                .spawn_on(cpu(1), |me| {
-                    let mut keep = Vec::new();
-                    let mut last = std::time::Instant::now();
-                    while !STOP.load(Ordering::Relaxed) {
-                        // Allocation outside any critical section, beyond
-                        // the per-thread cache's sizes (so under the
-                        // allocator's lock): where a signal lands inside
-                        // malloc.
-                        keep.push(vec![0u8; 2048 + keep.len() * 61 % 30_000]);
-                        if keep.len() > 64 {
-                            keep.clear();
+    common::within_seconds(
+        120,
+        "ipi_functions_may_allocate_while_the_target_allocates",
+        || {
+            Machine::new(2).unwrap().run(|cur| {
+                static STOP: AtomicBool = AtomicBool::new(false);
+                let allocator = cur
+                    .spawn_on(cpu(1), |me| {
+                        let mut keep = Vec::new();
+                        let mut last = std::time::Instant::now();
+                        while !STOP.load(Ordering::Relaxed) {
+                            // Allocation outside any critical section, beyond
+                            // the per-thread cache's sizes (so under the
+                            // allocator's lock): where a signal lands inside
+                            // malloc.
+                            keep.push(vec![0u8; 2048 + keep.len() * 61 % 30_000]);
+                            if keep.len() > 64 {
+                                keep.clear();
+                            }
+                            // Now and then a call into lwkt, as real thread
+                            // code makes: the IPIs that wait run here. Rarely
+                            // enough that the watchdog signals in between.
+                            if last.elapsed() > std::time::Duration::from_millis(1) {
+                                me.yield_now();
+                                last = std::time::Instant::now();
+                            }
                         }
-                        // Now and then a call into lwkt, as real thread
-                        // code makes: the IPIs that wait run here. Rarely
-                        // enough that the watchdog signals in between.
-                        if last.elapsed() > std::time::Duration::from_millis(1) {
-                            me.yield_now();
-                            last = std::time::Instant::now();
-                        }
+                    })
+                    .unwrap();
+                for i in 0..SENDS {
+                    cur.my_cpu()
+                        .send_ipi(cpu(1), alloc, 2048 + i * 97 % 30_000, 0)
+                        .unwrap();
+                    if i % 64 == 0 {
+                        cur.yield_now();
                     }
-                })
-                .unwrap();
-            for i in 0..SENDS {
-                cur.my_cpu().send_ipi(cpu(1), alloc, 2048 + i * 97 % 30_000, 0).unwrap();
-                if i % 64 == 0 {
+                }
+                while RUNS.load(Ordering::Relaxed) < SENDS {
                     cur.yield_now();
                 }
-            }
-            while RUNS.load(Ordering::Relaxed) < SENDS {
-                cur.yield_now();
-            }
-            STOP.store(true, Ordering::Relaxed);
-            cur.join(&allocator);
-        });
-        assert_eq!(RUNS.load(Ordering::Relaxed), SENDS);
-    });
+                STOP.store(true, Ordering::Relaxed);
+                cur.join(&allocator);
+            });
+            assert_eq!(RUNS.load(Ordering::Relaxed), SENDS);
+        },
+    );
 }
 
 #[test]

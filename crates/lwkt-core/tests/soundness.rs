@@ -28,7 +28,10 @@ fn wake_from_another_machine_panics() {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.wake()));
         *r.unwrap_err().downcast::<&str>().unwrap()
     });
-    assert!(msg.contains("outside every CPU of the thread's machine"), "{msg}");
+    assert!(
+        msg.contains("outside every CPU of the thread's machine"),
+        "{msg}"
+    );
 }
 
 /// `join` of a handle of another machine could never see it exit.
@@ -132,7 +135,10 @@ fn overaligned_closure_is_counted_on_the_stack() {
             Err(e) => panic!("{e}"),
         }
     });
-    assert!(!ran, "a 200 KiB stack cannot hold two 64 KiB-aligned copies and a minimal stack");
+    assert!(
+        !ran,
+        "a 200 KiB stack cannot hold two 64 KiB-aligned copies and a minimal stack"
+    );
     // With room for both copies it runs.
     let done = AtomicUsize::new(0);
     Machine::new(1).unwrap().run(|cur| {
@@ -145,4 +151,63 @@ fn overaligned_closure_is_counted_on_the_stack() {
         d.fetch_add(1, Ordering::Relaxed);
     });
     assert_eq!(done.load(Ordering::Relaxed), 1);
+}
+
+/// The panic policy's other half: a panic in code a thread runs inside
+/// lwkt's frames (a `crit` closure, a sleep condition, a watch test)
+/// unwinds, and lwkt puts the thread back as it was: out of the critical
+/// section and off the sleep queue. Before, the count stayed raised (every
+/// IPI to the CPU waited for ever) and the thread stayed on the queue.
+#[test]
+fn callbacks_in_thread_context_unwind_cleanly() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    static FLAG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    Machine::new(2).unwrap().run(|cur| {
+        let r = catch_unwind(AssertUnwindSafe(|| cur.my_cpu().crit(|| panic!("in crit"))));
+        assert!(r.is_err());
+        assert_eq!(
+            cur.crit_count(),
+            0,
+            "crit left raised by an unwound closure"
+        );
+
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            cur.sleep_until(0x5eed, || panic!("in cond"))
+        }));
+        assert!(r.is_err());
+        assert_eq!(
+            cur.crit_count(),
+            0,
+            "sleep_until left the critical section raised"
+        );
+
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            cur.watch_until(1_000, || panic!("in ready"))
+        }));
+        assert!(r.is_err());
+        assert_eq!(
+            cur.crit_count(),
+            0,
+            "watch_until left the critical section raised"
+        );
+
+        // The thread sleeps and is woken normally afterwards, and a wakeup
+        // of the first channel does nothing to it.
+        cur.my_cpu().wakeup(0x5eed);
+        let me = cur.handle();
+        let waker = cur
+            .spawn_on(CpuId::new(1), move |w| {
+                FLAG.store(true, Ordering::SeqCst);
+                w.my_cpu().wakeup(0xbeef);
+                drop(me);
+            })
+            .unwrap();
+        cur.sleep_until(0xbeef, || FLAG.load(Ordering::SeqCst));
+        cur.join(&waker);
+        // An IPI to this CPU still runs (the count is really back to 0).
+        let before = cur.my_cpu().stats().ipis_received;
+        let h = cur.spawn_on(CpuId::new(1), |_| {}).unwrap();
+        cur.join(&h);
+        assert!(cur.my_cpu().stats().ipis_received > before);
+    });
 }
