@@ -37,7 +37,8 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
     if let Some(cpu) = current_cpu_block() {
-        if let Some((stack, name)) = cpu.current_stack() {
+        // SAFETY: the fault handler runs on the vCPU thread of `cpu`.
+        if let Some((stack, name)) = unsafe { cpu.current_stack() } {
             if crate::stack::in_guard(&stack, addr) {
                 let mut buf = [0u8; 256];
                 let msg = format_overflow(&mut buf, name, cpu.id().get());

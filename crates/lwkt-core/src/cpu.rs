@@ -697,13 +697,19 @@ impl Cpu {
 impl Cpu {
     /// The running thread's stack and name (for a backend's fault handler:
     /// "which thread overflowed its stack"). `None` for the idle thread.
-    pub fn current_stack(&self) -> Option<(crate::Stack, &'static str)> {
+    ///
+    /// # Safety
+    /// Call it on this CPU (a fault handler, an NMI handler): from another
+    /// CPU, the running thread may exit and its block (which lives on its
+    /// stack) be freed while this reads it.
+    pub unsafe fn current_stack(&self) -> Option<(crate::Stack, &'static str)> {
         let t = self.curthread.load(Ordering::Relaxed);
         if t.is_null() {
             return None;
         }
-        // SAFETY: `curthread` names the live running thread; `stack` and
-        // `name` never change after creation.
+        // SAFETY: on this CPU (caller), `curthread` names the running
+        // thread, which cannot exit while this code interrupts it; `stack`
+        // and `name` never change after creation.
         let t = unsafe { &*t };
         t.stack.map(|s| (s, t.name))
     }
