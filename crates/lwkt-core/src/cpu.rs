@@ -379,6 +379,10 @@ pub struct Cpu {
     /// rings itself).
     pub(crate) npoll: CachePadded<AtomicU32>,
     pub(crate) processing_ipiq: Cell<u32>,
+    /// Inside [`Cpu::ipi_interrupt_async_safe`]: whatever drains the rings
+    /// meanwhile (a send waiting on a full ring) runs only lwkt's own
+    /// IPI functions.
+    pub(crate) async_entry: Cell<bool>,
     /// This CPU watches its rings (`npoll` is `WATCHING`), so senders
     /// neither mark nor kick and draining must not clear it; its idle loop,
     /// `Cur::watch_until` and every final `crit_exit` look at every ring
@@ -467,6 +471,7 @@ impl Cpu {
             ipimask: CachePadded::new(AtomicU64::new(0)),
             npoll: CachePadded::new(AtomicU32::new(0)),
             processing_ipiq: Cell::new(0),
+            async_entry: Cell::new(false),
             watching: Cell::new(false),
             watch_seen: Cell::new(0),
             watch_exits: Cell::new(0),

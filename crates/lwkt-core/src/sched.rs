@@ -1656,8 +1656,10 @@ impl Cpu {
             return;
         }
         crit::enter(&td.critcount);
+        self.async_entry.set(true);
         // SAFETY: on this CPU inside a critical section.
         let left = unsafe { ipiq::process_own(self) };
+        self.async_entry.set(false);
         let c = td.critcount.load(Ordering::Relaxed);
         td.critcount.store(c - 1, Ordering::Relaxed);
         crate::sync::signal_fence();

@@ -282,8 +282,18 @@ pub(crate) unsafe fn send(gd: &Cpu, target: CpuId, msgs: &[IpiMsg]) -> Result<()
             // Full: let the target see what we queued, and drain our own
             // incoming rings meanwhile; the target may be waiting on us.
             gd.stats.ring_full_waits.add(1);
-            // SAFETY: on `gd` in a critical section (caller).
-            unsafe { process(gd) };
+            if gd.async_entry.get() {
+                // Inside a signal-safe interrupt: only lwkt's own functions
+                // may run here; the rest wait for the next full drain.
+                // SAFETY: on `gd` in a critical section (caller).
+                if unsafe { process_own(gd) } {
+                    gd.reqflags
+                        .fetch_or(crate::crit::rqf::IPIQ, Ordering::Relaxed);
+                }
+            } else {
+                // SAFETY: on `gd` in a critical section (caller).
+                unsafe { process(gd) };
+            }
             m.arch.pause(spins);
             spins = spins.wrapping_add(1);
         }
