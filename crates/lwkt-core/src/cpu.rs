@@ -271,6 +271,16 @@ impl Machine {
     /// assert_eq!(m.ncpus(), 2);
     /// ```
     ///
+    /// Without `unsafe` it does not compile (issue 15, hole 3: a safe `new`
+    /// over blocks dropped right after read freed memory):
+    ///
+    /// ```compile_fail,E0133
+    /// use lwkt_core::{Cpu, CpuId, IpiRing, Machine};
+    /// let cpus = vec![Cpu::new(CpuId::new(0))];
+    /// let rings = vec![IpiRing::new()];
+    /// let m = Machine::new(&lwkt_arch_hosted::HOSTED, &cpus, &rings);
+    /// ```
+    ///
     /// [`rings_needed`]: Machine::rings_needed
     pub unsafe fn new(arch: &'static dyn Arch, cpus: &[Cpu], rings: &[IpiRing]) -> Machine {
         assert!(!cpus.is_empty(), "lwkt: a machine needs at least one CPU");
@@ -516,6 +526,22 @@ impl Cpu {
     /// Only the backend that builds this CPU's machine stores here, before
     /// the machine starts: [`Arch::kick`] and [`Arch::idle_wait`] trust
     /// these words (a pointer, an APIC id) without checking them.
+    ///
+    /// Safe code can neither store a word nor kick through one (issue 15,
+    /// hole 4: a stored `0x4141_4141_4140` sent the hosted kick through a
+    /// wild pointer):
+    ///
+    /// ```compile_fail,E0133
+    /// use lwkt_core::{Arch, Cpu, CpuId};
+    /// let cpu = Cpu::new(CpuId::new(0));
+    /// cpu.set_arch_word(0, 0x4141_4141_4140);
+    /// ```
+    ///
+    /// ```compile_fail,E0133
+    /// use lwkt_core::{Arch, Cpu, CpuId};
+    /// let cpu = Cpu::new(CpuId::new(0));
+    /// lwkt_arch_hosted::HOSTED.kick(&cpu);
+    /// ```
     ///
     /// # Panics
     /// If `i` is 4 or more.
