@@ -1,7 +1,19 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
 //! - `loom`: the loom models (`--cfg loom`, `LOOM_MAX_PREEMPTIONS=2`, release).
-//! - `miri`: the Miri subset (the unit tests of lwkt-token, lwkt-core, lwkt-msg and lwkt-slab), installing Miri if needed.
+//! - `miri`: under Miri, every test of lwkt-token, lwkt-core, lwkt-msg,
+//!   lwkt-slab and lwkt-netdispatch that does not need the hosted backend
+//!   (unit tests, integration tests, doctests; what is left out and why is
+//!   printed, see `miri.rs`), installing Miri and rust-src if needed.
+//! - `asan`: the hosted tests of lwkt-token, lwkt-core, lwkt-msg and
+//!   lwkt-slab under AddressSanitizer (nightly), after a canary use after
+//!   free that must be caught (see `asan.rs`).
+//! - `soak [--cpus N] [--seconds S] ...`: the soak test with conservation
+//!   counts (`soak/`, package `lwkt-soak`) in release; fails on any lost,
+//!   duplicated or misdirected message or broken invariant.
+//!
+//! The loom, Miri and ASan builds each use a target directory of their
+//! own under `$CARGO_TARGET_DIR` (default `target`).
 //! - `fuzz [seconds]`: build every cargo-fuzz target and run each for a
 //!   while (default 30 s) from its committed corpus, installing nightly and
 //!   cargo-fuzz if needed. New inputs go to a scratch directory; the
@@ -16,13 +28,18 @@
 //!   the counting `sync_events` bench first).
 //! - `ci`: the whole CI script, `.ci/run`.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod asan;
 mod instr;
+mod miri;
 mod qemu;
+mod soak;
 
 const USAGE: &str =
-    "usage: cargo xtask <loom|miri|fuzz [seconds]|qemu [options]|instr [--update]|bench-report [--run]|ci>";
+    "usage: cargo xtask <loom|miri|asan|soak [--cpus N] [--seconds S]|fuzz [seconds]|\
+                     qemu [options]|instr [--update]|bench-report [--run]|ci>";
 
 /// cargo-fuzz targets: (crate directory, target).
 const FUZZ_TARGETS: &[(&str, &str)] = &[
@@ -59,58 +76,69 @@ fn loom() -> Result<(), String> {
         ])
         .env("RUSTFLAGS", "--cfg loom")
         .env("LOOM_MAX_PREEMPTIONS", "2")
-        .env("CARGO_TARGET_DIR", "target/loom"))
+        .env("CARGO_TARGET_DIR", tool_target_dir("loom")))
 }
 
-fn miri() -> Result<(), String> {
-    let have = Command::new("rustup")
-        .args(["run", "nightly", "cargo", "miri", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "miri,rust-src",
-        ]))?;
-    }
-    run(Command::new("cargo").args(["+nightly", "miri", "setup"]))?;
-    run(Command::new("cargo")
-        .args([
-            "+nightly",
-            "miri",
-            "test",
-            "-p",
-            "lwkt-token",
-            "-p",
-            "lwkt-core",
-            "-p",
-            "lwkt-msg",
-            "-p",
-            "lwkt-slab",
-            "--lib",
-        ])
-        .env("MIRIFLAGS", "-Zmiri-strict-provenance")
-        .env("CARGO_TARGET_DIR", "target/miri"))
+/// The workspace root (xtask's parent directory).
+pub(crate) fn root() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
-fn nightly() -> Result<(), String> {
+/// A tool's own target directory, `<target>/<name>`, where `<target>` is
+/// `$CARGO_TARGET_DIR` or the workspace's `target`: its flags would rebuild
+/// everything in the main one.
+pub(crate) fn tool_target_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let base = if base.is_absolute() {
+        base
+    } else {
+        root().join(base)
+    };
+    base.join(name)
+}
+
+/// The nightly toolchain with `components`, installed if missing (an
+/// error, not a skip, when it cannot be had).
+pub(crate) fn nightly(components: &[&str]) -> Result<(), String> {
     let have = Command::new("rustup")
         .args(["run", "nightly", "rustc", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if have {
+    if !have {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        if !components.is_empty() {
+            cmd.args(["--component", &components.join(",")]);
+        }
+        return run(&mut cmd);
+    }
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l == *c || l.starts_with(&format!("{c}-")))
+        })
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+    run(Command::new("rustup")
+        .args(["component", "add", "--toolchain", "nightly"])
+        .args(&missing))
 }
 
 fn fuzz(seconds: &str) -> Result<(), String> {
-    nightly()?;
+    nightly(&[])?;
     let have = Command::new("cargo")
         .args(["fuzz", "--version"])
         .output()
@@ -168,7 +196,9 @@ fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let r = match task.as_str() {
         "loom" => loom(),
-        "miri" => miri(),
+        "miri" => miri::miri(),
+        "asan" => asan::asan(),
+        "soak" => soak::soak(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz" => fuzz(&std::env::args().nth(2).unwrap_or_else(|| "30".into())),
         "qemu" => qemu::qemu(&std::env::args().skip(2).collect::<Vec<_>>()),
         "instr" => instr::instr(&std::env::args().skip(2).collect::<Vec<_>>()),
