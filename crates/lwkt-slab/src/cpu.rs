@@ -10,12 +10,10 @@
 //! refuses every other with a panic, so two "CPU 0"s never share one
 //! CPU's state.
 
-use core::cell::UnsafeCell;
-use core::mem::MaybeUninit;
 use core::num::NonZeroU64;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use lwkt_core::{Cur, MyCpu, ThreadHandle};
+use lwkt_core::{Cur, MyCpu};
 
 /// The current CPU, held for the duration of a closure, and the set of
 /// CPUs its index is one of.
@@ -35,7 +33,7 @@ use lwkt_core::{Cur, MyCpu, ThreadHandle};
 ///         let _g = self.lock.lock().unwrap();
 ///         f(0)
 ///     }
-///     fn domain(&self) -> Domain<'_> {
+///     fn domain(&self) -> Domain {
 ///         self.id.domain()
 ///     }
 /// }
@@ -63,7 +61,7 @@ pub unsafe trait CpuContext {
 
     /// The set of CPUs the index belongs to (for lwkt-core's contexts, the
     /// machine).
-    fn domain(&self) -> Domain<'_>;
+    fn domain(&self) -> Domain;
 }
 
 // SAFETY: `MyCpu::crit` is a critical section on the CPU `MyCpu` names, and
@@ -78,7 +76,7 @@ unsafe impl CpuContext for MyCpu<'_> {
     }
 
     #[inline(always)]
-    fn domain(&self) -> Domain<'_> {
+    fn domain(&self) -> Domain {
         Domain::of_machine(*self)
     }
 }
@@ -93,51 +91,77 @@ unsafe impl CpuContext for Cur {
     }
 
     #[inline(always)]
-    fn domain(&self) -> Domain<'_> {
-        Domain(Kind::Machine {
-            my: self.my_cpu(),
-            cur: Some(self),
-        })
+    fn domain(&self) -> Domain {
+        Domain::of_machine(self.my_cpu())
     }
 }
 
-/// Which set of CPUs a [`CpuContext`]'s indices name: an lwkt machine, or
-/// a [`DomainId`] (a [`ThreadSlots`](crate::ThreadSlots), a kernel's own
-/// context).
+/// Which set of CPUs a [`CpuContext`]'s indices name: an lwkt machine
+/// (by its process-unique [`MyCpu::machine_id`]), or a [`DomainId`] (a
+/// [`ThreadSlots`](crate::ThreadSlots), a kernel's own context). Two
+/// domains are equal only if they are the same machine or the same
+/// `DomainId`; a machine is never equal to a `DomainId`.
 ///
 /// ```
-/// use lwkt_slab::{CpuContext, DomainId};
+/// use lwkt_slab::{CpuContext, Domain, DomainId};
 /// static ID: DomainId = DomainId::new();
-/// let _d = ID.domain();
-/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
-///     let _m = cur.domain(); // the machine `cur` runs on
+/// let (a, b) = lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+///     // A thread and a bare `MyCpu` (as an IPI function has) of one
+///     // machine are one domain.
+///     assert_eq!(cur.domain(), Domain::of_machine(cur.my_cpu()));
+///     assert_ne!(cur.domain(), ID.domain());
+///     (cur.domain(), cur.my_cpu().domain())
 /// });
+/// assert_eq!(a, b);
+/// let c = lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| cur.domain());
+/// assert_ne!(a, c); // another machine
 /// ```
-#[derive(Clone, Copy)]
-pub struct Domain<'a>(Kind<'a>);
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Domain(NonZeroU64);
 
-#[derive(Clone, Copy)]
-enum Kind<'a> {
-    Id(NonZeroU64),
-    // lwkt-core has no public machine id yet: a machine is recognised
-    // through a handle of one of its threads (`ThreadHandle::is_of_machine`).
-    Machine { my: MyCpu<'a>, cur: Option<&'a Cur> },
-}
+// A domain's number: a `DomainId`'s number `n` is `2n`, machine `m` is
+// `2m + 1`, so the two kinds never collide and 0 means "unbound" in a
+// `Binding`.
+const MACHINE_BIT: u64 = 1;
 
-impl<'a> Domain<'a> {
-    /// The machine `my` is a CPU of.
-    pub fn of_machine(my: MyCpu<'a>) -> Domain<'a> {
-        Domain(Kind::Machine { my, cur: None })
+impl Domain {
+    /// The machine `my` is a CPU of (its [`MyCpu::machine_id`]).
+    ///
+    /// ```
+    /// use lwkt_slab::Domain;
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let _d = Domain::of_machine(cur.my_cpu());
+    /// });
+    /// ```
+    #[inline(always)]
+    pub fn of_machine(my: MyCpu<'_>) -> Domain {
+        Domain::numbered(my.machine_id(), MACHINE_BIT)
     }
-}
 
-impl core::fmt::Debug for Domain<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.0 {
-            Kind::Id(id) => f.debug_tuple("Domain").field(&id).finish(),
-            Kind::Machine { my, .. } => f.debug_tuple("Domain").field(&my).finish(),
+    /// The domain numbered `2n + kind`; `n` is 1.. for a `DomainId`.
+    #[inline(always)]
+    fn numbered(n: u64, kind: u64) -> Domain {
+        match NonZeroU64::new(n << 1 | kind) {
+            Some(v) if n < 1 << 63 => Domain(v),
+            _ => exhausted(),
         }
     }
+}
+
+impl core::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (kind, n) = (self.0.get() & MACHINE_BIT, self.0.get() >> 1);
+        let kind = if kind != 0 { "Machine" } else { "Id" };
+        f.debug_tuple("Domain")
+            .field(&format_args!("{kind}({n})"))
+            .finish()
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn exhausted() -> ! {
+    panic!("lwkt-slab: domain numbers exhausted")
 }
 
 /// A process-unique domain for contexts that are not an lwkt machine's
@@ -147,7 +171,8 @@ impl core::fmt::Debug for Domain<'_> {
 /// ```
 /// use lwkt_slab::DomainId;
 /// let (a, b) = (DomainId::new(), DomainId::new());
-/// assert_ne!(format!("{:?}", a.domain()), format!("{:?}", b.domain()));
+/// assert_ne!(a.domain(), b.domain());
+/// assert_eq!(a.domain(), a.domain());
 /// ```
 #[derive(Debug)]
 pub struct DomainId(AtomicU64);
@@ -162,17 +187,18 @@ impl DomainId {
 
     /// The domain.
     #[inline]
-    pub fn domain(&self) -> Domain<'static> {
+    pub fn domain(&self) -> Domain {
         let v = self.0.load(Ordering::Relaxed);
         let v = if v != 0 { v } else { self.draw() };
-        // SAFETY: `draw` never returns 0, and only it stores here.
-        Domain(Kind::Id(unsafe { NonZeroU64::new_unchecked(v) }))
+        Domain::numbered(v, 0)
     }
 
     #[cold]
     fn draw(&self) -> u64 {
         let fresh = NEXT_DOMAIN.fetch_add(1, Ordering::Relaxed);
-        assert!(fresh != 0, "lwkt-slab: domain numbers exhausted");
+        if fresh == 0 {
+            exhausted();
+        }
         match self
             .0
             .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
@@ -189,92 +215,43 @@ impl Default for DomainId {
     }
 }
 
-const UNBOUND: u8 = 0;
-const BINDING: u8 = 1;
-const BOUND_ID: u8 = 2;
-const BOUND_MACHINE: u8 = 3;
-
 /// The domain a structure with per-CPU state is bound to: set by the first
-/// context that uses it, checked on every use after.
-pub(crate) struct Binding {
-    state: AtomicU8,
-    id: AtomicU64,
-    /// A thread of the bound machine (`BOUND_MACHINE`); written once while
-    /// `BINDING`, read only after `state` says `BOUND_MACHINE`.
-    handle: UnsafeCell<MaybeUninit<ThreadHandle>>,
-}
-
-// SAFETY: `handle` is written only by the one caller that moved `state`
-// from `UNBOUND` to `BINDING`, before it publishes `BOUND_MACHINE` with
-// Release; readers read it after an Acquire load sees `BOUND_MACHINE`, and
-// `ThreadHandle` is `Sync`. `unbind` (unsafe) and drop have no readers.
-unsafe impl Sync for Binding {}
-// SAFETY: `ThreadHandle` is `Send`.
-unsafe impl Send for Binding {}
+/// context that uses it, checked on every use after. Holds the domain's
+/// number, 0 while unbound.
+pub(crate) struct Binding(AtomicU64);
 
 impl Binding {
     pub(crate) const fn new() -> Binding {
-        Binding {
-            state: AtomicU8::new(UNBOUND),
-            id: AtomicU64::new(0),
-            handle: UnsafeCell::new(MaybeUninit::uninit()),
-        }
+        Binding(AtomicU64::new(0))
     }
 
     /// Panic unless `d` is the bound domain; bind to it if none is.
     #[inline]
     #[track_caller]
-    pub(crate) fn check(&self, d: Domain<'_>, what: &'static str) {
-        let ok = match (self.state.load(Ordering::Acquire), d.0) {
-            (BOUND_ID, Kind::Id(id)) => self.id.load(Ordering::Relaxed) == id.get(),
-            (BOUND_MACHINE, Kind::Machine { my, .. }) => {
-                // SAFETY: `BOUND_MACHINE` was published after the handle
-                // was written, and it is not changed while bound.
-                unsafe { (*self.handle.get()).assume_init_ref() }.is_of_machine(my)
-            }
-            (BOUND_ID | BOUND_MACHINE, _) => false,
-            _ => return self.bind(d, what),
-        };
-        if !ok {
-            refuse(what);
+    pub(crate) fn check(&self, d: Domain, what: &'static str) {
+        // Acquire (and Release in `unbind`): the uses by a domain that
+        // was unbound happen before those of the one that binds next.
+        let bound = self.0.load(Ordering::Acquire);
+        if bound != d.0.get() {
+            self.bind(d, bound, what);
         }
     }
 
     #[cold]
     #[track_caller]
-    fn bind(&self, d: Domain<'_>, what: &'static str) {
-        loop {
-            match self.state.compare_exchange(
-                UNBOUND,
-                BINDING,
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(BINDING) => core::hint::spin_loop(),
-                // Someone else bound it first: check against theirs.
-                Err(_) => return self.check(d, what),
+    fn bind(&self, d: Domain, bound: u64, what: &'static str) {
+        if bound == 0 {
+            match self
+                .0
+                .compare_exchange(0, d.0.get(), Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                // Someone else bound it first: to our domain, or refused.
+                Err(won) if won == d.0.get() => return,
+                Err(_) => {}
             }
         }
-        match d.0 {
-            Kind::Id(id) => {
-                self.id.store(id.get(), Ordering::Relaxed);
-                self.state.store(BOUND_ID, Ordering::Release);
-            }
-            Kind::Machine { cur: Some(cur), .. } => {
-                // SAFETY: `BINDING` is ours: nobody reads the handle.
-                unsafe { (*self.handle.get()).write(cur.handle()) };
-                self.state.store(BOUND_MACHINE, Ordering::Release);
-            }
-            Kind::Machine { cur: None, .. } => {
-                self.state.store(UNBOUND, Ordering::Release);
-                panic!(
-                    "lwkt-slab: this {what} is not bound to a machine yet, and a bare \
-                     MyCpu cannot bind it (lwkt-core has no public machine id): use it \
-                     from a thread's `Cur` first"
-                );
-            }
-        }
+        refuse(what)
     }
 
     /// Forget the bound domain.
@@ -284,18 +261,7 @@ impl Binding {
     /// nothing else does during the call (every earlier use happens before
     /// it, e.g. the bound machine has stopped and been joined).
     pub(crate) unsafe fn unbind(&self) {
-        if self.state.load(Ordering::Acquire) == BOUND_MACHINE {
-            // SAFETY: bound, so written; nobody else uses it (caller).
-            unsafe { (*self.handle.get()).assume_init_drop() };
-        }
-        self.state.store(UNBOUND, Ordering::Release);
-    }
-}
-
-impl Drop for Binding {
-    fn drop(&mut self) {
-        // SAFETY: `&mut self`: no other use.
-        unsafe { self.unbind() };
+        self.0.store(0, Ordering::Release);
     }
 }
 

@@ -372,7 +372,7 @@ unsafe impl CpuContext for ThreadSlots {
     }
 
     #[inline]
-    fn domain(&self) -> Domain<'_> {
+    fn domain(&self) -> Domain {
         self.id.domain()
     }
 }

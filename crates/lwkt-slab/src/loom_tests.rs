@@ -159,7 +159,7 @@ fn objcache_depot_hands_each_object_to_one_user() {
         fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
             f(self.0)
         }
-        fn domain(&self) -> Domain<'_> {
+        fn domain(&self) -> Domain {
             ID.domain()
         }
     }

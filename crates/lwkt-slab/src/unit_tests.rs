@@ -61,7 +61,7 @@ unsafe impl CpuContext for On {
     fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         f(self.0)
     }
-    fn domain(&self) -> crate::Domain<'_> {
+    fn domain(&self) -> crate::Domain {
         static ID: crate::DomainId = crate::DomainId::new();
         ID.domain()
     }

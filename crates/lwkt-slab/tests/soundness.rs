@@ -126,3 +126,106 @@ fn two_machines_on_one_slab_are_refused() {
         let _ = (a.join(), b.join());
     });
 }
+
+/// A slab and an object cache bound by a bare `MyCpu`: an IPI function
+/// (which has no thread) and `cur.my_cpu()` each use an unbound one first,
+/// and the machine's threads use them after; a second machine is still
+/// refused, by `Cur` and by `MyCpu` alike, and after `unbind` (the first
+/// machine stopped) it is served. Before the machine id (the slab
+/// recognised a machine through a `ThreadHandle` of the first `Cur`), the
+/// IPI function's first use panicked ("a bare MyCpu cannot bind it"), which
+/// aborts the process.
+#[test]
+fn a_bare_my_cpu_binds_and_another_machine_is_still_refused() {
+    if !is_child() {
+        let (ok, err) = run_child("a_bare_my_cpu_binds_and_another_machine_is_still_refused");
+        assert!(ok, "child failed:\n{err}");
+        return;
+    }
+    use lwkt_core::{CpuId, MyCpu};
+    use lwkt_slab::objcache::{ObjCache, SlabSource};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static S: Slab<HostedPages> = Slab::new(HostedPages::new(64 << 20), 2);
+    static S2: Slab<HostedPages> = Slab::new(HostedPages::new(64 << 20), 2);
+    static T: MallocType = MallocType::new("bare-mycpu");
+    static IPI_RAN: AtomicUsize = AtomicUsize::new(0);
+    static C: std::sync::OnceLock<ObjCache<[u64; 4], SlabSource<'static, HostedPages>, 4>> =
+        std::sync::OnceLock::new();
+    let cache =
+        C.get_or_init(|| ObjCache::new(SlabSource { slab: &S2, ty: &T }, 2, 0, || [7; 4], None));
+
+    /// Runs on CPU 1 in interrupt context: the slab's first user.
+    fn first_use(my: MyCpu<'_>, _: usize, _: usize) {
+        let p = S.alloc(&my, L, &T, Flags::ZERO).unwrap();
+        // SAFETY: allocated just above with `L` and `T`.
+        unsafe { S.free(&my, p, L, &T) };
+        S.check(&my).unwrap();
+        IPI_RAN.store(1, Ordering::Release);
+    }
+
+    fn refused<R>(f: impl FnOnce() -> R) -> String {
+        let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) else {
+            panic!("not refused");
+        };
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    within_seconds(60, "bare MyCpu", || {
+        lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+            cur.my_cpu()
+                .send_ipi(CpuId::new(1), first_use, 0, 0)
+                .unwrap();
+            while IPI_RAN.load(Ordering::Acquire) == 0 {
+                cur.yield_now();
+            }
+            // The same machine, through a thread: served.
+            let p = S.alloc(cur, L, &T, Flags::NONE).unwrap();
+            // SAFETY: allocated just above with `L` and `T`.
+            unsafe { S.free(cur, p, L, &T) };
+            // `cur.my_cpu()` binds the cache (and its slab) first.
+            let my = cur.my_cpu();
+            let o = cache.get(&my).unwrap();
+            // SAFETY: a constructed object of this cache, put back once.
+            unsafe {
+                assert_eq!(*o.as_ptr(), [7; 4]);
+                cache.put(&my, o);
+            }
+            let o = cache.get(cur).unwrap();
+            // SAFETY: as above.
+            unsafe { cache.put(cur, o) };
+            cache.reclaim(cur);
+        });
+        lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+            for msg in [
+                refused(|| S.alloc(cur, L, &T, Flags::NONE)),
+                refused(|| S.alloc(&cur.my_cpu(), L, &T, Flags::NONE)),
+                refused(|| cache.get(&cur.my_cpu())),
+                refused(|| S2.check(cur)),
+            ] {
+                assert!(
+                    msg.starts_with("lwkt-slab: ") && msg.contains("another machine"),
+                    "{msg}"
+                );
+            }
+        });
+        // SAFETY: both machines have stopped (`run` returned): every use of
+        // the slabs and the cache happened before this point.
+        unsafe {
+            S.unbind();
+            S2.unbind();
+            cache.unbind();
+        }
+        lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+            let p = S.alloc(&cur.my_cpu(), L, &T, Flags::NONE).unwrap();
+            // SAFETY: allocated just above with `L` and `T`.
+            unsafe { S.free(cur, p, L, &T) };
+            let o = cache.get(cur).unwrap();
+            // SAFETY: a constructed object of this cache, put back once.
+            unsafe { cache.put(cur, o) };
+        });
+    });
+}

@@ -75,7 +75,7 @@ unsafe impl CpuContext for On {
     fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
         f(self.0)
     }
-    fn domain(&self) -> Domain<'_> {
+    fn domain(&self) -> Domain {
         // One domain for every run: each run has its own slab.
         static ID: DomainId = DomainId::new();
         ID.domain()
