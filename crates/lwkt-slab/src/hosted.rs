@@ -4,7 +4,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
@@ -124,7 +124,7 @@ impl HostedPages {
     /// the allocator (`HELD`), so `GlobalSlab` serves a signal handler that
     /// interrupts the holder without this lock.
     fn with_free<R>(&self, f: impl FnOnce(&AtomicPtr<u8>) -> R) -> R {
-        HELD.with(|h| h.set(h.get() + 1));
+        let _inside = Inside::enter();
         while self
             .free_lock
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -134,7 +134,6 @@ impl HostedPages {
         }
         let r = f(&self.free);
         self.free_lock.store(false, Ordering::Release);
-        HELD.with(|h| h.set(h.get() - 1));
         r
     }
 }
@@ -253,6 +252,31 @@ fn this_thread_is_inside() -> bool {
     HELD.with(Cell::get) != 0
 }
 
+/// This thread counts as inside the allocator (`HELD`) while the guard
+/// lives. Entered before the slot or lock it covers is taken and left
+/// after that is given back, so a signal handler never finds the thread
+/// holding one while not marked inside (it would wait for the code it
+/// interrupted). The compiler fences keep that order as a handler on this
+/// thread sees it (they emit no instruction).
+struct Inside;
+
+impl Inside {
+    #[inline(always)]
+    fn enter() -> Inside {
+        HELD.with(|h| h.set(h.get() + 1));
+        compiler_fence(Ordering::SeqCst);
+        Inside
+    }
+}
+
+impl Drop for Inside {
+    #[inline(always)]
+    fn drop(&mut self) {
+        compiler_fence(Ordering::SeqCst);
+        HELD.with(|h| h.set(h.get() - 1));
+    }
+}
+
 /// A CPU context for OS threads: each thread is given one of `n` slots
 /// (round-robin at its first allocation) and takes that slot's lock around
 /// each operation, so the slab's per-CPU state is never shared. The lock is
@@ -307,8 +331,7 @@ impl ThreadSlots {
 
     /// Take a free slot, starting at `s`: waiting for one, unless this
     /// thread already holds a slot (then one round, and `None`).
-    fn take_from(&self, mut s: usize) -> Option<usize> {
-        let reentered = this_thread_is_inside();
+    fn take_from(&self, mut s: usize, reentered: bool) -> Option<usize> {
         let mut tried = 0;
         loop {
             if self.try_take(s) {
@@ -323,17 +346,16 @@ impl ThreadSlots {
         }
     }
 
-    /// Run `f` holding slot `s` (taken by `take_from`).
+    /// Run `f` holding slot `s` (taken by `try_take`), given back when
+    /// `f` returns or unwinds.
     #[inline]
     fn hold<R>(&self, s: usize, f: impl FnOnce(usize) -> R) -> R {
         struct Leave<'a>(&'a AtomicBool);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
-                HELD.with(|h| h.set(h.get() - 1));
                 self.0.store(false, Ordering::Release);
             }
         }
-        HELD.with(|h| h.set(h.get() + 1));
         let _leave = Leave(&self.busy[s]);
         f(s)
     }
@@ -357,11 +379,15 @@ impl ThreadSlots {
 unsafe impl CpuContext for ThreadSlots {
     #[inline]
     fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        let reentered = this_thread_is_inside();
+        // Inside from before the slot is taken until after it is given
+        // back (`hold` returns first).
+        let _inside = Inside::enter();
         let s = self.preferred();
         let s = if self.try_take(s) {
             s
         } else {
-            self.take_from(s).unwrap_or_else(|| {
+            self.take_from(s, reentered).unwrap_or_else(|| {
                 panic!(
                     "lwkt-slab: ThreadSlots re-entered (a signal handler or a nested call) \
                      on a thread that holds a slot, with every slot busy"

@@ -38,7 +38,13 @@ pub fn within_seconds<R>(secs: u64, what: &'static str, f: impl FnOnce() -> R) -
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        eprintln!("{what}: not finished within {secs} s (deadlock?); aborting");
+        // Without allocating: the deadlock may be in the allocator
+        // (tests/reentry.rs runs on `GlobalSlab`), and captured test output
+        // is a growing buffer.
+        for part in [what, ": not finished in time (deadlock?); aborting\n"] {
+            // SAFETY: writing a live byte slice to the standard error fd.
+            unsafe { libc::write(2, part.as_ptr().cast(), part.len()) };
+        }
         std::process::abort();
     });
     let r = f();
