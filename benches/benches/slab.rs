@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lwkt_benches::{config, on_lwkt, two_cores};
-use lwkt_core::CpuId;
+use lwkt_core::{CpuId, Cur};
 use lwkt_slab::{Flags, GlobalSlab, HostedPages, MallocType, Slab};
 use mimalloc::MiMalloc;
 
@@ -31,6 +31,19 @@ static GSLAB: GlobalSlab = GlobalSlab::new(1 << 30, 2);
 static MI: MiMalloc = MiMalloc;
 
 const SIZES: [usize; 5] = [16, 64, 256, 1024, 4096];
+
+/// [`on_lwkt`] for the benches that use `SLAB`: each sample boots a fresh
+/// machine, and a slab serves one machine at a time (a CPU index names a
+/// CPU only within its machine), so `SLAB` is handed back after each run.
+fn on_slab_machine<R: Send>(ncpus: usize, f: impl FnOnce(&mut Cur) -> R + Send) -> R {
+    let r = on_lwkt(ncpus, f);
+    // SAFETY: the machine has stopped: `run` returns after every CPU has
+    // left its idle loop and its OS thread has been joined, so all of the
+    // machine's uses of `SLAB` happened before this point; the next
+    // machine is booted after it, on this thread.
+    unsafe { SLAB.unbind() };
+    r
+}
 
 /// `iters` alloc+free pairs of `size` through a `GlobalAlloc`.
 fn pairs(a: &dyn GlobalAlloc, size: usize, iters: u64) -> Duration {
@@ -47,7 +60,7 @@ fn pairs(a: &dyn GlobalAlloc, size: usize, iters: u64) -> Duration {
 }
 
 /// `iters` alloc+free pairs of `size` through the slab on an LWKT thread.
-fn slab_pairs(cur: &lwkt_core::Cur, size: usize, iters: u64) -> Duration {
+fn slab_pairs(cur: &Cur, size: usize, iters: u64) -> Duration {
     let l = Layout::from_size_align(size, 8).unwrap();
     let t = Instant::now();
     for _ in 0..iters {
@@ -65,7 +78,7 @@ fn local(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("lwkt-slab (LWKT thread)", size),
             &size,
-            |b, &s| b.iter_custom(|iters| on_lwkt(1, |cur| slab_pairs(cur, s, iters))),
+            |b, &s| b.iter_custom(|iters| on_slab_machine(1, |cur| slab_pairs(cur, s, iters))),
         );
         g.bench_with_input(BenchmarkId::new("mimalloc", size), &size, |b, &s| {
             b.iter_custom(|iters| pairs(&MI, s, iters))
@@ -87,7 +100,7 @@ fn two_local(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("lwkt-slab, 2 CPUs", |b| {
         b.iter_custom(|iters| {
-            on_lwkt(2, |cur| {
+            on_slab_machine(2, |cur| {
                 let other = cur
                     .spawn_on(CpuId::new(1), move |me| {
                         slab_pairs(me, 64, iters);
@@ -164,7 +177,7 @@ fn remote(c: &mut Criterion) {
     };
     g.bench_function("lwkt-slab, LWKT threads on 2 CPUs", |b| {
         b.iter_custom(|iters| {
-            on_lwkt(2, |cur| {
+            on_slab_machine(2, |cur| {
                 let (mut p, mut q) = rtrb::RingBuffer::<usize>::new(1024);
                 let consumer = cur
                     .spawn_on(CpuId::new(1), move |me| {
