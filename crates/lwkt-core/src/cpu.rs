@@ -242,6 +242,16 @@ impl AtomicUsizeStatic {
     }
 }
 
+/// A machine id: 1, 2, ... and always below 2^62 (a panic rather than a
+/// reuse), so users may pack it with a tag bit or two ([`MyCpu::machine_id`]).
+///
+/// [`MyCpu::machine_id`]: crate::MyCpu::machine_id
+fn next_machine_id() -> u64 {
+    let id = MACHINE_IDS.0.fetch_add(1, Ordering::Relaxed);
+    assert!(id < 1 << 62, "lwkt: machine ids exhausted");
+    id
+}
+
 impl Machine {
     /// The number of IPI rings a machine of `ncpus` CPUs needs (`ncpus²`).
     pub const fn rings_needed(ncpus: usize) -> usize {
@@ -305,7 +315,7 @@ impl Machine {
             cpus: cpus.as_ptr(),
             ncpus: cpus.len(),
             rings: rings.as_ptr(),
-            id: MACHINE_IDS.0.fetch_add(1, Ordering::Relaxed),
+            id: next_machine_id(),
             sleep_masks: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -321,6 +331,7 @@ impl Machine {
     pub unsafe fn bind(&self) {
         for c in self.cpu_slice() {
             c.machine.set(self);
+            c.machine_id.set(self.id);
             c.idle
                 .gd
                 .store(c as *const Cpu as *mut Cpu, Ordering::Relaxed);
@@ -370,6 +381,9 @@ impl Machine {
 pub struct Cpu {
     id: CpuId,
     pub(crate) machine: Cell<*const Machine>,
+    /// The machine's id, copied at `bind` (0 before): one load for the
+    /// checks that compare machines.
+    pub(crate) machine_id: Cell<u64>,
     /// The running thread (`gd_curthread`); read by the interrupt path.
     pub(crate) curthread: AtomicPtr<Thread>,
     /// An exiting or migrating thread that just switched away, for
@@ -471,6 +485,7 @@ impl Cpu {
         Cpu {
             id,
             machine: Cell::new(ptr::null()),
+            machine_id: Cell::new(0),
             curthread: AtomicPtr::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
             runq: UnsafeCell::new(RunQueue::new()),

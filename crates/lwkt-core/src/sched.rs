@@ -110,15 +110,17 @@ impl<'a> MyCpu<'a> {
     /// The machine's number, unique in this process: per-CPU state kept
     /// outside lwkt (a slab, a driver's queues) indexed by [`id`](Self::id)
     /// compares it to refuse a CPU of another machine, whose CPU numbers
-    /// overlap.
+    /// overlap. Never 0, always below 2^62, never reused in the process.
     ///
     /// ```
     /// let a = lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| cur.my_cpu().machine_id());
     /// let b = lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| cur.my_cpu().machine_id());
     /// assert_ne!(a, b);
     /// ```
+    #[inline]
     pub fn machine_id(self) -> u64 {
-        self.gd.machine().id
+        // Set at `bind`, before any `MyCpu` of the CPU can exist.
+        self.gd.machine_id.get()
     }
 
     /// This CPU's counters.

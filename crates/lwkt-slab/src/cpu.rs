@@ -135,7 +135,12 @@ impl Domain {
     /// ```
     #[inline(always)]
     pub fn of_machine(my: MyCpu<'_>) -> Domain {
-        Domain::numbered(my.machine_id(), MACHINE_BIT)
+        let m = my.machine_id();
+        // lwkt-core: machine ids are never 0 and stay below 2^62, so `2m+1`
+        // neither wraps nor meets a `DomainId`'s `2n`.
+        debug_assert!(m != 0 && m < 1 << 62);
+        // SAFETY: `| MACHINE_BIT` (1) makes it non-zero.
+        Domain(unsafe { NonZeroU64::new_unchecked(m << 1 | MACHINE_BIT) })
     }
 
     /// The domain numbered `2n + kind`; `n` is 1.. for a `DomainId`.
@@ -226,8 +231,7 @@ impl Binding {
     }
 
     /// Panic unless `d` is the bound domain; bind to it if none is.
-    #[inline]
-    #[track_caller]
+    #[inline(always)]
     pub(crate) fn check(&self, d: Domain, what: &'static str) {
         // Acquire (and Release in `unbind`): the uses by a domain that
         // was unbound happen before those of the one that binds next.
