@@ -163,7 +163,10 @@ fn boot(o: &Opts, kernel: &std::path::Path) -> Result<(), String> {
     let accel: &[&str] = match o.accel.as_str() {
         "single" => &["-accel", "tcg,thread=single"],
         "multi" => &["-accel", "tcg,thread=multi"],
-        _ => &["-accel", "kvm", "-cpu", "host"],
+        // Without `-arch-capabilities`, QEMU under a nested hypervisor
+        // (this CI's machines) dies setting MSR 0x10a
+        // (IA32_ARCH_CAPABILITIES), which the kernel never reads.
+        _ => &["-accel", "kvm", "-cpu", "host,-arch-capabilities"],
     };
     // A monitor socket, through which a run that times out gets an NMI on
     // every CPU: the kernel then prints each CPU's state (`HANG` lines).
