@@ -81,3 +81,8 @@ pub use serializer::Serializer;
 pub use thread::{Priority, SpawnError, ThreadHandle};
 pub use unwind::abort_on_unwind;
 pub use waitq::WaitQueue;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
