@@ -55,6 +55,11 @@ use lwkt_core::{Cpu, CpuId, CpuStatsSnapshot, Cur, IpiRing, Priority, MAX_CPUS};
 
 pub use vcpu::{current_vcpu, HostedArch, HOSTED, IPI_SIGNAL};
 
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// Stack size of the main thread [`Machine::run`] starts on CPU 0.
 pub const MAIN_STACK: usize = 1024 * 1024;
 
