@@ -190,7 +190,7 @@ fn cut(record: usize, rest: &[u8], header: usize, len_at: usize, order: Endianne
     })
 }
 
-fn refuse_link(link: DataLink) -> Result<(), String> {
+fn ethernet_only(link: DataLink) -> Result<(), String> {
     if link == DataLink::ETHERNET {
         Ok(())
     } else {
@@ -200,7 +200,8 @@ fn refuse_link(link: DataLink) -> Result<(), String> {
     }
 }
 
-/// Snapshot length `snaplen` (0: none) and a record of `captured` bytes.
+/// Record number `record`, of `captured` bytes, if that exceeds `snaplen`
+/// (0: no limit).
 fn over(record: usize, captured: usize, snaplen: u32) -> Option<OverSnaplen> {
     (snaplen != 0 && captured > snaplen as usize).then_some(OverSnaplen {
         record,
@@ -215,7 +216,7 @@ fn parse_pcap(bytes: &[u8]) -> Result<Capture, String> {
         e => e.to_string(),
     })?;
     let header = parser.header();
-    refuse_link(header.datalink)?;
+    ethernet_only(header.datalink)?;
     let mut c = Capture {
         format: Format::Pcap,
         frames: Vec::new(),
@@ -296,7 +297,8 @@ fn parse_pcapng(bytes: &[u8]) -> Result<Capture, String> {
             .interfaces()
             .get(iface as usize)
             .ok_or_else(|| format!("record {record}: no interface {iface} in its section"))?;
-        refuse_link(i.linktype).map_err(|e| format!("record {record}: interface {iface}: {e}"))?;
+        ethernet_only(i.linktype)
+            .map_err(|e| format!("record {record}: interface {iface}: {e}"))?;
         match over(record, data.len(), i.snaplen) {
             Some(o) => c.over_snaplen.push(o),
             None => c.frames.push(data.to_vec()),
