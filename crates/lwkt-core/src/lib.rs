@@ -56,6 +56,8 @@ mod arch;
 mod cpu;
 mod cpusync;
 mod crit;
+#[cfg(feature = "critical-section")]
+pub mod critical_section;
 pub mod ipiq;
 mod runq;
 mod sched;
