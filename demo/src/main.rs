@@ -9,9 +9,9 @@
 //! - switch: threads on every CPU yield to each other (same-CPU switches);
 //! - messages: clients on every CPU call a server port on the next CPU,
 //!   synchronously (`domsg`) and from async code (`call` + `block_on`);
-//! - network: generated TCP and UDP flows (or a pcap file) dispatched by
-//!   connection hash to per-CPU protocol threads, next to the same packets
-//!   through a table with per-bucket mutexes and one with a global mutex.
+//! - network: generated TCP and UDP flows (or a pcap or pcapng capture)
+//!   dispatched by connection hash to per-CPU protocol threads, next to the
+//!   same packets through a table with per-bucket mutexes and one with a global mutex.
 
 mod messages;
 
@@ -29,7 +29,10 @@ const USAGE: &str = "usage: lwkt-demo [--cpus N] [--rounds N] [--flows N] [--pca
   --rounds N   hand-offs per ping-pong pair and work items per CPU (default 20000)
   --flows N    generated connections for the network workload (default 6000:
                two thirds TCP-like, one third UDP; fixed seed)
-  --pcap FILE  replay an Ethernet pcap capture instead of generated flows";
+  --pcap FILE  replay an Ethernet capture (pcap or pcapng) instead of generated
+               flows; a cut last record (a capture stopped mid-write) is left
+               out with a warning, records longer than the snapshot length
+               are counted as malformed (over-snaplen) and not replayed";
 
 struct Opts {
     cpus: usize,
@@ -86,15 +89,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let frames = match &o.pcap {
-        Some(path) => match net::read_pcap(path) {
-            Ok(f) => f,
+    let (frames, over_snaplen) = match &o.pcap {
+        Some(path) => match net::read_capture(path) {
+            Ok(c) => {
+                warn_capture(path, &c);
+                (c.frames, c.over_snaplen.len() as u64)
+            }
             Err(e) => {
                 eprintln!("lwkt-demo: {e}");
                 return ExitCode::from(2);
             }
         },
-        None => net::generated(0x1e47, (o.flows * 2 / 3) as usize, (o.flows / 3) as usize),
+        None => (
+            net::generated(0x1e47, (o.flows * 2 / 3) as usize, (o.flows / 3) as usize),
+            0,
+        ),
     };
     let frames = Arc::new(frames);
     let machine = match Machine::new(o.cpus) {
@@ -117,7 +126,7 @@ fn main() -> ExitCode {
             switches(cur, o.rounds),
             messages::messages(cur, o.rounds),
         ];
-        let (net_lines, ok) = net::report(cur, frames);
+        let (net_lines, ok) = net::report(cur, frames, over_snaplen);
         lines.extend(net_lines);
         (lines, ok)
     });
@@ -135,6 +144,25 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Say on stderr what was wrong with a capture that can still be replayed:
+/// its cut last record and its records over the snapshot length (the first
+/// few by number: a capture can have thousands).
+fn warn_capture(path: &str, c: &net::Capture) {
+    const SHOWN: usize = 10;
+    for o in c.over_snaplen.iter().take(SHOWN) {
+        eprintln!("lwkt-demo: {path}: {o}");
+    }
+    if c.over_snaplen.len() > SHOWN {
+        eprintln!(
+            "lwkt-demo: {path}: {} more records over the snapshot length, not replayed",
+            c.over_snaplen.len() - SHOWN
+        );
+    }
+    if let Some(cut) = &c.cut {
+        eprintln!("lwkt-demo: warning: {path}: {cut}");
+    }
 }
 
 fn host_cores() -> usize {

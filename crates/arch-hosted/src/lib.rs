@@ -38,6 +38,15 @@
 //! code (the signal may have interrupted `malloc`). The cost: a thread that
 //! spins in its own code, calling nothing of lwkt's, delays them until it
 //! does (on bare metal the interrupt would run them at once).
+//!
+//! Reports and the `log` feature (off by default): with it, the shutdown
+//! report goes through the [`log`](https://docs.rs/log/0.4) facade (a
+//! warning when threads were left blocked, the totals at debug level), and
+//! so does each signal the kick watchdog sends (debug level: which CPU,
+//! and why); both run on ordinary OS threads. The stack-overflow report
+//! cannot: it runs in a SIGSEGV handler, where a logger's lock or
+//! allocation could deadlock, so it stays a `write(2)` to standard error
+//! followed by `abort`. Nothing else in this crate prints.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -54,6 +63,11 @@ use std::time::{Duration, Instant};
 use lwkt_core::{Cpu, CpuId, CpuStatsSnapshot, Cur, IpiRing, Priority, MAX_CPUS};
 
 pub use vcpu::{current_vcpu, HostedArch, HOSTED, IPI_SIGNAL};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// Stack size of the main thread [`Machine::run`] starts on CPU 0.
 pub const MAIN_STACK: usize = 1024 * 1024;
@@ -295,12 +309,35 @@ impl Machine {
             leaked_threads: leaked,
             elapsed: start.elapsed(),
         };
+        #[cfg(feature = "log")]
+        log_report(&report);
         let r = result
             .into_inner()
             .unwrap_or_else(|e| e.into_inner())
             .expect("lwkt-arch-hosted: the main thread did not finish");
         (r, report)
     }
+}
+
+/// The shutdown report through `log` (feature `log`): a warning for threads
+/// left blocked, the totals at debug level. Runs on the thread that called
+/// `run`, after every vCPU has stopped: any logger may be called there.
+#[cfg(feature = "log")]
+fn log_report(r: &Report) {
+    if r.leaked_threads > 0 {
+        log::warn!(
+            "lwkt-arch-hosted: {} thread(s) still blocked at shutdown; their stacks are leaked",
+            r.leaked_threads
+        );
+    }
+    log::debug!(
+        "lwkt-arch-hosted: machine of {} CPUs stopped after {:?}: {} switches, {} IPIs, {} signals",
+        r.cpus.len(),
+        r.elapsed,
+        r.total(|c| c.switches),
+        r.total(|c| c.ipis_received),
+        r.signals.iter().sum::<usize>()
+    );
 }
 
 /// Host cores online (empty if unknown). Not the calling thread's affinity:

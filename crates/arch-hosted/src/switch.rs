@@ -13,6 +13,10 @@
 //!
 //! Frame on a saved stack, from the saved stack pointer up:
 //! `[mxcsr:u32 fcw:u16 pad] r15 r14 r13 r12 rbx rbp return-address`.
+//!
+//! With the cargo feature `asan` (for `-Zsanitizer=address` builds only),
+//! each switch also tells AddressSanitizer which stack takes over (see
+//! `asan`); without it the switch is the asm alone.
 
 use lwkt_core::{Context, EntryFn, Stack};
 
@@ -74,7 +78,11 @@ core::arch::global_asm!(
     "5:",
     "fldcw [rsp - 52]",
     "jmp 3b",
-    "",
+);
+
+#[cfg(not(feature = "asan"))]
+core::arch::global_asm!(
+    ".text",
     ".globl lwkt_hosted_trampoline",
     ".hidden lwkt_hosted_trampoline",
     ".p2align 4",
@@ -86,12 +94,31 @@ core::arch::global_asm!(
     "ud2",
 );
 
+// The same, telling ASan first that the switch to the new stack is over
+// (r12 and r13 are callee-saved, so they survive the call).
+#[cfg(feature = "asan")]
+core::arch::global_asm!(
+    ".text",
+    ".globl lwkt_hosted_trampoline",
+    ".hidden lwkt_hosted_trampoline",
+    ".p2align 4",
+    "lwkt_hosted_trampoline:",
+    "call {start}",
+    "mov rdi, r12",
+    "call r13",
+    "ud2",
+    start = sym asan::thread_start,
+);
+
 extern "sysv64" {
     /// Saves the stack pointer at `from`, loads it from `to`; `_arch` is
     /// not used (see the asm).
     fn lwkt_hosted_switch(_arch: *const (), from: *const usize, to: *const usize);
     fn lwkt_hosted_trampoline();
 }
+
+/// `Context` word holding the saved stack pointer (the asm's `[rsi]`/`[rdx]`).
+const SP: usize = 0;
 
 /// MXCSR with all exceptions masked, round-to-nearest (the ABI's initial value).
 const MXCSR_DEFAULT: u32 = 0x1F80;
@@ -119,7 +146,13 @@ pub(crate) unsafe fn init(ctx: &Context, stack: Stack, entry: EntryFn, arg: usiz
             .add(7)
             .write(lwkt_hosted_trampoline as *const () as usize as u64); // return address
     }
-    ctx.words[0].set(sp);
+    ctx.words[SP].set(sp);
+    #[cfg(feature = "asan")]
+    {
+        ctx.words[asan::BOTTOM].set(stack.base.as_ptr() as usize);
+        ctx.words[asan::SIZE].set(stack.len);
+        ctx.words[asan::FAKE_SLOT].set(crate::stack::fake_stack_slot(&stack) as usize);
+    }
 }
 
 /// Save the running context in `from` and resume `to`. `arch` is passed
@@ -131,15 +164,212 @@ pub(crate) unsafe fn init(ctx: &Context, stack: Stack, entry: EntryFn, arg: usiz
 /// stack is alive; nothing else runs on it.
 #[inline(always)]
 pub(crate) unsafe fn switch(arch: *const (), from: &Context, to: &Context) {
+    #[cfg(feature = "asan")]
+    // SAFETY: `from` is the running context, `to` the one resumed next
+    // (caller); the switch below follows at once.
+    unsafe {
+        asan::start_switch(from, to)
+    };
     // SAFETY: the asm saves every callee-saved register (and MXCSR/FCW) on
     // the current stack and restores them from `to`'s, per the caller.
     // `words[0]` is the first field of the `repr(C)` `Context`.
     unsafe {
         lwkt_hosted_switch(
             arch,
-            from.words[0].as_ptr().cast_const(),
-            to.words[0].as_ptr().cast_const(),
+            from.words[SP].as_ptr().cast_const(),
+            to.words[SP].as_ptr().cast_const(),
         )
+    };
+    #[cfg(feature = "asan")]
+    // SAFETY: `from` is our own context, just resumed by a switch that
+    // began with `start_switch`.
+    unsafe {
+        asan::finish_switch(from)
+    };
+}
+
+/// AddressSanitizer's fiber annotations (cargo feature `asan`).
+///
+/// ASan keeps, per OS thread, the bounds of the stack it runs on (to
+/// unpoison the frames a `-> !` call or an unwind leaves, at
+/// `__asan_handle_no_return`) and a "fake stack" of frames for
+/// `detect_stack_use_after_return`. Each switch tells it that another stack
+/// takes over and hands it that stack's fake stack:
+/// `__sanitizer_start_switch_fiber` before the jump, with the place where
+/// the leaving context's fake stack is kept and the next stack's bounds;
+/// `__sanitizer_finish_switch_fiber` right after, on the resumed stack, with
+/// the fake stack kept there (null for a new thread, whose trampoline calls
+/// [`thread_start`] before anything else).
+///
+/// Where each context keeps what ([`fiber`]): a thread made by
+/// `init_context` has its stack bounds in `Context` words 1 and 2, and its
+/// fake stack in a slot below its stack's guard page (word 3 holds the
+/// slot's address). The slot survives the thread: the backend does not
+/// learn which switch is a thread's last (lwkt-core's `Arch::switch` does
+/// not say), so an exited thread's fake stack stays in its slot and is
+/// destroyed when its stack is freed ([`stack_freed`]). A context whose
+/// words 1 and 2 are zero is the vCPU's own OS-thread context (its idle
+/// thread's): its bounds and fake stack live in a thread-local, the bounds
+/// recorded at the first finish on that OS thread (the first switch there
+/// always leaves the idle thread, on the OS stack).
+///
+/// Linking needs the ASan runtime (`-Zsanitizer=address`).
+#[cfg(feature = "asan")]
+pub(crate) mod asan {
+    use core::cell::Cell;
+    use core::ffi::c_void;
+    use core::ptr;
+
+    use lwkt_core::Context;
+
+    /// `Context` word: lowest address of the thread's stack.
+    pub(crate) const BOTTOM: usize = 1;
+    /// `Context` word: size of the thread's stack (0 for the OS-thread context).
+    pub(crate) const SIZE: usize = 2;
+    /// `Context` word: address of the slot that keeps the thread's fake stack.
+    pub(crate) const FAKE_SLOT: usize = 3;
+
+    extern "C" {
+        fn __sanitizer_start_switch_fiber(
+            fake_stack_save: *mut *mut c_void,
+            bottom: *const c_void,
+            size: usize,
+        );
+        fn __sanitizer_finish_switch_fiber(
+            fake_stack_save: *mut c_void,
+            bottom_old: *mut *const c_void,
+            size_old: *mut usize,
+        );
+        fn __asan_unpoison_memory_region(addr: *const c_void, size: usize);
+    }
+
+    /// The vCPU's own OS-thread context: its stack's bounds and, while it
+    /// is switched out, its fake stack.
+    struct OsStack {
+        bottom: Cell<usize>,
+        size: Cell<usize>,
+        fake: Cell<*mut c_void>,
+    }
+
+    std::thread_local! {
+        static OS_STACK: OsStack = const {
+            OsStack {
+                bottom: Cell::new(0),
+                size: Cell::new(0),
+                fake: Cell::new(ptr::null_mut()),
+            }
+        };
+    }
+
+    /// Where `ctx` keeps its fake stack while switched out, and its stack's
+    /// bottom and size.
+    fn fiber(ctx: &Context) -> (*mut *mut c_void, usize, usize) {
+        let size = ctx.words[SIZE].get();
+        if size != 0 {
+            let slot = ctx.words[FAKE_SLOT].get() as *mut *mut c_void;
+            (slot, ctx.words[BOTTOM].get(), size)
+        } else {
+            OS_STACK.with(|o| (o.fake.as_ptr(), o.bottom.get(), o.size.get()))
+        }
+    }
+
+    /// The first finish on an OS thread reports the OS thread's own stack.
+    fn record_os_stack(bottom: *const c_void, size: usize) {
+        OS_STACK.with(|o| {
+            if o.size.get() == 0 {
+                o.bottom.set(bottom as usize);
+                o.size.set(size);
+            }
+        });
+    }
+
+    /// Before a switch from `from` to `to`.
+    ///
+    /// # Safety
+    /// `from` is the running context and `to` the one the switch that
+    /// follows at once resumes (both initialised by `init` or the
+    /// OS-thread context of this vCPU).
+    #[inline(never)]
+    pub(crate) unsafe fn start_switch(from: &Context, to: &Context) {
+        let (save, _, _) = fiber(from);
+        let (_, bottom, size) = fiber(to);
+        // SAFETY: `save` is `from`'s slot (a word below its stack's guard
+        // page, mapped as long as the stack) or this OS thread's
+        // thread-local; ASan writes the fake stack there and reads the
+        // bounds only as numbers. No other switch is under way on this OS
+        // thread: switches run in a critical section, so the IPI signal
+        // handler, which could free a stack (`stack_freed`), defers.
+        unsafe { __sanitizer_start_switch_fiber(save, bottom as *const c_void, size) };
+    }
+
+    /// Right after a switch resumed `own` (on its stack).
+    ///
+    /// # Safety
+    /// `own` is the context just resumed by a switch begun with
+    /// [`start_switch`].
+    #[inline(never)]
+    pub(crate) unsafe fn finish_switch(own: &Context) {
+        let (save, _, _) = fiber(own);
+        let mut bottom = ptr::null();
+        let mut size = 0;
+        // SAFETY: `save` holds what `start_switch` stored when `own` was
+        // switched out (the caller), which ASan hands back as this stack's
+        // fake stack; the out-pointers are our locals.
+        unsafe { __sanitizer_finish_switch_fiber(*save, &mut bottom, &mut size) };
+        record_os_stack(bottom, size);
+    }
+
+    /// A new thread's first code, called by the trampoline: the switch to
+    /// its fresh stack is over, with no fake stack yet.
+    pub(crate) extern "C" fn thread_start() {
+        let mut bottom = ptr::null();
+        let mut size = 0;
+        // SAFETY: the switch that entered the trampoline began with
+        // `start_switch`; a null save gives the new stack a fresh fake
+        // stack; the out-pointers are our locals.
+        unsafe { __sanitizer_finish_switch_fiber(ptr::null_mut(), &mut bottom, &mut size) };
+        record_os_stack(bottom, size);
+    }
+
+    /// Before a thread's stack `base..base+len` is unmapped: destroy the
+    /// fake stack its last switch left in `slot`, and unpoison the stack
+    /// (frames that never returned keep their redzones poisoned, which a
+    /// later mapping at the same address would inherit).
+    ///
+    /// ASan destroys a fake stack only at a switch that saves it nowhere
+    /// (a null save), so this makes the running context briefly adopt the
+    /// dead one and switch away from it with a null save, then come back
+    /// to its own: four calls, no real switch.
+    ///
+    /// # Safety
+    /// `slot` is the stack's fake-stack slot, `base..base+len` the stack;
+    /// nothing runs on it any more, and no switch is under way on this OS
+    /// thread (an interrupted switch is inside a critical section, so the
+    /// IPI signal handler never frees a stack in the middle of one).
+    pub(crate) unsafe fn stack_freed(slot: *mut *mut c_void, base: *const c_void, len: usize) {
+        // SAFETY: the slot's page is mapped until the caller unmaps it.
+        let dead = unsafe { *slot };
+        if !dead.is_null() {
+            let mut own = ptr::null_mut();
+            let mut bottom = ptr::null();
+            let mut size = 0;
+            // SAFETY: a switch "to a stack of bounds (0, 0)" that keeps our
+            // fake stack in `own` and takes `dead` as the new one; then a
+            // switch back to our real bounds (reported by the first finish)
+            // with a null save, which destroys `dead`, and the finish that
+            // gives us our own fake stack back. Nothing runs on the dead
+            // stack (caller), and none of it moves our stack pointer.
+            unsafe {
+                __sanitizer_start_switch_fiber(&mut own, ptr::null(), 0);
+                __sanitizer_finish_switch_fiber(dead, &mut bottom, &mut size);
+                __sanitizer_start_switch_fiber(ptr::null_mut(), bottom, size);
+                __sanitizer_finish_switch_fiber(own, ptr::null_mut(), ptr::null_mut());
+                *slot = ptr::null_mut();
+            }
+        }
+        // SAFETY: `base..base+len` is mapped until the caller unmaps it;
+        // unpoisoning only clears its shadow.
+        unsafe { __asan_unpoison_memory_region(base, len) };
     }
 }
 

@@ -144,6 +144,10 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
                     // Entries waited a whole period and none ran: a thread
                     // spins outside critical sections. Interrupt it.
                     signal(v);
+                    #[cfg(feature = "log")]
+                    log::debug!(
+                        "lwkt-arch-hosted: cpu {i}: IPIs waited a whole watchdog period; signalling it"
+                    );
                     signalled = true;
                 } else {
                     suspect = true;
@@ -173,6 +177,10 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
                 // Not a single kick answered for a whole window: it runs
                 // outside critical sections. Interrupt it.
                 signal(v);
+                #[cfg(feature = "log")]
+                log::debug!(
+                    "lwkt-arch-hosted: cpu {i}: kick unanswered for a whole window; signalling it"
+                );
                 signalled = true;
             }
         }

@@ -56,6 +56,8 @@ mod arch;
 mod cpu;
 mod cpusync;
 mod crit;
+#[cfg(feature = "critical-section")]
+pub mod critical_section;
 pub mod ipiq;
 mod runq;
 mod sched;
@@ -81,3 +83,8 @@ pub use serializer::Serializer;
 pub use thread::{Priority, SpawnError, ThreadHandle};
 pub use unwind::abort_on_unwind;
 pub use waitq::WaitQueue;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

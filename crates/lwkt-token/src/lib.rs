@@ -81,6 +81,11 @@ pub use token::Token;
 #[cfg(feature = "bench-counters")]
 pub mod sync_events;
 
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// Print the message and abort the process: for a state that cannot be put
 /// right and must not unwind (unwinding would let a caller free a token a
 /// thread's stack still points at). The panic starts the message; a panic

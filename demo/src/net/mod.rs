@@ -1,4 +1,5 @@
-//! The network workload: packets (generated, or read from a pcap file) go
+//! The network workload: packets (generated, or read from a pcap or pcapng
+//! capture by [`read_capture`]) go
 //! through the connection-hash dispatcher into per-CPU protocol threads
 //! that keep per-connection state with no lock; for comparison, the same
 //! packets go through one shared connection table with per-bucket mutexes
@@ -7,6 +8,7 @@
 //! The benches (`cargo bench --bench netdispatch`) run these same three
 //! functions.
 
+mod capture;
 mod gen;
 
 use core::pin::Pin;
@@ -21,6 +23,7 @@ use lwkt_netdispatch::netisr::{spawn_protocol_threads, Batch};
 use lwkt_netdispatch::registry::{ProtoId, Registry};
 use lwkt_netdispatch::{Dispatcher, Flow};
 
+pub use capture::{read_capture, Capture, Cut, Format, OverSnaplen};
 pub use gen::packets as generated;
 
 /// Packets per batch message (cohort scheduling: one wake-up per batch).
@@ -31,30 +34,6 @@ const POOL: usize = 8;
 pub const BUCKETS: usize = 256;
 /// The protocol number the workload registers.
 const PROTO: ProtoId = ProtoId(0);
-
-/// Read every frame of a pcap file (Ethernet link type).
-///
-/// # Errors
-/// A message naming the file and what is wrong with it.
-pub fn read_pcap(path: &str) -> Result<Vec<Vec<u8>>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut r = pcap_file::pcap::PcapReader::new(f).map_err(|e| format!("{path}: {e}"))?;
-    if r.header().datalink != pcap_file::DataLink::ETHERNET {
-        return Err(format!(
-            "{path}: link type {:?}, only Ethernet captures can be replayed",
-            r.header().datalink
-        ));
-    }
-    let mut v = Vec::new();
-    while let Some(p) = r.next_raw_packet() {
-        let p = p.map_err(|e| format!("{path}: packet {}: {e}", v.len() + 1))?;
-        v.push(p.data.into_owned());
-    }
-    if v.is_empty() {
-        return Err(format!("{path}: no packets"));
-    }
-    Ok(v)
-}
 
 /// What a receive thread tells a protocol thread about one packet.
 #[derive(Clone, Copy, Default)]
@@ -468,7 +447,10 @@ fn on_os_threads(
 
 /// The demo's network section: the LWKT design with the top half, then the
 /// two locking designs on as many OS threads, and the lines of the report.
-pub fn report(cur: &mut Cur, frames: Arc<Vec<Vec<u8>>>) -> (Vec<String>, bool) {
+/// `over_snaplen` capture records were found malformed before they became
+/// frames ([`Capture::over_snaplen`]): they are counted with the malformed
+/// frames, as `over-snaplen`.
+pub fn report(cur: &mut Cur, frames: Arc<Vec<Vec<u8>>>, over_snaplen: u64) -> (Vec<String>, bool) {
     let n = cur.my_cpu().ncpus();
     let l = lwkt(cur, frames.clone(), true);
     let s = sharded(n, &frames);
@@ -479,15 +461,19 @@ pub fn report(cur: &mut Cur, frames: Arc<Vec<Vec<u8>>>) -> (Vec<String>, bool) {
         .iter()
         .map(|&p| format!("{:.1}%", 100.0 * p as f64 / total.max(1) as f64))
         .collect();
-    let kinds: Vec<String> = l
+    let mut kinds: Vec<String> = l
         .counters
         .nonzero()
         .map(|(k, c)| format!("{k} {c}"))
         .collect();
+    if over_snaplen > 0 {
+        kinds.push(format!("over-snaplen {over_snaplen}"));
+    }
     let ok = l.flows_on_one_cpu && l.connections == s.connections && s.connections == g.connections;
     let lines = vec![
         format!(
-            "network: {total} frames ({}), {} connections, {} top-half requests",
+            "network: {} frames ({}), {} connections, {} top-half requests",
+            total + over_snaplen,
             kinds.join(", "),
             l.connections,
             l.requests
