@@ -392,3 +392,47 @@ fn a_cell_refuses_another_tokens_hold() {
 
 #[allow(dead_code)]
 fn unused(_: Arc<()>) {}
+
+/// A `static` cell written by LWKT threads on three CPUs and by a plain OS
+/// thread at the same time (`TokenCell::with_spin`), then read after the
+/// machine stopped (`with_spin_shared`): no update lost, and no internal
+/// type (`SpinThread`) needed.
+#[test]
+fn a_static_cell_is_reachable_from_outside_lwkt_and_after_shutdown() {
+    static TOK: Token = Token::new("outside");
+    static CELL: TokenCell<'static, (u64, u64)> = TokenCell::new(&TOK, (0, 0));
+    const N: u64 = 20_000;
+    let outside = std::thread::spawn(|| {
+        for _ in 0..N {
+            CELL.with_spin(|(a, b)| {
+                *a += 1;
+                *b += 1;
+            });
+        }
+    });
+    Machine::new(3).unwrap().run(|cur| {
+        let hs: Vec<_> = (0..3)
+            .map(|c| {
+                cur.spawn_on(cpu(c), |me| {
+                    for i in 0..N {
+                        me.with_token(&TOK, |me, held| {
+                            let (a, b) = CELL.get_mut(held, me);
+                            *a += 1;
+                            assert_eq!(*a, *b + 1, "a torn update was seen");
+                            *b += 1;
+                        });
+                        if i % 256 == 0 {
+                            me.yield_now();
+                        }
+                    }
+                })
+                .unwrap()
+            })
+            .collect();
+        for h in &hs {
+            cur.join(h);
+        }
+    });
+    outside.join().unwrap();
+    assert_eq!(CELL.with_spin_shared(|&(a, b)| (a, b)), (4 * N, 4 * N));
+}

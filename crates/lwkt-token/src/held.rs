@@ -577,4 +577,35 @@ impl<'t, T: ?Sized> TokenCell<'t, T> {
     pub fn get_mut_unprotected(&mut self) -> &mut T {
         self.data.get_mut()
     }
+
+    /// Take the token exclusively for code outside any LWKT thread (a
+    /// plain OS thread, a test's assertions after its machine stopped, a
+    /// `static` cell) and run `f` on the data. It spins while another
+    /// thread holds the token (an LWKT thread that blocks releases its
+    /// tokens, so it is never waited for across a block).
+    ///
+    /// Inside an LWKT thread use its `Cur` (`with_token`): this call takes
+    /// the token for a separate, spinning token stack, so a thread that
+    /// already holds the token waits for itself for ever (a deadlock, not
+    /// undefined behaviour). DragonFly has no such call: its code always
+    /// runs in a thread.
+    ///
+    /// ```
+    /// use lwkt_token::{Token, TokenCell};
+    /// static TOK: Token = Token::new("stats");
+    /// static COUNT: TokenCell<'static, u64> = TokenCell::new(&TOK, 0);
+    /// COUNT.with_spin(|n| *n += 2);
+    /// assert_eq!(COUNT.with_spin_shared(|n| *n), 2);
+    /// ```
+    pub fn with_spin<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let mut me = crate::SpinThread::new();
+        with_token(&mut me, self.token, |me, held| f(self.get_mut(held, me)))
+    }
+
+    /// As [`with_spin`](Self::with_spin), with a shared hold: other shared
+    /// holders may read meanwhile.
+    pub fn with_spin_shared<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        let mut me = crate::SpinThread::new();
+        with_token_shared(&mut me, self.token, |me, held| f(self.get(held, me)))
+    }
 }
