@@ -39,6 +39,55 @@
 //! - IPI functions ([`IpiFn`]) get a [`MyCpu`] for the CPU they run on and
 //!   must not block (they run in interrupt context).
 //!
+//! # Which handle do I hold, and why
+//!
+//! | you hold | it proves | you get it | it does | DragonFly |
+//! |---|---|---|---|---|
+//! | `&mut` [`Cur`] | this code runs as this thread, on its CPU, and may block | a thread body's argument | everything that may block or switch: `yield_now`, `sleep`, `join`, `migrate`, `cpusync`, `with_token`; lwkt-msg's `domsg`, `waitport` | `curthread` |
+//! | `&`[`Cur`] | the same, while nothing blocks | a borrow of the above | looking and starting: `my_cpu`, `crit`, `spawn_on`, `handle`, `cpu_id` | |
+//! | [`MyCpu`] | this code runs on this CPU and **will not block**: a thread, or an IPI function (interrupt context) | `cur.my_cpu()`, an IPI function's argument | what never blocks, so works from interrupt context too: `schedule`, `wakeup`, `send_ipi`, `crit`; lwkt-msg's `sendmsg`, `reply` | `mycpu` (`globaldata_t`) |
+//! | [`ThreadHandle`] | a counted reference to a thread, from anywhere | `spawn_on`, `cur.handle()` | `schedule`, `join`, `wake`, `has_exited` | a `thread_t` held with `lwkt_hold()` |
+//! | [`Cpu`] | nothing by itself: the per-CPU block | a backend: `Machine::cpu`, `Arch::current_cpu` | backend entry points: `idle_loop`, `ipi_interrupt` (`unsafe`) | `struct globaldata` |
+//! | [`Machine`] | the CPU blocks and IPI rings of one machine, wired | a backend builds it (`unsafe`) | `bind`, `cpu` | |
+//! | `lwkt_arch_hosted::Machine` | a user-space machine to run | `Machine::new(n)` | `run(\|cur\| ...)` boots it, runs your main thread on CPU 0, stops | |
+//!
+//! The rule behind the split: **blocking takes `&mut Cur`**. A thread that
+//! blocks lets other threads of its CPU run, may be migrated, and has its
+//! tokens released until it runs again, so nothing borrowed from `&Cur` (a
+//! [`MyCpu`], a [`CritGuard`], data behind a token) may survive it; taking
+//! `&mut Cur` makes the borrow checker prove that none does. **What never
+//! blocks takes [`MyCpu`]**, because it must also work where there is no
+//! thread to block: in an IPI function, which gets only a `MyCpu`. So a
+//! reply (`reply` takes `MyCpu`) can be sent from an IPI function, and a
+//! `domsg` (which waits) cannot. [`Cpu`] is for backends only: everything
+//! it offers a user is on `MyCpu`, checked to be this CPU.
+//!
+//! The two `Machine`s are different things: `lwkt_core::Machine` is the
+//! wiring a backend builds (blocks and rings at fixed addresses);
+//! `lwkt_arch_hosted::Machine` is what you run in user space, and builds
+//! one inside `run`.
+//!
+//! ```
+//! use core::sync::atomic::{AtomicBool, Ordering};
+//! use lwkt_core::{CpuId, MyCpu};
+//! static DONE: AtomicBool = AtomicBool::new(false);
+//! fn ipi(my: MyCpu<'_>, chan: usize, _: usize) {
+//!     DONE.store(true, Ordering::Release);
+//!     my.wakeup(chan); // interrupt context: a MyCpu, nothing that blocks
+//! }
+//! lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+//!     let me = cur.handle(); // a ThreadHandle: usable from anywhere
+//!     let t = cur
+//!         .spawn_on(CpuId::new(1), move |other| {
+//!             let my = other.my_cpu(); // &Cur -> MyCpu
+//!             my.send_ipi(me.cpu(), ipi, 0x1234, 0).unwrap();
+//!         })
+//!         .unwrap();
+//!     cur.sleep_until(0x1234, || DONE.load(Ordering::Acquire)); // &mut Cur: blocks
+//!     cur.join(&t);
+//! });
+//! ```
+//!
 //! # Panics in callbacks
 //!
 //! Code a thread runs may unwind through lwkt (token closures release their
