@@ -29,7 +29,15 @@ use crate::{MsgError, Port};
 ///
 /// A `Msg` is aligned to, and sized in, whole 64-byte cache lines, so that
 /// the CPU serving it never shares a line with what its originator writes
-/// meanwhile.
+/// meanwhile. The header, reply port, tag and waker take 56 bytes: a body of
+/// up to 8 bytes fits in one line.
+///
+/// A message carries a **tag** (a `u64`, 0 unless set) that its replies
+/// repeat ([`Replied::tag`]): a client with many messages in flight on one
+/// reply port tags each (an index into its window, say) and learns which
+/// one a reply answers without a search. Only the originator sets it
+/// ([`with_tag`](Self::with_tag), [`set_tag`](Self::set_tag)); ports and
+/// targets never change it.
 ///
 /// DragonFly: `struct lwkt_msg`; [`Msg::new`] is `lwkt_initmsg()`.
 ///
@@ -57,6 +65,9 @@ use crate::{MsgError, Port};
 pub struct Msg<T: Send + 'static> {
     pub(crate) hdr: Header,
     pub(crate) reply_port: Option<&'static Port<T>>,
+    /// Written only by the originator while it owns the message (`DONE`),
+    /// read by anyone: nobody writes it while the message is in flight.
+    tag: u64,
     pub(crate) waker: AtomicWaker,
     body: UnsafeCell<T>,
     _pin: PhantomPinned,
@@ -93,6 +104,7 @@ impl<T: Send + 'static> Msg<T> {
         Msg {
             hdr: Header::new(0),
             reply_port,
+            tag: 0,
             waker: AtomicWaker::new(),
             body: UnsafeCell::new(body),
             _pin: PhantomPinned,
@@ -104,6 +116,59 @@ impl<T: Send + 'static> Msg<T> {
     pub fn abortable(self) -> Msg<T> {
         self.hdr.set_abortable();
         self
+    }
+
+    /// The message with tag `tag`, which its replies carry
+    /// ([`Replied::tag`]).
+    ///
+    /// DragonFly: a client finds the request a reply answers by the message
+    /// pointer `lwkt_waitport()` returns, or by fields of its own it keeps in
+    /// the message next to `lmsg` (the `lmsg` embedded at the start of a
+    /// `netmsg`); the tag is that field, without a cast or a search.
+    ///
+    /// ```
+    /// use lwkt_msg::Msg;
+    /// let m = Msg::new(0u32).with_tag(7);
+    /// assert_eq!(m.tag(), 7);
+    /// ```
+    pub fn with_tag(mut self, tag: u64) -> Msg<T> {
+        // A message by value is not pinned, so it was never sent.
+        self.tag = tag;
+        self
+    }
+
+    /// Change the tag, between sends.
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use lwkt_msg::Msg;
+    /// let mut m = pin!(Msg::new(0u32));
+    /// m.as_mut().set_tag(3);
+    /// assert_eq!(m.tag(), 3);
+    /// ```
+    ///
+    /// # Panics
+    /// While the message is in flight (its reply not yet taken): only its
+    /// owner writes the tag.
+    #[track_caller]
+    pub fn set_tag(self: Pin<&mut Self>, tag: u64) {
+        self.assert_owned();
+        // SAFETY: the field is not structurally pinned; `DONE` says the
+        // originator owns the message, and the exclusive borrow excludes a
+        // send, so nobody reads the tag meanwhile.
+        unsafe { self.get_unchecked_mut().tag = tag };
+    }
+
+    /// The tag (0 unless set with [`with_tag`](Self::with_tag) or
+    /// [`set_tag`](Self::set_tag)). Readable at any time: nobody changes it
+    /// while the message is in flight.
+    ///
+    /// ```
+    /// use lwkt_msg::Msg;
+    /// assert_eq!(Msg::new(()).tag(), 0);
+    /// ```
+    pub fn tag(&self) -> u64 {
+        self.tag
     }
 
     /// Whether the originator owns the message (never sent, or replied and
@@ -241,6 +306,7 @@ impl<T: Send + fmt::Debug + 'static> fmt::Debug for Msg<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Msg");
         d.field("flags", &self.flags());
+        d.field("tag", &self.tag);
         if self.is_done() {
             d.field("body", self.body());
         }
@@ -429,18 +495,86 @@ impl<T: Send + fmt::Debug + 'static> fmt::Debug for MsgHandle<T> {
 }
 
 /// A reply taken from a reply port: the message is its originator's again.
-/// It names the message (compare with [`is`](Self::is)) and carries the
-/// result; the originator reads the body through its own reference.
+/// It names the message (its [`tag`](Self::tag), or compare with
+/// [`is`](Self::is)) and carries the result; the originator reads the body
+/// through its own reference.
+///
+/// The pattern: messages made [`with_reply_port`](Msg::with_reply_port)
+/// (the client's own port) and [`with_tag`](Msg::with_tag) (an index into
+/// the client's window), sent with [`Port::sendmsg`]; each reply comes back
+/// as [`Incoming::Reply`] from [`Port::waitport`] or [`Port::getport`].
+///
+/// ```
+/// use core::pin::Pin;
+/// use lwkt_core::CpuId;
+/// use lwkt_msg::{Incoming, Msg, Port};
+///
+/// static WORK: Port<u64> = Port::spin();
+/// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+///     let server = cur.spawn_on(CpuId::new(1), |me| {
+///         while let Incoming::Request(mut m) = WORK.waitport(me) {
+///             *m += 1;
+///             m.reply(me.my_cpu(), Ok(()));
+///         }
+///     }).unwrap();
+///     let replies: &'static Port<u64> = Port::thread(cur).leak();
+///     let mut window: Vec<Pin<Box<Msg<u64>>>> = (0..4)
+///         .map(|i| Box::pin(Msg::with_reply_port(replies, 10 * i).with_tag(i)))
+///         .collect();
+///     for m in &mut window {
+///         WORK.sendmsg(cur.my_cpu(), m.as_mut());
+///     }
+///     for _ in 0..4 {
+///         let Incoming::Reply(r) = replies.waitport(cur) else { unreachable!() };
+///         let i = r.tag();
+///         assert_eq!(*window[i as usize].body(), 10 * i + 1);
+///     }
+///     WORK.close_from(cur.my_cpu());
+///     cur.join(&server);
+///     replies.close(cur);
+/// });
+/// ```
+///
+/// DragonFly: the `lwkt_msg_t` `lwkt_waitport()` returns to the client.
 #[derive(Clone, Copy)]
 pub struct Replied<T: Send + 'static> {
-    pub(crate) m: *const Msg<T>,
-    pub(crate) result: Result<(), MsgError>,
+    m: *const Msg<T>,
+    result: Result<(), MsgError>,
+    tag: u64,
 }
 
 impl<T: Send + 'static> Replied<T> {
+    /// The reply to `m`, read while its reply is still ours to hand back.
+    ///
+    /// # Safety
+    /// The caller owns `m`'s reply: it popped it from the reply port's queue
+    /// and has not yet handed it back (`take_reply`), or it is the replier
+    /// and has not yet completed it. So `m` is live and its error word and
+    /// tag are not written meanwhile (M1).
+    pub(crate) unsafe fn of(m: *mut Msg<T>) -> Replied<T> {
+        // SAFETY: the caller owns the reply (above); the target's writes
+        // happen before the reply's publication, which the caller acquired.
+        let (code, tag) = unsafe { ((*m).hdr.code(), (*m).tag) };
+        Replied {
+            m,
+            result: MsgError::decode(code),
+            tag,
+        }
+    }
+
     /// Whether this is the reply to `msg`.
     pub fn is(&self, msg: &Msg<T>) -> bool {
         core::ptr::eq(self.m, msg)
+    }
+
+    /// The tag of the message this replies to, as its originator set it
+    /// ([`Msg::with_tag`], [`Msg::set_tag`]) before sending: which request
+    /// this answers, without a search. Copied when the reply was taken off
+    /// the reply port.
+    ///
+    /// DragonFly: the client's own fields next to the returned `lmsg`.
+    pub fn tag(&self) -> u64 {
+        self.tag
     }
 
     /// The reply's result.
@@ -453,6 +587,7 @@ impl<T: Send + 'static> fmt::Debug for Replied<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Replied")
             .field("msg", &self.m)
+            .field("tag", &self.tag)
             .field("result", &self.result)
             .finish()
     }

@@ -474,14 +474,12 @@ impl<T: Send + 'static> Port<T> {
             Kind::Spin => my.crit(|| self.spin_push(my, m, true)),
             Kind::Serializer(slz) => self.serial_push(my, slz, m, true),
             Kind::ReplyOnly(on_reply) => {
-                // SAFETY: the replier owns the message until `complete`.
-                let result = MsgError::decode(unsafe { (*m).hdr.code() });
                 // The hook runs first, so whoever sees the message done also
                 // sees what the hook did.
                 if let Some(cb) = on_reply {
-                    abort_on_unwind("a reply-only port's callback", || {
-                        cb(my, Replied { m, result })
-                    });
+                    // SAFETY: the replier owns the message until `complete`.
+                    let r = unsafe { Replied::of(m) };
+                    abort_on_unwind("a reply-only port's callback", || cb(my, r));
                 }
                 complete(my, m);
             }
@@ -648,10 +646,11 @@ impl<T: Send + 'static> Port<T> {
         // SAFETY: popped from our queue: the receiver owns it now.
         let hdr = unsafe { &(*m).hdr };
         if hdr.flags() & f::REPLY != 0 {
-            // SAFETY: we own the queued reply until `take_reply`.
-            let result = MsgError::decode(unsafe { hdr.code() });
+            // SAFETY: we own the queued reply until `take_reply`, which
+            // hands it back to the originator (who may retag it after).
+            let r = unsafe { Replied::of(m) };
             hdr.take_reply();
-            return Some(Incoming::Reply(Replied { m, result }));
+            return Some(Incoming::Reply(r));
         }
         let before = hdr.take_request();
         // SAFETY: a request taken from our queue: we are its target.

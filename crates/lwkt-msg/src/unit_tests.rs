@@ -185,3 +185,15 @@ fn error_codes_round_trip() {
 fn non_positive_codes_are_refused() {
     MsgError::encode(Err(MsgError::Code(0)));
 }
+
+/// The layout budget: header 16, reply port 8, tag 8, waker 24 bytes, so a
+/// body of up to 8 bytes keeps a message in one cache line.
+#[test]
+fn a_message_with_a_word_sized_body_fits_one_cache_line() {
+    use crate::Msg;
+    use core::mem::{align_of, size_of};
+    assert_eq!(align_of::<Msg<u64>>(), 64);
+    assert_eq!(size_of::<Msg<u64>>(), 64);
+    assert_eq!(size_of::<Msg<()>>(), 64);
+    assert_eq!(size_of::<Msg<[u64; 2]>>(), 128);
+}
