@@ -1603,6 +1603,26 @@ impl Cpu {
     /// Called on this CPU, from its interrupt (or signal) context, with the
     /// interrupted code's registers preserved by the backend.
     pub unsafe fn ipi_interrupt(&self) {
+        let work = |gd: &Cpu| {
+            // SAFETY: `interrupt_entry` runs us on this CPU inside a
+            // critical section.
+            unsafe { splz(gd) }
+        };
+        // SAFETY: forwarded.
+        unsafe { self.interrupt_entry(work) };
+    }
+
+    /// The IPI vector's entry, around `work`: outside a critical section
+    /// (and nested processing) run `work` in one, left without a
+    /// `crit_exit` (whose slow path would process again: anything that
+    /// arrives meanwhile sets a request bit, for the interrupted thread's
+    /// next exit); inside one, only record the interrupt.
+    ///
+    /// # Safety
+    /// As for [`ipi_interrupt`](Cpu::ipi_interrupt); `work` runs on this
+    /// CPU inside a critical section.
+    #[inline(always)]
+    unsafe fn interrupt_entry(&self, work: impl FnOnce(&Cpu)) {
         let cur = self.curthread.load(Ordering::Relaxed);
         if cur.is_null() {
             return;
@@ -1618,10 +1638,7 @@ impl Cpu {
             return;
         }
         crit::enter(&td.critcount);
-        // SAFETY: on this CPU inside a critical section.
-        unsafe { splz(self) };
-        // Do not use `crit_exit_td`: its slow path would process again here;
-        // anything that arrived meanwhile set a request bit, handled above.
+        work(self);
         let c = td.critcount.load(Ordering::Relaxed);
         td.critcount.store(c - 1, Ordering::Relaxed);
         crate::sync::signal_fence();
@@ -1643,32 +1660,18 @@ impl Cpu {
     /// # Safety
     /// As for [`ipi_interrupt`](Cpu::ipi_interrupt).
     pub unsafe fn ipi_interrupt_async_safe(&self) {
-        let cur = self.curthread.load(Ordering::Relaxed);
-        if cur.is_null() {
-            return;
-        }
-        // SAFETY: `curthread` names the live running thread.
-        let td = unsafe { &*cur };
-        if !crit::interrupt_arrives(
-            &td.critcount,
-            self.intr_nesting.get(),
-            &self.reqflags,
-            crit::rqf::IPIQ,
-        ) {
-            return;
-        }
-        crit::enter(&td.critcount);
-        self.async_entry.set(true);
-        // SAFETY: on this CPU inside a critical section.
-        let left = unsafe { ipiq::process_own(self) };
-        self.async_entry.set(false);
-        let c = td.critcount.load(Ordering::Relaxed);
-        td.critcount.store(c - 1, Ordering::Relaxed);
-        crate::sync::signal_fence();
-        if left {
-            // The interrupted thread's next critical-section exit (or
-            // switch) runs the rest.
-            self.reqflags.fetch_or(crit::rqf::IPIQ, Ordering::Relaxed);
-        }
+        let work = |gd: &Cpu| {
+            gd.async_entry.set(true);
+            // SAFETY: `interrupt_entry` runs us on this CPU inside a
+            // critical section.
+            if unsafe { ipiq::process_own(gd) } {
+                // The interrupted thread's next critical-section exit (or
+                // switch) runs the rest.
+                gd.reqflags.fetch_or(crit::rqf::IPIQ, Ordering::Relaxed);
+            }
+            gd.async_entry.set(false);
+        };
+        // SAFETY: forwarded.
+        unsafe { self.interrupt_entry(work) };
     }
 }
