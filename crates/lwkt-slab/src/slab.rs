@@ -533,6 +533,7 @@ impl<P: PageSource> Slab<P> {
     /// for _ in 0..2 {
     ///     lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
     ///         let p = S.alloc(cur, Layout::new::<u64>(), &M, Flags::NONE).unwrap();
+    ///         // SAFETY: `p` came from `S` with this layout and type, freed once.
     ///         unsafe { S.free(cur, p, Layout::new::<u64>(), &M) };
     ///     });
     ///     // SAFETY: the machine has stopped: nothing of it uses `S`.
