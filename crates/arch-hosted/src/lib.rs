@@ -215,7 +215,7 @@ impl Machine {
         let n = self.ncpus;
         let start = Instant::now();
         let cpus: Box<[Cpu]> = (0..n).map(|i| Cpu::new(CpuId::new(i as u32))).collect();
-        let rings: Box<[IpiRing]> = (0..lwkt_core::Machine::rings_needed(n))
+        let rings: Box<[IpiRing]> = (0..lwkt_core::MachineState::rings_needed(n))
             .map(|_| IpiRing::new())
             .collect();
         let vcpus: Box<[vcpu::Vcpu]> = (0..n).map(|_| vcpu::Vcpu::new()).collect();
@@ -227,7 +227,7 @@ impl Machine {
         }
         // SAFETY: `cpus` and `rings` are boxed, never moved, and dropped
         // after `machine` (declared before it).
-        let machine = unsafe { lwkt_core::Machine::new(&HOSTED, &cpus, &rings) };
+        let machine = unsafe { lwkt_core::MachineState::new(&HOSTED, &cpus, &rings) };
         // SAFETY: `machine`, `cpus` and `rings` are not moved (boxed or
         // local and only borrowed below) and outlive the scope that runs
         // every CPU; the blocks are dropped right after the machine, unused;

@@ -206,10 +206,10 @@ pub struct CpuStatsSnapshot {
 
 /// Shared state of one machine: its CPUs, the N×N IPI rings, the backend.
 ///
-/// A backend builds one with [`Machine::new`], then runs
+/// A backend builds one with [`MachineState::new`], then runs
 /// [`Cpu::idle_loop`] on each CPU. lwkt-core keeps raw pointers into it, so
 /// it must stay where it is, alive, until every CPU has left its idle loop.
-pub struct Machine {
+pub struct MachineState {
     pub(crate) arch: &'static dyn Arch,
     pub(crate) cpus: *const Cpu,
     pub(crate) ncpus: usize,
@@ -222,13 +222,13 @@ pub struct Machine {
 
 // SAFETY: the raw pointers refer to the CPU blocks and rings, which are
 // themselves `Sync`; the machine only hands out shared references to them.
-unsafe impl Sync for Machine {}
+unsafe impl Sync for MachineState {}
 // SAFETY: as above.
-unsafe impl Send for Machine {}
+unsafe impl Send for MachineState {}
 
-impl fmt::Debug for Machine {
+impl fmt::Debug for MachineState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Machine")
+        f.debug_struct("MachineState")
             .field("ncpus", &self.ncpus)
             .finish_non_exhaustive()
     }
@@ -252,14 +252,14 @@ fn next_machine_id() -> u64 {
     id
 }
 
-impl Machine {
+impl MachineState {
     /// The number of IPI rings a machine of `ncpus` CPUs needs (`ncpus²`).
     pub const fn rings_needed(ncpus: usize) -> usize {
         ncpus * ncpus
     }
 
     /// Describe a machine. Nothing runs until the backend wires it with
-    /// [`bind`](Machine::bind) and enters each CPU's idle loop.
+    /// [`bind`](MachineState::bind) and enters each CPU's idle loop.
     ///
     /// # Panics
     /// If `cpus` is empty or longer than [`MAX_CPUS`], if CPU `i` does not
@@ -269,15 +269,15 @@ impl Machine {
     /// The machine keeps raw pointers to `cpus` and `rings` (so that a
     /// kernel can place them in static or per-CPU memory without a
     /// lifetime on every handle): both stay at their addresses and alive for
-    /// as long as the returned `Machine` is used (every method of it reads
-    /// them), and for [`bind`](Machine::bind)'s contract after that.
+    /// as long as the returned `MachineState` is used (every method of it reads
+    /// them), and for [`bind`](MachineState::bind)'s contract after that.
     ///
     /// ```
-    /// use lwkt_core::{Cpu, CpuId, IpiRing, Machine};
+    /// use lwkt_core::{Cpu, CpuId, IpiRing, MachineState};
     /// let cpus: Vec<Cpu> = (0..2).map(|i| Cpu::new(CpuId::new(i))).collect();
-    /// let rings: Vec<IpiRing> = (0..Machine::rings_needed(2)).map(|_| IpiRing::new()).collect();
+    /// let rings: Vec<IpiRing> = (0..MachineState::rings_needed(2)).map(|_| IpiRing::new()).collect();
     /// // SAFETY: `cpus` and `rings` outlive `m` and do not move.
-    /// let m = unsafe { Machine::new(&lwkt_arch_hosted::HOSTED, &cpus, &rings) };
+    /// let m = unsafe { MachineState::new(&lwkt_arch_hosted::HOSTED, &cpus, &rings) };
     /// assert_eq!(m.ncpus(), 2);
     /// ```
     ///
@@ -285,14 +285,14 @@ impl Machine {
     /// over blocks dropped right after read freed memory):
     ///
     /// ```compile_fail,E0133
-    /// use lwkt_core::{Cpu, CpuId, IpiRing, Machine};
+    /// use lwkt_core::{Cpu, CpuId, IpiRing, MachineState};
     /// let cpus = vec![Cpu::new(CpuId::new(0))];
     /// let rings = vec![IpiRing::new()];
-    /// let m = Machine::new(&lwkt_arch_hosted::HOSTED, &cpus, &rings);
+    /// let m = MachineState::new(&lwkt_arch_hosted::HOSTED, &cpus, &rings);
     /// ```
     ///
-    /// [`rings_needed`]: Machine::rings_needed
-    pub unsafe fn new(arch: &'static dyn Arch, cpus: &[Cpu], rings: &[IpiRing]) -> Machine {
+    /// [`rings_needed`]: MachineState::rings_needed
+    pub unsafe fn new(arch: &'static dyn Arch, cpus: &[Cpu], rings: &[IpiRing]) -> MachineState {
         assert!(!cpus.is_empty(), "lwkt: a machine needs at least one CPU");
         assert!(
             cpus.len() <= MAX_CPUS,
@@ -310,7 +310,7 @@ impl Machine {
                 "lwkt: CPU blocks must be numbered 0..n in order"
             );
         }
-        Machine {
+        MachineState {
             arch,
             cpus: cpus.as_ptr(),
             ncpus: cpus.len(),
@@ -323,7 +323,7 @@ impl Machine {
     /// Point every CPU at this machine.
     ///
     /// # Safety
-    /// `self`, the CPU blocks and the rings given to [`new`](Machine::new)
+    /// `self`, the CPU blocks and the rings given to [`new`](MachineState::new)
     /// stay at their addresses and alive until every CPU has returned from
     /// [`Cpu::idle_loop`] and no thread of this machine runs, and the CPU
     /// blocks are not used after the machine is gone (a bound block points
@@ -380,7 +380,7 @@ impl Machine {
 /// atomics, which other CPUs use to signal it.
 pub struct Cpu {
     id: CpuId,
-    pub(crate) machine: Cell<*const Machine>,
+    pub(crate) machine: Cell<*const MachineState>,
     /// The machine's id, copied at `bind` (0 before): one load for the
     /// checks that compare machines.
     pub(crate) machine_id: Cell<u64>,
@@ -458,7 +458,7 @@ unsafe impl Arch for NoArch {
     ) {
     }
     unsafe fn switch(&self, _: &crate::Context, _: &crate::Context) {
-        unreachable!("lwkt: switch before Machine::bind")
+        unreachable!("lwkt: switch before MachineState::bind")
     }
     fn alloc_stack(&self, _: usize) -> Option<crate::Stack> {
         None
@@ -519,9 +519,9 @@ impl Cpu {
 
     /// The machine this CPU belongs to.
     #[inline(always)]
-    pub(crate) fn machine(&self) -> &Machine {
+    pub(crate) fn machine(&self) -> &MachineState {
         let m = self.machine.get();
-        assert!(!m.is_null(), "lwkt: CPU used before Machine::bind");
+        assert!(!m.is_null(), "lwkt: CPU used before MachineState::bind");
         // SAFETY: set by `bind`, whose contract keeps the machine alive.
         unsafe { &*m }
     }

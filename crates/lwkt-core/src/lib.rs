@@ -47,8 +47,8 @@
 //! | `&`[`Cur`] | the same, while nothing blocks | a borrow of the above | looking and starting: `my_cpu`, `crit`, `spawn_on`, `handle`, `cpu_id` | |
 //! | [`MyCpu`] | this code runs on this CPU and **will not block**: a thread, or an IPI function (interrupt context) | `cur.my_cpu()`, an IPI function's argument | what never blocks, so works from interrupt context too: `schedule`, `wakeup`, `send_ipi`, `crit`; lwkt-msg's `sendmsg`, `reply` | `mycpu` (`globaldata_t`) |
 //! | [`ThreadHandle`] | a counted reference to a thread, from anywhere | `spawn_on`, `cur.handle()` | `schedule`, `join`, `wake`, `has_exited` | a `thread_t` held with `lwkt_hold()` |
-//! | [`Cpu`] | nothing by itself: the per-CPU block | a backend: `Machine::cpu`, `Arch::current_cpu` | backend entry points: `idle_loop`, `ipi_interrupt` (`unsafe`) | `struct globaldata` |
-//! | [`Machine`] | the CPU blocks and IPI rings of one machine, wired | a backend builds it (`unsafe`) | `bind`, `cpu` | |
+//! | [`Cpu`] | nothing by itself: the per-CPU block | a backend: `MachineState::cpu`, `Arch::current_cpu` | backend entry points: `idle_loop`, `ipi_interrupt` (`unsafe`) | `struct globaldata` |
+//! | [`MachineState`] | the CPU blocks and IPI rings of one machine, wired | a backend builds it (`unsafe`) | `bind`, `cpu` | |
 //! | `lwkt_arch_hosted::Machine` | a user-space machine to run | `Machine::new(n)` | `run(\|cur\| ...)` boots it, runs your main thread on CPU 0, stops | |
 //!
 //! The rule behind the split: **blocking takes `&mut Cur`**. A thread that
@@ -62,10 +62,11 @@
 //! `domsg` (which waits) cannot. [`Cpu`] is for backends only: everything
 //! it offers a user is on `MyCpu`, checked to be this CPU.
 //!
-//! The two `Machine`s are different things: `lwkt_core::Machine` is the
-//! wiring a backend builds (blocks and rings at fixed addresses);
-//! `lwkt_arch_hosted::Machine` is what you run in user space, and builds
-//! one inside `run`.
+//! A machine has two names on purpose: `lwkt_arch_hosted::Machine` (and a
+//! kernel's own boot code) is the machine you *run*; [`MachineState`] is
+//! the wiring a backend builds for it (CPU blocks and rings at fixed
+//! addresses), which a user of a backend never touches (`Machine::run`
+//! builds one inside).
 //!
 //! ```
 //! use core::sync::atomic::{AtomicBool, Ordering};
@@ -125,7 +126,9 @@ mod loom_models;
 pub use lwkt_token as token;
 
 pub use arch::{Arch, Context, EntryFn, Stack};
-pub use cpu::{Cpu, CpuId, CpuMask, CpuSnapshot, CpuStats, CpuStatsSnapshot, Machine, MAX_CPUS};
+pub use cpu::{
+    Cpu, CpuId, CpuMask, CpuSnapshot, CpuStats, CpuStatsSnapshot, MachineState, MAX_CPUS,
+};
 pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};
 pub use sched::{Builder, CritGuard, Cur, MyCpu, DEFAULT_STACK, MIN_STACK};
 pub use serializer::Serializer;

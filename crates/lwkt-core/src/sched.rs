@@ -894,7 +894,20 @@ pub struct Builder<'a> {
     name: &'static str,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    /// The thread that makes the new one (the `Cur` the builder came from),
+    /// for code that takes a builder and also needs its maker.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let b = cur.builder().name("worker");
+    ///     assert!(b.cur().is(&cur.handle()));
+    /// });
+    /// ```
+    pub fn cur(&self) -> &'a Cur {
+        self.cur
+    }
+
     /// The CPU the thread lives on.
     pub fn cpu(mut self, cpu: CpuId) -> Self {
         self.cpu = cpu;
@@ -949,7 +962,7 @@ impl Builder<'_> {
 
 /// Allocate and lay out a thread (not yet runnable anywhere).
 fn create_thread<F>(
-    m: &crate::Machine,
+    m: &crate::MachineState,
     cpu: CpuId,
     pri: Priority,
     stack_size: usize,
@@ -1336,7 +1349,7 @@ unsafe fn switch_in_crit<const CLEAR_RESCHED: bool>(
     gd.stats.switches.add(1);
     ntd.switches.set(ntd.switches.get() + 1);
     // SAFETY: `machine` was set by `bind` before this CPU ran anything, and
-    // the machine outlives its CPUs' threads (`Machine::bind` contract).
+    // the machine outlives its CPUs' threads (`MachineState::bind` contract).
     let arch = unsafe { &*gd.machine.get() }.arch;
     // SAFETY: inside a critical section; `ntd.ctx` was saved by `switch`
     // or prepared by `init_context`.
@@ -1461,7 +1474,7 @@ impl Cpu {
     ///
     /// # Safety
     /// Called once per CPU, on that CPU (so that the backend's
-    /// `current_cpu` names it), after [`Machine::bind`](crate::Machine::bind).
+    /// `current_cpu` names it), after [`MachineState::bind`](crate::MachineState::bind).
     pub unsafe fn idle_loop(&self) {
         let idle = &self.idle;
         let arch = self.machine().arch;

@@ -1,7 +1,7 @@
 //! Regression tests for the holes an outside audit found in lwkt-core's
 //! safe API (issue 15): each misuse now gets a clear panic or error, or is
 //! refused by the compiler (those are `compile_fail` doctests next to the
-//! item: `Machine::new`, `Cpu::set_arch_word`, `Arch::kick`).
+//! item: `MachineState::new`, `Cpu::set_arch_word`, `Arch::kick`).
 
 mod common;
 

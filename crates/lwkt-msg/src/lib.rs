@@ -16,6 +16,7 @@
 //! | `lwkt_waitmsg(msg)` | [`Msg::wait`] |
 //! | `lwkt_checkmsg(msg)` | [`Msg::is_done`] |
 //! | thread / spin / put-only / reply-only port | [`Port::thread`], [`Port::spin`], [`Port::put_only`], [`Port::reply_only`] |
+//! | `lwkt_port_t` handed around | `&'static Port`, or a counted [`PortRef`]; [`serve_on`] starts a server with its port |
 //! | (async Rust) | [`Port::call`] → [`ReplyFuture`]; [`block_on`] |
 //!
 //! # Ownership, and what the types guarantee
@@ -33,8 +34,10 @@
 //!   consume it, and dropping it unreplied panics;
 //! - a message dropped while in flight aborts the process (the target
 //!   still points at it), and sending a message that is in flight panics;
-//! - ports are `&'static`: puts and replies may still be riding an IPI to a
-//!   port after the sender has returned.
+//! - a port is `&'static`, or counted ([`PortRef`]): puts and replies may
+//!   still be riding an IPI to a port after the sender has returned, so
+//!   each such IPI, and each message naming a counted reply port, holds
+//!   the port.
 //!
 //! # The flags
 //!
@@ -49,11 +52,11 @@
 //! ```
 //! use core::pin::pin;
 //! use lwkt_core::CpuId;
-//! use lwkt_msg::{Incoming, Msg, Port};
+//! use lwkt_msg::{Incoming, Msg, Port, PortRef};
 //!
 //! lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
 //!     // Our own port takes the replies of our asynchronous sends.
-//!     let replies: &'static Port<u64> = Port::thread(cur).leak();
+//!     let replies = PortRef::thread(cur);
 //!     static WORK: Port<u64> = Port::spin();
 //!     let worker = cur.spawn_on(CpuId::new(1), |me| {
 //!         for _ in 0..2 {
@@ -62,8 +65,8 @@
 //!             m.reply(me.my_cpu(), Ok(()));
 //!         }
 //!     }).unwrap();
-//!     let mut a = pin!(Msg::with_reply_port(replies, 1));
-//!     let mut b = pin!(Msg::with_reply_port(replies, 2));
+//!     let mut a = pin!(Msg::with_reply_port(&replies, 1));
+//!     let mut b = pin!(Msg::with_reply_port(&replies, 2));
 //!     WORK.sendmsg(cur.my_cpu(), a.as_mut());
 //!     WORK.sendmsg(cur.my_cpu(), b.as_mut());
 //!     for _ in 0..2 {
@@ -91,6 +94,7 @@ mod future;
 mod header;
 mod msg;
 mod port;
+mod port_ref;
 mod queue;
 mod spinlock;
 mod sync;
@@ -111,3 +115,6 @@ pub use executor::block_on;
 pub use future::ReplyFuture;
 pub use msg::{Incoming, Msg, MsgFlags, MsgHandle, Replied};
 pub use port::{Port, PutFn, ReplyFn, DOMSG_POLL_CYCLES};
+pub use port_ref::AsPort;
+#[cfg(feature = "alloc")]
+pub use port_ref::{serve, serve_on, PortRef};

@@ -14,7 +14,7 @@ use atomic_waker::AtomicWaker;
 use lwkt_core::Cur;
 
 use crate::header::{f, Header};
-use crate::{MsgError, Port};
+use crate::{AsPort, MsgError, Port};
 
 /// A message: a header the ports use, a reply port, and a body of type `T`
 /// that its current owner reads and writes.
@@ -64,7 +64,9 @@ use crate::{MsgError, Port};
 #[repr(C, align(64))]
 pub struct Msg<T: Send + 'static> {
     pub(crate) hdr: Header,
-    pub(crate) reply_port: Option<&'static Port<T>>,
+    /// A `'static` port, or a counted one this message holds a count on
+    /// (given up when the message drops or changes port).
+    reply_port: Option<NonNull<Port<T>>>,
     /// Written only by the originator while it owns the message (`DONE`),
     /// read by anyone: nobody writes it while the message is in flight.
     tag: u64,
@@ -93,14 +95,26 @@ impl<T: Send + 'static> Msg<T> {
     /// [`Msg::wait`] take them. Synchronous sends still complete in place.
     /// DragonFly: `lwkt_initmsg(msg, rport, 0)`.
     ///
+    /// The port is a `&'static Port<T>` or a [`PortRef`](crate::PortRef)
+    /// (by reference or by value): the message then keeps the port alive
+    /// for as long as it names it.
+    ///
     /// # Panics
     /// If `reply_port` cannot take replies (a put-only port).
-    pub fn with_reply_port(reply_port: &'static Port<T>, body: T) -> Msg<T> {
-        reply_port.check_reply_port();
-        Msg::build(Some(reply_port), body)
+    #[track_caller]
+    pub fn with_reply_port(reply_port: impl AsPort<T>, body: T) -> Msg<T> {
+        Msg::build(Some(Self::name_port(reply_port.as_port())), body)
     }
 
-    fn build(reply_port: Option<&'static Port<T>>, body: T) -> Msg<T> {
+    /// Check `port` as a reply port and take the message's count on it.
+    #[track_caller]
+    fn name_port(port: &Port<T>) -> NonNull<Port<T>> {
+        port.check_reply_port();
+        port.hold();
+        NonNull::from(port)
+    }
+
+    fn build(reply_port: Option<NonNull<Port<T>>>, body: T) -> Msg<T> {
         Msg {
             hdr: Header::new(0),
             reply_port,
@@ -218,18 +232,48 @@ impl<T: Send + 'static> Msg<T> {
         MsgError::decode(unsafe { self.hdr.code() })
     }
 
-    /// Change the reply port (`None`: replies complete the message in place).
+    /// Change the reply port (a `&'static Port<T>` or a
+    /// [`PortRef`](crate::PortRef)). DragonFly: `lwkt_reinitmsg()`.
     ///
     /// # Panics
     /// While the message is in flight, or if the port cannot take replies.
     #[track_caller]
-    pub fn set_reply_port(self: Pin<&mut Self>, port: Option<&'static Port<T>>) {
+    pub fn set_reply_port(self: Pin<&mut Self>, port: impl AsPort<T>) {
         self.assert_owned();
-        if let Some(p) = port {
-            p.check_reply_port();
+        let p = Self::name_port(port.as_port());
+        self.replace_reply_port(Some(p));
+    }
+
+    /// Remove the reply port: replies complete the message in place.
+    ///
+    /// # Panics
+    /// While the message is in flight.
+    #[track_caller]
+    pub fn clear_reply_port(self: Pin<&mut Self>) {
+        self.assert_owned();
+        self.replace_reply_port(None);
+    }
+
+    fn replace_reply_port(self: Pin<&mut Self>, port: Option<NonNull<Port<T>>>) {
+        // SAFETY: the field is not structurally pinned; the message is done
+        // (checked by the callers), so nobody else reads it.
+        let old = core::mem::replace(unsafe { &mut self.get_unchecked_mut().reply_port }, port);
+        if let Some(old) = old {
+            // SAFETY: the count this message held on its old port.
+            unsafe { Port::release(old.as_ptr()) };
         }
-        // SAFETY: the field is not structurally pinned; owned by us now.
-        unsafe { self.get_unchecked_mut().reply_port = port };
+    }
+
+    /// The reply port, if any.
+    pub(crate) fn reply_port(&self) -> Option<&Port<T>> {
+        // SAFETY: a `'static` port, or one this message holds a count on
+        // (`name_port`) for as long as it names it.
+        self.reply_port.map(|p| unsafe { p.as_ref() })
+    }
+
+    /// Whether the message has a reply port.
+    pub(crate) fn has_reply_port(&self) -> bool {
+        self.reply_port.is_some()
     }
 
     /// Ask the target to give up: it sees the request (a port hands it
@@ -253,7 +297,7 @@ impl<T: Send + 'static> Msg<T> {
     pub fn wait(self: Pin<&mut Self>, cur: &mut Cur) -> Result<(), MsgError> {
         let m = self.as_ref().get_ref() as *const Msg<T> as *mut Msg<T>;
         if !self.hdr.is_done() {
-            match self.reply_port {
+            match self.reply_port() {
                 Some(port) if self.hdr.flags() & f::SYNC == 0 && port.queues_replies() => {
                     port.wait_reply(cur, m)
                 }
@@ -298,6 +342,11 @@ impl<T: Send + 'static> Drop for Msg<T> {
     fn drop(&mut self) {
         if !self.hdr.is_done() {
             abort_in_flight();
+        }
+        if let Some(p) = self.reply_port.take() {
+            // SAFETY: the count this message held on its reply port; done,
+            // so no reply is on its way to the port.
+            unsafe { Port::release(p.as_ptr()) };
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::future::ReplyFuture;
 use crate::header::{f, Header};
 use crate::queue::Queue;
 use crate::spinlock::SpinLock;
-use crate::{Incoming, Msg, MsgError, MsgHandle, Replied};
+use crate::{AsPort, Incoming, Msg, MsgError, MsgHandle, Replied};
 
 /// The handler of a put-only port, run in the sender's context, which may
 /// be interrupt context (a put from an IPI function): it must do only what
@@ -83,6 +83,12 @@ pub struct Port<T: Send + 'static> {
     /// Serializer ports: bumped by every put, so a receiver that released
     /// the serializer to sleep sees whether anything arrived meanwhile.
     gen: AtomicU32,
+    /// Null for a `'static` port; for a port in a `PortRef`'s `Arc`, its
+    /// own address as `Arc::as_ptr` gives it (with the provenance of the
+    /// whole allocation, counts included, which `&self` lacks). Everything
+    /// that names a counted port beyond a call holds a count through it: an
+    /// IPI carrying the port, a message whose reply port it is.
+    origin: *const Port<T>,
     /// The receiver's state, on its own cache line: senders on other CPUs
     /// read `kind` on every put, and must not take away the line the
     /// receiver writes on every push and pop.
@@ -146,6 +152,7 @@ impl<T: Send + 'static> Port<T> {
             kind,
             lock: SpinLock::new(),
             gen: AtomicU32::new(0),
+            origin: core::ptr::null(),
             inner: CachePadded::new(UnsafeCell::new(Inner {
                 q: Queue::new(),
                 waiting: false,
@@ -160,6 +167,19 @@ impl<T: Send + 'static> Port<T> {
     /// DragonFly: `lwkt_initport_thread()` (a thread's `td_msgport`).
     pub fn thread(cur: &Cur) -> Port<T> {
         Port::with_kind(Kind::Thread(cur.handle()))
+    }
+
+    /// A thread port owned by `owner`, made by another thread (`serve`).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn thread_of(owner: ThreadHandle) -> Port<T> {
+        Port::with_kind(Kind::Thread(owner))
+    }
+
+    /// Record that the port lives in an `Arc` at `origin` (only
+    /// `PortRef::new`, before the port is shared).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn set_origin(&mut self, origin: *const Port<T>) {
+        self.origin = origin;
     }
 
     /// A port any thread may receive from, guarded by a spin lock; puts from
@@ -218,9 +238,7 @@ impl<T: Send + 'static> Port<T> {
     /// thread port of another machine's thread.
     #[track_caller]
     pub fn sendmsg(&'static self, my: MyCpu<'_>, msg: Pin<&mut Msg<T>>) {
-        self.check_put(my);
-        msg.hdr.begin_send(msg.reply_port.is_none());
-        self.put(my, msg.as_raw());
+        self.do_sendmsg(my, msg)
     }
 
     /// Send `msg` and block until its reply; returns the reply's result. On
@@ -233,6 +251,115 @@ impl<T: Send + 'static> Port<T> {
     /// thread port of another machine's thread.
     #[track_caller]
     pub fn domsg(&'static self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
+        self.do_domsg(cur, msg)
+    }
+
+    /// Whether requests to this port are served on a CPU other than the
+    /// caller's (a thread port whose owner lives elsewhere).
+    fn served_elsewhere(&self, cur: &Cur) -> bool {
+        match &self.kind {
+            Kind::Thread(owner) => owner.cpu() != cur.cpu_id(),
+            _ => false,
+        }
+    }
+
+    /// Send `msg` and return a future of its reply, for async code (the
+    /// reply wakes the future's waker, maybe in interrupt context: see
+    /// [`ReplyFuture`] for what the waker may do). The message is sent now,
+    /// not at the first poll.
+    ///
+    /// # Panics
+    /// As [`sendmsg`](Port::sendmsg).
+    #[track_caller]
+    pub fn call<'a>(&'static self, my: MyCpu<'_>, msg: Pin<&'a mut Msg<T>>) -> ReplyFuture<'a, T> {
+        self.do_call(my, msg)
+    }
+
+    /// Take the next request or reply without blocking.
+    /// DragonFly: `lwkt_getport()`.
+    ///
+    /// # Panics
+    /// On a thread port, if `cur` is not its owner; on a put-only or
+    /// reply-only port.
+    #[track_caller]
+    pub fn getport(&'static self, cur: &Cur) -> Option<Incoming<T>> {
+        self.do_getport(cur)
+    }
+
+    /// Block until a request or reply arrives and take it; once the port is
+    /// closed and empty, return [`Incoming::Closed`] (a closing port wakes
+    /// its waiters). DragonFly: `lwkt_waitport()`.
+    ///
+    /// # Panics
+    /// As [`getport`](Port::getport).
+    #[track_caller]
+    pub fn waitport(&'static self, cur: &mut Cur) -> Incoming<T> {
+        self.do_waitport(cur)
+    }
+
+    /// Close the port: every queued request is replied [`MsgError::Closed`],
+    /// queued replies go back to their originators, and later puts are
+    /// refused the same way. A thread port's owner closes it before it
+    /// exits (a put to a port whose owner has exited is refused too, but
+    /// messages queued before the exit would wait for a receiver).
+    ///
+    /// # Panics
+    /// As [`getport`](Port::getport).
+    #[track_caller]
+    pub fn close(&'static self, cur: &Cur) {
+        self.do_close(cur)
+    }
+
+    /// Close the port from any thread: later puts are refused
+    /// ([`MsgError::Closed`]); its receiver takes what is already queued,
+    /// then [`waitport`](Port::waitport) returns [`Incoming::Closed`]. For
+    /// a thread port the close travels by IPI to the owner's CPU; use
+    /// [`close`](Port::close) from a serializer port's holder.
+    ///
+    /// ```
+    /// use lwkt_core::CpuId;
+    /// use lwkt_msg::{Incoming, Port};
+    /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+    ///     let (tx, rx) = std::sync::mpsc::channel();
+    ///     let t = cur.spawn_on(CpuId::new(1), move |me| {
+    ///         let port: &'static Port<u8> = Port::thread(me).leak();
+    ///         tx.send(port).unwrap();
+    ///         assert!(matches!(port.waitport(me), Incoming::Closed));
+    ///     }).unwrap();
+    ///     let port = loop { if let Ok(p) = rx.try_recv() { break p; } cur.yield_now(); };
+    ///     port.close_from(cur.my_cpu());
+    ///     cur.join(&t);
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// On a serializer, put-only or reply-only port, and on the thread port
+    /// of another machine's thread.
+    #[track_caller]
+    pub fn close_from(&'static self, my: MyCpu<'_>) {
+        self.do_close_from(my)
+    }
+
+    /// Whether [`close`](Port::close) was called.
+    ///
+    /// # Panics
+    /// As [`getport`](Port::getport).
+    #[track_caller]
+    pub fn is_closed(&'static self, cur: &Cur) -> bool {
+        self.do_is_closed(cur)
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    #[track_caller]
+    pub(crate) fn do_sendmsg(&self, my: MyCpu<'_>, msg: Pin<&mut Msg<T>>) {
+        self.check_put(my);
+        msg.hdr.begin_send(!msg.has_reply_port());
+        self.put(my, msg.as_raw());
+    }
+
+    #[track_caller]
+    pub(crate) fn do_domsg(&self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
         self.check_put(cur.my_cpu());
         if let Kind::Thread(owner) = &self.kind {
             assert!(
@@ -285,24 +412,12 @@ impl<T: Send + 'static> Port<T> {
         MsgError::decode(unsafe { hdr.code() })
     }
 
-    /// Whether requests to this port are served on a CPU other than the
-    /// caller's (a thread port whose owner lives elsewhere).
-    fn served_elsewhere(&self, cur: &Cur) -> bool {
-        match &self.kind {
-            Kind::Thread(owner) => owner.cpu() != cur.cpu_id(),
-            _ => false,
-        }
-    }
-
-    /// Send `msg` and return a future of its reply, for async code (the
-    /// reply wakes the future's waker, maybe in interrupt context: see
-    /// [`ReplyFuture`] for what the waker may do). The message is sent now,
-    /// not at the first poll.
-    ///
-    /// # Panics
-    /// As [`sendmsg`](Port::sendmsg).
     #[track_caller]
-    pub fn call<'a>(&'static self, my: MyCpu<'_>, msg: Pin<&'a mut Msg<T>>) -> ReplyFuture<'a, T> {
+    pub(crate) fn do_call<'a>(
+        &self,
+        my: MyCpu<'_>,
+        msg: Pin<&'a mut Msg<T>>,
+    ) -> ReplyFuture<'a, T> {
         self.check_put(my);
         msg.hdr.begin_send(true);
         let m = msg.as_raw();
@@ -311,14 +426,8 @@ impl<T: Send + 'static> Port<T> {
         unsafe { ReplyFuture::new(m) }
     }
 
-    /// Take the next request or reply without blocking.
-    /// DragonFly: `lwkt_getport()`.
-    ///
-    /// # Panics
-    /// On a thread port, if `cur` is not its owner; on a put-only or
-    /// reply-only port.
     #[track_caller]
-    pub fn getport(&'static self, cur: &Cur) -> Option<Incoming<T>> {
+    pub(crate) fn do_getport(&self, cur: &Cur) -> Option<Incoming<T>> {
         self.check_receiver(cur);
         let my = cur.my_cpu();
         loop {
@@ -329,35 +438,21 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    /// Block until a request or reply arrives and take it; once the port is
-    /// closed and empty, return [`Incoming::Closed`] (a closing port wakes
-    /// its waiters). DragonFly: `lwkt_waitport()`.
-    ///
-    /// # Panics
-    /// As [`getport`](Port::getport).
     #[track_caller]
-    pub fn waitport(&'static self, cur: &mut Cur) -> Incoming<T> {
+    pub(crate) fn do_waitport(&self, cur: &mut Cur) -> Incoming<T> {
         loop {
-            if let Some(x) = self.getport(cur) {
+            if let Some(x) = self.do_getport(cur) {
                 return x;
             }
             if self.sleep_on(cur, |inner| !inner.q.is_empty() || inner.closed) {
                 // Closed; take what arrived before the close, if anything.
-                return self.getport(cur).unwrap_or(Incoming::Closed);
+                return self.do_getport(cur).unwrap_or(Incoming::Closed);
             }
         }
     }
 
-    /// Close the port: every queued request is replied [`MsgError::Closed`],
-    /// queued replies go back to their originators, and later puts are
-    /// refused the same way. A thread port's owner closes it before it
-    /// exits (a put to a port whose owner has exited is refused too, but
-    /// messages queued before the exit would wait for a receiver).
-    ///
-    /// # Panics
-    /// As [`getport`](Port::getport).
     #[track_caller]
-    pub fn close(&'static self, cur: &Cur) {
+    pub(crate) fn do_close(&self, cur: &Cur) {
         self.check_receiver(cur);
         let my = cur.my_cpu();
         // SAFETY: receiver's access (owner CPU in a critical section, or
@@ -385,38 +480,13 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    /// Close the port from any thread: later puts are refused
-    /// ([`MsgError::Closed`]); its receiver takes what is already queued,
-    /// then [`waitport`](Port::waitport) returns [`Incoming::Closed`]. For
-    /// a thread port the close travels by IPI to the owner's CPU; use
-    /// [`close`](Port::close) from a serializer port's holder.
-    ///
-    /// ```
-    /// use lwkt_core::CpuId;
-    /// use lwkt_msg::{Incoming, Port};
-    /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
-    ///     let (tx, rx) = std::sync::mpsc::channel();
-    ///     let t = cur.spawn_on(CpuId::new(1), move |me| {
-    ///         let port: &'static Port<u8> = Port::thread(me).leak();
-    ///         tx.send(port).unwrap();
-    ///         assert!(matches!(port.waitport(me), Incoming::Closed));
-    ///     }).unwrap();
-    ///     let port = loop { if let Ok(p) = rx.try_recv() { break p; } cur.yield_now(); };
-    ///     port.close_from(cur.my_cpu());
-    ///     cur.join(&t);
-    /// });
-    /// ```
-    ///
-    /// # Panics
-    /// On a serializer, put-only or reply-only port, and on the thread port
-    /// of another machine's thread.
     #[track_caller]
-    pub fn close_from(&'static self, my: MyCpu<'_>) {
+    pub(crate) fn do_close_from(&self, my: MyCpu<'_>) {
         match &self.kind {
             Kind::Thread(owner) => {
                 check_machine(owner, my);
                 // Closed here if the owner lives here, else by IPI.
-                my.crit(|| close_remote::<T>(my, self as *const Port<T> as usize, 0));
+                my.crit(|| close_or_send(my, self));
             }
             Kind::Spin => {
                 let waiting = my.crit(|| {
@@ -438,20 +508,14 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    /// Whether [`close`](Port::close) was called.
-    ///
-    /// # Panics
-    /// As [`getport`](Port::getport).
     #[track_caller]
-    pub fn is_closed(&'static self, cur: &Cur) -> bool {
+    pub(crate) fn do_is_closed(&self, cur: &Cur) -> bool {
         self.check_receiver(cur);
         self.with_inner(cur.my_cpu(), |inner| inner.closed)
     }
 
-    // ---- internals -------------------------------------------------------
-
     /// Put an in-flight message (sent, or forwarded) on this port.
-    pub(crate) fn put(&'static self, my: MyCpu<'_>, m: *mut Msg<T>) {
+    pub(crate) fn put(&self, my: MyCpu<'_>, m: *mut Msg<T>) {
         match &self.kind {
             Kind::Thread(_) => my.crit(|| self.thread_push(my, m, false)),
             Kind::Spin => my.crit(|| self.spin_push(my, m, false)),
@@ -468,7 +532,7 @@ impl<T: Send + 'static> Port<T> {
 
     /// Deliver a reply to this port (the message's reply port).
     #[track_caller]
-    pub(crate) fn deliver_reply(&'static self, my: MyCpu<'_>, m: *mut Msg<T>) {
+    pub(crate) fn deliver_reply(&self, my: MyCpu<'_>, m: *mut Msg<T>) {
         match &self.kind {
             Kind::Thread(_) => my.crit(|| self.thread_push(my, m, true)),
             Kind::Spin => my.crit(|| self.spin_push(my, m, true)),
@@ -544,11 +608,49 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    fn send_remote(&'static self, my: MyCpu<'_>, cpu: CpuId, m: *mut Msg<T>, func: IpiFn) {
+    fn send_remote(&self, my: MyCpu<'_>, cpu: CpuId, m: *mut Msg<T>, func: IpiFn) {
         // SAFETY: the message is in flight and live.
         unsafe { (*m).hdr.transit(true) };
-        my.send_ipi(cpu, func, self as *const Port<T> as usize, m as usize)
+        self.send_ipi(my, cpu, func, m as usize);
+    }
+
+    /// Send an IPI naming this port to `cpu`; the IPI function gives up the
+    /// count taken here when it is done with the port ([`Port::release`]).
+    fn send_ipi(&self, my: MyCpu<'_>, cpu: CpuId, func: IpiFn, arg: usize) {
+        self.hold();
+        my.send_ipi(cpu, func, self as *const Port<T> as usize, arg)
             .expect("lwkt-msg: the port owner's CPU is not on this machine");
+    }
+
+    /// Take a count on a counted port (nothing for a `'static` one), for
+    /// something that will name the port beyond the caller's borrow.
+    pub(crate) fn hold(&self) {
+        #[cfg(feature = "alloc")]
+        if !self.origin.is_null() {
+            // SAFETY: `origin` is the port's `Arc::as_ptr` (`PortRef::new`
+            // is the only place that sets it), and the caller's `&self`
+            // comes from a live count.
+            unsafe { alloc::sync::Arc::increment_strong_count(self.origin) };
+        }
+    }
+
+    /// Give up a count taken with [`hold`](Port::hold); the last one frees
+    /// the port. A raw pointer, not `&self`: the port may be freed here.
+    ///
+    /// # Safety
+    /// `port` is live and the caller owns a count on it taken by `hold`
+    /// (or the port is `'static`), and does not use `port` afterwards.
+    pub(crate) unsafe fn release(port: *const Port<T>) {
+        // SAFETY: live (the caller's count).
+        let origin = unsafe { (*port).origin };
+        #[cfg(feature = "alloc")]
+        if !origin.is_null() {
+            // SAFETY: the caller's count, taken by `hold` on the `Arc`
+            // `origin` points into.
+            unsafe { alloc::sync::Arc::decrement_strong_count(origin) };
+        }
+        #[cfg(not(feature = "alloc"))]
+        let _ = origin;
     }
 
     /// Thread port: queue `m` if the owner lives on this CPU, or send it by
@@ -558,7 +660,7 @@ impl<T: Send + 'static> Port<T> {
     /// # Panics
     /// If the owner belongs to another machine.
     #[track_caller]
-    fn thread_push(&'static self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
+    fn thread_push(&self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
         let Kind::Thread(owner) = &self.kind else {
             unreachable!()
         };
@@ -588,7 +690,7 @@ impl<T: Send + 'static> Port<T> {
     }
 
     /// Spin port: queue `m` under the lock. Runs in a critical section.
-    fn spin_push(&'static self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
+    fn spin_push(&self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
         let r = self.lock.with(|| {
             // SAFETY: under the lock.
             let inner = unsafe { self.inner() };
@@ -610,7 +712,7 @@ impl<T: Send + 'static> Port<T> {
     /// Serializer port: queue `m`; the running thread holds the serializer
     /// (not interrupt context: an IPI function is never the holder).
     #[track_caller]
-    fn serial_push(&'static self, my: MyCpu<'_>, slz: &Serializer, m: *mut Msg<T>, is_reply: bool) {
+    fn serial_push(&self, my: MyCpu<'_>, slz: &Serializer, m: *mut Msg<T>, is_reply: bool) {
         assert!(
             slz.is_held_here(my),
             "lwkt-msg: put or reply to a serializer port without holding its \
@@ -634,14 +736,14 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    fn pop(&'static self, my: MyCpu<'_>) -> Option<*mut Header> {
+    fn pop(&self, my: MyCpu<'_>) -> Option<*mut Header> {
         self.with_inner(my, |inner| inner.q.pop())
     }
 
     /// Hand a popped message to the receiver: a reply goes back to its
     /// originator, a request to the receiver, unless its originator asked
     /// to abort (then it is replied [`MsgError::Aborted`] here).
-    fn classify(&'static self, my: MyCpu<'_>, h: *mut Header) -> Option<Incoming<T>> {
+    fn classify(&self, my: MyCpu<'_>, h: *mut Header) -> Option<Incoming<T>> {
         let m = h as *mut Msg<T>;
         // SAFETY: popped from our queue: the receiver owns it now.
         let hdr = unsafe { &(*m).hdr };
@@ -664,7 +766,7 @@ impl<T: Send + 'static> Port<T> {
 
     /// Sleep until `ready(inner)` holds (checked with the receiver's access);
     /// returns whether the port is closed.
-    fn sleep_on(&'static self, cur: &mut Cur, ready: impl Fn(&Inner) -> bool) -> bool {
+    fn sleep_on(&self, cur: &mut Cur, ready: impl Fn(&Inner) -> bool) -> bool {
         match self.kind {
             Kind::Thread(_) => {
                 // The idle loop would watch the rings for us while we
@@ -731,7 +833,7 @@ impl<T: Send + 'static> Port<T> {
 
     /// Wait for the reply to `m` (whose reply port this is) and take it off
     /// the queue.
-    pub(crate) fn wait_reply(&'static self, cur: &mut Cur, m: *mut Msg<T>) {
+    pub(crate) fn wait_reply(&self, cur: &mut Cur, m: *mut Msg<T>) {
         self.check_receiver(cur);
         // SAFETY: the caller's pinned borrow keeps `m` alive.
         let hdr = unsafe { &(*m).hdr };
@@ -754,7 +856,7 @@ impl<T: Send + 'static> Port<T> {
 
     /// Run `f` with the receiver's access to the queue: the owner CPU's
     /// critical section (thread ports, called by the owner), or the lock.
-    fn with_inner<R>(&'static self, my: MyCpu<'_>, f: impl FnOnce(&mut Inner) -> R) -> R {
+    fn with_inner<R>(&self, my: MyCpu<'_>, f: impl FnOnce(&mut Inner) -> R) -> R {
         my.crit(|| match self.kind {
             // SAFETY: callers checked `check_receiver`: we are the owner, so
             // on the owner's CPU, and in a critical section; or the running
@@ -774,7 +876,7 @@ impl<T: Send + 'static> Port<T> {
         unsafe { &mut *self.inner.get() }
     }
 
-    fn chan(&'static self) -> usize {
+    fn chan(&self) -> usize {
         self as *const Port<T> as usize
     }
 }
@@ -810,9 +912,21 @@ impl<T: Send + 'static> MsgHandle<T> {
         let hdr = unsafe { &(*m).hdr };
         // SAFETY: as above.
         unsafe { hdr.set_code(code) };
-        // SAFETY: the reply port is fixed while the message is in flight.
-        match unsafe { (*m).reply_port } {
-            Some(port) if hdr.flags() & f::SYNC == 0 => port.deliver_reply(my, m),
+        // SAFETY: the message is live until `deliver_reply` or `complete`
+        // hands it back; its reply port is fixed while it is in flight, and
+        // held by it.
+        match unsafe { (*m).reply_port() } {
+            Some(port) if hdr.flags() & f::SYNC == 0 => {
+                // Once the reply lands, the originator may take it and drop
+                // the message, and with it the message's count on a counted
+                // port: hold one of our own until the delivery returns.
+                port.hold();
+                let port: *const Port<T> = port;
+                // SAFETY: live: the count just taken.
+                unsafe { &*port }.deliver_reply(my, m);
+                // SAFETY: that count, given up; `port` is not used after.
+                unsafe { Port::release(port) };
+            }
             _ => complete(my, m),
         }
     }
@@ -824,7 +938,8 @@ impl<T: Send + 'static> MsgHandle<T> {
     /// If `port` takes no requests, or is the thread port of another
     /// machine's thread.
     #[track_caller]
-    pub fn forward(self, my: MyCpu<'_>, port: &'static Port<T>) {
+    pub fn forward(self, my: MyCpu<'_>, port: impl AsPort<T>) {
+        let port = port.as_port();
         port.check_put(my);
         port.put(my, self.into_raw());
     }
@@ -868,22 +983,17 @@ fn refuse<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
     }
 }
 
-/// IPI function (and `close_from`, in a critical section): close a thread
-/// port on its owner's CPU (chasing a migrated owner) and wake the owner if
-/// it waits on the port.
-fn close_remote<T: Send + 'static>(my: MyCpu<'_>, port: usize, _: usize) {
-    // SAFETY: ports are 'static.
-    let port = unsafe { &*(port as *const Port<T>) };
+/// Close a thread port on its owner's CPU, or send the close there by IPI
+/// (chasing a migrated owner), and wake the owner if it waits on the port.
+/// Runs in a critical section (`close_from`'s, or an IPI function's).
+fn close_or_send<T: Send + 'static>(my: MyCpu<'_>, port: &Port<T>) {
     let Kind::Thread(owner) = &port.kind else {
         unreachable!()
     };
     if let Some(c) = route(owner, my) {
-        my.send_ipi(c, close_remote::<T>, port as *const Port<T> as usize, 0)
-            .expect("lwkt-msg: the port owner's CPU is not on this machine");
-        return;
+        return port.send_ipi(my, c, close_remote::<T>, 0);
     }
-    // SAFETY: the owner lives here (`route`), in a critical section (an IPI
-    // function's, or `close_from`'s).
+    // SAFETY: the owner lives here (`route`), in a critical section.
     let wake = unsafe {
         let inner = port.inner();
         inner.closed = true;
@@ -892,6 +1002,16 @@ fn close_remote<T: Send + 'static>(my: MyCpu<'_>, port: usize, _: usize) {
     if wake {
         my.schedule(owner);
     }
+}
+
+/// IPI function: `close_or_send` arriving at the owner's CPU.
+fn close_remote<T: Send + 'static>(my: MyCpu<'_>, port: usize, _: usize) {
+    let port = port as *const Port<T>;
+    // SAFETY: the sender's `send_ipi` took a count for this IPI (or the
+    // port is 'static), so the port is live; we run in a critical section.
+    close_or_send(my, unsafe { &*port });
+    // SAFETY: that count is ours to give up; `port` is not used after.
+    unsafe { Port::release(port) };
 }
 
 /// Where a thread port's queue may be touched, seen from `my` inside a
@@ -971,11 +1091,14 @@ fn other_machine(owner: &ThreadHandle) -> ! {
 /// IPI function: a put (`REPLY = false`) or reply (`true`) arriving at the
 /// owner's CPU of a thread port.
 fn push_remote<T: Send + 'static, const REPLY: bool>(my: MyCpu<'_>, port: usize, m: usize) {
-    // SAFETY: ports are 'static; the message is in flight and live; IPI
-    // functions run in a critical section.
-    let port = unsafe { &*(port as *const Port<T>) };
+    let port = port as *const Port<T>;
     let m = m as *mut Msg<T>;
-    // SAFETY: as above.
+    // SAFETY: the message is in flight and live.
     unsafe { (*m).hdr.transit(false) };
-    port.thread_push(my, m, REPLY);
+    // SAFETY: the sender's `send_ipi` took a count for this IPI (or the
+    // port is 'static), so the port is live; IPI functions run in a
+    // critical section.
+    unsafe { &*port }.thread_push(my, m, REPLY);
+    // SAFETY: that count is ours to give up; `port` is not used after.
+    unsafe { Port::release(port) };
 }

@@ -197,3 +197,32 @@ fn a_message_with_a_word_sized_body_fits_one_cache_line() {
     assert_eq!(size_of::<Msg<()>>(), 64);
     assert_eq!(size_of::<Msg<[u64; 2]>>(), 128);
 }
+
+/// A message holds a count on its counted reply port for as long as it
+/// names it (Miri checks the `Arc` arithmetic and the provenance).
+#[test]
+fn a_message_counts_its_counted_reply_port() {
+    use crate::{Port, PortRef};
+    let p: PortRef<u32> = PortRef::new(Port::spin());
+    let q = p.clone();
+    assert_eq!(p.count(), 2);
+    let mut m = Box::pin(Msg::with_reply_port(&p, 1));
+    assert_eq!(p.count(), 3, "the message's count");
+    m.as_mut().set_reply_port(&p);
+    assert_eq!(p.count(), 3, "changing to the same port keeps one count");
+    m.as_mut().clear_reply_port();
+    assert_eq!(p.count(), 2);
+    m.as_mut().set_reply_port(q);
+    assert_eq!(
+        p.count(),
+        2,
+        "a handle moved in: the message's count replaces it"
+    );
+    static STATIC: Port<u32> = Port::spin();
+    m.as_mut().set_reply_port(&STATIC);
+    assert_eq!(p.count(), 1);
+    m.as_mut().set_reply_port(p.clone());
+    assert_eq!(p.count(), 2);
+    drop(m);
+    assert_eq!(p.count(), 1, "a dropped message gives its count up");
+}

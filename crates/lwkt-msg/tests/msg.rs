@@ -285,10 +285,10 @@ fn a_message_is_reused_after_its_reply() {
             match i % 3 {
                 0 => port.domsg(cur, m.as_mut()).unwrap(),
                 1 => {
-                    m.as_mut().set_reply_port(Some(replies));
+                    m.as_mut().set_reply_port(replies);
                     port.sendmsg(cur.my_cpu(), m.as_mut());
                     assert!(matches!(replies.waitport(cur), Incoming::Reply(r) if r.is(&m)));
-                    m.as_mut().set_reply_port(None);
+                    m.as_mut().clear_reply_port();
                 }
                 _ => {
                     port.sendmsg(cur.my_cpu(), m.as_mut());

@@ -36,7 +36,7 @@ use lwkt_arch_x86_64::apic::{self, Icr, Mode};
 use lwkt_arch_x86_64::idt::{self, FaultFrame, Idt, SPURIOUS_VECTOR};
 use lwkt_arch_x86_64::percpu::{self, PerCpu};
 use lwkt_arch_x86_64::X86Arch;
-use lwkt_core::{Cpu, CpuId, IpiRing, Machine, Priority};
+use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
 
 use boot::MAX_CPUS;
 
@@ -59,7 +59,7 @@ static PERCPU: [PerCpu; MAX_CPUS] = {
     a
 };
 static IDT: spin::Once<Idt> = spin::Once::new();
-static MACHINE: spin::Once<&'static Machine> = spin::Once::new();
+static MACHINE: spin::Once<&'static MachineState> = spin::Once::new();
 static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
 static OPTS: spin::Once<Opts> = spin::Once::new();
 /// APs that reached `ap_main` and attached.
@@ -273,14 +273,14 @@ extern "C" fn bsp_main(info: usize) -> ! {
             .into_boxed_slice(),
     );
     let rings: &'static [IpiRing] = Box::leak(
-        (0..Machine::rings_needed(ncpus))
+        (0..MachineState::rings_needed(ncpus))
             .map(|_| IpiRing::new())
             .collect::<Vec<_>>()
             .into_boxed_slice(),
     );
     // SAFETY: `cpus` and `rings` are leaked: alive and in place for ever.
-    let machine: &'static Machine =
-        Box::leak(Box::new(unsafe { Machine::new(&ARCH, cpus, rings) }));
+    let machine: &'static MachineState =
+        Box::leak(Box::new(unsafe { MachineState::new(&ARCH, cpus, rings) }));
     // SAFETY: the machine, CPU blocks and rings are leaked ('static); no
     // CPU runs lwkt yet.
     unsafe { machine.bind() };

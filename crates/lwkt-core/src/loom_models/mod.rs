@@ -1,5 +1,5 @@
 //! Loom models that run lwkt-core's scheduler-side protocols on a real
-//! two-CPU [`Machine`] (run with `RUSTFLAGS="--cfg loom"`).
+//! two-CPU [`MachineState`] (run with `RUSTFLAGS="--cfg loom"`).
 //!
 //! Each loom thread plays one CPU: it runs the crate's own code (sleep
 //! queues, `MyCpu::wakeup`, `ipiq::send`, the doorbell, the rings,
@@ -19,7 +19,7 @@ use std::boxed::Box;
 use std::sync::Arc;
 
 use crate::arch::{Arch, Context, EntryFn, Stack};
-use crate::cpu::{Cpu, CpuId, Machine};
+use crate::cpu::{Cpu, CpuId, MachineState};
 use crate::crit;
 use crate::ipiq::IpiRing;
 use crate::sched::crit_exit_td;
@@ -91,7 +91,7 @@ pub(super) fn model(f: impl Fn(Entry) + Sync + Send + 'static) {
 pub(super) struct TwoCpus {
     entry: Entry,
     // Field order is drop order: the machine, then what it points into.
-    _machine: Box<Machine>,
+    _machine: Box<MachineState>,
     threads: Box<[Box<Thread>]>,
     cpus: Box<[Cpu]>,
     _rings: Box<[IpiRing]>,
@@ -107,12 +107,12 @@ unsafe impl Sync for TwoCpus {}
 impl TwoCpus {
     pub(super) fn new(entry: Entry) -> Arc<TwoCpus> {
         let cpus: Box<[Cpu]> = (0..2).map(|i| Cpu::new(CpuId::new(i))).collect();
-        let rings: Box<[IpiRing]> = (0..Machine::rings_needed(2))
+        let rings: Box<[IpiRing]> = (0..MachineState::rings_needed(2))
             .map(|_| IpiRing::new())
             .collect();
         // SAFETY: `cpus` and `rings` are boxed (they do not move) and are
         // dropped after the machine (field order).
-        let machine = Box::new(unsafe { Machine::new(&LOOM_ARCH, &cpus, &rings) });
+        let machine = Box::new(unsafe { MachineState::new(&LOOM_ARCH, &cpus, &rings) });
         // SAFETY: the machine is boxed and outlives every use of the CPUs
         // (they are dropped together, after every model thread joined).
         unsafe { machine.bind() };
