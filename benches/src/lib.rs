@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+pub mod mesh;
+
 use criterion::Criterion;
 
 use lwkt_core::Cur;

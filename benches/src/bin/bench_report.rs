@@ -214,6 +214,23 @@ const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        id: "msg_vcpus",
+        title: "lwkt-msg: the message mesh at 2 to 16 vCPUs (more vCPUs than host cores)",
+        element: "one message (request and reply)",
+        rows: &[
+            "lwkt mesh/2",
+            "OS threads + crossbeam/2",
+            "lwkt mesh/3",
+            "OS threads + crossbeam/3",
+            "lwkt mesh/4",
+            "OS threads + crossbeam/4",
+            "lwkt mesh/8",
+            "OS threads + crossbeam/8",
+            "lwkt mesh/16",
+            "OS threads + crossbeam/16",
+        ],
+    },
+    Group {
         id: "slab_local",
         title: "lwkt-slab: local alloc+free",
         element: "one pair",
@@ -678,6 +695,34 @@ fn targets(r: &Results) -> Vec<(String, Option<bool>, String)> {
             "crossbeam-channel, 64 in flight, reply channel",
         ))
         .map(|(a, b)| (a <= b, format!("{:.2}x crossbeam's rate", b / a))),
+    );
+    let counts = [2, 3, 4, 8, 16];
+    add(
+        "mesh: lwkt at least the OS-thread rate at 2, 3, 4, 8 and 16 vCPUs",
+        counts
+            .iter()
+            .map(|n| {
+                m("msg_vcpus", &format!("lwkt mesh/{n}"))
+                    .zip(m("msg_vcpus", &format!("OS threads + crossbeam/{n}")))
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| {
+                let ratios: Vec<String> = v
+                    .iter()
+                    .zip(counts)
+                    .map(|((a, b), n)| format!("{n}: {:.2}x", b / a))
+                    .collect();
+                (
+                    v.iter().all(|(a, b)| a <= b),
+                    format!("lwkt's rate over the OS threads' at {}", ratios.join(", ")),
+                )
+            }),
+    );
+    add(
+        "mesh: 16 vCPUs keep at least half the 2-vCPU rate",
+        m("msg_vcpus", "lwkt mesh/16")
+            .zip(m("msg_vcpus", "lwkt mesh/2"))
+            .map(|(a, b)| (a <= 2.0 * b, format!("{:.2} of the 2-vCPU rate", b / a))),
     );
     add(
         "slab local 64 B at least as fast as mimalloc",

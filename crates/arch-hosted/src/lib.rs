@@ -1,7 +1,9 @@
 //! The hosted (user-space) backend for lwkt: DragonFly's vkernel idea.
 //!
 //! N virtual CPUs are OS threads (pinned to host cores when the host
-//! allows; N may exceed the host's cores). LWKT threads are stackful
+//! allows; N may exceed the host's cores, and then they are not pinned,
+//! idle vCPUs park at once rather than watch their rings, and kicks never
+//! signal: see "More vCPUs than cores" below). LWKT threads are stackful
 //! contexts on `mmap`ed stacks with a guard page, switched in user space by
 //! a dozen instructions (no futex hand-off per switch). An IPI is a ring
 //! write plus, when the target needs one, a kick: nothing while the target's
@@ -38,6 +40,33 @@
 //! code (the signal may have interrupted `malloc`). The cost: a thread that
 //! spins in its own code, calling nothing of lwkt's, delays them until it
 //! does (on bare metal the interrupt would run them at once).
+//!
+//! # More vCPUs than cores
+//!
+//! Testing an 8- or 16-CPU configuration on a laptop is the backend's
+//! main use, so vCPUs may outnumber the host's cores, and then three
+//! things change (all decided while the machine runs, over every machine
+//! of the process, so two machines that together outnumber the cores
+//! count too):
+//!
+//! - **no pinning**: the host balances the vCPUs over its cores (pinned,
+//!   3 vCPUs on 2 cores split 2 + 1 and a runnable vCPU could not move to
+//!   the core another left idle);
+//! - **no idle watch, no spin for a reply**: an idle vCPU parks at once
+//!   ([`Arch::idle_poll_cycles`](lwkt_core::Arch::idle_poll_cycles) is 0,
+//!   so lwkt-core's idle loop and `watch_until` do not spin), so it never
+//!   holds a core that a vCPU with work waits for; spin-waits give the
+//!   core away at once (`pause` yields), and lwkt-msg's cross-CPU `domsg`
+//!   sleeps without first watching for the reply
+//!   ([`Arch::spin_wait_pays`](lwkt_core::Arch::spin_wait_pays) is false);
+//! - **no signal per kick**: a kick to a running vCPU is a posted check, as
+//!   when the vCPUs fit (before, it was a SIGUSR1 each: most of the
+//!   senders' time went to signal delivery, and a signal does not make a
+//!   vCPU the host has preempted run any sooner).
+//!
+//! Oversubscription then costs what the host's own thread switches cost
+//! (`docs/benchmark-notes.md`, "More vCPUs than cores"; bench group
+//! `msg_vcpus`).
 //!
 //! Reports and the `log` feature (off by default): with it, the shutdown
 //! report goes through the [`log`](https://docs.rs/log/0.4) facade (a
@@ -197,8 +226,10 @@ impl Machine {
         Ok(Machine { ncpus, pin: true })
     }
 
-    /// Pin vCPU `i` to host core `i mod k` of the `k` online cores
-    /// (default: on; where the host refuses, the vCPU stays unpinned).
+    /// Pin vCPU `i` to online host core `i`
+    /// (default: on; where the host refuses, the vCPU stays unpinned). A
+    /// machine with more vCPUs than cores is never pinned: the host's
+    /// scheduler then balances the vCPUs over the cores.
     pub fn pin(mut self, pin: bool) -> Machine {
         self.pin = pin;
         self
@@ -253,10 +284,16 @@ impl Machine {
             unsafe { cpus[0].spawn_boot_thread(Priority::default(), MAIN_STACK, "main", main) }
                 .unwrap_or_else(|e| panic!("lwkt-arch-hosted: cannot create the main thread: {e}"));
 
-        let cores = if self.pin {
-            allowed_cores()
-        } else {
-            Vec::new()
+        // Pinned only when every vCPU can have a core of its own: with more
+        // vCPUs than cores, pinning splits them unevenly (3 on 2 cores: two
+        // share one, the third has the other) and forbids the host to move a
+        // runnable vCPU to a core another left idle, which made a 3-vCPU
+        // machine on 2 cores slower than an 8-vCPU one.
+        let cores = match self.pin {
+            true => Some(allowed_cores())
+                .filter(|c| n <= c.len())
+                .unwrap_or_default(),
+            false => Vec::new(),
         };
         let barrier = Barrier::new(n);
         let running = AtomicUsize::new(n);

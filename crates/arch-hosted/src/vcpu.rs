@@ -194,6 +194,12 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
     }
 }
 
+/// Whether vCPU threads (of every machine of the process) outnumber the
+/// online host cores.
+fn oversubscribed() -> bool {
+    LIVE_VCPUS.load(Ordering::Relaxed) > online_cores()
+}
+
 /// vCPU threads running now, over every machine of the process.
 pub(crate) static LIVE_VCPUS: AtomicUsize = AtomicUsize::new(0);
 
@@ -269,29 +275,27 @@ unsafe impl Arch for HostedArch {
         // critical-section exit or switch, which LWKT code reaches often,
         // and go on. The watchdog signals a target that has not looked
         // within `ESCALATE_CYCLES` (a thread spinning outside critical
-        // sections). Not when vCPUs outnumber host cores: the target may not
-        // be running at all.
-        if LIVE_VCPUS.load(Ordering::Relaxed) <= online_cores() {
-            target.post_ipi_check();
-            // Keep the oldest unanswered post; the watchdog clears it. Look
-            // first: in a stream one is usually recorded already, and a
-            // failed exchange would still take the line.
-            if v.posted_at.load(Ordering::Relaxed) == 0 {
-                let now = self.cycles().max(1);
-                let _ = v
-                    .posted_at
-                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-            }
-            // Counted on the sender's own block, off the target's lines.
-            if let Some(me) = current_cpu_block() {
-                // SAFETY: the calling vCPU's own block, running.
-                unsafe { vcpu_of(me) }
-                    .soft_kicks
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            return;
+        // sections). Also when vCPUs outnumber host cores: a target the
+        // host has preempted answers when it runs again, which a signal
+        // would not hasten, and signals then cost the senders most of
+        // their time (docs/benchmark-notes.md, oversubscription).
+        target.post_ipi_check();
+        // Keep the oldest unanswered post; the watchdog clears it. Look
+        // first: in a stream one is usually recorded already, and a
+        // failed exchange would still take the line.
+        if v.posted_at.load(Ordering::Relaxed) == 0 {
+            let now = self.cycles().max(1);
+            let _ = v
+                .posted_at
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
-        signal(v);
+        // Counted on the sender's own block, off the target's lines.
+        if let Some(me) = current_cpu_block() {
+            // SAFETY: the calling vCPU's own block, running.
+            unsafe { vcpu_of(me) }
+                .soft_kicks
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     unsafe fn idle_wait(&self, cpu: &Cpu) {
@@ -314,11 +318,24 @@ unsafe impl Arch for HostedArch {
     }
 
     fn idle_poll_cycles(&self) -> u64 {
-        IDLE_POLL_CYCLES
+        // With more vCPUs than host cores a watching vCPU holds a core that
+        // a vCPU with work may be waiting for: it parks at once instead, and
+        // the host's scheduler runs whoever has work.
+        if oversubscribed() {
+            0
+        } else {
+            IDLE_POLL_CYCLES
+        }
+    }
+
+    fn spin_wait_pays(&self) -> bool {
+        !oversubscribed()
     }
 
     fn pause(&self, spins: u32) {
-        if spins > 64 {
+        // Give the core away at once when vCPUs outnumber host cores: the
+        // CPU being waited for may be the one the host has set aside.
+        if spins > 64 || oversubscribed() {
             std::thread::yield_now();
         } else {
             core::hint::spin_loop();

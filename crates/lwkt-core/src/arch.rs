@@ -164,6 +164,10 @@ pub unsafe trait Arch: Sync {
     /// microseconds. A backend that watches must interrupt a CPU whose
     /// [`Cpu::watch_backlog`] stays true (a thread spinning outside
     /// critical sections never looks): the hosted one's watchdog does.
+    /// The idle loop asks before each watch, so the answer may change while
+    /// the machine runs (the hosted backend answers 0 while its vCPUs
+    /// outnumber the host's cores: a watching vCPU would hold a core that
+    /// one with work needs).
     /// DragonFly: the idle loop's spin before halting
     /// (`machdep.cpu_idle_repeat`).
     fn idle_poll_cycles(&self) -> u64 {
@@ -177,5 +181,15 @@ pub unsafe trait Arch: Sync {
     fn pause(&self, spins: u32) {
         let _ = spins;
         core::hint::spin_loop();
+    }
+
+    /// Whether a thread waiting for another CPU's answer (lwkt-msg's
+    /// `domsg` across CPUs) should spin a little before it sleeps: true
+    /// when every CPU runs all the time, as on bare metal (the default).
+    /// The hosted backend answers false while its vCPUs outnumber the
+    /// host's cores: the CPU that would answer may not be running, and the
+    /// spin would hold a core it needs.
+    fn spin_wait_pays(&self) -> bool {
+        true
     }
 }

@@ -152,6 +152,21 @@ impl<'a> MyCpu<'a> {
         self.gd.machine().arch.cycles()
     }
 
+    /// Whether spinning for another CPU's answer pays now
+    /// ([`Arch::spin_wait_pays`](crate::Arch::spin_wait_pays)): false when
+    /// the other CPU may not be running (a hosted machine with more vCPUs
+    /// than host cores), so a waiter should sleep at once.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     // One vCPU fits any host: every CPU runs.
+    ///     assert!(cur.my_cpu().spin_wait_pays());
+    /// });
+    /// ```
+    pub fn spin_wait_pays(self) -> bool {
+        self.gd.machine().arch.spin_wait_pays()
+    }
+
     /// Run `f` inside a critical section of this CPU (nested inside the
     /// one an IPI function already runs in, if any). DragonFly:
     /// `crit_enter()` ... `crit_exit()` around `f`.
@@ -1482,7 +1497,7 @@ impl Cpu {
         self.curthread
             .store(idle as *const Thread as *mut Thread, Ordering::Relaxed);
         let mut contended = 0u32;
-        let poll_cycles = arch.idle_poll_cycles();
+        let mut poll_cycles = 0u64;
         let mut poll_start = 0u64;
         loop {
             // SAFETY: on this CPU, in the idle thread's critical section.
@@ -1515,6 +1530,12 @@ impl Cpu {
                     continue;
                 }
                 break;
+            }
+            if !self.watching.get() {
+                // Asked anew before each watch: the backend's answer may
+                // change while the machine runs (the hosted backend's is 0
+                // while vCPUs outnumber host cores).
+                poll_cycles = arch.idle_poll_cycles();
             }
             if poll_cycles != 0 {
                 // Watch the rings for a while; senders see `npoll` set and

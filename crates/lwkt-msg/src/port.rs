@@ -374,9 +374,11 @@ impl<T: Send + 'static> Port<T> {
         // SAFETY: the caller's pinned borrow keeps the message alive for
         // this whole call; we touch only its atomic header.
         let hdr = unsafe { &(*m).hdr };
-        if !hdr.is_done() && self.served_elsewhere(cur) {
+        if !hdr.is_done() && self.served_elsewhere(cur) && cur.my_cpu().spin_wait_pays() {
             // The reply is being made on another CPU, often within a few
-            // hundred nanoseconds: watch for it before sleeping. A reply
+            // hundred nanoseconds: watch for it before sleeping (unless that
+            // CPU may not be running: a hosted machine with more vCPUs than
+            // host cores, where the watch would hold a core it needs). A reply
             // seen here costs the replier no wake-up, and us no sleep-queue
             // operations and no IPI back (DragonFly's thread ports spin
             // likewise before blocking, `lwkt_spin_loops`). IPIs to this
