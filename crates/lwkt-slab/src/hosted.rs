@@ -23,6 +23,10 @@ pub const HOT_ZONES: usize = 32;
 /// reuse; a span freed past this is unmapped.
 pub const SPAN_CACHE_BYTES: usize = 32 << 20;
 
+/// `madvise` advice: commit (write-fault) the range now. Linux 5.14.
+#[cfg(target_os = "linux")]
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
 /// Spans above this size are never cached: mapped and unmapped each time.
 const MAX_CACHED_SPAN: usize = 64 << 20;
 
@@ -398,6 +402,24 @@ impl HostedPages {
         }
     }
 
+    /// A cached span of `len` bytes (a `span_len`, at most
+    /// `MAX_CACHED_SPAN`) aligned to `align`, if the cache has one at the
+    /// head of its bin.
+    fn take_cached(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
+        let bin = span_bin(len);
+        self.spans.with(|c| {
+            let p = c.bins[bin];
+            if p.is_null() || (p as usize) & (align - 1) != 0 {
+                return None;
+            }
+            // SAFETY: a cached span's first word links the next one.
+            c.bins[bin] = unsafe { p.cast::<*mut u8>().read() };
+            c.bytes -= len;
+            self.span_bytes.store(c.bytes, Ordering::Relaxed);
+            NonNull::new(p)
+        })
+    }
+
     /// A fresh span for `layout` straight from the host: no lock, so the
     /// re-entered path of `GlobalSlab` (a signal handler) may use it.
     fn alloc_direct(&self, layout: Layout) -> Option<NonNull<u8>> {
@@ -543,19 +565,7 @@ unsafe impl PageSource for HostedPages {
             return None;
         }
         if len <= MAX_CACHED_SPAN {
-            let (bin, align) = (span_bin(len), layout.align());
-            let cached = self.spans.with(|c| {
-                let p = c.bins[bin];
-                if p.is_null() || (p as usize) & (align - 1) != 0 {
-                    return None;
-                }
-                // SAFETY: a cached span's first word links the next one.
-                c.bins[bin] = unsafe { p.cast::<*mut u8>().read() };
-                c.bytes -= len;
-                self.span_bytes.store(c.bytes, Ordering::Relaxed);
-                NonNull::new(p)
-            });
-            if let Some(p) = cached {
+            if let Some(p) = self.take_cached(len, layout.align()) {
                 return Some((p, false));
             }
         }
@@ -601,6 +611,26 @@ unsafe impl PageSource for HostedPages {
         if was == now {
             return Some(p);
         }
+        if now > was && now <= MAX_CACHED_SPAN {
+            // Growing, and the cache has a span of the new size: copy into
+            // it (its pages are resident) and cache the old one. Cheaper
+            // than growing in place, which faults in fresh pages, and in a
+            // steady state (vectors grown and dropped) it faults none.
+            if !self.charge(now) {
+                return None;
+            }
+            if let Some(q) = self.take_cached(now, old.align()) {
+                // SAFETY: distinct spans, `p` of at least `old.size()`
+                // live bytes, `q` of `now > was >= old.size()`; `p` is
+                // ours to give back (the caller's contract).
+                unsafe {
+                    ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old.size());
+                    self.free_large(p, old);
+                }
+                return Some(q);
+            }
+            self.used.fetch_sub(now, Ordering::Relaxed);
+        }
         #[cfg(target_os = "linux")]
         if old.align() <= PAGE_SIZE {
             if now > was && !self.charge(now - was) {
@@ -618,6 +648,18 @@ unsafe impl PageSource for HostedPages {
             }
             if now < was {
                 self.used.fetch_sub(was - now, Ordering::Relaxed);
+            } else {
+                // A block that grows is being filled: have the host commit
+                // the new tail in one call rather than fault it in page by
+                // page (best effort: older kernels refuse, harmlessly).
+                // SAFETY: the tail lies in the span just grown, ours.
+                unsafe {
+                    libc::madvise(
+                        q.cast::<u8>().add(was).cast(),
+                        now - was,
+                        MADV_POPULATE_WRITE,
+                    )
+                };
             }
             return NonNull::new(q.cast());
         }
@@ -649,6 +691,7 @@ std::thread_local! {
 /// Whether this OS thread holds a slot of some `ThreadSlots` or a page
 /// source's lock now (so code running here interrupted, or was called
 /// from, an operation holding one).
+#[inline(always)]
 fn this_thread_is_inside() -> bool {
     HELD.with(Cell::get) != 0
 }
@@ -765,6 +808,7 @@ impl ThreadSlots {
     fn hold<R>(&self, s: usize, f: impl FnOnce(usize) -> R) -> R {
         struct Leave<'a>(&'a AtomicBool);
         impl Drop for Leave<'_> {
+            #[inline(always)]
             fn drop(&mut self) {
                 self.0.store(false, Ordering::Release);
             }
