@@ -22,24 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 
-/// A small, fast deterministic generator (xorshift64*).
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use lwkt_demo::net::Rng;
 
 /// Run the workload the command line names; print its checksum.
 ///
@@ -71,7 +54,7 @@ fn larson(threads: usize, epochs: usize, rounds: usize, slots: usize) -> u64 {
         .map(|(t, rx)| {
             let next = txs[(t + 1) % threads].clone();
             std::thread::spawn(move || {
-                let mut rng = Rng::new(t as u64 + 1);
+                let mut rng = Rng::new(2 * t as u64 + 1);
                 let mut sum = 0u64;
                 let mut blocks: Vec<Box<[u8]>> = (0..slots)
                     .map(|_| vec![0u8; 8 + rng.below(993) as usize].into_boxed_slice())
@@ -111,7 +94,7 @@ fn churn(threads: usize) -> u64 {
         .map(|t| {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                let mut rng = Rng::new(t as u64 + 7);
+                let mut rng = Rng::new(2 * t as u64 + 7);
                 let mut sum = 0u64;
                 for round in 0..20u64 {
                     // Hash map of strings, then a B-tree of its counts.
@@ -176,7 +159,7 @@ fn xmalloc(threads: usize, batches: usize, batch: usize) -> u64 {
     for p in 0..pairs {
         let (tx, rx) = mpsc::sync_channel::<Vec<Box<[u8]>>>(4);
         hs.push(std::thread::spawn(move || {
-            let mut rng = Rng::new(p as u64 + 3);
+            let mut rng = Rng::new(2 * p as u64 + 3);
             for _ in 0..batches {
                 let v: Vec<Box<[u8]>> = (0..batch)
                     .map(|_| {
