@@ -14,8 +14,9 @@ use core::ptr::NonNull;
 ///
 /// # Safety
 /// `alloc_zone` returns blocks of [`ZONE_SIZE`] bytes aligned to
-/// `ZONE_SIZE`, and `alloc_large` blocks fitting `layout` (its size and its
-/// alignment, which may be above a page), each exclusively
+/// `ZONE_SIZE`, `alloc_large` blocks fitting `layout` (its size and its
+/// alignment, which may be above a page), and `realloc_large` blocks
+/// fitting `new` that hold the old block's bytes, each exclusively
 /// the caller's until given back; neither overlaps anything else handed
 /// out.
 ///

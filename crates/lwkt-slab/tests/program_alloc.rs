@@ -73,6 +73,52 @@ fn alignments_above_a_page_are_served() {
 }
 
 #[test]
+fn large_blocks_grow_and_shrink_keeping_their_bytes() {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Page-aligned spans: kept when the class holds, copied into a cached
+    // span, or moved with `mremap`; twice, so the second round finds the
+    // first round's spans cached.
+    for round in 0..2u64 {
+        let mut v: Vec<u64> = Vec::new();
+        for i in 0..(8u64 << 20) / 8 {
+            v.push(i ^ round);
+        }
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 ^ round));
+        v.truncate(5000);
+        v.shrink_to_fit();
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 ^ round));
+        let mut s = String::new();
+        for i in 0..200_000u32 {
+            s.push(char::from(b'a' + (i % 26) as u8));
+        }
+        assert!(s
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'a' + (i % 26) as u8));
+    }
+    for align in [8, PAGE] {
+        let l = Layout::from_size_align(20_000, align).unwrap();
+        // SAFETY: a non-zero size.
+        let p = unsafe { alloc(l) };
+        assert!(!p.is_null() && p as usize % align == 0);
+        // SAFETY: `p` is live with `l`; each step keeps what it copies.
+        unsafe {
+            p.write_bytes(7, 20_000);
+            let q = realloc(p, l, 5 << 20);
+            assert!(!q.is_null() && q as usize % align == 0);
+            assert_eq!((*q, *q.add(19_999)), (7, 7));
+            q.add(20_000).write_bytes(8, (5 << 20) - 20_000);
+            let r = realloc(q, Layout::from_size_align(5 << 20, align).unwrap(), 30_000);
+            assert!(!r.is_null() && r as usize % align == 0);
+            assert_eq!((*r, *r.add(19_999), *r.add(29_999)), (7, 7, 8));
+            dealloc(r, Layout::from_size_align(30_000, align).unwrap());
+        }
+    }
+}
+
+const PAGE: usize = 4096;
+
+#[test]
 fn the_arena_grows_past_its_first_reservation() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // 256 MiB of small blocks (zones) on a 64 MiB first reservation, and
