@@ -27,6 +27,11 @@ pub const SPAN_CACHE_BYTES: usize = 32 << 20;
 #[cfg(target_os = "linux")]
 const MADV_POPULATE_WRITE: libc::c_int = 23;
 
+/// A grown span's new tail is committed at once (`MADV_POPULATE_WRITE`)
+/// only up to this size.
+#[cfg(target_os = "linux")]
+const POPULATE_MAX: usize = 8 << 20;
+
 /// Spans above this size are never cached: mapped and unmapped each time.
 const MAX_CACHED_SPAN: usize = 64 << 20;
 
@@ -648,10 +653,13 @@ unsafe impl PageSource for HostedPages {
             }
             if now < was {
                 self.used.fetch_sub(was - now, Ordering::Relaxed);
-            } else {
-                // A block that grows is being filled: have the host commit
+            } else if now - was <= was.min(POPULATE_MAX) {
+                // A block growing by at most its size (a vector pushed
+                // past its capacity) is being filled: have the host commit
                 // the new tail in one call rather than fault it in page by
-                // page (best effort: older kernels refuse, harmlessly).
+                // page (best effort: older kernels refuse, harmlessly). A
+                // bigger leap (a `reserve` far ahead) is left to faults,
+                // so memory never written is never committed.
                 // SAFETY: the tail lies in the span just grown, ours.
                 unsafe {
                     libc::madvise(
