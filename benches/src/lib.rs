@@ -5,6 +5,8 @@
 //! (not timed), runs the measured loop inside an LWKT thread, and returns the
 //! time that loop took, so machine boot never pollutes a number.
 
+pub mod alloc_workloads;
+
 use std::time::Duration;
 
 pub mod mesh;

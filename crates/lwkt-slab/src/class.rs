@@ -16,7 +16,8 @@ pub const ZONE_SIZE: usize = 64 * 1024;
 /// `ZoneLimit` = `min(ZoneSize / 4, 16 KiB)`).
 pub const ZONE_LIMIT: usize = 16 * 1024;
 
-/// The page size, and the largest alignment the slab serves.
+/// The page size, and the largest alignment a zone chunk has: requests
+/// aligned more go to the page source as large blocks.
 pub const PAGE_SIZE: usize = 4096;
 
 /// Number of size classes (DragonFly `NZONES`).
@@ -65,20 +66,17 @@ pub(crate) enum Route {
     Large,
 }
 
-/// Route `layout`: refuse zero sizes and alignments above a page, round the
-/// size up to the alignment, and pick the class.
+/// Route `layout`: refuse zero sizes, round the size up to the alignment,
+/// and pick the class; alignments above a page go to the page source.
 #[inline]
 pub(crate) fn route(layout: Layout) -> Result<Route, SlabError> {
     let (size, align) = (layout.size(), layout.align());
     if size == 0 {
         return Err(SlabError::ZeroSize);
     }
-    if align > PAGE_SIZE {
-        return Err(SlabError::AlignTooLarge { align });
-    }
     // `Layout` guarantees size rounded up to align does not overflow isize.
     let size = (size + align - 1) & !(align - 1);
-    if size >= ZONE_LIMIT {
+    if size >= ZONE_LIMIT || align > PAGE_SIZE {
         return Ok(Route::Large);
     }
     Ok(Route::Small {
@@ -91,7 +89,7 @@ pub(crate) fn route(layout: Layout) -> Result<Route, SlabError> {
 #[inline(always)]
 pub(crate) fn is_small(layout: Layout) -> bool {
     let align = layout.align();
-    (layout.size() + align - 1) & !(align - 1) < ZONE_LIMIT
+    (layout.size() + align - 1) & !(align - 1) < ZONE_LIMIT && align <= PAGE_SIZE
 }
 
 /// The class of a size in `1..ZONE_LIMIT`. DragonFly: `zoneindex()`.
@@ -198,8 +196,9 @@ mod tests {
         );
         assert_eq!(
             route(Layout::from_size_align(8, 8192).unwrap()),
-            Err(SlabError::AlignTooLarge { align: 8192 })
+            Ok(Route::Large)
         );
+        assert!(!is_small(Layout::from_size_align(8, 8192).unwrap()));
         assert_eq!(
             route(Layout::from_size_align(ZONE_LIMIT, 8).unwrap()),
             Ok(Route::Large)

@@ -14,7 +14,9 @@ pub enum SlabError {
     /// A request for zero bytes (DragonFly returns a special pointer; Rust
     /// code has no use for one).
     ZeroSize,
-    /// An alignment above the page size.
+    /// An alignment the page source cannot serve. The slab itself no longer
+    /// returns it (alignments above a page go to the page source as large
+    /// blocks); kept so that code matching on it still compiles.
     AlignTooLarge {
         /// The alignment asked for.
         align: usize,

@@ -2,7 +2,7 @@
 //! that maps OS threads to slots, and a `GlobalAlloc` built from them.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::Cell;
+use core::cell::{Cell, UnsafeCell};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -14,11 +14,234 @@ use crate::slab::large_bytes;
 use crate::zone::Zone;
 use crate::{CpuContext, Domain, DomainId, Flags, MallocStats, MallocType, PageSource, Slab};
 
-/// A page source over the host's memory: zones are carved from one arena
-/// reserved with `mmap` on first use (address space only; the host commits
-/// pages as they are touched), large blocks are mapped one by one. At most
-/// `capacity` bytes are handed out at once; past that, allocations fail
-/// (which makes exhaustion testable).
+/// Free zones a `HostedPages` keeps mapped for reuse; past this, freed
+/// zones are given back to the host (`madvise(MADV_DONTNEED)`, the address
+/// space stays reserved). DragonFly: `ZONE_RELS_THRESH` (32 zones).
+pub const HOT_ZONES: usize = 32;
+
+/// Bytes of freed large blocks (spans) a `HostedPages` keeps mapped for
+/// reuse; a span freed past this is unmapped.
+pub const SPAN_CACHE_BYTES: usize = 32 << 20;
+
+/// `madvise` advice: commit (write-fault) the range now. Linux 5.14.
+#[cfg(target_os = "linux")]
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// A grown span's new tail is committed at once (`MADV_POPULATE_WRITE`)
+/// only up to this size.
+#[cfg(target_os = "linux")]
+const POPULATE_MAX: usize = 8 << 20;
+
+/// Spans above this size are never cached: mapped and unmapped each time.
+const MAX_CACHED_SPAN: usize = 64 << 20;
+
+/// Span size classes (see `span_len`): four per power of two up to
+/// `MAX_CACHED_SPAN`.
+const NBINS: usize = 56;
+
+/// Address-space regions a growing source reserves at most (each at least
+/// as large as all before it together, so this is never the limit).
+const MAX_REGIONS: usize = 40;
+
+/// Smallest region reserved when a larger one cannot be had.
+const MIN_REGION: usize = 16 * ZONE_SIZE;
+
+/// The length of the span serving `size` bytes: whole pages, rounded to
+/// one of four steps per power of two above four pages (at most 1/4 of
+/// address space wasted; untouched pages cost no memory). `None` on
+/// overflow.
+fn span_len(size: usize) -> Option<usize> {
+    let pages = size.checked_add(PAGE_SIZE - 1)? / PAGE_SIZE;
+    let pages = if pages <= 4 {
+        pages.max(1)
+    } else {
+        let step = 1usize << (usize::BITS - 3 - pages.leading_zeros());
+        pages.checked_add(step - 1)? & !(step - 1)
+    };
+    pages.checked_mul(PAGE_SIZE)
+}
+
+/// The cache bin of a span length `span_len` returned, at most
+/// `MAX_CACHED_SPAN`.
+fn span_bin(len: usize) -> usize {
+    let pages = len / PAGE_SIZE;
+    if pages <= 4 {
+        return pages - 1;
+    }
+    let e = (usize::BITS - 1 - pages.leading_zeros()) as usize;
+    4 + (e - 2) * 4 + ((pages >> (e - 2)) - 4)
+}
+
+/// Map `len` bytes (page-rounded) aligned to `align`, fresh and zeroed:
+/// for alignments above a page, map `align` more and unmap the ends.
+/// Async-signal-safe (`mmap`, `munmap`).
+fn map_span(len: usize, align: usize) -> Option<NonNull<u8>> {
+    let total = len.checked_add(align.max(PAGE_SIZE) - PAGE_SIZE)?;
+    // SAFETY: an anonymous private mapping; nothing else is touched.
+    let m = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if m == libc::MAP_FAILED {
+        return None;
+    }
+    let m = m.cast::<u8>();
+    let head = m.align_offset(align.max(PAGE_SIZE));
+    // SAFETY: `head <= total - len` (the mapping is page-aligned, so the
+    // next `align` boundary is at most `align - PAGE_SIZE` on), and the
+    // pieces unmapped are ours, outside the span kept.
+    unsafe {
+        let p = m.add(head);
+        if head > 0 {
+            libc::munmap(m.cast(), head);
+        }
+        let tail = total - head - len;
+        if tail > 0 {
+            libc::munmap(p.add(len).cast(), tail);
+        }
+        NonNull::new(p)
+    }
+}
+
+/// A spin lock around the page source's lists. Holding it counts as being
+/// inside the allocator (`HELD`), so `GlobalSlab` serves a signal handler
+/// that interrupts the holder without this lock. A waiter spins briefly,
+/// then yields its CPU (the holder may have been preempted).
+struct Locked<T> {
+    held: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is reached only under `held` (Acquire to take, Release
+// to give back); what it holds (raw pointers to memory of the page source)
+// belongs to no thread.
+unsafe impl<T> Sync for Locked<T> {}
+
+impl<T> Locked<T> {
+    const fn new(value: T) -> Locked<T> {
+        Locked {
+            held: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        struct Unlock<'a>(&'a AtomicBool);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _inside = Inside::enter();
+        let mut spins = 0u32;
+        while self
+            .held
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            backoff(&mut spins);
+        }
+        let _unlock = Unlock(&self.held);
+        // SAFETY: we hold the lock: no other reference to the value.
+        f(unsafe { &mut *self.value.get() })
+    }
+}
+
+/// Wait a little for a lock or slot: spin a few times, then yield the CPU
+/// (a holder preempted by the host would otherwise be waited for a whole
+/// time slice).
+#[inline]
+fn backoff(spins: &mut u32) {
+    if *spins < 32 {
+        core::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+    *spins += 1;
+}
+
+/// One reserved region of zones.
+struct Region {
+    /// The mapping as `mmap` returned it.
+    map: AtomicPtr<u8>,
+    map_len: AtomicUsize,
+    /// First zone (the mapping rounded up to a zone) and zone bytes.
+    base: AtomicUsize,
+    len: AtomicUsize,
+}
+
+impl Region {
+    const fn empty() -> Region {
+        Region {
+            map: AtomicPtr::new(ptr::null_mut()),
+            map_len: AtomicUsize::new(0),
+            base: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Zones not handed out (under `HostedPages::zones`).
+struct ZoneLists {
+    /// Freed zones still mapped, linked through their first word.
+    hot: *mut u8,
+    nhot: usize,
+    /// Freed zones given back to the host, linked the same way (so only
+    /// their first page is touched again).
+    cold: *mut u8,
+    /// Next never-used zone of the newest region, and its end.
+    bump: *mut u8,
+    end: *mut u8,
+}
+
+/// Freed spans kept mapped, per size class, linked through their first
+/// word (under `HostedPages::spans`).
+struct SpanCache {
+    bins: [*mut u8; NBINS],
+    bytes: usize,
+}
+
+/// What a [`HostedPages`] holds, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PageStats {
+    /// Handed out now: zones and large blocks.
+    pub in_use: usize,
+    /// Freed and kept mapped for reuse: zones (up to [`HOT_ZONES`]) and
+    /// spans (up to [`SPAN_CACHE_BYTES`]).
+    pub cached: usize,
+    /// Freed zones given back to the host (their address space stays
+    /// reserved; one page of each is touched again to link it).
+    pub released: usize,
+    /// Address space reserved for zones (all regions).
+    pub reserved: usize,
+}
+
+impl PageStats {
+    /// Bytes that may be resident: in use plus cached.
+    pub fn mapped(&self) -> usize {
+        self.in_use + self.cached
+    }
+}
+
+/// A page source over the host's memory.
+///
+/// Zones are carved from regions of address space reserved with `mmap`
+/// (`MAP_NORESERVE`: the host commits pages as they are touched). Large
+/// blocks are spans of their own, mapped page-aligned (or aligned to the
+/// layout's alignment, whatever it is); freed spans are kept for reuse up
+/// to [`SPAN_CACHE_BYTES`], freed zones up to [`HOT_ZONES`], and the rest
+/// is given back to the host. On Linux a large block grows or shrinks with
+/// `mremap` instead of a copy.
+///
+/// [`new`](Self::new) is a hard cap, which makes exhaustion testable;
+/// [`growing`](Self::growing) reserves more regions as needed (what
+/// [`GlobalSlab`] uses).
 ///
 /// ```
 /// use lwkt_slab::{HostedPages, PageSource};
@@ -26,33 +249,78 @@ use crate::{CpuContext, Domain, DomainId, Flags, MallocStats, MallocType, PageSo
 /// let (z, zeroed) = pages.alloc_zone(false).unwrap();
 /// assert!(zeroed && z.as_ptr() as usize % lwkt_slab::ZONE_SIZE == 0);
 /// unsafe { pages.free_zone(z) };
+/// assert_eq!(pages.stats().in_use, 0);
 /// ```
-#[derive(Debug)]
 pub struct HostedPages {
-    capacity: usize,
-    base: AtomicPtr<u8>,
-    /// The mapping as `mmap` returned it (`base` is rounded up to a zone).
-    mapping: AtomicPtr<u8>,
-    /// Next never-used zone offset in the arena.
-    bump: AtomicUsize,
+    /// The first region's size (whole zones).
+    initial: usize,
+    /// Bytes handed out at most (`usize::MAX`: no cap, regions grow).
+    limit: usize,
     /// Bytes handed out now (zones and large blocks).
     used: AtomicUsize,
-    /// Zones given back, linked through their first word.
-    free: AtomicPtr<u8>,
-    free_lock: AtomicBool,
+    /// Mirrors of the lists' sizes, for `stats`.
+    hot_bytes: AtomicUsize,
+    cold_bytes: AtomicUsize,
+    span_bytes: AtomicUsize,
+    reserved: AtomicUsize,
+    nregions: AtomicUsize,
+    regions: [Region; MAX_REGIONS],
+    zones: Locked<ZoneLists>,
+    spans: Locked<SpanCache>,
+}
+
+impl core::fmt::Debug for HostedPages {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HostedPages")
+            .field("initial", &self.initial)
+            .field("limit", &self.limit)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 impl HostedPages {
-    /// A source of at most `capacity` bytes (rounded up to whole zones).
+    /// A source of at most `capacity` bytes handed out at once (rounded up
+    /// to whole zones): past that, allocations fail.
     pub const fn new(capacity: usize) -> HostedPages {
+        let capacity = capacity.div_ceil(ZONE_SIZE) * ZONE_SIZE;
+        HostedPages::build(capacity, capacity)
+    }
+
+    /// A source without a cap: `initial` bytes of address space reserved
+    /// at first use, more regions (each as large as all before together)
+    /// when they are used up.
+    pub const fn growing(initial: usize) -> HostedPages {
+        let initial = if initial < MIN_REGION {
+            MIN_REGION
+        } else {
+            initial.div_ceil(ZONE_SIZE) * ZONE_SIZE
+        };
+        HostedPages::build(initial, usize::MAX)
+    }
+
+    const fn build(initial: usize, limit: usize) -> HostedPages {
         HostedPages {
-            capacity: capacity.div_ceil(ZONE_SIZE) * ZONE_SIZE,
-            base: AtomicPtr::new(ptr::null_mut()),
-            mapping: AtomicPtr::new(ptr::null_mut()),
-            bump: AtomicUsize::new(0),
+            initial,
+            limit,
             used: AtomicUsize::new(0),
-            free: AtomicPtr::new(ptr::null_mut()),
-            free_lock: AtomicBool::new(false),
+            hot_bytes: AtomicUsize::new(0),
+            cold_bytes: AtomicUsize::new(0),
+            span_bytes: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
+            nregions: AtomicUsize::new(0),
+            regions: [const { Region::empty() }; MAX_REGIONS],
+            zones: Locked::new(ZoneLists {
+                hot: ptr::null_mut(),
+                nhot: 0,
+                cold: ptr::null_mut(),
+                bump: ptr::null_mut(),
+                end: ptr::null_mut(),
+            }),
+            spans: Locked::new(SpanCache {
+                bins: [ptr::null_mut(); NBINS],
+                bytes: 0,
+            }),
         }
     }
 
@@ -61,51 +329,26 @@ impl HostedPages {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn arena(&self) -> Option<*mut u8> {
-        let b = self.base.load(Ordering::Acquire);
-        if !b.is_null() {
-            return Some(b);
-        }
-        let len = self.capacity + ZONE_SIZE;
-        // SAFETY: an anonymous private mapping; no memory is touched.
-        let m = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if m == libc::MAP_FAILED {
-            return None;
-        }
-        let m = m.cast::<u8>();
-        let aligned = m.map_addr(|a| (a + ZONE_SIZE - 1) & !(ZONE_SIZE - 1));
-        match self.base.compare_exchange(
-            ptr::null_mut(),
-            aligned,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => {
-                self.mapping.store(m, Ordering::Release);
-                Some(aligned)
-            }
-            Err(other) => {
-                // Another thread mapped it first.
-                // SAFETY: our own mapping, unused.
-                unsafe { libc::munmap(m.cast(), len) };
-                Some(other)
-            }
+    /// What the source holds now (each figure read on its own: a snapshot
+    /// only when nothing allocates meanwhile).
+    pub fn stats(&self) -> PageStats {
+        PageStats {
+            in_use: self.used.load(Ordering::Relaxed),
+            cached: self.hot_bytes.load(Ordering::Relaxed)
+                + self.span_bytes.load(Ordering::Relaxed),
+            released: self.cold_bytes.load(Ordering::Relaxed),
+            reserved: self.reserved.load(Ordering::Relaxed),
         }
     }
 
     fn charge(&self, bytes: usize) -> bool {
+        if self.limit == usize::MAX {
+            self.used.fetch_add(bytes, Ordering::Relaxed);
+            return true;
+        }
         let mut u = self.used.load(Ordering::Relaxed);
         loop {
-            if u + bytes > self.capacity {
+            if u + bytes > self.limit {
                 return false;
             }
             match self.used.compare_exchange_weak(
@@ -120,117 +363,325 @@ impl HostedPages {
         }
     }
 
-    /// Run `f` under the free-zone lock. Holding it counts as being inside
-    /// the allocator (`HELD`), so `GlobalSlab` serves a signal handler that
-    /// interrupts the holder without this lock.
-    fn with_free<R>(&self, f: impl FnOnce(&AtomicPtr<u8>) -> R) -> R {
-        let _inside = Inside::enter();
-        while self
-            .free_lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
+    /// Reserve the next region and make it the bump region (under the
+    /// zone lock). A capped source has one region only.
+    fn grow(&self, l: &mut ZoneLists) -> bool {
+        let n = self.nregions.load(Ordering::Relaxed);
+        if n == MAX_REGIONS || (n > 0 && self.limit != usize::MAX) {
+            return false;
         }
-        let r = f(&self.free);
-        self.free_lock.store(false, Ordering::Release);
-        r
+        let mut len = self.initial.max(self.reserved.load(Ordering::Relaxed));
+        loop {
+            // SAFETY: an anonymous private mapping; no memory is touched.
+            let m = unsafe {
+                libc::mmap(
+                    ptr::null_mut(),
+                    len + ZONE_SIZE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if m != libc::MAP_FAILED {
+                let m = m.cast::<u8>();
+                // SAFETY: at most `ZONE_SIZE - 1` on, inside the mapping.
+                let base = unsafe { m.add(m.align_offset(ZONE_SIZE)) };
+                let r = &self.regions[n];
+                r.map.store(m, Ordering::Relaxed);
+                r.map_len.store(len + ZONE_SIZE, Ordering::Relaxed);
+                r.base.store(base as usize, Ordering::Relaxed);
+                r.len.store(len, Ordering::Relaxed);
+                // Published for `owns_zone` before any zone of it is out.
+                self.nregions.store(n + 1, Ordering::Release);
+                self.reserved.fetch_add(len, Ordering::Relaxed);
+                l.bump = base;
+                // SAFETY: `len` bytes from `base` lie in the mapping.
+                l.end = unsafe { base.add(len) };
+                return true;
+            }
+            if len / 2 < MIN_REGION {
+                return false;
+            }
+            len = (len / 2).div_ceil(ZONE_SIZE) * ZONE_SIZE;
+        }
+    }
+
+    /// A cached span of `len` bytes (a `span_len`, at most
+    /// `MAX_CACHED_SPAN`) aligned to `align`, if the cache has one at the
+    /// head of its bin.
+    fn take_cached(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
+        let bin = span_bin(len);
+        self.spans.with(|c| {
+            let p = c.bins[bin];
+            if p.is_null() || (p as usize) & (align - 1) != 0 {
+                return None;
+            }
+            // SAFETY: a cached span's first word links the next one.
+            c.bins[bin] = unsafe { p.cast::<*mut u8>().read() };
+            c.bytes -= len;
+            self.span_bytes.store(c.bytes, Ordering::Relaxed);
+            NonNull::new(p)
+        })
+    }
+
+    /// A fresh span for `layout` straight from the host: no lock, so the
+    /// re-entered path of `GlobalSlab` (a signal handler) may use it.
+    fn alloc_direct(&self, layout: Layout) -> Option<NonNull<u8>> {
+        let len = span_len(layout.size())?;
+        if !self.charge(len) {
+            return None;
+        }
+        let p = map_span(len, layout.align());
+        if p.is_none() {
+            self.used.fetch_sub(len, Ordering::Relaxed);
+        }
+        p
+    }
+
+    /// Unmap a span, with no lock.
+    ///
+    /// # Safety
+    /// `p` came from `alloc_large(layout)`, `realloc_large(.., layout, ..)`
+    /// or `alloc_direct(layout)` of this source and is not used after.
+    unsafe fn free_direct(&self, p: NonNull<u8>, layout: Layout) {
+        let len = span_len(layout.size()).expect("checked at allocation");
+        // SAFETY: the caller gives back a span of this length.
+        unsafe { libc::munmap(p.as_ptr().cast(), len) };
+        self.used.fetch_sub(len, Ordering::Relaxed);
     }
 }
 
 impl Drop for HostedPages {
-    /// Unmap the arena (zones die with it; large blocks still out stay
-    /// mapped).
+    /// Unmap the regions (zones die with them) and the cached spans (large
+    /// blocks still out stay mapped).
     fn drop(&mut self) {
-        let m = *self.mapping.get_mut();
-        if !m.is_null() {
-            // SAFETY: the mapping `arena` made, with its length; `&mut self`
+        let n = *self.nregions.get_mut();
+        for r in &mut self.regions[..n] {
+            // SAFETY: a mapping `grow` made, with its length; `&mut self`
             // means no zone of it is in use through this source any more.
-            unsafe { libc::munmap(m.cast(), self.capacity + ZONE_SIZE) };
+            unsafe { libc::munmap(r.map.get_mut().cast(), *r.map_len.get_mut()) };
+        }
+        let c = self.spans.value.get_mut();
+        for (bin, head) in c.bins.iter_mut().enumerate() {
+            while !head.is_null() {
+                let p = *head;
+                // SAFETY: a cached span: ours, its first word links the
+                // next; its length is its bin's.
+                unsafe {
+                    *head = p.cast::<*mut u8>().read();
+                    libc::munmap(p.cast(), bin_len(bin));
+                }
+            }
         }
     }
 }
 
-// SAFETY: zones are distinct `ZONE_SIZE`-aligned slices of the arena (bump
-// allocation, or a zone given back and handed out once again under the
-// lock); large blocks are fresh mappings.
+/// The length of the spans in `bin` (the inverse of `span_bin`).
+fn bin_len(bin: usize) -> usize {
+    let pages = if bin < 4 {
+        bin + 1
+    } else {
+        let (e, m) = ((bin - 4) / 4 + 2, (bin - 4) % 4 + 4);
+        m << (e - 2)
+    };
+    pages * PAGE_SIZE
+}
+
+// SAFETY: zones are distinct `ZONE_SIZE`-aligned slices of the regions
+// (bump allocation, or a zone given back and handed out once again under
+// the lock); large blocks are spans (`map_span` aligns them to the layout),
+// each on one list at most while free and handed out once under the lock.
 unsafe impl PageSource for HostedPages {
     fn alloc_zone(&self, _nowait: bool) -> Option<(NonNull<u8>, bool)> {
         if !self.charge(ZONE_SIZE) {
             return None;
         }
-        let reused = self.with_free(|head| {
-            let z = head.load(Ordering::Relaxed);
-            if !z.is_null() {
+        let got = self.zones.with(|l| {
+            if !l.hot.is_null() {
+                let z = l.hot;
                 // SAFETY: a free zone's first word links the next one.
-                head.store(unsafe { z.cast::<*mut u8>().read() }, Ordering::Relaxed);
+                l.hot = unsafe { z.cast::<*mut u8>().read() };
+                l.nhot -= 1;
+                self.hot_bytes.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
+                return Some((z, false));
             }
-            z
+            if !l.cold.is_null() {
+                let z = l.cold;
+                // SAFETY: as above; the rest of the zone is zero since it
+                // was given back, so clearing the link makes it all zero.
+                unsafe {
+                    l.cold = z.cast::<*mut u8>().read();
+                    z.cast::<*mut u8>().write(ptr::null_mut());
+                }
+                self.cold_bytes.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
+                return Some((z, true));
+            }
+            if l.bump == l.end && !self.grow(l) {
+                return None;
+            }
+            let z = l.bump;
+            // SAFETY: `bump < end`, both in one region, zone-aligned.
+            l.bump = unsafe { z.add(ZONE_SIZE) };
+            Some((z, true))
         });
-        if let Some(z) = NonNull::new(reused) {
-            return Some((z, false));
+        match got {
+            // SAFETY: zones are inside a mapping: not null.
+            Some((z, zeroed)) => Some((unsafe { NonNull::new_unchecked(z) }, zeroed)),
+            None => {
+                self.used.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
+                None
+            }
         }
-        let Some(base) = self.arena() else {
-            self.used.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
-            return None;
-        };
-        let off = self.bump.fetch_add(ZONE_SIZE, Ordering::Relaxed);
-        if off + ZONE_SIZE > self.capacity {
-            // Everything is out (some in the free list raced us): give up.
-            self.bump.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
-            self.used.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
-            return None;
-        }
-        // SAFETY: inside the arena.
-        Some((unsafe { NonNull::new_unchecked(base.add(off)) }, true))
     }
 
     unsafe fn free_zone(&self, z: NonNull<u8>) {
-        self.with_free(|head| {
-            // SAFETY: the zone is ours again; its first word links it.
-            unsafe {
-                z.as_ptr()
-                    .cast::<*mut u8>()
-                    .write(head.load(Ordering::Relaxed))
-            };
-            head.store(z.as_ptr(), Ordering::Relaxed);
-        });
         self.used.fetch_sub(ZONE_SIZE, Ordering::Relaxed);
+        let z = z.as_ptr();
+        let kept = self.zones.with(|l| {
+            if l.nhot >= HOT_ZONES {
+                return false;
+            }
+            // SAFETY: the zone is ours again; its first word links it.
+            unsafe { z.cast::<*mut u8>().write(l.hot) };
+            l.hot = z;
+            l.nhot += 1;
+            self.hot_bytes.fetch_add(ZONE_SIZE, Ordering::Relaxed);
+            true
+        });
+        if kept {
+            return;
+        }
+        // Past the threshold: give the pages back (outside the lock), then
+        // list the zone as cold.
+        // SAFETY: the zone is ours and unused; it stays reserved.
+        unsafe { libc::madvise(z.cast(), ZONE_SIZE, libc::MADV_DONTNEED) };
+        self.zones.with(|l| {
+            // SAFETY: as above.
+            unsafe { z.cast::<*mut u8>().write(l.cold) };
+            l.cold = z;
+            self.cold_bytes.fetch_add(ZONE_SIZE, Ordering::Relaxed);
+        });
     }
 
     fn alloc_large(&self, layout: Layout, _nowait: bool) -> Option<(NonNull<u8>, bool)> {
-        let len = layout.size().checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1);
+        let len = span_len(layout.size())?;
         if !self.charge(len) {
             return None;
         }
-        // SAFETY: an anonymous private mapping (page-aligned, zeroed).
-        let m = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if m == libc::MAP_FAILED {
-            self.used.fetch_sub(len, Ordering::Relaxed);
-            return None;
+        if len <= MAX_CACHED_SPAN {
+            if let Some(p) = self.take_cached(len, layout.align()) {
+                return Some((p, false));
+            }
         }
-        NonNull::new(m.cast()).map(|p| (p, true))
+        let p = map_span(len, layout.align());
+        if p.is_none() {
+            self.used.fetch_sub(len, Ordering::Relaxed);
+        }
+        p.map(|p| (p, true))
     }
 
     unsafe fn free_large(&self, p: NonNull<u8>, layout: Layout) {
-        let len = (layout.size() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
-        // SAFETY: the caller gives back a mapping `alloc_large` made.
-        unsafe { libc::munmap(p.as_ptr().cast(), len) };
-        self.used.fetch_sub(len, Ordering::Relaxed);
+        let len = span_len(layout.size()).expect("checked at allocation");
+        if len <= MAX_CACHED_SPAN {
+            let bin = span_bin(len);
+            let kept = self.spans.with(|c| {
+                if c.bytes + len > SPAN_CACHE_BYTES {
+                    return false;
+                }
+                // SAFETY: the span is ours again; its first word links it.
+                unsafe { p.as_ptr().cast::<*mut u8>().write(c.bins[bin]) };
+                c.bins[bin] = p.as_ptr();
+                c.bytes += len;
+                self.span_bytes.store(c.bytes, Ordering::Relaxed);
+                true
+            });
+            if kept {
+                self.used.fetch_sub(len, Ordering::Relaxed);
+                return;
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_direct(p, layout) };
     }
 
+    unsafe fn realloc_large(
+        &self,
+        p: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        _nowait: bool,
+    ) -> Option<NonNull<u8>> {
+        let (was, now) = (span_len(old.size())?, span_len(new.size())?);
+        if was == now {
+            return Some(p);
+        }
+        if now > was && now <= MAX_CACHED_SPAN {
+            // Growing, and the cache has a span of the new size: copy into
+            // it (its pages are resident) and cache the old one. Cheaper
+            // than growing in place, which faults in fresh pages, and in a
+            // steady state (vectors grown and dropped) it faults none.
+            if !self.charge(now) {
+                return None;
+            }
+            if let Some(q) = self.take_cached(now, old.align()) {
+                // SAFETY: distinct spans, `p` of at least `old.size()`
+                // live bytes, `q` of `now > was >= old.size()`; `p` is
+                // ours to give back (the caller's contract).
+                unsafe {
+                    ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old.size());
+                    self.free_large(p, old);
+                }
+                return Some(q);
+            }
+            self.used.fetch_sub(now, Ordering::Relaxed);
+        }
+        #[cfg(target_os = "linux")]
+        if old.align() <= PAGE_SIZE {
+            if now > was && !self.charge(now - was) {
+                return None;
+            }
+            // SAFETY: `p` is a span of `was` bytes (the caller's
+            // contract); the kernel moves its pages (keeping their
+            // contents) to a page-aligned span of `now` bytes.
+            let q = unsafe { libc::mremap(p.as_ptr().cast(), was, now, libc::MREMAP_MAYMOVE) };
+            if q == libc::MAP_FAILED {
+                if now > was {
+                    self.used.fetch_sub(now - was, Ordering::Relaxed);
+                }
+                return None;
+            }
+            if now < was {
+                self.used.fetch_sub(was - now, Ordering::Relaxed);
+            } else if now - was <= was.min(POPULATE_MAX) {
+                // A block growing by at most its size (a vector pushed
+                // past its capacity) is being filled: have the host commit
+                // the new tail in one call rather than fault it in page by
+                // page (best effort: older kernels refuse, harmlessly). A
+                // bigger leap (a `reserve` far ahead) is left to faults,
+                // so memory never written is never committed.
+                // SAFETY: the tail lies in the span just grown, ours.
+                unsafe {
+                    libc::madvise(
+                        q.cast::<u8>().add(was).cast(),
+                        now - was,
+                        MADV_POPULATE_WRITE,
+                    )
+                };
+            }
+            return NonNull::new(q.cast());
+        }
+        None
+    }
+
+    #[inline]
     fn owns_zone(&self, zone: *const u8) -> bool {
-        let b = self.base.load(Ordering::Acquire) as usize;
-        b != 0 && (zone as usize) >= b && (zone as usize) < b + self.capacity
+        let z = zone as usize;
+        let n = self.nregions.load(Ordering::Acquire);
+        self.regions[..n].iter().any(|r| {
+            let b = r.base.load(Ordering::Relaxed);
+            z >= b && z - b < r.len.load(Ordering::Relaxed)
+        })
     }
 }
 
@@ -248,6 +699,7 @@ std::thread_local! {
 /// Whether this OS thread holds a slot of some `ThreadSlots` or a page
 /// source's lock now (so code running here interrupted, or was called
 /// from, an operation holding one).
+#[inline(always)]
 fn this_thread_is_inside() -> bool {
     HELD.with(Cell::get) != 0
 }
@@ -281,8 +733,11 @@ impl Drop for Inside {
 /// (round-robin at its first allocation) and takes that slot's lock around
 /// each operation, so the slab's per-CPU state is never shared. The lock is
 /// uncontended while threads do not outnumber slots; a thread that finds
-/// its slot busy uses the next free one. Costs one compare-and-swap per
-/// operation, which LWKT's critical sections do not.
+/// its slot busy takes the next free one and keeps it as its own from then
+/// on (so threads that collide spread out), and when every slot is busy it
+/// spins briefly, then yields its CPU between rounds: more threads than
+/// slots cost waiting, never a stall on a preempted holder. Costs one
+/// atomic swap per operation, which LWKT's critical sections do not.
 ///
 /// Each `ThreadSlots` is its own [`Domain`](crate::Domain): a slab used
 /// with one refuses every other context.
@@ -329,20 +784,29 @@ impl ThreadSlots {
         !self.busy[s].load(Ordering::Relaxed) && !self.busy[s].swap(true, Ordering::Acquire)
     }
 
-    /// Take a free slot, starting at `s`: waiting for one, unless this
-    /// thread already holds a slot (then one round, and `None`).
-    fn take_from(&self, mut s: usize, reentered: bool) -> Option<usize> {
-        let mut tried = 0;
+    /// Take a free slot other than `s` (found busy), looking at each once
+    /// per round from `s` on; a slot taken becomes this thread's preferred
+    /// one, so threads that collide spread out. Between rounds, wait
+    /// briefly, then yield the CPU (a holder preempted by the host would
+    /// otherwise be waited for a whole time slice). A thread that already
+    /// holds a slot tries one round only, and gets `None`.
+    #[cold]
+    fn take_other(&self, s: usize, reentered: bool) -> Option<usize> {
+        let mut spins = 0;
         loop {
-            if self.try_take(s) {
-                return Some(s);
+            for i in 1..=self.n {
+                let t = (s + i) % self.n;
+                if self.try_take(t) {
+                    if !reentered {
+                        SLOT.with(|c| c.set(t));
+                    }
+                    return Some(t);
+                }
             }
-            s = (s + 1) % self.n;
-            tried += 1;
-            if reentered && tried >= self.n {
+            if reentered {
                 return None;
             }
-            core::hint::spin_loop();
+            backoff(&mut spins);
         }
     }
 
@@ -352,6 +816,7 @@ impl ThreadSlots {
     fn hold<R>(&self, s: usize, f: impl FnOnce(usize) -> R) -> R {
         struct Leave<'a>(&'a AtomicBool);
         impl Drop for Leave<'_> {
+            #[inline(always)]
             fn drop(&mut self) {
                 self.0.store(false, Ordering::Release);
             }
@@ -387,7 +852,7 @@ unsafe impl CpuContext for ThreadSlots {
         let s = if self.try_take(s) {
             s
         } else {
-            self.take_from(s, reentered).unwrap_or_else(|| {
+            self.take_other(s, reentered).unwrap_or_else(|| {
                 panic!(
                     "lwkt-slab: ThreadSlots re-entered (a signal handler or a nested call) \
                      on a thread that holds a slot, with every slot busy"
@@ -405,14 +870,29 @@ unsafe impl CpuContext for ThreadSlots {
 
 /// A whole program's allocator on the slab: `#[global_allocator]`.
 ///
+/// Small blocks (below 16 KiB, alignment up to a page) are chunks of the
+/// per-slot zones; larger ones, and any with a larger alignment (every
+/// power of two a `Layout` can carry), are spans of pages, reused from a
+/// cache and grown or shrunk with `mremap` on Linux. Freed memory goes
+/// back to the host past a threshold ([`HOT_ZONES`] zones,
+/// [`SPAN_CACHE_BYTES`] of spans): resident memory follows what is in use,
+/// give or take those caches and each slot's partly used zones.
+///
+/// `capacity` is the first reservation of address space for zones, not a
+/// cap: more regions are reserved as needed (a program holds as much as
+/// the host gives it). `slots` is the number of per-CPU slabs; threads
+/// beyond it share slots (see [`ThreadSlots`]): pick at least the number
+/// of threads that allocate at once, up to the number of cores times two.
+///
 /// Signal handlers may allocate and free through it, even when they
-/// interrupt their thread inside it (holding its slot, or the page
-/// source's lock): a thread re-entered so neither waits for a slot nor
-/// takes a lock; it maps a block of its own for each allocation (page
-/// granular, with `mmap`, which is async-signal-safe) and frees chunks
-/// onto their zone's remote list, as another CPU would. Those blocks are
-/// told from chunks by address (outside the zone arena), so either side
-/// may free what the other allocated.
+/// interrupt their thread inside it (holding its slot, or one of the page
+/// source's locks): a thread re-entered so neither waits for a slot nor
+/// takes a lock; it maps a span of its own for each allocation (page
+/// granular, with `mmap`, which is async-signal-safe), unmaps large
+/// blocks, and frees chunks onto their zone's remote list, as another CPU
+/// would. Spans made for small layouts are told from chunks by address
+/// (outside the zone regions), so either side may free what the other
+/// allocated.
 ///
 /// ```no_run
 /// #[global_allocator]
@@ -421,6 +901,7 @@ unsafe impl CpuContext for ThreadSlots {
 ///     let v: Vec<u32> = (0..1000).collect();
 ///     assert_eq!(ALLOC.stats().in_use > 0, true);
 ///     drop(v);
+///     println!("{:?}", ALLOC.slab().page_source().stats());
 /// }
 /// ```
 #[derive(Debug)]
@@ -431,10 +912,15 @@ pub struct GlobalSlab {
 }
 
 impl GlobalSlab {
-    /// An allocator of at most `capacity` bytes with `slots` per-CPU slabs.
+    /// An allocator reserving `capacity` bytes of address space first
+    /// (more when used up), with `slots` per-CPU slabs.
+    ///
+    /// # Panics
+    /// If `slots` is 0 or above `MAX_CPUS` (at compile time in a
+    /// `static`).
     pub const fn new(capacity: usize, slots: usize) -> GlobalSlab {
         GlobalSlab {
-            slab: Slab::new(HostedPages::new(capacity), slots),
+            slab: Slab::new(HostedPages::growing(capacity), slots),
             slots: ThreadSlots::new(slots),
             ty: MallocType::new("global"),
         }
@@ -454,27 +940,34 @@ impl GlobalSlab {
     pub fn slots(&self) -> &ThreadSlots {
         &self.slots
     }
+
+    /// Give this thread's slot's free memory back: [`Slab::reclaim`] on
+    /// the slot this thread uses (zones beyond the page source's cache go
+    /// back to the host).
+    pub fn reclaim(&self) {
+        self.slab.reclaim(&self.slots);
+    }
 }
 
 impl GlobalSlab {
     /// Whether this thread is inside the allocator already (a signal
     /// handler interrupted it there, or a nested call): then it must not
-    /// wait for a slot or the page source's lock, whose holder may be the
-    /// code it interrupted.
+    /// wait for a slot or a page source lock, whose holder may be the code
+    /// it interrupted.
     #[inline]
     fn reentered() -> bool {
         this_thread_is_inside()
     }
 
-    /// Whether `ptr` (with a small layout) is a block of the re-entered
+    /// Whether `ptr` (with a small layout) is a span of the re-entered
     /// path rather than a chunk: chunks lie in the page source's zone
-    /// arena, those blocks are mappings of their own.
+    /// regions, those spans are mappings of their own.
     #[inline]
     fn is_unowned_block(&self, ptr: *mut u8, layout: Layout) -> bool {
         is_small(layout) && !self.slab.page_source().owns_zone(Zone::of(ptr).cast())
     }
 
-    /// The re-entered path: a block mapped for this allocation alone (page
+    /// The re-entered path: a span mapped for this allocation alone (page
     /// granular, zeroed), with no slot and no lock, accounted without a
     /// CPU. `mmap` is async-signal-safe.
     #[cold]
@@ -482,8 +975,8 @@ impl GlobalSlab {
         let Ok(bytes) = route(layout).and_then(|_| large_bytes(layout)) else {
             return ptr::null_mut();
         };
-        match self.slab.page_source().alloc_large(layout, true) {
-            Some((p, _zeroed)) => {
+        match self.slab.page_source().alloc_direct(layout) {
+            Some(p) => {
                 self.ty.account_unowned(bytes as isize);
                 p.as_ptr()
             }
@@ -491,7 +984,9 @@ impl GlobalSlab {
         }
     }
 
-    /// Free on the re-entered path, or a block it made.
+    /// Free on the re-entered path, or a span it made: spans (large
+    /// blocks, and small ones of the re-entered path) are unmapped, chunks
+    /// go on their zone's remote list; no slot, no lock.
     ///
     /// # Safety
     /// `ptr` came from this allocator with `layout` and is not used after.
@@ -499,13 +994,15 @@ impl GlobalSlab {
     unsafe fn dealloc_unowned(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded; `ptr` is not null (`GlobalAlloc` contract).
         let p = unsafe { NonNull::new_unchecked(ptr) };
-        if self.is_unowned_block(ptr, layout) {
+        if !is_small(layout) || self.is_unowned_block(ptr, layout) {
             let bytes = large_bytes(layout).expect("checked at allocation");
             self.ty.account_unowned(-(bytes as isize));
-            // SAFETY: `alloc_unowned` mapped it with `alloc_large(layout)`.
-            unsafe { self.slab.page_source().free_large(p, layout) };
+            // SAFETY: a span of the page source for `layout`: a large
+            // block (`alloc_large`/`realloc_large`) or a re-entered
+            // path's (`alloc_direct`).
+            unsafe { self.slab.page_source().free_direct(p, layout) };
         } else {
-            // SAFETY: a chunk or large block of the slab (caller).
+            // SAFETY: a chunk of the slab (caller).
             unsafe { self.slab.free_unowned(p, layout, &self.ty) };
         }
     }
@@ -513,9 +1010,11 @@ impl GlobalSlab {
 
 // SAFETY: forwards to the slab, which returns blocks fitting the layout or
 // an error (returned as null), or (re-entered) to `alloc_unowned`, whose
-// blocks are page-rounded mappings fitting the layout; each free goes back
-// the way its block came: `is_unowned_block` tells a mapping of the
-// re-entered path from a chunk, and the re-entered free needs no slot.
+// blocks are spans fitting the layout (`map_span` aligns them); each free
+// goes back the way its block came: `is_unowned_block` tells a span of the
+// re-entered path from a chunk, spans of either path are the same kind of
+// mapping (`span_len` of the layout), and the re-entered free needs no
+// slot and no lock.
 unsafe impl GlobalAlloc for GlobalSlab {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -582,5 +1081,26 @@ unsafe impl GlobalAlloc for GlobalSlab {
             )
         }
         .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_classes_round_up_by_at_most_a_quarter_and_bins_invert() {
+        let mut last_bin = 0;
+        for pages in 1..=MAX_CACHED_SPAN / PAGE_SIZE {
+            let len = span_len(pages * PAGE_SIZE - 1).unwrap();
+            assert!(len >= pages * PAGE_SIZE - 1 && len <= MAX_CACHED_SPAN);
+            assert!(len - (pages - 1) * PAGE_SIZE <= PAGE_SIZE.max(pages * PAGE_SIZE / 4));
+            assert_eq!(span_len(len), Some(len), "a class length is its own class");
+            let bin = span_bin(len);
+            assert!(bin < NBINS && bin >= last_bin);
+            assert_eq!(bin_len(bin), len);
+            last_bin = bin;
+        }
+        assert_eq!(span_len(usize::MAX), None);
     }
 }

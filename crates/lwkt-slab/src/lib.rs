@@ -81,7 +81,7 @@ pub use class::{NZONES, PAGE_SIZE, ZONE_LIMIT, ZONE_SIZE};
 pub use cpu::{CpuContext, Domain, DomainId};
 pub use error::SlabError;
 #[cfg(all(feature = "std", not(loom)))]
-pub use hosted::{GlobalSlab, HostedPages, ThreadSlots};
+pub use hosted::{GlobalSlab, HostedPages, PageStats, ThreadSlots, HOT_ZONES, SPAN_CACHE_BYTES};
 #[cfg(not(loom))]
 pub use mtype::{MallocStats, MallocType};
 #[cfg(not(loom))]

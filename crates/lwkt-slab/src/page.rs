@@ -14,7 +14,9 @@ use core::ptr::NonNull;
 ///
 /// # Safety
 /// `alloc_zone` returns blocks of [`ZONE_SIZE`] bytes aligned to
-/// `ZONE_SIZE`, and `alloc_large` blocks fitting `layout`, each exclusively
+/// `ZONE_SIZE`, `alloc_large` blocks fitting `layout` (its size and its
+/// alignment, which may be above a page), and `realloc_large` blocks
+/// fitting `new` that hold the old block's bytes, each exclusively
 /// the caller's until given back; neither overlaps anything else handed
 /// out.
 ///
@@ -40,6 +42,27 @@ pub unsafe trait PageSource: Sync {
     /// `p` came from `alloc_large(layout)` of this source and is no longer
     /// used.
     unsafe fn free_large(&self, p: NonNull<u8>, layout: Layout);
+
+    /// Resize a large block in place or by moving its pages (`mremap`),
+    /// without copying through the caller: `Some(q)` is the block for
+    /// `new` (maybe `p` itself), holding `p`'s first `min(old, new)` bytes,
+    /// and `p` is given up; `None` leaves `p` as it was (the slab then
+    /// allocates, copies and frees). The default always says `None`.
+    ///
+    /// # Safety
+    /// `p` came from `alloc_large(old)` (or this method with `old`) of this
+    /// source and is not used by anyone else during the call; `new` has
+    /// `old`'s alignment and is a large layout too.
+    unsafe fn realloc_large(
+        &self,
+        p: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        nowait: bool,
+    ) -> Option<NonNull<u8>> {
+        let _ = (p, old, new, nowait);
+        None
+    }
 
     /// Whether `zone` is a zone this source handed out (debug builds check
     /// every small free with it, so a stray pointer is reported rather than

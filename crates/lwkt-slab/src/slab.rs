@@ -220,8 +220,9 @@ impl<P: PageSource> Slab<P> {
     /// DragonFly: `kmalloc(size, type, flags)`.
     ///
     /// # Errors
-    /// [`SlabError`]: a zero size, an alignment above the page size, the
-    /// type's limit, or an exhausted page source. Nothing changes on error.
+    /// [`SlabError`]: a zero size, the type's limit, or an exhausted page
+    /// source (which may also refuse an alignment above a page: those
+    /// requests go to it as large blocks). Nothing changes on error.
     #[inline]
     pub fn alloc(
         &self,
@@ -340,42 +341,37 @@ impl<P: PageSource> Slab<P> {
         }
     }
 
-    /// Free without a CPU, from any context (the hosted allocator's path
-    /// for a thread re-entered inside the slab): a chunk goes on its zone's
-    /// remote list, for its owner to take as from any other CPU; a large
-    /// block goes back to the page source. Accounted to `ty` without a CPU.
+    /// Free a chunk without a CPU, from any context (the hosted
+    /// allocator's path for a thread re-entered inside the slab): it goes
+    /// on its zone's remote list, for its owner to take as from any other
+    /// CPU. Accounted to `ty` without a CPU. Large blocks are the caller's
+    /// to give back (the page source's own lock-free path).
     ///
     /// # Safety
-    /// As for [`free`](Self::free).
+    /// As for [`free`](Self::free), and `layout` is small (a chunk).
     #[cfg(feature = "std")]
     pub(crate) unsafe fn free_unowned(&self, ptr: NonNull<u8>, layout: Layout, ty: &MallocType) {
         let p = ptr.as_ptr();
-        match route(layout) {
-            Ok(Route::Small { class }) => {
-                let z = Zone::of(p);
-                #[cfg(debug_assertions)]
-                self.check_free(z, p, class);
-                #[cfg(not(debug_assertions))]
-                let _ = class;
-                // SAFETY: `p` is an allocated chunk, so its zone is live and
-                // its owner is one of our CPUs; the chunk is given up here.
-                unsafe {
-                    let owner = (*z).owner as usize;
-                    ty.account_unowned(-((*z).chunk as isize));
-                    Zone::remote_free(z, p, &self.cpus[owner].queue);
-                }
-            }
-            _ => {
-                let bytes = large_bytes(layout).expect("checked at allocation");
-                ty.account_unowned(-(bytes as isize));
-                // SAFETY: the caller's contract.
-                unsafe { self.pages.free_large(ptr, layout) };
-            }
+        debug_assert!(is_small(layout));
+        let z = Zone::of(p);
+        #[cfg(debug_assertions)]
+        if let Ok(Route::Small { class }) = route(layout) {
+            self.check_free(z, p, class);
+        }
+        // SAFETY: `p` is an allocated chunk, so its zone is live and its
+        // owner is one of our CPUs; the chunk is given up here.
+        unsafe {
+            let owner = (*z).owner as usize;
+            ty.account_unowned(-((*z).chunk as isize));
+            Zone::remote_free(z, p, &self.cpus[owner].queue);
         }
     }
 
-    /// Resize: keep the block when the new size has the same size class,
-    /// otherwise allocate, copy, and free. DragonFly: `krealloc()`.
+    /// Resize: keep the block when the new size has the same size class;
+    /// a large block to a large size the page source may resize itself
+    /// ([`PageSource::realloc_large`]: `HostedPages` keeps the block when
+    /// its span fits, and moves pages with `mremap` on Linux); otherwise
+    /// allocate, copy, and free. DragonFly: `krealloc()`.
     ///
     /// # Errors
     /// As [`alloc`](Self::alloc), and [`SlabError::SizeOverflow`]; on
@@ -394,12 +390,17 @@ impl<P: PageSource> Slab<P> {
     ) -> Result<NonNull<u8>, SlabError> {
         let new =
             Layout::from_size_align(new_size, old.align()).map_err(|_| SlabError::SizeOverflow)?;
-        if let (Ok(Route::Small { class: a }), Ok(Route::Small { class: b })) =
-            (route(old), route(new))
-        {
-            if a == b {
+        match (route(old), route(new)) {
+            (Ok(Route::Small { class: a }), Ok(Route::Small { class: b })) if a == b => {
                 return Ok(ptr);
             }
+            (Ok(Route::Large), Ok(Route::Large)) if !flags.contains(Flags::ZERO) => {
+                // SAFETY: forwarded (the caller's contract for `ptr`).
+                if let Some(q) = unsafe { self.realloc_large(cx, ptr, old, new, ty, flags) }? {
+                    return Ok(q);
+                }
+            }
+            _ => {}
         }
         let q = self.alloc(cx, new, ty, flags)?;
         // SAFETY: distinct live blocks of at least the copied length.
@@ -408,6 +409,42 @@ impl<P: PageSource> Slab<P> {
             self.free(cx, ptr, old, ty);
         }
         Ok(q)
+    }
+
+    /// A large block resized by the page source (`PageSource::realloc_large`),
+    /// or `None` when it declines (the caller copies).
+    ///
+    /// # Safety
+    /// As for [`free`](Self::free) of `ptr` with `old`; both layouts large.
+    unsafe fn realloc_large(
+        &self,
+        cx: &impl CpuContext,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        ty: &MallocType,
+        flags: Flags,
+    ) -> Result<Option<NonNull<u8>>, SlabError> {
+        let (was, now) = (large_bytes(old)?, large_bytes(new)?);
+        self.on_cpu(cx, |cpu| {
+            if now > was && !ty.admit(cpu, now - was) {
+                return Err(SlabError::LimitExceeded { ty: ty.name() });
+            }
+            // SAFETY: the caller's contract; both layouts are large and
+            // share the alignment.
+            let q = unsafe {
+                self.pages
+                    .realloc_large(ptr, old, new, flags.contains(Flags::NOWAIT))
+            };
+            if q.is_some() {
+                // SAFETY: `cpu < MAX_CPUS` (`on_cpu`).
+                unsafe {
+                    ty.account_free(cpu, was);
+                    ty.account_alloc(cpu, now);
+                }
+            }
+            Ok(q)
+        })
     }
 
     /// Reclaim this CPU's memory: absorb every remote free, give fully free

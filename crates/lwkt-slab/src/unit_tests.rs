@@ -3,7 +3,7 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use std::alloc::{alloc, alloc_zeroed, dealloc};
+use std::alloc::{alloc, alloc_zeroed, dealloc, realloc};
 use std::vec::Vec;
 
 use crate::class::{CHUNK, ZONE_SIZE};
@@ -44,6 +44,17 @@ unsafe impl PageSource for TestPages {
     unsafe fn free_large(&self, p: NonNull<u8>, layout: Layout) {
         // SAFETY: allocated above with `layout`.
         unsafe { dealloc(p.as_ptr(), layout) }
+    }
+    unsafe fn realloc_large(
+        &self,
+        p: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        _: bool,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: allocated above with `old` (the caller's contract); `new`
+        // has its alignment and a non-zero size.
+        NonNull::new(unsafe { realloc(p.as_ptr(), old, new.size()) })
     }
 }
 
@@ -192,6 +203,26 @@ fn realloc_keeps_contents_across_classes() {
         s.free(&On(0), p, l(size, 1), &T);
     }
     assert_eq!(T.stats().in_use, 0);
+}
+
+#[test]
+fn large_realloc_goes_through_the_page_source_and_is_accounted() {
+    static T: MallocType = MallocType::new("grow");
+    let s = Slab::new(pages(4), 1);
+    let (a, b) = (l(20_000, 8), l(100_000, 8));
+    let p = s.alloc(&On(0), a, &T, Flags::NONE).unwrap();
+    // SAFETY: `p` is a live block of `a.size()` bytes.
+    unsafe { p.as_ptr().write_bytes(5, a.size()) };
+    // SAFETY: `p` came from `s` with `a` and `T`.
+    let q = unsafe { s.realloc(&On(0), p, a, b.size(), &T, Flags::NONE) }.unwrap();
+    // SAFETY: `q` holds `p`'s bytes.
+    assert!(unsafe { core::slice::from_raw_parts(q.as_ptr(), a.size()) }
+        .iter()
+        .all(|&x| x == 5));
+    assert_eq!((T.stats().in_use, T.stats().bytes), (1, 102_400));
+    // SAFETY: `q` is live with `b`.
+    unsafe { s.free(&On(0), q, b, &T) };
+    assert_eq!((T.stats().in_use, T.stats().bytes), (0, 0));
 }
 
 #[test]

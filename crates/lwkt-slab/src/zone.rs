@@ -40,8 +40,11 @@ unsafe impl Link for Chunk {
 #[cfg(debug_assertions)]
 const MAX_CHUNKS: usize = ZONE_SIZE / 8;
 
-/// The zone header. Owner fields first; the remote side on its own cache
-/// line so frees from other CPUs do not bounce the owner's line.
+/// The zone header, on three sets of cache lines: what never changes
+/// while chunks are out (read by every free, from any CPU), what only the
+/// owner writes (every local allocation and free), and the remote side.
+/// Frees from other CPUs read the first and push on the last, so they do
+/// not bounce the owner's line, nor the owner theirs.
 #[repr(C)]
 pub(crate) struct Zone {
     magic: usize,
@@ -53,15 +56,17 @@ pub(crate) struct Zone {
     pub(crate) chunk: u32,
     /// DragonFly `z_NMax`.
     pub(crate) nmax: u32,
+    /// Offset of chunk 0 from the zone start.
+    first: u32,
+    /// Never-used chunks are known to be zero (fresh from the page source).
+    zeroed: bool,
+    /// Starts the owner's lines (no bytes; aligns what follows).
+    _owner_lines: CachePadded<()>,
     /// Free chunks the owner can hand out: local list plus never used.
     /// DragonFly `z_NFree`.
     pub(crate) nfree: u32,
     /// Next never-used chunk. DragonFly `z_UIndex`.
     uindex: u32,
-    /// Offset of chunk 0 from the zone start.
-    first: u32,
-    /// Never-used chunks are known to be zero (fresh from the page source).
-    zeroed: bool,
     /// On the owner's full list (owner only).
     pub(crate) on_full: bool,
     /// Local free list, LIFO. DragonFly `z_LChunks`.
@@ -126,10 +131,11 @@ impl Zone {
                 class: class as u32,
                 chunk: chunk as u32,
                 nmax: nmax as u32,
-                nfree: nmax as u32,
-                uindex: 0,
                 first: first as u32,
                 zeroed,
+                _owner_lines: CachePadded::new(()),
+                nfree: nmax as u32,
+                uindex: 0,
                 on_full: false,
                 local: ptr::null_mut(),
                 next: ptr::null_mut(),

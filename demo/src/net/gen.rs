@@ -2,22 +2,29 @@
 //! clients and servers, as raw Ethernet frames, interleaved the way a NIC
 //! would see them, from a fixed seed (the same packets every run).
 
-/// A deterministic pseudo-random stream (xorshift64*).
-struct Rng(u64);
+/// A deterministic pseudo-random stream (xorshift64*): the same numbers
+/// from the same seed on every run (the workload generator here, and the
+/// allocator benchmarks' workloads).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    /// A stream from `seed` (any value; 0 is made odd).
+    pub fn new(seed: u64) -> Rng {
         Rng(seed | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }

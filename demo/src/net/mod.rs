@@ -25,6 +25,7 @@ use lwkt_netdispatch::{Dispatcher, Flow};
 
 pub use capture::{read_capture, Capture, Cut, Format, OverSnaplen};
 pub use gen::packets as generated;
+pub use gen::Rng;
 
 /// Packets per batch message (cohort scheduling: one wake-up per batch).
 pub const BATCH: usize = 256;
