@@ -9,6 +9,7 @@ pub mod alloc_workloads;
 
 use std::time::Duration;
 
+pub mod alloc_runs;
 pub mod mesh;
 
 use criterion::Criterion;

@@ -165,9 +165,34 @@ fn fuzz(seconds: &str) -> Result<(), String> {
 }
 
 fn bench_report(args: &[String]) -> Result<(), String> {
+    let mut report = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "lwkt-benches",
+        "--bin",
+        "bench_report",
+    ];
     match args {
         [] => {}
         [a] if a == "--run" => {
+            // The allocator programs the report runs itself (`--alloc`),
+            // built in the report's own profile directory.
+            run(Command::new("cargo").args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "lwkt-benches",
+                "--bin",
+                "alloc_slab",
+                "--bin",
+                "alloc_system",
+                "--bin",
+                "alloc_mimalloc",
+            ]))?;
+            report.extend(["--", "--alloc"]);
             run(Command::new("cargo").args(["bench", "-p", "lwkt-benches"]))?;
             run(Command::new("cargo").args([
                 "bench",
@@ -181,15 +206,7 @@ fn bench_report(args: &[String]) -> Result<(), String> {
         }
         _ => return Err("usage: cargo xtask bench-report [--run]".into()),
     }
-    run(Command::new("cargo").args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "lwkt-benches",
-        "--bin",
-        "bench_report",
-    ]))
+    run(Command::new("cargo").args(&report))
 }
 
 fn main() -> ExitCode {

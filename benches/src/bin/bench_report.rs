@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use lwkt_benches::alloc_runs;
 use plotters::prelude::*;
 
 /// One benchmark's result, per element.
@@ -853,6 +854,83 @@ fn sync_events_section(out: &mut String, root: &Path) {
         });
 }
 
+/// The allocator targets of issue 17, judged on the program runs.
+fn alloc_targets(runs: &[alloc_runs::Runs]) -> Vec<(String, Option<bool>, String)> {
+    let judge = |name: &str, f: &dyn Fn(&alloc_runs::Runs) -> f64, limit: f64| {
+        if runs.is_empty() {
+            return (name.to_string(), None, "not run".to_string());
+        }
+        let v: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{}: {:.2}x", r.workload, f(r)))
+            .collect();
+        let ok = runs.iter().all(|r| f(r) <= limit);
+        (name.to_string(), Some(ok), v.join("; "))
+    };
+    vec![
+        judge(
+            "GlobalSlab faster than glibc on every allocator workload",
+            &|r| r.time_ratio(0, 1),
+            1.0,
+        ),
+        judge(
+            "GlobalSlab within 1.2x of mimalloc's time on every allocator workload",
+            &|r| r.time_ratio(0, 2),
+            1.2,
+        ),
+        judge(
+            "GlobalSlab's peak RSS at most 1.2x mimalloc's",
+            &|r| r.rss_ratio(0, 2),
+            1.2,
+        ),
+    ]
+}
+
+fn alloc_section(out: &mut String, runs: &[alloc_runs::Runs], file: &Path) {
+    let _ = writeln!(out, "\n## Allocators as a program's global allocator\n");
+    if runs.is_empty() {
+        let _ = writeln!(
+            out,
+            "(not run: `cargo xtask bench-report --run` runs the programs)"
+        );
+        return;
+    }
+    let when = std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            sh(
+                "date",
+                &[
+                    "-u",
+                    "-d",
+                    &format!("@{}", d.as_secs()),
+                    "+%Y-%m-%d %H:%M UTC",
+                ],
+            )
+        })
+        .unwrap_or_else(|| "at an unknown time".into());
+    let _ = writeln!(out, "The allocator workloads (`benches/src/alloc_workloads.rs`: larson with remote frees, everyday churn with growth, xmalloc with more threads than cores and slots) built three ways, `alloc_slab` (`GlobalSlab::new(1 << 30, 8)`), `alloc_system` (glibc) and `alloc_mimalloc`, each run as a whole process in turn (slab, glibc, mimalloc, repeated), 5 counted rounds after a warm-up; wall time and peak RSS (`wait4`'s `ru_maxrss`); ratios are medians of the per-round ratios. Measured {when} by `cargo xtask bench-report --run`.\n");
+    let _ = writeln!(out, "| workload | GlobalSlab | glibc | mimalloc | slab / glibc | slab / mimalloc | peak RSS, MiB (slab, glibc, mimalloc) |\n|---|---:|---:|---:|---:|---:|---|");
+    let med = alloc_runs::Runs::median;
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "| {} | {:.3} s | {:.3} s | {:.3} s | {:.2}x | {:.2}x | {:.1}, {:.1}, {:.1} |",
+            r.workload,
+            med(&r.secs[0]),
+            med(&r.secs[1]),
+            med(&r.secs[2]),
+            r.time_ratio(0, 1),
+            r.time_ratio(0, 2),
+            med(&r.rss_kib[0]) / 1024.0,
+            med(&r.rss_kib[1]) / 1024.0,
+            med(&r.rss_kib[2]) / 1024.0,
+        );
+    }
+}
+
 fn sh(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
@@ -899,7 +977,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out,
         "## Targets\n\n| target | verdict | this run |\n|---|---|---|"
     );
-    for (name, ok, s) in targets(&r) {
+    let alloc_json = root.join("alloc_programs.json");
+    if std::env::args().any(|a| a == "--alloc") {
+        let bin_dir = std::env::current_exe()?
+            .parent()
+            .ok_or("no directory for the report's binary")?
+            .to_path_buf();
+        eprintln!("bench-report: running the allocator programs (5 rounds after a warm-up)");
+        let runs = alloc_runs::measure(&bin_dir, 5)?;
+        std::fs::write(
+            &alloc_json,
+            serde_json::to_string_pretty(&alloc_runs::to_json(&runs))?,
+        )?;
+    }
+    let alloc = read_json(&alloc_json)
+        .map(|v| alloc_runs::from_json(&v))
+        .unwrap_or_default();
+    let mut all_targets = targets(&r);
+    all_targets.extend(alloc_targets(&alloc));
+    for (name, ok, s) in all_targets {
         let v = match ok {
             Some(true) => "met",
             Some(false) => "**missed**",
@@ -989,6 +1085,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     token_latency_section(&mut out, &root);
     sync_events_section(&mut out, &root);
+    alloc_section(&mut out, &alloc, &alloc_json);
     let _ = writeln!(out, "\n## Instructions per operation (callgrind)\n\nDeterministic counts by `cargo xtask instr` (N and 2N iterations under `valgrind --tool=callgrind`, the difference divided by N). lwkt's rows are checked in CI against `benches/instructions.txt` with a 5% threshold; the alternatives (`benches/instructions-reference.txt`, other crates' code) are counted the same way for comparison. An instruction count is not a time: a locked read-modify-write is one instruction of 20 or more cycles (see the synchronisation events above).\n\n| operation | instructions | |\n|---|---:|---|");
     for (file, label) in [
         ("benches/instructions.txt", "lwkt (gated)"),
