@@ -5,7 +5,8 @@
 
 use core::pin::pin;
 
-use lwkt_msg::{Incoming, Msg, Port};
+use lwkt_core::CpuId;
+use lwkt_msg::{serve_on, Incoming, Msg, PortRef};
 
 fn main() {
     let n: u64 = std::env::args()
@@ -16,23 +17,13 @@ fn main() {
         .unwrap()
         .pin(false)
         .run(move |cur| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let server = cur
-                .spawn_on(lwkt_core::CpuId::new(0), move |me| {
-                    let port: &'static Port<u64> = Port::thread(me).leak();
-                    tx.send(port).unwrap();
-                    while let Incoming::Request(mut m) = port.waitport(me) {
-                        *m += 1;
-                        m.reply(me.my_cpu(), Ok(()));
-                    }
-                })
-                .unwrap();
-            let port = loop {
-                if let Ok(p) = rx.try_recv() {
-                    break p;
+            let (server, port) = serve_on(cur, CpuId::new(0), |me, port: PortRef<u64>| {
+                while let Incoming::Request(mut m) = port.waitport(me) {
+                    *m += 1;
+                    m.reply(me.my_cpu(), Ok(()));
                 }
-                cur.yield_now();
-            };
+            })
+            .unwrap();
             let mut m = pin!(Msg::new(0u64));
             for _ in 0..n {
                 port.domsg(cur, m.as_mut()).unwrap();
