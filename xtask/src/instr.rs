@@ -37,6 +37,13 @@ const OPS: &[Op] = &[
         &[],
         2,
     ),
+    (
+        "domsg to a thread port on the same CPU",
+        "lwkt-msg",
+        "domsg_loop",
+        &[],
+        1,
+    ),
     ("token get+release", "lwkt-token", "token_loop", &[], 1),
     (
         "token recursive get+release",
@@ -195,7 +202,8 @@ pub(crate) fn instr(args: &[String]) -> Result<(), String> {
     println!("| operation | instructions per op | baseline | change |");
     println!("|---|---:|---:|---:|");
     for (name, _, ex, extra, per_iter) in OPS {
-        let exe = format!("target/release/examples/{ex}");
+        let exe = crate::target_dir().join(format!("release/examples/{ex}"));
+        let exe = exe.to_string_lossy();
         let a = callgrind(&exe, N, extra)?;
         let b = callgrind(&exe, 2 * N, extra)?;
         let per_op = (b as f64 - a as f64) / (N * per_iter) as f64;
@@ -219,7 +227,8 @@ pub(crate) fn instr(args: &[String]) -> Result<(), String> {
          # `cargo xtask instr` for the report; other crates' code, not gated.\n",
     );
     for (name, _, ex, extra, per_iter) in REFERENCE {
-        let exe = format!("target/release/examples/{ex}");
+        let exe = crate::target_dir().join(format!("release/examples/{ex}"));
+        let exe = exe.to_string_lossy();
         let a = callgrind(&exe, N, extra)?;
         let b = callgrind(&exe, 2 * N, extra)?;
         let per_op = (b as f64 - a as f64) / (N * per_iter) as f64;

@@ -85,19 +85,22 @@ pub(crate) fn root() -> PathBuf {
     xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
-/// A tool's own target directory, `<target>/<name>`, where `<target>` is
-/// `$CARGO_TARGET_DIR` or the workspace's `target`: its flags would rebuild
-/// everything in the main one.
-pub(crate) fn tool_target_dir(name: &str) -> PathBuf {
+/// The target directory: `$CARGO_TARGET_DIR` or the workspace's `target`.
+pub(crate) fn target_dir() -> PathBuf {
     let base = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let base = if base.is_absolute() {
+    if base.is_absolute() {
         base
     } else {
         root().join(base)
-    };
-    base.join(name)
+    }
+}
+
+/// A tool's own target directory, `<target>/<name>`: its flags would
+/// rebuild everything in the main one.
+pub(crate) fn tool_target_dir(name: &str) -> PathBuf {
+    target_dir().join(name)
 }
 
 /// The nightly toolchain with `components`, installed if missing (an

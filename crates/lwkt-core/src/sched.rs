@@ -238,6 +238,17 @@ impl<'a> MyCpu<'a> {
         });
     }
 
+    /// Wake the threads of this CPU sleeping on `chan`, only: those of
+    /// [`Cur::sleep_here_until`] and of [`Cur::sleep_until`] on this CPU.
+    /// No fence and no read-modify-write (unless a sleep queue slot
+    /// empties whose machine-wide bit was set).
+    pub fn wakeup_here(self, chan: usize) {
+        self.crit(|| {
+            // SAFETY: on this CPU in a critical section.
+            unsafe { sleep::wakeup_local(self.gd, chan) };
+        });
+    }
+
     /// Queue `func(arg1, arg2)` to run on `target` in interrupt context (in
     /// a critical section; it must not block). On this CPU it runs at once.
     /// DragonFly: `lwkt_send_ipiq3()`.
@@ -746,7 +757,23 @@ impl Cur {
     /// lost. DragonFly: `tsleep_interlock()` + `tsleep(PINTERLOCKED)`.
     ///
     /// `cond` runs inside a critical section and must not block.
-    pub fn sleep_until(&mut self, chan: usize, mut cond: impl FnMut() -> bool) {
+    pub fn sleep_until(&mut self, chan: usize, cond: impl FnMut() -> bool) {
+        self.sleep_until_in::<false>(chan, cond)
+    }
+
+    /// [`sleep_until`](Self::sleep_until) for a waiter whose wake-up is
+    /// always made on this CPU ([`MyCpu::wakeup_here`], or a
+    /// [`wakeup`](MyCpu::wakeup) made here): the sleep is not published
+    /// machine-wide, so it costs no read-modify-write and no fence, and a
+    /// wakeup made on another CPU does not end it. For example lwkt-msg's
+    /// `domsg` to a thread port on this CPU, whose reply is completed here
+    /// (by IPI when it is made elsewhere). The thread must not migrate
+    /// meanwhile (it cannot: it sleeps).
+    pub fn sleep_here_until(&mut self, chan: usize, cond: impl FnMut() -> bool) {
+        self.sleep_until_in::<true>(chan, cond)
+    }
+
+    fn sleep_until_in<const HERE: bool>(&mut self, chan: usize, mut cond: impl FnMut() -> bool) {
         let td = self.td();
         crit::enter(&td.critcount);
         // `cond` is the caller's: if it panics, we unwind off the sleep
@@ -754,7 +781,7 @@ impl Cur {
         let restore = RestoreOnUnwind(td);
         loop {
             // SAFETY: on our CPU in a critical section; `td` is current.
-            if unsafe { sleep::sleep_pass(td.gd(), td, chan, &mut cond) } {
+            if unsafe { sleep::sleep_pass::<HERE>(td.gd(), td, chan, &mut cond) } {
                 break;
             }
             // SAFETY: as above; the wakeup path re-queues us.

@@ -24,6 +24,8 @@
 //!    └────────────────── REPLY|QUEUED on the reply port
 //! ```
 
+use lwkt_core::CpuId;
+
 use crate::sync::{spin_loop, AtomicU32, Ordering, UnsafeCell};
 
 /// Flag bits (DragonFly `MSGF_*`, where one exists).
@@ -45,6 +47,20 @@ pub(crate) mod f {
     /// A thread sleeps on the message's address until `DONE`.
     /// DragonFly `MSGF_WAITING`.
     pub(crate) const WAITING: u32 = 0x20;
+    /// The originator waits in `domsg`, asleep on the message's address on
+    /// the CPU where it queued it, whose number the word carries
+    /// (`PARKED_CPU`); the reply completes the message on that CPU (by IPI
+    /// if made elsewhere) and wakes it there, with a sleep and a wakeup
+    /// that stay on that CPU (no machine-wide mask, no fence, no
+    /// `WAITING`). While it is set nobody but the message's current owner
+    /// writes the flags word: `domsg` holds the message's only borrow (no
+    /// abort, no future, no other wait) and its originator sets nothing
+    /// after the send, so the owner's updates are plain stores. Not in
+    /// DragonFly (its `lwkt_domsg` sleeps on the message with `WAITING`).
+    pub(crate) const PARKED: u32 = 0x40;
+    /// The waiter's CPU of a `PARKED` message (bits 16-23).
+    pub(crate) const PARKED_CPU_SHIFT: u32 = 16;
+    pub(crate) const PARKED_CPU: u32 = 0xff << PARKED_CPU_SHIFT;
     /// The message may be aborted. DragonFly `MSGF_ABORTABLE`.
     pub(crate) const ABORTABLE: u32 = 0x80;
     /// An abort was requested; the target sees it and replies.
@@ -116,6 +132,44 @@ impl Header {
             .store((cur & f::ABORTABLE) | sync, Ordering::Relaxed);
     }
 
+    /// Originator, in `domsg`: the message (just begun with `SYNC`) joins
+    /// the queue of a port whose receiver lives on this CPU, `cpu`, and
+    /// the caller sleeps there until it is done (`PARKED`). A plain store:
+    /// nobody else knows the message yet (the queue is this CPU's, and the
+    /// caller is in a critical section); the queue publishes it to the
+    /// receiver, on this CPU, and an IPI ring with Release to any CPU the
+    /// message is forwarded to.
+    #[inline]
+    pub(crate) fn park_queued(&self, cpu: CpuId) {
+        const _: () = assert!(lwkt_core::MAX_CPUS <= 256);
+        let cur = self.flags.load(Ordering::Relaxed);
+        debug_assert!(cur & (f::SYNC | f::DONE | f::PARKED_CPU) == f::SYNC);
+        self.flags.store(
+            cur | f::QUEUED | f::PARKED | (cpu.get() << f::PARKED_CPU_SHIFT),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Target of a `PARKED` message: the CPU its originator waits on.
+    #[inline]
+    pub(crate) fn parked_cpu(&self) -> CpuId {
+        CpuId::new((self.flags.load(Ordering::Relaxed) & f::PARKED_CPU) >> f::PARKED_CPU_SHIFT)
+    }
+
+    /// Target: complete a `PARKED` message (`REPLY|DONE`, Release: the
+    /// reply code and body are the originator's once it sees `DONE`). A
+    /// plain store: nobody else writes a parked message's word. After it
+    /// the target touches nothing of the message.
+    #[inline]
+    pub(crate) fn complete_parked(&self) {
+        let cur = self.flags.load(Ordering::Relaxed);
+        debug_assert!(cur & (f::PARKED | f::DONE | f::QUEUED) == f::PARKED);
+        self.flags.store(
+            (cur & !(f::PARKED | f::PARKED_CPU)) | f::REPLY | f::DONE,
+            Ordering::Release,
+        );
+    }
+
     /// Port owner: the message joined a queue as a request.
     #[inline]
     pub(crate) fn mark_queued(&self) {
@@ -127,6 +181,12 @@ impl Header {
     /// sender's publication).
     #[inline]
     pub(crate) fn take_request(&self) -> u32 {
+        let cur = self.flags.load(Ordering::Acquire);
+        if cur & f::PARKED != 0 {
+            // Only the owner writes a parked message's word (`f::PARKED`).
+            self.flags.store(cur & !f::QUEUED, Ordering::Relaxed);
+            return cur;
+        }
         self.flags.fetch_and(!f::QUEUED, Ordering::Acquire)
     }
 

@@ -96,6 +96,64 @@ fn domsg_reply_and_abort_race() {
     });
 }
 
+/// `domsg` on one CPU (`f::PARKED`), the message forwarded by its target to
+/// a second CPU which replies: every update of the flags word is a plain
+/// store (only the owner writes a parked message's word), the reply code
+/// crosses to the second CPU and back with the hand-offs (IPI rings:
+/// Release/Acquire), and the completion runs on the waiter's CPU (modelled
+/// as the originator's loom thread, which the IPI function would interrupt
+/// in its sleep). A third party only reads the word. Loom checks the error
+/// cell's happens-before and that no update is lost (the originator sees
+/// `DONE` with the code the far target wrote).
+#[test]
+fn parked_domsg_replied_from_another_cpu() {
+    loom::model(|| {
+        let s = shared(false);
+        let back = Arc::new(AtomicBool::new(false));
+        s.hdr.begin_send(true);
+        s.hdr.park_queued(lwkt_core::CpuId::new(0));
+        // Taken by the near target on this CPU (after we sleep), which
+        // forwards it: the IPI ring to CPU 1.
+        let before = s.hdr.take_request();
+        assert!(before & f::PARKED != 0 && before & f::QUEUED != 0);
+        s.sent.store(true, Ordering::Release);
+
+        let far = {
+            let (s, back) = (s.clone(), back.clone());
+            thread::spawn(move || {
+                spin_until(|| s.sent.load(Ordering::Acquire));
+                s.hdr.mark_queued();
+                let before = s.hdr.take_request();
+                assert!(before & f::PARKED != 0);
+                // SAFETY: the far target owns the message until its reply.
+                unsafe { s.hdr.set_code(9) };
+                // `complete_parked` from CPU 1: by IPI to the waiter's CPU.
+                assert_eq!(s.hdr.parked_cpu().get(), 0);
+                back.store(true, Ordering::Release);
+            })
+        };
+        let reader = {
+            let s = s.clone();
+            thread::spawn(move || {
+                let _ = s.hdr.flags();
+            })
+        };
+
+        // The IPI function on CPU 0 completes the message (the waiter
+        // sleeps meanwhile; it cannot run between this and its wakeup).
+        spin_until(|| back.load(Ordering::Acquire));
+        s.hdr.complete_parked();
+        assert!(s.hdr.is_done());
+        assert_eq!(s.hdr.flags() & (f::PARKED | f::PARKED_CPU | f::QUEUED), 0);
+        // SAFETY: done: the originator owns the message.
+        assert_eq!(unsafe { s.hdr.code() }, 9);
+        far.join().unwrap();
+        reader.join().unwrap();
+        // Reusable at once.
+        s.hdr.begin_send(true);
+    });
+}
+
 /// Asynchronous send whose reply is queued on the reply port: ownership
 /// comes back only when the reply port's owner takes it, and the
 /// originator may abort meanwhile without losing the reply.

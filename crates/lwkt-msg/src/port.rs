@@ -370,10 +370,16 @@ impl<T: Send + 'static> Port<T> {
         }
         msg.hdr.begin_send(true);
         let m = msg.as_raw();
-        self.put(cur.my_cpu(), m);
         // SAFETY: the caller's pinned borrow keeps the message alive for
         // this whole call; we touch only its atomic header.
         let hdr = unsafe { &(*m).hdr };
+        if let Kind::Thread(owner) = &self.kind {
+            if self.domsg_here(cur, owner, m) {
+                // SAFETY: done: the originator owns the message again.
+                return MsgError::decode(unsafe { hdr.code() });
+            }
+        }
+        self.put(cur.my_cpu(), m);
         if !hdr.is_done() && self.served_elsewhere(cur) && cur.my_cpu().spin_wait_pays() {
             // The reply is being made on another CPU, often within a few
             // hundred nanoseconds: watch for it before sleeping (unless that
@@ -412,6 +418,44 @@ impl<T: Send + 'static> Port<T> {
         }
         // SAFETY: done: the originator owns the message again.
         MsgError::decode(unsafe { hdr.code() })
+    }
+
+    /// `domsg` to a thread port whose owner lives on this CPU: queue the
+    /// message, make the owner runnable if it waits on the port, and sleep
+    /// on the message until the reply, which is completed on this CPU
+    /// (`f::PARKED`): all in one critical section, with a sleep and a
+    /// wakeup that stay on this CPU and no read-modify-write. DragonFly's
+    /// `lwkt_domsg` to a thread port on the same CPU. Returns `false`,
+    /// having done nothing, when the owner lives elsewhere or the port
+    /// refuses the message (the general path then sends it).
+    fn domsg_here(&self, cur: &mut Cur, owner: &ThreadHandle, m: *mut Msg<T>) -> bool {
+        cur.crit_enter();
+        let my = cur.my_cpu();
+        // SAFETY: the owner lives here (`is_local`, M4), and we are in a
+        // critical section; the borrow ends before anything else runs.
+        let queued = owner.is_local(my)
+            && unsafe {
+                let inner = self.inner();
+                !inner.closed && !owner.has_exited() && {
+                    // We are the originator, just after `begin_send(true)`, and
+                    // sleep below, on this CPU, until the message is done.
+                    (*m).hdr.park_queued(my.id());
+                    // `m` is in flight, on no queue, and stays alive.
+                    inner.q.push(m as *mut Header);
+                    if core::mem::take(&mut inner.waiting) {
+                        my.schedule(owner);
+                    }
+                    true
+                }
+            };
+        if queued {
+            // SAFETY: the caller's pinned borrow keeps the message alive.
+            let hdr = unsafe { &(*m).hdr };
+            // The reply wakes us here (`complete_parked`).
+            cur.sleep_here_until(m as usize, || hdr.is_done());
+        }
+        cur.crit_exit();
+        queued
     }
 
     #[track_caller]
@@ -962,6 +1006,10 @@ fn mark<T: Send + 'static>(m: *mut Msg<T>, is_reply: bool) {
 /// its originator's, so nothing here touches it once `complete` has set
 /// `DONE` (the sleep channel is only its address).
 fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
+    // SAFETY: we own the message until it is done.
+    if unsafe { (*m).hdr.flags() } & f::PARKED != 0 {
+        return complete_parked(my, m as *const Header);
+    }
     // SAFETY: we own the message until `complete` sets DONE; the waker runs
     // before that.
     let waiting = unsafe {
@@ -972,6 +1020,38 @@ fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     if waiting {
         my.wakeup(m as usize);
     }
+}
+
+/// Complete a `PARKED` message (`domsg` on one CPU) on its waiter's CPU
+/// and wake the waiter there; from another CPU (the message was forwarded)
+/// the completion travels there by IPI.
+fn complete_parked(my: MyCpu<'_>, h: *const Header) {
+    // SAFETY: we own the message as its target until `complete_parked`
+    // sets DONE (then we touch it no more: the wakeup only uses its
+    // address); it is live until then (M2).
+    let hdr = unsafe { &*h };
+    let cpu = hdr.parked_cpu();
+    if cpu == my.id() {
+        // The waiter sleeps here, or will once this CPU lets it run: it
+        // cannot run between the DONE store and the wakeup.
+        my.crit(|| {
+            hdr.complete_parked();
+            my.wakeup_here(h as usize);
+        });
+    } else if my
+        .send_ipi(cpu, complete_parked_remote, h as usize, 0)
+        .is_err()
+    {
+        // No such CPU here: a reply from another machine. Complete the
+        // message; its originator is not woken (a known limit,
+        // docs/soundness.md).
+        hdr.complete_parked();
+    }
+}
+
+/// IPI function: `complete_parked` arriving at the waiter's CPU.
+fn complete_parked_remote(my: MyCpu<'_>, h: usize, _: usize) {
+    complete_parked(my, h as *const Header);
 }
 
 /// A port refused `m` (closed, or its owner exited): a request is replied

@@ -81,6 +81,53 @@ fn domsg_to_a_thread_port_on_the_same_cpu() {
     });
 }
 
+/// `domsg` to a thread port on the same CPU whose owner passes the message
+/// on to a port on another CPU: the reply is made there, and the
+/// completion travels back by IPI to the CPU the sender sleeps on (the
+/// sleep is that CPU's only). Also a close with a parked message queued.
+#[test]
+fn domsg_on_one_cpu_replied_from_another() {
+    Machine::new(2).unwrap().run(|cur| {
+        let (far, s2) = server(cur, 1, serve_add_one(100));
+        let (near, s1) = server(cur, 0, move |me, port: &'static Port<u64>| {
+            for _ in 0..100 {
+                let mut m = port.waitport(me).request().unwrap();
+                *m *= 2;
+                m.forward(me.my_cpu(), far);
+            }
+            port.close(me);
+        });
+        let mut m = pin!(Msg::new(0u64));
+        for i in 0..100u64 {
+            *m.as_mut().body_mut() = i;
+            near.domsg(cur, m.as_mut()).unwrap();
+            assert_eq!(*m.body(), 2 * i + 1);
+        }
+        assert!(m.flags().contains(MsgFlags::DONE | MsgFlags::REPLY));
+        cur.join(&s1);
+        cur.join(&s2);
+        // The port is closed now: refused at once.
+        assert_eq!(near.domsg(cur, m.as_mut()), Err(MsgError::Closed));
+    });
+}
+
+/// A thread port closed by its owner while a same-CPU `domsg` waits on it:
+/// the queued message is replied `Closed` and its sender woken.
+#[test]
+fn close_with_a_same_cpu_domsg_queued() {
+    Machine::new(1).unwrap().run(|cur| {
+        let (port, srv) = server(cur, 0, move |me, port: &'static Port<u64>| {
+            // Let the sender queue its message, then close without taking it.
+            me.yield_now();
+            port.close(me);
+        });
+        let mut m = pin!(Msg::new(7u64));
+        assert_eq!(port.domsg(cur, m.as_mut()), Err(MsgError::Closed));
+        assert_eq!(*m.body(), 7);
+        cur.join(&srv);
+    });
+}
+
 /// Asynchronous sends with a reply port: `sendmsg` returns at once; the
 /// replies arrive on the reply port, each exactly once, and `waitport`
 /// tells which message each is (waiting on several messages).
