@@ -9,7 +9,7 @@ use core::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicUsize, Ord
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
-use crate::class::{is_small, route, PAGE_SIZE, ZONE_SIZE};
+use crate::class::{is_small, PAGE_SIZE, ZONE_SIZE};
 use crate::slab::large_bytes;
 use crate::zone::Zone;
 use crate::{CpuContext, Domain, DomainId, Flags, MallocStats, MallocType, PageSource, Slab};
@@ -972,7 +972,10 @@ impl GlobalSlab {
     /// CPU. `mmap` is async-signal-safe.
     #[cold]
     fn alloc_unowned(&self, layout: Layout) -> *mut u8 {
-        let Ok(bytes) = route(layout).and_then(|_| large_bytes(layout)) else {
+        if layout.size() == 0 {
+            return ptr::null_mut();
+        }
+        let Ok(bytes) = large_bytes(layout) else {
             return ptr::null_mut();
         };
         match self.slab.page_source().alloc_direct(layout) {
