@@ -895,22 +895,7 @@ fn alloc_section(out: &mut String, runs: &[alloc_runs::Runs], file: &Path) {
         );
         return;
     }
-    let when = std::fs::metadata(file)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| {
-            sh(
-                "date",
-                &[
-                    "-u",
-                    "-d",
-                    &format!("@{}", d.as_secs()),
-                    "+%Y-%m-%d %H:%M UTC",
-                ],
-            )
-        })
-        .unwrap_or_else(|| "at an unknown time".into());
+    let when = written_at(std::fs::metadata(file).ok());
     let _ = writeln!(out, "The allocator workloads (`benches/src/alloc_workloads.rs`: larson with remote frees, everyday churn with growth, xmalloc with more threads than cores and slots) built three ways, `alloc_slab` (`GlobalSlab::new(1 << 30, 8)`), `alloc_system` (glibc) and `alloc_mimalloc`, each run as a whole process in turn (slab, glibc, mimalloc, repeated), 5 counted rounds after a warm-up; wall time and peak RSS (`wait4`'s `ru_maxrss`); ratios are medians of the per-round ratios. Measured {when} by `cargo xtask bench-report --run`.\n");
     let _ = writeln!(out, "| workload | GlobalSlab | glibc | mimalloc | slab / glibc | slab / mimalloc | peak RSS, MiB (slab, glibc, mimalloc) |\n|---|---:|---:|---:|---:|---:|---|");
     let med = alloc_runs::Runs::median;
@@ -929,6 +914,24 @@ fn alloc_section(out: &mut String, runs: &[alloc_runs::Runs], file: &Path) {
             med(&r.rss_kib[2]) / 1024.0,
         );
     }
+}
+
+/// When a result file was written, in UTC, for a section's "measured" line.
+fn written_at(meta: Option<std::fs::Metadata>) -> String {
+    meta.and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            sh(
+                "date",
+                &[
+                    "-u",
+                    "-d",
+                    &format!("@{}", d.as_secs()),
+                    "+%Y-%m-%d %H:%M UTC",
+                ],
+            )
+        })
+        .unwrap_or_else(|| "at an unknown time".into())
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -1021,21 +1024,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 )
                 .ok()
             })
-            .or_else(|| std::fs::metadata(root.join(g.id)).ok())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| {
-                sh(
-                    "date",
-                    &[
-                        "-u",
-                        "-d",
-                        &format!("@{}", d.as_secs()),
-                        "+%Y-%m-%d %H:%M UTC",
-                    ],
-                )
-            })
-            .unwrap_or_else(|| "at an unknown time".into());
+            .or_else(|| std::fs::metadata(root.join(g.id)).ok());
+        let when = written_at(when);
         let _ = writeln!(
             out,
             "\n## {}\n\n`{}`: one element = {}; measured {when}.\n",
