@@ -542,7 +542,10 @@ unsafe impl PageSource for HostedPages {
             if l.nhot >= HOT_ZONES {
                 return false;
             }
-            // SAFETY: the zone is ours again; its first word links it.
+            // SAFETY: the caller gave the zone back (`free_zone`'s
+            // contract), so nothing else uses it; it is a zone-aligned,
+            // writable slice of a region we mapped, and its first word,
+            // aligned for a pointer, links it on the hot list.
             unsafe { z.cast::<*mut u8>().write(l.hot) };
             l.hot = z;
             l.nhot += 1;
