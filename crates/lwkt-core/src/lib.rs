@@ -118,6 +118,9 @@ mod thread;
 mod unwind;
 mod waitq;
 mod wake;
+// The timer queue of issue 18; wired to the CPUs by the timer module.
+#[allow(dead_code)]
+mod wheel;
 
 #[cfg(all(test, loom))]
 mod loom_models;

@@ -1,0 +1,559 @@
+//! A per-CPU hierarchical timing wheel: the queue of armed timers behind
+//! timed sleeps and callouts. DragonFly keeps two structures for this, a
+//! sorted list of systimers (`kern_systimer.c`, precise, O(n) insert) and
+//! a per-CPU callout wheel of `hz` ticks (`kern_timeout.c`, O(1), a tick's
+//! precision); this wheel gives both at once: O(1) arm and stop, and a
+//! timer fires at most one wheel tick ([`TICK_NS`], about a microsecond)
+//! after its deadline, never before.
+//!
+//! Six levels of 64 slots. A level-0 slot spans one tick, a level-`l` slot
+//! `64^l` ticks, so the levels reach about 65 µs, 4.2 ms, 268 ms, 17 s,
+//! 18 min and 19.5 h ahead. A timer goes to the level of the highest
+//! 6-bit digit in which its deadline tick differs from the wheel's
+//! `elapsed` tick; when the wheel reaches a slot of a higher level its
+//! timers move down ("cascade"). The top level wraps around: its slots
+//! behind `elapsed`'s digit hold the next lap. A deadline further than 63
+//! top-level slots waits in the slot that far ahead and is placed again
+//! from there.
+//!
+//! Each level has a bitmap of its non-empty slots, so the next expiry is a
+//! few `trailing_zeros` away. Slots are intrusive doubly linked lists of
+//! [`Entry`]s embedded in the timers themselves: arming and stopping
+//! allocate nothing.
+//!
+//! The wheel is owned by one CPU and touched only there, inside a critical
+//! section; it is not a concurrent structure.
+//!
+//! Invariant (`check` in the tests): below the top level, a timer in
+//! level `l`, slot `s` has the same digits as `elapsed` above level `l`,
+//! and `s` is greater than `elapsed`'s digit at level `l` (or equal, for
+//! level 0 only: due now); a top-level slot is never `elapsed`'s own. So
+//! the lowest non-empty level holds the earliest timers.
+
+use core::cell::Cell;
+use core::ptr;
+
+/// Nanoseconds per wheel tick (a power of two: 1024 ns).
+pub(crate) const TICK_NS: u64 = 1 << TICK_SHIFT;
+const TICK_SHIFT: u32 = 10;
+const SLOT_BITS: u32 = 6;
+const SLOTS: usize = 1 << SLOT_BITS;
+const LEVELS: usize = 6;
+/// The top level's slot span, in ticks.
+const TOP_SLOT: u64 = 1 << (SLOT_BITS * (LEVELS as u32 - 1));
+/// How far ahead of `elapsed` a timer is placed, in ticks: a deadline
+/// further away waits in the top level's slot this far ahead, and is
+/// placed again from there. One top-level slot short of the whole wheel,
+/// so a top-level slot never means both this lap and the next.
+const REACH: u64 = (SLOTS as u64 - 1) * TOP_SLOT;
+
+/// `Entry::place` of an entry on no list.
+const UNLINKED: u16 = u16::MAX;
+/// `Entry::place` of an entry taken from an expired slot, not yet handed
+/// out by [`Wheel::pop_expired`].
+const PENDING: u16 = u16::MAX - 1;
+
+/// A timer's link in the wheel, embedded in whatever the timer belongs to
+/// (a callout, a sleeping thread). DragonFly: the `TAILQ_ENTRY` of a
+/// `struct systimer` / `struct callout`.
+pub(crate) struct Entry {
+    next: Cell<*const Entry>,
+    prev: Cell<*const Entry>,
+    /// The deadline in nanoseconds of the backend's clock.
+    deadline: Cell<u64>,
+    /// `level * SLOTS + slot`, [`PENDING`] or [`UNLINKED`].
+    place: Cell<u16>,
+}
+
+impl Entry {
+    /// An unarmed entry.
+    pub(crate) const fn new() -> Entry {
+        Entry {
+            next: Cell::new(ptr::null()),
+            prev: Cell::new(ptr::null()),
+            deadline: Cell::new(0),
+            place: Cell::new(UNLINKED),
+        }
+    }
+
+    /// Whether the entry is in a wheel (armed, or expired and not yet
+    /// handed out).
+    pub(crate) fn is_linked(&self) -> bool {
+        self.place.get() != UNLINKED
+    }
+
+    /// The deadline it was last armed with, in nanoseconds.
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline.get()
+    }
+}
+
+impl Default for Entry {
+    fn default() -> Entry {
+        Entry::new()
+    }
+}
+
+/// An intrusive doubly linked list of entries (a slot, or the pending
+/// list): `prev` of the first entry is null.
+struct List {
+    head: Cell<*const Entry>,
+}
+
+impl List {
+    const fn new() -> List {
+        List {
+            head: Cell::new(ptr::null()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.get().is_null()
+    }
+
+    /// # Safety
+    /// `e` is live and on no list.
+    unsafe fn push(&self, e: *const Entry, place: u16) {
+        // SAFETY: `e` is live (contract); the old head, if any, is a live
+        // entry of this list (every linked entry is live: `Wheel::insert`).
+        unsafe {
+            let old = self.head.get();
+            (*e).next.set(old);
+            (*e).prev.set(ptr::null());
+            (*e).place.set(place);
+            if !old.is_null() {
+                (*old).prev.set(e);
+            }
+        }
+        self.head.set(e);
+    }
+
+    /// # Safety
+    /// `e` is live and on this list.
+    unsafe fn unlink(&self, e: *const Entry) {
+        // SAFETY: `e` and its neighbours are live entries of this list.
+        unsafe {
+            let (next, prev) = ((*e).next.get(), (*e).prev.get());
+            if prev.is_null() {
+                self.head.set(next);
+            } else {
+                (*prev).next.set(next);
+            }
+            if !next.is_null() {
+                (*next).prev.set(prev);
+            }
+            (*e).next.set(ptr::null());
+            (*e).prev.set(ptr::null());
+            (*e).place.set(UNLINKED);
+        }
+    }
+}
+
+/// The wheel. DragonFly: a CPU's `systimerq` and `softclock_pcpu`
+/// together.
+pub(crate) struct Wheel {
+    /// The tick the wheel has advanced to: every timer whose slot starts
+    /// at or before it has been handed out or moved down.
+    elapsed: Cell<u64>,
+    /// Per level, a bit per non-empty slot.
+    occupied: [Cell<u64>; LEVELS],
+    slots: [[List; SLOTS]; LEVELS],
+    /// Entries of expired slots not yet handed out or placed again.
+    pending: List,
+    len: Cell<usize>,
+}
+
+impl Wheel {
+    /// An empty wheel at time 0.
+    pub(crate) const fn new() -> Wheel {
+        const L: List = List::new();
+        const LEVEL: [List; SLOTS] = [L; SLOTS];
+        const Z: Cell<u64> = Cell::new(0);
+        Wheel {
+            elapsed: Cell::new(0),
+            occupied: [Z; LEVELS],
+            slots: [LEVEL; LEVELS],
+            pending: List::new(),
+            len: Cell::new(0),
+        }
+    }
+
+    /// Armed entries (pending ones included).
+    pub(crate) fn len(&self) -> usize {
+        self.len.get()
+    }
+
+    /// Arm `e` for `deadline` (nanoseconds of the clock `pop_expired` is
+    /// given); re-arms it if it is armed here already. O(1).
+    /// DragonFly: `systimer_init_oneshot()`, `callout_reset()`.
+    ///
+    /// # Safety
+    /// `e` stays live and does not move until it is unlinked (by
+    /// [`remove`](Self::remove) or handed out by
+    /// [`pop_expired`](Self::pop_expired)), and is in no other wheel.
+    pub(crate) unsafe fn insert(&self, e: *const Entry, deadline: u64) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            if (*e).is_linked() {
+                self.remove(e);
+            }
+            (*e).deadline.set(deadline);
+            self.place(e);
+        }
+        self.len.set(self.len.get() + 1);
+    }
+
+    /// Stop `e` if it is armed here: returns whether it was. O(1).
+    /// DragonFly: `systimer_del()`, `callout_stop()`.
+    ///
+    /// # Safety
+    /// `e` is live, and in this wheel if it is linked.
+    pub(crate) unsafe fn remove(&self, e: *const Entry) -> bool {
+        // SAFETY: `e` is live (contract).
+        let place = unsafe { (*e).place.get() };
+        match place {
+            UNLINKED => return false,
+            // SAFETY: linked here (contract), on the pending list.
+            PENDING => unsafe { self.pending.unlink(e) },
+            _ => {
+                let (level, slot) = (usize::from(place) / SLOTS, usize::from(place) % SLOTS);
+                let list = &self.slots[level][slot];
+                // SAFETY: linked here, in that slot.
+                unsafe { list.unlink(e) };
+                if list.is_empty() {
+                    let bits = &self.occupied[level];
+                    bits.set(bits.get() & !(1 << slot));
+                }
+            }
+        }
+        self.len.set(self.len.get() - 1);
+        true
+    }
+
+    /// The deadline of the earliest timer's slot, in nanoseconds, or
+    /// `None` when nothing is armed: when to program the CPU's one-shot
+    /// timer. It may come before that timer's own deadline (a slot of a
+    /// higher level, whose timers then move down); never after.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        if !self.pending.is_empty() {
+            return Some(self.elapsed.get() << TICK_SHIFT);
+        }
+        self.next_slot().map(|(_, _, tick)| tick << TICK_SHIFT)
+    }
+
+    /// Hand out one due timer, unlinked, or `None` when no more are due. A
+    /// timer is due once `now` (nanoseconds) has reached its deadline
+    /// rounded up to a whole tick: never early, at most [`TICK_NS`] late. The caller
+    /// fires it, and may arm and stop timers between calls (from the fired
+    /// timer's callback, too). `now` should not go backwards; if it does,
+    /// nothing fires early.
+    pub(crate) fn pop_expired(&self, now: u64) -> Option<*const Entry> {
+        let now_tick = now >> TICK_SHIFT;
+        loop {
+            let e = self.pending.head.get();
+            if !e.is_null() {
+                // SAFETY: a linked entry of this wheel is live (`insert`).
+                unsafe {
+                    self.pending.unlink(e);
+                    if due_tick((*e).deadline.get()) <= now_tick {
+                        self.len.set(self.len.get() - 1);
+                        return Some(e);
+                    }
+                    // A higher level's slot (or a far deadline parked at
+                    // the window's end): place it again, lower down.
+                    self.place(e);
+                }
+                continue;
+            }
+            match self.next_slot() {
+                Some((level, slot, tick)) if tick <= now_tick => {
+                    self.elapsed.set(self.elapsed.get().max(tick));
+                    let list = &self.slots[level][slot];
+                    // Move the whole slot to the pending list.
+                    let mut e = list.head.get();
+                    list.head.set(ptr::null());
+                    let bits = &self.occupied[level];
+                    bits.set(bits.get() & !(1 << slot));
+                    while !e.is_null() {
+                        // SAFETY: live entries of the slot just emptied.
+                        unsafe {
+                            let next = (*e).next.get();
+                            self.pending.push(e, PENDING);
+                            e = next;
+                        }
+                    }
+                }
+                _ => {
+                    // Nothing due: every slot starts after `now`, so moving
+                    // `elapsed` up to it keeps the invariant.
+                    self.elapsed.set(self.elapsed.get().max(now_tick));
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Put `e` (deadline set, on no list) in its slot.
+    ///
+    /// # Safety
+    /// As [`insert`](Self::insert).
+    unsafe fn place(&self, e: *const Entry) {
+        let elapsed = self.elapsed.get();
+        // SAFETY: live (contract).
+        let deadline = unsafe { (*e).deadline.get() };
+        // Round up: the slot's tick starts at or after the deadline, so a
+        // timer never fires early.
+        let tick = due_tick(deadline).max(elapsed).min(elapsed + REACH);
+        let differ = (tick ^ elapsed) | (SLOTS as u64 - 1);
+        // Past the top level's window (the next lap): the top level.
+        let level = (((63 - differ.leading_zeros()) / SLOT_BITS) as usize).min(LEVELS - 1);
+        let slot = ((tick >> (SLOT_BITS * level as u32)) as usize) & (SLOTS - 1);
+        let place = (level * SLOTS + slot) as u16;
+        // SAFETY: live and on no list (contract).
+        unsafe { self.slots[level][slot].push(e, place) };
+        let bits = &self.occupied[level];
+        bits.set(bits.get() | 1 << slot);
+    }
+
+    /// The earliest non-empty slot: its level, index and starting tick.
+    fn next_slot(&self) -> Option<(usize, usize, u64)> {
+        let elapsed = self.elapsed.get();
+        (0..LEVELS).find_map(|level| {
+            let shift = SLOT_BITS * level as u32;
+            let here = ((elapsed >> shift) as usize) & (SLOTS - 1);
+            let bits = self.occupied[level].get();
+            let window = elapsed & !((1u64 << (shift + SLOT_BITS)) - 1);
+            let ahead = bits & (u64::MAX << here);
+            if ahead != 0 {
+                let slot = ahead.trailing_zeros() as usize;
+                Some((level, slot, window + ((slot as u64) << shift)))
+            } else if bits != 0 {
+                // Slots behind `elapsed`'s own: the top level's next lap
+                // (below the top they are empty: the invariant).
+                debug_assert_eq!(level, LEVELS - 1);
+                let slot = bits.trailing_zeros() as usize;
+                let lap = 1u64 << (shift + SLOT_BITS);
+                Some((level, slot, window + lap + ((slot as u64) << shift)))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// The first tick at or after `deadline` (in nanoseconds).
+fn due_tick(deadline: u64) -> u64 {
+    deadline.div_ceil(TICK_NS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::boxed::Box;
+    use std::collections::BTreeSet;
+    use std::vec::Vec;
+
+    impl Wheel {
+        /// The invariant of the module docs, and the counts.
+        fn check(&self) {
+            let elapsed = self.elapsed.get();
+            let mut n = 0;
+            for level in 0..LEVELS {
+                let shift = SLOT_BITS * level as u32;
+                let here = ((elapsed >> shift) as usize) & (SLOTS - 1);
+                for slot in 0..SLOTS {
+                    let list = &self.slots[level][slot];
+                    let bit = self.occupied[level].get() >> slot & 1 == 1;
+                    assert_eq!(bit, !list.is_empty(), "bitmap of level {level} slot {slot}");
+                    if list.is_empty() {
+                        continue;
+                    }
+                    match level {
+                        0 => assert!(slot >= here),
+                        l if l == LEVELS - 1 => assert_ne!(slot, here),
+                        _ => assert!(slot > here),
+                    }
+                    let mut e = list.head.get();
+                    let mut prev = ptr::null();
+                    while !e.is_null() {
+                        // SAFETY: test entries live for the whole test.
+                        let en = unsafe { &*e };
+                        assert_eq!(en.prev.get(), prev);
+                        assert_eq!(usize::from(en.place.get()), level * SLOTS + slot);
+                        n += 1;
+                        prev = e;
+                        e = en.next.get();
+                    }
+                }
+            }
+            let mut e = self.pending.head.get();
+            while !e.is_null() {
+                n += 1;
+                // SAFETY: as above.
+                e = unsafe { (*e).next.get() };
+            }
+            assert_eq!(n, self.len());
+        }
+    }
+
+    fn entries(n: usize) -> Vec<Box<Entry>> {
+        (0..n).map(|_| Box::new(Entry::new())).collect()
+    }
+
+    fn drain(w: &Wheel, now: u64) -> Vec<*const Entry> {
+        core::iter::from_fn(|| w.pop_expired(now)).collect()
+    }
+
+    #[test]
+    fn fires_at_its_deadline_never_before() {
+        let w = Wheel::new();
+        let es = entries(3);
+        // SAFETY: the entries outlive the wheel's use of them.
+        unsafe {
+            w.insert(&*es[0], 5_000);
+            w.insert(&*es[1], 70_000_000); // level 3
+            w.insert(&*es[2], 1_000);
+        }
+        assert_eq!(w.next_deadline(), Some(1024));
+        assert!(drain(&w, 999).is_empty());
+        assert_eq!(drain(&w, 1024), [&*es[2] as *const Entry]);
+        assert!(drain(&w, 4_999).is_empty());
+        assert_eq!(drain(&w, 6_000), [&*es[0] as *const Entry]);
+        w.check();
+        assert!(drain(&w, 69_999_999).is_empty());
+        w.check();
+        assert_eq!(drain(&w, 70_000_000 + TICK_NS), [&*es[1] as *const Entry]);
+        assert_eq!(w.len(), 0);
+        assert_eq!(w.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_past_deadline_is_due_at_once() {
+        let w = Wheel::new();
+        let es = entries(1);
+        assert!(drain(&w, 1 << 30).is_empty());
+        // SAFETY: as above.
+        unsafe { w.insert(&*es[0], 5) };
+        w.check();
+        assert_eq!(w.next_deadline(), Some(1 << 30));
+        assert_eq!(drain(&w, 1 << 30).len(), 1);
+    }
+
+    #[test]
+    fn far_deadlines_wait_at_the_top_and_come_down() {
+        let w = Wheel::new();
+        let es = entries(2);
+        let far = 100 * 3600 * 1_000_000_000u64; // 100 hours
+                                                 // SAFETY: as above.
+        unsafe {
+            w.insert(&*es[0], far);
+            w.insert(&*es[1], u64::MAX);
+        }
+        w.check();
+        let mut steps = 0;
+        loop {
+            let next = w.next_deadline().unwrap();
+            if next >= far {
+                break;
+            }
+            assert!(drain(&w, next).is_empty());
+            w.check();
+            steps += 1;
+        }
+        assert!(drain(&w, far - 1).is_empty());
+        assert_eq!(drain(&w, far + TICK_NS), [&*es[0] as *const Entry]);
+        assert!(steps < 100, "{steps} cascades for 100 hours");
+        // SAFETY: as above.
+        assert!(unsafe { w.remove(&*es[1]) });
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn re_arm_and_stop_from_between_pops() {
+        let w = Wheel::new();
+        let es = entries(3);
+        // SAFETY: as above.
+        unsafe {
+            w.insert(&*es[0], 100);
+            w.insert(&*es[1], 100);
+            w.insert(&*es[2], 100);
+            w.insert(&*es[2], 3_000); // re-armed: counted once
+        }
+        assert_eq!(w.len(), 3);
+        let first = w.pop_expired(5_000).unwrap();
+        // Its slot-mate is pending now: stop it, and re-arm the fired one
+        // for later.
+        let other = if first == &*es[0] as *const Entry {
+            &*es[1]
+        } else {
+            &*es[0]
+        };
+        // SAFETY: as above.
+        unsafe {
+            assert!(w.remove(other));
+            assert!(!w.remove(other));
+            w.insert(first, 10_000);
+        }
+        w.check();
+        assert_eq!(drain(&w, 5_000), [&*es[2] as *const Entry]);
+        assert_eq!(drain(&w, 11_000), [first]);
+        assert_eq!(w.len(), 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Against a model: arm, stop and advance at random; every timer
+        /// fires exactly once, not before its deadline and at most a tick
+        /// after the `now` at which it became due.
+        #[test]
+        fn matches_a_sorted_set(ops in proptest::collection::vec((0u8..4, 0usize..16, 0u64..1 << 40), 1..200)) {
+            let w = Wheel::new();
+            let es = entries(16);
+            let mut model: BTreeSet<(u64, usize)> = BTreeSet::new();
+            let mut armed = [None; 16];
+            let mut now = 0u64;
+            for (op, i, x) in ops {
+                match op {
+                    0 | 1 => {
+                        let d = now + (x >> (x % 40));
+                        if let Some(old) = armed[i].take() { model.remove(&(old, i)); }
+                        // SAFETY: as above.
+                        unsafe { w.insert(&*es[i], d) };
+                        armed[i] = Some(d);
+                        model.insert((d, i));
+                    }
+                    2 => {
+                        let was = armed[i].take();
+                        if let Some(old) = was { model.remove(&(old, i)); }
+                        // SAFETY: as above.
+                        proptest::prop_assert_eq!(unsafe { w.remove(&*es[i]) }, was.is_some());
+                    }
+                    _ => {
+                        now += x >> (x % 40);
+                        let mut fired: Vec<usize> = drain(&w, now)
+                            .into_iter()
+                            .map(|e| es.iter().position(|b| &**b as *const Entry == e).unwrap())
+                            .collect();
+                        fired.sort();
+                        let mut due: Vec<usize> = model
+                            .iter()
+                            .filter(|(d, _)| due_tick(*d) <= now >> TICK_SHIFT)
+                            .map(|&(_, i)| i)
+                            .collect();
+                        due.sort();
+                        proptest::prop_assert_eq!(&fired, &due);
+                        for i in fired {
+                            model.remove(&(armed[i].take().unwrap(), i));
+                        }
+                    }
+                }
+                w.check();
+                proptest::prop_assert_eq!(w.len(), model.len());
+                if let Some(&(d, _)) = model.iter().next() {
+                    let next = w.next_deadline().unwrap();
+                    proptest::prop_assert!(next <= d.div_ceil(TICK_NS) * TICK_NS);
+                }
+            }
+        }
+    }
+}
