@@ -191,6 +191,7 @@ impl<'a> MyCpu<'a> {
     ///
     /// # Panics
     /// If `h` belongs to another machine.
+    #[inline]
     pub fn schedule(self, h: &ThreadHandle) {
         let td = h.thread();
         self.check_machine(td);
@@ -242,6 +243,7 @@ impl<'a> MyCpu<'a> {
     /// [`Cur::sleep_here_until`] and of [`Cur::sleep_until`] on this CPU.
     /// No fence and no read-modify-write (unless a sleep queue slot
     /// empties whose machine-wide bit was set).
+    #[inline]
     pub fn wakeup_here(self, chan: usize) {
         self.crit(|| {
             // SAFETY: on this CPU in a critical section.
@@ -280,6 +282,7 @@ impl<'a> MyCpu<'a> {
         });
     }
 
+    #[inline(always)]
     pub(crate) fn check_machine(self, td: &Thread) {
         assert!(
             td.machine_id == self.gd.machine().id,
@@ -685,6 +688,38 @@ impl Cur {
         crit_exit_td(td);
     }
 
+    /// Take this thread off the run queue and switch away, in one critical
+    /// section; returns when someone has scheduled it again
+    /// ([`MyCpu::schedule`]) and it runs. [`deschedule_self`](Self::deschedule_self)
+    /// then [`switch`](Self::switch), without the second section and
+    /// inlined: the thread resumes in its caller's frame (see
+    /// [`yield_now`](Self::yield_now)). Called inside a critical section,
+    /// nothing that the section defers can run between the caller's check
+    /// of its wait condition and the switch, so a wake-up made by an IPI is
+    /// not lost. DragonFly: `lwkt_deschedule_self()` + `lwkt_switch()`.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let me = cur.handle();
+    ///     // A thread of this CPU wakes us once we have blocked.
+    ///     let waker = cur.spawn_on(cur.cpu_id(), move |w| w.my_cpu().schedule(&me)).unwrap();
+    ///     cur.block();
+    ///     cur.join(&waker);
+    /// });
+    /// ```
+    #[inline(always)]
+    pub fn block(&mut self) {
+        let td = self.td();
+        crit::enter(&td.critcount);
+        let gd = td.gd();
+        // SAFETY: on our CPU in a critical section, as the running thread.
+        unsafe {
+            dequeue(gd, td);
+            switch_in_crit::<true>(td, gd, gd.runq().first());
+        }
+        crit_exit_td(td);
+    }
+
     /// Put this thread back on the run queue. DragonFly: `lwkt_schedule_self()`.
     pub fn schedule_self(&mut self) {
         let td = self.td();
@@ -773,6 +808,9 @@ impl Cur {
         self.sleep_until_in::<true>(chan, cond)
     }
 
+    // Inlined, with the switch: the thread resumes in its caller's frame
+    // (see `yield_now` on the return-address predictor).
+    #[inline(always)]
     fn sleep_until_in<const HERE: bool>(&mut self, chan: usize, mut cond: impl FnMut() -> bool) {
         let td = self.td();
         crit::enter(&td.critcount);
@@ -780,12 +818,14 @@ impl Cur {
         // queue and out of the critical section.
         let restore = RestoreOnUnwind(td);
         loop {
+            let gd = td.gd();
             // SAFETY: on our CPU in a critical section; `td` is current.
-            if unsafe { sleep::sleep_pass::<HERE>(td.gd(), td, chan, &mut cond) } {
+            if unsafe { sleep::sleep_pass::<HERE>(gd, td, chan, &mut cond) } {
                 break;
             }
-            // SAFETY: as above; the wakeup path re-queues us.
-            unsafe { switch_from(td) };
+            // SAFETY: as above (the critical section is ours); the wakeup
+            // path re-queues us.
+            unsafe { switch_in_crit::<true>(td, gd, gd.runq().first()) };
         }
         core::mem::forget(restore);
         crit_exit_td(td);
@@ -842,14 +882,21 @@ impl Cur {
         let td = self.td();
         crit::enter(&td.critcount);
         let gd = td.gd();
-        let arch = gd.machine().arch;
-        let budget = budget.min(arch.idle_poll_cycles());
         // SAFETY: on our CPU in a critical section.
         let others = |gd: &Cpu| unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ));
         // `ready` is the caller's: if it panics, we unwind out of the
         // critical section (the watch itself may go on).
         let restore = RestoreOnUnwind(td);
-        if budget == 0 || others(gd) {
+        // Someone else to run (a thread this one just woke, say): no watch,
+        // and no need to ask the backend (a call through `dyn Arch`).
+        let busy = others(gd);
+        let arch = gd.machine().arch;
+        let budget = if busy {
+            0
+        } else {
+            budget.min(arch.idle_poll_cycles())
+        };
+        if budget == 0 {
             // Nothing to watch for, or someone else to run: no watch.
             let r = ready();
             core::mem::forget(restore);
@@ -1196,6 +1243,7 @@ fn exit_current(td: &Thread) -> ! {
 ///
 /// # Safety
 /// On `gd`, in a critical section; `td` is a live thread of `gd`.
+#[inline]
 pub(crate) unsafe fn schedule_local(gd: &Cpu, td: &Thread) {
     if td.has(tdf::RUNQ | tdf::MIGRATING | tdf::EXITING | tdf::IDLE) {
         return;
@@ -1213,6 +1261,7 @@ pub(crate) unsafe fn schedule_local(gd: &Cpu, td: &Thread) {
 ///
 /// # Safety
 /// On `gd`, in a critical section; `td` is a live thread of `gd`.
+#[inline]
 pub(crate) unsafe fn dequeue(gd: &Cpu, td: &Thread) {
     if td.has(tdf::RUNQ) {
         // SAFETY: forwarded.
@@ -1224,29 +1273,40 @@ pub(crate) unsafe fn dequeue(gd: &Cpu, td: &Thread) {
 ///
 /// # Safety
 /// On `gd`, in a critical section; the caller holds `td`.
+#[inline(always)]
 unsafe fn schedule_any(gd: &Cpu, td: &Thread) {
     let owner = td.gd.load(Ordering::Acquire);
     if ptr::eq(owner, gd) {
         // SAFETY: forwarded; `td` is ours.
         unsafe { schedule_local(gd, td) };
     } else {
-        td.hold();
-        // SAFETY: `owner` is a CPU of this machine (same machine id).
-        let target = unsafe { (*owner).id() };
         // SAFETY: forwarded.
-        let r = unsafe {
-            ipiq::send(
-                gd,
-                target,
-                &[IpiMsg {
-                    func: schedule_remote,
-                    arg1: td as *const Thread as usize,
-                    arg2: 0,
-                }],
-            )
-        };
-        debug_assert!(r.is_ok());
+        unsafe { schedule_elsewhere(gd, td, owner) };
     }
+}
+
+/// [`schedule_any`] for a thread of another CPU, `owner`: by IPI.
+///
+/// # Safety
+/// As for [`schedule_any`]; `owner` is `td`'s CPU as just read.
+#[inline(never)]
+unsafe fn schedule_elsewhere(gd: &Cpu, td: &Thread, owner: *mut Cpu) {
+    td.hold();
+    // SAFETY: `owner` is a CPU of this machine (same machine id).
+    let target = unsafe { (*owner).id() };
+    // SAFETY: forwarded.
+    let r = unsafe {
+        ipiq::send(
+            gd,
+            target,
+            &[IpiMsg {
+                func: schedule_remote,
+                arg1: td as *const Thread as usize,
+                arg2: 0,
+            }],
+        )
+    };
+    debug_assert!(r.is_ok());
 }
 
 fn schedule_remote(my: MyCpu<'_>, td: usize, _: usize) {

@@ -486,6 +486,9 @@ impl<T: Send + 'static> Port<T> {
 
     #[track_caller]
     pub(crate) fn do_waitport(&self, cur: &mut Cur) -> Incoming<T> {
+        if let Kind::Thread(_) = self.kind {
+            return self.thread_waitport(cur);
+        }
         loop {
             if let Some(x) = self.do_getport(cur) {
                 return x;
@@ -493,6 +496,66 @@ impl<T: Send + 'static> Port<T> {
             if self.sleep_on(cur, |inner| !inner.q.is_empty() || inner.closed) {
                 // Closed; take what arrived before the close, if anything.
                 return self.do_getport(cur).unwrap_or(Incoming::Closed);
+            }
+        }
+    }
+
+    /// `waitport` on a thread port, by its owner: the queue is looked at,
+    /// and the owner blocked, in as few critical sections as the waiting
+    /// allows (one per message taken when messages are queued; one more
+    /// around the block, which takes the message that ends it).
+    #[track_caller]
+    #[inline]
+    fn thread_waitport(&self, cur: &mut Cur) -> Incoming<T> {
+        self.check_receiver(cur);
+        cur.crit_enter();
+        loop {
+            // SAFETY: the owner (`check_receiver`), on its CPU, in a
+            // critical section; the borrow ends before anything else runs.
+            let (h, closed) = unsafe {
+                let inner = self.inner();
+                (inner.q.pop(), inner.closed)
+            };
+            if let Some(h) = h {
+                cur.crit_exit();
+                if let Some(x) = self.classify(cur.my_cpu(), h) {
+                    return x;
+                }
+                cur.crit_enter();
+                continue;
+            }
+            cur.crit_exit();
+            if closed {
+                return Incoming::Closed;
+            }
+            // The idle loop would watch the rings for us while we sleep;
+            // watching them here instead serves the next put in this
+            // thread, with no wake-up and no switch. As long as the idle
+            // loop would (the backend's `idle_poll_cycles`), and only when
+            // no other thread waits to run here.
+            let queued = || {
+                // SAFETY: the owner, on its CPU, in the critical section
+                // `watch_until` runs this in.
+                let inner = unsafe { self.inner() };
+                !inner.q.is_empty() || inner.closed
+            };
+            let got = cur.watch_until(u64::MAX, queued);
+            cur.crit_enter();
+            if !got {
+                // SAFETY: the owner, on its CPU, in a critical section.
+                let sleep = unsafe {
+                    let inner = self.inner();
+                    inner.q.is_empty() && !inner.closed && {
+                        inner.waiting = true;
+                        true
+                    }
+                };
+                if sleep {
+                    // A put that lands from here on (deferred by the critical
+                    // section until we switch) schedules us again; we take
+                    // it in the same critical section.
+                    cur.block();
+                }
             }
         }
     }
@@ -839,8 +902,7 @@ impl<T: Send + 'static> Port<T> {
                 if sleep {
                     // A put that lands from here on (deferred by the critical
                     // section until we switch) schedules us again.
-                    cur.deschedule_self();
-                    cur.switch();
+                    cur.block();
                 }
                 cur.crit_exit();
             }
