@@ -23,7 +23,7 @@ use crate::crit;
 use crate::ipiq::{self, IpiError, IpiFn, IpiMsg};
 use crate::sleep;
 use crate::sync::Ordering;
-use crate::thread::{tdf, Priority, SpawnError, Thread, ThreadHandle, MPF_EXITED};
+use crate::thread::{tdf, ParkToken, Priority, SpawnError, Thread, ThreadHandle, MPF_EXITED};
 
 /// Smallest stack left for a thread's own frames after its thread block and
 /// closure are placed at the top of its stack.
@@ -249,6 +249,49 @@ impl<'a> MyCpu<'a> {
             // SAFETY: on this CPU in a critical section.
             unsafe { sleep::wakeup_local(self.gd, chan) };
         });
+    }
+
+    /// Make the thread `t` names runnable, if it lives on this CPU (of this
+    /// machine); returns whether it does. No count, no sleep queue, no
+    /// atomic read-modify-write: the wake-up of a thread that waits in
+    /// [`Cur::block`] for this very call, made on its CPU (a thread of
+    /// another CPU or machine is left alone: `false`). A thread woken
+    /// otherwise (or twice) only runs once more and checks its condition
+    /// again. Not in DragonFly (see [`ParkToken`]).
+    ///
+    /// # Safety
+    /// `t` is the [`Cur::park_token`] of a thread that has not exited (its
+    /// block is alive): for example one that waits, in a loop on a
+    /// condition only this wake-up's caller can make true, for this call.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let t = cur.park_token();
+    ///     let waker = cur.spawn_on(cur.cpu_id(), move |w| {
+    ///         // SAFETY: the main thread waits in `block` until this call.
+    ///         assert!(unsafe { w.my_cpu().unpark(t) });
+    ///     }).unwrap();
+    ///     cur.block();
+    ///     cur.join(&waker);
+    /// });
+    /// ```
+    #[inline]
+    pub unsafe fn unpark(self, t: ParkToken) -> bool {
+        // SAFETY: caller: the block is alive.
+        let td = unsafe { t.thread() };
+        // The CPU pointer alone could name a CPU block of an ended machine
+        // reused by this one: check the machine too (as `check_machine`).
+        let here = td.machine_id == self.gd.machine().id
+            && ptr::eq(td.gd.load(Ordering::Acquire), self.gd);
+        if here {
+            self.crit(|| {
+                // SAFETY: on this CPU in a critical section; `td` is a live
+                // thread of this CPU (checked above; only this CPU hands
+                // its threads over, and not while we are in it).
+                unsafe { schedule_local(self.gd, td) }
+            });
+        }
+        here
     }
 
     /// Queue `func(arg1, arg2)` to run on `target` in interrupt context (in
@@ -504,6 +547,19 @@ impl Cur {
     /// A handle to this thread, to give to others (for example to wake it).
     pub fn handle(&self) -> ThreadHandle {
         ThreadHandle::new_held(self.td())
+    }
+
+    /// This thread's [`ParkToken`], for a party that will wake it on this
+    /// CPU with [`MyCpu::unpark`] while it waits in [`block`](Self::block).
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     assert_eq!(cur.park_token(), cur.park_token());
+    /// });
+    /// ```
+    #[inline(always)]
+    pub fn park_token(&self) -> ParkToken {
+        ParkToken::of(self.td())
     }
 
     /// Whether `h` is a handle to this thread (no atomic operation).

@@ -317,6 +317,46 @@ impl<T: Send + 'static> Msg<T> {
         unsafe { self.get_unchecked_mut() as *mut Msg<T> }
     }
 
+    /// `domsg` on one CPU (`f::PARKED`): keep the waiting sender's
+    /// [`ParkToken`](lwkt_core::ParkToken) in the tag word, and return the
+    /// tag, which `domsg` puts back once the message is done
+    /// ([`unpark_tag`](Self::unpark_tag)). Nobody reads the tag of a
+    /// synchronous message in flight (only `Replied::of`, for replies to a
+    /// reply port or a reply-only port, which a `SYNC` message never
+    /// takes), and the originator's `Pin<&mut>`, held by `domsg` for the
+    /// whole wait, excludes `Msg::tag`.
+    ///
+    /// # Safety
+    /// The caller is `domsg`, the originator, between `begin_send(true)`
+    /// and the send; `m` is live.
+    #[inline(always)]
+    pub(crate) unsafe fn park_tag(m: *mut Msg<T>, waiter: u64) -> u64 {
+        // SAFETY: caller: nobody else touches the message yet.
+        unsafe { core::mem::replace(&mut (*m).tag, waiter) }
+    }
+
+    /// The waiting sender's token of a `PARKED` message.
+    ///
+    /// # Safety
+    /// The caller owns `m` as its target, before `complete_parked`.
+    #[inline(always)]
+    pub(crate) unsafe fn parked_waiter(m: *const Msg<T>) -> u64 {
+        // SAFETY: caller: the target owns it; nobody writes the tag while
+        // the message is in flight.
+        unsafe { (*m).tag }
+    }
+
+    /// `domsg`: the message is done; its tag back in place.
+    ///
+    /// # Safety
+    /// The caller is `domsg`, the originator, after `DONE`; `m` is live.
+    #[inline(always)]
+    pub(crate) unsafe fn unpark_tag(m: *mut Msg<T>, tag: u64) {
+        // SAFETY: caller: the originator owns the message again, and the
+        // target touched nothing after `DONE`.
+        unsafe { (*m).tag = tag };
+    }
+
     pub(crate) fn body_ptr(m: *mut Msg<T>) -> *mut T {
         // SAFETY: `m` is live; projecting to the field does not read.
         unsafe { (*m).body.get() }

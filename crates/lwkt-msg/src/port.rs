@@ -428,17 +428,23 @@ impl<T: Send + 'static> Port<T> {
     /// `lwkt_domsg` to a thread port on the same CPU. Returns `false`,
     /// having done nothing, when the owner lives elsewhere or the port
     /// refuses the message (the general path then sends it).
+    #[inline(always)]
     fn domsg_here(&self, cur: &mut Cur, owner: &ThreadHandle, m: *mut Msg<T>) -> bool {
         cur.crit_enter();
+        let waiter = cur.park_token();
         let my = cur.my_cpu();
+        let mut tag = 0;
         // SAFETY: the owner lives here (`is_local`, M4), and we are in a
         // critical section; the borrow ends before anything else runs.
         let queued = owner.is_local(my)
             && unsafe {
                 let inner = self.inner();
                 !inner.closed && !owner.has_exited() && {
-                    // We are the originator, just after `begin_send(true)`, and
-                    // sleep below, on this CPU, until the message is done.
+                    // We are the originator, just after `begin_send(true)`,
+                    // and wait below, on this CPU, until the message is
+                    // done: the target wakes us by the token it finds in
+                    // the message (`complete_parked`).
+                    tag = Msg::park_tag(m, waiter.to_bits());
                     (*m).hdr.park_queued(my.id());
                     // `m` is in flight, on no queue, and stays alive.
                     inner.q.push(m as *mut Header);
@@ -451,8 +457,15 @@ impl<T: Send + 'static> Port<T> {
         if queued {
             // SAFETY: the caller's pinned borrow keeps the message alive.
             let hdr = unsafe { &(*m).hdr };
-            // The reply wakes us here (`complete_parked`).
-            cur.sleep_here_until(m as usize, || hdr.is_done());
+            // Off the run queue until the reply's `unpark` (or any other
+            // wake-up: then look again). In our critical section, so the
+            // reply, made on this CPU, comes only once we have switched
+            // away; the test reads our own CPU's last store.
+            while !hdr.is_done() {
+                cur.block();
+            }
+            // SAFETY: done: the originator owns the message again.
+            unsafe { Msg::unpark_tag(m, tag) };
         }
         cur.crit_exit();
         queued
@@ -1067,10 +1080,11 @@ fn mark<T: Send + 'static>(m: *mut Msg<T>, is_reply: bool) {
 /// Complete `m` in place and wake its waiters. After this the message is
 /// its originator's, so nothing here touches it once `complete` has set
 /// `DONE` (the sleep channel is only its address).
+#[inline]
 fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     // SAFETY: we own the message until it is done.
     if unsafe { (*m).hdr.flags() } & f::PARKED != 0 {
-        return complete_parked(my, m as *const Header);
+        return complete_parked(my, m);
     }
     // SAFETY: we own the message until `complete` sets DONE; the waker runs
     // before that.
@@ -1085,35 +1099,54 @@ fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
 }
 
 /// Complete a `PARKED` message (`domsg` on one CPU) on its waiter's CPU
-/// and wake the waiter there; from another CPU (the message was forwarded)
+/// and wake the waiter there, by the [`ParkToken`](lwkt_core::ParkToken)
+/// it left in the message; from another CPU (the message was forwarded)
 /// the completion travels there by IPI.
-fn complete_parked(my: MyCpu<'_>, h: *const Header) {
+#[inline]
+fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     // SAFETY: we own the message as its target until `complete_parked`
-    // sets DONE (then we touch it no more: the wakeup only uses its
-    // address); it is live until then (M2).
-    let hdr = unsafe { &*h };
+    // sets DONE (then we touch it no more); it is live until then (M2).
+    let hdr = unsafe { &(*m).hdr };
     let cpu = hdr.parked_cpu();
     if cpu == my.id() {
-        // The waiter sleeps here, or will once this CPU lets it run: it
-        // cannot run between the DONE store and the wakeup.
+        // SAFETY: as above, before DONE.
+        let waiter = lwkt_core::ParkToken::from_bits(unsafe { Msg::parked_waiter(m) });
+        // The waiter waits here (it blocked in `domsg_here`, in the
+        // critical section in which it queued the message, so before
+        // anything here could reply): it cannot run between the DONE store
+        // and the wake-up.
         my.crit(|| {
             hdr.complete_parked();
-            my.wakeup_here(h as usize);
+            // SAFETY: the token of the originator, which waits in
+            // `domsg_here` until DONE, so has not exited. Of another
+            // machine (a reply carried there; CPU numbers overlap), it is
+            // left alone: `unpark` checks (a known limit,
+            // docs/soundness.md: it is not woken).
+            unsafe { my.unpark(waiter) };
         });
-    } else if my
-        .send_ipi(cpu, complete_parked_remote, h as usize, 0)
+    } else {
+        complete_parked_elsewhere(my, m, cpu);
+    }
+}
+
+/// `complete_parked` from a CPU other than the waiter's: by IPI.
+#[inline(never)]
+fn complete_parked_elsewhere<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>, cpu: CpuId) {
+    if my
+        .send_ipi(cpu, complete_parked_remote::<T>, m as usize, 0)
         .is_err()
     {
         // No such CPU here: a reply from another machine. Complete the
         // message; its originator is not woken (a known limit,
         // docs/soundness.md).
-        hdr.complete_parked();
+        // SAFETY: we own the message until DONE; nothing after.
+        unsafe { (*m).hdr.complete_parked() };
     }
 }
 
 /// IPI function: `complete_parked` arriving at the waiter's CPU.
-fn complete_parked_remote(my: MyCpu<'_>, h: usize, _: usize) {
-    complete_parked(my, h as *const Header);
+fn complete_parked_remote<T: Send + 'static>(my: MyCpu<'_>, m: usize, _: usize) {
+    complete_parked(my, m as *mut Msg<T>);
 }
 
 /// A port refused `m` (closed, or its owner exited): a request is replied
