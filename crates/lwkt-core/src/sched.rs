@@ -191,14 +191,17 @@ impl<'a> MyCpu<'a> {
     ///
     /// # Panics
     /// If `h` belongs to another machine.
-    #[inline]
+    #[inline(always)]
     pub fn schedule(self, h: &ThreadHandle) {
         let td = h.thread();
         self.check_machine(td);
-        self.crit(|| {
-            // SAFETY: on this CPU in a critical section; `td` is held by `h`.
-            unsafe { schedule_any(self.gd, td) }
-        });
+        // A section by hand, not `crit`'s closure (which the compiler may
+        // leave out of line): nothing in it unwinds.
+        let me = self.gd.cur();
+        crit::enter(&me.critcount);
+        // SAFETY: on this CPU in a critical section; `td` is held by `h`.
+        unsafe { schedule_any(self.gd, td) };
+        crit_exit_td(me);
     }
 
     /// Take `h` off its CPU's run queue (it keeps running until it next
@@ -281,15 +284,17 @@ impl<'a> MyCpu<'a> {
         let td = unsafe { t.thread() };
         // The CPU pointer alone could name a CPU block of an ended machine
         // reused by this one: check the machine too (as `check_machine`).
-        let here = td.machine_id == self.gd.machine().id
+        let here = td.machine_id == self.gd.machine_id.get()
             && ptr::eq(td.gd.load(Ordering::Acquire), self.gd);
         if here {
-            self.crit(|| {
-                // SAFETY: on this CPU in a critical section; `td` is a live
-                // thread of this CPU (checked above; only this CPU hands
-                // its threads over, and not while we are in it).
-                unsafe { schedule_local(self.gd, td) }
-            });
+            // A section by hand, as in `schedule`.
+            let me = self.gd.cur();
+            crit::enter(&me.critcount);
+            // SAFETY: on this CPU in a critical section; `td` is a live
+            // thread of this CPU (checked above; only this CPU hands its
+            // threads over, and not while we are in it).
+            unsafe { schedule_local(self.gd, td) };
+            crit_exit_td(me);
         }
         here
     }
@@ -328,7 +333,9 @@ impl<'a> MyCpu<'a> {
     #[inline(always)]
     pub(crate) fn check_machine(self, td: &Thread) {
         assert!(
-            td.machine_id == self.gd.machine().id,
+            // The CPU's copy of its machine's id (set at `bind`, before any
+            // `MyCpu` of it exists): one load, no pointer chase.
+            td.machine_id == self.gd.machine_id.get(),
             "lwkt: thread handle of another machine used on this one"
         );
     }
@@ -366,6 +373,57 @@ impl Drop for RestoreOnUnwind<'_> {
         }
         crit_exit_td(td);
     }
+}
+
+/// The watch of [`Cur::watch_until`], entered in its critical section on
+/// `gd`, the running thread `td`'s CPU, with no other thread runnable
+/// there; leaves the section.
+#[inline(never)]
+fn watch_in_crit(td: &Thread, gd: &Cpu, budget: u64, mut ready: impl FnMut() -> bool) -> bool {
+    // SAFETY: on our CPU in a critical section.
+    let others = |gd: &Cpu| unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ));
+    // `ready` is the caller's: if it panics, we unwind out of the
+    // critical section (the watch itself may go on).
+    let restore = RestoreOnUnwind(td);
+    let arch = gd.machine().arch;
+    let budget = budget.min(arch.idle_poll_cycles());
+    if budget == 0 {
+        // Nothing to watch for.
+        let r = ready();
+        core::mem::forget(restore);
+        crit_exit_td(td);
+        return r;
+    }
+    let start = arch.cycles();
+    if gd.watching.get() {
+        // A thread waiting for work keeps the watch alive.
+        gd.watch_seen.set(start);
+    } else {
+        gd.begin_watch();
+    }
+    let got = loop {
+        if gd.watch_sees_work() {
+            // SAFETY: on our CPU in a critical section.
+            unsafe { gd.splz_watched() };
+        }
+        if ready() {
+            break true;
+        }
+        if others(gd)
+            || gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0
+            || gd.shutdown.load(Ordering::Relaxed)
+            || !gd.watching.get()
+            || arch.cycles().wrapping_sub(start) >= budget
+        {
+            break false;
+        }
+        core::hint::spin_loop();
+    };
+    // The watch goes on (the idle loop's, if we now sleep): the next
+    // message finds this CPU still watching, and its sender kicks no one.
+    core::mem::forget(restore);
+    crit_exit_td(td);
+    got
 }
 
 /// A critical section, left when dropped. `#[must_use]`, not `Send`.
@@ -934,61 +992,26 @@ impl Cur {
     ///     cur.join(&h);
     /// });
     /// ```
+    #[inline(always)]
     pub fn watch_until(&mut self, budget: u64, mut ready: impl FnMut() -> bool) -> bool {
         let td = self.td();
         crit::enter(&td.critcount);
         let gd = td.gd();
-        // SAFETY: on our CPU in a critical section.
-        let others = |gd: &Cpu| unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ));
-        // `ready` is the caller's: if it panics, we unwind out of the
-        // critical section (the watch itself may go on).
-        let restore = RestoreOnUnwind(td);
         // Someone else to run (a thread this one just woke, say): no watch,
-        // and no need to ask the backend (a call through `dyn Arch`).
-        let busy = others(gd);
-        let arch = gd.machine().arch;
-        let budget = if busy {
-            0
-        } else {
-            budget.min(arch.idle_poll_cycles())
-        };
-        if budget == 0 {
-            // Nothing to watch for, or someone else to run: no watch.
+        // and no need to ask the backend (a call through `dyn Arch`). The
+        // common case of a receiver that just answered a sender of its own
+        // CPU, so inline; the watch itself is out of line.
+        // SAFETY: on our CPU in a critical section.
+        if unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ)) {
+            // `ready` is the caller's: if it panics, we unwind out of the
+            // critical section.
+            let restore = RestoreOnUnwind(td);
             let r = ready();
             core::mem::forget(restore);
             crit_exit_td(td);
             return r;
         }
-        let start = arch.cycles();
-        if gd.watching.get() {
-            // A thread waiting for work keeps the watch alive.
-            gd.watch_seen.set(start);
-        } else {
-            gd.begin_watch();
-        }
-        let got = loop {
-            if gd.watch_sees_work() {
-                // SAFETY: on our CPU in a critical section.
-                unsafe { gd.splz_watched() };
-            }
-            if ready() {
-                break true;
-            }
-            if others(gd)
-                || gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0
-                || gd.shutdown.load(Ordering::Relaxed)
-                || !gd.watching.get()
-                || arch.cycles().wrapping_sub(start) >= budget
-            {
-                break false;
-            }
-            core::hint::spin_loop();
-        };
-        // The watch goes on (the idle loop's, if we now sleep): the next
-        // message finds this CPU still watching, and its sender kicks no one.
-        core::mem::forget(restore);
-        crit_exit_td(td);
-        got
+        watch_in_crit(td, gd, budget, ready)
     }
 
     /// Block until the thread behind `h` has exited.
@@ -1299,7 +1322,7 @@ fn exit_current(td: &Thread) -> ! {
 ///
 /// # Safety
 /// On `gd`, in a critical section; `td` is a live thread of `gd`.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn schedule_local(gd: &Cpu, td: &Thread) {
     if td.has(tdf::RUNQ | tdf::MIGRATING | tdf::EXITING | tdf::IDLE) {
         return;

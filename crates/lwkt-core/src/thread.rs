@@ -314,12 +314,14 @@ impl ThreadHandle {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn thread(&self) -> &Thread {
         // SAFETY: our hold keeps the block alive.
         unsafe { self.td.as_ref() }
     }
 
     /// True once the thread has finished and left its CPU.
+    #[inline]
     pub fn has_exited(&self) -> bool {
         self.thread().mpflags.load(Ordering::Acquire) & MPF_EXITED != 0
     }
@@ -344,8 +346,9 @@ impl ThreadHandle {
     ///     assert!(h.is_of_machine(cur.my_cpu()));
     /// });
     /// ```
+    #[inline]
     pub fn is_of_machine(&self, my: crate::MyCpu<'_>) -> bool {
-        self.thread().machine_id == my.cpu().machine().id
+        self.thread().machine_id == my.machine_id()
     }
 
     /// Whether the thread lives on `my`'s CPU now: same machine, same CPU.
@@ -363,6 +366,7 @@ impl ThreadHandle {
     ///     assert!(h.is_local(cur.my_cpu()));
     /// });
     /// ```
+    #[inline]
     pub fn is_local(&self, my: crate::MyCpu<'_>) -> bool {
         self.is_of_machine(my)
             && ptr::eq(

@@ -515,8 +515,9 @@ impl<T: Send + 'static> Port<T> {
 
     /// `waitport` on a thread port, by its owner: the queue is looked at,
     /// and the owner blocked, in as few critical sections as the waiting
-    /// allows (one per message taken when messages are queued; one more
-    /// around the block, which takes the message that ends it).
+    /// allows: one per message taken when messages are queued; one from
+    /// finding the queue empty, through the watch and the block, to taking
+    /// the message that ends it.
     #[track_caller]
     #[inline]
     fn thread_waitport(&self, cur: &mut Cur) -> Incoming<T> {
@@ -537,38 +538,32 @@ impl<T: Send + 'static> Port<T> {
                 cur.crit_enter();
                 continue;
             }
-            cur.crit_exit();
             if closed {
+                cur.crit_exit();
                 return Incoming::Closed;
             }
             // The idle loop would watch the rings for us while we sleep;
             // watching them here instead serves the next put in this
             // thread, with no wake-up and no switch. As long as the idle
             // loop would (the backend's `idle_poll_cycles`), and only when
-            // no other thread waits to run here.
+            // no other thread waits to run here (then it returns at once).
+            // The watch runs the IPIs it finds itself, inside our section.
             let queued = || {
                 // SAFETY: the owner, on its CPU, in the critical section
                 // `watch_until` runs this in.
                 let inner = unsafe { self.inner() };
                 !inner.q.is_empty() || inner.closed
             };
-            let got = cur.watch_until(u64::MAX, queued);
-            cur.crit_enter();
-            if !got {
+            if !cur.watch_until(u64::MAX, queued) {
+                // Nothing queued and not closed at the watch's last look,
+                // and nothing could land since: we have been in our
+                // critical section throughout.
                 // SAFETY: the owner, on its CPU, in a critical section.
-                let sleep = unsafe {
-                    let inner = self.inner();
-                    inner.q.is_empty() && !inner.closed && {
-                        inner.waiting = true;
-                        true
-                    }
-                };
-                if sleep {
-                    // A put that lands from here on (deferred by the critical
-                    // section until we switch) schedules us again; we take
-                    // it in the same critical section.
-                    cur.block();
-                }
+                unsafe { self.inner() }.waiting = true;
+                // A put that lands from here on (deferred by the critical
+                // section until we switch) schedules us again; we take it
+                // in the same critical section.
+                cur.block();
             }
         }
     }
@@ -685,6 +680,7 @@ impl<T: Send + 'static> Port<T> {
     /// Before a send touches the message: the port takes requests, from
     /// this machine.
     #[track_caller]
+    #[inline]
     fn check_put(&self, my: MyCpu<'_>) {
         match &self.kind {
             Kind::ReplyOnly(_) => panic!(
@@ -707,15 +703,14 @@ impl<T: Send + 'static> Port<T> {
     }
 
     #[track_caller]
+    #[inline]
     fn check_receiver(&self, cur: &Cur) {
         match &self.kind {
-            Kind::Thread(owner) => assert!(
-                cur.is(owner),
-                "lwkt-msg: thread '{}' received from the port of thread '{}' \
-                 (rule: only a thread port's owner receives from it)",
-                cur.name(),
-                owner.name()
-            ),
+            Kind::Thread(owner) => {
+                if !cur.is(owner) {
+                    not_the_owner(cur, owner);
+                }
+            }
             Kind::Spin => {}
             Kind::Serializer(slz) => assert!(
                 slz.is_held_by(cur),
@@ -1114,16 +1109,15 @@ fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
         // The waiter waits here (it blocked in `domsg_here`, in the
         // critical section in which it queued the message, so before
         // anything here could reply): it cannot run between the DONE store
-        // and the wake-up.
-        my.crit(|| {
-            hdr.complete_parked();
-            // SAFETY: the token of the originator, which waits in
-            // `domsg_here` until DONE, so has not exited. Of another
-            // machine (a reply carried there; CPU numbers overlap), it is
-            // left alone: `unpark` checks (a known limit,
-            // docs/soundness.md: it is not woken).
-            unsafe { my.unpark(waiter) };
-        });
+        // and the wake-up, since only a switch made by the thread running
+        // here lets it run (an interrupt meanwhile cannot switch).
+        hdr.complete_parked();
+        // SAFETY: the token of the originator, which waits in `domsg_here`
+        // until DONE and has not run since, so has not exited. Of another
+        // machine (a reply carried there; CPU numbers overlap), it is left
+        // alone: `unpark` checks (a known limit, docs/soundness.md: it is
+        // not woken).
+        unsafe { my.unpark(waiter) };
     } else {
         complete_parked_elsewhere(my, m, cpu);
     }
@@ -1245,8 +1239,21 @@ pub(crate) fn route_by(
     }
 }
 
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn not_the_owner(cur: &Cur, owner: &ThreadHandle) -> ! {
+    panic!(
+        "lwkt-msg: thread '{}' received from the port of thread '{}' \
+         (rule: only a thread port's owner receives from it)",
+        cur.name(),
+        owner.name()
+    )
+}
+
 /// Panic unless `owner` is a thread of `my`'s machine.
 #[track_caller]
+#[inline]
 fn check_machine(owner: &ThreadHandle, my: MyCpu<'_>) {
     if !owner.is_of_machine(my) {
         other_machine(owner);
