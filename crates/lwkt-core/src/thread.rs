@@ -381,62 +381,43 @@ impl ThreadHandle {
 /// ([`Cur::block`](crate::Cur::block)) until a known party wakes it leaves
 /// with that party ([`MyCpu::unpark`](crate::MyCpu::unpark)). lwkt-msg's
 /// same-CPU `domsg` keeps one in the message while its sender waits. It is
-/// only a number (the thread block's address): making, copying and
-/// storing one is safe; waking with one is `unsafe`, since the token does
-/// not keep its thread alive.
+/// only the thread block's address (a pointer, so its provenance travels
+/// with it): making, copying and storing one is safe; waking with one is
+/// `unsafe`, since the token does not keep its thread alive.
 ///
 /// Not in DragonFly, whose `lwkt_domsg` sleeps on the message's address
 /// (`tsleep`) and is woken by a `wakeup` of it.
 ///
 /// ```
 /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
-///     let t = cur.park_token();
-///     assert_eq!(lwkt_core::ParkToken::from_bits(t.to_bits()), t);
+///     let t: lwkt_core::ParkToken = cur.park_token();
+///     assert_eq!(t, cur.park_token());
 /// });
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ParkToken(usize);
+pub struct ParkToken(NonNull<Thread>);
+
+// SAFETY: an address only; it gives no access to the thread by itself
+// (`MyCpu::unpark`, the one use, is `unsafe` and checks machine and CPU).
+unsafe impl Send for ParkToken {}
+// SAFETY: as above.
+unsafe impl Sync for ParkToken {}
 
 impl ParkToken {
-    /// The token of `td` (its address, with its provenance exposed, so
-    /// that [`thread`](Self::thread) may use it again).
+    /// The token of `td`.
     #[inline(always)]
     pub(crate) fn of(td: &Thread) -> ParkToken {
-        ParkToken((td as *const Thread).expose_provenance())
-    }
-
-    /// The token as a number, to keep in a word of the waker's choice.
-    ///
-    /// ```
-    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
-    ///     assert_ne!(cur.park_token().to_bits(), 0);
-    /// });
-    /// ```
-    #[inline(always)]
-    pub fn to_bits(self) -> u64 {
-        self.0 as u64
-    }
-
-    /// A token back from [`to_bits`](Self::to_bits).
-    ///
-    /// ```
-    /// let t = lwkt_core::ParkToken::from_bits(0x1000);
-    /// assert_eq!(t.to_bits(), 0x1000);
-    /// ```
-    #[inline(always)]
-    pub fn from_bits(bits: u64) -> ParkToken {
-        ParkToken(bits as usize)
+        ParkToken(NonNull::from(td))
     }
 
     /// The thread block the token names.
     ///
     /// # Safety
-    /// The token came from [`of`](Self::of) of a thread whose block is
-    /// still alive.
+    /// The block is still alive.
     #[inline(always)]
     pub(crate) unsafe fn thread<'a>(self) -> &'a Thread {
-        // SAFETY: caller: a live block, whose provenance `of` exposed.
-        unsafe { &*ptr::with_exposed_provenance::<Thread>(self.0) }
+        // SAFETY: caller: a live block.
+        unsafe { self.0.as_ref() }
     }
 }
 

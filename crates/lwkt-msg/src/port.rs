@@ -444,7 +444,7 @@ impl<T: Send + 'static> Port<T> {
                     // and wait below, on this CPU, until the message is
                     // done: the target wakes us by the token it finds in
                     // the message (`complete_parked`).
-                    tag = Msg::park_tag(m, waiter.to_bits());
+                    tag = Msg::park_tag(m, waiter);
                     (*m).hdr.park_queued(my.id());
                     // `m` is in flight, on no queue, and stays alive.
                     inner.q.push(m as *mut Header);
@@ -1105,7 +1105,7 @@ fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     let cpu = hdr.parked_cpu();
     if cpu == my.id() {
         // SAFETY: as above, before DONE.
-        let waiter = lwkt_core::ParkToken::from_bits(unsafe { Msg::parked_waiter(m) });
+        let waiter = unsafe { Msg::parked_waiter(m) };
         // The waiter waits here (it blocked in `domsg_here`, in the
         // critical section in which it queued the message, so before
         // anything here could reply): it cannot run between the DONE store
