@@ -142,7 +142,10 @@ impl<'a> MyCpu<'a> {
 
     /// True when an interrupt or IPI arrived inside a critical section and
     /// waits for the final `crit_exit` (DragonFly: `gd_reqflags &
-    /// RQF_IDLECHECK_MASK`). A diagnostic; nothing needs to poll it.
+    /// RQF_IDLECHECK_MASK`). Nothing needs to poll it; a thread about to
+    /// block inside its critical section may, to leave the section (which
+    /// runs the deferred work) first (lwkt-msg's `waitport` does).
+    #[inline]
     pub fn has_deferred(self) -> bool {
         self.gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK != 0
     }

@@ -554,17 +554,26 @@ impl<T: Send + 'static> Port<T> {
                 let inner = unsafe { self.inner() };
                 !inner.q.is_empty() || inner.closed
             };
-            if !cur.watch_until(u64::MAX, queued) {
-                // Nothing queued and not closed at the watch's last look,
-                // and nothing could land since: we have been in our
-                // critical section throughout.
-                // SAFETY: the owner, on its CPU, in a critical section.
-                unsafe { self.inner() }.waiting = true;
-                // A put that lands from here on (deferred by the critical
-                // section until we switch) schedules us again; we take it
-                // in the same critical section.
-                cur.block();
+            if cur.watch_until(u64::MAX, queued) {
+                continue;
             }
+            if cur.my_cpu().has_deferred() {
+                // IPIs arrived after the watch's last look (deferred by our
+                // section): run them now, as the section's end does, rather
+                // than switch away and back for a put among them.
+                cur.crit_exit();
+                cur.crit_enter();
+                continue;
+            }
+            // Nothing queued and not closed at the watch's last look, and
+            // nothing could land since: we have been in our critical
+            // section throughout, and nothing waits in it.
+            // SAFETY: the owner, on its CPU, in a critical section.
+            unsafe { self.inner() }.waiting = true;
+            // A put that lands from here on (deferred by the critical
+            // section until we switch) schedules us again; we take it in
+            // the same critical section.
+            cur.block();
         }
     }
 
