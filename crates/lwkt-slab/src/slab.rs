@@ -419,6 +419,90 @@ impl<P: PageSource> Slab<P> {
         }
     }
 
+    /// Take up to `n` chunks of `class` for a thread's cache (the hosted
+    /// allocator's), linked through their first words; the list's head and
+    /// length. Taking them is not accounted: the cache accounts each block
+    /// it hands out, and `fold` runs first on the CPU to hand those counts
+    /// over. Returns head, tail and length. Fewer than `n` come when the class's partial zones run out
+    /// after the first chunk (no new zone is taken for the rest).
+    ///
+    /// # Errors
+    /// [`SlabError::Exhausted`] when not even one chunk can be had.
+    #[cfg(feature = "std")]
+    pub(crate) fn take_chunks(
+        &self,
+        cx: &impl CpuContext,
+        class: usize,
+        n: usize,
+        fold: impl FnOnce(usize),
+    ) -> Result<(*mut u8, *mut u8, usize), SlabError> {
+        self.on_cpu(cx, |cpu| {
+            fold(cpu);
+            let mut head: *mut u8 = ptr::null_mut();
+            let mut tail: *mut u8 = ptr::null_mut();
+            let mut got = 0;
+            while got < n {
+                // SAFETY: in `cpu`'s critical section (`on_cpu`).
+                match unsafe { self.pop_chunk(cpu, class) } {
+                    Some((p, _)) => {
+                        let c = p.as_ptr();
+                        // SAFETY: a chunk just handed out: ours, at least
+                        // 8 bytes and 8-aligned, so its first word holds
+                        // the link.
+                        unsafe { c.cast::<*mut u8>().write(head) };
+                        if head.is_null() {
+                            tail = c;
+                        }
+                        head = c;
+                        got += 1;
+                    }
+                    None if got > 0 => break,
+                    // SAFETY: in `cpu`'s critical section.
+                    None => unsafe { self.refill(cpu, class, Flags::NONE)? },
+                }
+            }
+            Ok((head, tail, got))
+        })
+    }
+
+    /// Give back a thread cache's list of chunks (linked through their
+    /// first words, `take_chunks`' format), on whichever CPU `cx` gives:
+    /// each goes to its zone as a local or remote free. Not accounted
+    /// (see `take_chunks`); `fold` runs first on the CPU.
+    ///
+    /// # Safety
+    /// Every chunk on the list came from this slab (`take_chunks` or
+    /// `alloc`) and is free: nobody uses it or holds it after this call.
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn give_chunks(
+        &self,
+        cx: &impl CpuContext,
+        mut c: *mut u8,
+        fold: impl FnOnce(usize),
+    ) {
+        self.on_cpu(cx, |cpu| {
+            fold(cpu);
+            while !c.is_null() {
+                // SAFETY: a chunk on the list (caller): its first word
+                // links the next, its zone is live while it is allocated,
+                // and its owner and class do not change meanwhile.
+                unsafe {
+                    let next = c.cast::<*mut u8>().read();
+                    let z = Zone::of(c);
+                    #[cfg(debug_assertions)]
+                    self.check_free(z, c, (*z).class as usize);
+                    let owner = (*z).owner as usize;
+                    if owner == cpu {
+                        self.free_local(cpu, z, c);
+                    } else {
+                        Zone::remote_free(z, c, &self.cpus[owner].queue);
+                    }
+                    c = next;
+                }
+            }
+        });
+    }
+
     /// Resize: keep the block when the new size has the same size class;
     /// a large block to a large size the page source may resize itself
     /// ([`PageSource::realloc_large`]: `HostedPages` keeps the block when
@@ -915,6 +999,26 @@ impl<P: PageSource> Slab<P> {
                 self.pages.free_zone(NonNull::new_unchecked(z.cast()));
             }
         }
+    }
+
+    /// Debug builds: `p` is a chunk start of a live zone of this slab, of
+    /// size class `class` (what `check_free` checks, without the live bit:
+    /// for a free into a thread cache).
+    #[cfg(all(debug_assertions, feature = "std"))]
+    #[track_caller]
+    pub(crate) fn check_chunk(&self, p: *mut u8, class: usize) {
+        let z = Zone::of(p);
+        assert!(
+            self.pages.owns_zone(z.cast()),
+            "lwkt-slab: free of {p:p}, which this slab did not allocate"
+        );
+        // SAFETY: the page source handed this zone out, so its header is
+        // readable (live or cached).
+        let zone = unsafe { &*z };
+        assert!(
+            zone.magic_ok() && zone.class as usize == class && zone.index_of(p).is_some(),
+            "lwkt-slab: free of {p:p} with a layout of size class {class}: not a chunk of that class"
+        );
     }
 
     #[cfg(debug_assertions)]
