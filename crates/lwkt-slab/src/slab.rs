@@ -487,7 +487,7 @@ impl<P: PageSource> Slab<P> {
                 // links the next, its zone is live while it is allocated,
                 // and its owner and class do not change meanwhile.
                 unsafe {
-                    let next = c.cast::<*mut u8>().read();
+                    let mut next = c.cast::<*mut u8>().read();
                     let z = Zone::of(c);
                     #[cfg(debug_assertions)]
                     self.check_free(z, c, (*z).class as usize);
@@ -495,7 +495,17 @@ impl<P: PageSource> Slab<P> {
                     if owner == cpu {
                         self.free_local(cpu, z, c);
                     } else {
-                        Zone::remote_free(z, c, &self.cpus[owner].queue);
+                        // The run of chunks of the same zone that follows
+                        // goes with it, in one push (they are linked
+                        // already, through the same first words).
+                        let mut last = c;
+                        while !next.is_null() && Zone::of(next) == z {
+                            #[cfg(debug_assertions)]
+                            self.check_free(z, next, (*z).class as usize);
+                            last = next;
+                            next = next.cast::<*mut u8>().read();
+                        }
+                        Zone::remote_free_chain(z, c, last, &self.cpus[owner].queue);
                     }
                     c = next;
                 }

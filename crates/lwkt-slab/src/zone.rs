@@ -243,11 +243,32 @@ impl Zone {
     /// caller; the caller does not touch the zone afterwards.
     #[inline]
     pub(crate) unsafe fn remote_free(this: *mut Zone, p: *mut u8, owner_queue: &AtomicStack<Zone>) {
-        // SAFETY: our chunk is allocated, so the zone is live until the push.
+        // SAFETY: forwarded; a chain of one chunk.
+        unsafe { Zone::remote_free_chain(this, p, p, owner_queue) }
+    }
+
+    /// [`remote_free`](Self::remote_free) of a chain of chunks of zone
+    /// `this`, `first` to `last`, linked through their first words
+    /// (`Chunk`'s link): one push for all. DragonFly batches remote frees
+    /// per zone the same way.
+    ///
+    /// # Safety
+    /// Every chunk from `first` to `last` is an allocated chunk of the live
+    /// zone `this`, given up by the caller, and they are linked from
+    /// `first` to `last`; the caller does not touch the zone afterwards.
+    #[inline]
+    pub(crate) unsafe fn remote_free_chain(
+        this: *mut Zone,
+        first: *mut u8,
+        last: *mut u8,
+        owner_queue: &AtomicStack<Zone>,
+    ) {
+        // SAFETY: our chunks are allocated, so the zone is live until the
+        // push.
         let z = unsafe { &*this };
         let queue = z.full.load(Ordering::Relaxed) && !z.queued.swap(true, Ordering::AcqRel);
-        // SAFETY: a free chunk of `this`, given up by the caller.
-        unsafe { z.remote.push(p.cast()) };
+        // SAFETY: free chunks of `this`, linked, given up by the caller.
+        unsafe { z.remote.push_chain(first.cast(), last.cast()) };
         if queue {
             // SAFETY: `queued` is ours, so the zone stays alive and its
             // queue link is ours to use.
