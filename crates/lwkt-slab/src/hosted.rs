@@ -1227,6 +1227,13 @@ impl GlobalSlab {
             .flatten()
     }
 
+    /// [`bind`](Self::bind), out of the free path.
+    #[cold]
+    #[inline(never)]
+    fn bind_cold(&self, tc: &ThreadCache) -> bool {
+        self.bind(tc)
+    }
+
     /// Make `tc` (this thread's cache) serve `self` if it serves nothing
     /// yet and `self` is at home; whether it serves `self`.
     fn bind(&self, tc: &ThreadCache) -> bool {
@@ -1253,7 +1260,9 @@ impl GlobalSlab {
         let r = CACHE.try_with(|tc| {
             let spill = {
                 let _inside = Inside::enter();
-                if !tc.serves(self) {
+                // A thread that frees before it allocates (a consumer)
+                // binds its cache here.
+                if !tc.serves(self) && !self.bind_cold(tc) {
                     return false;
                 }
                 let b = &tc.bins[class];

@@ -442,6 +442,30 @@ impl<P: PageSource> Slab<P> {
             let mut tail: *mut u8 = ptr::null_mut();
             let mut got = 0;
             while got < n {
+                // Chunks on the first partial zone's local list go as
+                // they are linked (no rewrite of each link).
+                // SAFETY: in `cpu`'s critical section (`on_cpu`).
+                let z = unsafe { self.cs_partial_head(cpu, class) };
+                if !z.is_null() {
+                    // SAFETY: owner access to a live zone of our list, in
+                    // `cpu`'s critical section.
+                    if let Some((h, t, k)) = unsafe { (*z).take_local((n - got) as u32) } {
+                        // SAFETY: `t` is ours (just taken); `h`..`t` are
+                        // linked.
+                        unsafe { t.cast::<*mut u8>().write(head) };
+                        if head.is_null() {
+                            tail = t;
+                        }
+                        head = h;
+                        got += k as usize;
+                        // SAFETY: `z` is on the class's partial list.
+                        if unsafe { (*z).nfree } == 0 {
+                            // SAFETY: as above.
+                            unsafe { self.zone_emptied(cpu, z) };
+                        }
+                        continue;
+                    }
+                }
                 // SAFETY: in `cpu`'s critical section (`on_cpu`).
                 match unsafe { self.pop_chunk(cpu, class) } {
                     Some((p, _)) => {
@@ -741,6 +765,17 @@ impl<P: PageSource> Slab<P> {
     unsafe fn cs(&self, cpu: usize) -> &mut CpuSlab {
         // SAFETY: forwarded; `cpu < self.ncpus <= MAX_CPUS` (`on_cpu`).
         unsafe { &mut *self.cpus.get_unchecked(cpu).own.get() }
+    }
+
+    /// The first partial zone of `class` on `cpu` (null if none).
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section.
+    #[cfg(feature = "std")]
+    #[inline(always)]
+    unsafe fn cs_partial_head(&self, cpu: usize, class: usize) -> *mut Zone {
+        // SAFETY: forwarded; the borrow ends with this read.
+        unsafe { self.cs(cpu) }.partial[class].head
     }
 
     /// Take a chunk of `class` from the first partial zone, if there is

@@ -199,17 +199,66 @@ impl Zone {
     /// Owner: move every remotely freed chunk to the local list; returns how
     /// many came. DragonFly: the `z_RChunks` drain in `kmalloc`.
     pub(crate) fn absorb_remote(&mut self) -> u32 {
-        let mut c = self.remote.take_all();
-        let mut n = 0;
-        while !c.is_null() {
+        let head = self.remote.take_all();
+        if head.is_null() {
+            return 0;
+        }
+        // The chain is linked already: find its tail and length (reading
+        // each chunk's link, not rewriting it: the lines stay shared with
+        // the CPU that freed them until the chunk is used), then splice
+        // it in front of the local list with one write.
+        let (mut tail, mut n) = (head, 1);
+        loop {
             // SAFETY: taken off the remote stack: ours.
-            let next = unsafe { Chunk::next(c) };
-            self.push_local(c.cast());
-            c = next;
+            let next = unsafe { Chunk::next(tail) };
+            if next.is_null() {
+                break;
+            }
+            tail = next;
             n += 1;
         }
+        // SAFETY: `tail` is ours (taken off the stack).
+        unsafe { Chunk::set_next(tail, self.local) };
+        self.local = head;
         self.nfree += n;
         n
+    }
+
+    /// Owner: unlink up to `n` chunks (`n >= 1`) from the front of the
+    /// local list, as they are linked (one write, at the cut); head, tail
+    /// and count, or `None` when the list is empty. Lowers `nfree`.
+    #[cfg(feature = "std")]
+    pub(crate) fn take_local(&mut self, n: u32) -> Option<(*mut u8, *mut u8, u32)> {
+        let head = self.local;
+        if head.is_null() {
+            return None;
+        }
+        let (mut tail, mut got) = (head, 1);
+        while got < n {
+            // SAFETY: a chunk of our local list.
+            let next = unsafe { Chunk::next(tail) };
+            if next.is_null() {
+                break;
+            }
+            tail = next;
+            got += 1;
+        }
+        // SAFETY: as above; the cut's link is ours to clear.
+        unsafe {
+            self.local = Chunk::next(tail);
+            Chunk::set_next(tail, ptr::null_mut());
+        }
+        self.nfree -= got;
+        #[cfg(debug_assertions)]
+        {
+            let mut c = head;
+            while !c.is_null() {
+                self.set_live(self.index_of(c.cast()).expect("a chunk of the zone"));
+                // SAFETY: as above.
+                c = unsafe { Chunk::next(c) };
+            }
+        }
+        Some((head.cast(), tail.cast(), got))
     }
 
     /// Owner: the zone has no free chunk left and goes on the full list.
