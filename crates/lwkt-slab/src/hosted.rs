@@ -1209,12 +1209,25 @@ impl GlobalSlab {
                     .ok()?;
                 let _inside = Inside::enter();
                 // SAFETY: chunks just taken, ours: the first word of each
-                // links the next; `tail` is the last (`n >= 1`).
+                // links the next, the last's is null; `tail` is the last
+                // or null (`n >= 1`).
                 unsafe {
                     let rest = head.cast::<*mut u8>().read();
                     if n > 1 {
                         let b = &tc.bins[class];
-                        tail.cast::<*mut u8>().write(b.head.get());
+                        let old = b.head.get();
+                        if !old.is_null() {
+                            // A signal handler refilled the bin meanwhile:
+                            // append it (walking to the tail if unknown).
+                            let mut t = tail;
+                            if t.is_null() {
+                                t = rest;
+                                while !t.cast::<*mut u8>().read().is_null() {
+                                    t = t.cast::<*mut u8>().read();
+                                }
+                            }
+                            t.cast::<*mut u8>().write(old);
+                        }
                         b.head.set(rest);
                         b.n.set(b.n.get() + n as u32 - 1);
                     }

@@ -423,7 +423,9 @@ impl<P: PageSource> Slab<P> {
     /// allocator's), linked through their first words; the list's head and
     /// length. Taking them is not accounted: the cache accounts each block
     /// it hands out, and `fold` runs first on the CPU to hand those counts
-    /// over. Returns head, tail and length. Fewer than `n` come when the class's partial zones run out
+    /// over. Returns head, tail and length; the tail is null when a zone's
+    /// whole local list came as it is (then up to `4 * n` chunks). Fewer
+    /// than `n` come when the class's partial zones run out
     /// after the first chunk (no new zone is taken for the rest).
     ///
     /// # Errors
@@ -447,9 +449,21 @@ impl<P: PageSource> Slab<P> {
                 // SAFETY: in `cpu`'s critical section (`on_cpu`).
                 let z = unsafe { self.cs_partial_head(cpu, class) };
                 if !z.is_null() {
+                    let first = got == 0;
                     // SAFETY: owner access to a live zone of our list, in
                     // `cpu`'s critical section.
-                    if let Some((h, t, k)) = unsafe { (*z).take_local((n - got) as u32) } {
+                    if let Some((h, t, k)) = unsafe { (*z).take_local((n - got) as u32, first) } {
+                        if t.is_null() {
+                            // The zone's whole list, the first and only
+                            // piece (its tail unknown).
+                            debug_assert!(first);
+                            // SAFETY: `z` is on the class's partial list.
+                            if unsafe { (*z).nfree } == 0 {
+                                // SAFETY: as above.
+                                unsafe { self.zone_emptied(cpu, z) };
+                            }
+                            return Ok((h, t, k as usize));
+                        }
                         // SAFETY: `t` is ours (just taken); `h`..`t` are
                         // linked.
                         unsafe { t.cast::<*mut u8>().write(head) };
