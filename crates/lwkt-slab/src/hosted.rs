@@ -1067,9 +1067,12 @@ impl GlobalSlab {
     /// Statistics of everything allocated through it. The counts of other
     /// threads' caches (see [`thread_cached`](Self::thread_cached)) are
     /// told as they take or return chunks, and at their thread's exit; the
-    /// calling thread's, now.
+    /// calling thread's, now (unless it is inside the allocator: a signal
+    /// handler that interrupted it there).
     pub fn stats(&self) -> MallocStats {
-        if self.caches_here() {
+        // Not from inside the allocator (a signal handler that interrupted
+        // it): telling the counts takes the thread's slot.
+        if self.caches_here() && !Self::reentered() {
             let _ = CACHE.try_with(|tc| {
                 if tc.serves(self) && tc.calls.get() | tc.frees.get() != 0 {
                     // SAFETY: an empty list gives nothing back.
