@@ -267,13 +267,15 @@ impl<T: Copy, const N: usize> Ring<T, N> {
 
     /// Where the run headed at index `r` ends, if it is published: the
     /// head's sequence word, read with Acquire (which makes every entry of
-    /// the run visible), when it lies in `(r, r + N]`. `r` must be the head
-    /// of a run (the consumer's index when it has taken its last run, or
-    /// the published `rindex`).
+    /// the run visible), when it is above `r`. `r` must be the head of a
+    /// run (the consumer's index when it has taken its last run, or the
+    /// published `rindex`). Every other value the slot can hold is at most
+    /// `r`: 0, or the end of the run it headed a lap or more before (that
+    /// head was at most `r - N`, its run at most `N` long).
     #[inline(always)]
     fn run_end(&self, r: u64) -> Option<u64> {
         let e = self.slot(r).seq.load(Ordering::Acquire);
-        (e.wrapping_sub(r).wrapping_sub(1) < N as u64).then_some(e)
+        (e > r).then_some(e)
     }
 
     /// True when nothing is queued (a snapshot). It reads the consumer's
@@ -419,15 +421,12 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     pub unsafe fn pop(&self) -> Option<T> {
         // SAFETY: forwarded consumer contract; the indices are written back
         // before we return, so a nested pop sees them.
-        let (mut own, end0) = unsafe { (self.cons.own(), self.cons.peer()) };
-        let mut end = end0;
+        let (mut own, mut end) = unsafe { (self.cons.own(), self.cons.peer()) };
         let v = self.pop_at(&mut own, &mut end);
-        // SAFETY: as above. Only what changed, as in `push`.
-        unsafe {
-            if v.is_some() {
+        if v.is_some() {
+            // SAFETY: as above. (A `None` changed neither.)
+            unsafe {
                 self.cons.set_own(own);
-            }
-            if end != end0 {
                 self.cons.set_peer(end);
             }
         }
@@ -488,10 +487,11 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         // SAFETY: `r < *end`, the end of a run read with Acquire, and the
         // consumer has not published `rindex` past `r`.
         let v = unsafe { self.read(r) };
-        *own = r.wrapping_add(1);
-        if *own == *end {
+        let next = r.wrapping_add(1);
+        *own = next;
+        if next == *end {
             // The run is taken: free its slots (after reading them).
-            self.rindex.store(*own, Ordering::Release);
+            self.rindex.store(next, Ordering::Release);
         }
         Some(v)
     }
