@@ -6,7 +6,8 @@
 //! - `mimalloc`, `glibc`: a 64-byte alloc+free pair;
 //! - `rtrb`, `crossbeam`: a push+pop (send+receive) pair on one thread;
 //!   `lwkt_ring`, `lwkt_ring_handles`: the same on an lwkt `Ring`, through
-//!   `&self` and through its handles.
+//!   `&self` and through its handles; `lwkt_ring_batch`: per message,
+//!   `push_batch` of 32 then 32 `&self` pops.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -90,6 +91,22 @@ fn main() {
                 sum += c.pop().unwrap();
             }
         }
+        "lwkt_ring_batch" => {
+            // One operation = one message: batches of 32 through
+            // `push_batch`, each taken by 32 `&self` pops (the IPI drain's
+            // form); `N` must be a multiple of 32.
+            let r: lwkt_core::ipiq::Ring<u64, 256> = lwkt_core::ipiq::Ring::new();
+            let batch: Vec<u64> = (0..32).collect();
+            for _ in 0..n / 32 {
+                // SAFETY: this thread is the ring's only producer and consumer.
+                unsafe {
+                    assert_eq!(r.push_batch(black_box(&batch)), 32);
+                    for _ in 0..32 {
+                        sum += r.pop().unwrap();
+                    }
+                }
+            }
+        }
         "crossbeam" => {
             let (tx, rx) = crossbeam_channel::bounded::<u64>(256);
             for i in 0..n {
@@ -98,7 +115,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("alt_loop: unknown operation '{other}' (parking_lot std_mutex spin mimalloc glibc rtrb crossbeam lwkt_ring lwkt_ring_handles)");
+            eprintln!("alt_loop: unknown operation '{other}' (parking_lot std_mutex spin mimalloc glibc rtrb crossbeam lwkt_ring lwkt_ring_handles lwkt_ring_batch)");
             std::process::exit(2);
         }
     }

@@ -4,50 +4,49 @@
 //! flight to the same server, awaited with `block_on`.
 
 use core::pin::{pin, Pin};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use lwkt_core::{CpuId, Cur};
-use lwkt_msg::{Msg, Port};
+use lwkt_msg::{Msg, PortRef};
 
 /// Async calls each async client keeps in flight.
 const IN_FLIGHT: usize = 8;
 
 pub(crate) fn messages(cur: &mut Cur, rounds: u64) -> String {
     let n = cur.my_cpu().ncpus() as u32;
-    let ports: Arc<Vec<OnceLock<&'static Port<u64>>>> =
-        Arc::new((0..n).map(|_| OnceLock::new()).collect());
     let start = Instant::now();
     let mut hs = Vec::new();
-    for c in 0..n {
-        let ports = ports.clone();
-        // Each server gets `rounds` sync and `rounds` async requests.
-        let serve = 2 * rounds;
-        hs.push(spawn(cur, c, "msg-server", move |me| {
-            let port = Port::thread(me).leak();
-            assert!(ports[c as usize].set(port).is_ok(), "one port per CPU");
-            for _ in 0..serve {
-                let mut m = port.waitport(me).request().expect("requests only");
-                *m += 1;
-                m.reply(me.my_cpu(), Ok(()));
-            }
-            port.close(me);
-        }));
-    }
+    // A server on every CPU, its port handed back at once (`serve`): each
+    // gets `rounds` sync and `rounds` async requests, then closes its port.
+    let serve = 2 * rounds;
+    let ports: Vec<PortRef<u64>> = (0..n)
+        .map(|c| {
+            let builder = cur.builder().cpu(CpuId::new(c)).name("msg-server");
+            let (h, port) = lwkt_msg::serve(builder, move |me, port: PortRef<u64>| {
+                for _ in 0..serve {
+                    let mut m = port.waitport(me).request().expect("requests only");
+                    *m += 1;
+                    m.reply(me.my_cpu(), Ok(()));
+                }
+                port.close(me);
+            })
+            .expect("spawn");
+            hs.push(h);
+            port
+        })
+        .collect();
     for c in 0..n {
         let next = (c + 1) % n;
-        let p = ports.clone();
+        let port = ports[next as usize].clone();
         hs.push(spawn(cur, c, "msg-client", move |me| {
-            let port = wait_port(me, &p[next as usize]);
             let mut m = pin!(Msg::new(0u64));
             for _ in 0..rounds {
                 port.domsg(me, m.as_mut()).expect("served");
             }
             assert_eq!(*m.body(), rounds, "a round trip was lost or repeated");
         }));
-        let p = ports.clone();
+        let port = ports[next as usize].clone();
         hs.push(spawn(cur, c, "msg-async", move |me| {
-            let port = wait_port(me, &p[next as usize]);
             let mut ms: Vec<Pin<Box<Msg<u64>>>> =
                 (0..IN_FLIGHT).map(|_| Box::pin(Msg::new(0u64))).collect();
             let done = lwkt_msg::block_on(me, async |my| {
@@ -94,13 +93,4 @@ fn spawn(
         .name(name)
         .spawn(f)
         .expect("spawn")
-}
-
-fn wait_port(me: &mut Cur, slot: &OnceLock<&'static Port<u64>>) -> &'static Port<u64> {
-    loop {
-        if let Some(p) = slot.get() {
-            return p;
-        }
-        me.yield_now();
-    }
 }

@@ -81,6 +81,13 @@ const OPS: &[Op] = &[
         &["lwkt_ring_handles"],
         1,
     ),
+    (
+        "lwkt ring push_batch of 32 + 32 pops, per message, one thread",
+        "lwkt-benches",
+        "alt_loop",
+        &["lwkt_ring_batch"],
+        1,
+    ),
 ];
 
 /// The alternatives the benches compare with, counted the same way for

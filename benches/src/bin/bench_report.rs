@@ -676,7 +676,7 @@ fn targets(r: &Results) -> Vec<(String, Option<bool>, String)> {
             .map(|(a, b)| (b / a >= 5.0, format!("{:.1}x cheaper", b / a))),
     );
     add(
-        "same-CPU domsg under 50 ns",
+        "same-CPU domsg to a put-only port (inline) under 50 ns",
         m("msg_same_cpu", "lwkt domsg, put-only port (inline)").map(|s| (s < 50.0, fmt_ns(s))),
     );
     add(
@@ -854,6 +854,47 @@ fn sync_events_section(out: &mut String, root: &Path) {
         });
 }
 
+/// The message-path targets of issue 17 (part 3): criterion medians, and
+/// the counted read-modify-writes of `sync_events.json`.
+fn message_path_targets(
+    r: &Results,
+    events: Option<&serde_json::Value>,
+) -> Vec<(String, Option<bool>, String)> {
+    let m = |g: &str, f: &str| r.get(&(g.to_string(), f.to_string())).map(|e| e.median);
+    let rmw = |op: &str| {
+        events?
+            .as_array()?
+            .iter()
+            .find(|e| e["op"].as_str() == Some(op))
+            .map(|e| num(e, "rmw"))
+    };
+    let judged = |name: &str, v: Option<(bool, String)>| match v {
+        Some((ok, s)) => (name.to_string(), Some(ok), s),
+        None => (name.to_string(), None, "not run".to_string()),
+    };
+    vec![
+        judged(
+            "same-CPU thread-port domsg under 40 ns with at most 2 RMWs",
+            m("msg_same_cpu", "lwkt domsg, thread port on the same CPU")
+                .zip(rmw("lwkt domsg, thread port on the same CPU"))
+                .map(|(t, n)| (t < 40.0 && n <= 2.0, format!("{}, {n:.2} RMWs", fmt_ns(t)))),
+        ),
+        judged(
+            "cross-CPU domsg within 2x of the ping-pong",
+            m("msg_cross_cpu", "lwkt domsg, thread port on the other CPU")
+                .zip(m("msg_cross_cpu", "cache-line ping-pong (floor)"))
+                .map(|(a, b)| (a <= 2.0 * b, format!("{:.1}x", a / b))),
+        ),
+        judged(
+            "batched IPI messages at least 200 M/s",
+            m("ipi_ring", "lwkt ring, batches of 32").map(|t| {
+                let rate = 1e3 / t;
+                (rate >= 200.0, format!("{rate:.0} M/s (batches of 32)"))
+            }),
+        ),
+    ]
+}
+
 /// The allocator targets of issue 17, judged on the program runs.
 fn alloc_targets(runs: &[alloc_runs::Runs]) -> Vec<(String, Option<bool>, String)> {
     let judge = |name: &str, f: &dyn Fn(&alloc_runs::Runs) -> f64, limit: f64| {
@@ -896,7 +937,7 @@ fn alloc_section(out: &mut String, runs: &[alloc_runs::Runs], file: &Path) {
         return;
     }
     let when = written_at(std::fs::metadata(file).ok());
-    let _ = writeln!(out, "The allocator workloads (`benches/src/alloc_workloads.rs`: larson with remote frees, everyday churn with growth, xmalloc with more threads than cores and slots) built three ways, `alloc_slab` (`GlobalSlab::new(1 << 30, 8)`), `alloc_system` (glibc) and `alloc_mimalloc`, each run as a whole process in turn (slab, glibc, mimalloc, repeated), 5 counted rounds after a warm-up; wall time and peak RSS (`wait4`'s `ru_maxrss`); ratios are medians of the per-round ratios. Measured {when} by `cargo xtask bench-report --run`.\n");
+    let _ = writeln!(out, "The allocator workloads (`benches/src/alloc_workloads.rs`: larson with remote frees, everyday churn with growth, xmalloc with more threads than cores and slots) built three ways, `alloc_slab` (`GlobalSlab::new(1 << 30, 8).thread_cached(&ALLOC)`), `alloc_system` (glibc) and `alloc_mimalloc`, each run as a whole process in turn (slab, glibc, mimalloc, repeated), 5 counted rounds after a warm-up; wall time and peak RSS (`wait4`'s `ru_maxrss`); ratios are medians of the per-round ratios. Measured {when} by `cargo xtask bench-report --run`.\n");
     let _ = writeln!(out, "| workload | GlobalSlab | glibc | mimalloc | slab / glibc | slab / mimalloc | peak RSS, MiB (slab, glibc, mimalloc) |\n|---|---:|---:|---:|---:|---:|---|");
     let med = alloc_runs::Runs::median;
     for r in runs {
@@ -996,7 +1037,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let alloc = read_json(&alloc_json)
         .map(|v| alloc_runs::from_json(&v))
         .unwrap_or_default();
+    let events = read_json(&root.join("sync_events.json"));
     let mut all_targets = targets(&r);
+    all_targets.extend(message_path_targets(&r, events.as_ref()));
     all_targets.extend(alloc_targets(&alloc));
     for (name, ok, s) in all_targets {
         let v = match ok {

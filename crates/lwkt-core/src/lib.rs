@@ -135,7 +135,7 @@ pub use cpu::{
 pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};
 pub use sched::{Builder, CritGuard, Cur, MyCpu, DEFAULT_STACK, MIN_STACK};
 pub use serializer::Serializer;
-pub use thread::{Priority, SpawnError, ThreadHandle};
+pub use thread::{ParkToken, Priority, SpawnError, ThreadHandle};
 pub use unwind::abort_on_unwind;
 pub use waitq::WaitQueue;
 

@@ -23,7 +23,7 @@ use crate::crit;
 use crate::ipiq::{self, IpiError, IpiFn, IpiMsg};
 use crate::sleep;
 use crate::sync::Ordering;
-use crate::thread::{tdf, Priority, SpawnError, Thread, ThreadHandle, MPF_EXITED};
+use crate::thread::{tdf, ParkToken, Priority, SpawnError, Thread, ThreadHandle, MPF_EXITED};
 
 /// Smallest stack left for a thread's own frames after its thread block and
 /// closure are placed at the top of its stack.
@@ -142,7 +142,10 @@ impl<'a> MyCpu<'a> {
 
     /// True when an interrupt or IPI arrived inside a critical section and
     /// waits for the final `crit_exit` (DragonFly: `gd_reqflags &
-    /// RQF_IDLECHECK_MASK`). A diagnostic; nothing needs to poll it.
+    /// RQF_IDLECHECK_MASK`). Nothing needs to poll it; a thread about to
+    /// block inside its critical section may, to leave the section (which
+    /// runs the deferred work) first (lwkt-msg's `waitport` does).
+    #[inline]
     pub fn has_deferred(self) -> bool {
         self.gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK != 0
     }
@@ -191,13 +194,17 @@ impl<'a> MyCpu<'a> {
     ///
     /// # Panics
     /// If `h` belongs to another machine.
+    #[inline(always)]
     pub fn schedule(self, h: &ThreadHandle) {
         let td = h.thread();
         self.check_machine(td);
-        self.crit(|| {
-            // SAFETY: on this CPU in a critical section; `td` is held by `h`.
-            unsafe { schedule_any(self.gd, td) }
-        });
+        // A section by hand, not `crit`'s closure (which the compiler may
+        // leave out of line): nothing in it unwinds.
+        let me = self.gd.cur();
+        crit::enter(&me.critcount);
+        // SAFETY: on this CPU in a critical section; `td` is held by `h`.
+        unsafe { schedule_any(self.gd, td) };
+        crit_exit_td(me);
     }
 
     /// Take `h` off its CPU's run queue (it keeps running until it next
@@ -242,11 +249,57 @@ impl<'a> MyCpu<'a> {
     /// [`Cur::sleep_here_until`] and of [`Cur::sleep_until`] on this CPU.
     /// No fence and no read-modify-write (unless a sleep queue slot
     /// empties whose machine-wide bit was set).
+    #[inline]
     pub fn wakeup_here(self, chan: usize) {
         self.crit(|| {
             // SAFETY: on this CPU in a critical section.
             unsafe { sleep::wakeup_local(self.gd, chan) };
         });
+    }
+
+    /// Make the thread `t` names runnable, if it lives on this CPU (of this
+    /// machine); returns whether it does. No count, no sleep queue, no
+    /// atomic read-modify-write: the wake-up of a thread that waits in
+    /// [`Cur::block`] for this very call, made on its CPU (a thread of
+    /// another CPU or machine is left alone: `false`). A thread woken
+    /// otherwise (or twice) only runs once more and checks its condition
+    /// again. Not in DragonFly (see [`ParkToken`]).
+    ///
+    /// # Safety
+    /// `t` is the [`Cur::park_token`] of a thread that has not exited (its
+    /// block is alive): for example one that waits, in a loop on a
+    /// condition only this wake-up's caller can make true, for this call.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let t = cur.park_token();
+    ///     let waker = cur.spawn_on(cur.cpu_id(), move |w| {
+    ///         // SAFETY: the main thread waits in `block` until this call.
+    ///         assert!(unsafe { w.my_cpu().unpark(t) });
+    ///     }).unwrap();
+    ///     cur.block();
+    ///     cur.join(&waker);
+    /// });
+    /// ```
+    #[inline]
+    pub unsafe fn unpark(self, t: ParkToken) -> bool {
+        // SAFETY: caller: the block is alive.
+        let td = unsafe { t.thread() };
+        // The CPU pointer alone could name a CPU block of an ended machine
+        // reused by this one: check the machine too (as `check_machine`).
+        let here = td.machine_id == self.gd.machine_id.get()
+            && ptr::eq(td.gd.load(Ordering::Acquire), self.gd);
+        if here {
+            // A section by hand, as in `schedule`.
+            let me = self.gd.cur();
+            crit::enter(&me.critcount);
+            // SAFETY: on this CPU in a critical section; `td` is a live
+            // thread of this CPU (checked above; only this CPU hands its
+            // threads over, and not while we are in it).
+            unsafe { schedule_local(self.gd, td) };
+            crit_exit_td(me);
+        }
+        here
     }
 
     /// Queue `func(arg1, arg2)` to run on `target` in interrupt context (in
@@ -280,9 +333,12 @@ impl<'a> MyCpu<'a> {
         });
     }
 
+    #[inline(always)]
     pub(crate) fn check_machine(self, td: &Thread) {
         assert!(
-            td.machine_id == self.gd.machine().id,
+            // The CPU's copy of its machine's id (set at `bind`, before any
+            // `MyCpu` of it exists): one load, no pointer chase.
+            td.machine_id == self.gd.machine_id.get(),
             "lwkt: thread handle of another machine used on this one"
         );
     }
@@ -320,6 +376,57 @@ impl Drop for RestoreOnUnwind<'_> {
         }
         crit_exit_td(td);
     }
+}
+
+/// The watch of [`Cur::watch_until`], entered in its critical section on
+/// `gd`, the running thread `td`'s CPU, with no other thread runnable
+/// there; leaves the section.
+#[inline(never)]
+fn watch_in_crit(td: &Thread, gd: &Cpu, budget: u64, mut ready: impl FnMut() -> bool) -> bool {
+    // SAFETY: on our CPU in a critical section.
+    let others = |gd: &Cpu| unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ));
+    // `ready` is the caller's: if it panics, we unwind out of the
+    // critical section (the watch itself may go on).
+    let restore = RestoreOnUnwind(td);
+    let arch = gd.machine().arch;
+    let budget = budget.min(arch.idle_poll_cycles());
+    if budget == 0 {
+        // Nothing to watch for.
+        let r = ready();
+        core::mem::forget(restore);
+        crit_exit_td(td);
+        return r;
+    }
+    let start = arch.cycles();
+    if gd.watching.get() {
+        // A thread waiting for work keeps the watch alive.
+        gd.watch_seen.set(start);
+    } else {
+        gd.begin_watch();
+    }
+    let got = loop {
+        if gd.watch_sees_work() {
+            // SAFETY: on our CPU in a critical section.
+            unsafe { gd.splz_watched() };
+        }
+        if ready() {
+            break true;
+        }
+        if others(gd)
+            || gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0
+            || gd.shutdown.load(Ordering::Relaxed)
+            || !gd.watching.get()
+            || arch.cycles().wrapping_sub(start) >= budget
+        {
+            break false;
+        }
+        core::hint::spin_loop();
+    };
+    // The watch goes on (the idle loop's, if we now sleep): the next
+    // message finds this CPU still watching, and its sender kicks no one.
+    core::mem::forget(restore);
+    crit_exit_td(td);
+    got
 }
 
 /// A critical section, left when dropped. `#[must_use]`, not `Send`.
@@ -501,6 +608,19 @@ impl Cur {
     /// A handle to this thread, to give to others (for example to wake it).
     pub fn handle(&self) -> ThreadHandle {
         ThreadHandle::new_held(self.td())
+    }
+
+    /// This thread's [`ParkToken`], for a party that will wake it on this
+    /// CPU with [`MyCpu::unpark`] while it waits in [`block`](Self::block).
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     assert_eq!(cur.park_token(), cur.park_token());
+    /// });
+    /// ```
+    #[inline(always)]
+    pub fn park_token(&self) -> ParkToken {
+        ParkToken::of(self.td())
     }
 
     /// Whether `h` is a handle to this thread (no atomic operation).
@@ -685,6 +805,38 @@ impl Cur {
         crit_exit_td(td);
     }
 
+    /// Take this thread off the run queue and switch away, in one critical
+    /// section; returns when someone has scheduled it again
+    /// ([`MyCpu::schedule`]) and it runs. [`deschedule_self`](Self::deschedule_self)
+    /// then [`switch`](Self::switch), without the second section and
+    /// inlined: the thread resumes in its caller's frame (see
+    /// [`yield_now`](Self::yield_now)). Called inside a critical section,
+    /// nothing that the section defers can run between the caller's check
+    /// of its wait condition and the switch, so a wake-up made by an IPI is
+    /// not lost. DragonFly: `lwkt_deschedule_self()` + `lwkt_switch()`.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let me = cur.handle();
+    ///     // A thread of this CPU wakes us once we have blocked.
+    ///     let waker = cur.spawn_on(cur.cpu_id(), move |w| w.my_cpu().schedule(&me)).unwrap();
+    ///     cur.block();
+    ///     cur.join(&waker);
+    /// });
+    /// ```
+    #[inline(always)]
+    pub fn block(&mut self) {
+        let td = self.td();
+        crit::enter(&td.critcount);
+        let gd = td.gd();
+        // SAFETY: on our CPU in a critical section, as the running thread.
+        unsafe {
+            dequeue(gd, td);
+            switch_in_crit::<true>(td, gd, gd.runq().first());
+        }
+        crit_exit_td(td);
+    }
+
     /// Put this thread back on the run queue. DragonFly: `lwkt_schedule_self()`.
     pub fn schedule_self(&mut self) {
         let td = self.td();
@@ -773,6 +925,9 @@ impl Cur {
         self.sleep_until_in::<true>(chan, cond)
     }
 
+    // Inlined, with the switch: the thread resumes in its caller's frame
+    // (see `yield_now` on the return-address predictor).
+    #[inline(always)]
     fn sleep_until_in<const HERE: bool>(&mut self, chan: usize, mut cond: impl FnMut() -> bool) {
         let td = self.td();
         crit::enter(&td.critcount);
@@ -780,12 +935,14 @@ impl Cur {
         // queue and out of the critical section.
         let restore = RestoreOnUnwind(td);
         loop {
+            let gd = td.gd();
             // SAFETY: on our CPU in a critical section; `td` is current.
-            if unsafe { sleep::sleep_pass::<HERE>(td.gd(), td, chan, &mut cond) } {
+            if unsafe { sleep::sleep_pass::<HERE>(gd, td, chan, &mut cond) } {
                 break;
             }
-            // SAFETY: as above; the wakeup path re-queues us.
-            unsafe { switch_from(td) };
+            // SAFETY: as above (the critical section is ours); the wakeup
+            // path re-queues us.
+            unsafe { switch_in_crit::<true>(td, gd, gd.runq().first()) };
         }
         core::mem::forget(restore);
         crit_exit_td(td);
@@ -838,54 +995,26 @@ impl Cur {
     ///     cur.join(&h);
     /// });
     /// ```
+    #[inline(always)]
     pub fn watch_until(&mut self, budget: u64, mut ready: impl FnMut() -> bool) -> bool {
         let td = self.td();
         crit::enter(&td.critcount);
         let gd = td.gd();
-        let arch = gd.machine().arch;
-        let budget = budget.min(arch.idle_poll_cycles());
+        // Someone else to run (a thread this one just woke, say): no watch,
+        // and no need to ask the backend (a call through `dyn Arch`). The
+        // common case of a receiver that just answered a sender of its own
+        // CPU, so inline; the watch itself is out of line.
         // SAFETY: on our CPU in a critical section.
-        let others = |gd: &Cpu| unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ));
-        // `ready` is the caller's: if it panics, we unwind out of the
-        // critical section (the watch itself may go on).
-        let restore = RestoreOnUnwind(td);
-        if budget == 0 || others(gd) {
-            // Nothing to watch for, or someone else to run: no watch.
+        if unsafe { gd.runq() }.len() > usize::from(td.has(tdf::RUNQ)) {
+            // `ready` is the caller's: if it panics, we unwind out of the
+            // critical section.
+            let restore = RestoreOnUnwind(td);
             let r = ready();
             core::mem::forget(restore);
             crit_exit_td(td);
             return r;
         }
-        let start = arch.cycles();
-        if gd.watching.get() {
-            // A thread waiting for work keeps the watch alive.
-            gd.watch_seen.set(start);
-        } else {
-            gd.begin_watch();
-        }
-        let got = loop {
-            if gd.watch_sees_work() {
-                // SAFETY: on our CPU in a critical section.
-                unsafe { gd.splz_watched() };
-            }
-            if ready() {
-                break true;
-            }
-            if others(gd)
-                || gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0
-                || gd.shutdown.load(Ordering::Relaxed)
-                || !gd.watching.get()
-                || arch.cycles().wrapping_sub(start) >= budget
-            {
-                break false;
-            }
-            core::hint::spin_loop();
-        };
-        // The watch goes on (the idle loop's, if we now sleep): the next
-        // message finds this CPU still watching, and its sender kicks no one.
-        core::mem::forget(restore);
-        crit_exit_td(td);
-        got
+        watch_in_crit(td, gd, budget, ready)
     }
 
     /// Block until the thread behind `h` has exited.
@@ -1196,6 +1325,7 @@ fn exit_current(td: &Thread) -> ! {
 ///
 /// # Safety
 /// On `gd`, in a critical section; `td` is a live thread of `gd`.
+#[inline(always)]
 pub(crate) unsafe fn schedule_local(gd: &Cpu, td: &Thread) {
     if td.has(tdf::RUNQ | tdf::MIGRATING | tdf::EXITING | tdf::IDLE) {
         return;
@@ -1213,6 +1343,7 @@ pub(crate) unsafe fn schedule_local(gd: &Cpu, td: &Thread) {
 ///
 /// # Safety
 /// On `gd`, in a critical section; `td` is a live thread of `gd`.
+#[inline]
 pub(crate) unsafe fn dequeue(gd: &Cpu, td: &Thread) {
     if td.has(tdf::RUNQ) {
         // SAFETY: forwarded.
@@ -1224,29 +1355,40 @@ pub(crate) unsafe fn dequeue(gd: &Cpu, td: &Thread) {
 ///
 /// # Safety
 /// On `gd`, in a critical section; the caller holds `td`.
+#[inline(always)]
 unsafe fn schedule_any(gd: &Cpu, td: &Thread) {
     let owner = td.gd.load(Ordering::Acquire);
     if ptr::eq(owner, gd) {
         // SAFETY: forwarded; `td` is ours.
         unsafe { schedule_local(gd, td) };
     } else {
-        td.hold();
-        // SAFETY: `owner` is a CPU of this machine (same machine id).
-        let target = unsafe { (*owner).id() };
         // SAFETY: forwarded.
-        let r = unsafe {
-            ipiq::send(
-                gd,
-                target,
-                &[IpiMsg {
-                    func: schedule_remote,
-                    arg1: td as *const Thread as usize,
-                    arg2: 0,
-                }],
-            )
-        };
-        debug_assert!(r.is_ok());
+        unsafe { schedule_elsewhere(gd, td, owner) };
     }
+}
+
+/// [`schedule_any`] for a thread of another CPU, `owner`: by IPI.
+///
+/// # Safety
+/// As for [`schedule_any`]; `owner` is `td`'s CPU as just read.
+#[inline(never)]
+unsafe fn schedule_elsewhere(gd: &Cpu, td: &Thread, owner: *mut Cpu) {
+    td.hold();
+    // SAFETY: `owner` is a CPU of this machine (same machine id).
+    let target = unsafe { (*owner).id() };
+    // SAFETY: forwarded.
+    let r = unsafe {
+        ipiq::send(
+            gd,
+            target,
+            &[IpiMsg {
+                func: schedule_remote,
+                arg1: td as *const Thread as usize,
+                arg2: 0,
+            }],
+        )
+    };
+    debug_assert!(r.is_ok());
 }
 
 fn schedule_remote(my: MyCpu<'_>, td: usize, _: usize) {

@@ -66,6 +66,7 @@ pub(crate) unsafe fn interlock(gd: &Cpu, td: &Thread, chan: usize) {
 ///
 /// # Safety
 /// On `gd`, in a critical section; `td` is `gd`'s live current thread.
+#[inline]
 unsafe fn enqueue(gd: &Cpu, td: &Thread, chan: usize) -> Option<usize> {
     if td.has(tdf::TSLEEPQ) {
         if td.wchan.get() == chan {
@@ -137,6 +138,7 @@ pub(crate) unsafe fn sleep_pass<const HERE: bool>(
 ///
 /// # Safety
 /// On `gd`, in a critical section; `td` is a live thread of `gd` on a sleep queue.
+#[inline]
 pub(crate) unsafe fn unqueue(gd: &Cpu, td: &Thread) {
     debug_assert!(td.has(tdf::TSLEEPQ));
     let s = slot(td.wchan.get());
@@ -171,6 +173,7 @@ pub(crate) unsafe fn unqueue(gd: &Cpu, td: &Thread) {
 ///
 /// # Safety
 /// On `gd`, in a critical section.
+#[inline]
 pub(crate) unsafe fn wakeup_local(gd: &Cpu, chan: usize) {
     let s = slot(chan);
     // SAFETY: owner in a critical section.

@@ -314,12 +314,14 @@ impl ThreadHandle {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn thread(&self) -> &Thread {
         // SAFETY: our hold keeps the block alive.
         unsafe { self.td.as_ref() }
     }
 
     /// True once the thread has finished and left its CPU.
+    #[inline]
     pub fn has_exited(&self) -> bool {
         self.thread().mpflags.load(Ordering::Acquire) & MPF_EXITED != 0
     }
@@ -344,8 +346,9 @@ impl ThreadHandle {
     ///     assert!(h.is_of_machine(cur.my_cpu()));
     /// });
     /// ```
+    #[inline]
     pub fn is_of_machine(&self, my: crate::MyCpu<'_>) -> bool {
-        self.thread().machine_id == my.cpu().machine().id
+        self.thread().machine_id == my.machine_id()
     }
 
     /// Whether the thread lives on `my`'s CPU now: same machine, same CPU.
@@ -363,12 +366,58 @@ impl ThreadHandle {
     ///     assert!(h.is_local(cur.my_cpu()));
     /// });
     /// ```
+    #[inline]
     pub fn is_local(&self, my: crate::MyCpu<'_>) -> bool {
         self.is_of_machine(my)
             && ptr::eq(
                 self.thread().gd.load(Ordering::Acquire),
                 my.cpu() as *const Cpu,
             )
+    }
+}
+
+/// A thread's name for a wake-up made on its own CPU while it waits,
+/// without a count and without a sleep queue: what a thread that blocks
+/// ([`Cur::block`](crate::Cur::block)) until a known party wakes it leaves
+/// with that party ([`MyCpu::unpark`](crate::MyCpu::unpark)). lwkt-msg's
+/// same-CPU `domsg` keeps one in the message while its sender waits. It is
+/// only the thread block's address (a pointer, so its provenance travels
+/// with it): making, copying and storing one is safe; waking with one is
+/// `unsafe`, since the token does not keep its thread alive.
+///
+/// Not in DragonFly, whose `lwkt_domsg` sleeps on the message's address
+/// (`tsleep`) and is woken by a `wakeup` of it.
+///
+/// ```
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+///     let t: lwkt_core::ParkToken = cur.park_token();
+///     assert_eq!(t, cur.park_token());
+/// });
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ParkToken(NonNull<Thread>);
+
+// SAFETY: an address only; it gives no access to the thread by itself
+// (`MyCpu::unpark`, the one use, is `unsafe` and checks machine and CPU).
+unsafe impl Send for ParkToken {}
+// SAFETY: as above.
+unsafe impl Sync for ParkToken {}
+
+impl ParkToken {
+    /// The token of `td`.
+    #[inline(always)]
+    pub(crate) fn of(td: &Thread) -> ParkToken {
+        ParkToken(NonNull::from(td))
+    }
+
+    /// The thread block the token names.
+    ///
+    /// # Safety
+    /// The block is still alive.
+    #[inline(always)]
+    pub(crate) unsafe fn thread<'a>(self) -> &'a Thread {
+        // SAFETY: caller: a live block.
+        unsafe { self.0.as_ref() }
     }
 }
 

@@ -23,6 +23,7 @@ pub enum MsgError {
 }
 
 impl MsgError {
+    #[inline]
     pub(crate) fn encode(r: Result<(), MsgError>) -> i32 {
         match r {
             Ok(()) => code::OK,
@@ -39,6 +40,7 @@ impl MsgError {
         }
     }
 
+    #[inline]
     pub(crate) fn decode(c: i32) -> Result<(), MsgError> {
         match c {
             code::OK => Ok(()),

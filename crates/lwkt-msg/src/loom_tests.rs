@@ -104,13 +104,21 @@ fn domsg_reply_and_abort_race() {
 /// as the originator's loom thread, which the IPI function would interrupt
 /// in its sleep). A third party only reads the word. Loom checks the error
 /// cell's happens-before and that no update is lost (the originator sees
-/// `DONE` with the code the far target wrote).
+/// `DONE` with the code the far target wrote). The message's tag word,
+/// which holds the waiter's `ParkToken` while it is parked (`Msg::park_tag`,
+/// `parked_waiter`, `unpark_tag`), is a loom cell here: written by the
+/// originator before the send, read by the completion on its CPU before
+/// `DONE`, put back by the originator after it, and untouched by the far
+/// target; loom checks that no access races.
 #[test]
 fn parked_domsg_replied_from_another_cpu() {
     loom::model(|| {
         let s = shared(false);
         let back = Arc::new(AtomicBool::new(false));
+        let tag = Arc::new(crate::sync::UnsafeCell::new(5u64));
         s.hdr.begin_send(true);
+        // SAFETY: the originator, before the send (`park_tag`).
+        let saved = tag.with_mut(|p| unsafe { core::mem::replace(&mut *p, 0xa110) });
         s.hdr.park_queued(lwkt_core::CpuId::new(0));
         // Taken by the near target on this CPU (after we sleep), which
         // forwards it: the IPI ring to CPU 1.
@@ -142,8 +150,14 @@ fn parked_domsg_replied_from_another_cpu() {
         // The IPI function on CPU 0 completes the message (the waiter
         // sleeps meanwhile; it cannot run between this and its wakeup).
         spin_until(|| back.load(Ordering::Acquire));
+        // SAFETY: the completion owns the message until DONE
+        // (`parked_waiter`).
+        let waiter = tag.with(|p| unsafe { *p });
+        assert_eq!(waiter, 0xa110);
         s.hdr.complete_parked();
         assert!(s.hdr.is_done());
+        // SAFETY: done: the originator's again (`unpark_tag`).
+        tag.with_mut(|p| unsafe { *p = saved });
         assert_eq!(s.hdr.flags() & (f::PARKED | f::PARKED_CPU | f::QUEUED), 0);
         // SAFETY: done: the originator owns the message.
         assert_eq!(unsafe { s.hdr.code() }, 9);

@@ -11,7 +11,7 @@ use core::pin::Pin;
 use core::ptr::NonNull;
 
 use atomic_waker::AtomicWaker;
-use lwkt_core::Cur;
+use lwkt_core::{Cur, ParkToken};
 
 use crate::header::{f, Header};
 use crate::{AsPort, MsgError, Port};
@@ -69,7 +69,9 @@ pub struct Msg<T: Send + 'static> {
     reply_port: Option<NonNull<Port<T>>>,
     /// Written only by the originator while it owns the message (`DONE`),
     /// read by anyone: nobody writes it while the message is in flight.
-    tag: u64,
+    /// The `waiter` variant only while a same-CPU `domsg` waits
+    /// (`park_tag`).
+    tag: TagWord,
     pub(crate) waker: AtomicWaker,
     body: UnsafeCell<T>,
     _pin: PhantomPinned,
@@ -118,7 +120,7 @@ impl<T: Send + 'static> Msg<T> {
         Msg {
             hdr: Header::new(0),
             reply_port,
-            tag: 0,
+            tag: TagWord { tag: 0 },
             waker: AtomicWaker::new(),
             body: UnsafeCell::new(body),
             _pin: PhantomPinned,
@@ -147,7 +149,7 @@ impl<T: Send + 'static> Msg<T> {
     /// ```
     pub fn with_tag(mut self, tag: u64) -> Msg<T> {
         // A message by value is not pinned, so it was never sent.
-        self.tag = tag;
+        self.tag = TagWord { tag };
         self
     }
 
@@ -170,7 +172,7 @@ impl<T: Send + 'static> Msg<T> {
         // SAFETY: the field is not structurally pinned; `DONE` says the
         // originator owns the message, and the exclusive borrow excludes a
         // send, so nobody reads the tag meanwhile.
-        unsafe { self.get_unchecked_mut().tag = tag };
+        unsafe { self.get_unchecked_mut().tag = TagWord { tag } };
     }
 
     /// The tag (0 unless set with [`with_tag`](Self::with_tag) or
@@ -182,7 +184,10 @@ impl<T: Send + 'static> Msg<T> {
     /// assert_eq!(Msg::new(()).tag(), 0);
     /// ```
     pub fn tag(&self) -> u64 {
-        self.tag
+        // SAFETY: the `tag` variant, the only one a `&Msg` can see: `domsg`
+        // holds the message's only borrow while it keeps the `waiter`
+        // variant there, and puts the tag back before it returns.
+        unsafe { self.tag.tag }
     }
 
     /// Whether the originator owns the message (never sent, or replied and
@@ -317,6 +322,52 @@ impl<T: Send + 'static> Msg<T> {
         unsafe { self.get_unchecked_mut() as *mut Msg<T> }
     }
 
+    /// `domsg` on one CPU (`f::PARKED`): keep the waiting sender's
+    /// [`ParkToken`](lwkt_core::ParkToken) in the tag word, and return the
+    /// tag, which `domsg` puts back once the message is done
+    /// ([`unpark_tag`](Self::unpark_tag)). Nobody reads the tag of a
+    /// synchronous message in flight (only `Replied::of`, for replies to a
+    /// reply port or a reply-only port, which a `SYNC` message never
+    /// takes), and the originator's `Pin<&mut>`, held by `domsg` for the
+    /// whole wait, excludes `Msg::tag`.
+    ///
+    /// # Safety
+    /// The caller is `domsg`, the originator, between `begin_send(true)`
+    /// and the send; `m` is live.
+    #[inline(always)]
+    pub(crate) unsafe fn park_tag(m: *mut Msg<T>, waiter: ParkToken) -> u64 {
+        // SAFETY: caller: nobody else touches the message yet; the `tag`
+        // variant is the one there (`Msg::tag`).
+        unsafe {
+            let tag = (*m).tag.tag;
+            (*m).tag = TagWord { waiter };
+            tag
+        }
+    }
+
+    /// The waiting sender's token of a `PARKED` message.
+    ///
+    /// # Safety
+    /// The caller owns `m` as its target, before `complete_parked`.
+    #[inline(always)]
+    pub(crate) unsafe fn parked_waiter(m: *const Msg<T>) -> ParkToken {
+        // SAFETY: caller: the target owns it; nobody writes the word while
+        // the message is in flight, and a `PARKED` message carries the
+        // `waiter` variant (`park_tag`).
+        unsafe { (*m).tag.waiter }
+    }
+
+    /// `domsg`: the message is done; its tag back in place.
+    ///
+    /// # Safety
+    /// The caller is `domsg`, the originator, after `DONE`; `m` is live.
+    #[inline(always)]
+    pub(crate) unsafe fn unpark_tag(m: *mut Msg<T>, tag: u64) {
+        // SAFETY: caller: the originator owns the message again, and the
+        // target touched nothing after `DONE`.
+        unsafe { (*m).tag = TagWord { tag } };
+    }
+
     pub(crate) fn body_ptr(m: *mut Msg<T>) -> *mut T {
         // SAFETY: `m` is live; projecting to the field does not read.
         unsafe { (*m).body.get() }
@@ -338,6 +389,16 @@ impl<T: Send + 'static> Msg<T> {
     }
 }
 
+/// A message's tag word: its tag, or (while a same-CPU `domsg` waits for
+/// it, `f::PARKED`) the waiting sender's token. Never read as the other
+/// variant: `domsg` saves the tag, keeps its token there, and puts the tag
+/// back once the message is done.
+#[derive(Clone, Copy)]
+union TagWord {
+    tag: u64,
+    waiter: ParkToken,
+}
+
 impl<T: Send + 'static> Drop for Msg<T> {
     fn drop(&mut self) {
         if !self.hdr.is_done() {
@@ -355,7 +416,7 @@ impl<T: Send + fmt::Debug + 'static> fmt::Debug for Msg<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Msg");
         d.field("flags", &self.flags());
-        d.field("tag", &self.tag);
+        d.field("tag", &self.tag());
         if self.is_done() {
             d.field("body", self.body());
         }
@@ -603,7 +664,10 @@ impl<T: Send + 'static> Replied<T> {
     pub(crate) unsafe fn of(m: *mut Msg<T>) -> Replied<T> {
         // SAFETY: the caller owns the reply (above); the target's writes
         // happen before the reply's publication, which the caller acquired.
-        let (code, tag) = unsafe { ((*m).hdr.code(), (*m).tag) };
+        // The tag word holds the `tag` variant: a reply to a reply port or
+        // a reply-only port is never of a `SYNC` message, so never of a
+        // parked one (`Msg::park_tag`).
+        let (code, tag) = unsafe { ((*m).hdr.code(), (*m).tag.tag) };
         Replied {
             m,
             result: MsgError::decode(code),

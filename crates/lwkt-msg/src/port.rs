@@ -428,17 +428,23 @@ impl<T: Send + 'static> Port<T> {
     /// `lwkt_domsg` to a thread port on the same CPU. Returns `false`,
     /// having done nothing, when the owner lives elsewhere or the port
     /// refuses the message (the general path then sends it).
+    #[inline(always)]
     fn domsg_here(&self, cur: &mut Cur, owner: &ThreadHandle, m: *mut Msg<T>) -> bool {
         cur.crit_enter();
+        let waiter = cur.park_token();
         let my = cur.my_cpu();
+        let mut tag = 0;
         // SAFETY: the owner lives here (`is_local`, M4), and we are in a
         // critical section; the borrow ends before anything else runs.
         let queued = owner.is_local(my)
             && unsafe {
                 let inner = self.inner();
                 !inner.closed && !owner.has_exited() && {
-                    // We are the originator, just after `begin_send(true)`, and
-                    // sleep below, on this CPU, until the message is done.
+                    // We are the originator, just after `begin_send(true)`,
+                    // and wait below, on this CPU, until the message is
+                    // done: the target wakes us by the token it finds in
+                    // the message (`complete_parked`).
+                    tag = Msg::park_tag(m, waiter);
                     (*m).hdr.park_queued(my.id());
                     // `m` is in flight, on no queue, and stays alive.
                     inner.q.push(m as *mut Header);
@@ -451,8 +457,15 @@ impl<T: Send + 'static> Port<T> {
         if queued {
             // SAFETY: the caller's pinned borrow keeps the message alive.
             let hdr = unsafe { &(*m).hdr };
-            // The reply wakes us here (`complete_parked`).
-            cur.sleep_here_until(m as usize, || hdr.is_done());
+            // Off the run queue until the reply's `unpark` (or any other
+            // wake-up: then look again). In our critical section, so the
+            // reply, made on this CPU, comes only once we have switched
+            // away; the test reads our own CPU's last store.
+            while !hdr.is_done() {
+                cur.block();
+            }
+            // SAFETY: done: the originator owns the message again.
+            unsafe { Msg::unpark_tag(m, tag) };
         }
         cur.crit_exit();
         queued
@@ -486,6 +499,9 @@ impl<T: Send + 'static> Port<T> {
 
     #[track_caller]
     pub(crate) fn do_waitport(&self, cur: &mut Cur) -> Incoming<T> {
+        if let Kind::Thread(_) = self.kind {
+            return self.thread_waitport(cur);
+        }
         loop {
             if let Some(x) = self.do_getport(cur) {
                 return x;
@@ -494,6 +510,70 @@ impl<T: Send + 'static> Port<T> {
                 // Closed; take what arrived before the close, if anything.
                 return self.do_getport(cur).unwrap_or(Incoming::Closed);
             }
+        }
+    }
+
+    /// `waitport` on a thread port, by its owner: the queue is looked at,
+    /// and the owner blocked, in as few critical sections as the waiting
+    /// allows: one per message taken when messages are queued; one from
+    /// finding the queue empty, through the watch and the block, to taking
+    /// the message that ends it.
+    #[track_caller]
+    #[inline]
+    fn thread_waitport(&self, cur: &mut Cur) -> Incoming<T> {
+        self.check_receiver(cur);
+        cur.crit_enter();
+        loop {
+            // SAFETY: the owner (`check_receiver`), on its CPU, in a
+            // critical section; the borrow ends before anything else runs.
+            let (h, closed) = unsafe {
+                let inner = self.inner();
+                (inner.q.pop(), inner.closed)
+            };
+            if let Some(h) = h {
+                cur.crit_exit();
+                if let Some(x) = self.classify(cur.my_cpu(), h) {
+                    return x;
+                }
+                cur.crit_enter();
+                continue;
+            }
+            if closed {
+                cur.crit_exit();
+                return Incoming::Closed;
+            }
+            // The idle loop would watch the rings for us while we sleep;
+            // watching them here instead serves the next put in this
+            // thread, with no wake-up and no switch. As long as the idle
+            // loop would (the backend's `idle_poll_cycles`), and only when
+            // no other thread waits to run here (then it returns at once).
+            // The watch runs the IPIs it finds itself, inside our section.
+            let queued = || {
+                // SAFETY: the owner, on its CPU, in the critical section
+                // `watch_until` runs this in.
+                let inner = unsafe { self.inner() };
+                !inner.q.is_empty() || inner.closed
+            };
+            if cur.watch_until(u64::MAX, queued) {
+                continue;
+            }
+            if cur.my_cpu().has_deferred() {
+                // IPIs arrived after the watch's last look (deferred by our
+                // section): run them now, as the section's end does, rather
+                // than switch away and back for a put among them.
+                cur.crit_exit();
+                cur.crit_enter();
+                continue;
+            }
+            // Nothing queued and not closed at the watch's last look, and
+            // nothing could land since: we have been in our critical
+            // section throughout, and nothing waits in it.
+            // SAFETY: the owner, on its CPU, in a critical section.
+            unsafe { self.inner() }.waiting = true;
+            // A put that lands from here on (deferred by the critical
+            // section until we switch) schedules us again; we take it in
+            // the same critical section.
+            cur.block();
         }
     }
 
@@ -609,6 +689,7 @@ impl<T: Send + 'static> Port<T> {
     /// Before a send touches the message: the port takes requests, from
     /// this machine.
     #[track_caller]
+    #[inline]
     fn check_put(&self, my: MyCpu<'_>) {
         match &self.kind {
             Kind::ReplyOnly(_) => panic!(
@@ -631,15 +712,14 @@ impl<T: Send + 'static> Port<T> {
     }
 
     #[track_caller]
+    #[inline]
     fn check_receiver(&self, cur: &Cur) {
         match &self.kind {
-            Kind::Thread(owner) => assert!(
-                cur.is(owner),
-                "lwkt-msg: thread '{}' received from the port of thread '{}' \
-                 (rule: only a thread port's owner receives from it)",
-                cur.name(),
-                owner.name()
-            ),
+            Kind::Thread(owner) => {
+                if !cur.is(owner) {
+                    not_the_owner(cur, owner);
+                }
+            }
             Kind::Spin => {}
             Kind::Serializer(slz) => assert!(
                 slz.is_held_by(cur),
@@ -839,8 +919,7 @@ impl<T: Send + 'static> Port<T> {
                 if sleep {
                     // A put that lands from here on (deferred by the critical
                     // section until we switch) schedules us again.
-                    cur.deschedule_self();
-                    cur.switch();
+                    cur.block();
                 }
                 cur.crit_exit();
             }
@@ -1005,10 +1084,11 @@ fn mark<T: Send + 'static>(m: *mut Msg<T>, is_reply: bool) {
 /// Complete `m` in place and wake its waiters. After this the message is
 /// its originator's, so nothing here touches it once `complete` has set
 /// `DONE` (the sleep channel is only its address).
+#[inline]
 fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     // SAFETY: we own the message until it is done.
     if unsafe { (*m).hdr.flags() } & f::PARKED != 0 {
-        return complete_parked(my, m as *const Header);
+        return complete_parked(my, m);
     }
     // SAFETY: we own the message until `complete` sets DONE; the waker runs
     // before that.
@@ -1023,35 +1103,53 @@ fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
 }
 
 /// Complete a `PARKED` message (`domsg` on one CPU) on its waiter's CPU
-/// and wake the waiter there; from another CPU (the message was forwarded)
+/// and wake the waiter there, by the [`ParkToken`](lwkt_core::ParkToken)
+/// it left in the message; from another CPU (the message was forwarded)
 /// the completion travels there by IPI.
-fn complete_parked(my: MyCpu<'_>, h: *const Header) {
+#[inline]
+fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     // SAFETY: we own the message as its target until `complete_parked`
-    // sets DONE (then we touch it no more: the wakeup only uses its
-    // address); it is live until then (M2).
-    let hdr = unsafe { &*h };
+    // sets DONE (then we touch it no more); it is live until then (M2).
+    let hdr = unsafe { &(*m).hdr };
     let cpu = hdr.parked_cpu();
     if cpu == my.id() {
-        // The waiter sleeps here, or will once this CPU lets it run: it
-        // cannot run between the DONE store and the wakeup.
-        my.crit(|| {
-            hdr.complete_parked();
-            my.wakeup_here(h as usize);
-        });
-    } else if my
-        .send_ipi(cpu, complete_parked_remote, h as usize, 0)
+        // SAFETY: as above, before DONE.
+        let waiter = unsafe { Msg::parked_waiter(m) };
+        // The waiter waits here (it blocked in `domsg_here`, in the
+        // critical section in which it queued the message, so before
+        // anything here could reply): it cannot run between the DONE store
+        // and the wake-up, since only a switch made by the thread running
+        // here lets it run (an interrupt meanwhile cannot switch).
+        hdr.complete_parked();
+        // SAFETY: the token of the originator, which waits in `domsg_here`
+        // until DONE and has not run since, so has not exited. Of another
+        // machine (a reply carried there; CPU numbers overlap), it is left
+        // alone: `unpark` checks (a known limit, docs/soundness.md: it is
+        // not woken).
+        unsafe { my.unpark(waiter) };
+    } else {
+        complete_parked_elsewhere(my, m, cpu);
+    }
+}
+
+/// `complete_parked` from a CPU other than the waiter's: by IPI.
+#[inline(never)]
+fn complete_parked_elsewhere<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>, cpu: CpuId) {
+    if my
+        .send_ipi(cpu, complete_parked_remote::<T>, m as usize, 0)
         .is_err()
     {
         // No such CPU here: a reply from another machine. Complete the
         // message; its originator is not woken (a known limit,
         // docs/soundness.md).
-        hdr.complete_parked();
+        // SAFETY: we own the message until DONE; nothing after.
+        unsafe { (*m).hdr.complete_parked() };
     }
 }
 
 /// IPI function: `complete_parked` arriving at the waiter's CPU.
-fn complete_parked_remote(my: MyCpu<'_>, h: usize, _: usize) {
-    complete_parked(my, h as *const Header);
+fn complete_parked_remote<T: Send + 'static>(my: MyCpu<'_>, m: usize, _: usize) {
+    complete_parked(my, m as *mut Msg<T>);
 }
 
 /// A port refused `m` (closed, or its owner exited): a request is replied
@@ -1150,8 +1248,21 @@ pub(crate) fn route_by(
     }
 }
 
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn not_the_owner(cur: &Cur, owner: &ThreadHandle) -> ! {
+    panic!(
+        "lwkt-msg: thread '{}' received from the port of thread '{}' \
+         (rule: only a thread port's owner receives from it)",
+        cur.name(),
+        owner.name()
+    )
+}
+
 /// Panic unless `owner` is a thread of `my`'s machine.
 #[track_caller]
+#[inline]
 fn check_machine(owner: &ThreadHandle, my: MyCpu<'_>) {
     if !owner.is_of_machine(my) {
         other_machine(owner);

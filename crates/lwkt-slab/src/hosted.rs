@@ -9,7 +9,7 @@ use core::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicUsize, Ord
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
-use crate::class::{is_small, PAGE_SIZE, ZONE_SIZE};
+use crate::class::{is_small, route, Route, CHUNK, PAGE_SIZE, ZONE_LIMIT, ZONE_SIZE};
 use crate::slab::large_bytes;
 use crate::zone::Zone;
 use crate::{CpuContext, Domain, DomainId, Flags, MallocStats, MallocType, PageSource, Slab};
@@ -871,6 +871,90 @@ unsafe impl CpuContext for ThreadSlots {
     }
 }
 
+/// Size classes a thread cache holds: chunks up to 1 KiB.
+const TC_CLASSES: usize = 40;
+
+/// Chunks a thread cache holds per class at most: about 16 KiB of them,
+/// at least 16 and at most 128. Half of this moves between the cache and
+/// the slab at a time.
+const TC_CAP: [u32; TC_CLASSES] = {
+    let mut t = [0; TC_CLASSES];
+    let mut c = 0;
+    while c < TC_CLASSES {
+        let n = ZONE_LIMIT / CHUNK[c];
+        t[c] = if n < 16 {
+            16
+        } else if n > 128 {
+            128
+        } else {
+            n as u32
+        };
+        c += 1;
+    }
+    t
+};
+
+/// One class's free chunks in a thread cache, linked through their first
+/// words.
+struct Bin {
+    head: Cell<*mut u8>,
+    n: Cell<u32>,
+}
+
+/// A thread's cache of free chunks of one [`GlobalSlab`] (the first one
+/// made with [`GlobalSlab::thread_cached`] that the thread uses), with the
+/// counts of what it handed out and took back not yet told to the slab's
+/// `MallocType`. Touched only by its thread, and only while the thread
+/// counts as inside the allocator (`Inside`), so a signal handler that
+/// interrupts an operation on it takes the re-entered path instead.
+struct ThreadCache {
+    owner: Cell<Option<&'static GlobalSlab>>,
+    bins: [Bin; TC_CLASSES],
+    calls: Cell<u64>,
+    frees: Cell<u64>,
+    bytes: Cell<isize>,
+}
+
+impl ThreadCache {
+    const fn new() -> ThreadCache {
+        ThreadCache {
+            owner: Cell::new(None),
+            bins: [const {
+                Bin {
+                    head: Cell::new(ptr::null_mut()),
+                    n: Cell::new(0),
+                }
+            }; TC_CLASSES],
+            calls: Cell::new(0),
+            frees: Cell::new(0),
+            bytes: Cell::new(0),
+        }
+    }
+
+    /// Whether the cache serves `g`.
+    #[inline(always)]
+    fn serves(&self, g: &GlobalSlab) -> bool {
+        self.owner.get().is_some_and(|o| ptr::eq(o, g))
+    }
+}
+
+impl Drop for ThreadCache {
+    /// The thread exits: every chunk goes back to the slab, the counts to
+    /// its type. Frees after this (later destructors) find the cache gone
+    /// and go to the slab directly.
+    fn drop(&mut self) {
+        if let Some(g) = self.owner.get() {
+            g.drain(self);
+        }
+    }
+}
+
+std::thread_local! {
+    /// This thread's cache of free chunks. Const-initialised: the first
+    /// access allocates nothing (the C library records the destructor).
+    static CACHE: ThreadCache = const { ThreadCache::new() };
+}
+
 /// A whole program's allocator on the slab: `#[global_allocator]`.
 ///
 /// Small blocks (below 16 KiB, alignment up to a page) are chunks of the
@@ -907,11 +991,25 @@ unsafe impl CpuContext for ThreadSlots {
 ///     println!("{:?}", ALLOC.slab().page_source().stats());
 /// }
 /// ```
-#[derive(Debug)]
 pub struct GlobalSlab {
     slab: Slab<HostedPages>,
     slots: ThreadSlots,
     ty: MallocType,
+    /// Where this allocator lives for good, if it was told
+    /// ([`thread_cached`](Self::thread_cached)): thread caches are used
+    /// only when it is here.
+    home: Option<&'static GlobalSlab>,
+}
+
+impl core::fmt::Debug for GlobalSlab {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GlobalSlab")
+            .field("slab", &self.slab)
+            .field("slots", &self.slots)
+            .field("ty", &self.ty)
+            .field("thread_cached", &self.caches_here())
+            .finish()
+    }
 }
 
 impl GlobalSlab {
@@ -926,11 +1024,65 @@ impl GlobalSlab {
             slab: Slab::new(HostedPages::growing(capacity), slots),
             slots: ThreadSlots::new(slots),
             ty: MallocType::new("global"),
+            home: None,
         }
     }
 
-    /// Statistics of everything allocated through it.
+    /// The same allocator with per-thread caches of free chunks (up to
+    /// 1 KiB), for a `static` that names itself: `home` must be the
+    /// allocator being built, and caches are used only when it is (a
+    /// `&'static` to it proves it is never moved nor dropped, so a thread's
+    /// exit can give its cache back to it). Each thread then allocates and
+    /// frees small blocks from its own cache, without an atomic operation,
+    /// and takes or returns half a cache's worth (16 KiB of a class at
+    /// most) from the slab in one go, holding its slot once for all.
+    ///
+    /// Blocks in a cache count as in use to the page source and the slab
+    /// (not to [`stats`](Self::stats), which counts what the program
+    /// holds); a thread's cache goes back when the thread exits, or on
+    /// [`reclaim`](Self::reclaim) from it.
+    ///
+    /// ```no_run
+    /// use lwkt_slab::GlobalSlab;
+    /// #[global_allocator]
+    /// static ALLOC: GlobalSlab = GlobalSlab::new(1 << 30, 8).thread_cached(&ALLOC);
+    /// fn main() {
+    ///     let v: Vec<Box<u32>> = (0..1000).map(Box::new).collect();
+    ///     drop(v);
+    ///     assert!(ALLOC.stats().in_use < 100);
+    /// }
+    /// ```
+    pub const fn thread_cached(mut self, home: &'static GlobalSlab) -> GlobalSlab {
+        self.home = Some(home);
+        self
+    }
+
+    /// Whether thread caches serve this allocator (it was built with
+    /// [`thread_cached`](Self::thread_cached) naming itself).
+    #[inline(always)]
+    fn caches_here(&self) -> bool {
+        self.home.is_some_and(|h| ptr::eq(h, self))
+    }
+
+    /// Statistics of everything allocated through it. The counts of other
+    /// threads' caches (see [`thread_cached`](Self::thread_cached)) are
+    /// told as they take or return chunks, and at their thread's exit; the
+    /// calling thread's, now (unless it is inside the allocator: a signal
+    /// handler that interrupted it there).
     pub fn stats(&self) -> MallocStats {
+        // Not from inside the allocator (a signal handler that interrupted
+        // it): telling the counts takes the thread's slot.
+        if self.caches_here() && !Self::reentered() {
+            let _ = CACHE.try_with(|tc| {
+                if tc.serves(self) && tc.calls.get() | tc.frees.get() != 0 {
+                    // SAFETY: an empty list gives nothing back.
+                    unsafe {
+                        self.slab
+                            .give_chunks(&self.slots, ptr::null_mut(), |cpu| self.fold(tc, cpu))
+                    };
+                }
+            });
+        }
         self.ty.stats()
     }
 
@@ -948,7 +1100,222 @@ impl GlobalSlab {
     /// the slot this thread uses (zones beyond the page source's cache go
     /// back to the host).
     pub fn reclaim(&self) {
+        if self.caches_here() {
+            let _ = CACHE.try_with(|tc| {
+                if tc.serves(self) {
+                    self.drain(tc);
+                }
+            });
+        }
         self.slab.reclaim(&self.slots);
+    }
+
+    /// Hand a thread cache's counts to the type. On `cpu`, in its critical
+    /// section (the thread counts as inside: the cache is not in use).
+    fn fold(&self, tc: &ThreadCache, cpu: usize) {
+        // SAFETY: `cpu < MAX_CPUS`: the slab's `on_cpu` gave it.
+        unsafe {
+            self.ty
+                .account_batch(cpu, tc.calls.take(), tc.frees.take(), tc.bytes.take())
+        };
+    }
+
+    /// Give every chunk of `tc` (this thread's cache, serving `self`) back
+    /// to the slab, and its counts to the type.
+    fn drain(&self, tc: &ThreadCache) {
+        // Unlink every bin into one list, as inside the allocator (the
+        // cache is in use meanwhile).
+        let list = {
+            let _inside = Inside::enter();
+            let mut list: *mut u8 = ptr::null_mut();
+            for b in &tc.bins {
+                let mut c = b.head.replace(ptr::null_mut());
+                b.n.set(0);
+                while !c.is_null() {
+                    // SAFETY: a chunk of the cache: its first word links
+                    // the next; it is ours to relink.
+                    unsafe {
+                        let next = c.cast::<*mut u8>().read();
+                        c.cast::<*mut u8>().write(list);
+                        list = c;
+                        c = next;
+                    }
+                }
+            }
+            list
+        };
+        // SAFETY: free chunks of this slab, off the cache: nobody holds
+        // them.
+        unsafe {
+            self.slab
+                .give_chunks(&self.slots, list, |cpu| self.fold(tc, cpu))
+        };
+    }
+
+    /// The size class a thread cache serves `layout` from, if any.
+    #[inline(always)]
+    fn cache_class(layout: Layout) -> Option<usize> {
+        if layout.align() > PAGE_SIZE {
+            return None;
+        }
+        match route(layout) {
+            Ok(Route::Small { class }) if class < TC_CLASSES => Some(class),
+            _ => None,
+        }
+    }
+
+    /// A chunk of `class` from this thread's cache, refilled from the slab
+    /// when empty; `None` when no cache serves this allocator here (then
+    /// the slab serves the call) or the slab has no memory.
+    #[inline(always)]
+    fn cached_alloc(&self, class: usize) -> Option<*mut u8> {
+        let hit = CACHE.try_with(|tc| {
+            let _inside = Inside::enter();
+            if !tc.serves(self) {
+                return None;
+            }
+            let b = &tc.bins[class];
+            let p = b.head.get();
+            if p.is_null() {
+                return None;
+            }
+            // SAFETY: a free chunk of the cache: its first word links the
+            // next.
+            b.head.set(unsafe { p.cast::<*mut u8>().read() });
+            b.n.set(b.n.get() - 1);
+            tc.calls.set(tc.calls.get() + 1);
+            tc.bytes.set(tc.bytes.get() + CHUNK[class] as isize);
+            Some(p)
+        });
+        match hit {
+            Ok(Some(p)) => Some(p),
+            Ok(None) => self.refill_cached(class),
+            Err(_) => None,
+        }
+    }
+
+    /// The cache's class is empty (or the cache serves nothing yet): take
+    /// half a cache's worth from the slab, holding the slot once, and hand
+    /// out the first.
+    #[cold]
+    #[inline(never)]
+    fn refill_cached(&self, class: usize) -> Option<*mut u8> {
+        CACHE
+            .try_with(|tc| {
+                if !self.bind(tc) {
+                    return None;
+                }
+                let want = (TC_CAP[class] / 2) as usize;
+                let (head, tail, n) = self
+                    .slab
+                    .take_chunks(&self.slots, class, want, |cpu| self.fold(tc, cpu))
+                    .ok()?;
+                let _inside = Inside::enter();
+                // SAFETY: chunks just taken, ours: the first word of each
+                // links the next, the last's is null; `tail` is the last
+                // or null (`n >= 1`).
+                unsafe {
+                    let rest = head.cast::<*mut u8>().read();
+                    if n > 1 {
+                        let b = &tc.bins[class];
+                        let old = b.head.get();
+                        if !old.is_null() {
+                            // A signal handler refilled the bin meanwhile:
+                            // append it (walking to the tail if unknown).
+                            let mut t = tail;
+                            if t.is_null() {
+                                t = rest;
+                                while !t.cast::<*mut u8>().read().is_null() {
+                                    t = t.cast::<*mut u8>().read();
+                                }
+                            }
+                            t.cast::<*mut u8>().write(old);
+                        }
+                        b.head.set(rest);
+                        b.n.set(b.n.get() + n as u32 - 1);
+                    }
+                }
+                tc.calls.set(tc.calls.get() + 1);
+                tc.bytes.set(tc.bytes.get() + CHUNK[class] as isize);
+                Some(head)
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// [`bind`](Self::bind), out of the free path.
+    #[cold]
+    #[inline(never)]
+    fn bind_cold(&self, tc: &ThreadCache) -> bool {
+        self.bind(tc)
+    }
+
+    /// Make `tc` (this thread's cache) serve `self` if it serves nothing
+    /// yet and `self` is at home; whether it serves `self`.
+    fn bind(&self, tc: &ThreadCache) -> bool {
+        let _inside = Inside::enter();
+        if tc.owner.get().is_none() {
+            if let Some(home) = self.home.filter(|h| ptr::eq(*h, self)) {
+                tc.owner.set(Some(home));
+            }
+        }
+        tc.serves(self)
+    }
+
+    /// Free a chunk of `class` into this thread's cache; past its cap,
+    /// half goes back to the slab (holding the slot once). `false` when no
+    /// cache serves this allocator here (then the slab takes it).
+    ///
+    /// # Safety
+    /// `p` is a chunk of this allocator's slab of size class `class` (not
+    /// a re-entered path's span), given up by the caller.
+    #[inline(always)]
+    unsafe fn cached_free(&self, p: *mut u8, class: usize) -> bool {
+        #[cfg(debug_assertions)]
+        self.slab.check_chunk(p, class);
+        let r = CACHE.try_with(|tc| {
+            let spill = {
+                let _inside = Inside::enter();
+                // A thread that frees before it allocates (a consumer)
+                // binds its cache here.
+                if !tc.serves(self) && !self.bind_cold(tc) {
+                    return false;
+                }
+                let b = &tc.bins[class];
+                // SAFETY: the chunk is given up to us; its first word
+                // links the cache.
+                unsafe { p.cast::<*mut u8>().write(b.head.get()) };
+                b.head.set(p);
+                let n = b.n.get() + 1;
+                tc.frees.set(tc.frees.get() + 1);
+                tc.bytes.set(tc.bytes.get() - CHUNK[class] as isize);
+                if n <= TC_CAP[class] {
+                    b.n.set(n);
+                    return true;
+                }
+                // Over the cap: unlink the first half as a list.
+                let half = TC_CAP[class] / 2;
+                let mut last = p;
+                for _ in 1..half {
+                    // SAFETY: the bin holds `n > half` chunks, linked.
+                    last = unsafe { last.cast::<*mut u8>().read() };
+                }
+                // SAFETY: as above; `last` is the `half`th chunk.
+                unsafe {
+                    b.head.set(last.cast::<*mut u8>().read());
+                    last.cast::<*mut u8>().write(ptr::null_mut());
+                }
+                b.n.set(n - half);
+                p
+            };
+            // SAFETY: free chunks of this slab, off the cache.
+            unsafe {
+                self.slab
+                    .give_chunks(&self.slots, spill, |cpu| self.fold(tc, cpu))
+            };
+            true
+        });
+        r.unwrap_or(false)
     }
 }
 
@@ -1027,6 +1394,13 @@ unsafe impl GlobalAlloc for GlobalSlab {
         if Self::reentered() {
             return self.alloc_unowned(layout);
         }
+        if self.caches_here() {
+            if let Some(class) = Self::cache_class(layout) {
+                if let Some(p) = self.cached_alloc(class) {
+                    return p;
+                }
+            }
+        }
         self.slab
             .alloc(&self.slots, layout, &self.ty, Flags::NONE)
             .map_or(ptr::null_mut(), NonNull::as_ptr)
@@ -1038,6 +1412,15 @@ unsafe impl GlobalAlloc for GlobalSlab {
             // Fresh mappings are zero.
             return self.alloc_unowned(layout);
         }
+        if self.caches_here() {
+            if let Some(class) = Self::cache_class(layout) {
+                if let Some(p) = self.cached_alloc(class) {
+                    // SAFETY: a chunk of at least `layout.size()` bytes.
+                    unsafe { ptr::write_bytes(p, 0, layout.size()) };
+                    return p;
+                }
+            }
+        }
         self.slab
             .alloc(&self.slots, layout, &self.ty, Flags::ZERO)
             .map_or(ptr::null_mut(), NonNull::as_ptr)
@@ -1048,6 +1431,15 @@ unsafe impl GlobalAlloc for GlobalSlab {
         if Self::reentered() || self.is_unowned_block(ptr, layout) {
             // SAFETY: forwarded.
             return unsafe { self.dealloc_unowned(ptr, layout) };
+        }
+        if self.caches_here() {
+            if let Some(class) = Self::cache_class(layout) {
+                // SAFETY: a chunk (not a re-entered path's span, tested
+                // above) of the class its layout routes to.
+                if unsafe { self.cached_free(ptr, class) } {
+                    return;
+                }
+            }
         }
         // SAFETY: `GlobalAlloc` contract: `ptr` came from us with `layout`.
         unsafe {
@@ -1074,6 +1466,29 @@ unsafe impl GlobalAlloc for GlobalSlab {
                 }
             }
             return q;
+        }
+        if self.caches_here() {
+            if let Some(class) = Self::cache_class(layout) {
+                // A small block through the caches: kept when the class
+                // stays, else allocate, copy and free.
+                let Ok(new) = Layout::from_size_align(new_size, layout.align()) else {
+                    return ptr::null_mut();
+                };
+                if Self::cache_class(new) == Some(class) {
+                    return ptr;
+                }
+                // SAFETY: `new` has a non-zero size (`GlobalAlloc` contract).
+                let q = unsafe { self.alloc(new) };
+                if !q.is_null() {
+                    // SAFETY: distinct live blocks of at least the copied
+                    // length; `ptr` is ours to free (caller).
+                    unsafe {
+                        ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
+                        self.dealloc(ptr, layout);
+                    }
+                }
+                return q;
+            }
         }
         // SAFETY: as in `dealloc`.
         unsafe {

@@ -51,8 +51,9 @@ fn drain(s: &AtomicStack<Chunk>, into: &mut Vec<usize>) {
     }
 }
 
-/// Two CPUs push two chunks each while the owner drains: every chunk is
-/// drained exactly once.
+/// Two CPUs push two chunks each while the owner drains, one a chunk at a
+/// time, the other as a chain in one push: every chunk is drained exactly
+/// once.
 #[test]
 fn remote_list_loses_nothing_and_duplicates_nothing() {
     loom::model(|| {
@@ -62,9 +63,21 @@ fn remote_list_loses_nothing_and_duplicates_nothing() {
             .map(|t| {
                 let (b, s) = (block.clone(), stack.clone());
                 thread::spawn(move || {
-                    for i in 0..2 {
-                        // SAFETY: each chunk is pushed once, by one thread.
-                        unsafe { s.push(b.chunk(2 * t + i)) };
+                    if t == 0 {
+                        for i in 0..2 {
+                            // SAFETY: each chunk is pushed once, by one
+                            // thread.
+                            unsafe { s.push(b.chunk(2 * t + i)) };
+                        }
+                    } else {
+                        // A chain of two in one push (a thread cache's
+                        // spill).
+                        let (first, last) = (b.chunk(2 * t), b.chunk(2 * t + 1));
+                        // SAFETY: ours until pushed, once, by this thread.
+                        unsafe {
+                            Chunk::set_next(first, last);
+                            s.push_chain(first, last);
+                        }
                     }
                 })
             })
@@ -82,7 +95,8 @@ fn remote_list_loses_nothing_and_duplicates_nothing() {
     });
 }
 
-/// A remote free racing the owner marking the zone full: the chunk is never
+/// A remote free of a chain of two chunks (one push, as a thread cache
+/// spills) racing the owner marking the zone full: no chunk is ever
 /// lost. Either the owner's drain absorbs it, or the freer saw the zone
 /// full and queued it for the owner, or it waits on the remote list for the
 /// owner's scan of full zones; and a queued zone is marked queued.
@@ -93,13 +107,17 @@ fn remote_free_against_mark_full() {
         // SAFETY: a fresh zone-aligned block; chunks of class 7 (64 B).
         let z = unsafe { Zone::init(block.0, 0, 7, true) } as usize;
         let queue = Arc::new(AtomicStack::<Zone>::new());
-        let chunk = block.chunk(0) as usize;
+        let (first, last) = (block.chunk(0) as usize, block.chunk(1) as usize);
         let freer = {
             let (q, b) = (queue.clone(), block.clone());
             thread::spawn(move || {
                 let _keep = b;
-                // SAFETY: an "allocated" chunk of the live zone, given up.
-                unsafe { Zone::remote_free(z as *mut Zone, chunk as *mut u8, &q) };
+                // SAFETY: two "allocated" chunks of the live zone, linked
+                // and given up in one push.
+                unsafe {
+                    Chunk::set_next(first as *mut Chunk, last as *mut Chunk);
+                    Zone::remote_free_chain(z as *mut Zone, first as *mut u8, last as *mut u8, &q)
+                };
             })
         };
         // SAFETY: the owner's side of the live zone.
@@ -109,7 +127,7 @@ fn remote_free_against_mark_full() {
         freer.join().unwrap();
         let queued = queue.take_all();
         let later = zone.absorb_remote();
-        assert_eq!(absorbed + later, 1, "the chunk is absorbed exactly once");
+        assert_eq!(absorbed + later, 2, "each chunk is absorbed exactly once");
         if !queued.is_null() {
             assert_eq!(queued as usize, z);
             assert!(zone.is_queued());

@@ -173,6 +173,28 @@ impl MallocType {
         }
     }
 
+    /// CPU `cpu`, in its critical section: account `calls` allocations and
+    /// `frees` frees that changed the bytes in use by `bytes` (a thread
+    /// cache's counts, handed over in one go).
+    ///
+    /// # Safety
+    /// `cpu < MAX_CPUS` (the slab's `check_cpu`).
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn account_batch(&self, cpu: usize, calls: u64, frees: u64, bytes: isize) {
+        // SAFETY: forwarded.
+        let u = unsafe { self.use_of(cpu) };
+        u.calls
+            .store(u.calls.load(Ordering::Relaxed) + calls, Ordering::Relaxed);
+        u.frees
+            .store(u.frees.load(Ordering::Relaxed) + frees, Ordering::Relaxed);
+        let p = u.pending.load(Ordering::Relaxed) + bytes;
+        if p.unsigned_abs() >= ZONE_SIZE {
+            self.fold(u, p);
+        } else {
+            u.pending.store(p, Ordering::Relaxed);
+        }
+    }
+
     /// Account an allocation (`bytes > 0`) or a free (`bytes < 0`) made
     /// without a CPU, from any context. Limits are not applied (the caller
     /// has no CPU to ask with); the bytes count towards them.

@@ -50,13 +50,26 @@ impl<T: Link> AtomicStack<T> {
     /// push only the consumer may touch it.
     #[inline]
     pub(crate) unsafe fn push(&self, item: *mut T) {
+        // SAFETY: forwarded; a one-item chain.
+        unsafe { self.push_chain(item, item) }
+    }
+
+    /// Push a chain of items, `first` to `last`, already linked (any CPU),
+    /// with one compare-and-swap.
+    ///
+    /// # Safety
+    /// The items from `first` to `last` are live, linked through
+    /// [`Link::next`] from `first` to `last`, on no list, and the caller
+    /// gives them up: after the push only the consumer may touch them.
+    #[inline]
+    pub(crate) unsafe fn push_chain(&self, first: *mut T, last: *mut T) {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
-            // SAFETY: `item` is ours until the CAS publishes it.
-            unsafe { T::set_next(item, head) };
+            // SAFETY: `last` is ours until the CAS publishes it.
+            unsafe { T::set_next(last, head) };
             match self
                 .head
-                .compare_exchange_weak(head, item, Ordering::Release, Ordering::Relaxed)
+                .compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed)
             {
                 Ok(_) => return,
                 Err(now) => head = now,

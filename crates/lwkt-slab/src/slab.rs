@@ -419,6 +419,138 @@ impl<P: PageSource> Slab<P> {
         }
     }
 
+    /// Take up to `n` chunks of `class` for a thread's cache (the hosted
+    /// allocator's), linked through their first words; the list's head and
+    /// length. Taking them is not accounted: the cache accounts each block
+    /// it hands out, and `fold` runs first on the CPU to hand those counts
+    /// over. Returns head, tail and length; the tail is null when a zone's
+    /// whole local list came as it is (then up to `4 * n` chunks). Fewer
+    /// than `n` come when the class's partial zones run out
+    /// after the first chunk (no new zone is taken for the rest).
+    ///
+    /// # Errors
+    /// [`SlabError::Exhausted`] when not even one chunk can be had.
+    #[cfg(feature = "std")]
+    pub(crate) fn take_chunks(
+        &self,
+        cx: &impl CpuContext,
+        class: usize,
+        n: usize,
+        fold: impl FnOnce(usize),
+    ) -> Result<(*mut u8, *mut u8, usize), SlabError> {
+        self.on_cpu(cx, |cpu| {
+            fold(cpu);
+            let mut head: *mut u8 = ptr::null_mut();
+            let mut tail: *mut u8 = ptr::null_mut();
+            let mut got = 0;
+            while got < n {
+                // Chunks on the first partial zone's local list go as
+                // they are linked (no rewrite of each link).
+                // SAFETY: in `cpu`'s critical section (`on_cpu`).
+                let z = unsafe { self.cs_partial_head(cpu, class) };
+                if !z.is_null() {
+                    let first = got == 0;
+                    // SAFETY: owner access to a live zone of our list, in
+                    // `cpu`'s critical section.
+                    if let Some((h, t, k)) = unsafe { (*z).take_local((n - got) as u32, first) } {
+                        if t.is_null() {
+                            // The zone's whole list, the first and only
+                            // piece (its tail unknown).
+                            debug_assert!(first);
+                            // SAFETY: `z` is on the class's partial list.
+                            if unsafe { (*z).nfree } == 0 {
+                                // SAFETY: as above.
+                                unsafe { self.zone_emptied(cpu, z) };
+                            }
+                            return Ok((h, t, k as usize));
+                        }
+                        // SAFETY: `t` is ours (just taken); `h`..`t` are
+                        // linked.
+                        unsafe { t.cast::<*mut u8>().write(head) };
+                        if head.is_null() {
+                            tail = t;
+                        }
+                        head = h;
+                        got += k as usize;
+                        // SAFETY: `z` is on the class's partial list.
+                        if unsafe { (*z).nfree } == 0 {
+                            // SAFETY: as above.
+                            unsafe { self.zone_emptied(cpu, z) };
+                        }
+                        continue;
+                    }
+                }
+                // SAFETY: in `cpu`'s critical section (`on_cpu`).
+                match unsafe { self.pop_chunk(cpu, class) } {
+                    Some((p, _)) => {
+                        let c = p.as_ptr();
+                        // SAFETY: a chunk just handed out: ours, at least
+                        // 8 bytes and 8-aligned, so its first word holds
+                        // the link.
+                        unsafe { c.cast::<*mut u8>().write(head) };
+                        if head.is_null() {
+                            tail = c;
+                        }
+                        head = c;
+                        got += 1;
+                    }
+                    None if got > 0 => break,
+                    // SAFETY: in `cpu`'s critical section.
+                    None => unsafe { self.refill(cpu, class, Flags::NONE)? },
+                }
+            }
+            Ok((head, tail, got))
+        })
+    }
+
+    /// Give back a thread cache's list of chunks (linked through their
+    /// first words, `take_chunks`' format), on whichever CPU `cx` gives:
+    /// each goes to its zone as a local or remote free. Not accounted
+    /// (see `take_chunks`); `fold` runs first on the CPU.
+    ///
+    /// # Safety
+    /// Every chunk on the list came from this slab (`take_chunks` or
+    /// `alloc`) and is free: nobody uses it or holds it after this call.
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn give_chunks(
+        &self,
+        cx: &impl CpuContext,
+        mut c: *mut u8,
+        fold: impl FnOnce(usize),
+    ) {
+        self.on_cpu(cx, |cpu| {
+            fold(cpu);
+            while !c.is_null() {
+                // SAFETY: a chunk on the list (caller): its first word
+                // links the next, its zone is live while it is allocated,
+                // and its owner and class do not change meanwhile.
+                unsafe {
+                    let mut next = c.cast::<*mut u8>().read();
+                    let z = Zone::of(c);
+                    #[cfg(debug_assertions)]
+                    self.check_free(z, c, (*z).class as usize);
+                    let owner = (*z).owner as usize;
+                    if owner == cpu {
+                        self.free_local(cpu, z, c);
+                    } else {
+                        // The run of chunks of the same zone that follows
+                        // goes with it, in one push (they are linked
+                        // already, through the same first words).
+                        let mut last = c;
+                        while !next.is_null() && Zone::of(next) == z {
+                            #[cfg(debug_assertions)]
+                            self.check_free(z, next, (*z).class as usize);
+                            last = next;
+                            next = next.cast::<*mut u8>().read();
+                        }
+                        Zone::remote_free_chain(z, c, last, &self.cpus[owner].queue);
+                    }
+                    c = next;
+                }
+            }
+        });
+    }
+
     /// Resize: keep the block when the new size has the same size class;
     /// a large block to a large size the page source may resize itself
     /// ([`PageSource::realloc_large`]: `HostedPages` keeps the block when
@@ -647,6 +779,17 @@ impl<P: PageSource> Slab<P> {
     unsafe fn cs(&self, cpu: usize) -> &mut CpuSlab {
         // SAFETY: forwarded; `cpu < self.ncpus <= MAX_CPUS` (`on_cpu`).
         unsafe { &mut *self.cpus.get_unchecked(cpu).own.get() }
+    }
+
+    /// The first partial zone of `class` on `cpu` (null if none).
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section.
+    #[cfg(feature = "std")]
+    #[inline(always)]
+    unsafe fn cs_partial_head(&self, cpu: usize, class: usize) -> *mut Zone {
+        // SAFETY: forwarded; the borrow ends with this read.
+        unsafe { self.cs(cpu) }.partial[class].head
     }
 
     /// Take a chunk of `class` from the first partial zone, if there is
@@ -915,6 +1058,26 @@ impl<P: PageSource> Slab<P> {
                 self.pages.free_zone(NonNull::new_unchecked(z.cast()));
             }
         }
+    }
+
+    /// Debug builds: `p` is a chunk start of a live zone of this slab, of
+    /// size class `class` (what `check_free` checks, without the live bit:
+    /// for a free into a thread cache).
+    #[cfg(all(debug_assertions, feature = "std"))]
+    #[track_caller]
+    pub(crate) fn check_chunk(&self, p: *mut u8, class: usize) {
+        let z = Zone::of(p);
+        assert!(
+            self.pages.owns_zone(z.cast()),
+            "lwkt-slab: free of {p:p}, which this slab did not allocate"
+        );
+        // SAFETY: the page source handed this zone out, so its header is
+        // readable (live or cached).
+        let zone = unsafe { &*z };
+        assert!(
+            zone.magic_ok() && zone.class as usize == class && zone.index_of(p).is_some(),
+            "lwkt-slab: free of {p:p} with a layout of size class {class}: not a chunk of that class"
+        );
     }
 
     #[cfg(debug_assertions)]

@@ -199,17 +199,84 @@ impl Zone {
     /// Owner: move every remotely freed chunk to the local list; returns how
     /// many came. DragonFly: the `z_RChunks` drain in `kmalloc`.
     pub(crate) fn absorb_remote(&mut self) -> u32 {
-        let mut c = self.remote.take_all();
-        let mut n = 0;
-        while !c.is_null() {
+        let head = self.remote.take_all();
+        if head.is_null() {
+            return 0;
+        }
+        // The chain is linked already: find its tail and length (reading
+        // each chunk's link, not rewriting it: the lines stay shared with
+        // the CPU that freed them until the chunk is used), then splice
+        // it in front of the local list with one write.
+        let (mut tail, mut n) = (head, 1);
+        loop {
             // SAFETY: taken off the remote stack: ours.
-            let next = unsafe { Chunk::next(c) };
-            self.push_local(c.cast());
-            c = next;
+            let next = unsafe { Chunk::next(tail) };
+            if next.is_null() {
+                break;
+            }
+            tail = next;
             n += 1;
         }
+        // SAFETY: `tail` is ours (taken off the stack).
+        unsafe { Chunk::set_next(tail, self.local) };
+        self.local = head;
         self.nfree += n;
         n
+    }
+
+    /// Owner: unlink chunks from the front of the local list, as they are
+    /// linked (one write, at the cut): with `whole`, the whole list when it
+    /// holds at most `4 * n` (its length is known: `nfree` less the
+    /// never-used chunks, so nothing is walked; the tail is then not known
+    /// and returned null), else up to `n` (`n >= 1`). Head, tail and
+    /// count, or `None` when the list is empty. Lowers `nfree`.
+    #[cfg(feature = "std")]
+    pub(crate) fn take_local(&mut self, n: u32, whole: bool) -> Option<(*mut u8, *mut u8, u32)> {
+        let head = self.local;
+        if head.is_null() {
+            return None;
+        }
+        let all = self.nfree - self.unused();
+        if whole && all <= n.saturating_mul(4) {
+            self.local = ptr::null_mut();
+            self.nfree -= all;
+            #[cfg(debug_assertions)]
+            {
+                let mut c = head;
+                while !c.is_null() {
+                    self.set_live(self.index_of(c.cast()).expect("a chunk of the zone"));
+                    // SAFETY: a chunk of the list just taken.
+                    c = unsafe { Chunk::next(c) };
+                }
+            }
+            return Some((head.cast(), ptr::null_mut(), all));
+        }
+        let (mut tail, mut got) = (head, 1);
+        while got < n {
+            // SAFETY: a chunk of our local list.
+            let next = unsafe { Chunk::next(tail) };
+            if next.is_null() {
+                break;
+            }
+            tail = next;
+            got += 1;
+        }
+        // SAFETY: as above; the cut's link is ours to clear.
+        unsafe {
+            self.local = Chunk::next(tail);
+            Chunk::set_next(tail, ptr::null_mut());
+        }
+        self.nfree -= got;
+        #[cfg(debug_assertions)]
+        {
+            let mut c = head;
+            while !c.is_null() {
+                self.set_live(self.index_of(c.cast()).expect("a chunk of the zone"));
+                // SAFETY: as above.
+                c = unsafe { Chunk::next(c) };
+            }
+        }
+        Some((head.cast(), tail.cast(), got))
     }
 
     /// Owner: the zone has no free chunk left and goes on the full list.
@@ -243,11 +310,32 @@ impl Zone {
     /// caller; the caller does not touch the zone afterwards.
     #[inline]
     pub(crate) unsafe fn remote_free(this: *mut Zone, p: *mut u8, owner_queue: &AtomicStack<Zone>) {
-        // SAFETY: our chunk is allocated, so the zone is live until the push.
+        // SAFETY: forwarded; a chain of one chunk.
+        unsafe { Zone::remote_free_chain(this, p, p, owner_queue) }
+    }
+
+    /// [`remote_free`](Self::remote_free) of a chain of chunks of zone
+    /// `this`, `first` to `last`, linked through their first words
+    /// (`Chunk`'s link): one push for all. DragonFly batches remote frees
+    /// per zone the same way.
+    ///
+    /// # Safety
+    /// Every chunk from `first` to `last` is an allocated chunk of the live
+    /// zone `this`, given up by the caller, and they are linked from
+    /// `first` to `last`; the caller does not touch the zone afterwards.
+    #[inline]
+    pub(crate) unsafe fn remote_free_chain(
+        this: *mut Zone,
+        first: *mut u8,
+        last: *mut u8,
+        owner_queue: &AtomicStack<Zone>,
+    ) {
+        // SAFETY: our chunks are allocated, so the zone is live until the
+        // push.
         let z = unsafe { &*this };
         let queue = z.full.load(Ordering::Relaxed) && !z.queued.swap(true, Ordering::AcqRel);
-        // SAFETY: a free chunk of `this`, given up by the caller.
-        unsafe { z.remote.push(p.cast()) };
+        // SAFETY: free chunks of `this`, linked, given up by the caller.
+        unsafe { z.remote.push_chain(first.cast(), last.cast()) };
         if queue {
             // SAFETY: `queued` is ours, so the zone stays alive and its
             // queue link is ours to use.

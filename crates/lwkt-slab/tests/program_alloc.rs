@@ -16,7 +16,7 @@ use lwkt_slab::{GlobalSlab, PageStats, SPAN_CACHE_BYTES, ZONE_SIZE};
 const FIRST: usize = 64 << 20;
 
 #[global_allocator]
-static ALLOC: GlobalSlab = GlobalSlab::new(FIRST, 4);
+static ALLOC: GlobalSlab = GlobalSlab::new(FIRST, 4).thread_cached(&ALLOC);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 

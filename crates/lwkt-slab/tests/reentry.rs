@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use lwkt_slab::GlobalSlab;
 
 #[global_allocator]
-static ALLOC: GlobalSlab = GlobalSlab::new(8 << 30, 1);
+static ALLOC: GlobalSlab = GlobalSlab::new(8 << 30, 1).thread_cached(&ALLOC);
 
 /// A block the handler made, for the main thread to check and free.
 static FROM_HANDLER: AtomicUsize = AtomicUsize::new(0);

@@ -66,6 +66,104 @@ fn ring_full_then_drained() {
     });
 }
 
+/// Batches through a two-slot ring, around it more than twice: each batch
+/// is one run, published with one store after its entries, and taken with
+/// one Acquire load of its head; a run's slots are freed only when its last
+/// entry is taken, so a batch that does not fit is taken in part, and the
+/// producer waits for the run before it to be freed. The consumer mixes
+/// `pop`, `pop_if` (refusing once inside a run) and a handle. Every value
+/// arrives once, in order, and loom finds any read of an entry not ordered
+/// after its write (a data race on the slot).
+#[test]
+fn ring_batches_wrap_in_order() {
+    loom::model(|| {
+        let r: Arc<Ring<u32, 2>> = Arc::new(Ring::new());
+        let p = r.clone();
+        let t = thread::spawn(move || {
+            let items = [0u32, 1, 2, 3, 4];
+            let mut sent = 0;
+            for len in [2usize, 3] {
+                let end = sent + len;
+                while sent < end {
+                    // SAFETY: this thread is the only producer.
+                    let n = unsafe { p.push_batch(&items[sent..end]) };
+                    sent += n;
+                    if n == 0 {
+                        thread::yield_now();
+                    }
+                }
+            }
+        });
+        let mut next = 0;
+        while next < 5 {
+            // SAFETY: this thread is the only consumer.
+            let got = unsafe {
+                match next {
+                    1 => {
+                        // Inside the first run: refuse, then take.
+                        assert_eq!(r.pop_if(|_| false), None);
+                        r.pop_if(|v| *v == 1)
+                    }
+                    3 => r.consumer().pop(),
+                    _ => r.pop(),
+                }
+            };
+            match got {
+                Some(v) => {
+                    assert_eq!(v, next);
+                    next += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        t.join().unwrap();
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(r.pop(), None);
+        }
+        assert!(r.is_empty());
+        assert_eq!(r.len(), 0);
+    });
+}
+
+/// A consumer part-way through a run: the ring does not look empty while
+/// the run's rest is queued, and the producer does not get the run's slots back before the
+/// consumer has read them (loom reports the race if it could).
+#[test]
+fn ring_part_taken_run_stays_visible() {
+    loom::model(|| {
+        let r: Arc<Ring<u32, 2>> = Arc::new(Ring::new());
+        // SAFETY: this thread is the producer until the spawn below.
+        assert_eq!(unsafe { r.push_batch(&[10, 11]) }, 2);
+        let c = r.clone();
+        let t = thread::spawn(move || {
+            // SAFETY: this thread is the only consumer.
+            unsafe {
+                assert_eq!(c.pop(), Some(10));
+                assert!(!c.is_empty(), "the run's rest is queued");
+                assert_eq!(c.pop(), Some(11));
+            }
+        });
+        // The producer: the next batch fits only once the run is freed.
+        let mut sent = 0;
+        while sent < 2 {
+            // SAFETY: this thread is the only producer.
+            let n = unsafe { r.push_batch(&[[12, 13][sent]]) };
+            sent += n;
+            if n == 0 {
+                thread::yield_now();
+            }
+        }
+        t.join().unwrap();
+        // SAFETY: the consumer thread has ended; this one takes over.
+        unsafe {
+            assert_eq!(r.pop(), Some(12));
+            assert_eq!(r.pop(), Some(13));
+            assert_eq!(r.pop(), None);
+        }
+    });
+}
+
 use crate::cpu::CpuId;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -141,8 +239,9 @@ fn idle_wait_loses_no_kick() {
     });
 }
 
-/// The model's sender (CPU 0): queue messages 0 and 1, ringing the doorbell
-/// after each and calling `kick` when it says so.
+/// The model's sender (CPU 0): queue message 0, then messages 1 and 2 as
+/// one batch, ringing the doorbell after each and calling `kick` when it
+/// says so.
 fn spawn_sender(
     ring: &Arc<Ring<u32, 4>>,
     ipimask: &Arc<AtomicU64>,
@@ -155,9 +254,10 @@ fn spawn_sender(
             ipimask: &ipimask,
             npoll: &npoll,
         };
-        for i in 0..2 {
+        // Message 0 alone, then 1 and 2 as one batch (one publication).
+        for batch in [&[0u32][..], &[1, 2][..]] {
             // SAFETY: this thread is the only producer.
-            assert!(unsafe { ring.push(i) }.is_ok());
+            assert_eq!(unsafe { ring.push_batch(batch) }, batch.len());
             if db.ring(CpuId::new(0)) {
                 kick();
             }
@@ -220,7 +320,7 @@ fn doorbell_loses_no_kick() {
             );
             drain(&db, &ring, &mut seen);
         }
-        assert_eq!(seen, [0, 1], "every message once, in order");
+        assert_eq!(seen, [0, 1, 2], "every message once, in order");
     });
 }
 
@@ -259,7 +359,7 @@ fn idle_watch_loses_no_message() {
             );
             drain(&db, &ring, &mut seen);
         }
-        assert_eq!(seen, [0, 1], "every message once, in order");
+        assert_eq!(seen, [0, 1, 2], "every message once, in order");
     });
 }
 

@@ -5,7 +5,8 @@
 //! DragonFly: `lwkt_send_ipiq3()`, `lwkt_process_ipiq()`, `gd_ipimask`,
 //! `gd_npoll`, `lwkt_ipiq`.
 //!
-//! Sending: write the ring (one Release store), make sure the source's bit is
+//! Sending: write the ring (one Release store per batch, whatever its
+//! length: see [`Ring`]), make sure the source's bit is
 //! set in the target's `ipimask`, and kick the target only if its `npoll`
 //! interlock was clear. Both checks first *read* the shared word and write
 //! it only when it must change, after a full fence, so a stream of messages
@@ -14,7 +15,9 @@
 //!
 //! Receiving: clear `npoll` (so later senders kick again), then for every
 //! source in `ipimask` drain its ring, clear the bit, and re-check the ring
-//! (a sender may have seen the bit still set and skipped setting it).
+//! (a sender may have seen the bit still set and skipped setting it). A
+//! drain reads one sequence word per published batch and frees the batch's
+//! slots with one store once it has taken the batch's last message.
 //!
 //! An idle CPU first watches its rings for a while with `npoll` set to
 //! `WATCHING`: senders then only write the ring (no `ipimask` bit, no
@@ -347,6 +350,10 @@ pub(crate) unsafe fn process_own(gd: &Cpu) -> bool {
     unsafe { drain::<true>(gd, gd.watching.get()) }
 }
 
+/// How many messages a drain runs between two updates of the CPU's
+/// `ipis_received` counter (the hosted watchdog reads it to see progress).
+const STATS_EVERY: u64 = 64;
+
 /// [`process_with`], or [`process_own`] with `OWN_ONLY`. Returns whether
 /// an entry was left queued.
 ///
@@ -376,6 +383,9 @@ unsafe fn drain<const OWN_ONLY: bool>(gd: &Cpu, all: bool) -> bool {
         mask &= mask - 1;
         let ring = m.ring(CpuId::new(src), gd.id());
         loop {
+            // Counted here and added every `STATS_EVERY` messages and at the
+            // end of the pass: one counter store per batch, not per message.
+            let mut ran = 0u64;
             // SAFETY: only code on `gd` in a critical section pops this ring.
             while let Some(msg) = unsafe {
                 if OWN_ONLY {
@@ -384,10 +394,17 @@ unsafe fn drain<const OWN_ONLY: bool>(gd: &Cpu, all: bool) -> bool {
                     ring.pop()
                 }
             } {
-                gd.stats.ipis_received.add(1);
+                ran += 1;
+                if ran == STATS_EVERY {
+                    gd.stats.ipis_received.add(ran);
+                    ran = 0;
+                }
                 crate::abort_on_unwind("an IPI function", || {
                     (msg.func)(MyCpu::new(gd), msg.arg1, msg.arg2)
                 });
+            }
+            if ran != 0 {
+                gd.stats.ipis_received.add(ran);
             }
             if OWN_ONLY && !ring.is_empty() {
                 // A user's function heads the ring: it and what follows
