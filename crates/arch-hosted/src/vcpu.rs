@@ -56,6 +56,13 @@ pub(crate) struct Vcpu {
     /// Cycle count of the oldest posted kick the watchdog has not yet seen
     /// answered (0: none).
     pub(crate) posted_at: AtomicU64,
+    /// The vCPU's one-shot timer: its deadline on [`clock_ns`], or
+    /// `u64::MAX` when none is set (`Arch::set_timer`). The watchdog thread
+    /// delivers it.
+    pub(crate) timer: AtomicU64,
+    /// The watchdog thread of the vCPU's machine, to wake when the timer is
+    /// set earlier.
+    pub(crate) watchdog: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Vcpu {
@@ -68,6 +75,8 @@ impl Vcpu {
             unparks_sent: AtomicUsize::new(0),
             soft_kicks: AtomicUsize::new(0),
             posted_at: AtomicU64::new(0),
+            timer: AtomicU64::new(u64::MAX),
+            watchdog: std::sync::OnceLock::new(),
         }
     }
 }
@@ -116,13 +125,53 @@ fn signal(v: &Vcpu) {
     }
 }
 
+/// The host's monotonic clock in nanoseconds since the first call
+/// (`Arch::clock`).
+pub(crate) fn clock_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Deliver the one-shot timers of `vcpus` that are due at `now`: record
+/// the timer interrupt on the CPU and kick it (an idle vCPU is unparked,
+/// a running one looks at its next critical-section exit). Returns the
+/// earliest deadline still set.
+fn fire_timers(cpus: &[Cpu], vcpus: &[Vcpu], now: u64) -> u64 {
+    let mut next = u64::MAX;
+    for (c, v) in cpus.iter().zip(vcpus) {
+        let d = v.timer.load(Ordering::Acquire);
+        if d > now {
+            next = next.min(d);
+        } else if v
+            .timer
+            .compare_exchange(d, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            c.post_timer();
+            // SAFETY: a CPU of this watchdog's machine, which runs while
+            // the watchdog does.
+            unsafe { HOSTED.kick(c) };
+        }
+    }
+    next
+}
+
 /// The kick watchdog of one machine: while any vCPU runs, signal the
 /// targets of posted kicks left unanswered for `ESCALATE_CYCLES`, and the
 /// CPUs that watch their rings (so senders do not kick them) but left
 /// entries in them unrun from one scan to the next. DragonFly has no such
 /// thing: a hardware IPI always interrupts. Here a posted check, or a
 /// watch, is the cheap interrupt, and this thread guarantees that it is one.
+///
+/// It is also the vCPUs' timer hardware: it sleeps until the earliest
+/// one-shot deadline (or its next scan) and delivers the due timers
+/// (`fire_timers`). A vCPU that sets an earlier deadline unparks it.
 pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
+    for v in vcpus {
+        let _ = v.watchdog.set(std::thread::current());
+    }
+    let mut next_scan = std::time::Instant::now();
     let mut period = WATCH_MIN;
     // Per CPU at the previous scan: kicks answered, IPIs run, and whether
     // its watch had a backlog.
@@ -130,7 +179,17 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
     let mut received: Vec<u64> = cpus.iter().map(|c| c.stats().ipis_received).collect();
     let mut backlog: Vec<bool> = vec![false; cpus.len()];
     while running.load(Ordering::Acquire) != 0 {
-        std::thread::sleep(period);
+        next_scan += period;
+        loop {
+            let next_timer = fire_timers(cpus, vcpus, clock_ns());
+            let now = std::time::Instant::now();
+            if now >= next_scan || running.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            let to_timer = Duration::from_nanos(next_timer.saturating_sub(clock_ns()));
+            std::thread::park_timeout((next_scan - now).min(to_timer));
+        }
+        next_scan = next_scan.max(std::time::Instant::now());
         let now = HOSTED.cycles();
         let mut signalled = false;
         let mut suspect = false;
@@ -229,7 +288,9 @@ pub static HOSTED: HostedArch = HostedArch;
 // `current_cpu` is the vCPU thread-local, set for the idle loop's whole run;
 // stacks are private mappings; `kick` makes the target run `ipi_interrupt`
 // (signal) or leave `idle_wait` (unpark), and `idle_wait` re-checks
-// `has_pending` after publishing that it sleeps.
+// `has_pending` after publishing that it sleeps; `clock` is `Instant`
+// (monotonic); a timer set by `set_timer` is delivered by the watchdog
+// thread (`post_timer`, then a kick).
 unsafe impl Arch for HostedArch {
     fn current_cpu(&self) -> Option<NonNull<Cpu>> {
         NonNull::new(CURRENT.with(Cell::get) as *mut Cpu)
@@ -330,6 +391,23 @@ unsafe impl Arch for HostedArch {
 
     fn spin_wait_pays(&self) -> bool {
         !oversubscribed()
+    }
+
+    fn clock(&self) -> Option<u64> {
+        Some(clock_ns())
+    }
+
+    unsafe fn set_timer(&self, cpu: &Cpu, deadline: Option<u64>) {
+        // SAFETY: a running CPU of a hosted machine (contract).
+        let v = unsafe { vcpu_of(cpu) };
+        let d = deadline.unwrap_or(u64::MAX);
+        let old = v.timer.swap(d, Ordering::AcqRel);
+        if d < old {
+            // Earlier than before: the watchdog may sleep past it.
+            if let Some(w) = v.watchdog.get() {
+                w.unpark();
+            }
+        }
     }
 
     fn pause(&self, spins: u32) {

@@ -192,4 +192,30 @@ pub unsafe trait Arch: Sync {
     fn spin_wait_pays(&self) -> bool {
         true
     }
+
+    /// A monotonic clock in nanoseconds (any origin; it must not go
+    /// backwards on any CPU), or `None` when the backend has none: then
+    /// timed waits ([`Cur::sleep_for`](crate::Cur::sleep_for) and the
+    /// other `*_timeout` calls) panic, naming the backend. The default is
+    /// `None`. DragonFly: `sys_cputimer->count()` scaled by its frequency.
+    fn clock(&self) -> Option<u64> {
+        None
+    }
+
+    /// Program `cpu`'s one-shot timer for `deadline` (nanoseconds of
+    /// [`clock`](Self::clock)), or cancel it (`None`); a later call
+    /// replaces an earlier one. Called on `cpu` itself, in a critical
+    /// section, whenever its earliest timer changes. When the deadline
+    /// passes, the backend calls [`Cpu::post_timer`] for that CPU and makes
+    /// it look (as [`kick`](Self::kick) does); firing early or twice is
+    /// harmless (lwkt-core checks the clock), firing late delays timers.
+    /// The default does nothing (a backend without a clock).
+    /// DragonFly: `cputimer_intr_reload()`.
+    ///
+    /// # Safety
+    /// `cpu` is a running CPU of a machine built with this backend, and
+    /// the caller runs on it (lwkt-core calls it so).
+    unsafe fn set_timer(&self, cpu: &Cpu, deadline: Option<u64>) {
+        let _ = (cpu, deadline);
+    }
 }

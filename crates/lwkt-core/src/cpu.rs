@@ -391,6 +391,8 @@ pub struct Cpu {
     pub(crate) prev: Cell<*mut Thread>,
     pub(crate) runq: UnsafeCell<RunQueue>,
     pub(crate) sleepq: UnsafeCell<SleepQueues>,
+    /// Armed timers (`gd_systimerq`), owner-only.
+    pub(crate) timers: crate::wheel::Wheel,
     pub(crate) idle: Thread,
     /// Deferred work for the next `crit_exit` (`gd_reqflags`).
     pub(crate) reqflags: AtomicU32,
@@ -490,6 +492,7 @@ impl Cpu {
             prev: Cell::new(ptr::null_mut()),
             runq: UnsafeCell::new(RunQueue::new()),
             sleepq: UnsafeCell::new(SleepQueues::new()),
+            timers: crate::wheel::Wheel::new(),
             idle,
             reqflags: AtomicU32::new(0),
             intr_nesting: Cell::new(0),
@@ -599,6 +602,27 @@ impl Cpu {
     pub fn post_ipi_check(&self) {
         self.reqflags
             .fetch_or(crate::crit::rqf::IPIQ, Ordering::SeqCst);
+    }
+
+    /// The timer interrupt: this CPU's one-shot timer (programmed through
+    /// [`Arch::set_timer`](crate::Arch::set_timer)) has passed its
+    /// deadline. Records it for the CPU, which runs its expired timers at
+    /// its next critical-section exit, switch or idle-loop turn; the
+    /// backend then [kicks](crate::Arch::kick) the CPU (or calls it from
+    /// the CPU's own interrupt handler) so that it looks. Safe from any
+    /// context and any thread: it only sets a flag (DragonFly: the
+    /// interrupt sets `RQF_TIMER`, `splz` runs `systimer_intr`).
+    ///
+    /// ```
+    /// // A backend's timer interrupt handler, on the CPU whose timer fired.
+    /// fn timer_interrupt(cpu: &lwkt_core::Cpu) {
+    ///     cpu.post_timer();
+    ///     // ... then make the CPU look (an idle one is woken up).
+    /// }
+    /// ```
+    pub fn post_timer(&self) {
+        self.reqflags
+            .fetch_or(crate::crit::rqf::TIMER, Ordering::SeqCst);
     }
 
     /// This CPU's scheduling and IPI state, for a hang report: what a

@@ -25,11 +25,14 @@ pub(crate) mod rqf {
     /// kick): every final `crit_exit` looks at them. Set for the whole
     /// watch, never cleared by `splz`. No DragonFly equivalent.
     pub(crate) const WATCH: u32 = 1 << 2;
+    /// The CPU's one-shot timer has passed its deadline: run the expired
+    /// timers (DragonFly `RQF_TIMER`).
+    pub(crate) const TIMER: u32 = 1 << 3;
     /// A higher-priority thread became runnable (DragonFly `RQF_AST_LWKT_RESCHED`).
     pub(crate) const RESCHED: u32 = 1 << 5;
     /// Deferred work that `splz` runs and clears (DragonFly
     /// `RQF_IDLECHECK_MASK`).
-    pub(crate) const IDLECHECK: u32 = IPIQ | INTPEND;
+    pub(crate) const IDLECHECK: u32 = IPIQ | INTPEND | TIMER;
     /// What `crit_exit` tests.
     pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH;
 }

@@ -115,11 +115,10 @@ mod serializer;
 mod sleep;
 mod sync;
 mod thread;
+mod timer;
 mod unwind;
 mod waitq;
 mod wake;
-// The timer queue of issue 18; wired to the CPUs by the timer module.
-#[allow(dead_code)]
 mod wheel;
 
 #[cfg(all(test, loom))]
@@ -136,6 +135,7 @@ pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};
 pub use sched::{Builder, CritGuard, Cur, MyCpu, DEFAULT_STACK, MIN_STACK};
 pub use serializer::Serializer;
 pub use thread::{ParkToken, Priority, SpawnError, ThreadHandle};
+pub use timer::TimedOut;
 pub use unwind::abort_on_unwind;
 pub use waitq::WaitQueue;
 

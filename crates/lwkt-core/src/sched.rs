@@ -533,6 +533,10 @@ pub(crate) unsafe fn splz(gd: &Cpu) {
             gd.reqflags
                 .fetch_and(!crit::rqf::IDLECHECK, Ordering::Relaxed);
         }
+        if f & crit::rqf::TIMER != 0 {
+            // SAFETY: forwarded.
+            unsafe { crate::timer::run(gd) };
+        }
         // SAFETY: forwarded.
         unsafe { ipiq::process(gd) };
         if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK == 0 {
@@ -946,6 +950,145 @@ impl Cur {
         }
         core::mem::forget(restore);
         crit_exit_td(td);
+    }
+
+    /// [`sleep_until`](Self::sleep_until) with a time limit: sleep on
+    /// `chan` until `cond()` holds (`Ok`) or `timeout` has passed
+    /// (`Err(TimedOut)`). `cond` is checked once more when the time is up,
+    /// so a wake-up that races the timeout counts as a wake-up; the thread
+    /// wakes once either way. DragonFly: `tsleep(chan, flags, wmesg, timo)`
+    /// in a loop on its condition.
+    ///
+    /// The deadline is rounded up to the timer wheel's tick (about 1 µs),
+    /// and the wait ends when this CPU next runs its timers after it, which
+    /// a thread of this CPU that never yields can delay (lwkt has no
+    /// preemption yet). A `Duration::ZERO` timeout checks `cond` and times
+    /// out at the next timer pass; a huge one never times out.
+    ///
+    /// # Panics
+    /// If the backend has no clock ([`Arch::clock`](crate::Arch::clock) is
+    /// `None`).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::Duration;
+    /// static READY: AtomicBool = AtomicBool::new(false);
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let chan = &READY as *const _ as usize;
+    ///     let ready = || READY.load(Ordering::Acquire);
+    ///     let t = cur.sleep_until_timeout(chan, Duration::from_millis(2), ready);
+    ///     assert_eq!(t, Err(lwkt_core::TimedOut));
+    ///     READY.store(true, Ordering::Release);
+    ///     assert_eq!(cur.sleep_until_timeout(chan, Duration::from_secs(60), ready), Ok(()));
+    /// });
+    /// ```
+    #[track_caller]
+    pub fn sleep_until_timeout(
+        &mut self,
+        chan: usize,
+        timeout: core::time::Duration,
+        cond: impl FnMut() -> bool,
+    ) -> Result<(), crate::TimedOut> {
+        self.sleep_timed::<true>(chan, timeout, cond)
+    }
+
+    /// Sleep on `chan` until a wakeup (`Ok`, which may be spurious) or until
+    /// `timeout` has passed (`Err(TimedOut)`, also when a wakeup came in
+    /// the same instant: the thread wakes once). DragonFly: `tsleep(chan,
+    /// flags, wmesg, timo)` returning 0 or `EWOULDBLOCK`. Rounding and
+    /// limits as [`sleep_until_timeout`](Self::sleep_until_timeout).
+    ///
+    /// # Panics
+    /// If the backend has no clock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     // Nobody wakes this channel: the sleep times out.
+    ///     assert_eq!(
+    ///         cur.sleep_timeout(0x2000, Duration::from_millis(1)),
+    ///         Err(lwkt_core::TimedOut)
+    ///     );
+    /// });
+    /// ```
+    #[track_caller]
+    pub fn sleep_timeout(
+        &mut self,
+        chan: usize,
+        timeout: core::time::Duration,
+    ) -> Result<(), crate::TimedOut> {
+        let mut first = true;
+        self.sleep_timed::<false>(chan, timeout, || !core::mem::take(&mut first))
+    }
+
+    /// Sleep for `d` (at least; rounded up to the timer wheel's tick, and
+    /// as late as this CPU's next timer pass after it). Other threads of
+    /// this CPU run meanwhile. DragonFly: `tsleep(.., timo)` on a channel
+    /// nobody wakes.
+    ///
+    /// # Panics
+    /// If the backend has no clock.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let t = Instant::now();
+    ///     cur.sleep_for(Duration::from_millis(3));
+    ///     assert!(t.elapsed() >= Duration::from_millis(3));
+    /// });
+    /// ```
+    #[track_caller]
+    pub fn sleep_for(&mut self, d: core::time::Duration) {
+        // A channel nobody wakes: one past this thread's control block (a
+        // join sleeps on the block's own address).
+        let chan = self.td() as *const Thread as usize + 1;
+        let _ = self.sleep_timed::<true>(chan, d, || false);
+    }
+
+    /// The timed sleep behind the three above. With `COND_WINS`, `cond`
+    /// is asked once more when the time is up and decides.
+    #[track_caller]
+    fn sleep_timed<const COND_WINS: bool>(
+        &mut self,
+        chan: usize,
+        timeout: core::time::Duration,
+        mut cond: impl FnMut() -> bool,
+    ) -> Result<(), crate::TimedOut> {
+        let td = self.td();
+        let deadline = crate::timer::deadline_after(td.gd(), timeout);
+        crit::enter(&td.critcount);
+        // `cond` is the caller's: if it panics, we unwind off the sleep
+        // queue and the wheel (the timer's drop) and out of the critical
+        // section.
+        let restore = RestoreOnUnwind(td);
+        let result = {
+            // Never moved: armed below, dropped (disarmed) in place at the
+            // end of this block, in the critical section.
+            let timer = crate::timer::SleepTimer::new(td);
+            // SAFETY: on our CPU, in a critical section, by this thread,
+            // which cannot migrate while it sleeps here; `timer` stays put.
+            unsafe { timer.arm(deadline) };
+            loop {
+                let gd = td.gd();
+                if timer.fired() {
+                    break if COND_WINS && cond() {
+                        Ok(())
+                    } else {
+                        Err(crate::TimedOut)
+                    };
+                }
+                // SAFETY: on our CPU in a critical section; `td` is current.
+                if unsafe { sleep::sleep_pass::<false>(gd, td, chan, &mut cond) } {
+                    break Ok(());
+                }
+                // SAFETY: as above (the critical section is ours); a wakeup
+                // or the timer re-queues us.
+                unsafe { switch_in_crit::<true>(td, gd, gd.runq().first()) };
+            }
+        };
+        core::mem::forget(restore);
+        crit_exit_td(td);
+        result
     }
 
     /// Sleep on `chan` until a wakeup (which may be spurious: re-check your

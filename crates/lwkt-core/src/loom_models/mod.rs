@@ -13,6 +13,7 @@
 
 mod cpusync;
 mod sleep;
+mod timer;
 
 use core::ptr::NonNull;
 use std::boxed::Box;
@@ -62,6 +63,15 @@ unsafe impl Arch for LoomArch {
     fn pause(&self, _: u32) {
         loom::thread::yield_now();
     }
+    fn clock(&self) -> Option<u64> {
+        Some(NOW.load(Ordering::Acquire))
+    }
+}
+
+loom::lazy_static! {
+    /// The models' clock (nanoseconds), advanced by the model that plays
+    /// the timer hardware.
+    pub(super) static ref NOW: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(0);
 }
 
 static LOOM_ARCH: LoomArch = LoomArch;
