@@ -9,11 +9,14 @@
 //! - switch: threads on every CPU yield to each other (same-CPU switches);
 //! - messages: clients on every CPU call a server port on the next CPU,
 //!   synchronously (`domsg`) and from async code (`call` + `block_on`);
+//! - timers: threads on every CPU sleep 1 ms again and again
+//!   (`Cur::sleep_for`); how late they woke, beside `std::thread::sleep`;
 //! - network: generated TCP and UDP flows (or a pcap or pcapng capture)
 //!   dispatched by connection hash to per-CPU protocol threads, next to the
 //!   same packets through a table with per-bucket mutexes and one with a global mutex.
 
 mod messages;
+mod timers;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
             fan_out(cur, o.rounds),
             switches(cur, o.rounds),
             messages::messages(cur, o.rounds),
+            timers::timers(cur),
         ];
         let (net_lines, ok) = net::report(cur, frames, over_snaplen);
         lines.extend(net_lines);
