@@ -17,8 +17,8 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lwkt_benches::ring_streams::{self, Mode};
 use lwkt_benches::{config, on_lwkt, pin, time_on_lwkt, two_cores, unpin};
-use lwkt_core::ipiq::Ring;
 use lwkt_core::{CpuId, IpiMsg, MyCpu};
 
 fn switch(c: &mut Criterion) {
@@ -165,126 +165,19 @@ fn crit(c: &mut Criterion) {
     g.finish();
 }
 
-/// Pop `n` values from `q`, spinning while it is empty.
-fn consume_ring(q: &Ring<u64, 256>, n: u64) {
-    let mut got = 0;
-    while got < n {
-        // SAFETY: the calling thread is the ring's only consumer.
-        if let Some(v) = unsafe { q.pop() } {
-            black_box(v);
-            got += 1;
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
-
-/// A fresh ring, `produce` on core 0 and `consume` on core 1.
-fn ring_on_two_cores(
-    iters: u64,
-    produce: fn(&Ring<u64, 256>, u64),
-    consume: fn(&Ring<u64, 256>, u64),
-) -> std::time::Duration {
-    let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
-    let q = r.clone();
-    two_cores(iters, move |n| produce(&r, n), move |n| consume(&q, n))
-}
-
 fn ipi_ring(c: &mut Criterion) {
     let mut g = c.benchmark_group("ipi_ring");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("lwkt ring, unbatched", |b| {
-        b.iter_custom(|iters| {
-            ring_on_two_cores(
-                iters,
-                |p, n| {
-                    for i in 0..n {
-                        // SAFETY: this thread is the ring's only producer.
-                        while unsafe { p.push(i) }.is_err() {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-                consume_ring,
-            )
-        })
-    });
-    g.bench_function("lwkt ring, unbatched, handles", |b| {
-        b.iter_custom(|iters| {
-            ring_on_two_cores(
-                iters,
-                |p, n| {
-                    // SAFETY: this thread is the ring's only producer.
-                    let mut p = unsafe { p.producer() };
-                    for i in 0..n {
-                        while p.push(i).is_err() {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-                |q, n| {
-                    // SAFETY: this thread is the ring's only consumer.
-                    let mut c = unsafe { q.consumer() };
-                    let mut got = 0;
-                    while got < n {
-                        if let Some(v) = c.pop() {
-                            black_box(v);
-                            got += 1;
-                        } else {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-            )
-        })
-    });
-    g.bench_function("lwkt ring, batches of 32", |b| {
-        b.iter_custom(|iters| {
-            ring_on_two_cores(
-                iters,
-                |p, n| {
-                    let batch: Vec<u64> = (0..32).collect();
-                    let mut sent = 0u64;
-                    while sent < n {
-                        let want = (n - sent).min(32) as usize;
-                        // SAFETY: this thread is the ring's only producer.
-                        let k = unsafe { p.push_batch(&batch[..want]) };
-                        sent += k as u64;
-                        if k == 0 {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-                consume_ring,
-            )
-        })
-    });
-    g.bench_function("rtrb", |b| {
-        b.iter_custom(|iters| {
-            let (mut p, mut q) = rtrb::RingBuffer::<u64>::new(256);
-            two_cores(
-                iters,
-                move |n| {
-                    for i in 0..n {
-                        while p.push(i).is_err() {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-                move |n| {
-                    let mut got = 0;
-                    while got < n {
-                        if let Ok(v) = q.pop() {
-                            black_box(v);
-                            got += 1;
-                        } else {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-            )
-        })
-    });
+    for (name, mode) in [
+        ("lwkt ring, unbatched", Mode::Unbatched),
+        ("lwkt ring, unbatched, handles", Mode::Handles),
+        ("lwkt ring, batches of 32", Mode::Batch32),
+        ("rtrb", Mode::Rtrb),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| ring_streams::stream(mode, iters))
+        });
+    }
     g.bench_function("crossbeam-channel bounded(256)", |b| {
         b.iter_custom(|iters| {
             let (tx, rx) = crossbeam_channel::bounded::<u64>(256);

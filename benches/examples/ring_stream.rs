@@ -12,39 +12,7 @@
 //! 10th and 25th percentile and median nanoseconds per message over
 //! `TRIALS` trials of `MSGS` messages.
 
-use std::hint::black_box;
-use std::sync::Arc;
-
-use lwkt_benches::two_cores;
-use lwkt_core::ipiq::Ring;
-
-fn consume(q: &Ring<u64, 256>, n: u64) {
-    let mut got = 0;
-    while got < n {
-        // SAFETY: the calling thread is the ring's only consumer.
-        if let Some(v) = unsafe { q.pop() } {
-            black_box(v);
-            got += 1;
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
-
-fn consume_handle(q: &Ring<u64, 256>, n: u64) {
-    // SAFETY: the calling thread is the ring's only consumer, and the
-    // handle its only consumer access.
-    let mut c = unsafe { q.consumer() };
-    let mut got = 0;
-    while got < n {
-        if let Some(v) = c.pop() {
-            black_box(v);
-            got += 1;
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
+use lwkt_benches::ring_streams::{self, Mode};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -60,81 +28,13 @@ fn main() {
         trials > 0 && msgs > 0,
         "ring_stream: TRIALS and MSGS must be positive"
     );
-    let mut per = Vec::new();
-    for _ in 0..trials {
-        if mode == "rtrb" {
-            let (mut p, mut c) = rtrb::RingBuffer::<u64>::new(256);
-            let d = two_cores(
-                msgs,
-                move |n| {
-                    for i in 0..n {
-                        while p.push(i).is_err() {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-                move |n| {
-                    let mut got = 0;
-                    while got < n {
-                        if let Ok(v) = c.pop() {
-                            black_box(v);
-                            got += 1;
-                        } else {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-            );
-            per.push(d.as_nanos() as f64 / msgs as f64);
-            continue;
-        }
-        let r: Arc<Ring<u64, 256>> = Arc::new(Ring::new());
-        let q = r.clone();
-        let m = mode.clone();
-        let handles = mode == "handles";
-        let d = two_cores(
-            msgs,
-            move |n| {
-                if m == "batch32" {
-                    let batch: Vec<u64> = (0..32).collect();
-                    let mut sent = 0u64;
-                    while sent < n {
-                        let want = (n - sent).min(32) as usize;
-                        // SAFETY: the producer thread is the ring's only producer.
-                        let k = unsafe { r.push_batch(&batch[..want]) };
-                        sent += k as u64;
-                        if k == 0 {
-                            std::hint::spin_loop();
-                        }
-                    }
-                } else if m == "handles" {
-                    // SAFETY: the producer thread is the ring's only producer,
-                    // and the handle its only producer access.
-                    let mut p = unsafe { r.producer() };
-                    for i in 0..n {
-                        while p.push(i).is_err() {
-                            std::hint::spin_loop();
-                        }
-                    }
-                } else {
-                    for i in 0..n {
-                        // SAFETY: the producer thread is the ring's only producer.
-                        while unsafe { r.push(i) }.is_err() {
-                            std::hint::spin_loop();
-                        }
-                    }
-                }
-            },
-            move |n| {
-                if handles {
-                    consume_handle(&q, n)
-                } else {
-                    consume(&q, n)
-                }
-            },
-        );
-        per.push(d.as_nanos() as f64 / msgs as f64);
-    }
+    let Some(m) = Mode::parse(&mode) else {
+        eprintln!("ring_stream: unknown mode {mode:?}");
+        std::process::exit(2);
+    };
+    let mut per: Vec<f64> = (0..trials)
+        .map(|_| ring_streams::stream(m, msgs).as_nanos() as f64 / msgs as f64)
+        .collect();
     per.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "{mode}: min {:.2} p10 {:.2} p25 {:.2} median {:.2} ns/msg ({trials} trials of {msgs})",

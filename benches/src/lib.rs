@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod alloc_runs;
 pub mod mesh;
+pub mod ring_streams;
 
 use criterion::Criterion;
 

@@ -1516,8 +1516,18 @@ unsafe fn schedule_any(gd: &Cpu, td: &Thread) {
 /// As for [`schedule_any`]; `owner` is `td`'s CPU as just read.
 #[inline(never)]
 unsafe fn schedule_elsewhere(gd: &Cpu, td: &Thread, owner: *mut Cpu) {
+    // SAFETY: forwarded.
+    unsafe { send_to_owner(gd, td, owner, schedule_remote) };
+}
+
+/// Send `func(td)` to `td`'s CPU `owner` by IPI, with a hold on `td` that
+/// `func` releases.
+///
+/// # Safety
+/// On `gd`, in a critical section; `owner` is a CPU of `gd`'s machine.
+unsafe fn send_to_owner(gd: &Cpu, td: &Thread, owner: *mut Cpu, func: IpiFn) {
     td.hold();
-    // SAFETY: `owner` is a CPU of this machine (same machine id).
+    // SAFETY: `owner` is a CPU of this machine (contract).
     let target = unsafe { (*owner).id() };
     // SAFETY: forwarded.
     let r = unsafe {
@@ -1525,7 +1535,7 @@ unsafe fn schedule_elsewhere(gd: &Cpu, td: &Thread, owner: *mut Cpu) {
             gd,
             target,
             &[IpiMsg {
-                func: schedule_remote,
+                func,
                 arg1: td as *const Thread as usize,
                 arg2: 0,
             }],
@@ -1554,22 +1564,8 @@ unsafe fn deschedule_any(gd: &Cpu, td: &Thread) {
         // SAFETY: forwarded.
         unsafe { dequeue(gd, td) };
     } else {
-        td.hold();
-        // SAFETY: `owner` is a CPU of this machine.
-        let target = unsafe { (*owner).id() };
-        // SAFETY: forwarded.
-        let r = unsafe {
-            ipiq::send(
-                gd,
-                target,
-                &[IpiMsg {
-                    func: deschedule_remote,
-                    arg1: td as *const Thread as usize,
-                    arg2: 0,
-                }],
-            )
-        };
-        debug_assert!(r.is_ok());
+        // SAFETY: forwarded; `owner` is a CPU of this machine.
+        unsafe { send_to_owner(gd, td, owner, deschedule_remote) };
     }
 }
 

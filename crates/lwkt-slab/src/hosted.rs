@@ -1320,6 +1320,25 @@ impl GlobalSlab {
 }
 
 impl GlobalSlab {
+    /// `realloc` by moving: allocate `new`, copy what both hold, free the
+    /// old block; null (the old block kept) when the allocation fails.
+    ///
+    /// # Safety
+    /// `GlobalAlloc::realloc`'s: `ptr` is a live block of ours allocated
+    /// with `layout`, and `new` has a non-zero size.
+    unsafe fn move_block(&self, ptr: *mut u8, layout: Layout, new: Layout) -> *mut u8 {
+        // SAFETY: `new` has a non-zero size (contract).
+        let q = unsafe { self.alloc(new) };
+        if !q.is_null() {
+            // SAFETY: distinct live blocks of at least the copied length;
+            // `ptr` is ours to free (contract).
+            unsafe {
+                ptr::copy_nonoverlapping(ptr, q, layout.size().min(new.size()));
+                self.dealloc(ptr, layout);
+            }
+        }
+        q
+    }
     /// Whether this thread is inside the allocator already (a signal
     /// handler interrupted it there, or a nested call): then it must not
     /// wait for a slot or a page source lock, whose holder may be the code
@@ -1455,17 +1474,8 @@ unsafe impl GlobalAlloc for GlobalSlab {
             let Ok(new) = Layout::from_size_align(new_size, layout.align()) else {
                 return ptr::null_mut();
             };
-            // SAFETY: `new` has a non-zero size (`GlobalAlloc` contract).
-            let q = unsafe { self.alloc(new) };
-            if !q.is_null() {
-                // SAFETY: distinct live blocks of at least the copied
-                // length; `ptr` is ours to free (caller).
-                unsafe {
-                    ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
-                    self.dealloc(ptr, layout);
-                }
-            }
-            return q;
+            // SAFETY: forwarded (`GlobalAlloc::realloc`'s contract).
+            return unsafe { self.move_block(ptr, layout, new) };
         }
         if self.caches_here() {
             if let Some(class) = Self::cache_class(layout) {
@@ -1477,17 +1487,8 @@ unsafe impl GlobalAlloc for GlobalSlab {
                 if Self::cache_class(new) == Some(class) {
                     return ptr;
                 }
-                // SAFETY: `new` has a non-zero size (`GlobalAlloc` contract).
-                let q = unsafe { self.alloc(new) };
-                if !q.is_null() {
-                    // SAFETY: distinct live blocks of at least the copied
-                    // length; `ptr` is ours to free (caller).
-                    unsafe {
-                        ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
-                        self.dealloc(ptr, layout);
-                    }
-                }
-                return q;
+                // SAFETY: forwarded (`GlobalAlloc::realloc`'s contract).
+                return unsafe { self.move_block(ptr, layout, new) };
             }
         }
         // SAFETY: as in `dealloc`.
