@@ -74,6 +74,37 @@ impl WaitQueue {
         cur.sleep_until(self.chan(), || self.gen.load(Ordering::SeqCst) != gen);
     }
 
+    /// [`block_since`](Self::block_since) with a time limit: `Ok` once a
+    /// signal after `gen` has happened, `Err(TimedOut)` if none came within
+    /// `timeout` (a signal racing the timeout counts). Limits as
+    /// [`Cur::sleep_until_timeout`].
+    ///
+    /// # Panics
+    /// If the backend has no clock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lwkt_core::{TimedOut, WaitQueue};
+    /// static Q: WaitQueue = WaitQueue::new();
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let gen = Q.generation();
+    ///     assert_eq!(Q.block_since_timeout(cur, gen, Duration::from_millis(1)), Err(TimedOut));
+    ///     Q.signal(cur.my_cpu());
+    ///     assert_eq!(Q.block_since_timeout(cur, gen, Duration::from_secs(60)), Ok(()));
+    /// });
+    /// ```
+    #[track_caller]
+    pub fn block_since_timeout(
+        &self,
+        cur: &mut Cur,
+        gen: u64,
+        timeout: core::time::Duration,
+    ) -> Result<(), crate::TimedOut> {
+        cur.sleep_until_timeout(self.chan(), timeout, || {
+            self.gen.load(Ordering::SeqCst) != gen
+        })
+    }
+
     /// Wake every thread blocked here. DragonFly: `lwkt_signal()`.
     pub fn signal(&self, my: MyCpu<'_>) {
         self.gen.fetch_add(1, Ordering::SeqCst);

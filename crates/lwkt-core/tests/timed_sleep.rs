@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lwkt_core::{CpuId, TimedOut};
+use lwkt_core::{CpuId, TimedOut, WaitQueue};
 
 fn machine(n: usize) -> lwkt_arch_hosted::Machine {
     lwkt_arch_hosted::Machine::new(n).expect("machine")
@@ -188,5 +188,30 @@ fn a_panicking_condition_leaves_no_timer_behind() {
         assert!(r.is_err());
         cur.sleep_for(Duration::from_millis(5));
         cur.sleep_for(Duration::from_millis(1));
+    });
+}
+
+/// The wait queue's timed block: a signal from another CPU ends it with
+/// `Ok`; without one it times out.
+#[test]
+fn wait_queue_block_with_a_timeout() {
+    static Q: WaitQueue = WaitQueue::new();
+    machine(2).run(|cur| {
+        let gen = Q.generation();
+        assert_eq!(
+            Q.block_since_timeout(cur, gen, Duration::from_millis(1)),
+            Err(TimedOut)
+        );
+        let signaller = cur
+            .spawn_on(CpuId::new(1), |me| {
+                me.sleep_for(Duration::from_millis(1));
+                Q.signal(me.my_cpu());
+            })
+            .unwrap();
+        assert_eq!(
+            Q.block_since_timeout(cur, gen, Duration::from_secs(600)),
+            Ok(())
+        );
+        cur.join(&signaller);
     });
 }
