@@ -257,11 +257,7 @@ impl<P: PageSource> Slab<P> {
             }
             Route::Large => self.alloc_large(cx, layout, ty, flags)?,
         };
-        if flags.contains(Flags::ZERO) && !zeroed {
-            // SAFETY: `p` is a fresh block of at least `layout.size()`.
-            unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
-        }
-        Ok(p)
+        Ok(zero_if_asked(p, zeroed, layout, flags))
     }
 
     /// An allocation aligned above a page: a large block of the page
@@ -280,11 +276,7 @@ impl<P: PageSource> Slab<P> {
             return Err(SlabError::ZeroSize);
         }
         let (p, zeroed) = self.alloc_large(cx, layout, ty, flags)?;
-        if flags.contains(Flags::ZERO) && !zeroed {
-            // SAFETY: `p` is a fresh block of at least `layout.size()`.
-            unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
-        }
-        Ok(p)
+        Ok(zero_if_asked(p, zeroed, layout, flags))
     }
 
     /// A large allocation, straight from the page source; and whether it
@@ -1169,4 +1161,15 @@ impl<P: PageSource> core::fmt::Debug for Slab<P> {
             .field("ncpus", &self.ncpus)
             .finish_non_exhaustive()
     }
+}
+
+/// `p`, a fresh block for `layout`, zeroed if `flags` asks for it and it
+/// is not known to be zero already (`M_ZERO`).
+#[inline(always)]
+fn zero_if_asked(p: NonNull<u8>, zeroed: bool, layout: Layout, flags: Flags) -> NonNull<u8> {
+    if flags.contains(Flags::ZERO) && !zeroed {
+        // SAFETY: `p` is a fresh block of at least `layout.size()`, ours.
+        unsafe { ptr::write_bytes(p.as_ptr(), 0, layout.size()) };
+    }
+    p
 }
