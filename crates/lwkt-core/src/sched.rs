@@ -245,18 +245,6 @@ impl<'a> MyCpu<'a> {
         });
     }
 
-    /// Wake the threads of this CPU sleeping on `chan`, only: those of
-    /// [`Cur::sleep_here_until`] and of [`Cur::sleep_until`] on this CPU.
-    /// No fence and no read-modify-write (unless a sleep queue slot
-    /// empties whose machine-wide bit was set).
-    #[inline]
-    pub fn wakeup_here(self, chan: usize) {
-        self.crit(|| {
-            // SAFETY: on this CPU in a critical section.
-            unsafe { sleep::wakeup_local(self.gd, chan) };
-        });
-    }
-
     /// Make the thread `t` names runnable, if it lives on this CPU (of this
     /// machine); returns whether it does. No count, no sleep queue, no
     /// atomic read-modify-write: the wake-up of a thread that waits in
@@ -356,6 +344,37 @@ impl Drop for CritExit<'_> {
     #[inline(always)]
     fn drop(&mut self) {
         crit_exit_td(self.0);
+    }
+}
+
+/// The loop of a sleep on `chan` (`Cur::sleep_until` and the timed
+/// sleeps): `sleep_pass` until `cond` holds (returns `true`), switching
+/// away between passes; or until `stop()` (a timed sleep's timer fired:
+/// returns `false`, off the sleep queue). Inlined with the switch, so the
+/// thread resumes in its caller's frame (see `yield_now` on the
+/// return-address predictor).
+///
+/// # Safety
+/// Called by `td`, the running thread, on its CPU, in a critical section.
+#[inline(always)]
+unsafe fn sleep_loop(
+    td: &Thread,
+    chan: usize,
+    cond: &mut impl FnMut() -> bool,
+    stop: impl Fn() -> bool,
+) -> bool {
+    loop {
+        if stop() {
+            return false;
+        }
+        let gd = td.gd();
+        // SAFETY: on our CPU in a critical section; `td` is current.
+        if unsafe { sleep::sleep_pass(gd, td, chan, &mut *cond) } {
+            return true;
+        }
+        // SAFETY: as above (the critical section is ours); a wakeup or a
+        // timer re-queues us.
+        unsafe { switch_in_crit::<true>(td, gd, gd.runq().first()) };
     }
 }
 
@@ -913,41 +932,14 @@ impl Cur {
     /// lost. DragonFly: `tsleep_interlock()` + `tsleep(PINTERLOCKED)`.
     ///
     /// `cond` runs inside a critical section and must not block.
-    pub fn sleep_until(&mut self, chan: usize, cond: impl FnMut() -> bool) {
-        self.sleep_until_in::<false>(chan, cond)
-    }
-
-    /// [`sleep_until`](Self::sleep_until) for a waiter whose wake-up is
-    /// always made on this CPU ([`MyCpu::wakeup_here`], or a
-    /// [`wakeup`](MyCpu::wakeup) made here): the sleep is not published
-    /// machine-wide, so it costs no read-modify-write and no fence, and a
-    /// wakeup made on another CPU does not end it. For example lwkt-msg's
-    /// `domsg` to a thread port on this CPU, whose reply is completed here
-    /// (by IPI when it is made elsewhere). The thread must not migrate
-    /// meanwhile (it cannot: it sleeps).
-    pub fn sleep_here_until(&mut self, chan: usize, cond: impl FnMut() -> bool) {
-        self.sleep_until_in::<true>(chan, cond)
-    }
-
-    // Inlined, with the switch: the thread resumes in its caller's frame
-    // (see `yield_now` on the return-address predictor).
-    #[inline(always)]
-    fn sleep_until_in<const HERE: bool>(&mut self, chan: usize, mut cond: impl FnMut() -> bool) {
+    pub fn sleep_until(&mut self, chan: usize, mut cond: impl FnMut() -> bool) {
         let td = self.td();
         crit::enter(&td.critcount);
         // `cond` is the caller's: if it panics, we unwind off the sleep
         // queue and out of the critical section.
         let restore = RestoreOnUnwind(td);
-        loop {
-            let gd = td.gd();
-            // SAFETY: on our CPU in a critical section; `td` is current.
-            if unsafe { sleep::sleep_pass::<HERE>(gd, td, chan, &mut cond) } {
-                break;
-            }
-            // SAFETY: as above (the critical section is ours); the wakeup
-            // path re-queues us.
-            unsafe { switch_in_crit::<true>(td, gd, gd.runq().first()) };
-        }
+        // SAFETY: on our CPU, in the critical section just entered.
+        unsafe { sleep_loop(td, chan, &mut cond, || false) };
         core::mem::forget(restore);
         crit_exit_td(td);
     }
@@ -1068,22 +1060,12 @@ impl Cur {
             // SAFETY: on our CPU, in a critical section, by this thread,
             // which cannot migrate while it sleeps here; `timer` stays put.
             unsafe { timer.arm(deadline) };
-            loop {
-                let gd = td.gd();
-                if timer.fired() {
-                    break if COND_WINS && cond() {
-                        Ok(())
-                    } else {
-                        Err(crate::TimedOut)
-                    };
-                }
-                // SAFETY: on our CPU in a critical section; `td` is current.
-                if unsafe { sleep::sleep_pass::<false>(gd, td, chan, &mut cond) } {
-                    break Ok(());
-                }
-                // SAFETY: as above (the critical section is ours); a wakeup
-                // or the timer re-queues us.
-                unsafe { switch_in_crit::<true>(td, gd, gd.runq().first()) };
+            // SAFETY: on our CPU, in the critical section entered above.
+            let held = unsafe { sleep_loop(td, chan, &mut cond, || timer.fired()) };
+            if held || (COND_WINS && cond()) {
+                Ok(())
+            } else {
+                Err(crate::TimedOut)
             }
         };
         core::mem::forget(restore);

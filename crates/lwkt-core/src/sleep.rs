@@ -44,33 +44,9 @@ impl SleepQueues {
 /// # Safety
 /// On `gd`, in a critical section; `td` is `gd`'s live current thread.
 pub(crate) unsafe fn interlock(gd: &Cpu, td: &Thread, chan: usize) {
-    // SAFETY: forwarded.
-    let Some(s) = (unsafe { enqueue(gd, td, chan) }) else {
-        return;
-    };
-    gd.machine().sleep_masks[s].fetch_or(CpuMask::single(gd.id()).0, Ordering::SeqCst);
-    // Orders the bit before the caller's re-check of its condition; pairs
-    // with the fence in `remote_sleepers`. The read-modify-write alone does
-    // not: a later load may be satisfied before its store is visible
-    // (store buffering, allowed by the language and by weakly ordered
-    // CPUs), and then the sleeper misses the condition while the waker
-    // misses the bit (the loom model `cross_cpu_wakeup_is_never_lost`).
-    fence_seqcst();
-}
-
-/// Owner, in a critical section: queue the current thread `td` on `chan`
-/// on this CPU only, unless it is queued there already; returns the slot
-/// when it queued it. Nothing is published: a wakeup made on this CPU
-/// finds it, one made elsewhere does not (the caller publishes, or knows
-/// that every wakeup comes here).
-///
-/// # Safety
-/// On `gd`, in a critical section; `td` is `gd`'s live current thread.
-#[inline]
-unsafe fn enqueue(gd: &Cpu, td: &Thread, chan: usize) -> Option<usize> {
     if td.has(tdf::TSLEEPQ) {
         if td.wchan.get() == chan {
-            return None;
+            return;
         }
         // SAFETY: forwarded.
         unsafe { unqueue(gd, td) };
@@ -88,7 +64,14 @@ unsafe fn enqueue(gd: &Cpu, td: &Thread, chan: usize) -> Option<usize> {
     }
     q.head[s] = me;
     td.set(tdf::TSLEEPQ);
-    Some(s)
+    gd.machine().sleep_masks[s].fetch_or(CpuMask::single(gd.id()).0, Ordering::SeqCst);
+    // Orders the bit before the caller's re-check of its condition; pairs
+    // with the fence in `remote_sleepers`. The read-modify-write alone does
+    // not: a later load may be satisfied before its store is visible
+    // (store buffering, allowed by the language and by weakly ordered
+    // CPUs), and then the sleeper misses the condition while the waker
+    // misses the bit (the loom model `cross_cpu_wakeup_is_never_lost`).
+    fence_seqcst();
 }
 
 /// One pass of a sleep on the sleeper's CPU (DragonFly
@@ -99,35 +82,22 @@ unsafe fn enqueue(gd: &Cpu, td: &Thread, chan: usize) -> Option<usize> {
 /// caller switches away, and a wakeup of `chan` puts `td` back on the run
 /// queue (`Cur::sleep_until` loops on this; the loom models run it).
 ///
-/// With `HERE`, the sleep is not published machine-wide (no mask bit, no
-/// fence, no read-modify-write): only a wakeup made on this CPU ends it
-/// (`Cur::sleep_here_until`). Such a wakeup cannot come while this CPU is
-/// in the caller's critical section, so `cond` runs first and the thread
-/// is queued only if it must sleep (a woken thread then skips a queueing
-/// and an unqueueing).
-///
 /// # Safety
 /// On `gd`, in a critical section; `td` is `gd`'s live current thread.
-pub(crate) unsafe fn sleep_pass<const HERE: bool>(
+pub(crate) unsafe fn sleep_pass(
     gd: &Cpu,
     td: &Thread,
     chan: usize,
     cond: impl FnOnce() -> bool,
 ) -> bool {
-    if !HERE {
-        // SAFETY: forwarded.
-        unsafe { interlock(gd, td, chan) };
-    }
+    // SAFETY: forwarded.
+    unsafe { interlock(gd, td, chan) };
     if cond() {
         if td.has(tdf::TSLEEPQ) {
             // SAFETY: forwarded; `td` is on this CPU's sleep queue.
             unsafe { unqueue(gd, td) };
         }
         return true;
-    }
-    if HERE {
-        // SAFETY: forwarded.
-        unsafe { enqueue(gd, td, chan) };
     }
     // SAFETY: forwarded.
     unsafe { crate::sched::dequeue(gd, td) };
@@ -158,14 +128,7 @@ pub(crate) unsafe fn unqueue(gd: &Cpu, td: &Thread) {
     td.clear(tdf::TSLEEPQ);
     td.wchan.set(0);
     if q.head[s].is_null() {
-        let mask = &gd.machine().sleep_masks[s];
-        let bit = CpuMask::single(gd.id()).0;
-        // Only this CPU sets or clears its bit, in critical sections, so
-        // this load sees its last write; a sleep made here only (`HERE`)
-        // set none.
-        if mask.load(Ordering::Relaxed) & bit != 0 {
-            mask.fetch_and(!bit, Ordering::SeqCst);
-        }
+        gd.machine().sleep_masks[s].fetch_and(!CpuMask::single(gd.id()).0, Ordering::SeqCst);
     }
 }
 

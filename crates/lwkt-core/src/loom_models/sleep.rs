@@ -24,7 +24,7 @@ fn sleep_until_on_cpu0(m: &TwoCpus, count: &AtomicU32, want: u32, waker_done: &A
     crit::enter(&td.critcount);
     // SAFETY: CPU 0's loom thread, in a critical section; `td` is its
     // current thread (again, after each wake).
-    while !unsafe { sleep_pass::<false>(gd, td, CHAN, || count.load(Ordering::Relaxed) >= want) } {
+    while !unsafe { sleep_pass(gd, td, CHAN, || count.load(Ordering::Relaxed) >= want) } {
         m.switch_to_idle(0);
         while !td.has(tdf::RUNQ) {
             if !m.interrupt(0) {

@@ -31,7 +31,7 @@ fn timed_sleep_on_cpu0(m: &TwoCpus, hw_done: &AtomicBool) {
         // on this frame until dropped at the end of the block.
         unsafe { timer.arm(DEADLINE) };
         // SAFETY: as above; `td` is CPU 0's current thread.
-        while !timer.fired() && !unsafe { sleep_pass::<false>(gd, td, CHAN, || false) } {
+        while !timer.fired() && !unsafe { sleep_pass(gd, td, CHAN, || false) } {
             m.switch_to_idle(0);
             while !td.has(tdf::RUNQ) {
                 if !m.interrupt(0) {
