@@ -34,11 +34,16 @@ pub(crate) mod rqf {
     pub(crate) const TIMER: u32 = 1 << 3;
     /// A higher-priority thread became runnable (DragonFly `RQF_AST_LWKT_RESCHED`).
     pub(crate) const RESCHED: u32 = 1 << 5;
+    /// An interrupt made a thread of higher priority than the running one
+    /// runnable: it preempts at the final `crit_exit` (or the backend's
+    /// interrupt entry). DragonFly: the `lwkt_preempt()` call of
+    /// `sched_ithd_hard()`.
+    pub(crate) const PREEMPT: u32 = 1 << 6;
     /// Deferred work that `splz` runs and clears (DragonFly
     /// `RQF_IDLECHECK_MASK`).
     pub(crate) const IDLECHECK: u32 = IPIQ | INTPEND | TIMER;
     /// What `crit_exit` tests.
-    pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH;
+    pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH | PREEMPT;
 }
 
 /// Raises a critical-section count. DragonFly: `crit_enter_quick()`.

@@ -71,7 +71,10 @@ impl Cpu {
     /// `send_ipi` function, `cpusync`'s, lwkt-msg's port functions) and
     /// everything after it wait for the CPU's next critical-section exit,
     /// switch or idle loop, which this entry asks for. So an ordinary IPI
-    /// function may allocate on the hosted backend. Inside a critical
+    /// function may allocate on the hosted backend. Device interrupts
+    /// ([`Cpu::post_interrupt`]) are delivered (their threads made
+    /// runnable); a preemption waits for the interrupted thread's next
+    /// final `crit_exit`. Inside a critical
     /// section it only records the interrupt, as
     /// [`ipi_interrupt`](Cpu::ipi_interrupt) does.
     ///
@@ -86,6 +89,16 @@ impl Cpu {
                 // The interrupted thread's next critical-section exit (or
                 // switch) runs the rest.
                 gd.reqflags.fetch_or(crit::rqf::IPIQ, Ordering::Relaxed);
+            }
+            // Device interrupts: only lwkt's own bookkeeping (their
+            // threads made runnable); a preemption they ask for waits for
+            // the thread's next final `crit_exit` (see `intr`).
+            if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::INTPEND != 0 {
+                // Acquire: as in `splz`.
+                gd.reqflags
+                    .fetch_and(!crit::rqf::INTPEND, Ordering::Acquire);
+                // SAFETY: as above.
+                unsafe { crate::intr::deliver(gd) };
             }
             gd.async_entry.set(false);
         };

@@ -111,6 +111,7 @@ pub mod critical_section;
 mod cur;
 mod idle;
 mod interrupt;
+pub mod intr;
 pub mod ipiq;
 mod migrate;
 mod mycpu;
@@ -142,6 +143,7 @@ pub use cpu::{
 };
 pub use crit::CritGuard;
 pub use cur::Cur;
+pub use intr::{IntrError, MAX_IRQS};
 pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};
 pub use mycpu::MyCpu;
 pub use serializer::Serializer;

@@ -29,6 +29,7 @@ impl Cur {
                 ncpus: m.ncpus,
             });
         };
+        crate::intr::check_may_migrate(td);
         if cpu == gd.id() {
             return Ok(());
         }

@@ -314,6 +314,7 @@ pub(crate) fn exit_current(td: &Thread) -> ! {
             sleep::unqueue(gd, td);
         }
         dequeue(gd, td);
+        crate::intr::unregister_all(td);
     }
     gd.live_threads.fetch_sub(1, Ordering::Relaxed);
     gd.stats.threads_exited.add(1);

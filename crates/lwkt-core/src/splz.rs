@@ -18,23 +18,34 @@ use crate::watch::WATCH_LOOK_EVERY;
 #[inline(never)]
 pub(crate) fn splz_from_thread(td: &Thread) {
     let gd = td.gd();
-    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK == 0 {
-        // Only the watch brought us here.
+    let f = gd.reqflags.load(Ordering::Relaxed);
+    let look = if f & crit::rqf::IDLECHECK != 0 {
+        true
+    } else if f & crit::rqf::WATCH != 0 {
+        // Only the watch brought us here (or it and a preemption).
         let n = gd.watch_exits.get();
         gd.watch_exits.set(n.wrapping_add(1));
-        if n % WATCH_LOOK_EVERY != 0 {
-            return;
+        n % WATCH_LOOK_EVERY == 0
+    } else {
+        false
+    };
+    if look {
+        loop {
+            crit::enter(&td.critcount);
+            // SAFETY: on `gd` (the current thread's CPU), in a critical
+            // section.
+            unsafe { gd.splz_watched() };
+            // Again only for deferred work that arrived while we ran (a
+            // request bit); the watch's next look is the next exit's.
+            if !crit::exit_entered_for(&td.critcount, &gd.reqflags, crit::rqf::IDLECHECK) {
+                break;
+            }
         }
     }
-    loop {
-        crit::enter(&td.critcount);
-        // SAFETY: on `gd` (the current thread's CPU), in a critical section.
-        unsafe { gd.splz_watched() };
-        // Again only for deferred work that arrived while we ran (a request
-        // bit); the watch's next look is the next exit's.
-        if !crit::exit_entered_for(&td.critcount, &gd.reqflags, crit::rqf::IDLECHECK) {
-            break;
-        }
+    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::PREEMPT != 0 {
+        // SAFETY: `td` runs, at its final `crit_exit`: thread context,
+        // outside any critical section.
+        unsafe { crate::intr::preempt(td) };
     }
 }
 
@@ -63,10 +74,18 @@ pub(crate) unsafe fn yield_flags(gd: &Cpu) {
 /// On `gd`, in a critical section.
 pub(crate) unsafe fn splz(gd: &Cpu) {
     loop {
-        let f = gd.reqflags.load(Ordering::Relaxed);
-        if f & crit::rqf::IDLECHECK != 0 {
+        // The bits as cleared, not as loaded: one set in between must not
+        // be cleared unseen. Acquire: pairs with `post_interrupt`'s
+        // Release, so `intr::deliver` sees the lines posted.
+        let f = if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::IDLECHECK != 0 {
             gd.reqflags
-                .fetch_and(!crit::rqf::IDLECHECK, Ordering::Relaxed);
+                .fetch_and(!crit::rqf::IDLECHECK, Ordering::Acquire)
+        } else {
+            0
+        };
+        if f & crit::rqf::INTPEND != 0 {
+            // SAFETY: forwarded.
+            unsafe { crate::intr::deliver(gd) };
         }
         if f & crit::rqf::TIMER != 0 {
             // SAFETY: forwarded.

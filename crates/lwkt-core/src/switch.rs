@@ -221,7 +221,8 @@ pub(crate) unsafe fn pick_with_tokens<'a>(
         let cand = unsafe { &*next };
         // SAFETY: `cand` is not running (or is `td`, whose tokens we just
         // released); its stack is touched only by this CPU.
-        if cand.toks.is_empty() || unsafe { cand.toks.acquire_all() } {
+        // A preempted thread kept its tokens (`intr::preempt`): all held.
+        if cand.toks.is_empty() || cand.toks.all_held() || unsafe { cand.toks.acquire_all() } {
             return cand;
         }
         next = rq.after(cand);

@@ -169,7 +169,7 @@ pub(crate) unsafe fn run(gd: &Cpu) {
             // it is on `gd`'s sleep queue.
             unsafe {
                 sleep::unqueue(gd, td);
-                crate::schedule::schedule_local(gd, td);
+                crate::intr::wake(gd, td);
             }
         }
     }

@@ -12,6 +12,7 @@
 //! per entry ([`model`]).
 
 mod cpusync;
+mod intr;
 mod sleep;
 mod timer;
 
