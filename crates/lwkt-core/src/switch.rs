@@ -98,6 +98,58 @@ impl Cur {
         }
         crit_exit_td(td);
     }
+
+    /// [`block`](Self::block) for at most `timeout`: returns `Ok` when
+    /// someone scheduled this thread, `Err(TimedOut)` when the timeout
+    /// passed first (a wake-up in the same instant may also have
+    /// happened: callers wait in a loop on their own condition, and check
+    /// it once more). A zero timeout switches away once and times out at
+    /// the next timer interrupt. Not in DragonFly (its blocking waits take
+    /// a `timo` each).
+    ///
+    /// # Panics
+    /// If the backend has no clock ([`Arch::clock`](crate::Arch::clock)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     // Nobody schedules us.
+    ///     assert!(cur.block_timeout(Duration::from_millis(1)).is_err());
+    ///     let me = cur.handle();
+    ///     let waker = cur.spawn_on(cur.cpu_id(), move |w| w.my_cpu().schedule(&me)).unwrap();
+    ///     assert_eq!(cur.block_timeout(Duration::from_secs(60)), Ok(()));
+    ///     cur.join(&waker);
+    /// });
+    /// ```
+    #[track_caller]
+    pub fn block_timeout(&mut self, timeout: core::time::Duration) -> Result<(), crate::TimedOut> {
+        let td = self.td();
+        let deadline = crate::timer::deadline_after(td.gd(), timeout);
+        crit::enter(&td.critcount);
+        let fired = {
+            let gd = td.gd();
+            // Never moved: armed here, dropped (disarmed) in place at the
+            // end of this block, in the critical section.
+            let timer = crate::timer::SleepTimer::new(td);
+            // SAFETY: on our CPU in a critical section, by this thread,
+            // which cannot migrate while blocked here; `timer` stays put.
+            // Expired timers run only from `splz`, never inside our
+            // section, so the switch below always happens and the timer
+            // (or a wake-up) schedules us again.
+            unsafe {
+                timer.arm(deadline);
+                dequeue(gd, td);
+                switch_in_crit::<true>(td, gd, gd.runq().first());
+            }
+            timer.fired()
+        };
+        crit_exit_td(td);
+        if fired {
+            Err(crate::TimedOut)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// The core of `lwkt_switch`: run the best thread of this CPU whose tokens

@@ -145,8 +145,9 @@ fn no_clock() -> ! {
 }
 
 /// Run `gd`'s expired timers: a sleeping thread whose deadline passed is
-/// taken off its sleep queue and made runnable (one still runnable from a
-/// wake-up is only marked). Then program the next deadline.
+/// taken off its sleep queue and made runnable, a blocked one made
+/// runnable (one still runnable from a wake-up is only marked). Then
+/// program the next deadline.
 ///
 /// # Safety
 /// On `gd`, in a critical section.
@@ -163,14 +164,16 @@ pub(crate) unsafe fn run(gd: &Cpu) {
         let t = unsafe { &*(e as *const SleepTimer<'_>) };
         t.fired.set(true);
         let td = t.td;
-        if td.has(tdf::TSLEEPQ) {
-            // SAFETY: on `gd` in a critical section; an armed timer's
-            // thread lives on `gd` (it sleeps, so it cannot migrate), and
-            // it is on `gd`'s sleep queue.
-            unsafe {
+        // SAFETY: on `gd` in a critical section; an armed timer's thread
+        // lives on `gd` (it sleeps or blocks, so it cannot migrate), and
+        // is on `gd`'s sleep queue when the flag says so. A thread that
+        // blocked (`Cur::block_timeout`) is only scheduled; one that runs
+        // or is runnable already is left as it is.
+        unsafe {
+            if td.has(tdf::TSLEEPQ) {
                 sleep::unqueue(gd, td);
-                crate::intr::wake(gd, td);
             }
+            crate::intr::wake(gd, td);
         }
     }
     // SAFETY: as in `update`.
