@@ -9,6 +9,7 @@ use crate::crit;
 use crate::ipiq::{self};
 use crate::splz::splz;
 use crate::sync::Ordering;
+use crate::thread::tdf;
 
 impl Cpu {
     /// Interrupt entry for the IPI vector: the backend calls it on this CPU
@@ -104,5 +105,47 @@ impl Cpu {
         };
         // SAFETY: forwarded.
         unsafe { self.interrupt_entry(work) };
+    }
+
+    /// Preempt the interrupted thread now, from the backend's interrupt
+    /// handler, if an interrupt or a timer asked for it (`RQF_PREEMPT`)
+    /// and the thread may be switched away from here: outside any
+    /// critical section and interrupt processing, and either the backend
+    /// [preempts in interrupt context](crate::Arch::preempts_in_interrupt)
+    /// or the thread is [`async_preemptible`](crate::Builder::async_preemptible).
+    /// Otherwise the request waits for the thread's next final
+    /// `crit_exit`. Returns when the interrupted thread runs again (the
+    /// preempting thread blocked). Call it at the end of the handler,
+    /// after the interrupt entry, with the interrupted context saved on
+    /// the interrupted thread's stack. DragonFly: `lwkt_preempt()` from
+    /// `sched_ithd_hard()`.
+    ///
+    /// # Safety
+    /// Called on this CPU from its interrupt (or signal) handler, as
+    /// [`ipi_interrupt`](Cpu::ipi_interrupt), with the interrupted code's
+    /// registers preserved by the backend; the handler's frame may be left
+    /// for another thread's and resumed later.
+    pub unsafe fn preempt_from_interrupt(&self) {
+        if self.reqflags.load(Ordering::Relaxed) & crit::rqf::PREEMPT == 0 {
+            return;
+        }
+        let cur = self.curthread.load(Ordering::Relaxed);
+        if cur.is_null() {
+            return;
+        }
+        // SAFETY: `curthread` names the live running thread.
+        let td = unsafe { &*cur };
+        if td.critcount.load(Ordering::Relaxed) != 0
+            || self.intr_nesting.get() != 0
+            || td.has(tdf::IDLE)
+            || !(td.has(tdf::ASYNC_PREEMPT) || self.machine().arch.preempts_in_interrupt())
+        {
+            return;
+        }
+        // SAFETY: `td` runs on this CPU outside any critical section and
+        // interrupt processing; the interrupted code may be switched away
+        // from at this instruction (the backend's promise, or the
+        // thread's own: `async_preemptible`'s contract).
+        unsafe { crate::intr::preempt(td) };
     }
 }

@@ -180,7 +180,7 @@ impl MyCpu<'_> {
         } else {
             // SAFETY: `gd` is a running CPU of this machine (we run on
             // another of its CPUs).
-            unsafe { m.arch.kick(gd) };
+            unsafe { m.arch.interrupt(gd) };
         }
         Ok(())
     }
@@ -241,9 +241,10 @@ pub(crate) unsafe fn wake(gd: &Cpu, td: &Thread) {
 /// own. Returns when `td` runs again. DragonFly: `lwkt_preempt()`.
 ///
 /// # Safety
-/// Called by `td`, the running thread, on its CPU, outside any critical
-/// section and interrupt processing (thread context: its final
-/// `crit_exit`).
+/// Called for `td`, the running thread, on its CPU, outside any critical
+/// section and interrupt processing, at a point where it may be switched
+/// away from: its final `crit_exit` (thread context), or an interrupt
+/// frame that `Cpu::preempt_from_interrupt` allows.
 pub(crate) unsafe fn preempt(td: &Thread) {
     crit::enter(&td.critcount);
     let gd = td.gd();

@@ -56,6 +56,7 @@ impl Cur {
             pri: Priority::default(),
             stack: DEFAULT_STACK,
             name: "lwkt",
+            async_preempt: false,
         }
     }
 
@@ -88,6 +89,7 @@ pub struct Builder<'a> {
     pri: Priority,
     stack: usize,
     name: &'static str,
+    async_preempt: bool,
 }
 
 impl<'a> Builder<'a> {
@@ -125,6 +127,45 @@ impl<'a> Builder<'a> {
         self
     }
 
+    /// Let the thread be preempted at any instruction outside its
+    /// critical sections, from the backend's interrupt handler, even on a
+    /// backend whose interrupts arrive in host context (the hosted
+    /// backend's signals), where lwkt otherwise waits for the thread's
+    /// next final `crit_exit`. For CPU-bound threads that never call lwkt
+    /// and must still yield to interrupt threads and time slicing.
+    /// Not in DragonFly (every kernel thread there is preemptible).
+    ///
+    /// # Safety
+    /// Outside its critical sections the thread never runs code that
+    /// another thread of its CPU may re-enter: on the hosted backend, that
+    /// is the C library (its allocator, locks, stdio) and state the OS
+    /// thread shares between the vCPU's threads (thread-locals); for
+    /// example, it only computes, or it allocates through an allocator
+    /// that holds a critical section. On a bare-metal backend every
+    /// thread is preemptible anyway ([`Arch::preempts_in_interrupt`]).
+    ///
+    /// [`Arch::preempts_in_interrupt`]: crate::Arch::preempts_in_interrupt
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     // SAFETY: the body only does arithmetic.
+    ///     let h = unsafe { cur.builder().async_preemptible() }
+    ///         .spawn(|_| {
+    ///             let mut x = 0u64;
+    ///             for i in 0..1000 {
+    ///                 x = x.wrapping_mul(31).wrapping_add(i);
+    ///             }
+    ///             std::hint::black_box(x);
+    ///         })
+    ///         .unwrap();
+    ///     cur.join(&h);
+    /// });
+    /// ```
+    pub unsafe fn async_preemptible(mut self) -> Self {
+        self.async_preempt = true;
+        self
+    }
+
     /// Create the thread and make it runnable.
     pub fn spawn<F>(self, f: F) -> Result<ThreadHandle, SpawnError>
     where
@@ -134,6 +175,10 @@ impl<'a> Builder<'a> {
         let td = create_thread(gd.machine(), self.cpu, self.pri, self.stack, self.name, f)?;
         // SAFETY: `create_thread` returned a live, unpublished thread.
         let t = unsafe { td.as_ref() };
+        if self.async_preempt {
+            // Not yet published: nobody else reads its flags.
+            t.set(tdf::ASYNC_PREEMPT);
+        }
         let handle = ThreadHandle::new_held(t);
         let cur_td = self.cur.td();
         crit::enter(&cur_td.critcount);

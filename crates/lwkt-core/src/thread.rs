@@ -83,6 +83,9 @@ pub(crate) mod tdf {
     pub(crate) const TSLEEPQ: u32 = 0x8;
     /// The CPU's idle thread.
     pub(crate) const IDLE: u32 = 0x10;
+    /// May be preempted from any interrupt frame outside its critical
+    /// sections (`Builder::async_preemptible`).
+    pub(crate) const ASYNC_PREEMPT: u32 = 0x20;
 }
 
 /// Why a thread could not be created.

@@ -159,3 +159,49 @@ fn registration_rules() {
         cur.migrate(CpuId::new(1)).unwrap();
     });
 }
+
+/// A thread that never calls lwkt, built `async_preemptible`, is
+/// preempted from the interrupt handler (the hosted backend's signal) by
+/// the interrupt thread of its CPU.
+#[test]
+fn async_preemptible_thread_is_preempted_without_calling_lwkt() {
+    Machine::new(2).unwrap().run(|cur| {
+        let fired = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
+        let spinning = Arc::new(AtomicBool::new(false));
+        let (f, r) = (fired.clone(), ready.clone());
+        let ith = cur
+            .builder()
+            .cpu(CpuId::new(1))
+            .priority(Priority::INT_MED)
+            .spawn(move |me| {
+                me.register_interrupt(IRQ).unwrap();
+                r.store(true, Ordering::Release);
+                me.wait_interrupt(IRQ);
+                f.store(true, Ordering::Release);
+            })
+            .unwrap();
+        while !ready.load(Ordering::Acquire) {
+            cur.yield_now();
+        }
+        let (f2, s2) = (fired.clone(), spinning.clone());
+        // SAFETY: the body only spins on atomics: nothing a thread of its
+        // CPU could re-enter.
+        let spinner = unsafe { cur.builder().cpu(CpuId::new(1)).async_preemptible() }
+            .spawn(move |_| {
+                s2.store(true, Ordering::Release);
+                while !f2.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+            })
+            .unwrap();
+        while !spinning.load(Ordering::Acquire) {
+            cur.yield_now();
+        }
+        cur.my_cpu().raise_interrupt(CpuId::new(1), IRQ).unwrap();
+        cur.join(&ith);
+        cur.join(&spinner);
+        let st = cur.my_cpu().cpu_stats(CpuId::new(1)).unwrap();
+        assert!(st.preemptions >= 1);
+    });
+}
