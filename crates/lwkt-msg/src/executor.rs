@@ -62,9 +62,9 @@ where
 /// as `tsleep`'s `timo` belongs to the sleep. DragonFly has no executor;
 /// the wait is `lwkt_waitmsg()` with a `timo`.
 ///
-/// The future is polled once more when the time is up if its waker was
-/// woken meanwhile, so a reply that lands at the timeout wins; never
-/// early. A zero timeout polls once; a huge one never times out.
+/// The future is polled once more after the timer's wake-up, so a reply
+/// that lands at the timeout wins; `Err(TimedOut)` is never early. A zero
+/// timeout polls once; a huge one never times out.
 ///
 /// Dropping a `ReplyFuture` does not cancel its message: after a timeout,
 /// a message the future awaited is **still in flight**, pinned where it
