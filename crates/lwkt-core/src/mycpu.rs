@@ -100,6 +100,22 @@ impl<'a> MyCpu<'a> {
         self.gd.machine().arch.cycles()
     }
 
+    /// The backend's monotonic clock in nanoseconds
+    /// ([`Arch::clock`](crate::Arch::clock)), or `None` when it has none:
+    /// the time base of the timed waits, for callers that wait in a loop
+    /// and carry one deadline across several of them (lwkt-msg's
+    /// `waitport_timeout`). DragonFly: `sys_cputimer->count()`.
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let a = cur.my_cpu().clock().unwrap();
+    ///     assert!(cur.my_cpu().clock().unwrap() >= a);
+    /// });
+    /// ```
+    pub fn clock(self) -> Option<u64> {
+        self.gd.machine().arch.clock()
+    }
+
     /// Whether spinning for another CPU's answer pays now
     /// ([`Arch::spin_wait_pays`](crate::Arch::spin_wait_pays)): false when
     /// the other CPU may not be running (a hosted machine with more vCPUs
