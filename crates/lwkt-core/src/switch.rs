@@ -41,30 +41,7 @@ impl Cur {
     /// backend). Inlined, the switch continues straight in the caller.
     #[inline(always)]
     pub fn yield_now(&mut self) {
-        let td = self.td();
-        crit::enter(&td.critcount);
-        let gd = td.gd();
-        // Deferred interrupts first (DragonFly: only when flagged), and the
-        // reschedule request, which the switch below serves.
-        if gd.reqflags.load(Ordering::Relaxed) & (crit::rqf::IDLECHECK | crit::rqf::RESCHED) != 0 {
-            // SAFETY: on our CPU in a critical section.
-            unsafe { yield_flags(gd) };
-        }
-        // SAFETY: on our CPU in a critical section, as the running thread.
-        unsafe {
-            // Behind our equal-priority peers; a higher-priority thread, if
-            // any, runs next anyway.
-            let first = if td.has(tdf::RUNQ) {
-                gd.runq().rotate(td as *const Thread as *mut Thread)
-            } else {
-                gd.runq().first()
-            };
-            switch_in_crit::<false>(td, gd, first);
-        }
-        // We entered above: leave without the underflow check.
-        if crit::exit_entered(&td.critcount, &td.gd().reqflags) {
-            splz_from_thread(td);
-        }
+        yield_td(self.td());
     }
 
     /// Take this thread off the run queue and switch away, in one critical
@@ -149,6 +126,37 @@ impl Cur {
         } else {
             Ok(())
         }
+    }
+}
+
+/// `Cur::yield_now` for `td`, which must be the running thread (called on
+/// its own behalf, outside interrupt processing): behind its
+/// equal-priority peers, and switch. Also the round-robin of time slicing
+/// (`slice`).
+#[inline(always)]
+pub(crate) fn yield_td(td: &Thread) {
+    crit::enter(&td.critcount);
+    let gd = td.gd();
+    // Deferred interrupts first (DragonFly: only when flagged), and the
+    // reschedule request, which the switch below serves.
+    if gd.reqflags.load(Ordering::Relaxed) & (crit::rqf::IDLECHECK | crit::rqf::RESCHED) != 0 {
+        // SAFETY: on our CPU in a critical section.
+        unsafe { yield_flags(gd) };
+    }
+    // SAFETY: on our CPU in a critical section, as the running thread.
+    unsafe {
+        // Behind our equal-priority peers; a higher-priority thread, if
+        // any, runs next anyway.
+        let first = if td.has(tdf::RUNQ) {
+            gd.runq().rotate(td as *const Thread as *mut Thread)
+        } else {
+            gd.runq().first()
+        };
+        switch_in_crit::<false>(td, gd, first);
+    }
+    // We entered above: leave without the underflow check.
+    if crit::exit_entered(&td.critcount, &td.gd().reqflags) {
+        splz_from_thread(td);
     }
 }
 
