@@ -99,7 +99,7 @@ impl Cpu {
                 gd.reqflags
                     .fetch_and(!crit::rqf::INTPEND, Ordering::Acquire);
                 // SAFETY: as above.
-                unsafe { crate::intr::deliver(gd) };
+                unsafe { crate::intr::deliver::<true>(gd) };
             }
             gd.async_entry.set(false);
         };

@@ -45,6 +45,19 @@ use crate::{Cpu, CpuId, Cur, MyCpu};
 /// Interrupt lines per CPU.
 pub const MAX_IRQS: usize = 64;
 
+/// A line's fast handler: runs first, in interrupt context on the line's
+/// CPU (inside a critical section, like an IPI function: it gets the CPU
+/// as [`MyCpu`], so it cannot block or sleep, which the type system
+/// enforces), with the argument given at registration; returns whether
+/// the line's interrupt thread should run. It acknowledges the device,
+/// takes what must be taken at once, and leaves the rest to the thread. A
+/// panic in it aborts (there is no frame to unwind into). On the hosted
+/// backend it runs at the CPU's next final `crit_exit`, switch or idle
+/// turn, never inside the signal handler (it may allocate). DragonFly:
+/// the fast handler of `register_int(..., INTR_CLOCK / fast)`,
+/// `ithread_fast_handler()`.
+pub type FastHandler = fn(MyCpu<'_>, usize) -> bool;
+
 /// Why an interrupt call was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntrError {
@@ -97,6 +110,11 @@ pub(crate) struct IntrTable {
     /// Interrupts delivered to each line's thread and not yet collected
     /// by its `wait_interrupt`; owner-only, in a critical section.
     pub(crate) count: [Cell<u32>; MAX_IRQS],
+    /// Each line's fast handler and its argument; owner-only.
+    fast: [Cell<Option<(FastHandler, usize)>>; MAX_IRQS],
+    /// Lines with a fast handler (bits), for the async-safe entry, which
+    /// leaves them to thread context; owner-only.
+    fast_lines: Cell<u64>,
 }
 
 impl IntrTable {
@@ -105,6 +123,8 @@ impl IntrTable {
             pending: AtomicU64::new(0),
             ithread: [const { Cell::new(ptr::null()) }; MAX_IRQS],
             count: [const { Cell::new(0) }; MAX_IRQS],
+            fast: [const { Cell::new(None) }; MAX_IRQS],
+            fast_lines: Cell::new(0),
         }
     }
 }
@@ -186,20 +206,30 @@ impl MyCpu<'_> {
     }
 }
 
-/// Deliver `gd`'s pending interrupts: each line's thread is made runnable
-/// with one more interrupt to collect; a line without one counts a stray.
-/// Requests preemption when a thread of higher priority than the running
-/// one became runnable. Runs no user code (safe in the hosted backend's
-/// signal context).
+/// Deliver `gd`'s pending interrupts: each line's fast handler runs, and
+/// (unless it declines) its thread is made runnable with one more
+/// interrupt to collect; a line without a thread counts a stray. Requests
+/// preemption when a thread of higher priority than the running one
+/// became runnable. With `ASYNC_SAFE` (the hosted signal handler) it runs
+/// no user code: lines with a fast handler stay pending, with
+/// `RQF_INTPEND`, for thread context.
 ///
 /// # Safety
 /// On `gd`, in a critical section.
-pub(crate) unsafe fn deliver(gd: &Cpu) {
+pub(crate) unsafe fn deliver<const ASYNC_SAFE: bool>(gd: &Cpu) {
     // `splz` cleared INTPEND with an Acquire RMW, which read the
     // poster's Release set: every line posted before it is in `pending`.
     let mut lines = gd.intr.pending.swap(0, Ordering::Relaxed);
     if lines == 0 {
         return;
+    }
+    if ASYNC_SAFE {
+        let later = lines & gd.intr.fast_lines.get();
+        if later != 0 {
+            lines &= !later;
+            gd.intr.pending.fetch_or(later, Ordering::Relaxed);
+            gd.reqflags.fetch_or(rqf::INTPEND, Ordering::Relaxed);
+        }
     }
     while lines != 0 {
         let irq = lines.trailing_zeros() as usize;
@@ -208,6 +238,14 @@ pub(crate) unsafe fn deliver(gd: &Cpu) {
         if td.is_null() {
             gd.stats.stray_interrupts.add(1);
             continue;
+        }
+        if let Some((f, arg)) = gd.intr.fast[irq].get() {
+            let run =
+                crate::abort_on_unwind("an interrupt's fast handler", || f(MyCpu::new(gd), arg));
+            if !run {
+                gd.stats.interrupts.add(1);
+                continue;
+            }
         }
         gd.stats.interrupts.add(1);
         let c = &gd.intr.count[irq];
@@ -303,6 +341,42 @@ impl Cur {
     /// });
     /// ```
     pub fn register_interrupt(&mut self, irq: usize) -> Result<(), IntrError> {
+        self.register(irq, None)
+    }
+
+    /// [`register_interrupt`](Cur::register_interrupt) with a fast
+    /// handler, which runs first at each interrupt (in interrupt context,
+    /// with `arg`) and decides whether this thread runs.
+    /// DragonFly: `register_int()` with a fast handler.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// static ACKED: AtomicU32 = AtomicU32::new(0);
+    /// fn ack(_my: lwkt_core::MyCpu<'_>, arg: usize) -> bool {
+    ///     ACKED.fetch_add(1, Ordering::Relaxed);
+    ///     arg == 1 // wake the thread
+    /// }
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     cur.register_interrupt_fast(2, ack, 1).unwrap();
+    ///     cur.my_cpu().raise_interrupt(cur.cpu_id(), 2).unwrap();
+    ///     assert_eq!(cur.wait_interrupt(2), 1);
+    ///     assert_eq!(ACKED.load(Ordering::Relaxed), 1);
+    /// });
+    /// ```
+    pub fn register_interrupt_fast(
+        &mut self,
+        irq: usize,
+        fast: FastHandler,
+        arg: usize,
+    ) -> Result<(), IntrError> {
+        self.register(irq, Some((fast, arg)))
+    }
+
+    fn register(
+        &mut self,
+        irq: usize,
+        fast: Option<(FastHandler, usize)>,
+    ) -> Result<(), IntrError> {
         let bit = check_irq(irq)?;
         let td = self.td();
         let gd = td.gd();
@@ -313,6 +387,10 @@ impl Cur {
         }
         slot.set(td);
         gd.intr.count[irq].set(0);
+        gd.intr.fast[irq].set(fast);
+        if fast.is_some() {
+            gd.intr.fast_lines.set(gd.intr.fast_lines.get() | bit);
+        }
         td.irqs.set(td.irqs.get() | bit);
         Ok(())
     }
@@ -380,6 +458,10 @@ unsafe fn unregister(gd: &Cpu, td: &Thread, irq: usize) {
     debug_assert!(ptr::eq(gd.intr.ithread[irq].get(), td));
     gd.intr.ithread[irq].set(ptr::null());
     gd.intr.count[irq].set(0);
+    gd.intr.fast[irq].set(None);
+    gd.intr
+        .fast_lines
+        .set(gd.intr.fast_lines.get() & !(1 << irq));
     td.irqs.set(td.irqs.get() & !(1 << irq));
 }
 

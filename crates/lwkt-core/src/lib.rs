@@ -143,7 +143,7 @@ pub use cpu::{
 };
 pub use crit::CritGuard;
 pub use cur::Cur;
-pub use intr::{IntrError, MAX_IRQS};
+pub use intr::{FastHandler, IntrError, MAX_IRQS};
 pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};
 pub use mycpu::MyCpu;
 pub use serializer::Serializer;

@@ -85,7 +85,7 @@ pub(crate) unsafe fn splz(gd: &Cpu) {
         };
         if f & crit::rqf::INTPEND != 0 {
             // SAFETY: forwarded.
-            unsafe { crate::intr::deliver(gd) };
+            unsafe { crate::intr::deliver::<false>(gd) };
         }
         if f & crit::rqf::TIMER != 0 {
             // SAFETY: forwarded.

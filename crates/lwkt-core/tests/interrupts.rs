@@ -205,3 +205,61 @@ fn async_preemptible_thread_is_preempted_without_calling_lwkt() {
         assert!(st.preemptions >= 1);
     });
 }
+
+/// A fast handler runs at every interrupt of its line, in the line's
+/// CPU's interrupt context, and decides whether the interrupt thread
+/// runs: a declined interrupt is counted but never reaches the thread.
+#[test]
+fn fast_handler_decides_whether_the_thread_runs() {
+    static FAST_RUNS: AtomicU32 = AtomicU32::new(0);
+    static ON_CPU: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Wakes the thread at every third interrupt only.
+    fn fast(my: lwkt_core::MyCpu<'_>, every: usize) -> bool {
+        ON_CPU.store(my.id().index() as u32, Ordering::Relaxed);
+        let n = FAST_RUNS.fetch_add(1, Ordering::AcqRel) + 1;
+        n as usize % every == 0
+    }
+    Machine::new(2).unwrap().run(|cur| {
+        let got = Arc::new(AtomicU32::new(0));
+        let ready = Arc::new(AtomicBool::new(false));
+        let (g, r) = (got.clone(), ready.clone());
+        let ith = cur
+            .builder()
+            .cpu(CpuId::new(1))
+            .priority(Priority::INT_MED)
+            .spawn(move |me| {
+                me.register_interrupt_fast(IRQ, fast, 3).unwrap();
+                r.store(true, Ordering::Release);
+                let mut total = 0;
+                while total < 4 {
+                    total += me.wait_interrupt(IRQ);
+                    g.store(total, Ordering::Release);
+                }
+            })
+            .unwrap();
+        while !ready.load(Ordering::Acquire) {
+            cur.yield_now();
+        }
+        for i in 1..=12u32 {
+            cur.my_cpu().raise_interrupt(CpuId::new(1), IRQ).unwrap();
+            // Each raise is handled before the next (no coalescing).
+            while FAST_RUNS.load(Ordering::Acquire) < i {
+                cur.yield_now();
+            }
+            if i % 3 != 0 {
+                assert_eq!(
+                    got.load(Ordering::Acquire),
+                    i / 3,
+                    "declined interrupt woke the thread"
+                );
+            }
+        }
+        cur.join(&ith);
+        assert_eq!(got.load(Ordering::Acquire), 4);
+        assert_eq!(FAST_RUNS.load(Ordering::Acquire), 12);
+        assert_eq!(ON_CPU.load(Ordering::Relaxed), 1);
+        let st = cur.my_cpu().cpu_stats(CpuId::new(1)).unwrap();
+        assert_eq!(st.interrupts, 12);
+        assert_eq!(st.stray_interrupts, 0);
+    });
+}
