@@ -16,7 +16,7 @@ mod intr;
 mod sleep;
 mod timer;
 
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use std::boxed::Box;
 use std::sync::Arc;
 
@@ -201,7 +201,17 @@ impl TwoCpus {
                 // The interrupted thread's next final `crit_exit`.
                 let td = gd.cur();
                 crit::enter(&td.critcount);
-                crit_exit_td(td);
+                if ptr::eq(td, &gd.idle) {
+                    // The idle thread never leaves its critical section:
+                    // its loop runs `splz` there and switches to what
+                    // became runnable itself (the model's caller plays that
+                    // switch), so it is never preempted.
+                    // SAFETY: CPU `i`, in a critical section.
+                    unsafe { crate::splz::splz(gd) };
+                    crit::exit_entered_for(&td.critcount, &gd.reqflags, 0);
+                } else {
+                    crit_exit_td(td);
+                }
             }
         }
         true
