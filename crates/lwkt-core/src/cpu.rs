@@ -393,6 +393,10 @@ pub struct Cpu {
     pub(crate) sleepq: UnsafeCell<SleepQueues>,
     /// Armed timers (`gd_systimerq`), owner-only.
     pub(crate) timers: crate::wheel::Wheel,
+    /// The deadline given to the backend's one-shot timer last
+    /// (`u64::MAX`: none), owner-only: `timer::update` programs it again
+    /// only for an earlier one.
+    pub(crate) timer_programmed: Cell<u64>,
     pub(crate) idle: Thread,
     /// Deferred work for the next `crit_exit` (`gd_reqflags`).
     pub(crate) reqflags: AtomicU32,
@@ -493,6 +497,7 @@ impl Cpu {
             runq: UnsafeCell::new(RunQueue::new()),
             sleepq: UnsafeCell::new(SleepQueues::new()),
             timers: crate::wheel::Wheel::new(),
+            timer_programmed: Cell::new(u64::MAX),
             idle,
             reqflags: AtomicU32::new(0),
             intr_nesting: Cell::new(0),
