@@ -125,12 +125,21 @@ fn signal(v: &Vcpu) {
     }
 }
 
-/// The host's monotonic clock in nanoseconds since the first call
-/// (`Arch::clock`).
+/// The host's monotonic clock in nanoseconds (`Arch::clock`): `CLOCK_MONOTONIC`
+/// (what `Instant` reads), read directly, without `Instant`'s epoch
+/// arithmetic: a callout's `reset` reads it every time.
+#[inline]
 pub(crate) fn clock_ns() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// Deliver the one-shot timers of `vcpus` that are due at `now`: record

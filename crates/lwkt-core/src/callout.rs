@@ -52,8 +52,9 @@ use core::time::Duration;
 
 use crate::arch::Arch;
 use crate::cpu::{Cpu, CpuId};
+use crate::crit;
 use crate::ipiq::{self, IpiError, IpiMsg};
-use crate::sched::MyCpu;
+use crate::sched::{crit_exit_td, MyCpu};
 use crate::sync::{AtomicBool, AtomicU64, Life, Ordering, UnsafeCell};
 use crate::timer::{self, Fire, Header};
 use crate::wheel::Entry;
@@ -400,7 +401,56 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// ```
     #[inline]
     pub fn reset(self: Pin<&Self>, my: MyCpu<'_>, d: Duration) {
-        self.arm(my, my.id(), nanos(d), 0);
+        if !self.reset_here(my, nanos(d)) {
+            self.arm(my, my.id(), nanos(d), 0);
+        }
+    }
+
+    /// [`reset`](Callout::reset)'s fast path: the callout is idle or
+    /// already this CPU's; returns false (having done nothing) otherwise,
+    /// for the general path to take over.
+    #[inline(always)]
+    fn reset_here(self: Pin<&Self>, my: MyCpu<'_>, delay: u64) -> bool {
+        let gd = my.cpu();
+        let raw = &self.raw;
+        let mine = mine(gd);
+        let td = gd.cur();
+        crit::enter(&td.critcount);
+        let s = raw.state.load(Ordering::Acquire);
+        let here = (s == 0 || s & !(PENDING | RUNNING) == mine)
+            && gd.machine_id.get() < 1 << (64 - MACHINE_SHIFT);
+        let now = if here {
+            gd.machine().arch.clock()
+        } else {
+            None
+        };
+        let done = match now {
+            Some(now) => {
+                let claimed = s != 0
+                    || raw
+                        .state
+                        .compare_exchange(0, mine | PENDING, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok();
+                if claimed {
+                    if s == 0 {
+                        raw.arch.set(Some(gd.machine().arch));
+                    }
+                    raw.active.store(true, Ordering::Relaxed);
+                    raw.period.set(0);
+                    // SAFETY: on the callout's home in a critical section
+                    // (ours, or just claimed); pinned and unlinked before
+                    // it is dropped or its machine ends, as in `apply`.
+                    unsafe { timer::insert(gd, self.header().cast(), now.saturating_add(delay)) };
+                    if s != 0 && s & PENDING == 0 {
+                        raw.state.store(s | PENDING, Ordering::Release);
+                    }
+                }
+                claimed
+            }
+            None => false,
+        };
+        crit_exit_td(td);
+        done
     }
 
     /// Arm the callout on CPU `cpu` (of this machine) to run `d` from now,
@@ -575,12 +625,35 @@ impl<F> Callout<F> {
     /// ```
     #[inline]
     pub fn stop(self: Pin<&Self>, my: MyCpu<'_>) -> bool {
-        self.raw.active.store(false, Ordering::Relaxed);
-        if self.raw.state.load(Ordering::Acquire) & PENDING == 0 {
+        let raw = &self.raw;
+        raw.active.store(false, Ordering::Relaxed);
+        if raw.state.load(Ordering::Acquire) & PENDING == 0 {
             // Nothing pending at this moment: nothing to prevent.
             return false;
         }
-        request(my, self.header(), Op::Stop)
+        // Fast path: armed here.
+        let gd = my.cpu();
+        let mine = mine(gd);
+        let td = gd.cur();
+        crit::enter(&td.critcount);
+        let s = raw.state.load(Ordering::Acquire);
+        let here = s & !(PENDING | RUNNING) == mine;
+        let mut removed = false;
+        if here {
+            // SAFETY: on the callout's home in a critical section; linked
+            // only in this CPU's wheel, if at all.
+            removed = unsafe { gd.timers.remove(self.header().cast()) };
+            if removed {
+                let next = if s & RUNNING != 0 { s & !PENDING } else { 0 };
+                raw.state.store(next, Ordering::Release);
+            }
+        }
+        crit_exit_td(td);
+        if here {
+            removed
+        } else {
+            request(my, self.header(), Op::Stop)
+        }
     }
 
     /// Stop the callout and wait until its callback is not running
@@ -735,6 +808,13 @@ fn dropped_outside_its_machine() -> ! {
     })
 }
 
+/// The state word of a callout whose home is `gd` (not pending, not
+/// running).
+#[inline(always)]
+fn mine(gd: &Cpu) -> u64 {
+    gd.machine_id.get() << MACHINE_SHIFT | (u64::from(gd.id().get()) + 1)
+}
+
 /// `d` in nanoseconds, saturating (a huge `d` never comes).
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -762,7 +842,7 @@ fn home_of(s: u64) -> Option<CpuId> {
 
 /// Run `op` on the callout `h` from `my`'s CPU: here, or by IPI message at
 /// the CPU that owns it, following it until one answers for good.
-#[inline]
+#[inline(never)]
 fn request(my: MyCpu<'_>, h: *const Header, op: Op) -> bool {
     my.crit(|| {
         let gd = my.cpu();
@@ -943,7 +1023,7 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
             // and pinned, and is unlinked before it is dropped (`Drop`) or
             // its machine ends (`timer::retire`); it is in no other wheel
             // (it was idle).
-            unsafe { timer::update(gd, || gd.timers.insert(e, now.saturating_add(delay))) };
+            unsafe { timer::insert(gd, e, now.saturating_add(delay)) };
             return Outcome::Done(false);
         }
         if s >> MACHINE_SHIFT != mid {
@@ -959,7 +1039,7 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
             Op::Stop | Op::StopSync => {
                 // SAFETY: on our CPU in a critical section; linked only in
                 // our wheel, if at all.
-                let removed = unsafe { timer::update(gd, || gd.timers.remove(e)) };
+                let removed = unsafe { gd.timers.remove(e) };
                 if removed {
                     let next = if running { s & !PENDING } else { 0 };
                     raw.state.store(next, Ordering::Release);
@@ -977,7 +1057,7 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
                 // Let it go, idle, and send the asker to `target`, which
                 // claims it.
                 // SAFETY: as above.
-                unsafe { timer::update(gd, || gd.timers.remove(e)) };
+                unsafe { gd.timers.remove(e) };
                 raw.state.store(0, Ordering::Release);
                 Outcome::Forward(target)
             }
@@ -987,7 +1067,7 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
                 };
                 raw.period.set(period);
                 // SAFETY: as in the claim above; re-arms if linked here.
-                unsafe { timer::update(gd, || gd.timers.insert(e, now.saturating_add(delay))) };
+                unsafe { timer::insert(gd, e, now.saturating_add(delay)) };
                 if s & PENDING == 0 {
                     raw.state.store(s | PENDING, Ordering::Release);
                 }
@@ -1033,7 +1113,7 @@ unsafe fn fire<F: FnMut(Fired<'_>) + Send>(h: *const Header, gd: &Cpu, why: Fire
     if period != 0 {
         let at = next_period(raw.head.entry.deadline(), period, now);
         // SAFETY: on the home in a critical section; unlinked (just fired).
-        unsafe { timer::update(gd, || gd.timers.insert(h.cast::<Entry>(), at)) };
+        unsafe { timer::insert(gd, h.cast::<Entry>(), at) };
         next |= PENDING;
     }
     raw.state.store(next, Ordering::Release);

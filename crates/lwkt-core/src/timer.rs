@@ -121,7 +121,7 @@ impl<'a> SleepTimer<'a> {
         // SAFETY: `self.entry` stays put and alive until `drop` unlinks it
         // (contract); the wheel is this CPU's, used in its critical
         // section.
-        unsafe { update(gd, || gd.timers.insert(self.as_entry(), deadline)) };
+        unsafe { insert(gd, self.as_entry(), deadline) };
     }
 }
 
@@ -131,34 +131,31 @@ impl Drop for SleepTimer<'_> {
             let gd = self.td.gd();
             // SAFETY: armed by `arm` on this CPU, whose critical section
             // the sleeping code still holds (the entry is in its wheel).
-            unsafe {
-                update(gd, || {
-                    gd.timers.remove(self.as_entry());
-                })
-            };
+            unsafe { gd.timers.remove(self.as_entry()) };
         }
     }
 }
 
-/// Change `gd`'s wheel with `f`, and reprogram the backend's one-shot timer
-/// if the earliest deadline is now earlier than the one programmed. A
-/// deadline that moved later (a timer stopped) is left programmed: the
-/// interrupt then comes early, `run` finds nothing due and programs the
-/// real one. So arming and stopping a timer that is not the earliest, or
-/// stopping one and arming it again, costs no call into the backend.
+/// Arm `e` in `gd`'s wheel for `deadline`, and reprogram the backend's
+/// one-shot timer if that is earlier than the one programmed. A stopped
+/// timer is left programmed (nothing is done on removal): the interrupt
+/// then comes early, `run` finds nothing due and programs the real next
+/// deadline. So the programmed deadline is never after any armed timer's
+/// deadline, or an interrupt is on its way (between the backend's firing
+/// and `run`), and arming a timer that is not the earliest, stopping any,
+/// costs no call into the backend and no look for the next deadline.
 ///
 /// # Safety
-/// On `gd`, in a critical section.
+/// On `gd`, in a critical section; `e` as for
+/// [`Wheel::insert`](crate::wheel::Wheel::insert) on `gd`'s wheel.
 #[inline(always)]
-pub(crate) unsafe fn update<R>(gd: &Cpu, f: impl FnOnce() -> R) -> R {
-    let r = f();
-    if let Some(next) = gd.timers.next_deadline() {
-        if next < gd.timer_programmed.get() {
-            // SAFETY: forwarded.
-            unsafe { program(gd, Some(next)) };
-        }
+pub(crate) unsafe fn insert(gd: &Cpu, e: *const Entry, deadline: u64) {
+    // SAFETY: forwarded.
+    unsafe { gd.timers.insert(e, deadline) };
+    if deadline < gd.timer_programmed.get() {
+        // SAFETY: forwarded.
+        unsafe { program(gd, gd.timers.next_deadline()) };
     }
-    r
 }
 
 /// Program `gd`'s one-shot timer for `deadline` (and remember it).
