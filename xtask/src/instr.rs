@@ -44,6 +44,13 @@ const OPS: &[Op] = &[
         &[],
         1,
     ),
+    (
+        "callout reset+stop on its own CPU",
+        "lwkt-core",
+        "callout_loop",
+        &[],
+        1,
+    ),
     ("token get+release", "lwkt-token", "token_loop", &[], 1),
     (
         "token recursive get+release",

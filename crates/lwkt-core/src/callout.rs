@@ -274,7 +274,27 @@ impl<'a> Fired<'a> {
 
     /// Arm the callout again, on this CPU, `d` from now (replacing a
     /// period, if it had one): DragonFly's `callout_reset` from inside the
-    /// callback. Example: [`Fired`].
+    /// callback.
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use core::sync::atomic::{AtomicU32, Ordering};
+    /// use std::time::Duration;
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let n = AtomicU32::new(0);
+    ///     let c = pin!(lwkt_core::Callout::new(|fired| {
+    ///         if n.fetch_add(1, Ordering::Relaxed) == 0 {
+    ///             fired.reset(Duration::from_secs(3600)); // once more, much later
+    ///         }
+    ///     }));
+    ///     c.as_ref().reset(cur.my_cpu(), Duration::ZERO);
+    ///     while n.load(Ordering::Relaxed) == 0 {
+    ///         cur.yield_now();
+    ///     }
+    ///     assert!(c.pending());
+    ///     assert!(c.as_ref().stop(cur.my_cpu()));
+    /// });
+    /// ```
     pub fn reset(&self, d: Duration) {
         let op = Op::Reset {
             target: self.my.id(),
@@ -385,9 +405,9 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     ///
     /// # Panics
     /// If the callout is armed on a CPU of another machine; if the backend
-    /// has no clock ([`Arch::clock`]); if called from its own callback
-    /// while it is armed on another CPU (use [`Fired::reset`]... which
-    /// re-arms here).
+    /// has no clock ([`Arch::clock`]). A callback cannot move its own
+    /// callout to another CPU while it runs (that panics, in interrupt
+    /// context: an abort); from inside it, use [`Fired::reset`].
     ///
     /// ```
     /// use core::pin::pin;
@@ -746,7 +766,19 @@ impl<F> Callout<F> {
 
     /// Clear the active flag without stopping anything: DragonFly's
     /// `callout_deactivate` (which also stops; use
-    /// [`stop`](Callout::stop) for that). Example: [`active`](Callout::active).
+    /// [`stop`](Callout::stop) for that).
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use std::time::Duration;
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let c = pin!(lwkt_core::Callout::new(|_| {}));
+    ///     c.as_ref().reset(cur.my_cpu(), Duration::from_secs(60));
+    ///     c.deactivate();
+    ///     assert!(!c.active() && c.pending()); // still armed
+    ///     assert!(c.as_ref().stop(cur.my_cpu()));
+    /// });
+    /// ```
     pub fn deactivate(&self) {
         self.raw.active.store(false, Ordering::Relaxed);
     }

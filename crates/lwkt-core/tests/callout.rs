@@ -304,7 +304,8 @@ fn ten_thousand_callouts_armed_and_stopped_at_random() {
             let threads: Vec<_> = (0..CPUS)
                 .map(|t| {
                     cur.spawn_on(CpuId::new(t), move |me| {
-                        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(t) + 1) * 0x1234_5678);
+                        let mut rng =
+                            Rng(0x9e37_79b9_7f4a_7c15 ^ ((u64::from(t) + 1) * 0x1234_5678));
                         let mine = (t as usize..N).step_by(CPUS as usize);
                         for i in mine {
                             let c = callouts[i].as_ref();
