@@ -143,6 +143,13 @@ const REFERENCE: &[Op] = &[
         1,
     ),
     (
+        "tokio Sleep reset (timer wheel remove+insert)",
+        "lwkt-benches",
+        "alt_loop",
+        &["tokio_sleep_reset"],
+        1,
+    ),
+    (
         "crossbeam-channel send+recv, one thread",
         "lwkt-benches",
         "alt_loop",
