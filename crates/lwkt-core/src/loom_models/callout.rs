@@ -87,6 +87,7 @@ fn callout_stop_races_its_firing() {
         // while running its own interrupts).
         // SAFETY: as in `armed_on_cpu1`.
         let p = unsafe { Pin::new_unchecked(&*c) };
+        thread::yield_now();
         let prevented = p.stop(MyCpu::new(m.cpu(0)));
         done.store(true, Ordering::Release);
         t1.join().unwrap();
@@ -102,7 +103,7 @@ fn callout_stop_races_its_firing() {
 }
 
 /// The same race with `stop_sync`: when it returns, the callback has run
-/// to its end or never will.
+/// to its end (its effects visible to the caller) or never will.
 #[test]
 fn callout_stop_sync_races_its_firing() {
     model(|entry: Entry| {
@@ -116,12 +117,17 @@ fn callout_stop_sync_races_its_firing() {
         };
         // SAFETY: as in `armed_on_cpu1`.
         let p = unsafe { Pin::new_unchecked(&*c) };
+        // Let CPU 1 go first in some executions (loom does not preempt
+        // this thread before its first loads otherwise).
+        thread::yield_now();
         let prevented = p.stop_sync(MyCpu::new(m.cpu(0)));
         assert!(c.cpu().is_none(), "idle when stop_sync returns");
+        // Read before CPU 1 is joined: loom reports the read if the
+        // callback's write is not ordered before `stop_sync`'s return.
+        // SAFETY: see `Runs`; the ordering is what the model checks.
+        let ran = runs.0.with(|p| unsafe { *p });
         done.store(true, Ordering::Release);
         t1.join().unwrap();
-        // SAFETY: CPU 1 joined.
-        let ran = runs.0.with(|p| unsafe { *p });
         assert_eq!(ran + u32::from(prevented), 1);
     });
 }
