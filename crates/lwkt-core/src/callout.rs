@@ -841,10 +841,15 @@ fn dropped_outside_its_machine() -> ! {
 }
 
 /// The state word of a callout whose home is `gd` (not pending, not
-/// running).
+/// running). For a machine id too large for the word (never claimed: `arm`
+/// refuses it), a value no state word has (its home bits are 0).
 #[inline(always)]
 fn mine(gd: &Cpu) -> u64 {
-    gd.machine_id.get() << MACHINE_SHIFT | (u64::from(gd.id().get()) + 1)
+    let mid = gd.machine_id.get();
+    if mid >= 1 << (64 - MACHINE_SHIFT) {
+        return 1 << 63;
+    }
+    mid << MACHINE_SHIFT | (u64::from(gd.id().get()) + 1)
 }
 
 /// `d` in nanoseconds, saturating (a huge `d` never comes).
