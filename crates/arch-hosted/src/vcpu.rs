@@ -297,8 +297,8 @@ pub static HOSTED: HostedArch = HostedArch;
 // `current_cpu` is the vCPU thread-local, set for the idle loop's whole run;
 // stacks are private mappings; `kick` makes the target run `ipi_interrupt`
 // (signal) or leave `idle_wait` (unpark), and `idle_wait` re-checks
-// `has_pending` after publishing that it sleeps; `clock` is `Instant`
-// (monotonic); a timer set by `set_timer` is delivered by the watchdog
+// `has_pending` after publishing that it sleeps; `clock` is
+// `CLOCK_MONOTONIC` (monotonic); a timer set by `set_timer` is delivered by the watchdog
 // thread (`post_timer`, then a kick).
 unsafe impl Arch for HostedArch {
     fn current_cpu(&self) -> Option<NonNull<Cpu>> {
