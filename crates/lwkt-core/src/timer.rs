@@ -213,14 +213,16 @@ unsafe fn fire_sleep(h: *const Header, gd: &Cpu, why: Fire) {
     let t = unsafe { &*(h as *const SleepTimer<'_>) };
     t.fired.set(true);
     let td = t.td;
-    if td.has(tdf::TSLEEPQ) {
-        // SAFETY: on `gd` in a critical section; an armed timer's
-        // thread lives on `gd` (it sleeps, so it cannot migrate), and
-        // it is on `gd`'s sleep queue.
-        unsafe {
+    // SAFETY: on `gd` in a critical section; an armed timer's thread
+    // lives on `gd` (it sleeps or blocks, so it cannot migrate), and
+    // is on `gd`'s sleep queue when the flag says so. A thread that
+    // blocked (`Cur::block_timeout`) is only scheduled; one that runs
+    // or is runnable already is left as it is.
+    unsafe {
+        if td.has(tdf::TSLEEPQ) {
             sleep::unqueue(gd, td);
-            crate::sched::schedule_local(gd, td);
         }
+        crate::intr::wake(gd, td);
     }
 }
 

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use super::{model, Entry, TwoCpus, NOW};
 use crate::callout::{Callout, Fired};
 use crate::crit;
-use crate::sched::{crit_exit_td, MyCpu};
+use crate::crit::crit_exit_td;
+use crate::mycpu::MyCpu;
 use crate::sync::{AtomicBool, Ordering};
 use crate::CpuId;
 

@@ -13,6 +13,7 @@
 
 mod callout;
 mod cpusync;
+mod intr;
 mod sleep;
 mod timer;
 
@@ -23,8 +24,8 @@ use std::sync::Arc;
 use crate::arch::{Arch, Context, EntryFn, Stack};
 use crate::cpu::{Cpu, CpuId, MachineState};
 use crate::crit;
+use crate::crit::crit_exit_td;
 use crate::ipiq::IpiRing;
-use crate::sched::crit_exit_td;
 use crate::sync::Ordering;
 use crate::thread::{Priority, Thread};
 
