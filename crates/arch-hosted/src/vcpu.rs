@@ -125,12 +125,21 @@ fn signal(v: &Vcpu) {
     }
 }
 
-/// The host's monotonic clock in nanoseconds since the first call
-/// (`Arch::clock`).
+/// The host's monotonic clock in nanoseconds (`Arch::clock`): `CLOCK_MONOTONIC`
+/// (what `Instant` reads), read directly, without `Instant`'s epoch
+/// arithmetic: a callout's `reset` reads it every time.
+#[inline]
 pub(crate) fn clock_ns() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// Deliver the one-shot timers of `vcpus` that are due at `now`: record
@@ -288,8 +297,8 @@ pub static HOSTED: HostedArch = HostedArch;
 // `current_cpu` is the vCPU thread-local, set for the idle loop's whole run;
 // stacks are private mappings; `kick` makes the target run `ipi_interrupt`
 // (signal) or leave `idle_wait` (unpark), and `idle_wait` re-checks
-// `has_pending` after publishing that it sleeps; `clock` is `Instant`
-// (monotonic); a timer set by `set_timer` is delivered by the watchdog
+// `has_pending` after publishing that it sleeps; `clock` is
+// `CLOCK_MONOTONIC` (monotonic); a timer set by `set_timer` is delivered by the watchdog
 // thread (`post_timer`, then a kick).
 unsafe impl Arch for HostedArch {
     fn current_cpu(&self) -> Option<NonNull<Cpu>> {

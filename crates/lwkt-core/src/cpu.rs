@@ -404,6 +404,10 @@ pub struct Cpu {
     pub(crate) sleepq: UnsafeCell<SleepQueues>,
     /// Armed timers (`gd_systimerq`), owner-only.
     pub(crate) timers: crate::wheel::Wheel,
+    /// The deadline given to the backend's one-shot timer last
+    /// (`u64::MAX`: none), owner-only: `timer::insert` programs it again
+    /// only for an earlier one.
+    pub(crate) timer_programmed: Cell<u64>,
     /// Device interrupt lines and their threads.
     pub(crate) intr: crate::intr::IntrTable,
     pub(crate) idle: Thread,
@@ -506,6 +510,7 @@ impl Cpu {
             runq: UnsafeCell::new(RunQueue::new()),
             sleepq: UnsafeCell::new(SleepQueues::new()),
             timers: crate::wheel::Wheel::new(),
+            timer_programmed: Cell::new(u64::MAX),
             intr: crate::intr::IntrTable::new(),
             idle,
             reqflags: AtomicU32::new(0),

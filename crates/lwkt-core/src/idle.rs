@@ -102,6 +102,8 @@ impl Cpu {
             // machine, inside a critical section.
             unsafe { arch.idle_wait(self) };
         }
+        // SAFETY: on this CPU, in the idle thread's critical section, for good.
+        unsafe { crate::timer::retire(self) };
         idle.critcount.store(0, Ordering::Relaxed);
     }
 }

@@ -103,6 +103,7 @@
 extern crate std;
 
 mod arch;
+mod callout;
 mod cpu;
 mod cpusync;
 mod crit;
@@ -138,6 +139,7 @@ mod loom_models;
 pub use lwkt_token as token;
 
 pub use arch::{Arch, Context, EntryFn, Stack};
+pub use callout::{Callout, Fired};
 pub use cpu::{
     Cpu, CpuId, CpuMask, CpuSnapshot, CpuStats, CpuStatsSnapshot, MachineState, MAX_CPUS,
 };

@@ -11,6 +11,7 @@
 //! modelled by making the CPU's idle thread current. Every model runs once
 //! per entry ([`model`]).
 
+mod callout;
 mod cpusync;
 mod intr;
 mod sleep;
