@@ -528,14 +528,15 @@ impl<P: PageSource> Slab<P> {
                         // The run of chunks of the same zone that follows
                         // goes with it, in one push (they are linked
                         // already, through the same first words).
-                        let mut last = c;
+                        let (mut last, mut n) = (c, 1);
                         while !next.is_null() && Zone::of(next) == z {
                             #[cfg(debug_assertions)]
                             self.check_free(z, next, (*z).class as usize);
                             last = next;
+                            n += 1;
                             next = next.cast::<*mut u8>().read();
                         }
-                        Zone::remote_free_chain(z, c, last, &self.cpus[owner].queue);
+                        Zone::remote_free_chain(z, c, last, n, &self.cpus[owner].queue);
                     }
                     c = next;
                 }
@@ -637,7 +638,7 @@ impl<P: PageSource> Slab<P> {
                     let mut z = cs.partial[class].head;
                     while !z.is_null() {
                         let next = (*z).next;
-                        (*z).absorb_remote();
+                        Zone::absorb_remote(z);
                         if (*z).nfree == (*z).nmax {
                             self.release(cpu, z, 0);
                         }
@@ -848,13 +849,13 @@ impl<P: PageSource> Slab<P> {
         // SAFETY: forwarded. The zone is reached through `z` each time, as
         // the list operations write its links through `z` too.
         unsafe {
-            if (*z).absorb_remote() > 0 {
+            if Zone::absorb_remote(z) > 0 {
                 return;
             }
             let cs = self.cs(cpu);
             let class = (*z).class as usize;
             cs.partial[class].remove(z);
-            if (*z).mark_full() > 0 {
+            if Zone::mark_full(z) > 0 {
                 (*z).mark_not_full();
                 cs.partial[class].push_front(z);
             } else {
@@ -957,7 +958,7 @@ impl<P: PageSource> Slab<P> {
     unsafe fn absorbed(&self, cpu: usize, z: *mut Zone) {
         // SAFETY: forwarded; `z` is used afresh around list operations.
         unsafe {
-            (*z).absorb_remote();
+            Zone::absorb_remote(z);
             let class = (*z).class as usize;
             if (*z).on_full && (*z).nfree > 0 {
                 let cs = self.cs(cpu);
