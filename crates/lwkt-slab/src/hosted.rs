@@ -871,6 +871,20 @@ unsafe impl CpuContext for ThreadSlots {
     }
 }
 
+/// Hint the CPU to bring the line at `p` into its cache (nothing where no
+/// hint is known). Never faults, whatever `p` is (null included).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it reads nothing the program can
+    // see and never faults, even for a dangling or null address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Size classes a thread cache holds: chunks up to 1 KiB.
 const TC_CLASSES: usize = 40;
 
@@ -901,6 +915,23 @@ struct Bin {
     n: Cell<u32>,
 }
 
+/// Runs of freed chunks of other slots' zones a thread cache gathers
+/// before pushing each on its zone's remote list: one per zone at a time,
+/// placed by the zone's address (direct-mapped). A power of two.
+const RUNS: usize = 16;
+
+/// Chunks a run gathers at most before it is pushed.
+const RUN_MAX: u32 = 32;
+
+/// Freed chunks of one zone of another slot, linked through their first
+/// words from `first` (the newest) to `last` (null link), `n` of them (0:
+/// no run).
+struct Run {
+    first: Cell<*mut u8>,
+    last: Cell<*mut u8>,
+    n: Cell<u32>,
+}
+
 /// A thread's cache of free chunks of one [`GlobalSlab`] (the first one
 /// made with [`GlobalSlab::thread_cached`] that the thread uses), with the
 /// counts of what it handed out and took back not yet told to the slab's
@@ -910,6 +941,7 @@ struct Bin {
 struct ThreadCache {
     owner: Cell<Option<&'static GlobalSlab>>,
     bins: [Bin; TC_CLASSES],
+    runs: [Run; RUNS],
     calls: Cell<u64>,
     frees: Cell<u64>,
     bytes: Cell<isize>,
@@ -925,6 +957,13 @@ impl ThreadCache {
                     n: Cell::new(0),
                 }
             }; TC_CLASSES],
+            runs: [const {
+                Run {
+                    first: Cell::new(ptr::null_mut()),
+                    last: Cell::new(ptr::null_mut()),
+                    n: Cell::new(0),
+                }
+            }; RUNS],
             calls: Cell::new(0),
             frees: Cell::new(0),
             bytes: Cell::new(0),
@@ -1127,6 +1166,9 @@ impl GlobalSlab {
         // cache is in use meanwhile).
         let list = {
             let _inside = Inside::enter();
+            for r in &tc.runs {
+                self.flush_run(r);
+            }
             let mut list: *mut u8 = ptr::null_mut();
             for b in &tc.bins {
                 let mut c = b.head.replace(ptr::null_mut());
@@ -1150,6 +1192,47 @@ impl GlobalSlab {
             self.slab
                 .give_chunks(&self.slots, list, |cpu| self.fold(tc, cpu))
         };
+    }
+
+    /// Push a thread cache's run (if any) on its zone's remote list, and
+    /// empty it. Inside the allocator (`Inside`), on the cache's thread.
+    fn flush_run(&self, r: &Run) {
+        let n = r.n.replace(0);
+        if n > 0 {
+            // SAFETY: the run holds `n` free chunks of one zone of this
+            // slab, linked from `first` to `last`, off the cache now.
+            unsafe { self.slab.give_run(r.first.get(), r.last.get(), n) };
+        }
+    }
+
+    /// Free chunk `p` of zone `z`, another slot's, into this thread's
+    /// run for `z`: pushed on the zone's remote list once it holds
+    /// `RUN_MAX` chunks, or when a chunk of another zone needs its place.
+    /// Inside the allocator, on the cache's thread.
+    ///
+    /// # Safety
+    /// `p` is an allocated chunk of this slab in zone `z`, given up.
+    #[inline(always)]
+    unsafe fn free_to_run(&self, tc: &ThreadCache, p: *mut u8, z: *mut Zone) {
+        let r = &tc.runs[(z.addr() / ZONE_SIZE) & (RUNS - 1)];
+        let n = r.n.get();
+        let first = r.first.get();
+        if n > 0 && Zone::of(first) == z {
+            // SAFETY: the chunk is ours; its first word links the run.
+            unsafe { p.cast::<*mut u8>().write(first) };
+            r.first.set(p);
+            r.n.set(n + 1);
+            if n + 1 == RUN_MAX {
+                self.flush_run(r);
+            }
+            return;
+        }
+        self.flush_run(r);
+        // SAFETY: as above; the run's last link is null.
+        unsafe { p.cast::<*mut u8>().write(ptr::null_mut()) };
+        r.first.set(p);
+        r.last.set(p);
+        r.n.set(1);
     }
 
     /// The size class a thread cache serves `layout` from, if any.
@@ -1181,7 +1264,13 @@ impl GlobalSlab {
             }
             // SAFETY: a free chunk of the cache: its first word links the
             // next.
-            b.head.set(unsafe { p.cast::<*mut u8>().read() });
+            let next = unsafe { p.cast::<*mut u8>().read() };
+            b.head.set(next);
+            // The next allocation of the class reads `next`'s link: ask
+            // for its line now, so that the miss (it was likely freed on
+            // another CPU) overlaps the caller's work instead of stalling
+            // that allocation.
+            prefetch(next);
             b.n.set(b.n.get() - 1);
             tc.calls.set(tc.calls.get() + 1);
             tc.bytes.set(tc.bytes.get() + CHUNK[class] as isize);
@@ -1281,6 +1370,22 @@ impl GlobalSlab {
                 if !tc.serves(self) && !self.bind_cold(tc) {
                     return false;
                 }
+                let z = Zone::of(p);
+                // SAFETY: `p` is an allocated chunk, so its zone is live
+                // and its owner fixed.
+                let owner = unsafe { (*z).owner } as usize;
+                if owner != SLOT.with(Cell::get) {
+                    // Another slot's chunk (or this thread has none yet):
+                    // back to its zone, with others of the zone in one
+                    // push, rather than into this thread's cache. Its
+                    // owner reuses it (lines it wrote itself), and nobody
+                    // walks a chain of it later.
+                    tc.frees.set(tc.frees.get() + 1);
+                    tc.bytes.set(tc.bytes.get() - CHUNK[class] as isize);
+                    // SAFETY: forwarded (given up by the caller).
+                    unsafe { self.free_to_run(tc, p, z) };
+                    return true;
+                }
                 let b = &tc.bins[class];
                 // SAFETY: the chunk is given up to us; its first word
                 // links the cache.
@@ -1293,19 +1398,21 @@ impl GlobalSlab {
                     b.n.set(n);
                     return true;
                 }
-                // Over the cap: unlink the first half as a list.
-                let half = TC_CAP[class] / 2;
+                // Over the cap: unlink the newest chunks as a list (warm
+                // in this CPU's cache: just freed), leaving half the cap
+                // (all at once, however many a refill brought).
+                let give = n - TC_CAP[class] / 2;
                 let mut last = p;
-                for _ in 1..half {
-                    // SAFETY: the bin holds `n > half` chunks, linked.
+                for _ in 1..give {
+                    // SAFETY: the bin holds `n > give` chunks, linked.
                     last = unsafe { last.cast::<*mut u8>().read() };
                 }
-                // SAFETY: as above; `last` is the `half`th chunk.
+                // SAFETY: as above; `last` is the `give`th chunk.
                 unsafe {
                     b.head.set(last.cast::<*mut u8>().read());
                     last.cast::<*mut u8>().write(ptr::null_mut());
                 }
-                b.n.set(n - half);
+                b.n.set(n - give);
                 p
             };
             // SAFETY: free chunks of this slab, off the cache.

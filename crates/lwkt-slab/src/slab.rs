@@ -411,6 +411,44 @@ impl<P: PageSource> Slab<P> {
         }
     }
 
+    /// Give back a run of `n` chunks of one zone, linked from `first` to
+    /// `last` through their first words, with no CPU: one push on the
+    /// zone's remote list, for its owner to take as from any other CPU (a
+    /// thread cache's frees of other CPUs' chunks, batched per zone). Not
+    /// accounted (see `take_chunks`).
+    ///
+    /// # Safety
+    /// The `n >= 1` chunks are of one zone of this slab, came from it
+    /// (`take_chunks` or `alloc`) and are free: linked from `first` to
+    /// `last`, used by nobody after this call.
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn give_run(&self, first: *mut u8, last: *mut u8, n: u32) {
+        let z = Zone::of(first);
+        #[cfg(debug_assertions)]
+        {
+            let mut c = first;
+            for i in 0..n {
+                // SAFETY: the run's chunks are allocated chunks of `z`,
+                // whose header is live; each links the next.
+                unsafe {
+                    self.check_free(z, c, (*z).class as usize);
+                    assert!(
+                        (i + 1 == n) == (c == last),
+                        "lwkt-slab: a run's count disagrees with its links"
+                    );
+                    c = c.cast::<*mut u8>().read();
+                }
+            }
+        }
+        // SAFETY: the chunks are allocated (the caller's), so their zone
+        // is live and its owner (one of our CPUs) fixed; they are given up
+        // here, linked, `n` of them.
+        unsafe {
+            let owner = (*z).owner as usize;
+            Zone::remote_free_chain(z, first, last, n, &self.cpus[owner].queue);
+        }
+    }
+
     /// Take up to `n` chunks of `class` for a thread's cache (the hosted
     /// allocator's), linked through their first words; the list's head and
     /// length. Taking them is not accounted: the cache accounts each block
