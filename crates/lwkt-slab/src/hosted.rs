@@ -9,7 +9,7 @@ use core::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicUsize, Ord
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
 
-use crate::class::{is_small, route, Route, CHUNK, PAGE_SIZE, ZONE_LIMIT, ZONE_SIZE};
+use crate::class::{is_small, route, small_class, Route, CHUNK, PAGE_SIZE, ZONE_LIMIT, ZONE_SIZE};
 use crate::slab::large_bytes;
 use crate::zone::Zone;
 use crate::{CpuContext, Domain, DomainId, Flags, MallocStats, MallocType, PageSource, Slab};
@@ -722,6 +722,17 @@ impl Inside {
         compiler_fence(Ordering::SeqCst);
         Inside
     }
+
+    /// [`enter`](Self::enter) for a thread just seen outside (`HELD` 0):
+    /// one store in, one store out. A signal handler that runs between
+    /// the look and the store leaves `HELD` as it found it, and nested
+    /// entries inside give it back before this guard's drop.
+    #[inline(always)]
+    fn enter_from_outside() -> Outside {
+        HELD.with(|h| h.set(1));
+        compiler_fence(Ordering::SeqCst);
+        Outside
+    }
 }
 
 impl Drop for Inside {
@@ -729,6 +740,17 @@ impl Drop for Inside {
     fn drop(&mut self) {
         compiler_fence(Ordering::SeqCst);
         HELD.with(|h| h.set(h.get() - 1));
+    }
+}
+
+/// The guard of [`Inside::enter_from_outside`]: outside again on drop.
+struct Outside;
+
+impl Drop for Outside {
+    #[inline(always)]
+    fn drop(&mut self) {
+        compiler_fence(Ordering::SeqCst);
+        HELD.with(|h| h.set(0));
     }
 }
 
@@ -885,8 +907,10 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// Size classes a thread cache holds: chunks up to 1 KiB.
-const TC_CLASSES: usize = 40;
+/// Size classes a thread cache holds: chunks up to 1 KiB (the classes
+/// `small_class` gives).
+const TC_CLASSES: usize = crate::class::FINE_CLASSES;
+const _: () = assert!(TC_CLASSES == 40 && CHUNK[TC_CLASSES - 1] == 1024);
 
 /// Chunks a thread cache holds per class at most: about 16 KiB of them,
 /// at least 16 and at most 128. Half of this moves between the cache and
@@ -940,6 +964,9 @@ struct Run {
 /// interrupts an operation on it takes the re-entered path instead.
 struct ThreadCache {
     owner: Cell<Option<&'static GlobalSlab>>,
+    /// The thread's exit hook gave the cache back: it serves nothing from
+    /// now on (later destructors' calls go to the slab).
+    gone: Cell<bool>,
     bins: [Bin; TC_CLASSES],
     runs: [Run; RUNS],
     calls: Cell<u64>,
@@ -951,6 +978,7 @@ impl ThreadCache {
     const fn new() -> ThreadCache {
         ThreadCache {
             owner: Cell::new(None),
+            gone: Cell::new(false),
             bins: [const {
                 Bin {
                     head: Cell::new(ptr::null_mut()),
@@ -977,21 +1005,33 @@ impl ThreadCache {
     }
 }
 
-impl Drop for ThreadCache {
-    /// The thread exits: every chunk goes back to the slab, the counts to
-    /// its type. Frees after this (later destructors) find the cache gone
-    /// and go to the slab directly.
+/// Gives this thread's cache back when the thread exits (its
+/// destructor), registered when the cache first serves an allocator. The
+/// cache itself has no destructor, so that reaching it is a plain
+/// thread-local access, with no state to check on every call.
+struct ExitHook;
+
+impl Drop for ExitHook {
+    /// The thread exits: every chunk of its cache goes back to the slab,
+    /// the counts to its type. Calls after this (later destructors) find
+    /// the cache gone and go to the slab directly.
     fn drop(&mut self) {
-        if let Some(g) = self.owner.get() {
-            g.drain(self);
-        }
+        let _ = CACHE.try_with(|tc| {
+            tc.gone.set(true);
+            if let Some(g) = tc.owner.take() {
+                g.drain(tc);
+            }
+        });
     }
 }
 
 std::thread_local! {
-    /// This thread's cache of free chunks. Const-initialised: the first
-    /// access allocates nothing (the C library records the destructor).
+    /// This thread's cache of free chunks. Const-initialised, without a
+    /// destructor (see `ExitHook`): the first access allocates nothing.
     static CACHE: ThreadCache = const { ThreadCache::new() };
+    /// The cache's exit hook (the C library records its destructor at the
+    /// first access).
+    static EXIT: ExitHook = const { ExitHook };
 }
 
 /// A whole program's allocator on the slab: `#[global_allocator]`.
@@ -1235,9 +1275,22 @@ impl GlobalSlab {
         r.n.set(1);
     }
 
-    /// The size class a thread cache serves `layout` from, if any.
+    /// The size class of `layout` when it is one of the usual layouts (1
+    /// to 1024 bytes, aligned to at most 8, which the classes' 8-byte
+    /// grain honours): one table lookup; the calls' fast paths serve
+    /// these, the rest goes the slow way.
     #[inline(always)]
+    fn fast_class(layout: Layout) -> Option<usize> {
+        let (size, align) = (layout.size(), layout.align());
+        (size.wrapping_sub(1) < CHUNK[TC_CLASSES - 1] && align <= 8).then(|| small_class(size))
+    }
+
+    /// The size class a thread cache serves `layout` from, if any.
+    #[inline]
     fn cache_class(layout: Layout) -> Option<usize> {
+        if let Some(class) = Self::fast_class(layout) {
+            return Some(class);
+        }
         if layout.align() > PAGE_SIZE {
             return None;
         }
@@ -1247,16 +1300,17 @@ impl GlobalSlab {
         }
     }
 
-    /// A chunk of `class` from this thread's cache, refilled from the slab
-    /// when empty; `None` when no cache serves this allocator here (then
-    /// the slab serves the call) or the slab has no memory.
+    /// A chunk of `class` from this thread's cache; `None` when its bin
+    /// is empty, no cache serves this allocator here yet, or the thread is
+    /// inside the allocator already (a signal handler): then
+    /// `alloc_slow` decides.
     #[inline(always)]
-    fn cached_alloc(&self, class: usize) -> Option<*mut u8> {
-        let hit = CACHE.try_with(|tc| {
-            let _inside = Inside::enter();
-            if !tc.serves(self) {
+    fn tc_alloc(&self, class: usize) -> Option<*mut u8> {
+        CACHE.with(|tc| {
+            if this_thread_is_inside() || !tc.serves(self) {
                 return None;
             }
+            let _inside = Inside::enter_from_outside();
             let b = &tc.bins[class];
             let p = b.head.get();
             if p.is_null() {
@@ -1275,12 +1329,7 @@ impl GlobalSlab {
             tc.calls.set(tc.calls.get() + 1);
             tc.bytes.set(tc.bytes.get() + CHUNK[class] as isize);
             Some(p)
-        });
-        match hit {
-            Ok(Some(p)) => Some(p),
-            Ok(None) => self.refill_cached(class),
-            Err(_) => None,
-        }
+        })
     }
 
     /// The cache's class is empty (or the cache serves nothing yet): take
@@ -1332,47 +1381,52 @@ impl GlobalSlab {
             .flatten()
     }
 
-    /// [`bind`](Self::bind), out of the free path.
-    #[cold]
-    #[inline(never)]
-    fn bind_cold(&self, tc: &ThreadCache) -> bool {
-        self.bind(tc)
-    }
-
     /// Make `tc` (this thread's cache) serve `self` if it serves nothing
-    /// yet and `self` is at home; whether it serves `self`.
+    /// yet, has not been given back at the thread's exit, and `self` is at
+    /// home; whether it serves `self`. The first binding registers the
+    /// exit hook that gives the cache back (if the thread is exiting
+    /// already, the cache stays unbound).
     fn bind(&self, tc: &ThreadCache) -> bool {
         let _inside = Inside::enter();
-        if tc.owner.get().is_none() {
+        if tc.owner.get().is_none() && !tc.gone.get() {
             if let Some(home) = self.home.filter(|h| ptr::eq(*h, self)) {
-                tc.owner.set(Some(home));
+                if EXIT.try_with(|_| ()).is_ok() {
+                    tc.owner.set(Some(home));
+                }
             }
         }
         tc.serves(self)
     }
 
-    /// Free a chunk of `class` into this thread's cache; past its cap,
-    /// half goes back to the slab (holding the slot once). `false` when no
-    /// cache serves this allocator here (then the slab takes it).
+    /// Free chunk `p` of `class` through this thread's cache: into its bin
+    /// (past the cap, the newest chunks go back to the slab, holding the
+    /// slot once), or, for another slot's chunk, into the zone's run.
+    /// `false` when no cache serves this allocator here yet, the thread is
+    /// inside the allocator already (a signal handler), or `p` is a span
+    /// of the re-entered path: then `dealloc_slow` decides.
     ///
     /// # Safety
-    /// `p` is a chunk of this allocator's slab of size class `class` (not
-    /// a re-entered path's span), given up by the caller.
+    /// `p` is a block of this allocator with a layout of size class
+    /// `class`, given up by the caller.
     #[inline(always)]
-    unsafe fn cached_free(&self, p: *mut u8, class: usize) -> bool {
-        #[cfg(debug_assertions)]
-        self.slab.check_chunk(p, class);
-        let r = CACHE.try_with(|tc| {
+    unsafe fn tc_free(&self, p: *mut u8, class: usize) -> bool {
+        if p.addr() & (ZONE_SIZE - 1) == 0 {
+            // A span of the re-entered path: no chunk starts a zone.
+            return false;
+        }
+        CACHE.with(|tc| {
+            if this_thread_is_inside() || !tc.serves(self) {
+                return false;
+            }
+            #[cfg(debug_assertions)]
+            self.slab.check_chunk(p, class);
             let spill = {
-                let _inside = Inside::enter();
-                // A thread that frees before it allocates (a consumer)
-                // binds its cache here.
-                if !tc.serves(self) && !self.bind_cold(tc) {
-                    return false;
-                }
+                let _inside = Inside::enter_from_outside();
+                tc.frees.set(tc.frees.get() + 1);
+                tc.bytes.set(tc.bytes.get() - CHUNK[class] as isize);
                 let z = Zone::of(p);
-                // SAFETY: `p` is an allocated chunk, so its zone is live
-                // and its owner fixed.
+                // SAFETY: `p` is an allocated chunk (not at a zone's
+                // start), so its zone is live and its owner fixed.
                 let owner = unsafe { (*z).owner } as usize;
                 if owner != SLOT.with(Cell::get) {
                     // Another slot's chunk (or this thread has none yet):
@@ -1380,8 +1434,6 @@ impl GlobalSlab {
                     // push, rather than into this thread's cache. Its
                     // owner reuses it (lines it wrote itself), and nobody
                     // walks a chain of it later.
-                    tc.frees.set(tc.frees.get() + 1);
-                    tc.bytes.set(tc.bytes.get() - CHUNK[class] as isize);
                     // SAFETY: forwarded (given up by the caller).
                     unsafe { self.free_to_run(tc, p, z) };
                     return true;
@@ -1392,37 +1444,53 @@ impl GlobalSlab {
                 unsafe { p.cast::<*mut u8>().write(b.head.get()) };
                 b.head.set(p);
                 let n = b.n.get() + 1;
-                tc.frees.set(tc.frees.get() + 1);
-                tc.bytes.set(tc.bytes.get() - CHUNK[class] as isize);
                 if n <= TC_CAP[class] {
                     b.n.set(n);
                     return true;
                 }
-                // Over the cap: unlink the newest chunks as a list (warm
-                // in this CPU's cache: just freed), leaving half the cap
-                // (all at once, however many a refill brought).
-                let give = n - TC_CAP[class] / 2;
-                let mut last = p;
-                for _ in 1..give {
-                    // SAFETY: the bin holds `n > give` chunks, linked.
-                    last = unsafe { last.cast::<*mut u8>().read() };
-                }
-                // SAFETY: as above; `last` is the `give`th chunk.
-                unsafe {
-                    b.head.set(last.cast::<*mut u8>().read());
-                    last.cast::<*mut u8>().write(ptr::null_mut());
-                }
-                b.n.set(n - give);
-                p
+                Self::cut_spill(b, n, class)
             };
+            // Outside again: giving back takes the slot.
             // SAFETY: free chunks of this slab, off the cache.
-            unsafe {
-                self.slab
-                    .give_chunks(&self.slots, spill, |cpu| self.fold(tc, cpu))
-            };
+            unsafe { self.give_spill(tc, spill) };
             true
-        });
-        r.unwrap_or(false)
+        })
+    }
+
+    /// A bin of `n` chunks is over its cap: unlink the newest as a list
+    /// (warm in this CPU's cache: just freed), leaving half the cap (all
+    /// at once, however many a refill brought).
+    #[cold]
+    #[inline(never)]
+    fn cut_spill(b: &Bin, n: u32, class: usize) -> *mut u8 {
+        let give = n - TC_CAP[class] / 2;
+        let first = b.head.get();
+        let mut last = first;
+        for _ in 1..give {
+            // SAFETY: the bin holds `n > give` chunks, linked.
+            last = unsafe { last.cast::<*mut u8>().read() };
+        }
+        // SAFETY: as above; `last` is the `give`th chunk.
+        unsafe {
+            b.head.set(last.cast::<*mut u8>().read());
+            last.cast::<*mut u8>().write(ptr::null_mut());
+        }
+        b.n.set(n - give);
+        first
+    }
+
+    /// Give a list cut from a bin back to the slab, holding the slot once.
+    ///
+    /// # Safety
+    /// The list's chunks are free chunks of this slab, off the cache.
+    #[cold]
+    #[inline(never)]
+    unsafe fn give_spill(&self, tc: &ThreadCache, list: *mut u8) {
+        // SAFETY: forwarded.
+        unsafe {
+            self.slab
+                .give_chunks(&self.slots, list, |cpu| self.fold(tc, cpu))
+        };
     }
 }
 
@@ -1456,11 +1524,11 @@ impl GlobalSlab {
     }
 
     /// Whether `ptr` (with a small layout) is a span of the re-entered
-    /// path rather than a chunk: chunks lie in the page source's zone
-    /// regions, those spans are mappings of their own.
-    #[inline]
-    fn is_unowned_block(&self, ptr: *mut u8, layout: Layout) -> bool {
-        is_small(layout) && !self.slab.page_source().owns_zone(Zone::of(ptr).cast())
+    /// path rather than a chunk: those spans are mapped aligned to a zone
+    /// (`alloc_unowned`), and no chunk starts a zone (its header is there).
+    #[inline(always)]
+    fn is_unowned_block(ptr: *mut u8, layout: Layout) -> bool {
+        is_small(layout) && ptr.addr() & (ZONE_SIZE - 1) == 0
     }
 
     /// The re-entered path: a span mapped for this allocation alone (page
@@ -1474,7 +1542,14 @@ impl GlobalSlab {
         let Ok(bytes) = large_bytes(layout) else {
             return ptr::null_mut();
         };
-        match self.slab.page_source().alloc_direct(layout) {
+        // A small block's span starts a zone-aligned address, where no
+        // chunk can (`is_unowned_block`).
+        let map = if is_small(layout) {
+            Layout::from_size_align(layout.size(), ZONE_SIZE).ok()
+        } else {
+            Some(layout)
+        };
+        match map.and_then(|m| self.slab.page_source().alloc_direct(m)) {
             Some(p) => {
                 self.ty.account_unowned(bytes as isize);
                 p.as_ptr()
@@ -1493,7 +1568,7 @@ impl GlobalSlab {
     unsafe fn dealloc_unowned(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded; `ptr` is not null (`GlobalAlloc` contract).
         let p = unsafe { NonNull::new_unchecked(ptr) };
-        if !is_small(layout) || self.is_unowned_block(ptr, layout) {
+        if !is_small(layout) || Self::is_unowned_block(ptr, layout) {
             let bytes = large_bytes(layout).expect("checked at allocation");
             self.ty.account_unowned(-(bytes as isize));
             // SAFETY: a span of the page source for `layout`: a large
@@ -1517,66 +1592,47 @@ impl GlobalSlab {
 unsafe impl GlobalAlloc for GlobalSlab {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if Self::reentered() {
-            return self.alloc_unowned(layout);
-        }
         if self.caches_here() {
-            if let Some(class) = Self::cache_class(layout) {
-                if let Some(p) = self.cached_alloc(class) {
+            if let Some(class) = Self::fast_class(layout) {
+                if let Some(p) = self.tc_alloc(class) {
                     return p;
                 }
             }
         }
-        self.slab
-            .alloc(&self.slots, layout, &self.ty, Flags::NONE)
-            .map_or(ptr::null_mut(), NonNull::as_ptr)
+        self.alloc_slow(layout, false)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if Self::reentered() {
-            // Fresh mappings are zero.
-            return self.alloc_unowned(layout);
-        }
         if self.caches_here() {
-            if let Some(class) = Self::cache_class(layout) {
-                if let Some(p) = self.cached_alloc(class) {
+            if let Some(class) = Self::fast_class(layout) {
+                if let Some(p) = self.tc_alloc(class) {
                     // SAFETY: a chunk of at least `layout.size()` bytes.
                     unsafe { ptr::write_bytes(p, 0, layout.size()) };
                     return p;
                 }
             }
         }
-        self.slab
-            .alloc(&self.slots, layout, &self.ty, Flags::ZERO)
-            .map_or(ptr::null_mut(), NonNull::as_ptr)
+        self.alloc_slow(layout, true)
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if Self::reentered() || self.is_unowned_block(ptr, layout) {
-            // SAFETY: forwarded.
-            return unsafe { self.dealloc_unowned(ptr, layout) };
-        }
         if self.caches_here() {
-            if let Some(class) = Self::cache_class(layout) {
-                // SAFETY: a chunk (not a re-entered path's span, tested
-                // above) of the class its layout routes to.
-                if unsafe { self.cached_free(ptr, class) } {
+            if let Some(class) = Self::fast_class(layout) {
+                // SAFETY: the caller's (`GlobalAlloc` contract).
+                if unsafe { self.tc_free(ptr, class) } {
                     return;
                 }
             }
         }
-        // SAFETY: `GlobalAlloc` contract: `ptr` came from us with `layout`.
-        unsafe {
-            self.slab
-                .free(&self.slots, NonNull::new_unchecked(ptr), layout, &self.ty)
-        }
+        // SAFETY: forwarded.
+        unsafe { self.dealloc_slow(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if Self::reentered() || self.is_unowned_block(ptr, layout) {
+        if Self::reentered() || Self::is_unowned_block(ptr, layout) {
             // Allocate, copy and free, each on its own path.
             let Ok(new) = Layout::from_size_align(new_size, layout.align()) else {
                 return ptr::null_mut();
@@ -1598,7 +1654,7 @@ unsafe impl GlobalAlloc for GlobalSlab {
                 return unsafe { self.move_block(ptr, layout, new) };
             }
         }
-        // SAFETY: as in `dealloc`.
+        // SAFETY: `GlobalAlloc` contract: `ptr` came from us with `layout`.
         unsafe {
             self.slab.realloc(
                 &self.slots,
@@ -1610,6 +1666,64 @@ unsafe impl GlobalAlloc for GlobalSlab {
             )
         }
         .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+}
+
+impl GlobalSlab {
+    /// Every allocation the thread cache did not serve: a re-entered
+    /// thread's (a span of its own), a cache bin to refill (or bind), and
+    /// the slab's (large blocks, or no thread cache).
+    #[inline(never)]
+    fn alloc_slow(&self, layout: Layout, zero: bool) -> *mut u8 {
+        if Self::reentered() {
+            // Fresh mappings are zero.
+            return self.alloc_unowned(layout);
+        }
+        if self.caches_here() {
+            if let Some(class) = Self::cache_class(layout) {
+                // The fast path serves only `fast_class` layouts.
+                if let Some(p) = self.tc_alloc(class).or_else(|| self.refill_cached(class)) {
+                    if zero {
+                        // SAFETY: a chunk of at least `layout.size()` bytes.
+                        unsafe { ptr::write_bytes(p, 0, layout.size()) };
+                    }
+                    return p;
+                }
+            }
+        }
+        let flags = if zero { Flags::ZERO } else { Flags::NONE };
+        self.slab
+            .alloc(&self.slots, layout, &self.ty, flags)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    /// Every free the thread cache did not take: a re-entered thread's, a
+    /// span of the re-entered path, a consumer's first free (its cache
+    /// binds here), and the slab's (large blocks, or no thread cache).
+    ///
+    /// # Safety
+    /// `GlobalAlloc::dealloc`'s: `ptr` came from us with `layout`.
+    #[inline(never)]
+    unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout) {
+        if Self::reentered() || Self::is_unowned_block(ptr, layout) {
+            // SAFETY: forwarded.
+            return unsafe { self.dealloc_unowned(ptr, layout) };
+        }
+        if self.caches_here() {
+            if let Some(class) = Self::cache_class(layout) {
+                // A thread that frees before it allocates (a consumer)
+                // binds its cache here.
+                // SAFETY: forwarded (a chunk: not a span, tested above).
+                if CACHE.with(|tc| self.bind(tc)) && unsafe { self.tc_free(ptr, class) } {
+                    return;
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe {
+            self.slab
+                .free(&self.slots, NonNull::new_unchecked(ptr), layout, &self.ty)
+        }
     }
 }
 
