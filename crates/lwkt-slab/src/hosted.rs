@@ -35,6 +35,25 @@ const POPULATE_MAX: usize = 8 << 20;
 /// Spans above this size are never cached: mapped and unmapped each time.
 const MAX_CACHED_SPAN: usize = 64 << 20;
 
+/// Address space reserved for a large block that grows (`realloc`): it
+/// grows in place up to this, with no copy and no system call, into pages
+/// that stay resident when the reservation is freed and reused (a vector
+/// grown to megabytes again and again). Reserved, not committed
+/// (`MAP_NORESERVE`): only the pages a block touches use memory.
+#[cfg(target_os = "linux")]
+const GROW_RESERVE: usize = 64 << 20;
+
+/// Growth reservations at most, in use and free together.
+#[cfg(target_os = "linux")]
+const GROW_SLOTS: usize = 64;
+
+/// A block entering a growth reservation from a span up to this long is
+/// copied in (into pages likely resident, a free reservation's), and its
+/// span cached for the next block of that size; a longer one has its
+/// pages moved in (`mremap`), which unmaps its span.
+#[cfg(target_os = "linux")]
+const GROW_COPY_MAX: usize = 256 << 10;
+
 /// Span size classes (see `span_len`): four per power of two up to
 /// `MAX_CACHED_SPAN`.
 const NBINS: usize = 56;
@@ -262,6 +281,15 @@ pub struct HostedPages {
     hot_bytes: AtomicUsize,
     cold_bytes: AtomicUsize,
     span_bytes: AtomicUsize,
+    /// Resident bytes (as far as blocks reached) of free growth
+    /// reservations.
+    #[cfg(target_os = "linux")]
+    grow_bytes: AtomicUsize,
+    /// Growth reservations: a block's address while in use, the address
+    /// with its low bit set while free for reuse, 0 for an empty slot;
+    /// beside each, the bytes its blocks reached (resident at most).
+    #[cfg(target_os = "linux")]
+    grown: [(AtomicUsize, AtomicUsize); GROW_SLOTS],
     reserved: AtomicUsize,
     nregions: AtomicUsize,
     regions: [Region; MAX_REGIONS],
@@ -307,6 +335,10 @@ impl HostedPages {
             hot_bytes: AtomicUsize::new(0),
             cold_bytes: AtomicUsize::new(0),
             span_bytes: AtomicUsize::new(0),
+            #[cfg(target_os = "linux")]
+            grow_bytes: AtomicUsize::new(0),
+            #[cfg(target_os = "linux")]
+            grown: [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; GROW_SLOTS],
             reserved: AtomicUsize::new(0),
             nregions: AtomicUsize::new(0),
             regions: [const { Region::empty() }; MAX_REGIONS],
@@ -335,7 +367,8 @@ impl HostedPages {
         PageStats {
             in_use: self.used.load(Ordering::Relaxed),
             cached: self.hot_bytes.load(Ordering::Relaxed)
-                + self.span_bytes.load(Ordering::Relaxed),
+                + self.span_bytes.load(Ordering::Relaxed)
+                + self.grow_cached(),
             released: self.cold_bytes.load(Ordering::Relaxed),
             reserved: self.reserved.load(Ordering::Relaxed),
         }
@@ -446,9 +479,151 @@ impl HostedPages {
     /// or `alloc_direct(layout)` of this source and is not used after.
     unsafe fn free_direct(&self, p: NonNull<u8>, layout: Layout) {
         let len = span_len(layout.size()).expect("checked at allocation");
+        #[cfg(target_os = "linux")]
+        if let Some(slot) = self.grow_slot(p.as_ptr().addr()) {
+            // SAFETY: a growth reservation in use by this block, given
+            // back (the caller's): unmapped whole, its slot emptied.
+            unsafe { self.grow_unmap(slot) };
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            return;
+        }
         // SAFETY: the caller gives back a span of this length.
         unsafe { libc::munmap(p.as_ptr().cast(), len) };
         self.used.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Bytes of free growth reservations that may be resident.
+    fn grow_cached(&self) -> usize {
+        #[cfg(target_os = "linux")]
+        return self.grow_bytes.load(Ordering::Relaxed);
+        #[cfg(not(target_os = "linux"))]
+        0
+    }
+
+    /// The slot of the growth reservation in use by the block at `addr`.
+    /// Lock-free: each slot is claimed, changed and emptied only by the
+    /// owner of its block (or of the free reservation, once it took it
+    /// with a compare-and-swap), so a block's own slot never changes under
+    /// its owner's search.
+    #[cfg(target_os = "linux")]
+    #[inline]
+    fn grow_slot(&self, addr: usize) -> Option<usize> {
+        self.grown
+            .iter()
+            .position(|(a, _)| a.load(Ordering::Acquire) == addr)
+    }
+
+    /// Unmap the reservation of `slot` and empty the slot.
+    ///
+    /// # Safety
+    /// The caller owns the slot's reservation (its block, given back, or
+    /// a free one it took) and nothing uses it any more.
+    #[cfg(target_os = "linux")]
+    unsafe fn grow_unmap(&self, slot: usize) {
+        let (a, _) = &self.grown[slot];
+        let base = a.load(Ordering::Relaxed) & !1;
+        // SAFETY: the caller's; a reservation is `GROW_RESERVE` bytes.
+        unsafe { libc::munmap(base as *mut libc::c_void, GROW_RESERVE) };
+        a.store(0, Ordering::Release);
+    }
+
+    /// A growth reservation for a block of layout `old` at `p` (`was`
+    /// bytes of span) growing to `now` bytes: a free one taken (its pages
+    /// resident as far as its last block reached) or a fresh one, with
+    /// `p`'s bytes copied to its start (a short span, then cached) or its
+    /// pages moved there (no copy; `p`'s span is unmapped). `None` (and
+    /// `p` untouched) when every slot is in use or the host refuses.
+    ///
+    /// # Safety
+    /// `p` is a span of `was` bytes (page-aligned) for `old`, ours, not in
+    /// a reservation; `now <= GROW_RESERVE`.
+    #[cfg(target_os = "linux")]
+    unsafe fn grow_into_reserve(
+        &self,
+        p: NonNull<u8>,
+        old: Layout,
+        was: usize,
+        now: usize,
+    ) -> Option<NonNull<u8>> {
+        // A free reservation, taken by the compare-and-swap that marks it
+        // in use; else an empty slot, claimed the same way for a fresh one.
+        let mut got = None;
+        for (slot, (a, high)) in self.grown.iter().enumerate() {
+            let v = a.load(Ordering::Relaxed);
+            if v & 1 == 1
+                && a.compare_exchange(v, v & !1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.grow_bytes
+                    .fetch_sub(high.load(Ordering::Relaxed), Ordering::Relaxed);
+                got = Some((slot, v & !1));
+                break;
+            }
+        }
+        let (slot, base) = match got {
+            Some(g) => g,
+            None => {
+                // SAFETY: an anonymous private reservation; nothing is
+                // touched.
+                let m = unsafe {
+                    libc::mmap(
+                        ptr::null_mut(),
+                        GROW_RESERVE,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                        -1,
+                        0,
+                    )
+                };
+                if m == libc::MAP_FAILED {
+                    return None;
+                }
+                let base = m.addr();
+                let Some(slot) = self.grown.iter().position(|(a, _)| {
+                    a.compare_exchange(0, base, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                }) else {
+                    // SAFETY: just mapped, ours, unused.
+                    unsafe { libc::munmap(m, GROW_RESERVE) };
+                    return None;
+                };
+                self.grown[slot].1.store(0, Ordering::Relaxed);
+                (slot, base)
+            }
+        };
+        let high = &self.grown[slot].1;
+        high.store(high.load(Ordering::Relaxed).max(now), Ordering::Relaxed);
+        if was <= GROW_COPY_MAX {
+            // SAFETY: distinct mappings, ours; `p` holds `old.size()`
+            // live bytes, the reservation more than `was >= old.size()`.
+            // `p` is then given back as a span: still charged here, so
+            // charged once more for `free_large` to uncharge.
+            unsafe {
+                ptr::copy_nonoverlapping(p.as_ptr(), base as *mut u8, old.size());
+                self.used.fetch_add(was, Ordering::Relaxed);
+                self.free_large(p, old);
+            }
+            return NonNull::new(base as *mut u8);
+        }
+        // SAFETY: `p` is ours, `was` bytes; the reservation is ours and
+        // at least `was` long: its first `was` bytes are replaced by
+        // `p`'s pages (the kernel moves them, keeping their contents),
+        // and `p`'s range is unmapped.
+        let q = unsafe {
+            libc::mremap(
+                p.as_ptr().cast(),
+                was,
+                was,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                base as *mut libc::c_void,
+            )
+        };
+        if q == libc::MAP_FAILED {
+            // SAFETY: the reservation is ours, unused.
+            unsafe { self.grow_unmap(slot) };
+            return None;
+        }
+        NonNull::new(q.cast())
     }
 }
 
@@ -456,6 +631,14 @@ impl Drop for HostedPages {
     /// Unmap the regions (zones die with them) and the cached spans (large
     /// blocks still out stay mapped).
     fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        for (a, _) in &mut self.grown {
+            let v = *a.get_mut();
+            if v & 1 == 1 {
+                // SAFETY: a free reservation of ours, unused.
+                unsafe { libc::munmap((v & !1) as *mut libc::c_void, GROW_RESERVE) };
+            }
+        }
         let n = *self.nregions.get_mut();
         for r in &mut self.regions[..n] {
             // SAFETY: a mapping `grow` made, with its length; `&mut self`
@@ -586,6 +769,24 @@ unsafe impl PageSource for HostedPages {
 
     unsafe fn free_large(&self, p: NonNull<u8>, layout: Layout) {
         let len = span_len(layout.size()).expect("checked at allocation");
+        #[cfg(target_os = "linux")]
+        if let Some(slot) = self.grow_slot(p.as_ptr().addr()) {
+            // A growth reservation: kept for the next block that grows
+            // while the free ones' resident bytes stay within the span
+            // cache's bound, else unmapped.
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            let (a, high) = &self.grown[slot];
+            let h = high.load(Ordering::Relaxed);
+            if self.grow_bytes.fetch_add(h, Ordering::Relaxed) + h <= SPAN_CACHE_BYTES {
+                a.store(p.as_ptr().addr() | 1, Ordering::Release);
+            } else {
+                self.grow_bytes.fetch_sub(h, Ordering::Relaxed);
+                // SAFETY: the block's reservation, given back (the
+                // caller's contract).
+                unsafe { self.grow_unmap(slot) };
+            }
+            return;
+        }
         if len <= MAX_CACHED_SPAN {
             let bin = span_bin(len);
             let kept = self.spans.with(|c| {
@@ -616,8 +817,40 @@ unsafe impl PageSource for HostedPages {
         _nowait: bool,
     ) -> Option<NonNull<u8>> {
         let (was, now) = (span_len(old.size())?, span_len(new.size())?);
+        #[cfg(target_os = "linux")]
+        if let Some(slot) = self.grow_slot(p.as_ptr().addr()) {
+            // A block in a growth reservation: it grows or shrinks in
+            // place within the reservation.
+            if now > GROW_RESERVE {
+                return None;
+            }
+            if now > was && !self.charge(now - was) {
+                return None;
+            }
+            if now < was {
+                self.used.fetch_sub(was - now, Ordering::Relaxed);
+            }
+            let high = &self.grown[slot].1;
+            high.store(high.load(Ordering::Relaxed).max(now), Ordering::Relaxed);
+            return Some(p);
+        }
         if was == now {
             return Some(p);
+        }
+        #[cfg(target_os = "linux")]
+        if now > was && now <= GROW_RESERVE && old.align() <= PAGE_SIZE {
+            // A block that grows goes into a growth reservation (its
+            // pages moved, not copied), where it grows in place from now
+            // on.
+            if !self.charge(now - was) {
+                return None;
+            }
+            // SAFETY: `p` is a span of `was` bytes, ours (the caller's
+            // contract), not in a reservation (searched above).
+            if let Some(q) = unsafe { self.grow_into_reserve(p, old, was, now) } {
+                return Some(q);
+            }
+            self.used.fetch_sub(now - was, Ordering::Relaxed);
         }
         if now > was && now <= MAX_CACHED_SPAN {
             // Growing, and the cache has a span of the new size: copy into
@@ -1730,6 +1963,60 @@ impl GlobalSlab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A large block that grows moves into a growth reservation once (its
+    /// pages moved, its bytes kept), then grows and shrinks in place; once
+    /// freed, the reservation serves the next block that grows.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_growing_block_grows_in_place_in_its_reservation() {
+        let pages = HostedPages::growing(1 << 20);
+        let l = |n: usize| Layout::from_size_align(n, 8).unwrap();
+        let (p, _) = pages.alloc_large(l(20_000), false).unwrap();
+        // SAFETY: the block is ours, 20,000 bytes and more.
+        unsafe { p.as_ptr().write_bytes(7, 20_000) };
+        // SAFETY: `p` is ours with the old layout; each step keeps what
+        // it holds.
+        let q = unsafe { pages.realloc_large(p, l(20_000), l(40_000), false) }.unwrap();
+        assert!(pages.grow_slot(q.as_ptr().addr()).is_some());
+        let mut size = 40_000;
+        for next in [100_000, 3 << 20, 50_000, 9 << 20] {
+            // SAFETY: as above.
+            let r = unsafe { pages.realloc_large(q, l(size), l(next), false) }.unwrap();
+            assert_eq!(r, q, "in place, {size} -> {next}");
+            // SAFETY: the block holds `next` bytes; the first 20,000 are 7.
+            unsafe {
+                assert_eq!((*r.as_ptr(), *r.as_ptr().add(19_999)), (7, 7));
+                r.as_ptr()
+                    .add(20_000)
+                    .write_bytes(8, next.min(50_000) - 20_000);
+            }
+            size = next;
+        }
+        assert_eq!(pages.stats().in_use, span_len(9 << 20).unwrap());
+        // Past the reservation: declined (the slab copies).
+        // SAFETY: as above.
+        assert!(unsafe { pages.realloc_large(q, l(size), l(GROW_RESERVE + 1), false) }.is_none());
+        // SAFETY: given back with its layout.
+        unsafe { pages.free_large(q, l(size)) };
+        assert_eq!(pages.stats().in_use, 0);
+        assert!(pages.stats().cached >= 9 << 20, "{:?}", pages.stats());
+        // The next block that grows takes the free reservation.
+        let (p2, _) = pages.alloc_large(l(30_000), false).unwrap();
+        // SAFETY: ours, then grown once.
+        unsafe {
+            p2.as_ptr().write_bytes(5, 30_000);
+            let q2 = pages
+                .realloc_large(p2, l(30_000), l(70_000), false)
+                .unwrap();
+            assert_eq!(q2, q, "the free reservation reused");
+            assert_eq!((*q2.as_ptr(), *q2.as_ptr().add(29_999)), (5, 5));
+            // Freed on the lock-free path (a re-entered thread's).
+            pages.free_direct(q2, l(70_000));
+        }
+        assert!(pages.grow_slot(q.as_ptr().addr()).is_none());
+        assert_eq!(pages.stats().in_use, 0);
+    }
 
     #[test]
     fn span_classes_round_up_by_at_most_a_quarter_and_bins_invert() {

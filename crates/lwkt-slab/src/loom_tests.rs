@@ -125,7 +125,13 @@ fn remote_free_against_mark_full() {
                 // and given up in one push.
                 unsafe {
                     Chunk::set_next(first as *mut Chunk, last as *mut Chunk);
-                    Zone::remote_free_chain(z as *mut Zone, first as *mut u8, last as *mut u8, 2, &q)
+                    Zone::remote_free_chain(
+                        z as *mut Zone,
+                        first as *mut u8,
+                        last as *mut u8,
+                        2,
+                        &q,
+                    )
                 };
             })
         };
