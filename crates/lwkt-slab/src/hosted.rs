@@ -1968,6 +1968,10 @@ mod tests {
     /// pages moved, its bytes kept), then grows and shrinks in place; once
     /// freed, the reservation serves the next block that grows.
     #[cfg(target_os = "linux")]
+    #[cfg_attr(
+        miri,
+        ignore = "maps with MAP_NORESERVE and mremap, which Miri's mmap refuses"
+    )]
     #[test]
     fn a_growing_block_grows_in_place_in_its_reservation() {
         let pages = HostedPages::growing(1 << 20);
