@@ -504,13 +504,30 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
         // library now); others at their next final `crit_exit`. So does
         // the round-robin of an expired time slice. The switch leaves this
         // frame on the preempted thread's stack until it resumes and
-        // returns; the signal stays deliverable meanwhile (SA_NODEFER).
+        // returns.
+        // The thread switched to must take signals: unblock ours first (in
+        // the critical section the switch is made in, where a signal only
+        // records itself, so nesting stays one level deep). The preempted
+        // thread's return from this handler restores its own mask.
         // SAFETY: as above; the kernel saved the interrupted registers
         // (and FPU state) in the signal frame on that stack.
-        unsafe { (*p).preempt_from_interrupt() };
+        unsafe { (*p).preempt_from_interrupt_with(unblock_ipi_signal) };
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+/// Unblock the IPI signal for the calling OS thread (the kernel blocks it
+/// while its handler runs).
+fn unblock_ipi_signal() {
+    // SAFETY: a valid, initialised signal set, passed by pointer to calls
+    // that only read or write it; unblocking one signal of our own.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, IPI_SIGNAL);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, ptr::null_mut());
+    }
 }
 
 pub(crate) fn install_signal_handler() {
@@ -519,16 +536,11 @@ pub(crate) fn install_signal_handler() {
         unsafe {
             let mut sa: libc::sigaction = core::mem::zeroed();
             sa.sa_sigaction = on_ipi_signal as *const () as usize;
-            // SA_NODEFER: the handler may switch to another lwkt thread
-            // (a preemption, a time slice), which must run with the signal
-            // deliverable, as a thread preempted in an x86 kernel's
-            // interrupt return runs the next one with interrupts on. A
-            // signal nested in the handler finds the interrupted thread in
-            // the entry's critical section and only records itself (or,
-            // before the entry raised it, runs whole first, as a nested
-            // interrupt does); `preempt_from_interrupt` switches only from
-            // outside any critical section.
-            sa.sa_flags = libc::SA_RESTART | libc::SA_NODEFER;
+            // Not SA_NODEFER: signals sent faster than the kernel delivers
+            // them (a raise loop on another vCPU) would nest without bound.
+            // The handler unblocks the signal itself just before it may
+            // switch away (`unblock_ipi_signal`).
+            sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             let r = libc::sigaction(IPI_SIGNAL, &sa, ptr::null_mut());
             assert_eq!(

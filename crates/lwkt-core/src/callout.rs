@@ -495,8 +495,8 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
     ///     let on = AtomicU32::new(u32::MAX);
     ///     let c = pin!(lwkt_core::Callout::new(|f| on.store(f.my().id().get(), Ordering::Release)));
-    ///     c.as_ref().reset_bycpu(cur.my_cpu(), CpuId::new(1), Duration::from_micros(100)).unwrap();
-    ///     assert_eq!(c.cpu(), Some(CpuId::new(1)));
+    ///     c.as_ref().reset_bycpu(cur.my_cpu(), CpuId::new(1), Duration::from_millis(50)).unwrap();
+    ///     assert_eq!(c.cpu(), Some(CpuId::new(1))); // armed there
     ///     while on.load(Ordering::Acquire) == u32::MAX {
     ///         cur.yield_now();
     ///     }

@@ -129,6 +129,21 @@ impl Cpu {
     /// registers preserved by the backend; the handler's frame may be left
     /// for another thread's and resumed later.
     pub unsafe fn preempt_from_interrupt(&self) {
+        // SAFETY: forwarded.
+        unsafe { self.preempt_from_interrupt_with(|| {}) }
+    }
+
+    /// [`preempt_from_interrupt`](Cpu::preempt_from_interrupt), calling
+    /// `before` when the thread is about to make its final `crit_exit`
+    /// here (inside a critical section, before any switch): a backend
+    /// whose handler runs with its interrupt masked unmasks it there, so
+    /// the thread switched to can be interrupted in turn (the hosted
+    /// backend unblocks its signal; the preempted thread's return from
+    /// the handler restores its own mask).
+    ///
+    /// # Safety
+    /// As for [`preempt_from_interrupt`](Cpu::preempt_from_interrupt).
+    pub unsafe fn preempt_from_interrupt_with(&self, before: impl FnOnce()) {
         const HERE: u32 = crit::rqf::IDLECHECK | crit::rqf::PREEMPT | crit::rqf::SLICE;
         if self.reqflags.load(Ordering::Relaxed) & HERE == 0 {
             return;
@@ -151,8 +166,10 @@ impl Cpu {
         // processing, and the interrupted code may be switched away from
         // (and other code of this CPU run) at this instruction: the
         // backend's promise, or the thread's own (`async_preemptible`'s
-        // contract).
+        // contract). An interrupt unmasked by `before` finds the critical
+        // section and only records itself.
         crit::enter(&td.critcount);
+        before();
         crate::crit::crit_exit_td(td);
     }
 }
