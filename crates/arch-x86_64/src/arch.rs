@@ -7,6 +7,7 @@ use lwkt_core::{Arch, Context, Cpu, EntryFn, Stack};
 use crate::apic::{self, Icr};
 use crate::idt::IPI_VECTOR;
 use crate::percpu::{self, PerCpu};
+use crate::time;
 
 /// Written below every stack; found changed when the stack is given back,
 /// it means the thread overran its stack (there is no guard page: the
@@ -363,6 +364,71 @@ unsafe impl Arch for X86Arch {
     fn cycles(&self) -> u64 {
         // SAFETY: rdtsc has no preconditions in ring 0.
         unsafe { core::arch::x86_64::_rdtsc() }
+    }
+
+    /// The TSC in nanoseconds since [`time::calibrate`], `None` before it
+    /// (then lwkt's timed waits panic, naming the missing clock).
+    /// DragonFly: `sys_cputimer->count()` of the TSC cputimer.
+    fn clock(&self) -> Option<u64> {
+        time::now_ns()
+    }
+
+    /// This CPU's local APIC timer, in the mode [`time::calibrate`]
+    /// chose: the deadline's TSC value in `IA32_TSC_DEADLINE`, or the
+    /// one-shot count for the time left. DragonFly:
+    /// `lapic_timer_intr_reload()`.
+    ///
+    /// # Panics
+    /// On a CPU that did not run [`time::start_timer`].
+    unsafe fn set_timer(&self, cpu: &Cpu, deadline: Option<u64>) {
+        let Some(tb) = time::base() else {
+            // No clock: lwkt-core arms no timer (its timed waits panic
+            // first); a cancel has nothing to cancel.
+            return;
+        };
+        // SAFETY: lwkt-core calls with a running CPU of a machine of this
+        // backend: attached, so its word holds its `PerCpu` block.
+        let pcpu = unsafe { percpu_of(cpu) };
+        assert!(
+            pcpu.timer_started(),
+            "lwkt-arch-x86_64: a timer on CPU {}, whose local APIC timer was never set up \
+             (time::start_timer on every CPU)",
+            pcpu.index
+        );
+        // SAFETY: ring 0 (`X86Arch::new`), on `cpu` itself (the trait's
+        // contract), whose timer `start_timer` set up in `tb`'s mode.
+        unsafe { time::program(tb, deadline) }
+    }
+}
+
+/// The [`PerCpu`] block attached to `cpu`.
+///
+/// # Safety
+/// `cpu` was attached ([`X86Arch::attach`]).
+unsafe fn percpu_of(cpu: &Cpu) -> &'static PerCpu {
+    let p = cpu.arch_word(WORD_PERCPU) as *const PerCpu;
+    // SAFETY: caller: `bind` stored a `&'static PerCpu` there.
+    unsafe { &*p }
+}
+
+/// The timer vector's handler (called by the stub in `idt`): the local
+/// APIC timer of this CPU fired. DragonFly: `Xtimer` ->
+/// `lapic_timer_process()`.
+#[no_mangle]
+extern "C" fn lwkt_x86_timer_entry() {
+    // SAFETY: from the timer vector's interrupt gate, in ring 0.
+    unsafe { apic::eoi() };
+    // SAFETY: the timer vector is raised only by a CPU's own APIC timer,
+    // which `time::start_timer` unmasks only after `percpu::install` (its
+    // contract), and which `Arch::set_timer` programs only on attached
+    // CPUs.
+    let pcpu = unsafe { percpu::current() };
+    if let Some(cpu) = pcpu.cpu() {
+        cpu.post_timer();
+        // SAFETY: on this CPU, in its interrupt context, registers saved
+        // by the stub. Outside a critical section the expired timers run
+        // here; inside one (the idle loop's too) at its exit.
+        unsafe { cpu.ipi_interrupt() };
     }
 }
 

@@ -11,6 +11,9 @@
 //!   entry (EOI, then [`lwkt_core::Cpu::ipi_interrupt`]) and returns with
 //!   `iretq` (5 frame words + 9 pushes keep the stack 16-byte aligned at
 //!   the call);
+//! - [`TIMER_VECTOR`] (the local APIC timer) has the same kind of stub,
+//!   calling the timer entry (EOI, `Cpu::post_timer`, then
+//!   `Cpu::ipi_interrupt`);
 //! - [`SPURIOUS_VECTOR`] returns at once, without EOI, as the SDM says.
 //!
 //! The gate encoding is ours (16 bytes, tested on the host); the `x86_64`
@@ -23,6 +26,12 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The vector lwkt's IPI kick uses.
 pub const IPI_VECTOR: u8 = 0x40;
+/// The vector of the local APIC timer ([`crate::time`]): its handler EOIs,
+/// records the timer interrupt ([`lwkt_core::Cpu::post_timer`]) and enters
+/// lwkt as the IPI vector does, so expired timers run at once, or at the
+/// critical section's exit, or in the idle loop whose `hlt` it ends.
+/// DragonFly: `Xtimer` (`apic_vector.S`).
+pub const TIMER_VECTOR: u8 = 0x41;
 /// The local APIC's spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 
@@ -174,9 +183,12 @@ core::arch::global_asm!(
     "call lwkt_x86_fault",
     "ud2",
     "",
+    // An interrupt stub: save the nine caller-saved registers, call the
+    // `extern "C"` handler, restore, `iretq`.
+    ".macro lwkt_x86_irq_stub name, handler",
     ".p2align 4",
-    ".globl lwkt_x86_ipi_stub",
-    "lwkt_x86_ipi_stub:",
+    ".globl \\name",
+    "\\name:",
     "push rax",
     "push rcx",
     "push rdx",
@@ -187,7 +199,7 @@ core::arch::global_asm!(
     "push r10",
     "push r11",
     "cld",
-    "call lwkt_x86_ipi_entry",
+    "call \\handler",
     "pop r11",
     "pop r10",
     "pop r9",
@@ -198,6 +210,9 @@ core::arch::global_asm!(
     "pop rcx",
     "pop rax",
     "iretq",
+    ".endm",
+    "lwkt_x86_irq_stub lwkt_x86_ipi_stub, lwkt_x86_ipi_entry",
+    "lwkt_x86_irq_stub lwkt_x86_timer_stub, lwkt_x86_timer_entry",
     "",
     ".p2align 4",
     ".globl lwkt_x86_spurious_stub",
@@ -208,6 +223,7 @@ core::arch::global_asm!(
 extern "C" {
     static lwkt_x86_vectors: u8;
     fn lwkt_x86_ipi_stub();
+    fn lwkt_x86_timer_stub();
     fn lwkt_x86_spurious_stub();
 }
 
@@ -228,6 +244,8 @@ impl Idt {
         }
         gates[usize::from(IPI_VECTOR)] =
             Gate::interrupt(lwkt_x86_ipi_stub as *const () as u64, selector);
+        gates[usize::from(TIMER_VECTOR)] =
+            Gate::interrupt(lwkt_x86_timer_stub as *const () as u64, selector);
         gates[usize::from(SPURIOUS_VECTOR)] =
             Gate::interrupt(lwkt_x86_spurious_stub as *const () as u64, selector);
         Idt { gates }
@@ -268,7 +286,7 @@ mod tests {
         let idt = Idt::new(0x08);
         let base = idt.gate(0).handler();
         assert_eq!(base % 16, 0);
-        for v in [1u8, 6, 8, 13, 14, 0x3F, 0x41, 0xFE] {
+        for v in [1u8, 6, 8, 13, 14, 0x3F, 0x42, 0xFE] {
             assert_eq!(
                 idt.gate(v).handler(),
                 base + 16 * u64::from(v),
@@ -278,6 +296,10 @@ mod tests {
         assert_eq!(
             idt.gate(IPI_VECTOR).handler(),
             lwkt_x86_ipi_stub as *const () as u64
+        );
+        assert_eq!(
+            idt.gate(TIMER_VECTOR).handler(),
+            lwkt_x86_timer_stub as *const () as u64
         );
         assert_eq!(
             idt.gate(SPURIOUS_VECTOR).handler(),
