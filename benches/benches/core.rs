@@ -9,8 +9,14 @@
 //! - `ipi_ring`: messages between two pinned threads through lwkt's IPI ring
 //!   (unbatched and in batches of 32) vs `rtrb` vs `crossbeam-channel`;
 //! - `ipi_path`: the whole IPI path on a 2-CPU hosted machine (ring, doorbell,
-//!   kicks, dispatch on the target), `send_ipi` vs `send_ipi_batch` of 32.
+//!   kicks, dispatch on the target), `send_ipi` vs `send_ipi_batch` of 32;
+//! - `callout`: arming and stopping a timer: a `Callout`'s `reset` + `stop`
+//!   on its own CPU (an insert into and a removal from the CPU's timing
+//!   wheel, and the clock read of `reset`) vs a `tokio::time::Sleep`'s
+//!   `reset` to another deadline (a removal from and an insert into tokio's
+//!   timer wheel; the deadline is computed once, outside the loop).
 
+use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
@@ -252,5 +258,50 @@ fn ipi_path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! { name = benches; config = config(); targets = switch, crit, ipi_ring, ipi_path }
+fn callout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("callout");
+    g.throughput(Throughput::Elements(1));
+    // One element = one arm and one stop (lwkt), one reset (tokio).
+    g.bench_function("lwkt Callout reset+stop", |b| {
+        b.iter_custom(|iters| {
+            time_on_lwkt(1, |cur| {
+                let c = core::pin::pin!(lwkt_core::Callout::new(|_| {}));
+                let my = cur.my_cpu();
+                let d = Duration::from_secs(3600);
+                for _ in 0..iters {
+                    let c = black_box(c.as_ref());
+                    c.reset(my, d);
+                    black_box(c.stop(my));
+                }
+            })
+        })
+    });
+    g.bench_function("tokio Sleep reset", |b| {
+        b.iter_custom(|iters| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let base = tokio::time::Instant::now() + Duration::from_secs(3600);
+                let at = [base, base + Duration::from_millis(1)];
+                let mut s = core::pin::pin!(tokio::time::sleep_until(base));
+                // Registered in the wheel before the loop.
+                std::future::poll_fn(|cx| {
+                    let _ = s.as_mut().poll(cx);
+                    std::task::Poll::Ready(())
+                })
+                .await;
+                let t = Instant::now();
+                for i in 0..iters {
+                    black_box(s.as_mut()).reset(at[(i & 1) as usize]);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group! { name = benches; config = config(); targets = switch, crit, ipi_ring, ipi_path, callout }
 criterion_main!(benches);

@@ -7,7 +7,10 @@
 //! - `rtrb`, `crossbeam`: a push+pop (send+receive) pair on one thread;
 //!   `lwkt_ring`, `lwkt_ring_handles`: the same on an lwkt `Ring`, through
 //!   `&self` and through its handles; `lwkt_ring_batch`: per message,
-//!   `push_batch` of 32 then 32 `&self` pops.
+//!   `push_batch` of 32 then 32 `&self` pops;
+//! - `tokio_sleep_reset`: a `tokio::time::Sleep`'s `reset` to another
+//!   deadline (a removal from and an insert into tokio's timer wheel), the
+//!   reference for lwkt's callout reset+stop.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -106,6 +109,27 @@ fn main() {
                     }
                 }
             }
+        }
+        "tokio_sleep_reset" => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            sum = rt.block_on(async {
+                use std::future::Future;
+                let base = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+                let at = [base, base + std::time::Duration::from_millis(1)];
+                let mut s = std::pin::pin!(tokio::time::sleep_until(base));
+                std::future::poll_fn(|cx| {
+                    let _ = s.as_mut().poll(cx);
+                    std::task::Poll::Ready(())
+                })
+                .await;
+                for i in 0..n {
+                    black_box(s.as_mut()).reset(at[(i & 1) as usize]);
+                }
+                n
+            });
         }
         "crossbeam" => {
             let (tx, rx) = crossbeam_channel::bounded::<u64>(256);

@@ -1,7 +1,10 @@
 //! The workloads of the lwkt demo that the benches share: the network
 //! workload ([`net`]) runs the same code in `lwkt-demo` and in
-//! `cargo bench --bench netdispatch`.
+//! `cargo bench --bench netdispatch`; the interrupt latency ([`latency`])
+//! in `lwkt-demo` and `cargo bench --bench time`.
 
+pub mod affinity;
+pub mod latency;
 pub mod net;
 
 /// The root README's examples, compiled and run as doctests.

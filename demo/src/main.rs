@@ -11,10 +11,14 @@
 //!   synchronously (`domsg`) and from async code (`call` + `block_on`);
 //! - timers: threads on every CPU sleep 1 ms again and again
 //!   (`Cur::sleep_for`); how late they woke, beside `std::thread::sleep`;
+//! - interrupts: a device interrupt raised on the next CPU, whose
+//!   interrupt thread preempts a busy thread there; the round trip, beside
+//!   a signal handler waking a parked OS thread;
 //! - network: generated TCP and UDP flows (or a pcap or pcapng capture)
 //!   dispatched by connection hash to per-CPU protocol threads, next to the
 //!   same packets through a table with per-bucket mutexes and one with a global mutex.
 
+mod interrupts;
 mod messages;
 mod timers;
 
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
             switches(cur, o.rounds),
             messages::messages(cur, o.rounds),
             timers::timers(cur),
+            interrupts::interrupts(cur),
         ];
         let (net_lines, ok) = net::report(cur, frames, over_snaplen);
         lines.extend(net_lines);

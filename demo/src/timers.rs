@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lwkt_core::{CpuId, Cur};
+use lwkt_demo::latency::quantiles;
 
 /// How long each sleep is.
 const NAP: Duration = Duration::from_millis(1);
@@ -64,9 +65,4 @@ pub(crate) fn timers(cur: &mut Cur) -> String {
         os_med.as_micros(),
         os_p99.as_micros()
     )
-}
-
-fn quantiles(v: &mut [Duration]) -> (Duration, Duration) {
-    v.sort();
-    (v[v.len() / 2], v[(v.len() * 99 / 100).min(v.len() - 1)])
 }

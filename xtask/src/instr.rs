@@ -44,6 +44,13 @@ const OPS: &[Op] = &[
         &[],
         1,
     ),
+    (
+        "callout reset+stop on its own CPU",
+        "lwkt-core",
+        "callout_loop",
+        &[],
+        1,
+    ),
     ("token get+release", "lwkt-token", "token_loop", &[], 1),
     (
         "token recursive get+release",
@@ -133,6 +140,13 @@ const REFERENCE: &[Op] = &[
         "lwkt-benches",
         "alt_loop",
         &["rtrb"],
+        1,
+    ),
+    (
+        "tokio Sleep reset (timer wheel remove+insert)",
+        "lwkt-benches",
+        "alt_loop",
+        &["tokio_sleep_reset"],
         1,
     ),
     (

@@ -232,6 +232,21 @@ const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        id: "intr_latency",
+        title: "lwkt-core: a device interrupt until its thread runs (hosted, busy target CPU)",
+        element: "one raise-to-running round trip",
+        rows: &[
+            "signal handler -> futex wake of a parked OS thread",
+            "lwkt raise_interrupt -> interrupt thread preempts",
+        ],
+    },
+    Group {
+        id: "timer_lateness",
+        title: "lwkt-core: how late a 1 ms sleep wakes (lateness only)",
+        element: "one sleep's lateness",
+        rows: &["std::thread::sleep(1 ms)", "lwkt Cur::sleep_for(1 ms)"],
+    },
+    Group {
         id: "slab_local",
         title: "lwkt-slab: local alloc+free",
         element: "one pair",
@@ -724,6 +739,24 @@ fn targets(r: &Results) -> Vec<(String, Option<bool>, String)> {
         m("msg_vcpus", "lwkt mesh/16")
             .zip(m("msg_vcpus", "lwkt mesh/2"))
             .map(|(a, b)| (a <= 2.0 * b, format!("{:.2} of the 2-vCPU rate", b / a))),
+    );
+    add(
+        "interrupts: raise to interrupt thread running faster than a signal's futex wake",
+        m(
+            "intr_latency",
+            "lwkt raise_interrupt -> interrupt thread preempts",
+        )
+        .zip(m(
+            "intr_latency",
+            "signal handler -> futex wake of a parked OS thread",
+        ))
+        .map(|(a, b)| (a < b, format!("{:.3}x the futex wake's time", a / b))),
+    );
+    add(
+        "timers: median lateness of a 1 ms sleep no worse than std::thread::sleep's",
+        m("timer_lateness", "lwkt Cur::sleep_for(1 ms)")
+            .zip(m("timer_lateness", "std::thread::sleep(1 ms)"))
+            .map(|(a, b)| (a <= b, format!("{:.2}x std's lateness", a / b))),
     );
     add(
         "slab local 64 B at least as fast as mimalloc",

@@ -193,6 +193,33 @@ pub unsafe trait Arch: Sync {
         true
     }
 
+    /// Interrupt `cpu` now for a device interrupt
+    /// ([`MyCpu::raise_interrupt`](crate::MyCpu::raise_interrupt) posted
+    /// one): like [`kick`](Self::kick), but a backend whose kick to a
+    /// running CPU is only a posted check (the hosted backend) should
+    /// interrupt it for real, so that an interrupt thread preempts a
+    /// thread that does not call lwkt. The default is `kick`.
+    ///
+    /// # Safety
+    /// As for [`kick`](Self::kick).
+    unsafe fn interrupt(&self, cpu: &Cpu) {
+        // SAFETY: forwarded contract.
+        unsafe { self.kick(cpu) }
+    }
+
+    /// Whether [`Cpu::preempt_from_interrupt`] may switch threads from
+    /// this backend's interrupt handler for every thread: true when
+    /// interrupts arrive in kernel context (the interrupted code is
+    /// lwkt-managed kernel code, and the backend's switch keeps each
+    /// thread's interrupt flag), false when they arrive in host context
+    /// (the hosted backend's signals may land inside the C library). The
+    /// default is false: preemption then waits for the interrupted
+    /// thread's next final `crit_exit`, unless the thread was built
+    /// [`async_preemptible`](crate::Builder::async_preemptible).
+    fn preempts_in_interrupt(&self) -> bool {
+        false
+    }
+
     /// A monotonic clock in nanoseconds (any origin; it must not go
     /// backwards on any CPU), or `None` when the backend has none: then
     /// timed waits ([`Cur::sleep_for`](crate::Cur::sleep_for) and the

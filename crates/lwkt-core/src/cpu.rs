@@ -120,6 +120,9 @@ pub struct CpuStats {
     pub(crate) ring_full_waits: OwnerCounter,
     pub(crate) threads_created: OwnerCounter,
     pub(crate) threads_exited: OwnerCounter,
+    pub(crate) interrupts: OwnerCounter,
+    pub(crate) stray_interrupts: OwnerCounter,
+    pub(crate) preemptions: OwnerCounter,
 }
 
 /// One CPU's state at a moment: [`Cpu::snapshot`]. Its `Display` is one
@@ -200,6 +203,14 @@ pub struct CpuStatsSnapshot {
     pub threads_created: u64,
     /// Threads that exited on this CPU.
     pub threads_exited: u64,
+    /// Device interrupts delivered to an interrupt thread.
+    pub interrupts: u64,
+    /// Device interrupts raised on a line without an interrupt thread
+    /// (DragonFly: "stray interrupt").
+    pub stray_interrupts: u64,
+    /// Times an interrupt thread preempted the running thread
+    /// (`lwkt_preempt` that switched).
+    pub preemptions: u64,
     /// Threads living on this CPU now.
     pub threads_live: u64,
 }
@@ -393,6 +404,12 @@ pub struct Cpu {
     pub(crate) sleepq: UnsafeCell<SleepQueues>,
     /// Armed timers (`gd_systimerq`), owner-only.
     pub(crate) timers: crate::wheel::Wheel,
+    /// The deadline given to the backend's one-shot timer last
+    /// (`u64::MAX`: none), owner-only: `timer::insert` programs it again
+    /// only for an earlier one.
+    pub(crate) timer_programmed: Cell<u64>,
+    /// Device interrupt lines and their threads.
+    pub(crate) intr: crate::intr::IntrTable,
     pub(crate) idle: Thread,
     /// Deferred work for the next `crit_exit` (`gd_reqflags`).
     pub(crate) reqflags: AtomicU32,
@@ -493,6 +510,8 @@ impl Cpu {
             runq: UnsafeCell::new(RunQueue::new()),
             sleepq: UnsafeCell::new(SleepQueues::new()),
             timers: crate::wheel::Wheel::new(),
+            timer_programmed: Cell::new(u64::MAX),
+            intr: crate::intr::IntrTable::new(),
             idle,
             reqflags: AtomicU32::new(0),
             intr_nesting: Cell::new(0),
@@ -580,6 +599,9 @@ impl Cpu {
             ring_full_waits: s.ring_full_waits.get(),
             threads_created: s.threads_created.get(),
             threads_exited: s.threads_exited.get(),
+            interrupts: s.interrupts.get(),
+            stray_interrupts: s.stray_interrupts.get(),
+            preemptions: s.preemptions.get(),
             threads_live: self.live_threads.load(Ordering::Relaxed) as u64,
         }
     }

@@ -12,9 +12,9 @@
 use crate::cpu::{Cpu, CpuId, CpuMask};
 use crate::crit;
 use crate::ipiq::{self, IpiMsg};
-use crate::sched::{crit_exit_td, MyCpu};
 use crate::sync::{AtomicU64, Life, Ordering};
 use crate::thread::Thread;
+use crate::{crit::crit_exit_td, MyCpu};
 
 /// The master's descriptor, on its stack. Targets use it only through
 /// [`func`](CpuSync::func) and [`done`](CpuSync::done), which mark each use

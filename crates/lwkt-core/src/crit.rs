@@ -13,7 +13,11 @@
 //! on the same CPU, may read it without a data race; it is updated with a
 //! plain load and store, which compile to an ordinary increment.
 
+use crate::splz::splz_from_thread;
 use crate::sync::{signal_fence, AtomicU32, Ordering};
+use crate::thread::Thread;
+use crate::Cur;
+use core::marker::PhantomData;
 
 /// Request-flag bits (`gd_reqflags`): work recorded for the next `crit_exit`.
 pub(crate) mod rqf {
@@ -30,11 +34,16 @@ pub(crate) mod rqf {
     pub(crate) const TIMER: u32 = 1 << 3;
     /// A higher-priority thread became runnable (DragonFly `RQF_AST_LWKT_RESCHED`).
     pub(crate) const RESCHED: u32 = 1 << 5;
+    /// An interrupt made a thread of higher priority than the running one
+    /// runnable: it preempts at the final `crit_exit` (or the backend's
+    /// interrupt entry). DragonFly: the `lwkt_preempt()` call of
+    /// `sched_ithd_hard()`.
+    pub(crate) const PREEMPT: u32 = 1 << 6;
     /// Deferred work that `splz` runs and clears (DragonFly
     /// `RQF_IDLECHECK_MASK`).
     pub(crate) const IDLECHECK: u32 = IPIQ | INTPEND | TIMER;
     /// What `crit_exit` tests.
-    pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH;
+    pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH | PREEMPT;
 }
 
 /// Raises a critical-section count. DragonFly: `crit_enter_quick()`.
@@ -103,5 +112,80 @@ pub(crate) fn interrupt_arrives(
         false
     } else {
         true
+    }
+}
+
+/// A critical section, left when dropped. `#[must_use]`, not `Send`.
+///
+/// DragonFly: `crit_enter()` ... `crit_exit()`.
+///
+/// ```
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+///     let g = cur.crit();
+///     assert_eq!(cur.crit_count(), 1);
+///     drop(g);
+///     assert_eq!(cur.crit_count(), 0);
+/// });
+/// ```
+#[must_use = "a critical section ends when its guard is dropped"]
+pub struct CritGuard<'a> {
+    td: &'a Thread,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Drop for CritGuard<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        crit_exit_td(self.td);
+    }
+}
+
+impl core::fmt::Debug for CritGuard<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("CritGuard")
+    }
+}
+
+#[inline(always)]
+pub(crate) fn crit_exit_td(td: &Thread) {
+    let gd = td.gd();
+    if exit(&td.critcount, &gd.reqflags) {
+        splz_from_thread(td);
+    }
+}
+
+impl Cur {
+    /// Enter a critical section until the guard drops.
+    /// DragonFly: `crit_enter()`.
+    #[inline(always)]
+    pub fn crit(&self) -> CritGuard<'_> {
+        let td = self.td();
+        enter(&td.critcount);
+        CritGuard {
+            td,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Enter a critical section; pair with [`crit_exit`](Self::crit_exit).
+    /// DragonFly: `crit_enter()`.
+    #[inline(always)]
+    pub fn crit_enter(&self) {
+        enter(&self.td().critcount);
+    }
+
+    /// Leave a critical section; at the outermost exit, run interrupts and
+    /// IPIs that arrived inside it. DragonFly: `crit_exit()`.
+    ///
+    /// # Panics
+    /// When no critical section is open (the count would go negative).
+    #[inline(always)]
+    pub fn crit_exit(&self) {
+        crit_exit_td(self.td());
+    }
+
+    /// Current critical-section depth.
+    pub fn crit_count(&self) -> u32 {
+        self.td().critcount.load(Ordering::Relaxed)
     }
 }

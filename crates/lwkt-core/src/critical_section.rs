@@ -86,7 +86,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 use crate::cpu::Cpu;
-use crate::sched::crit_exit_td;
+use crate::crit::crit_exit_td;
 use crate::thread::Thread;
 use crate::{crit, Arch};
 

@@ -103,22 +103,33 @@
 extern crate std;
 
 mod arch;
+mod callout;
 mod cpu;
 mod cpusync;
 mod crit;
 #[cfg(feature = "critical-section")]
 pub mod critical_section;
+mod cur;
+mod idle;
+mod interrupt;
+pub mod intr;
 pub mod ipiq;
+mod migrate;
+mod mycpu;
 mod runq;
-mod sched;
+mod schedule;
 mod serializer;
 mod sleep;
+mod spawn;
+mod splz;
+mod switch;
 mod sync;
 mod thread;
 mod timer;
 mod unwind;
 mod waitq;
 mod wake;
+mod watch;
 mod wheel;
 
 #[cfg(all(test, loom))]
@@ -128,12 +139,17 @@ mod loom_models;
 pub use lwkt_token as token;
 
 pub use arch::{Arch, Context, EntryFn, Stack};
+pub use callout::{Callout, Fired};
 pub use cpu::{
     Cpu, CpuId, CpuMask, CpuSnapshot, CpuStats, CpuStatsSnapshot, MachineState, MAX_CPUS,
 };
+pub use crit::CritGuard;
+pub use cur::Cur;
+pub use intr::{FastHandler, IntrError, MAX_IRQS};
 pub use ipiq::{IpiError, IpiFn, IpiMsg, IpiRing};
-pub use sched::{Builder, CritGuard, Cur, MyCpu, DEFAULT_STACK, MIN_STACK};
+pub use mycpu::MyCpu;
 pub use serializer::Serializer;
+pub use spawn::{Builder, DEFAULT_STACK, MIN_STACK};
 pub use thread::{ParkToken, Priority, SpawnError, ThreadHandle};
 pub use timer::TimedOut;
 pub use unwind::abort_on_unwind;

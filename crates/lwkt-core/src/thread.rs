@@ -40,6 +40,13 @@ impl Priority {
     pub const SOFT_NORM: Priority = Priority(14);
     /// Interrupt support threads (`TDPRI_INT_SUPPORT`).
     pub const INT_SUPPORT: Priority = Priority(20);
+    /// Low-priority interrupt threads (`TDPRI_INT_LOW`).
+    pub const INT_LOW: Priority = Priority(27);
+    /// Interrupt threads (`TDPRI_INT_MED`): above every other kind, so
+    /// they preempt what they interrupt.
+    pub const INT_MED: Priority = Priority(28);
+    /// High-priority interrupt threads (`TDPRI_INT_HIGH`).
+    pub const INT_HIGH: Priority = Priority(29);
     /// Highest priority (`TDPRI_MAX`).
     pub const MAX: Priority = Priority(31);
 
@@ -76,6 +83,9 @@ pub(crate) mod tdf {
     pub(crate) const TSLEEPQ: u32 = 0x8;
     /// The CPU's idle thread.
     pub(crate) const IDLE: u32 = 0x10;
+    /// May be preempted from any interrupt frame outside its critical
+    /// sections (`Builder::async_preemptible`).
+    pub(crate) const ASYNC_PREEMPT: u32 = 0x20;
 }
 
 /// Why a thread could not be created.
@@ -174,6 +184,8 @@ pub(crate) struct Thread {
     pub(crate) switches: Cell<u64>,
     /// The tokens this thread holds while it runs (`td_toks_array`).
     pub(crate) toks: lwkt_token::TokenStack,
+    /// The interrupt lines of its CPU whose thread it is (owner-only).
+    pub(crate) irqs: Cell<u64>,
 }
 
 /// `mpflags` bit: the thread has exited and is off its CPU.
@@ -220,6 +232,7 @@ impl Thread {
             closure: Cell::new(ptr::null_mut()),
             switches: Cell::new(0),
             toks: lwkt_token::TokenStack::new(),
+            irqs: Cell::new(0),
             name,
             _owner_line: CachePadded::new(()),
         }

@@ -7,8 +7,8 @@
 //! waiter reads the generation, then sleeps until it changes; a signal
 //! bumps it, then wakes the queue's channel on every CPU with sleepers.
 
-use crate::sched::{Cur, MyCpu};
 use crate::sync::{AtomicU64, Ordering};
+use crate::{Cur, MyCpu};
 
 /// Threads block here until another thread or an IPI function signals.
 /// Every waiter blocked before a [`signal`](WaitQueue::signal) is woken by it.

@@ -81,6 +81,11 @@ impl Entry {
     pub(crate) fn is_linked(&self) -> bool {
         self.place.get() != UNLINKED
     }
+
+    /// The deadline it was last armed for (nanoseconds).
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline.get()
+    }
 }
 
 impl Default for Entry {
@@ -221,6 +226,29 @@ impl Wheel {
         }
         self.len.set(self.len.get() - 1);
         true
+    }
+
+    /// Hand out any armed entry, unlinked, whatever its deadline, or `None`
+    /// when the wheel is empty: for emptying a wheel whose CPU stops.
+    pub(crate) fn pop_any(&self) -> Option<*const Entry> {
+        let mut e = self.pending.head.get();
+        if !e.is_null() {
+            // SAFETY: a linked entry of this wheel is live (`insert`).
+            unsafe { self.pending.unlink(e) };
+        } else {
+            let level = self.occupied.iter().position(|b| b.get() != 0)?;
+            let bits = &self.occupied[level];
+            let slot = bits.get().trailing_zeros() as usize;
+            let list = &self.slots[level][slot];
+            e = list.head.get();
+            // SAFETY: as above: the head of a non-empty slot.
+            unsafe { list.unlink(e) };
+            if list.is_empty() {
+                bits.set(bits.get() & !(1 << slot));
+            }
+        }
+        self.len.set(self.len.get() - 1);
+        Some(e)
     }
 
     /// The deadline of the earliest timer's slot, in nanoseconds, or
@@ -491,6 +519,30 @@ mod tests {
         assert_eq!(drain(&w, 5_000), [&es[2] as *const Entry]);
         assert_eq!(drain(&w, 11_000), [first]);
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn pop_any_empties_the_wheel() {
+        let w = Wheel::new();
+        let es = entries(4);
+        // SAFETY: as above.
+        unsafe {
+            w.insert(&es[0], 100);
+            w.insert(&es[1], u64::MAX);
+            w.insert(&es[2], 70_000_000);
+            w.insert(&es[3], 100);
+        }
+        let first = w.pop_expired(5_000).unwrap();
+        assert_eq!(w.len(), 3);
+        let mut n = 0;
+        while let Some(e) = w.pop_any() {
+            // SAFETY: as above.
+            assert!(!unsafe { &*e }.is_linked());
+            assert!(!ptr::eq(e, first));
+            n += 1;
+            w.check();
+        }
+        assert_eq!((n, w.len(), w.next_deadline()), (3, 0, None));
     }
 
     proptest::proptest! {

@@ -215,3 +215,26 @@ fn wait_queue_block_with_a_timeout() {
         cur.join(&signaller);
     });
 }
+
+/// `block_timeout`: a timeout when nobody schedules the thread, `Ok` when
+/// someone does first; a zero timeout still times out (never inline).
+#[test]
+fn block_timeout_wakes_or_times_out() {
+    use std::time::{Duration, Instant};
+    lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+        let t0 = Instant::now();
+        assert_eq!(
+            cur.block_timeout(Duration::from_millis(2)),
+            Err(lwkt_core::TimedOut)
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(2), "never early");
+        assert_eq!(cur.block_timeout(Duration::ZERO), Err(lwkt_core::TimedOut));
+        // A waker of this CPU runs only once we have blocked.
+        let me = cur.handle();
+        let waker = cur
+            .spawn_on(cur.cpu_id(), move |w| w.my_cpu().schedule(&me))
+            .unwrap();
+        assert_eq!(cur.block_timeout(Duration::from_secs(600)), Ok(()));
+        cur.join(&waker);
+    });
+}

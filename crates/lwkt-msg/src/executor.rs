@@ -6,7 +6,9 @@ use core::future::Future;
 use core::sync::atomic::{AtomicBool, Ordering};
 use core::task::{Context, Poll, Waker};
 
-use lwkt_core::{Cur, MyCpu, ThreadHandle};
+use lwkt_core::{Cur, MyCpu, ThreadHandle, TimedOut};
+
+use crate::port::Deadline;
 
 /// Run the async closure `f` to completion on the calling LWKT thread,
 /// descheduling the thread while the future is pending; its waker makes the
@@ -47,6 +49,86 @@ where
             // comes by IPI) and schedules us again after the switch.
             cur.deschedule_self();
             cur.switch();
+        }
+        cur.crit_exit();
+    }
+}
+
+/// [`block_on`] for at most `timeout`: run the async closure `f` on the
+/// calling LWKT thread until it completes (`Ok` with its value) or the
+/// timeout passes (`Err(TimedOut)`, and the future is dropped unfinished).
+/// The way to bound a [`ReplyFuture`](crate::ReplyFuture): lwkt-core's
+/// timers wake threads, not wakers, so the bound belongs to the executor,
+/// as `tsleep`'s `timo` belongs to the sleep. DragonFly has no executor;
+/// the wait is `lwkt_waitmsg()` with a `timo`.
+///
+/// The future is polled once more after the timer's wake-up, so a reply
+/// that lands at the timeout wins; `Err(TimedOut)` is never early. A zero
+/// timeout polls once; a huge one never times out.
+///
+/// Dropping a `ReplyFuture` does not cancel its message: after a timeout,
+/// a message the future awaited is **still in flight**, pinned where it
+/// is, and must be waited for ([`Msg::wait`](crate::Msg::wait)) before it
+/// is reused, or aborted first if it is abortable
+/// ([`Msg::abort`](crate::Msg::abort)); dropping it in flight aborts the
+/// process.
+///
+/// ```
+/// use core::pin::pin;
+/// use std::time::Duration;
+/// use lwkt_msg::{Msg, Port};
+///
+/// static NOBODY: Port<u8> = Port::spin(); // nobody receives here
+/// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+///     let mut m = pin!(Msg::new(1u8).abortable());
+///     let r = lwkt_msg::block_on_timeout(cur, Duration::from_millis(1), async |my| {
+///         NOBODY.call(my, m.as_mut()).await
+///     });
+///     assert_eq!(r, Err(lwkt_core::TimedOut));
+///     // Still in flight: abort it, and take it back from the port.
+///     assert!(m.abort());
+///     assert!(NOBODY.getport(cur).is_none()); // the port replied `Aborted` itself
+///     assert_eq!(m.as_mut().wait(cur), Err(lwkt_msg::MsgError::Aborted));
+/// });
+/// ```
+///
+/// # Panics
+/// If the backend has no clock ([`Arch::clock`](lwkt_core::Arch::clock)).
+#[track_caller]
+pub fn block_on_timeout<F, R>(
+    cur: &mut Cur,
+    timeout: core::time::Duration,
+    f: F,
+) -> Result<R, TimedOut>
+where
+    F: for<'m> AsyncFnOnce(MyCpu<'m>) -> R,
+{
+    let deadline = Deadline::after(cur.my_cpu(), timeout);
+    // SAFETY: as in `block_on`: the thread only blocks below, never
+    // migrates; `my` goes only to `f`'s future, which ends (is dropped, on
+    // a timeout) before we return, and `MyCpu` is not `Send`.
+    let my = unsafe { cur.my_cpu_unbound() };
+    let fut = f(my);
+    let mut fut = core::pin::pin!(fut);
+    let w = Arc::new(ThreadWaker {
+        woken: AtomicBool::new(false),
+        td: cur.handle(),
+    });
+    let waker = Waker::from(w.clone());
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return Ok(v);
+        }
+        cur.crit_enter();
+        if !w.woken.swap(false, Ordering::AcqRel) {
+            let Some(left) = deadline.remaining(cur.my_cpu()) else {
+                cur.crit_exit();
+                return Err(TimedOut);
+            };
+            // A wake from here on is deferred by the critical section (or
+            // comes by IPI) and schedules us again; so does the timer.
+            let _ = cur.block_timeout(left);
         }
         cur.crit_exit();
     }

@@ -28,6 +28,11 @@ use crate::{Msg, MsgError};
 /// message itself must still outlive its reply, see [`Msg`]); it takes its
 /// waker back, so a later reply wakes nothing.
 ///
+/// To bound the wait, run it with
+/// [`block_on_timeout`](crate::block_on_timeout) (`alloc` feature): the
+/// future is then dropped at the timeout, its message left in flight to be
+/// waited for ([`Msg::wait`], [`Msg::wait_timeout`]) or aborted first.
+///
 /// ```
 /// use core::pin::pin;
 /// use lwkt_msg::{Msg, MsgHandle, Port};

@@ -12,12 +12,13 @@
 //! | `lwkt_forwardmsg(port, msg)` | [`MsgHandle::forward`] |
 //! | `lwkt_abortmsg(msg)` | [`Msg::abort`] |
 //! | `lwkt_getport(port)` | [`Port::getport`] |
-//! | `lwkt_waitport(port)` | [`Port::waitport`] |
-//! | `lwkt_waitmsg(msg)` | [`Msg::wait`] |
+//! | `lwkt_waitport(port)` | [`Port::waitport`]; with a `timo`: [`Port::waitport_timeout`] |
+//! | `lwkt_waitmsg(msg)` | [`Msg::wait`]; with a `timo`: [`Msg::wait_timeout`] |
+//! | `lwkt_domsg` timing out: `lwkt_waitmsg` + `lwkt_abortmsg` + wait | [`Port::domsg_timeout`] |
 //! | `lwkt_checkmsg(msg)` | [`Msg::is_done`] |
 //! | thread / spin / put-only / reply-only port | [`Port::thread`], [`Port::spin`], [`Port::put_only`], [`Port::reply_only`] |
 //! | `lwkt_port_t` handed around | `&'static Port`, or a counted [`PortRef`]; [`serve_on`] starts a server with its port |
-//! | (async Rust) | [`Port::call`] → [`ReplyFuture`]; [`block_on`] |
+//! | (async Rust) | [`Port::call`] → [`ReplyFuture`]; [`block_on`], [`block_on_timeout`] |
 //!
 //! # Ownership, and what the types guarantee
 //!
@@ -111,8 +112,11 @@ pub struct ReadmeDoctests;
 
 pub use error::MsgError;
 #[cfg(feature = "alloc")]
-pub use executor::block_on;
+pub use executor::{block_on, block_on_timeout};
 pub use future::ReplyFuture;
+/// What a timed wait returns when its time ran out (lwkt-core's, here
+/// for convenience). DragonFly: `EWOULDBLOCK`.
+pub use lwkt_core::TimedOut;
 pub use msg::{Incoming, Msg, MsgFlags, MsgHandle, Replied};
 pub use port::{Port, PutFn, ReplyFn, DOMSG_POLL_CYCLES};
 pub use port_ref::AsPort;

@@ -96,6 +96,73 @@ fn domsg_reply_and_abort_race() {
     });
 }
 
+/// `domsg_timeout` (`port/timed.rs`): the originator's timed sleep on the
+/// message ends unanswered (the timer's wake-up), so it aborts its own
+/// message and sleeps again, untimed, until the reply; the target takes
+/// the request (answering an abort it sees with `ABORTED`, as the port
+/// does) and replies, at any point of that. A wake-up made while the
+/// originator is between its two sleeps is lost (it is on no sleep queue
+/// then): the model forgets it, and the second `prepare_wait` must see the
+/// reply instead. Checked: the originator always gets exactly one reply
+/// (no hang: a lost wake-up would spin until loom gives up), its code is
+/// the target's, an `ABORTED` reply comes only after a recorded abort, an
+/// abort refused means the reply was made, a reply in time is never
+/// aborted, and the message is reusable at once with no abort left in
+/// its flags. A second sleep that does not look at the message before it
+/// waits for the wake-up fails (loom gives up on the spin).
+#[test]
+fn domsg_timeout_then_abort_races_the_reply() {
+    loom::model(|| {
+        let s = shared(true);
+        s.hdr.begin_send(true);
+        s.sent.store(true, Ordering::Release);
+
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || target(&s))
+        };
+
+        // The timed sleep: announce, look; not done means it timed out
+        // (the timer's wake-up, which the model takes at once).
+        let in_time = s.hdr.prepare_wait();
+        let mut aborted = false;
+        if !in_time {
+            // Between the two sleeps no wake-up is kept: forget one seen.
+            let _ = s
+                .woken
+                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire);
+            aborted = s.hdr.request_abort();
+            if !aborted {
+                assert!(
+                    s.hdr.flags() & (f::REPLY | f::DONE) != 0,
+                    "abort refused before any reply"
+                );
+            }
+            // The untimed sleep for the reply the abort brings.
+            if !s.hdr.prepare_wait() {
+                spin_until(|| s.woken.load(Ordering::Acquire));
+            }
+        }
+        assert!(s.hdr.is_done());
+        // SAFETY: done: the originator owns the message.
+        let c = unsafe { s.hdr.code() };
+        t.join().unwrap();
+        assert!(c == 7 || c == code::ABORTED);
+        if c == code::ABORTED {
+            assert!(aborted, "aborted reply without a recorded abort");
+        }
+        if in_time {
+            assert_eq!(c, 7, "a reply in time is never aborted");
+        }
+        // Reusable at once, the abort forgotten.
+        s.hdr.begin_send(true);
+        assert_eq!(
+            s.hdr.flags() & (f::ABORTREQ | f::DONE | f::REPLY | f::WAITING),
+            0
+        );
+    });
+}
+
 /// `domsg` on one CPU (`f::PARKED`), the message forwarded by its target to
 /// a second CPU which replies: every update of the flags word is a plain
 /// store (only the owner writes a parked message's word), the reply code

@@ -11,9 +11,12 @@ use core::pin::Pin;
 use core::ptr::NonNull;
 
 use atomic_waker::AtomicWaker;
-use lwkt_core::{Cur, ParkToken};
+use core::time::Duration;
+
+use lwkt_core::{Cur, ParkToken, TimedOut};
 
 use crate::header::{f, Header};
+use crate::port::{sleep_done_until, Deadline};
 use crate::{AsPort, MsgError, Port};
 
 /// A message: a header the ports use, a reply port, and a body of type `T`
@@ -313,6 +316,66 @@ impl<T: Send + 'static> Msg<T> {
             }
         }
         self.as_ref().get_ref().result()
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout`: `Ok(r)` when the
+    /// message is done (its reply taken off the reply port if it was
+    /// queued there), `r` being the reply's result; `Err(TimedOut)` when
+    /// the timeout passed first. The message is then still in flight (or
+    /// its reply still queued on the reply port): nothing is aborted, and
+    /// the message stays pinned and out of reach until a later wait takes
+    /// it back (dropping it meanwhile aborts the process). DragonFly:
+    /// `lwkt_waitmsg()` whose sleep has a `timo`; to give up on the
+    /// message, [`abort`](Self::abort) it and wait again, as
+    /// [`Port::domsg_timeout`] does.
+    ///
+    /// Never early, and the message is looked at once more when the time
+    /// is up, so a reply that lands then wins. A zero timeout looks once;
+    /// a huge one never times out.
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use std::time::Duration;
+    /// use lwkt_core::CpuId;
+    /// use lwkt_msg::{Msg, Port};
+    ///
+    /// static WORK: Port<u64> = Port::spin();
+    /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+    ///     let mut m = pin!(Msg::new(1u64)); // no reply port: completed in place
+    ///     WORK.sendmsg(cur.my_cpu(), m.as_mut());
+    ///     // Nobody serves WORK yet.
+    ///     assert!(m.as_mut().wait_timeout(cur, Duration::from_millis(1)).is_err());
+    ///     let server = cur.spawn_on(CpuId::new(1), |me| {
+    ///         let mut m = WORK.waitport(me).request().unwrap();
+    ///         *m += 1;
+    ///         m.reply(me.my_cpu(), Ok(()));
+    ///     }).unwrap();
+    ///     assert_eq!(m.as_mut().wait_timeout(cur, Duration::from_secs(60)), Ok(Ok(())));
+    ///     assert_eq!(*m.body(), 2);
+    ///     cur.join(&server);
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// As [`wait`](Self::wait); and if the backend has no clock
+    /// ([`Arch::clock`](lwkt_core::Arch::clock)).
+    #[track_caller]
+    pub fn wait_timeout(
+        self: Pin<&mut Self>,
+        cur: &mut Cur,
+        timeout: Duration,
+    ) -> Result<Result<(), MsgError>, TimedOut> {
+        let deadline = Deadline::after(cur.my_cpu(), timeout);
+        let m = self.as_ref().get_ref() as *const Msg<T> as *mut Msg<T>;
+        if !self.hdr.is_done() {
+            match self.reply_port() {
+                Some(port) if self.hdr.flags() & f::SYNC == 0 && port.queues_replies() => {
+                    port.wait_reply_until(cur, m, deadline)?
+                }
+                _ => sleep_done_until(cur, m as usize, &self.hdr, deadline)?,
+            }
+        }
+        Ok(self.as_ref().get_ref().result())
     }
 
     /// The message as a raw pointer, for the ports.

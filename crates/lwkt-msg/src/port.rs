@@ -30,6 +30,9 @@ use crate::queue::Queue;
 use crate::spinlock::SpinLock;
 use crate::{AsPort, Incoming, Msg, MsgError, MsgHandle, Replied};
 
+mod timed;
+pub(crate) use timed::{sleep_done_until, Deadline};
+
 /// The handler of a put-only port, run in the sender's context, which may
 /// be interrupt context (a put from an IPI function): it must do only what
 /// an [`IpiFn`] may (not block, not take a lock the interrupted code may
@@ -254,6 +257,75 @@ impl<T: Send + 'static> Port<T> {
         self.do_domsg(cur, msg)
     }
 
+    /// [`domsg`](Port::domsg) for at most `timeout`: send `msg` and wait
+    /// for its reply until the timeout passes; then **abort** it
+    /// ([`Msg::abort`]) and wait for the reply the abort brings. DragonFly:
+    /// `lwkt_domsg()` whose `lwkt_waitmsg()` times out, then
+    /// `lwkt_abortmsg()`, then the wait for the reply (the abort is a
+    /// request: exactly one reply still comes back).
+    ///
+    /// - `Ok(r)`: the message is back, and `r` is its reply's result:
+    ///   `Ok(())` when the target finished it (before the timeout, or after
+    ///   it despite the abort: the reply raced the abort and won),
+    ///   `Err(MsgError::Aborted)` when the abort took (the port replied it
+    ///   before handing it out, or the handler saw
+    ///   [`MsgHandle::abort_requested`] and gave up), or the handler's own
+    ///   error.
+    /// - `Err(TimedOut)`: only for a message not made
+    ///   [`abortable`](Msg::abortable), when the timeout passed before its
+    ///   reply. The target still holds it: it is **still in flight**, and
+    ///   stays pinned where it is. Wait for it ([`Msg::wait`],
+    ///   [`Msg::wait_timeout`]) before reusing it; dropping it first aborts
+    ///   the process (see [`Msg`]), so its memory is never reused under
+    ///   the target.
+    ///
+    /// Past the timeout an abortable message waits without a limit for its
+    /// reply: a target that holds a message should look at
+    /// `abort_requested` while it works on it. A zero timeout sends, looks
+    /// once, and aborts unless the reply was made at once (a put-only
+    /// port's handler); a huge one never times out. Unlike
+    /// [`domsg`](Port::domsg) it neither parks on this CPU nor watches for
+    /// a reply from another: it sleeps on the message, as
+    /// [`Msg::wait`] does.
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use std::time::Duration;
+    /// use lwkt_core::CpuId;
+    /// use lwkt_msg::{serve_on, Incoming, Msg, MsgError, PortRef};
+    ///
+    /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+    ///     // A slow server: it works until the originator gives up.
+    ///     let (t, port) = serve_on(cur, CpuId::new(1), |me, port: PortRef<u64>| {
+    ///         while let Incoming::Request(m) = port.waitport(me) {
+    ///             while !m.abort_requested() {
+    ///                 me.yield_now();
+    ///             }
+    ///             m.reply(me.my_cpu(), Err(MsgError::Aborted));
+    ///         }
+    ///     }).unwrap();
+    ///     let mut m = pin!(Msg::new(1u64).abortable());
+    ///     let r = port.domsg_timeout(cur, m.as_mut(), Duration::from_millis(2));
+    ///     assert_eq!(r, Ok(Err(MsgError::Aborted)));
+    ///     assert!(m.is_done()); // ours again
+    ///     port.close_from(cur.my_cpu());
+    ///     cur.join(&t);
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// As [`domsg`](Port::domsg); and if the backend has no clock
+    /// ([`Arch::clock`](lwkt_core::Arch::clock)), before anything is sent.
+    #[track_caller]
+    pub fn domsg_timeout(
+        &'static self,
+        cur: &mut Cur,
+        msg: Pin<&mut Msg<T>>,
+        timeout: core::time::Duration,
+    ) -> Result<Result<(), MsgError>, lwkt_core::TimedOut> {
+        self.do_domsg_timeout(cur, msg, timeout)
+    }
+
     /// Whether requests to this port are served on a CPU other than the
     /// caller's (a thread port whose owner lives elsewhere).
     fn served_elsewhere(&self, cur: &Cur) -> bool {
@@ -295,6 +367,46 @@ impl<T: Send + 'static> Port<T> {
     #[track_caller]
     pub fn waitport(&'static self, cur: &mut Cur) -> Incoming<T> {
         self.do_waitport(cur)
+    }
+
+    /// [`waitport`](Port::waitport) for at most `timeout`: the next request
+    /// or reply, or [`Incoming::Closed`], or `Err(TimedOut)` when nothing
+    /// arrived in time. DragonFly: `lwkt_waitport()` whose sleep has a
+    /// `timo` (`EWOULDBLOCK`).
+    ///
+    /// Never early: `Err(TimedOut)` comes only once the timeout has passed
+    /// on the backend's clock (one deadline for the whole wait, however
+    /// often the thread is woken), and the port is looked at once more
+    /// first, so a message that arrives as the time runs out is returned.
+    /// A zero timeout looks once (as [`getport`](Port::getport), but
+    /// returning [`Incoming::Closed`] for a closed, empty port); a huge one
+    /// never times out. A thread port still watches for puts before it
+    /// blocks (at most the backend's watch, about 75 µs hosted, past the
+    /// deadline).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lwkt_msg::Port;
+    ///
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let port: &'static Port<u32> = Port::thread(cur).leak();
+    ///     // Nobody sends: the wait times out.
+    ///     let r = port.waitport_timeout(cur, Duration::from_millis(1));
+    ///     assert_eq!(r.err(), Some(lwkt_core::TimedOut));
+    ///     port.close(cur);
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// As [`getport`](Port::getport); and if the backend has no clock
+    /// ([`Arch::clock`](lwkt_core::Arch::clock)).
+    #[track_caller]
+    pub fn waitport_timeout(
+        &'static self,
+        cur: &mut Cur,
+        timeout: core::time::Duration,
+    ) -> Result<Incoming<T>, lwkt_core::TimedOut> {
+        self.do_waitport_timeout(cur, timeout)
     }
 
     /// Close the port: every queued request is replied [`MsgError::Closed`],

@@ -13,6 +13,8 @@ use {
     core::fmt,
     core::pin::Pin,
     core::sync::atomic::{AtomicPtr, Ordering},
+    core::time::Duration,
+    lwkt_core::TimedOut,
     lwkt_core::{Builder, CpuId, Cur, MyCpu, SpawnError, ThreadHandle},
 };
 
@@ -176,6 +178,44 @@ impl<T: Send + 'static> PortRef<T> {
         self.0.do_domsg(cur, msg)
     }
 
+    /// As [`Port::domsg_timeout`]: `domsg` for at most `timeout`, then
+    /// abort and wait for the reply. DragonFly: `lwkt_domsg()` timing out
+    /// (`lwkt_waitmsg()`, `lwkt_abortmsg()`, the wait for the reply).
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use std::time::Duration;
+    /// use lwkt_core::CpuId;
+    /// use lwkt_msg::{serve_on, Incoming, Msg, PortRef};
+    ///
+    /// lwkt_arch_hosted::Machine::new(2).unwrap().run(|cur| {
+    ///     let (t, port) = serve_on(cur, CpuId::new(1), |me, port: PortRef<u64>| {
+    ///         while let Incoming::Request(mut m) = port.waitport(me) {
+    ///             *m += 1;
+    ///             m.reply(me.my_cpu(), Ok(()));
+    ///         }
+    ///     }).unwrap();
+    ///     let mut m = pin!(Msg::new(1u64).abortable());
+    ///     // A prompt server: the reply comes long before a minute.
+    ///     assert_eq!(port.domsg_timeout(cur, m.as_mut(), Duration::from_secs(60)), Ok(Ok(())));
+    ///     assert_eq!(*m.body(), 2);
+    ///     port.close_from(cur.my_cpu());
+    ///     cur.join(&t);
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// As [`Port::domsg_timeout`].
+    #[track_caller]
+    pub fn domsg_timeout(
+        &self,
+        cur: &mut Cur,
+        msg: Pin<&mut Msg<T>>,
+        timeout: Duration,
+    ) -> Result<Result<(), MsgError>, TimedOut> {
+        self.0.do_domsg_timeout(cur, msg, timeout)
+    }
+
     /// As [`Port::call`]: send, and get a future of the reply.
     ///
     /// # Panics
@@ -201,6 +241,34 @@ impl<T: Send + 'static> PortRef<T> {
     #[track_caller]
     pub fn waitport(&self, cur: &mut Cur) -> Incoming<T> {
         self.0.do_waitport(cur)
+    }
+
+    /// As [`Port::waitport_timeout`]: the next message, or `Err(TimedOut)`
+    /// once `timeout` has passed with none. DragonFly: `lwkt_waitport()`
+    /// with a `timo`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lwkt_msg::{Incoming, PortRef};
+    ///
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let port: PortRef<u8> = PortRef::thread(cur);
+    ///     assert!(port.waitport_timeout(cur, Duration::ZERO).is_err()); // one look
+    ///     port.close(cur);
+    ///     // Closed and empty: no waiting at all.
+    ///     assert!(matches!(port.waitport_timeout(cur, Duration::MAX), Ok(Incoming::Closed)));
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// As [`Port::waitport_timeout`].
+    #[track_caller]
+    pub fn waitport_timeout(
+        &self,
+        cur: &mut Cur,
+        timeout: Duration,
+    ) -> Result<Incoming<T>, TimedOut> {
+        self.0.do_waitport_timeout(cur, timeout)
     }
 
     /// As [`Port::close`]: the receiver closes its port.

@@ -336,7 +336,7 @@ pub(crate) unsafe fn process_with(gd: &Cpu, all: bool) {
 }
 
 /// Run the queued messages for `gd` that are lwkt-core's own
-/// ([`crate::sched::is_own_ipi`]), oldest first, stopping at each ring's
+/// ([`crate::schedule::is_own_ipi`]), oldest first, stopping at each ring's
 /// first other entry, which waits with its source still marked for the
 /// next full [`process`]. Returns whether any waits. For a backend whose
 /// interrupt can land anywhere in the host's code (a signal handler): the
@@ -389,7 +389,7 @@ unsafe fn drain<const OWN_ONLY: bool>(gd: &Cpu, all: bool) -> bool {
             // SAFETY: only code on `gd` in a critical section pops this ring.
             while let Some(msg) = unsafe {
                 if OWN_ONLY {
-                    ring.pop_if(|msg| crate::sched::is_own_ipi(msg.func))
+                    ring.pop_if(|msg| crate::schedule::is_own_ipi(msg.func))
                 } else {
                     ring.pop()
                 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use super::{model, Entry, TwoCpus};
 use crate::cpu::CpuMask;
 use crate::cpusync::cpusync;
-use crate::sched::MyCpu;
 use crate::sync::{AtomicBool, AtomicU32, Ordering};
+use crate::MyCpu;
 
 /// How often a function ran on each CPU: one cell per CPU, written only
 /// there (in interrupt context or by the master itself).

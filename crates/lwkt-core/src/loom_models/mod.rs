@@ -11,19 +11,21 @@
 //! modelled by making the CPU's idle thread current. Every model runs once
 //! per entry ([`model`]).
 
+mod callout;
 mod cpusync;
+mod intr;
 mod sleep;
 mod timer;
 
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use std::boxed::Box;
 use std::sync::Arc;
 
 use crate::arch::{Arch, Context, EntryFn, Stack};
 use crate::cpu::{Cpu, CpuId, MachineState};
 use crate::crit;
+use crate::crit::crit_exit_td;
 use crate::ipiq::IpiRing;
-use crate::sched::crit_exit_td;
 use crate::sync::Ordering;
 use crate::thread::{Priority, Thread};
 
@@ -200,7 +202,17 @@ impl TwoCpus {
                 // The interrupted thread's next final `crit_exit`.
                 let td = gd.cur();
                 crit::enter(&td.critcount);
-                crit_exit_td(td);
+                if ptr::eq(td, &gd.idle) {
+                    // The idle thread never leaves its critical section:
+                    // its loop runs `splz` there and switches to what
+                    // became runnable itself (the model's caller plays that
+                    // switch), so it is never preempted.
+                    // SAFETY: CPU `i`, in a critical section.
+                    unsafe { crate::splz::splz(gd) };
+                    crit::exit_entered_for(&td.critcount, &gd.reqflags, 0);
+                } else {
+                    crit_exit_td(td);
+                }
             }
         }
         true

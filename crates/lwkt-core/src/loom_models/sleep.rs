@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use super::{model, Entry, TwoCpus};
 use crate::crit;
-use crate::sched::{crit_exit_td, MyCpu};
 use crate::sleep::sleep_pass;
 use crate::sync::{AtomicBool, AtomicU32, Ordering};
 use crate::thread::tdf;
+use crate::{crit::crit_exit_td, MyCpu};
 
 const CHAN: usize = 0x1040;
 

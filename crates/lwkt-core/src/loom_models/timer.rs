@@ -7,7 +7,7 @@ use loom::thread;
 
 use super::{model, Entry, TwoCpus, NOW};
 use crate::crit;
-use crate::sched::crit_exit_td;
+use crate::crit::crit_exit_td;
 use crate::sleep::sleep_pass;
 use crate::sync::{AtomicBool, Ordering};
 use crate::thread::tdf;

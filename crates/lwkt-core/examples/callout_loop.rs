@@ -1,0 +1,30 @@
+//! Arm and stop one callout on its own CPU `N` times (default 1,000,000):
+//! a fixed workload for instruction counting (`cargo xtask instr`), e.g.
+//! `valgrind --tool=callgrind target/release/examples/callout_loop 1000000`.
+
+use core::pin::pin;
+use std::hint::black_box;
+use std::time::Duration;
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let stopped = lwkt_arch_hosted::Machine::new(1)
+        .unwrap()
+        .pin(false)
+        .run(move |cur| {
+            let c = pin!(lwkt_core::Callout::new(|_| {}));
+            let my = cur.my_cpu();
+            let d = Duration::from_secs(3600);
+            let mut stopped = 0u64;
+            for _ in 0..n {
+                let c = black_box(c.as_ref());
+                c.reset(my, d);
+                stopped += u64::from(c.stop(my));
+            }
+            stopped
+        });
+    println!("{n} callouts armed and stopped: {stopped} runs prevented");
+}

@@ -1,0 +1,151 @@
+//! Interrupt entry: what the backend calls when an IPI kick arrives. In a
+//! critical section the work is only recorded (request flags) and runs at
+//! the final `crit_exit`; otherwise it runs at once.
+//!
+//! DragonFly: `Xipiq`, `lwkt_process_ipiq()`.
+
+use crate::cpu::Cpu;
+use crate::crit;
+use crate::ipiq::{self};
+use crate::splz::splz;
+use crate::sync::Ordering;
+use crate::thread::tdf;
+
+impl Cpu {
+    /// Interrupt entry for the IPI vector: the backend calls it on this CPU
+    /// when a kick arrives. Inside a critical section (or nested interrupt
+    /// processing) the work is only recorded and runs at the final
+    /// `crit_exit`; otherwise the queued messages run now.
+    /// DragonFly: `Xipiq`.
+    ///
+    /// # Safety
+    /// Called on this CPU, from its interrupt (or signal) context, with the
+    /// interrupted code's registers preserved by the backend.
+    pub unsafe fn ipi_interrupt(&self) {
+        let work = |gd: &Cpu| {
+            // SAFETY: `interrupt_entry` runs us on this CPU inside a
+            // critical section.
+            unsafe { splz(gd) }
+        };
+        // SAFETY: forwarded.
+        unsafe { self.interrupt_entry(work) };
+    }
+
+    /// The IPI vector's entry, around `work`: outside a critical section
+    /// (and nested processing) run `work` in one, left without a
+    /// `crit_exit` (whose slow path would process again: anything that
+    /// arrives meanwhile sets a request bit, for the interrupted thread's
+    /// next exit); inside one, only record the interrupt.
+    ///
+    /// # Safety
+    /// As for [`ipi_interrupt`](Cpu::ipi_interrupt); `work` runs on this
+    /// CPU inside a critical section.
+    #[inline(always)]
+    pub(crate) unsafe fn interrupt_entry(&self, work: impl FnOnce(&Cpu)) {
+        let cur = self.curthread.load(Ordering::Relaxed);
+        if cur.is_null() {
+            return;
+        }
+        // SAFETY: `curthread` names the live running thread.
+        let td = unsafe { &*cur };
+        if !crit::interrupt_arrives(
+            &td.critcount,
+            self.intr_nesting.get(),
+            &self.reqflags,
+            crit::rqf::IPIQ,
+        ) {
+            return;
+        }
+        crit::enter(&td.critcount);
+        work(self);
+        let c = td.critcount.load(Ordering::Relaxed);
+        td.critcount.store(c - 1, Ordering::Relaxed);
+        crate::sync::signal_fence();
+    }
+
+    /// Interrupt entry for a backend whose interrupt may land anywhere in
+    /// the host's code, as a signal handler does: inside the C library's
+    /// `malloc`, holding its lock, or half way through a thread-local
+    /// allocator's update. It runs only lwkt-core's own IPI functions
+    /// (scheduling, wake-ups, thread placement), which touch nothing the
+    /// interrupted code can hold; the first user function in a ring (a
+    /// `send_ipi` function, `cpusync`'s, lwkt-msg's port functions) and
+    /// everything after it wait for the CPU's next critical-section exit,
+    /// switch or idle loop, which this entry asks for. So an ordinary IPI
+    /// function may allocate on the hosted backend. Device interrupts
+    /// ([`Cpu::post_interrupt`]) are delivered (their threads made
+    /// runnable); a preemption waits for the interrupted thread's next
+    /// final `crit_exit`. Inside a critical
+    /// section it only records the interrupt, as
+    /// [`ipi_interrupt`](Cpu::ipi_interrupt) does.
+    ///
+    /// # Safety
+    /// As for [`ipi_interrupt`](Cpu::ipi_interrupt).
+    pub unsafe fn ipi_interrupt_async_safe(&self) {
+        let work = |gd: &Cpu| {
+            gd.async_entry.set(true);
+            // SAFETY: `interrupt_entry` runs us on this CPU inside a
+            // critical section.
+            if unsafe { ipiq::process_own(gd) } {
+                // The interrupted thread's next critical-section exit (or
+                // switch) runs the rest.
+                gd.reqflags.fetch_or(crit::rqf::IPIQ, Ordering::Relaxed);
+            }
+            // Device interrupts: only lwkt's own bookkeeping (their
+            // threads made runnable); a preemption they ask for waits for
+            // the thread's next final `crit_exit` (see `intr`).
+            if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::INTPEND != 0 {
+                // Acquire: as in `splz`.
+                gd.reqflags
+                    .fetch_and(!crit::rqf::INTPEND, Ordering::Acquire);
+                // SAFETY: as above.
+                unsafe { crate::intr::deliver::<true>(gd) };
+            }
+            gd.async_entry.set(false);
+        };
+        // SAFETY: forwarded.
+        unsafe { self.interrupt_entry(work) };
+    }
+
+    /// Preempt the interrupted thread now, from the backend's interrupt
+    /// handler, if an interrupt or a timer asked for it (`RQF_PREEMPT`)
+    /// and the thread may be switched away from here: outside any
+    /// critical section and interrupt processing, and either the backend
+    /// [preempts in interrupt context](crate::Arch::preempts_in_interrupt)
+    /// or the thread is [`async_preemptible`](crate::Builder::async_preemptible).
+    /// Otherwise the request waits for the thread's next final
+    /// `crit_exit`. Returns when the interrupted thread runs again (the
+    /// preempting thread blocked). Call it at the end of the handler,
+    /// after the interrupt entry, with the interrupted context saved on
+    /// the interrupted thread's stack. DragonFly: `lwkt_preempt()` from
+    /// `sched_ithd_hard()`.
+    ///
+    /// # Safety
+    /// Called on this CPU from its interrupt (or signal) handler, as
+    /// [`ipi_interrupt`](Cpu::ipi_interrupt), with the interrupted code's
+    /// registers preserved by the backend; the handler's frame may be left
+    /// for another thread's and resumed later.
+    pub unsafe fn preempt_from_interrupt(&self) {
+        if self.reqflags.load(Ordering::Relaxed) & crit::rqf::PREEMPT == 0 {
+            return;
+        }
+        let cur = self.curthread.load(Ordering::Relaxed);
+        if cur.is_null() {
+            return;
+        }
+        // SAFETY: `curthread` names the live running thread.
+        let td = unsafe { &*cur };
+        if td.critcount.load(Ordering::Relaxed) != 0
+            || self.intr_nesting.get() != 0
+            || td.has(tdf::IDLE)
+            || !(td.has(tdf::ASYNC_PREEMPT) || self.machine().arch.preempts_in_interrupt())
+        {
+            return;
+        }
+        // SAFETY: `td` runs on this CPU outside any critical section and
+        // interrupt processing; the interrupted code may be switched away
+        // from at this instruction (the backend's promise, or the
+        // thread's own: `async_preemptible`'s contract).
+        unsafe { crate::intr::preempt(td) };
+    }
+}
