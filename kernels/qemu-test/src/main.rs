@@ -30,6 +30,7 @@ mod boot;
 mod heap;
 #[macro_use]
 mod hw;
+mod interrupts;
 mod tests;
 
 use alloc::boxed::Box;

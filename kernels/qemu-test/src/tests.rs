@@ -271,6 +271,9 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
 
     timers(cur, n);
     crate::kprintln!("  timers: done");
+
+    let cpus = crate::CPUS.get().expect("the CPUs are set up before the tests");
+    crate::interrupts::run(cur, n, cpus);
 }
 
 /// 7. Timed waits on every CPU, all at once:
@@ -490,5 +493,6 @@ pub(crate) fn report(cpus: &[Cpu], pcpu: &[PerCpu], gs_ok: &[AtomicBool]) -> boo
     let total = FINAL_TOTAL.load(Ordering::Relaxed);
     let expect = 2 * n as u64 * r;
     crate::kprintln!("token-protected counter: {total} (want {expect})");
-    ok && total == expect
+    let more = crate::interrupts::report(n);
+    ok && total == expect && more
 }
