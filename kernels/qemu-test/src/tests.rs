@@ -38,9 +38,6 @@ const HANDSHAKES: u64 = 20;
 
 /// Timed sleeps that were not early and late by less than [`LATE_BOUND`].
 static SLEEPS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// Pairs of consecutive deadlines (of [`SLEEP_MS`]) whose threads woke in
-/// deadline order.
-static ORDERED: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Timed waits nobody ended that returned `Err(TimedOut)`, not early.
 static TIMEOUTS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Timed waits ended by another CPU that returned `Ok`, seen at a clock
@@ -50,14 +47,6 @@ static WOKEN: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 static MAX_LATE: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Sum of the timed sleeps' lateness on each CPU, in ns.
 static SUM_LATE: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// Per CPU, the order in which its sleepers woke (a sequence counter).
-static WAKE_SEQ: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// `WAKE_RANK[cpu * SLEEPERS + i]`: when sleeper `i` of `cpu` woke.
-static WAKE_RANK: [AtomicU64; MAX_CPUS * SLEEPERS] =
-    [const { AtomicU64::new(0) }; MAX_CPUS * SLEEPERS];
-/// `WAKE_DEADLINE[cpu * SLEEPERS + i]`: sleeper `i`'s deadline, clock ns.
-static WAKE_DEADLINE: [AtomicU64; MAX_CPUS * SLEEPERS] =
-    [const { AtomicU64::new(0) }; MAX_CPUS * SLEEPERS];
 /// The cross-CPU wake-ups: the sleeper is about to sleep (1), the first
 /// wait ended (2); what the waker's clock read before it woke it.
 static WAKE_STATE: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -280,7 +269,10 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
 ///
 /// - sleepers: [`SLEEPERS`] threads per CPU sleep [`SLEEP_MS`] each with
 ///   `sleep_for`: none wakes early by the clock, none later than
-///   [`LATE_BOUND`], and they wake in deadline order;
+///   [`LATE_BOUND`] (their wake-up order is not checked: the deadline
+///   the test could record is not the one `sleep_for` computes, which a
+///   vCPU that TCG or the host holds up between the two clock reads
+///   moves later; lwkt-core's own wheel tests check the order);
 /// - timeouts: `sleep_timeout`, `sleep_until_timeout` and
 ///   `WaitQueue::block_since_timeout` on what nobody wakes return
 ///   `Err(TimedOut)`, not early;
@@ -293,17 +285,12 @@ fn timers(cur: &mut Cur, n: usize) {
     // CPU 0 last: this thread runs there until it blocks in `join_all`
     // (lwkt does not preempt), so its sleepers start when it stops.
     for c in (1..n).chain(0..1) {
-        for (i, &ms) in SLEEP_MS.iter().enumerate() {
+        for &ms in SLEEP_MS.iter() {
             hs.push(spawn(cur, c, "sleeper", move |me| {
                 let d = Duration::from_millis(ms);
                 let t0 = now();
-                WAKE_DEADLINE[c * SLEEPERS + i].store(t0 + ns(d), Ordering::Relaxed);
                 me.sleep_for(d);
                 let t1 = now();
-                WAKE_RANK[c * SLEEPERS + i].store(
-                    WAKE_SEQ[c].fetch_add(1, Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
                 check_sleep(c, "sleep_for", t0, t1, d);
             }));
         }
@@ -371,28 +358,6 @@ fn timers(cur: &mut Cur, n: usize) {
         }));
     }
     join_all(cur, hs);
-    // Deadline order: rank the sleepers of each CPU by deadline.
-    for c in 0..n {
-        let mut by_deadline: [(u64, u64); SLEEPERS] = [(0, 0); SLEEPERS];
-        for (i, slot) in by_deadline.iter_mut().enumerate() {
-            *slot = (
-                WAKE_DEADLINE[c * SLEEPERS + i].load(Ordering::Relaxed),
-                WAKE_RANK[c * SLEEPERS + i].load(Ordering::Relaxed),
-            );
-        }
-        by_deadline.sort_unstable();
-        for w in by_deadline.windows(2) {
-            if w[0].1 < w[1].1 {
-                ORDERED[c].fetch_add(1, Ordering::Relaxed);
-            } else {
-                crate::kprintln!(
-                    "cpu {c}: the sleeper due at {} ns woke after the one due at {} ns",
-                    w[0].0,
-                    w[1].0
-                );
-            }
-        }
-    }
 }
 
 /// A timed sleep of `d` on `c` ran from `t0` to `t1`: count it if it was
@@ -446,13 +411,12 @@ pub(crate) fn report(cpus: &[Cpu], pcpu: &[PerCpu], gs_ok: &[AtomicBool]) -> boo
         ("token", &TOKEN_INCS, 2 * r),
         ("msgs", &MSGS, r),
         ("sleeps", &SLEEPS, SLEEPERS as u64),
-        ("order", &ORDERED, SLEEPERS as u64 - 1),
         ("timeouts", &TIMEOUTS, 3),
         ("woken", &WOKEN, 2),
     ];
     let mut ok = true;
     crate::kprintln!(
-        "cpu  apic  gs-base            gs  switches  ipis-run  yields  handoffs  ipi-acks  cpusync  token  msgs  sleeps  order  timeouts  woken  late-max-us  late-mean-us"
+        "cpu  apic  gs-base            gs  switches  ipis-run  yields  handoffs  ipi-acks  cpusync  token  msgs  sleeps  timeouts  woken  late-max-us  late-mean-us"
     );
     for (i, c) in cpus.iter().enumerate() {
         let s = c.stats();
