@@ -9,7 +9,10 @@
 //! - time ([`time`]): the TSC as the clock, its frequency from CPUID
 //!   leaves 0x15/0x16 or calibrated against the PIT, and each CPU's
 //!   one-shot timer from its local APIC (TSC-deadline or one-shot mode);
-//! - the context switch, `sti; hlt` idling and the TSC.
+//! - the context switch (callee-saved registers and RFLAGS: the interrupt
+//!   flag is per thread, so every interrupt entry may preempt the
+//!   interrupted thread, `Arch::preempts_in_interrupt`), `sti; hlt`
+//!   idling and the TSC.
 //!
 //! What comes from crates: MSR access, `lidt`, `hlt` and the interrupt
 //! flag from [`x86_64`]; CPUID's leaves from [`raw_cpuid`] (the TSC and

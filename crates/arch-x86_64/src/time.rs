@@ -196,9 +196,9 @@ impl fmt::Display for CalibrationError {
             CalibrationError::Implausible { hz } => {
                 write!(f, "implausible TSC frequency measured: {hz} Hz")
             }
-            CalibrationError::Disturbed => f.write_str(
-                "every PIT measurement was disturbed (a read came far past the window)",
-            ),
+            CalibrationError::Disturbed => {
+                f.write_str("every PIT measurement was disturbed (a read came far past the window)")
+            }
             CalibrationError::ApicTimerStopped => {
                 f.write_str("the local APIC timer does not count down")
             }
@@ -341,7 +341,12 @@ struct Mhz(u64);
 
 impl fmt::Display for Mhz {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:03} MHz", self.0 / 1_000_000, self.0 / 1_000 % 1_000)
+        write!(
+            f,
+            "{}.{:03} MHz",
+            self.0 / 1_000_000,
+            self.0 / 1_000 % 1_000
+        )
     }
 }
 
@@ -360,10 +365,9 @@ impl fmt::Display for TimeBase {
                 "from CPUID 0x15 (crystal {} x {numerator}/{denominator})",
                 Mhz(u64::from(crystal_hz))
             )?,
-            TscSource::Cpuid16 { base_mhz } => write!(
-                f,
-                "from CPUID 0x15/0x16 (base frequency {base_mhz} MHz)"
-            )?,
+            TscSource::Cpuid16 { base_mhz } => {
+                write!(f, "from CPUID 0x15/0x16 (base frequency {base_mhz} MHz)")?
+            }
             TscSource::Pit {
                 pit_ticks,
                 error_ppm,
@@ -440,7 +444,10 @@ pub fn tsc_from_cpuid<R: CpuIdReader>(cpuid: &CpuId<R>) -> Option<(u64, TscSourc
         .get_processor_frequency_info()
         .map(|f| f.processor_base_frequency())
         .filter(|&m| m != 0)?;
-    Some((u64::from(base_mhz) * 1_000_000, TscSource::Cpuid16 { base_mhz }))
+    Some((
+        u64::from(base_mhz) * 1_000_000,
+        TscSource::Cpuid16 { base_mhz },
+    ))
 }
 
 /// One read of the PIT's count, between two reads of the TSC.
@@ -776,7 +783,10 @@ mod tests {
                     }
                     assert!(t.ticks_to_ns(ticks) >= n, "{hz} Hz, {n} ns: early");
                     if ticks > 0 {
-                        assert!(t.ticks_to_ns(ticks - 1) < n, "{hz} Hz, {n} ns: not the first");
+                        assert!(
+                            t.ticks_to_ns(ticks - 1) < n,
+                            "{hz} Hz, {n} ns: not the first"
+                        );
                     }
                 }
                 ns = ns * 7 / 3 + 1;
@@ -794,7 +804,10 @@ mod tests {
         // No overflow anywhere near the ends.
         let far = t.ticks_to_ns(u64::MAX);
         let exact = (u128::from(u64::MAX) * 10 / 26) as u64;
-        assert!(far.abs_diff(exact) < exact / 1_000_000_000, "{far} vs {exact}");
+        assert!(
+            far.abs_diff(exact) < exact / 1_000_000_000,
+            "{far} vs {exact}"
+        );
         assert_eq!(t.ns_to_ticks(u64::MAX), u64::MAX, "saturates");
         assert_eq!(t.deadline_tsc(u64::MAX), u64::MAX, "saturates");
         // The clock starts at the origin, and before it reads 0.
@@ -880,7 +893,10 @@ mod tests {
         assert!(matches!(src, TscSource::Cpuid15 { numerator: 216, .. }));
         // The ratio without the crystal: leaf 0x16's base frequency.
         let (hz, src) = tsc_from_cpuid(&fake(0x16, [2, 216, 0], 2600)).unwrap();
-        assert_eq!((hz, src), (2_600_000_000, TscSource::Cpuid16 { base_mhz: 2600 }));
+        assert_eq!(
+            (hz, src),
+            (2_600_000_000, TscSource::Cpuid16 { base_mhz: 2600 })
+        );
         // No ratio: nothing from CPUID (0x16 alone is not the TSC's rate).
         assert_eq!(tsc_from_cpuid(&fake(0x16, [0, 0, 0], 2600)), None);
         assert_eq!(tsc_from_cpuid(&fake(0x16, [2, 0, 24_000_000], 2600)), None);

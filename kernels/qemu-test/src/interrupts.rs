@@ -22,8 +22,7 @@ type Counts = [AtomicU64; MAX_CPUS];
 
 /// The backend's clock.
 fn now() -> u64 {
-    lwkt_arch_x86_64::time::now_ns()
-        .unwrap_or_else(|| crate::fail!("the clock is not calibrated"))
+    lwkt_arch_x86_64::time::now_ns().unwrap_or_else(|| crate::fail!("the clock is not calibrated"))
 }
 
 fn ns(d: Duration) -> u64 {
@@ -57,7 +56,10 @@ fn wait_for(me: &mut Cur, what: &str, limit: Duration, mut cond: impl FnMut() ->
     let t0 = now();
     while !cond() {
         if now() - t0 > ns(limit) {
-            crate::fail!("cpu {}: {what}: not after {limit:?}", me.my_cpu().id().index());
+            crate::fail!(
+                "cpu {}: {what}: not after {limit:?}",
+                me.my_cpu().id().index()
+            );
         }
         me.sleep_for(Duration::from_micros(100));
     }
@@ -81,14 +83,16 @@ type Co = Callout<Box<dyn FnMut(Fired<'_>) + Send>>;
 /// Per callout (`cpu * CALLOUTS + k`): its runs, the CPU of its last
 /// run, when it was armed and when it ran (clock ns), and the stop's
 /// answer (0 not stopped yet, 1 prevented a run, 2 did not).
-static CO_RUNS: [AtomicU64; MAX_CPUS * CALLOUTS] = [const { AtomicU64::new(0) }; MAX_CPUS * CALLOUTS];
+static CO_RUNS: [AtomicU64; MAX_CPUS * CALLOUTS] =
+    [const { AtomicU64::new(0) }; MAX_CPUS * CALLOUTS];
 static CO_RAN_ON: [AtomicU64; MAX_CPUS * CALLOUTS] =
     [const { AtomicU64::new(u64::MAX) }; MAX_CPUS * CALLOUTS];
 static CO_ARMED_AT: [AtomicU64; MAX_CPUS * CALLOUTS] =
     [const { AtomicU64::new(0) }; MAX_CPUS * CALLOUTS];
 static CO_RAN_AT: [AtomicU64; MAX_CPUS * CALLOUTS] =
     [const { AtomicU64::new(0) }; MAX_CPUS * CALLOUTS];
-static CO_STOP: [AtomicU64; MAX_CPUS * CALLOUTS] = [const { AtomicU64::new(0) }; MAX_CPUS * CALLOUTS];
+static CO_STOP: [AtomicU64; MAX_CPUS * CALLOUTS] =
+    [const { AtomicU64::new(0) }; MAX_CPUS * CALLOUTS];
 /// Per CPU: its callouts are armed.
 static CO_ARMED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// Per CPU: callouts accounted for exactly once (ran once and not
@@ -110,14 +114,20 @@ fn callouts(cur: &mut Cur, n: usize) {
             });
             Pin::static_ref(Box::leak(Box::new(Callout::new(f))))
         });
-        hs.push(spawn(cur, c, "callout-armer", Priority::default(), move |me| {
-            for (k, co) in cos.iter().enumerate() {
-                let i = c * CALLOUTS + k;
-                CO_ARMED_AT[i].store(now(), Ordering::Relaxed);
-                co.reset(me.my_cpu(), Duration::from_micros(CALLOUT_DELAYS_US[k]));
-            }
-            CO_ARMED[c].store(true, Ordering::Release);
-        }));
+        hs.push(spawn(
+            cur,
+            c,
+            "callout-armer",
+            Priority::default(),
+            move |me| {
+                for (k, co) in cos.iter().enumerate() {
+                    let i = c * CALLOUTS + k;
+                    CO_ARMED_AT[i].store(now(), Ordering::Relaxed);
+                    co.reset(me.my_cpu(), Duration::from_micros(CALLOUT_DELAYS_US[k]));
+                }
+                CO_ARMED[c].store(true, Ordering::Release);
+            },
+        ));
         hs.push(spawn(
             cur,
             (c + 1) % n,
@@ -272,10 +282,15 @@ fn preemption(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
             "raiser",
             Priority::SOFT_NORM,
             move |me| {
-                wait_for(me, "interrupt threads registered", Duration::from_secs(5), || {
-                    ITH_READY[c].load(Ordering::Acquire) == 0b11
-                        && SPIN_STATE[c].load(Ordering::Acquire) == 1
-                });
+                wait_for(
+                    me,
+                    "interrupt threads registered",
+                    Duration::from_secs(5),
+                    || {
+                        ITH_READY[c].load(Ordering::Acquire) == 0b11
+                            && SPIN_STATE[c].load(Ordering::Acquire) == 1
+                    },
+                );
                 let apic_id = crate::PERCPU[c]
                     .apic_id()
                     .unwrap_or_else(|| crate::fail!("cpu {c} has no APIC id"));
@@ -341,7 +356,10 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
             Priority::default(),
             move |me| {
                 let port: &'static Port<u64> = Port::thread(me).leak();
-                TPORTS[c].store(port as *const Port<u64> as *mut Port<u64>, Ordering::Release);
+                TPORTS[c].store(
+                    port as *const Port<u64> as *mut Port<u64>,
+                    Ordering::Release,
+                );
                 let m = port
                     .waitport(me)
                     .request()
@@ -361,65 +379,75 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
                 port.close(me);
             },
         ));
-        hs.push(spawn(cur, c, "timed-client", Priority::default(), move |me| {
-            // A port nobody sends to: `waitport_timeout` times out.
-            let own: &'static Port<u64> = Port::thread(me).leak();
-            let t0 = now();
-            let r = own.waitport_timeout(me, MSG_TIMEOUT);
-            let took = now() - t0;
-            match r {
-                Err(TimedOut) if took >= ns(MSG_TIMEOUT) => {
-                    MSG_TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
+        hs.push(spawn(
+            cur,
+            c,
+            "timed-client",
+            Priority::default(),
+            move |me| {
+                // A port nobody sends to: `waitport_timeout` times out.
+                let own: &'static Port<u64> = Port::thread(me).leak();
+                let t0 = now();
+                let r = own.waitport_timeout(me, MSG_TIMEOUT);
+                let took = now() - t0;
+                match r {
+                    Err(TimedOut) if took >= ns(MSG_TIMEOUT) => {
+                        MSG_TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(TimedOut) => crate::kprintln!("cpu {c}: waitport_timeout early: {took} ns"),
+                    Ok(i) => crate::kprintln!(
+                        "cpu {c}: waitport_timeout on an idle port returned {}",
+                        if matches!(i, Incoming::Request(_)) {
+                            "a request"
+                        } else {
+                            "a reply"
+                        }
+                    ),
                 }
-                Err(TimedOut) => crate::kprintln!("cpu {c}: waitport_timeout early: {took} ns"),
-                Ok(i) => crate::kprintln!(
-                    "cpu {c}: waitport_timeout on an idle port returned {}",
-                    if matches!(i, Incoming::Request(_)) { "a request" } else { "a reply" }
-                ),
-            }
-            own.close(me);
-            let port = loop {
-                let p = TPORTS[c].load(Ordering::Acquire);
-                if !p.is_null() {
-                    // SAFETY: a leaked, 'static port published by its server.
-                    break unsafe { &*p };
-                }
-                me.sleep_for(Duration::from_micros(100));
-            };
-            // A plain message: `Err(TimedOut)`, still in flight; then the
-            // server replies and the wait gets it back.
-            let mut m = pin!(Msg::new(7u64));
-            let t0 = now();
-            let r = port.domsg_timeout(me, m.as_mut(), MSG_TIMEOUT);
-            let took = now() - t0;
-            let in_flight = !m.is_done();
-            CLIENT_TIMED_OUT[c].store(true, Ordering::Release);
-            let back = m.as_mut().wait(me);
-            match r {
-                Err(TimedOut) if took >= ns(MSG_TIMEOUT) && in_flight && back == Ok(()) => {
-                    MSG_TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
-                }
-                _ => crate::kprintln!(
-                    "cpu {c}: domsg_timeout against a silent server: {r:?} after {took} ns \
+                own.close(me);
+                let port = loop {
+                    let p = TPORTS[c].load(Ordering::Acquire);
+                    if !p.is_null() {
+                        // SAFETY: a leaked, 'static port published by its server.
+                        break unsafe { &*p };
+                    }
+                    me.sleep_for(Duration::from_micros(100));
+                };
+                // A plain message: `Err(TimedOut)`, still in flight; then the
+                // server replies and the wait gets it back.
+                let mut m = pin!(Msg::new(7u64));
+                let t0 = now();
+                let r = port.domsg_timeout(me, m.as_mut(), MSG_TIMEOUT);
+                let took = now() - t0;
+                let in_flight = !m.is_done();
+                CLIENT_TIMED_OUT[c].store(true, Ordering::Release);
+                let back = m.as_mut().wait(me);
+                match r {
+                    Err(TimedOut) if took >= ns(MSG_TIMEOUT) && in_flight && back == Ok(()) => {
+                        MSG_TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => crate::kprintln!(
+                        "cpu {c}: domsg_timeout against a silent server: {r:?} after {took} ns \
                      (in flight {in_flight}, then {back:?})"
-                ),
-            }
-            // An abortable one: aborted at the timeout, back when the
-            // server gives up on it.
-            let mut m = pin!(Msg::new(8u64).abortable());
-            let t0 = now();
-            let r = port.domsg_timeout(me, m.as_mut(), MSG_TIMEOUT);
-            let took = now() - t0;
-            match r {
-                Ok(Err(MsgError::Aborted)) if took >= ns(MSG_TIMEOUT) && m.is_done() => {
-                    MSG_TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
+                    ),
                 }
-                _ => crate::kprintln!(
-                    "cpu {c}: abortable domsg_timeout: {r:?} after {took} ns (done {})",
-                    m.is_done()
-                ),
-            }
-        }));
+                // An abortable one: aborted at the timeout, back when the
+                // server gives up on it.
+                let mut m = pin!(Msg::new(8u64).abortable());
+                let t0 = now();
+                let r = port.domsg_timeout(me, m.as_mut(), MSG_TIMEOUT);
+                let took = now() - t0;
+                match r {
+                    Ok(Err(MsgError::Aborted)) if took >= ns(MSG_TIMEOUT) && m.is_done() => {
+                        MSG_TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => crate::kprintln!(
+                        "cpu {c}: abortable domsg_timeout: {r:?} after {took} ns (done {})",
+                        m.is_done()
+                    ),
+                }
+            },
+        ));
     }
     join_all(cur, hs);
 }
@@ -453,9 +481,7 @@ pub(crate) fn report(n: usize) -> bool {
     );
     for c in 0..n {
         let co = CO_OK[c].load(Ordering::Relaxed);
-        crate::kprint!(
-            "{c:>3}  {co:>8}",
-        );
+        crate::kprint!("{c:>3}  {co:>8}",);
         if co != CALLOUTS as u64 {
             ok = false;
             crate::kprint!(" (want {CALLOUTS})");
@@ -490,8 +516,14 @@ pub(crate) fn report(n: usize) -> bool {
     }
     // Over the machine both outcomes of a stop happened: the hour-long
     // callouts were all stopped, the zero-delay ones all ran.
-    let fired: u64 = CO_FIRED[..n].iter().map(|x| x.load(Ordering::Relaxed)).sum();
-    let stopped: u64 = CO_STOPPED[..n].iter().map(|x| x.load(Ordering::Relaxed)).sum();
+    let fired: u64 = CO_FIRED[..n]
+        .iter()
+        .map(|x| x.load(Ordering::Relaxed))
+        .sum();
+    let stopped: u64 = CO_STOPPED[..n]
+        .iter()
+        .map(|x| x.load(Ordering::Relaxed))
+        .sum();
     crate::kprintln!("callouts: {fired} ran, {stopped} stopped before they ran");
     ok
 }

@@ -3,8 +3,11 @@
 //! starts one lwkt scheduler per CPU and runs, on every CPU, thread
 //! switches, cross-CPU scheduling by IPI message, IPI handshakes,
 //! `cpusync` over all CPUs, a token taken from every CPU, messages
-//! between CPUs and timed sleeps (the TSC clock, calibrated while the APs
-//! take their INIT, and each CPU's local APIC timer). It prints a report
+//! between CPUs, timed sleeps (the TSC clock, calibrated while the APs
+//! take their INIT, and each CPU's local APIC timer), callouts armed on
+//! every CPU and stopped from another, a CPU-bound thread preempted by
+//! interrupt threads (from the interrupt frame) and `domsg_timeout`
+//! against a server that does not reply in time. It prints a report
 //! on COM1 and exits QEMU through isa-debug-exit: 33 for a pass, 35 for a
 //! failure (a triple fault exits 0, a hang is killed by the runner: both
 //! count as failures).

@@ -79,8 +79,7 @@ fn here(cur: &Cur) -> usize {
 
 /// The backend's clock (calibrated at boot).
 fn now() -> u64 {
-    lwkt_arch_x86_64::time::now_ns()
-        .unwrap_or_else(|| crate::fail!("the clock is not calibrated"))
+    lwkt_arch_x86_64::time::now_ns().unwrap_or_else(|| crate::fail!("the clock is not calibrated"))
 }
 
 fn ns(d: Duration) -> u64 {
@@ -261,7 +260,9 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
     timers(cur, n);
     crate::kprintln!("  timers: done");
 
-    let cpus = crate::CPUS.get().expect("the CPUs are set up before the tests");
+    let cpus = crate::CPUS
+        .get()
+        .expect("the CPUs are set up before the tests");
     crate::interrupts::run(cur, n, cpus);
 }
 
@@ -336,9 +337,7 @@ fn timers(cur: &mut Cur, n: usize) {
             WAKE_STATE[c].store(2, Ordering::SeqCst);
             // Second: `sleep_until_timeout` on a flag, which loses nothing.
             let flag = &WAKE_FLAG[c];
-            let r = me.sleep_until_timeout(chan + 1, WOKEN_TIMEOUT, || {
-                flag.load(Ordering::SeqCst)
-            });
+            let r = me.sleep_until_timeout(chan + 1, WOKEN_TIMEOUT, || flag.load(Ordering::SeqCst));
             check_woken(c, "sleep_until_timeout", r, now());
         }));
         hs.push(spawn(cur, (c + 1) % n, "waker", move |me| {
