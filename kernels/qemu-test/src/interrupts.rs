@@ -102,6 +102,8 @@ static CO_OK: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 static CO_FIRED: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 static CO_STOPPED: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 
+// `c` names the CPU in every closure below, not just an index.
+#[allow(clippy::needless_range_loop)]
 fn callouts(cur: &mut Cur, n: usize) {
     let mut hs = alloc::vec::Vec::new();
     for c in 0..n {

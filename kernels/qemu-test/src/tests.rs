@@ -82,6 +82,9 @@ fn now() -> u64 {
     lwkt_arch_x86_64::time::now_ns().unwrap_or_else(|| crate::fail!("the clock is not calibrated"))
 }
 
+/// A timed wait on a channel, for the table of waits nobody ends.
+type TimedWait = fn(&mut Cur, usize) -> Result<(), TimedOut>;
+
 fn ns(d: Duration) -> u64 {
     d.as_nanos() as u64
 }
@@ -298,7 +301,7 @@ fn timers(cur: &mut Cur, n: usize) {
         hs.push(spawn(cur, c, "timeouts", move |me| {
             let quiet = &QUIET[c];
             let chan = quiet as *const WaitQueue as usize + 1;
-            let waits: [(&str, fn(&mut Cur, usize) -> Result<(), TimedOut>); 3] = [
+            let waits: [(&str, TimedWait); 3] = [
                 ("sleep_timeout", |me, chan| {
                     me.sleep_timeout(chan, QUIET_TIMEOUT)
                 }),
