@@ -80,7 +80,7 @@ static DONE: AtomicUsize = AtomicUsize::new(0);
 /// Per CPU: did `gs:[0]` and the GS MSRs read back as installed?
 static GS_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-const STACK_REGION: usize = 8 << 20;
+const STACK_REGION: usize = 16 << 20;
 /// A 64 KiB stack plus the pool's canary room, page-rounded.
 const STACK_SLOT: usize = (64 + 4) << 10;
 #[repr(C, align(4096))]
