@@ -344,6 +344,14 @@ static CLIENT_TIMED_OUT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false
 /// Per CPU: timed message waits that ended as they must, not early.
 static MSG_TIMEOUTS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 const MSG_TIMEOUT: Duration = Duration::from_millis(2);
+/// Per CPU: how far its client and its server got (printed if the test
+/// does not end: a thread blocked without a timer leaves every CPU idle,
+/// and QEMU's NMI dump does not work under KVM).
+static CLIENT_STAGE: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+static SERVER_STAGE: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU: abortable requests the server saw (the others were aborted
+/// at the port, before it took them).
+static ABORTS_SEEN: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 fn msg_timeouts(cur: &mut Cur, n: usize) {
     let mut hs = alloc::vec::Vec::new();
@@ -366,19 +374,34 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
                     .waitport(me)
                     .request()
                     .unwrap_or_else(|| crate::fail!("cpu {c}: slow server: no request"));
+                SERVER_STAGE[c].store(2, Ordering::Relaxed);
                 wait_for(me, "the client's timeout", Duration::from_secs(5), || {
                     CLIENT_TIMED_OUT[c].load(Ordering::Acquire)
                 });
                 m.reply(me.my_cpu(), Ok(()));
-                let m = port
-                    .waitport(me)
-                    .request()
-                    .unwrap_or_else(|| crate::fail!("cpu {c}: slow server: no request"));
-                wait_for(me, "the client's abort", Duration::from_secs(5), || {
-                    m.abort_requested()
-                });
-                m.reply(me.my_cpu(), Err(MsgError::Aborted));
+                SERVER_STAGE[c].store(3, Ordering::Relaxed);
+                // The abortable one: the abort may take at the port (the
+                // request never reaches us: the port replies it) or here.
+                // So wait for it with timeouts until the client has it
+                // back.
+                loop {
+                    match port.waitport_timeout(me, Duration::from_millis(1)) {
+                        Ok(Incoming::Request(m)) => {
+                            SERVER_STAGE[c].store(4, Ordering::Relaxed);
+                            wait_for(me, "the client's abort", Duration::from_secs(5), || {
+                                m.abort_requested()
+                            });
+                            m.reply(me.my_cpu(), Err(MsgError::Aborted));
+                            ABORTS_SEEN[c].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => crate::fail!("cpu {c}: slow server: a reply on its port"),
+                        Err(TimedOut) if CLIENT_STAGE[c].load(Ordering::Acquire) >= 6 => break,
+                        Err(TimedOut) => {}
+                    }
+                }
+                SERVER_STAGE[c].store(5, Ordering::Relaxed);
                 port.close(me);
+                SERVER_STAGE[c].store(6, Ordering::Relaxed);
             },
         ));
         hs.push(spawn(
@@ -388,6 +411,7 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
             Priority::default(),
             move |me| {
                 // A port nobody sends to: `waitport_timeout` times out.
+                CLIENT_STAGE[c].store(1, Ordering::Relaxed);
                 let own: &'static Port<u64> = Port::thread(me).leak();
                 let t0 = now();
                 let r = own.waitport_timeout(me, MSG_TIMEOUT);
@@ -407,6 +431,7 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
                     ),
                 }
                 own.close(me);
+                CLIENT_STAGE[c].store(2, Ordering::Relaxed);
                 let port = loop {
                     let p = TPORTS[c].load(Ordering::Acquire);
                     if !p.is_null() {
@@ -419,11 +444,14 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
                 // server replies and the wait gets it back.
                 let mut m = pin!(Msg::new(7u64));
                 let t0 = now();
+                CLIENT_STAGE[c].store(3, Ordering::Relaxed);
                 let r = port.domsg_timeout(me, m.as_mut(), MSG_TIMEOUT);
                 let took = now() - t0;
                 let in_flight = !m.is_done();
                 CLIENT_TIMED_OUT[c].store(true, Ordering::Release);
+                CLIENT_STAGE[c].store(4, Ordering::Relaxed);
                 let back = m.as_mut().wait(me);
+                CLIENT_STAGE[c].store(5, Ordering::Relaxed);
                 match r {
                     Err(TimedOut) if took >= ns(MSG_TIMEOUT) && in_flight && back == Ok(()) => {
                         MSG_TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
@@ -439,6 +467,7 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
                 let t0 = now();
                 let r = port.domsg_timeout(me, m.as_mut(), MSG_TIMEOUT);
                 let took = now() - t0;
+                CLIENT_STAGE[c].store(6, Ordering::Release);
                 match r {
                     Ok(Err(MsgError::Aborted)) if took >= ns(MSG_TIMEOUT) && m.is_done() => {
                         MSG_TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
@@ -450,6 +479,23 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
                 }
             },
         ));
+    }
+    // A bounded join: a thread blocked for good fails the run with the
+    // stages reached, rather than leaving every CPU idle until the
+    // runner's timeout.
+    let t0 = now();
+    while !hs.iter().all(ThreadHandle::has_exited) {
+        if now() - t0 > ns(Duration::from_secs(10)) {
+            for c in 0..n {
+                crate::kprintln!(
+                    "cpu {c}: client stage {}, server stage {}",
+                    CLIENT_STAGE[c].load(Ordering::Relaxed),
+                    SERVER_STAGE[c].load(Ordering::Relaxed)
+                );
+            }
+            crate::fail!("the timed message waits did not end within 10 s");
+        }
+        cur.sleep_for(Duration::from_millis(1));
     }
     join_all(cur, hs);
 }
@@ -527,5 +573,13 @@ pub(crate) fn report(n: usize) -> bool {
         .map(|x| x.load(Ordering::Relaxed))
         .sum();
     crate::kprintln!("callouts: {fired} ran, {stopped} stopped before they ran");
+    let seen: u64 = ABORTS_SEEN[..n]
+        .iter()
+        .map(|x| x.load(Ordering::Relaxed))
+        .sum();
+    crate::kprintln!(
+        "abortable domsg_timeout: {seen} aborted by the server, {} at the port",
+        n as u64 - seen
+    );
     ok
 }
