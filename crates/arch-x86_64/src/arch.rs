@@ -90,8 +90,28 @@ impl StackPool {
         });
     }
 
+    /// Run `f` on the pool with interrupts off on this CPU: an interrupt
+    /// handler (an IPI function that frees a stack) or a thread that
+    /// preempts from the interrupt frame (`preempts_in_interrupt`) would
+    /// otherwise spin for ever on the lock the interrupted thread holds.
+    fn with<R>(&self, f: impl FnOnce(&mut Option<Pool>) -> R) -> R {
+        #[cfg(target_os = "none")]
+        {
+            x86_64::instructions::interrupts::without_interrupts(|| f(&mut self.inner.lock()))
+        }
+        // Host unit tests: `cli` faults in user mode, and nothing there
+        // interrupts or preempts.
+        #[cfg(not(target_os = "none"))]
+        {
+            f(&mut self.inner.lock())
+        }
+    }
+
     fn alloc(&self, size: usize) -> Option<Stack> {
-        let mut g = self.inner.lock();
+        self.with(|g| Self::alloc_in(g, size))
+    }
+
+    fn alloc_in(g: &mut Option<Pool>, size: usize) -> Option<Stack> {
         let p = g.as_mut()?;
         if size > p.slot - CANARY_ROOM {
             return None;
@@ -110,7 +130,10 @@ impl StackPool {
     }
 
     fn free(&self, s: Stack) {
-        let mut g = self.inner.lock();
+        self.with(|g| Self::free_in(g, s))
+    }
+
+    fn free_in(g: &mut Option<Pool>, s: Stack) {
         let p = g
             .as_mut()
             .expect("lwkt-arch-x86_64: free_stack before the pool has a region");
