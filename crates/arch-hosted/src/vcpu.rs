@@ -146,9 +146,9 @@ pub(crate) fn clock_ns() -> u64 {
 /// the timer interrupt on the CPU and kick it (an idle vCPU is unparked,
 /// a running one looks at its next critical-section exit). Returns the
 /// earliest deadline still set.
-fn fire_timers(cpus: &[Cpu], vcpus: &[Vcpu], now: u64) -> u64 {
+fn fire_timers(cpus: &[Cpu], vcpus: &[Vcpu], now: u64, posted: &mut [u64]) -> u64 {
     let mut next = u64::MAX;
-    for (c, v) in cpus.iter().zip(vcpus) {
+    for ((c, v), posted) in cpus.iter().zip(vcpus).zip(posted) {
         let d = v.timer.load(Ordering::Acquire);
         if d > now {
             next = next.min(d);
@@ -161,6 +161,10 @@ fn fire_timers(cpus: &[Cpu], vcpus: &[Vcpu], now: u64) -> u64 {
             // SAFETY: a CPU of this watchdog's machine, which runs while
             // the watchdog does.
             unsafe { HOSTED.kick(c) };
+            // A running vCPU runs its timers at its next critical-section
+            // exit; one that does not reach any (a thread that never calls
+            // lwkt: time slicing needs it) is signalled by the scan.
+            *posted = HOSTED.cycles().max(1);
         }
     }
     next
@@ -187,10 +191,12 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
     let mut answered: Vec<u64> = cpus.iter().map(|c| c.stats().kicks_answered).collect();
     let mut received: Vec<u64> = cpus.iter().map(|c| c.stats().ipis_received).collect();
     let mut backlog: Vec<bool> = vec![false; cpus.len()];
+    // Per CPU: when a timer was posted to it and not yet run (0: none).
+    let mut timer_posted: Vec<u64> = vec![0; cpus.len()];
     while running.load(Ordering::Acquire) != 0 {
         next_scan += period;
         loop {
-            let next_timer = fire_timers(cpus, vcpus, clock_ns());
+            let next_timer = fire_timers(cpus, vcpus, clock_ns(), &mut timer_posted);
             let now = std::time::Instant::now();
             if now >= next_scan || running.load(Ordering::Acquire) == 0 {
                 break;
@@ -216,6 +222,20 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
                     log::debug!(
                         "lwkt-arch-hosted: cpu {i}: IPIs waited a whole watchdog period; signalling it"
                     );
+                    signalled = true;
+                } else {
+                    suspect = true;
+                }
+            }
+            if timer_posted[i] != 0 {
+                if !c.timer_pending() {
+                    timer_posted[i] = 0;
+                } else if now.wrapping_sub(timer_posted[i]) >= ESCALATE_CYCLES {
+                    // Its timer waited a whole window: the running thread
+                    // reaches no critical-section exit. Interrupt it (its
+                    // time slice may end in the handler).
+                    timer_posted[i] = 0;
+                    signal(v);
                     signalled = true;
                 } else {
                     suspect = true;
@@ -481,9 +501,10 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
         unsafe { (*p).ipi_interrupt_async_safe() };
         // An interrupt thread it made runnable preempts here only an
         // `async_preemptible` thread (its promise: not inside the C
-        // library now); others at their next final `crit_exit`. The
-        // switch leaves this frame on the preempted thread's stack, with
-        // this signal blocked until it resumes and returns.
+        // library now); others at their next final `crit_exit`. So does
+        // the round-robin of an expired time slice. The switch leaves this
+        // frame on the preempted thread's stack until it resumes and
+        // returns; the signal stays deliverable meanwhile (SA_NODEFER).
         // SAFETY: as above; the kernel saved the interrupted registers
         // (and FPU state) in the signal frame on that stack.
         unsafe { (*p).preempt_from_interrupt() };
@@ -498,7 +519,16 @@ pub(crate) fn install_signal_handler() {
         unsafe {
             let mut sa: libc::sigaction = core::mem::zeroed();
             sa.sa_sigaction = on_ipi_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
+            // SA_NODEFER: the handler may switch to another lwkt thread
+            // (a preemption, a time slice), which must run with the signal
+            // deliverable, as a thread preempted in an x86 kernel's
+            // interrupt return runs the next one with interrupts on. A
+            // signal nested in the handler finds the interrupted thread in
+            // the entry's critical section and only records itself (or,
+            // before the entry raised it, runs whole first, as a nested
+            // interrupt does); `preempt_from_interrupt` switches only from
+            // outside any critical section.
+            sa.sa_flags = libc::SA_RESTART | libc::SA_NODEFER;
             libc::sigemptyset(&mut sa.sa_mask);
             let r = libc::sigaction(IPI_SIGNAL, &sa, ptr::null_mut());
             assert_eq!(

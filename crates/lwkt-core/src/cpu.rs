@@ -123,6 +123,7 @@ pub struct CpuStats {
     pub(crate) interrupts: OwnerCounter,
     pub(crate) stray_interrupts: OwnerCounter,
     pub(crate) preemptions: OwnerCounter,
+    pub(crate) slices: OwnerCounter,
 }
 
 /// One CPU's state at a moment: [`Cpu::snapshot`]. Its `Display` is one
@@ -211,6 +212,10 @@ pub struct CpuStatsSnapshot {
     /// Times an interrupt thread preempted the running thread
     /// (`lwkt_preempt` that switched).
     pub preemptions: u64,
+    /// Round-robin switches made because a thread used up its quantum
+    /// ([`TIME_SLICE`](crate::TIME_SLICE)) while a peer waited
+    /// (`lwkt_schedulerclock`).
+    pub slices: u64,
     /// Threads living on this CPU now.
     pub threads_live: u64,
 }
@@ -408,6 +413,9 @@ pub struct Cpu {
     /// (`u64::MAX`: none), owner-only: `timer::insert` programs it again
     /// only for an earlier one.
     pub(crate) timer_programmed: Cell<u64>,
+    /// The time-slice timer (`lwkt_schedulerclock`), in `timers` while
+    /// the CPU is busy.
+    pub(crate) slice: crate::slice::SliceTimer,
     /// Device interrupt lines and their threads.
     pub(crate) intr: crate::intr::IntrTable,
     pub(crate) idle: Thread,
@@ -511,6 +519,7 @@ impl Cpu {
             sleepq: UnsafeCell::new(SleepQueues::new()),
             timers: crate::wheel::Wheel::new(),
             timer_programmed: Cell::new(u64::MAX),
+            slice: crate::slice::SliceTimer::new(),
             intr: crate::intr::IntrTable::new(),
             idle,
             reqflags: AtomicU32::new(0),
@@ -602,6 +611,7 @@ impl Cpu {
             interrupts: s.interrupts.get(),
             stray_interrupts: s.stray_interrupts.get(),
             preemptions: s.preemptions.get(),
+            slices: s.slices.get(),
             threads_live: self.live_threads.load(Ordering::Relaxed) as u64,
         }
     }
@@ -645,6 +655,23 @@ impl Cpu {
     pub fn post_timer(&self) {
         self.reqflags
             .fetch_or(crate::crit::rqf::TIMER, Ordering::SeqCst);
+    }
+
+    /// Whether a timer interrupt [posted](Cpu::post_timer) to this CPU has
+    /// not run yet: a snapshot, for a backend that makes the CPU look
+    /// cheaply first and interrupts it only when it does not (the hosted
+    /// backend's watchdog).
+    ///
+    /// ```
+    /// // A backend's periodic scan, some time after it posted a timer.
+    /// fn scan(cpu: &lwkt_core::Cpu, interrupt: impl Fn(&lwkt_core::Cpu)) {
+    ///     if cpu.timer_pending() {
+    ///         interrupt(cpu); // it did not look: interrupt it for real
+    ///     }
+    /// }
+    /// ```
+    pub fn timer_pending(&self) -> bool {
+        self.reqflags.load(Ordering::SeqCst) & crate::crit::rqf::TIMER != 0
     }
 
     /// This CPU's scheduling and IPI state, for a hang report: what a

@@ -39,11 +39,16 @@ pub(crate) mod rqf {
     /// interrupt entry). DragonFly: the `lwkt_preempt()` call of
     /// `sched_ithd_hard()`.
     pub(crate) const PREEMPT: u32 = 1 << 6;
+    /// The running thread used up its quantum while a peer waits: it
+    /// round-robins at the final `crit_exit` (or the backend's interrupt
+    /// entry). Any switch serves it. DragonFly: `lwkt_schedulerclock()`'s
+    /// `need_lwkt_resched()`.
+    pub(crate) const SLICE: u32 = 1 << 7;
     /// Deferred work that `splz` runs and clears (DragonFly
     /// `RQF_IDLECHECK_MASK`).
     pub(crate) const IDLECHECK: u32 = IPIQ | INTPEND | TIMER;
     /// What `crit_exit` tests.
-    pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH | PREEMPT;
+    pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH | PREEMPT | SLICE;
 }
 
 /// Raises a critical-section count. DragonFly: `crit_enter_quick()`.

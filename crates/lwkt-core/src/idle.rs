@@ -41,6 +41,9 @@ impl Cpu {
                     // expires.
                     self.watch_seen.set(arch.cycles());
                 }
+                // The CPU gets busy: time its threads' quanta.
+                // SAFETY: on this CPU, in the idle thread's critical section.
+                unsafe { crate::slice::arm_for_busy(self) };
                 // SAFETY: the idle thread is running.
                 if unsafe { switch_from(idle) } {
                     contended = 0;

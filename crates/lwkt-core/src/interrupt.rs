@@ -107,18 +107,21 @@ impl Cpu {
         unsafe { self.interrupt_entry(work) };
     }
 
-    /// Preempt the interrupted thread now, from the backend's interrupt
-    /// handler, if an interrupt or a timer asked for it (`RQF_PREEMPT`)
-    /// and the thread may be switched away from here: outside any
-    /// critical section and interrupt processing, and either the backend
+    /// Let the interrupted thread make its final `crit_exit` here, from the
+    /// backend's interrupt handler, when it may be switched away from at
+    /// this point: outside any critical section and interrupt processing,
+    /// and either the backend
     /// [preempts in interrupt context](crate::Arch::preempts_in_interrupt)
     /// or the thread is [`async_preemptible`](crate::Builder::async_preemptible).
-    /// Otherwise the request waits for the thread's next final
-    /// `crit_exit`. Returns when the interrupted thread runs again (the
-    /// preempting thread blocked). Call it at the end of the handler,
-    /// after the interrupt entry, with the interrupted context saved on
-    /// the interrupted thread's stack. DragonFly: `lwkt_preempt()` from
-    /// `sched_ithd_hard()`.
+    /// Deferred work runs (expired timers and callouts, fast handlers, IPI
+    /// functions), then a preemption an interrupt or a timer asked for
+    /// (`RQF_PREEMPT`), or the round-robin of an expired quantum
+    /// ([`TIME_SLICE`](crate::TIME_SLICE)). Otherwise all of it waits for
+    /// the thread's next final `crit_exit`. Returns when the interrupted
+    /// thread runs again. Call it at the end of the handler, after the
+    /// interrupt entry, with the interrupted context saved on the
+    /// interrupted thread's stack. DragonFly: `doreti`'s `splz` and
+    /// `lwkt_preempt()` from `sched_ithd_hard()`.
     ///
     /// # Safety
     /// Called on this CPU from its interrupt (or signal) handler, as
@@ -126,7 +129,8 @@ impl Cpu {
     /// registers preserved by the backend; the handler's frame may be left
     /// for another thread's and resumed later.
     pub unsafe fn preempt_from_interrupt(&self) {
-        if self.reqflags.load(Ordering::Relaxed) & crit::rqf::PREEMPT == 0 {
+        const HERE: u32 = crit::rqf::IDLECHECK | crit::rqf::PREEMPT | crit::rqf::SLICE;
+        if self.reqflags.load(Ordering::Relaxed) & HERE == 0 {
             return;
         }
         let cur = self.curthread.load(Ordering::Relaxed);
@@ -142,10 +146,13 @@ impl Cpu {
         {
             return;
         }
-        // SAFETY: `td` runs on this CPU outside any critical section and
-        // interrupt processing; the interrupted code may be switched away
-        // from at this instruction (the backend's promise, or the
-        // thread's own: `async_preemptible`'s contract).
-        unsafe { crate::intr::preempt(td) };
+        // The interrupted thread's final `crit_exit`, made here: `td` runs
+        // on this CPU outside any critical section and interrupt
+        // processing, and the interrupted code may be switched away from
+        // (and other code of this CPU run) at this instruction: the
+        // backend's promise, or the thread's own (`async_preemptible`'s
+        // contract).
+        crit::enter(&td.critcount);
+        crate::crit::crit_exit_td(td);
     }
 }

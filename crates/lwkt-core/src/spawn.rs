@@ -132,8 +132,10 @@ impl<'a> Builder<'a> {
     /// backend whose interrupts arrive in host context (the hosted
     /// backend's signals), where lwkt otherwise waits for the thread's
     /// next final `crit_exit`. For CPU-bound threads that never call lwkt
-    /// and must still yield to interrupt threads and time slicing.
-    /// Not in DragonFly (every kernel thread there is preemptible).
+    /// and must still yield to interrupt threads and time slicing. The
+    /// CPU's deferred work (expired timers and callouts, fast handlers,
+    /// IPI functions) may then run in the handler too, as at a final
+    /// `crit_exit`. Not in DragonFly (every kernel thread there is preemptible).
     ///
     /// # Safety
     /// Outside its critical sections the thread never runs code that

@@ -8,7 +8,7 @@ use crate::cpu::Cpu;
 use crate::crit;
 use crate::ipiq::{self};
 use crate::sync::Ordering;
-use crate::thread::Thread;
+use crate::thread::{tdf, Thread};
 use crate::watch::WATCH_LOOK_EVERY;
 
 /// Run deferred work at the final `crit_exit` (DragonFly `splz()`), and
@@ -47,6 +47,12 @@ pub(crate) fn splz_from_thread(td: &Thread) {
         // outside any critical section.
         unsafe { crate::intr::preempt(td) };
     }
+    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::SLICE != 0 && !td.has(tdf::IDLE) {
+        // Its quantum is up and a peer waits: behind its peers, and
+        // switch (`yield_td` clears the request).
+        gd.stats.slices.add(1);
+        crate::switch::yield_td(td);
+    }
 }
 
 /// `yield_now` found request flags set: run deferred work, and clear the
@@ -62,9 +68,9 @@ pub(crate) unsafe fn yield_flags(gd: &Cpu) {
         // SAFETY: forwarded.
         unsafe { splz(gd) };
     }
-    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0 {
+    if gd.reqflags.load(Ordering::Relaxed) & (crit::rqf::RESCHED | crit::rqf::SLICE) != 0 {
         gd.reqflags
-            .fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
+            .fetch_and(!(crit::rqf::RESCHED | crit::rqf::SLICE), Ordering::Relaxed);
     }
 }
 

@@ -139,7 +139,10 @@ pub(crate) fn yield_td(td: &Thread) {
     let gd = td.gd();
     // Deferred interrupts first (DragonFly: only when flagged), and the
     // reschedule request, which the switch below serves.
-    if gd.reqflags.load(Ordering::Relaxed) & (crit::rqf::IDLECHECK | crit::rqf::RESCHED) != 0 {
+    if gd.reqflags.load(Ordering::Relaxed)
+        & (crit::rqf::IDLECHECK | crit::rqf::RESCHED | crit::rqf::SLICE)
+        != 0
+    {
         // SAFETY: on our CPU in a critical section.
         unsafe { yield_flags(gd) };
     }
@@ -227,9 +230,11 @@ pub(crate) unsafe fn switch_in_crit<const CLEAR_RESCHED: bool>(
         .store(ntd as *const Thread as *mut Thread, Ordering::Relaxed);
     // The reschedule request is served by this switch. `yield_now` checks
     // the flags before it switches and clears the request itself.
-    if CLEAR_RESCHED && gd.reqflags.load(Ordering::Relaxed) & crit::rqf::RESCHED != 0 {
+    if CLEAR_RESCHED
+        && gd.reqflags.load(Ordering::Relaxed) & (crit::rqf::RESCHED | crit::rqf::SLICE) != 0
+    {
         gd.reqflags
-            .fetch_and(!crit::rqf::RESCHED, Ordering::Relaxed);
+            .fetch_and(!(crit::rqf::RESCHED | crit::rqf::SLICE), Ordering::Relaxed);
     }
     gd.stats.switches.add(1);
     ntd.switches.set(ntd.switches.get() + 1);

@@ -292,23 +292,27 @@ fn ten_thousand_callouts_armed_and_stopped_at_random() {
     const N: usize = 10_000;
     const CPUS: u32 = 4;
     type F = Box<dyn FnMut(Fired<'_>) + Send>;
-    let fired: &'static [AtomicU32] = (0..N).map(|_| AtomicU32::new(0)).collect::<Vec<_>>().leak();
-    let stopped: &'static [AtomicU32] =
-        (0..N).map(|_| AtomicU32::new(0)).collect::<Vec<_>>().leak();
-    let callouts: &'static [Pin<Box<Callout<F>>>] = (0..N)
-        .map(|i| {
-            let f: F = Box::new(move |_| {
-                fired[i].fetch_add(1, Ordering::Relaxed);
-            });
-            Box::pin(Callout::new(f))
-        })
-        .collect::<Vec<_>>()
-        .leak();
-    let armed: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
-    common::within_seconds(60, "10,000 callouts", || {
+    // Shared, not leaked (LeakSanitizer runs these tests): freed at the end.
+    let fired: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
+    let stopped: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
+    let callouts: Arc<Vec<Pin<Box<Callout<F>>>>> = Arc::new(
+        (0..N)
+            .map(|i| {
+                let fired = fired.clone();
+                let f: F = Box::new(move |_| {
+                    fired[i].fetch_add(1, Ordering::Relaxed);
+                });
+                Box::pin(Callout::new(f))
+            })
+            .collect(),
+    );
+    let armed = Arc::new(AtomicU64::new(0));
+    let (c2, s2, a2) = (callouts.clone(), stopped.clone(), armed.clone());
+    common::within_seconds(60, "10,000 callouts", move || {
         machine(CPUS as usize).run(move |cur| {
             let threads: Vec<_> = (0..CPUS)
                 .map(|t| {
+                    let (callouts, stopped, armed) = (c2.clone(), s2.clone(), a2.clone());
                     cur.spawn_on(CpuId::new(t), move |me| {
                         let mut rng =
                             Rng(0x9e37_79b9_7f4a_7c15 ^ ((u64::from(t) + 1) * 0x1234_5678));
@@ -336,13 +340,14 @@ fn ten_thousand_callouts_armed_and_stopped_at_random() {
                 cur.join(t);
             }
             // Stop what is left, waiting for running callbacks.
-            for (i, c) in callouts.iter().enumerate() {
+            for (i, c) in c2.iter().enumerate() {
                 if c.as_ref().stop_sync(cur.my_cpu()) {
-                    stopped[i].fetch_add(1, Ordering::Relaxed);
+                    s2[i].fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
     });
+    drop(callouts);
     assert_eq!(armed.load(Ordering::Relaxed), N as u64);
     let (mut f, mut s) = (0, 0);
     for i in 0..N {

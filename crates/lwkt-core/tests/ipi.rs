@@ -25,13 +25,15 @@ fn ipi_inside_a_critical_section_runs_once_at_the_final_exit() {
         for round in 0..20usize {
             RAN.store(0, Ordering::SeqCst);
             let ready = Arc::new(AtomicBool::new(false));
-            let r2 = ready.clone();
+            let sent = Arc::new(AtomicBool::new(false));
+            let (r2, s2) = (ready.clone(), sent.clone());
             let sender = cur
                 .spawn_on(cpu(1), move |me| {
                     while !r2.load(Ordering::SeqCst) {
                         me.yield_now();
                     }
                     me.my_cpu().send_ipi(cpu(0), bump, 0, 0).unwrap();
+                    s2.store(true, Ordering::SeqCst);
                 })
                 .unwrap();
             cur.crit_enter();
@@ -39,8 +41,10 @@ fn ipi_inside_a_critical_section_runs_once_at_the_final_exit() {
                 cur.crit_enter(); // nested
             }
             ready.store(true, Ordering::SeqCst);
-            // Wait until the interrupt has arrived and been deferred.
-            while !cur.my_cpu().has_deferred() {
+            // Wait until the interrupt has arrived and been deferred (the
+            // CPU's time-slice timer may be deferred too: wait for the
+            // send, whose kick of a running CPU records the IPI at once).
+            while !sent.load(Ordering::SeqCst) || !cur.my_cpu().has_deferred() {
                 std::hint::spin_loop();
             }
             assert_eq!(

@@ -118,6 +118,32 @@ pub(crate) fn class_of(size: usize) -> usize {
     class
 }
 
+/// The class of a size in `1..=1024` (one table lookup; the 8-byte grain
+/// of the table is also every alignment up to 8).
+#[cfg(feature = "std")]
+#[inline(always)]
+pub(crate) fn small_class(size: usize) -> usize {
+    debug_assert!(size > 0 && size <= FINE_LIMIT);
+    let class = FINE[(size + 7) >> 3] as usize;
+    // SAFETY: every entry of the table is below `FINE_CLASSES` (checked
+    // at compile time below). Telling the compiler spares a thread
+    // cache's per-class arrays their bounds check.
+    unsafe { core::hint::assert_unchecked(class < FINE_CLASSES) };
+    class
+}
+
+/// Classes of the sizes up to `FINE_LIMIT` (`small_class`'s results are
+/// below it): the class of `FINE_LIMIT` and those before.
+pub(crate) const FINE_CLASSES: usize = FINE[FINE_LIMIT / 8] as usize + 1;
+
+const _: () = {
+    let mut i = 0;
+    while i < FINE.len() {
+        assert!((FINE[i] as usize) < FINE_CLASSES);
+        i += 1;
+    }
+};
+
 /// Sizes up to this use the 8-byte-grain table.
 const FINE_LIMIT: usize = 1024;
 /// Class by `ceil(size / 8)`, for sizes up to `FINE_LIMIT`.

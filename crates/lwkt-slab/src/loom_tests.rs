@@ -12,7 +12,7 @@ use loom::sync::Arc;
 use loom::thread;
 
 use crate::class::ZONE_SIZE;
-use crate::remote::{AtomicStack, Link};
+use crate::remote::{AtomicStack, CountedStack, Link};
 use crate::zone::{Chunk, Zone};
 
 /// A zone-aligned block, freed at the end of the model run.
@@ -42,23 +42,29 @@ impl Drop for Block {
     }
 }
 
-fn drain(s: &AtomicStack<Chunk>, into: &mut Vec<usize>) {
-    let mut c = s.take_all();
+/// Take the whole list; check its count against its length.
+fn drain(s: &CountedStack<Chunk>, base: *mut u8, into: &mut Vec<usize>) {
+    // SAFETY: every push used `base`, the block the chunks lie in.
+    let (mut c, n) = unsafe { s.take_all(base) };
+    let mut len = 0;
     while !c.is_null() {
         into.push(c as usize);
+        len += 1;
         // SAFETY: taken off the stack: ours.
         c = unsafe { Chunk::next(c) };
     }
+    assert_eq!(len, n, "the head word's count is the list's length");
 }
 
 /// Two CPUs push two chunks each while the owner drains, one a chunk at a
 /// time, the other as a chain in one push: every chunk is drained exactly
-/// once.
+/// once, and each drain's count (from the head word) is the length of
+/// what it took.
 #[test]
 fn remote_list_loses_nothing_and_duplicates_nothing() {
     loom::model(|| {
         let block = Arc::new(Block::new());
-        let stack = Arc::new(AtomicStack::<Chunk>::new());
+        let stack = Arc::new(CountedStack::<Chunk>::new());
         let pushers: Vec<_> = (0..2)
             .map(|t| {
                 let (b, s) = (block.clone(), stack.clone());
@@ -67,7 +73,10 @@ fn remote_list_loses_nothing_and_duplicates_nothing() {
                         for i in 0..2 {
                             // SAFETY: each chunk is pushed once, by one
                             // thread.
-                            unsafe { s.push(b.chunk(2 * t + i)) };
+                            unsafe {
+                                let c = b.chunk(2 * t + i);
+                                s.push_chain(b.0, c, c, 1);
+                            }
                         }
                     } else {
                         // A chain of two in one push (a thread cache's
@@ -76,18 +85,18 @@ fn remote_list_loses_nothing_and_duplicates_nothing() {
                         // SAFETY: ours until pushed, once, by this thread.
                         unsafe {
                             Chunk::set_next(first, last);
-                            s.push_chain(first, last);
+                            s.push_chain(b.0, first, last, 2);
                         }
                     }
                 })
             })
             .collect();
         let mut got = Vec::new();
-        drain(&stack, &mut got);
+        drain(&stack, block.0, &mut got);
         for p in pushers {
             p.join().unwrap();
         }
-        drain(&stack, &mut got);
+        drain(&stack, block.0, &mut got);
         got.sort_unstable();
         let mut want: Vec<usize> = (0..4).map(|i| block.chunk(i) as usize).collect();
         want.sort_unstable();
@@ -116,18 +125,27 @@ fn remote_free_against_mark_full() {
                 // and given up in one push.
                 unsafe {
                     Chunk::set_next(first as *mut Chunk, last as *mut Chunk);
-                    Zone::remote_free_chain(z as *mut Zone, first as *mut u8, last as *mut u8, &q)
+                    Zone::remote_free_chain(
+                        z as *mut Zone,
+                        first as *mut u8,
+                        last as *mut u8,
+                        2,
+                        &q,
+                    )
                 };
             })
         };
+        let zp = z as *mut Zone;
         // SAFETY: the owner's side of the live zone.
-        let zone = unsafe { &mut *(z as *mut Zone) };
-        zone.nfree = 0;
-        let absorbed = zone.mark_full();
+        unsafe { (*zp).nfree = 0 };
+        let absorbed = Zone::mark_full(zp);
         freer.join().unwrap();
         let queued = queue.take_all();
-        let later = zone.absorb_remote();
+        let later = Zone::absorb_remote(zp);
         assert_eq!(absorbed + later, 2, "each chunk is absorbed exactly once");
+        // SAFETY: as above.
+        let zone = unsafe { &*zp };
+        assert_eq!(zone.local_len(), 2, "the local list holds what was counted");
         if !queued.is_null() {
             assert_eq!(queued as usize, z);
             assert!(zone.is_queued());

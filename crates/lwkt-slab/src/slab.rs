@@ -411,6 +411,44 @@ impl<P: PageSource> Slab<P> {
         }
     }
 
+    /// Give back a run of `n` chunks of one zone, linked from `first` to
+    /// `last` through their first words, with no CPU: one push on the
+    /// zone's remote list, for its owner to take as from any other CPU (a
+    /// thread cache's frees of other CPUs' chunks, batched per zone). Not
+    /// accounted (see `take_chunks`).
+    ///
+    /// # Safety
+    /// The `n >= 1` chunks are of one zone of this slab, came from it
+    /// (`take_chunks` or `alloc`) and are free: linked from `first` to
+    /// `last`, used by nobody after this call.
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn give_run(&self, first: *mut u8, last: *mut u8, n: u32) {
+        let z = Zone::of(first);
+        #[cfg(debug_assertions)]
+        {
+            let mut c = first;
+            for i in 0..n {
+                // SAFETY: the run's chunks are allocated chunks of `z`,
+                // whose header is live; each links the next.
+                unsafe {
+                    self.check_free(z, c, (*z).class as usize);
+                    assert!(
+                        (i + 1 == n) == (c == last),
+                        "lwkt-slab: a run's count disagrees with its links"
+                    );
+                    c = c.cast::<*mut u8>().read();
+                }
+            }
+        }
+        // SAFETY: the chunks are allocated (the caller's), so their zone
+        // is live and its owner (one of our CPUs) fixed; they are given up
+        // here, linked, `n` of them.
+        unsafe {
+            let owner = (*z).owner as usize;
+            Zone::remote_free_chain(z, first, last, n, &self.cpus[owner].queue);
+        }
+    }
+
     /// Take up to `n` chunks of `class` for a thread's cache (the hosted
     /// allocator's), linked through their first words; the list's head and
     /// length. Taking them is not accounted: the cache accounts each block
@@ -528,14 +566,15 @@ impl<P: PageSource> Slab<P> {
                         // The run of chunks of the same zone that follows
                         // goes with it, in one push (they are linked
                         // already, through the same first words).
-                        let mut last = c;
+                        let (mut last, mut n) = (c, 1);
                         while !next.is_null() && Zone::of(next) == z {
                             #[cfg(debug_assertions)]
                             self.check_free(z, next, (*z).class as usize);
                             last = next;
+                            n += 1;
                             next = next.cast::<*mut u8>().read();
                         }
-                        Zone::remote_free_chain(z, c, last, &self.cpus[owner].queue);
+                        Zone::remote_free_chain(z, c, last, n, &self.cpus[owner].queue);
                     }
                     c = next;
                 }
@@ -637,7 +676,7 @@ impl<P: PageSource> Slab<P> {
                     let mut z = cs.partial[class].head;
                     while !z.is_null() {
                         let next = (*z).next;
-                        (*z).absorb_remote();
+                        Zone::absorb_remote(z);
                         if (*z).nfree == (*z).nmax {
                             self.release(cpu, z, 0);
                         }
@@ -848,13 +887,13 @@ impl<P: PageSource> Slab<P> {
         // SAFETY: forwarded. The zone is reached through `z` each time, as
         // the list operations write its links through `z` too.
         unsafe {
-            if (*z).absorb_remote() > 0 {
+            if Zone::absorb_remote(z) > 0 {
                 return;
             }
             let cs = self.cs(cpu);
             let class = (*z).class as usize;
             cs.partial[class].remove(z);
-            if (*z).mark_full() > 0 {
+            if Zone::mark_full(z) > 0 {
                 (*z).mark_not_full();
                 cs.partial[class].push_front(z);
             } else {
@@ -957,7 +996,7 @@ impl<P: PageSource> Slab<P> {
     unsafe fn absorbed(&self, cpu: usize, z: *mut Zone) {
         // SAFETY: forwarded; `z` is used afresh around list operations.
         unsafe {
-            (*z).absorb_remote();
+            Zone::absorb_remote(z);
             let class = (*z).class as usize;
             if (*z).on_full && (*z).nfree > 0 {
                 let cs = self.cs(cpu);

@@ -10,7 +10,7 @@ use core::ptr;
 use crossbeam_utils::CachePadded;
 
 use crate::class::{chunk_align, CHUNK, ZONE_SIZE};
-use crate::remote::{AtomicStack, Link};
+use crate::remote::{AtomicStack, CountedStack, Link};
 use crate::sync::{fence_seqcst, AtomicBool, Ordering};
 
 const MAGIC: usize = 0x534c_5a4f_4e45_4c57; // "SLZONELW"
@@ -76,8 +76,9 @@ pub(crate) struct Zone {
     pub(crate) prev: *mut Zone,
     /// Link in the owner's stack of zones with remote frees.
     qnext: *mut Zone,
-    /// Remote side: DragonFly `z_RChunks`.
-    remote: CachePadded<AtomicStack<Chunk>>,
+    /// Remote side: DragonFly `z_RChunks`, with the number of chunks on
+    /// it in its head word.
+    remote: CachePadded<CountedStack<Chunk>>,
     /// Set by the owner when the zone went full (so remote frees must tell
     /// it); DragonFly `z_RSignal`.
     full: AtomicBool,
@@ -141,7 +142,7 @@ impl Zone {
                 next: ptr::null_mut(),
                 prev: ptr::null_mut(),
                 qnext: ptr::null_mut(),
-                remote: CachePadded::new(AtomicStack::new()),
+                remote: CachePadded::new(CountedStack::new()),
                 full: AtomicBool::new(false),
                 queued: AtomicBool::new(false),
                 #[cfg(debug_assertions)]
@@ -196,31 +197,51 @@ impl Zone {
         self.local = c;
     }
 
-    /// Owner: move every remotely freed chunk to the local list; returns how
-    /// many came. DragonFly: the `z_RChunks` drain in `kmalloc`.
-    pub(crate) fn absorb_remote(&mut self) -> u32 {
-        let head = self.remote.take_all();
-        if head.is_null() {
+    /// Owner: move every remotely freed chunk of zone `this` to its local
+    /// list; returns how many came. DragonFly: the `z_RChunks` drain in
+    /// `kmalloc`.
+    ///
+    /// The remote list's head word counts its chunks, so nothing is walked
+    /// to count them (their links were last written by the CPUs that freed
+    /// them: each read a cache miss). When the local list is empty (a zone
+    /// that ran out, the usual case) the chain becomes the local list as
+    /// it is; otherwise the shorter of the two lists is walked to its tail
+    /// to join them.
+    pub(crate) fn absorb_remote(this: *mut Zone) -> u32 {
+        // SAFETY: owner access to a live zone (callers); `this` points to
+        // the whole zone block, where every chunk of the list lies.
+        let (head, n) = unsafe { (*this).remote.take_all(this.cast()) };
+        if n == 0 {
             return 0;
         }
-        // The chain is linked already: find its tail and length (reading
-        // each chunk's link, not rewriting it: the lines stay shared with
-        // the CPU that freed them until the chunk is used), then splice
-        // it in front of the local list with one write.
-        let (mut tail, mut n) = (head, 1);
-        loop {
-            // SAFETY: taken off the remote stack: ours.
-            let next = unsafe { Chunk::next(tail) };
-            if next.is_null() {
-                break;
+        // SAFETY: as above.
+        let z = unsafe { &mut *this };
+        if !z.local.is_null() {
+            let local_len = z.nfree - z.unused();
+            // Walk the shorter list to its tail (the last one's link is
+            // null) and link the other after it.
+            let (first, second) = if local_len <= n {
+                (z.local, head)
+            } else {
+                (head, z.local)
+            };
+            let mut tail = first;
+            loop {
+                // SAFETY: chunks of our local list or taken off the remote
+                // stack: ours.
+                let next = unsafe { Chunk::next(tail) };
+                if next.is_null() {
+                    break;
+                }
+                tail = next;
             }
-            tail = next;
-            n += 1;
+            // SAFETY: `tail` is ours (as above).
+            unsafe { Chunk::set_next(tail, second) };
+            z.local = first;
+        } else {
+            z.local = head;
         }
-        // SAFETY: `tail` is ours (taken off the stack).
-        unsafe { Chunk::set_next(tail, self.local) };
-        self.local = head;
-        self.nfree += n;
+        z.nfree += n;
         n
     }
 
@@ -286,10 +307,11 @@ impl Zone {
     /// this store and pushes just after the drain leaves its chunk on the
     /// list unannounced; the owner's rotating scan of full zones (and
     /// `Slab::reclaim`) finds it, as DragonFly's `slab_cleanup` does.
-    pub(crate) fn mark_full(&mut self) -> u32 {
-        self.full.store(true, Ordering::Relaxed);
+    pub(crate) fn mark_full(this: *mut Zone) -> u32 {
+        // SAFETY: owner access to a live zone (callers).
+        unsafe { (*this).full.store(true, Ordering::Relaxed) };
         fence_seqcst();
-        self.absorb_remote()
+        Zone::absorb_remote(this)
     }
 
     /// Owner: the zone left the full list.
@@ -311,31 +333,38 @@ impl Zone {
     #[inline]
     pub(crate) unsafe fn remote_free(this: *mut Zone, p: *mut u8, owner_queue: &AtomicStack<Zone>) {
         // SAFETY: forwarded; a chain of one chunk.
-        unsafe { Zone::remote_free_chain(this, p, p, owner_queue) }
+        unsafe { Zone::remote_free_chain(this, p, p, 1, owner_queue) }
     }
 
-    /// [`remote_free`](Self::remote_free) of a chain of chunks of zone
-    /// `this`, `first` to `last`, linked through their first words
-    /// (`Chunk`'s link): one push for all. DragonFly batches remote frees
-    /// per zone the same way.
+    /// [`remote_free`](Self::remote_free) of a chain of `n` chunks of
+    /// zone `this`, `first` to `last`, linked through their first words
+    /// (`Chunk`'s link): one push for all, which adds `n` to the remote
+    /// list's count. DragonFly batches remote frees per zone the same way.
     ///
     /// # Safety
-    /// Every chunk from `first` to `last` is an allocated chunk of the live
-    /// zone `this`, given up by the caller, and they are linked from
-    /// `first` to `last`; the caller does not touch the zone afterwards.
+    /// The `n >= 1` chunks from `first` to `last` are allocated chunks of
+    /// the live zone `this`, given up by the caller, and they are linked
+    /// from `first` to `last`; the caller does not touch the zone
+    /// afterwards.
     #[inline]
     pub(crate) unsafe fn remote_free_chain(
         this: *mut Zone,
         first: *mut u8,
         last: *mut u8,
+        n: u32,
         owner_queue: &AtomicStack<Zone>,
     ) {
         // SAFETY: our chunks are allocated, so the zone is live until the
         // push.
         let z = unsafe { &*this };
         let queue = z.full.load(Ordering::Relaxed) && !z.queued.swap(true, Ordering::AcqRel);
-        // SAFETY: free chunks of `this`, linked, given up by the caller.
-        unsafe { z.remote.push_chain(first.cast(), last.cast()) };
+        // SAFETY: `n` free chunks of `this`, linked, given up by the
+        // caller; `this` is their zone's start (every chunk of the zone's
+        // list lies in its block, 64 KiB).
+        unsafe {
+            z.remote
+                .push_chain(this.cast(), first.cast(), last.cast(), n)
+        };
         if queue {
             // SAFETY: `queued` is ours, so the zone stays alive and its
             // queue link is ours to use.

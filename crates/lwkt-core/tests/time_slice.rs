@@ -1,0 +1,150 @@
+//! Time slicing (`lwkt_schedulerclock`): CPU-bound threads of equal
+//! priority share their CPU in turns, without ever yielding or blocking.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lwkt_arch_hosted::Machine;
+use lwkt_core::{CpuId, Cur, Priority, TIME_SLICE};
+
+/// Turns taken: a worker that finds another worker ran last counts one.
+struct Turns {
+    last: AtomicUsize,
+    turns: AtomicU64,
+    runs: [AtomicU64; 2],
+    stop: AtomicBool,
+}
+
+impl Turns {
+    fn new() -> Arc<Turns> {
+        Arc::new(Turns {
+            last: AtomicUsize::new(usize::MAX),
+            turns: AtomicU64::new(0),
+            runs: [AtomicU64::new(0), AtomicU64::new(0)],
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// One step of worker `me`.
+    fn step(&self, me: usize) {
+        self.runs[me].fetch_add(1, Ordering::Relaxed);
+        if self.last.swap(me, Ordering::Relaxed) != me {
+            self.turns.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Wait (sleeping, on another CPU) until `n` turns were taken, or
+    /// panic after a generous limit; then stop the workers.
+    fn wait_for(&self, cur: &mut Cur, n: u64) {
+        let start = Instant::now();
+        while self.turns.load(Ordering::Relaxed) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no time slicing: {} turns in 20 s, runs {:?}, cpu 1: {:?}",
+                self.turns.load(Ordering::Relaxed),
+                self.runs,
+                cur.my_cpu().cpu_stats(lwkt_core::CpuId::new(1))
+            );
+            cur.sleep_for(Duration::from_millis(2));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Two threads of one priority on one CPU, each in a loop that calls lwkt
+/// (a critical section, as kernel code does) but never yields or blocks,
+/// take turns: each runs for about a quantum, then the other.
+#[test]
+fn equal_priority_cpu_bound_threads_take_turns() {
+    Machine::new(2).unwrap().run(|cur| {
+        let t = Turns::new();
+        let mut hs = Vec::new();
+        for me in 0..2 {
+            let t = t.clone();
+            hs.push(
+                cur.builder()
+                    .cpu(CpuId::new(1))
+                    .spawn(move |c| {
+                        while !t.stop.load(Ordering::Relaxed) {
+                            t.step(me);
+                            c.my_cpu().crit(|| ());
+                        }
+                    })
+                    .unwrap(),
+            );
+        }
+        t.wait_for(cur, 6);
+        for h in &hs {
+            cur.join(h);
+        }
+        assert!(t.runs.iter().all(|r| r.load(Ordering::Relaxed) > 0));
+        let st = cur.my_cpu().cpu_stats(CpuId::new(1)).unwrap();
+        assert!(st.slices >= 5, "turns came from slices: {st:?}");
+    });
+}
+
+/// The same for threads that never call lwkt at all (pure computation),
+/// built `async_preemptible`: the slice ends from the timer's signal.
+#[test]
+fn async_preemptible_threads_that_never_call_lwkt_take_turns() {
+    Machine::new(2).unwrap().run(|cur| {
+        let t = Turns::new();
+        let mut hs = Vec::new();
+        for me in 0..2 {
+            let t = t.clone();
+            // SAFETY: the body only touches atomics: nothing another thread
+            // of its CPU could re-enter.
+            let b = unsafe { cur.builder().cpu(CpuId::new(1)).async_preemptible() };
+            hs.push(
+                b.spawn(move |_| {
+                    while !t.stop.load(Ordering::Relaxed) {
+                        t.step(me);
+                    }
+                })
+                .unwrap(),
+            );
+        }
+        t.wait_for(cur, 6);
+        for h in &hs {
+            cur.join(h);
+        }
+        assert!(t.runs.iter().all(|r| r.load(Ordering::Relaxed) > 0));
+    });
+}
+
+/// A CPU-bound thread alone on its CPU, or above the others there, is
+/// never switched away by the quantum.
+#[test]
+fn no_slice_without_a_peer() {
+    Machine::new(2).unwrap().run(|cur| {
+        let low_ran = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, l) = (stop.clone(), low_ran.clone());
+        let high = cur
+            .builder()
+            .cpu(CpuId::new(1))
+            .priority(Priority::SOFT_NORM)
+            .spawn(move |c| {
+                // Spawned from here, so it is queued while we run.
+                let l2 = l.clone();
+                let low = c
+                    .builder()
+                    .priority(Priority::KERN_DAEMON)
+                    .spawn(move |_| l2.store(true, Ordering::Relaxed))
+                    .unwrap();
+                while !s.load(Ordering::Relaxed) {
+                    c.my_cpu().crit(|| ());
+                    assert!(!l.load(Ordering::Relaxed), "a lower priority ran");
+                }
+                c.join(&low);
+            })
+            .unwrap();
+        cur.sleep_for(TIME_SLICE * 6);
+        let st = cur.my_cpu().cpu_stats(CpuId::new(1)).unwrap();
+        assert_eq!(st.slices, 0, "a slice without a peer: {st:?}");
+        stop.store(true, Ordering::Relaxed);
+        cur.join(&high);
+        assert!(low_ran.load(Ordering::Relaxed));
+    });
+}
