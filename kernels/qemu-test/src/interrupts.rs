@@ -501,8 +501,73 @@ fn msg_timeouts(cur: &mut Cur, n: usize) {
 }
 
 // ---------------------------------------------------------------------------
+// Time slicing.
 
-/// Run the three parts, all CPUs at once in each.
+/// Turns each of a CPU's two CPU-bound threads must see: times it found
+/// its peer's counter moved between two of its own iterations (the peer
+/// ran in between, on the same CPU: a round-robin switch).
+const TURNS_WANTED: u64 = 3;
+/// Per CPU and thread: iterations, and turns seen.
+static SLICE_ITERS: [Counts; 2] = [const { [const { AtomicU64::new(0) }; MAX_CPUS] }; 2];
+static SLICE_TURNS: [Counts; 2] = [const { [const { AtomicU64::new(0) }; MAX_CPUS] }; 2];
+/// Per CPU: round-robin switches lwkt counted during the test.
+static SLICE_STATS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Two CPU-bound threads of the same priority on every CPU, which never
+/// yield and never call lwkt: both progress, taking turns at each
+/// [`lwkt_core::TIME_SLICE`] (the slice timer's interrupt round-robins
+/// them from its frame). Each spins until both have seen
+/// [`TURNS_WANTED`] turns, so neither leaves its peer alone too early.
+fn time_slicing(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
+    let before: alloc::vec::Vec<u64> = cpus.iter().map(|c| c.stats().slices).collect();
+    let mut hs = alloc::vec::Vec::new();
+    for c in 0..n {
+        for me_k in 0..2 {
+            hs.push(spawn(
+                cur,
+                c,
+                "cpu-bound",
+                Priority::default(),
+                move |_me| {
+                    let peer = 1 - me_k;
+                    let t0 = now();
+                    let mut seen = SLICE_ITERS[peer][c].load(Ordering::Relaxed);
+                    loop {
+                        if SLICE_TURNS[me_k][c].load(Ordering::Relaxed) >= TURNS_WANTED
+                            && SLICE_TURNS[peer][c].load(Ordering::Relaxed) >= TURNS_WANTED
+                        {
+                            break;
+                        }
+                        SLICE_ITERS[me_k][c].fetch_add(1, Ordering::Relaxed);
+                        let p = SLICE_ITERS[peer][c].load(Ordering::Relaxed);
+                        if p != seen {
+                            // The peer ran since our last iteration: we were
+                            // switched away from and back (both live here).
+                            seen = p;
+                            SLICE_TURNS[me_k][c].fetch_add(1, Ordering::Relaxed);
+                        }
+                        if now() - t0 > ns(Duration::from_secs(10)) {
+                            crate::fail!(
+                                "cpu {c}: CPU-bound thread {me_k}: {} turns in 10 s (its peer {})",
+                                SLICE_TURNS[me_k][c].load(Ordering::Relaxed),
+                                SLICE_TURNS[peer][c].load(Ordering::Relaxed)
+                            );
+                        }
+                        core::hint::spin_loop();
+                    }
+                },
+            ));
+        }
+    }
+    join_all(cur, hs);
+    for (c, cpu) in cpus.iter().enumerate() {
+        SLICE_STATS[c].store(cpu.stats().slices - before[c], Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// Run the four parts, all CPUs at once in each.
 pub(crate) fn run(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
     callouts(cur, n);
     crate::kprintln!("  callouts: done");
@@ -510,9 +575,8 @@ pub(crate) fn run(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
     crate::kprintln!("  preemption of a CPU-bound thread: done");
     msg_timeouts(cur, n);
     crate::kprintln!("  domsg_timeout: done");
-    // Time slicing (issue 18, `lwkt_schedulerclock` in lwkt-core): two
-    // CPU-bound threads of equal priority on each CPU must both progress.
-    // TIME-SLICING TEST GOES HERE once lwkt-core has it.
+    time_slicing(cur, n, cpus);
+    crate::kprintln!("  time slicing: done");
 }
 
 /// Print the per-CPU table of this module's counts; whether all are right.
@@ -525,7 +589,7 @@ pub(crate) fn report(n: usize) -> bool {
     ];
     let mut ok = true;
     crate::kprintln!(
-        "cpu  callouts  fired  stopped  preempt-raise  preempt-vector  preemptions  msg-timeouts"
+        "cpu  callouts  fired  stopped  preempt-raise  preempt-vector  preemptions  msg-timeouts  slice-turns  slices"
     );
     for c in 0..n {
         let co = CO_OK[c].load(Ordering::Relaxed);
@@ -559,6 +623,22 @@ pub(crate) fn report(n: usize) -> bool {
         if m != want[3].2 {
             ok = false;
             crate::kprint!(" (want {})", want[3].2);
+        }
+        let turns = SLICE_TURNS
+            .iter()
+            .map(|t| t[c].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        crate::kprint!("  {turns:>11}");
+        if turns < TURNS_WANTED {
+            ok = false;
+            crate::kprint!(" (want >= {TURNS_WANTED})");
+        }
+        let sl = SLICE_STATS[c].load(Ordering::Relaxed);
+        crate::kprint!("  {sl:>6}");
+        if sl == 0 {
+            ok = false;
+            crate::kprint!(" (want > 0)");
         }
         crate::kprintln!("");
     }
