@@ -34,7 +34,9 @@ pub(crate) const USAGE: &str =
                      run fails with the exception vector in its output
   KERNEL-ARGS        the kernel's command line: rounds=N apic=auto|xapic|x2apic fault=CPU
                      expect-cpus=N hang (sleep forever after the tests)
-                     attach-twice (X86Arch::attach must refuse a second attach)";
+                     attach-twice (X86Arch::attach must refuse a second attach)
+                     tsc=auto|pit timer=auto|oneshot (force the PIT calibration and the
+                     APIC timer's one-shot mode, the paths TCG takes, under KVM too)";
 
 struct Opts {
     smp: usize,

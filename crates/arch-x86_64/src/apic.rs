@@ -1,5 +1,6 @@
 //! The local APIC, in xAPIC (MMIO) or x2APIC (MSR) mode, chosen at run
-//! time: enable, EOI, and inter-processor interrupts.
+//! time: enable, EOI, inter-processor interrupts, and the timer
+//! (one-shot or TSC-deadline; [`crate::time`] drives it).
 //!
 //! Written here rather than taken from the `x2apic` crate: lwkt needs
 //! exactly fixed IPIs to one APIC id, the INIT/SIPI broadcast, EOI and the
@@ -30,6 +31,10 @@ mod xreg {
     pub(super) const ICR_LOW: usize = 0x300;
     pub(super) const ICR_HIGH: usize = 0x310;
     pub(super) const LVT_LINT1: usize = 0x360;
+    pub(super) const LVT_TIMER: usize = 0x320;
+    pub(super) const TIMER_INITIAL: usize = 0x380;
+    pub(super) const TIMER_CURRENT: usize = 0x390;
+    pub(super) const TIMER_DIVIDE: usize = 0x3E0;
 }
 
 /// x2APIC MSRs.
@@ -40,7 +45,15 @@ mod x2reg {
     pub(super) const SVR: u32 = 0x80F;
     pub(super) const ICR: u32 = 0x830;
     pub(super) const LVT_LINT1: u32 = 0x835;
+    pub(super) const LVT_TIMER: u32 = 0x832;
+    pub(super) const TIMER_INITIAL: u32 = 0x838;
+    pub(super) const TIMER_CURRENT: u32 = 0x839;
+    pub(super) const TIMER_DIVIDE: u32 = 0x83E;
 }
+
+/// IA32_TSC_DEADLINE: in TSC-deadline mode the local APIC timer fires
+/// when the TSC reaches the value written here (0 disarms it).
+pub const MSR_TSC_DEADLINE: u32 = 0x6E0;
 
 /// ICR delivery modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,12 +172,19 @@ pub enum Mode {
 const MODE_UNSET: u8 = 0;
 static MODE: AtomicU8 = AtomicU8::new(MODE_UNSET);
 
-/// Whether the CPU has x2APIC (CPUID.1:ECX bit 21). `core::arch`'s
-/// `__cpuid` is one line; the `raw-cpuid` crate would add a dependency for
-/// this one bit.
+/// Whether the CPU has x2APIC (CPUID.1:ECX bit 21).
 pub fn has_x2apic() -> bool {
-    let r = core::arch::x86_64::__cpuid(1);
-    r.ecx & (1 << 21) != 0
+    raw_cpuid::CpuId::new()
+        .get_feature_info()
+        .is_some_and(|f| f.has_x2apic())
+}
+
+/// Whether the local APIC timer has TSC-deadline mode (CPUID.1:ECX bit
+/// 24).
+pub fn has_tsc_deadline() -> bool {
+    raw_cpuid::CpuId::new()
+        .get_feature_info()
+        .is_some_and(|f| f.has_tsc_deadline())
 }
 
 /// The mode chosen by [`enable`], if any CPU has enabled its APIC.
@@ -286,6 +306,132 @@ pub unsafe fn lint1_as_nmi() {
             Mode::X2Apic => wrmsr(x2reg::LVT_LINT1, u64::from(NMI)),
         }
     }
+}
+
+/// The local APIC timer's modes (LVT timer bits 18:17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum TimerMode {
+    /// Counts the initial count down once, then interrupts.
+    OneShot = 0,
+    /// Counts down, interrupts and starts over.
+    Periodic = 1,
+    /// Interrupts when the TSC reaches `IA32_TSC_DEADLINE` (CPUID.1:ECX
+    /// bit 24); the initial count is ignored.
+    TscDeadline = 2,
+}
+
+/// The LVT timer entry for `vector` in `mode`, masked or not.
+///
+/// ```
+/// use lwkt_arch_x86_64::apic::{lvt_timer, TimerMode};
+/// assert_eq!(lvt_timer(0x41, TimerMode::OneShot, false), 0x41);
+/// assert_eq!(lvt_timer(0x41, TimerMode::TscDeadline, false), 0x4_0041);
+/// assert_eq!(lvt_timer(0x41, TimerMode::OneShot, true), 0x1_0041);
+/// ```
+pub const fn lvt_timer(vector: u8, mode: TimerMode, masked: bool) -> u32 {
+    vector as u32 | (masked as u32) << 16 | (mode as u32) << 17
+}
+
+/// What the local APIC timer's counter is divided by: 16, as Linux and
+/// DragonFly's default. At QEMU's 1 GHz APIC clock one count is 16 ns and
+/// the longest one-shot about 68.7 s.
+pub const TIMER_DIVISOR: u32 = 16;
+/// The divide configuration register's value for [`TIMER_DIVISOR`]
+/// (bits 3, 1:0 = 0b0011).
+const TIMER_DIVIDE_16: u32 = 0b0011;
+
+/// Program this CPU's local APIC timer: divide by [`TIMER_DIVISOR`], the
+/// LVT entry for `vector` in `mode` (masked or not), counter stopped
+/// (initial count 0). In TSC-deadline mode, a fence follows the LVT
+/// write, which the SDM asks for before the first write of
+/// [`MSR_TSC_DEADLINE`] (10.5.4.1). DragonFly: `lapic_timer_set_divisor()`
+/// and the LVT set-up of `lapic_timer_intr_enable()`.
+///
+/// # Safety
+/// Ring 0, after [`enable`] on this CPU; unmasked, `vector` has an IDT
+/// handler that EOIs; [`TimerMode::TscDeadline`] only where CPUID.1:ECX
+/// bit 24 says the APIC has it.
+///
+/// ```compile_fail,E0133
+/// use lwkt_arch_x86_64::apic::{self, TimerMode};
+/// apic::timer_setup(0x41, TimerMode::OneShot, true);
+/// ```
+pub unsafe fn timer_setup(vector: u8, mode: TimerMode, masked: bool) {
+    let lvt = lvt_timer(vector, mode, masked);
+    // SAFETY: caller (ring 0, this CPU's APIC enabled in `current_mode()`,
+    // the vector handled, the mode offered).
+    unsafe {
+        match current_mode() {
+            Mode::XApic => {
+                xwrite(xreg::TIMER_INITIAL, 0);
+                xwrite(xreg::TIMER_DIVIDE, TIMER_DIVIDE_16);
+                xwrite(xreg::LVT_TIMER, lvt);
+            }
+            Mode::X2Apic => {
+                wrmsr(x2reg::TIMER_INITIAL, 0);
+                wrmsr(x2reg::TIMER_DIVIDE, u64::from(TIMER_DIVIDE_16));
+                wrmsr(x2reg::LVT_TIMER, u64::from(lvt));
+            }
+        }
+    }
+    if mode == TimerMode::TscDeadline {
+        core::sync::atomic::fence(Ordering::SeqCst);
+    }
+}
+
+/// Write the timer's initial count: in one-shot mode the timer counts it
+/// down and interrupts once; 0 stops it. DragonFly:
+/// `lapic_timer_oneshot_quick()`.
+///
+/// # Safety
+/// Ring 0, after [`timer_setup`] on this CPU.
+///
+/// ```compile_fail,E0133
+/// lwkt_arch_x86_64::apic::timer_count(1000);
+/// ```
+pub unsafe fn timer_count(count: u32) {
+    // SAFETY: caller (this CPU's APIC, enabled in `current_mode()`).
+    unsafe {
+        match current_mode() {
+            Mode::XApic => xwrite(xreg::TIMER_INITIAL, count),
+            Mode::X2Apic => wrmsr(x2reg::TIMER_INITIAL, u64::from(count)),
+        }
+    }
+}
+
+/// The timer's current count (0 once a one-shot has run out).
+///
+/// # Safety
+/// Ring 0, after [`enable`] on this CPU.
+///
+/// ```compile_fail,E0133
+/// let _ = lwkt_arch_x86_64::apic::timer_current();
+/// ```
+pub unsafe fn timer_current() -> u32 {
+    // SAFETY: caller (this CPU's APIC, enabled in `current_mode()`).
+    unsafe {
+        match current_mode() {
+            Mode::XApic => xread(xreg::TIMER_CURRENT),
+            Mode::X2Apic => rdmsr(x2reg::TIMER_CURRENT) as u32,
+        }
+    }
+}
+
+/// Arm the TSC-deadline timer for TSC value `tsc` (0 disarms it; a value
+/// already passed interrupts at once). DragonFly:
+/// `lapic_timer_tscdeadline_quick()`.
+///
+/// # Safety
+/// Ring 0, after [`timer_setup`] in [`TimerMode::TscDeadline`] on this
+/// CPU (the MSR exists only where CPUID.1:ECX bit 24 says so).
+///
+/// ```compile_fail,E0133
+/// lwkt_arch_x86_64::apic::timer_tsc_deadline(0);
+/// ```
+pub unsafe fn timer_tsc_deadline(tsc: u64) {
+    // SAFETY: caller.
+    unsafe { wrmsr(MSR_TSC_DEADLINE, tsc) }
 }
 
 fn current_mode() -> Mode {

@@ -7,6 +7,7 @@ use lwkt_core::{Arch, Context, Cpu, EntryFn, Stack};
 use crate::apic::{self, Icr};
 use crate::idt::IPI_VECTOR;
 use crate::percpu::{self, PerCpu};
+use crate::time;
 
 /// Written below every stack; found changed when the stack is given back,
 /// it means the thread overran its stack (there is no guard page: the
@@ -89,8 +90,28 @@ impl StackPool {
         });
     }
 
+    /// Run `f` on the pool with interrupts off on this CPU: an interrupt
+    /// handler (an IPI function that frees a stack) or a thread that
+    /// preempts from the interrupt frame (`preempts_in_interrupt`) would
+    /// otherwise spin for ever on the lock the interrupted thread holds.
+    fn with<R>(&self, f: impl FnOnce(&mut Option<Pool>) -> R) -> R {
+        #[cfg(target_os = "none")]
+        {
+            x86_64::instructions::interrupts::without_interrupts(|| f(&mut self.inner.lock()))
+        }
+        // Host unit tests: `cli` faults in user mode, and nothing there
+        // interrupts or preempts.
+        #[cfg(not(target_os = "none"))]
+        {
+            f(&mut self.inner.lock())
+        }
+    }
+
     fn alloc(&self, size: usize) -> Option<Stack> {
-        let mut g = self.inner.lock();
+        self.with(|g| Self::alloc_in(g, size))
+    }
+
+    fn alloc_in(g: &mut Option<Pool>, size: usize) -> Option<Stack> {
         let p = g.as_mut()?;
         if size > p.slot - CANARY_ROOM {
             return None;
@@ -109,7 +130,10 @@ impl StackPool {
     }
 
     fn free(&self, s: Stack) {
-        let mut g = self.inner.lock();
+        self.with(|g| Self::free_in(g, s))
+    }
+
+    fn free_in(g: &mut Option<Pool>, s: Stack) {
         let p = g
             .as_mut()
             .expect("lwkt-arch-x86_64: free_stack before the pool has a region");
@@ -308,7 +332,14 @@ impl X86Arch {
 // come from the pool and go back to it once; `kick` makes the target take
 // the IPI vector, whose handler calls `Cpu::ipi_interrupt` on that CPU, and
 // `idle_wait` checks for pending work with interrupts off and then waits
-// with `sti; hlt`, which cannot miss an interrupt between the two.
+// with `sti; hlt`, which cannot miss an interrupt between the two;
+// `switch` also keeps RFLAGS per thread, so `preempts_in_interrupt` may
+// say true (a thread switched to from an interrupt handler runs with its
+// own IF, the preempted one gets IF clear back inside its handler);
+// `clock` is the TSC scaled by a frequency fixed once (`time::calibrate`),
+// monotonic on the one-TSC machines `time` documents; a timer set by
+// `set_timer` is this CPU's local APIC timer, whose entry calls
+// `post_timer` and then the IPI entry.
 unsafe impl Arch for X86Arch {
     fn current_cpu(&self) -> Option<NonNull<Cpu>> {
         // SAFETY: `X86Arch::new`'s contract: this CPU installed its block
@@ -364,9 +395,120 @@ unsafe impl Arch for X86Arch {
         // SAFETY: rdtsc has no preconditions in ring 0.
         unsafe { core::arch::x86_64::_rdtsc() }
     }
+
+    /// True: interrupts arrive in kernel context (ring 0, lwkt-managed
+    /// code only: `X86Arch::new`'s contract), and `switch` carries RFLAGS
+    /// per thread, so the handler may switch to the preempting thread at
+    /// once (see `end_of_interrupt`).
+    fn preempts_in_interrupt(&self) -> bool {
+        true
+    }
+
+    /// A device interrupt that `MyCpu::raise_interrupt` posted on
+    /// `target`: the IPI vector, as [`kick`](Arch::kick). A hardware IPI
+    /// always interrupts a running CPU (there is no posted-check shortcut
+    /// here), and the IPI entry delivers the posted line and lets its
+    /// thread preempt.
+    unsafe fn interrupt(&self, target: &Cpu) {
+        // SAFETY: forwarded contract.
+        unsafe { self.kick(target) }
+    }
+
+    /// The TSC in nanoseconds since [`time::calibrate`], `None` before it
+    /// (then lwkt's timed waits panic, naming the missing clock).
+    /// DragonFly: `sys_cputimer->count()` of the TSC cputimer.
+    fn clock(&self) -> Option<u64> {
+        time::now_ns()
+    }
+
+    /// This CPU's local APIC timer, in the mode [`time::calibrate`]
+    /// chose: the deadline's TSC value in `IA32_TSC_DEADLINE`, or the
+    /// one-shot count for the time left. DragonFly:
+    /// `lapic_timer_intr_reload()`.
+    ///
+    /// # Panics
+    /// On a CPU that did not run [`time::start_timer`].
+    unsafe fn set_timer(&self, cpu: &Cpu, deadline: Option<u64>) {
+        let Some(tb) = time::base() else {
+            // No clock: lwkt-core arms no timer (its timed waits panic
+            // first); a cancel has nothing to cancel.
+            return;
+        };
+        // SAFETY: lwkt-core calls with a running CPU of a machine of this
+        // backend: attached, so its word holds its `PerCpu` block.
+        let pcpu = unsafe { percpu_of(cpu) };
+        assert!(
+            pcpu.timer_started(),
+            "lwkt-arch-x86_64: a timer on CPU {}, whose local APIC timer was never set up \
+             (time::start_timer on every CPU)",
+            pcpu.index
+        );
+        // SAFETY: ring 0 (`X86Arch::new`), on `cpu` itself (the trait's
+        // contract), whose timer `start_timer` set up in `tb`'s mode.
+        unsafe { time::program(tb, deadline) }
+    }
 }
 
-/// The IPI vector's handler (called by the stub in `idt`).
+/// The [`PerCpu`] block attached to `cpu`.
+///
+/// # Safety
+/// `cpu` was attached ([`X86Arch::attach`]).
+unsafe fn percpu_of(cpu: &Cpu) -> &'static PerCpu {
+    let p = cpu.arch_word(WORD_PERCPU) as *const PerCpu;
+    // SAFETY: caller: `bind` stored a `&'static PerCpu` there.
+    unsafe { &*p }
+}
+
+/// The end of every interrupt entry of this CPU: let a thread that the
+/// interrupt made runnable preempt the interrupted one
+/// ([`Cpu::preempt_from_interrupt`]: only outside critical sections and
+/// for a higher priority). The switch may leave this handler's frame on
+/// the interrupted thread's stack, with IF clear, until that thread runs
+/// again; `switch` keeps IF per thread (see `switch.rs`), so the thread
+/// switched to runs with its own IF (set) meanwhile.
+///
+/// # Safety
+/// Called from one of this backend's interrupt entries on `cpu` (its own
+/// CPU), after the EOI, with the interrupted registers saved by the stub.
+unsafe fn end_of_interrupt(cpu: &Cpu) {
+    // SAFETY: on this CPU from its interrupt handler (caller); the
+    // interrupted code is lwkt-managed ring-0 code (`X86Arch::new`'s
+    // contract: nothing else calls in), which may be switched away from
+    // at any instruction outside a critical section, and the stub saved
+    // its caller-saved registers on its stack, the switch its
+    // callee-saved ones and its flags.
+    unsafe { cpu.preempt_from_interrupt() };
+}
+
+/// The timer vector's handler (called by the stub in `idt`): the local
+/// APIC timer of this CPU fired. Records the timer interrupt, enters lwkt
+/// (expired timers run now outside a critical section, at its exit
+/// inside one), then lets a woken thread of higher priority preempt.
+/// DragonFly: `Xtimer` -> `lapic_timer_process()`.
+#[no_mangle]
+extern "C" fn lwkt_x86_timer_entry() {
+    // SAFETY: from the timer vector's interrupt gate, in ring 0.
+    unsafe { apic::eoi() };
+    // SAFETY: the timer vector is raised only by a CPU's own APIC timer,
+    // which `time::start_timer` unmasks only after `percpu::install` (its
+    // contract), and which `Arch::set_timer` programs only on attached
+    // CPUs.
+    let pcpu = unsafe { percpu::current() };
+    if let Some(cpu) = pcpu.cpu() {
+        cpu.post_timer();
+        // SAFETY: on this CPU, in its interrupt context, registers saved
+        // by the stub. Outside a critical section the expired timers run
+        // here; inside one (the idle loop's too) at its exit.
+        unsafe { cpu.ipi_interrupt() };
+        // SAFETY: as above, after the EOI.
+        unsafe { end_of_interrupt(cpu) };
+    }
+}
+
+/// The IPI vector's handler (called by the stub in `idt`): queued IPI
+/// messages run, and device interrupts posted to this CPU by another one
+/// ([`Arch::interrupt`]) are delivered, their threads possibly preempting
+/// the interrupted one. DragonFly: `Xipiq`.
 #[no_mangle]
 extern "C" fn lwkt_x86_ipi_entry() {
     // SAFETY: from the fixed IPI vector's interrupt gate, in ring 0.
@@ -379,6 +521,37 @@ extern "C" fn lwkt_x86_ipi_entry() {
         // SAFETY: on this CPU, in its interrupt context, registers saved by
         // the stub.
         unsafe { cpu.ipi_interrupt() };
+        // SAFETY: as above, after the EOI.
+        unsafe { end_of_interrupt(cpu) };
+    }
+}
+
+/// A device vector's handler (called by the common device stub in `idt`
+/// with the vector's line): raises line `irq` of this CPU
+/// ([`Cpu::post_interrupt`]) and enters lwkt, so the line's interrupt
+/// thread runs, preempting the interrupted thread if it has a higher
+/// priority. A vector that reaches a CPU not yet attached is dropped (no
+/// lwkt CPU to raise it on). DragonFly: `Xintr` -> `ithread_fast_handler()`
+/// -> `sched_ithd_hard()`.
+#[no_mangle]
+extern "C" fn lwkt_x86_device_entry(irq: usize) {
+    // SAFETY: from a device vector's interrupt gate, in ring 0. An
+    // interrupt from the IOAPIC or a fixed IPI both want an EOI (a
+    // level-triggered line would be masked at its source first).
+    unsafe { apic::eoi() };
+    // SAFETY: device vectors are sent only to CPUs whose GS holds their
+    // block: `Idt::load`'s contract binds whoever programs a device, an
+    // IOAPIC entry, an MSI or an IPI to one.
+    let pcpu = unsafe { percpu::current() };
+    if let Some(cpu) = pcpu.cpu() {
+        // The stub passes its own line, below `DEVICE_VECTORS` =
+        // `MAX_IRQS`: never an error.
+        let _ = cpu.post_interrupt(irq);
+        // SAFETY: on this CPU, in its interrupt context, registers saved
+        // by the stub.
+        unsafe { cpu.ipi_interrupt() };
+        // SAFETY: as above, after the EOI.
+        unsafe { end_of_interrupt(cpu) };
     }
 }
 

@@ -11,6 +11,16 @@
 //!   entry (EOI, then [`lwkt_core::Cpu::ipi_interrupt`]) and returns with
 //!   `iretq` (5 frame words + 9 pushes keep the stack 16-byte aligned at
 //!   the call);
+//! - [`TIMER_VECTOR`] (the local APIC timer) has the same kind of stub,
+//!   calling the timer entry (EOI, `Cpu::post_timer`, then
+//!   `Cpu::ipi_interrupt`);
+//! - the [`DEVICE_VECTORS`] from [`DEVICE_VECTOR_BASE`] are device
+//!   interrupt lines 0–63 (lwkt-core's `irq`s, [`device_vector`]): each
+//!   stub pushes its line and jumps to a common one that saves the
+//!   caller-saved registers and calls the device entry (EOI,
+//!   `Cpu::post_interrupt(irq)`, `Cpu::ipi_interrupt`, then
+//!   `Cpu::preempt_from_interrupt`). An IOAPIC redirection entry, an MSI
+//!   or another CPU's fixed IPI can target them;
 //! - [`SPURIOUS_VECTOR`] returns at once, without EOI, as the SDM says.
 //!
 //! The gate encoding is ours (16 bytes, tested on the host); the `x86_64`
@@ -23,8 +33,44 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The vector lwkt's IPI kick uses.
 pub const IPI_VECTOR: u8 = 0x40;
+/// The vector of the local APIC timer ([`crate::time`]): its handler EOIs,
+/// records the timer interrupt ([`lwkt_core::Cpu::post_timer`]) and enters
+/// lwkt as the IPI vector does, so expired timers run at once, or at the
+/// critical section's exit, or in the idle loop whose `hlt` it ends.
+/// DragonFly: `Xtimer` (`apic_vector.S`).
+pub const TIMER_VECTOR: u8 = 0x41;
 /// The local APIC's spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// The first device-interrupt vector: vector `DEVICE_VECTOR_BASE + irq`
+/// raises line `irq` of the CPU that takes it ([`device_vector`]).
+/// DragonFly: `IDT_OFFSET` + the IRQ, the `Xintr` vectors of
+/// `apic_vector.S`.
+pub const DEVICE_VECTOR_BASE: u8 = 0x50;
+/// How many device vectors there are: one per lwkt-core interrupt line
+/// (`lwkt_core::intr::MAX_IRQS`).
+pub const DEVICE_VECTORS: usize = 64;
+
+const _: () = assert!(DEVICE_VECTORS == lwkt_core::intr::MAX_IRQS);
+const _: () = assert!(DEVICE_VECTOR_BASE as usize + DEVICE_VECTORS <= SPURIOUS_VECTOR as usize);
+
+/// The vector of device interrupt line `irq`, or `None` for a line
+/// lwkt-core does not have. Program it into an IOAPIC redirection entry
+/// or an MSI, or send it as a fixed IPI, to make that line's interrupt
+/// thread run on the CPU it reaches.
+///
+/// ```
+/// use lwkt_arch_x86_64::idt::{device_vector, DEVICE_VECTOR_BASE};
+/// assert_eq!(device_vector(0), Some(DEVICE_VECTOR_BASE));
+/// assert_eq!(device_vector(63), Some(DEVICE_VECTOR_BASE + 63));
+/// assert_eq!(device_vector(64), None);
+/// ```
+pub const fn device_vector(irq: usize) -> Option<u8> {
+    if irq < DEVICE_VECTORS {
+        Some(DEVICE_VECTOR_BASE + irq as u8)
+    } else {
+        None
+    }
+}
 
 /// One 16-byte IDT gate.
 ///
@@ -174,9 +220,12 @@ core::arch::global_asm!(
     "call lwkt_x86_fault",
     "ud2",
     "",
+    // An interrupt stub: save the nine caller-saved registers, call the
+    // `extern "C"` handler, restore, `iretq`.
+    ".macro lwkt_x86_irq_stub name, handler",
     ".p2align 4",
-    ".globl lwkt_x86_ipi_stub",
-    "lwkt_x86_ipi_stub:",
+    ".globl \\name",
+    "\\name:",
     "push rax",
     "push rcx",
     "push rdx",
@@ -187,7 +236,7 @@ core::arch::global_asm!(
     "push r10",
     "push r11",
     "cld",
-    "call lwkt_x86_ipi_entry",
+    "call \\handler",
     "pop r11",
     "pop r10",
     "pop r9",
@@ -197,6 +246,51 @@ core::arch::global_asm!(
     "pop rdx",
     "pop rcx",
     "pop rax",
+    "iretq",
+    ".endm",
+    "lwkt_x86_irq_stub lwkt_x86_ipi_stub, lwkt_x86_ipi_entry",
+    "lwkt_x86_irq_stub lwkt_x86_timer_stub, lwkt_x86_timer_entry",
+    "",
+    // Device vectors: 16 bytes each, `push irq; jmp` to the common stub.
+    // The common stub has 5 frame words + the line + 9 registers on the
+    // stack (120 bytes: 8 off alignment), so it drops 8 more before the
+    // call and takes them back after.
+    ".p2align 4",
+    ".globl lwkt_x86_device_vectors",
+    "lwkt_x86_device_vectors:",
+    ".set lwkt_irq, 0",
+    ".rept 64",
+    ".p2align 4",
+    "push lwkt_irq",
+    "jmp lwkt_x86_device_common",
+    ".set lwkt_irq, lwkt_irq + 1",
+    ".endr",
+    "",
+    "lwkt_x86_device_common:",
+    "push rax",
+    "push rcx",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "push r8",
+    "push r9",
+    "push r10",
+    "push r11",
+    "mov rdi, [rsp + 72]",
+    "sub rsp, 8",
+    "cld",
+    "call lwkt_x86_device_entry",
+    "add rsp, 8",
+    "pop r11",
+    "pop r10",
+    "pop r9",
+    "pop r8",
+    "pop rdi",
+    "pop rsi",
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
+    "add rsp, 8",
     "iretq",
     "",
     ".p2align 4",
@@ -208,6 +302,8 @@ core::arch::global_asm!(
 extern "C" {
     static lwkt_x86_vectors: u8;
     fn lwkt_x86_ipi_stub();
+    fn lwkt_x86_timer_stub();
+    static lwkt_x86_device_vectors: u8;
     fn lwkt_x86_spurious_stub();
 }
 
@@ -228,6 +324,13 @@ impl Idt {
         }
         gates[usize::from(IPI_VECTOR)] =
             Gate::interrupt(lwkt_x86_ipi_stub as *const () as u64, selector);
+        gates[usize::from(TIMER_VECTOR)] =
+            Gate::interrupt(lwkt_x86_timer_stub as *const () as u64, selector);
+        let dev = core::ptr::addr_of!(lwkt_x86_device_vectors) as u64;
+        for irq in 0..DEVICE_VECTORS {
+            gates[usize::from(DEVICE_VECTOR_BASE) + irq] =
+                Gate::interrupt(dev + 16 * irq as u64, selector);
+        }
         gates[usize::from(SPURIOUS_VECTOR)] =
             Gate::interrupt(lwkt_x86_spurious_stub as *const () as u64, selector);
         Idt { gates }
@@ -268,7 +371,7 @@ mod tests {
         let idt = Idt::new(0x08);
         let base = idt.gate(0).handler();
         assert_eq!(base % 16, 0);
-        for v in [1u8, 6, 8, 13, 14, 0x3F, 0x41, 0xFE] {
+        for v in [1u8, 6, 8, 13, 14, 0x3F, 0x42, 0x4F, 0x90, 0xFE] {
             assert_eq!(
                 idt.gate(v).handler(),
                 base + 16 * u64::from(v),
@@ -279,6 +382,16 @@ mod tests {
             idt.gate(IPI_VECTOR).handler(),
             lwkt_x86_ipi_stub as *const () as u64
         );
+        assert_eq!(
+            idt.gate(TIMER_VECTOR).handler(),
+            lwkt_x86_timer_stub as *const () as u64
+        );
+        let dev = core::ptr::addr_of!(lwkt_x86_device_vectors) as u64;
+        assert_eq!(dev % 16, 0);
+        for irq in [0usize, 1, 17, 63] {
+            let v = device_vector(irq).unwrap();
+            assert_eq!(idt.gate(v).handler(), dev + 16 * irq as u64, "irq {irq}");
+        }
         assert_eq!(
             idt.gate(SPURIOUS_VECTOR).handler(),
             lwkt_x86_spurious_stub as *const () as u64

@@ -6,14 +6,20 @@
 //! - the local APIC in xAPIC or x2APIC mode, detected at run time
 //!   ([`apic`]): fixed-vector IPIs, INIT/SIPI, EOI, spurious vector;
 //! - an IDT of assembly stubs calling `extern "C"` handlers ([`idt`]);
-//! - the context switch, `sti; hlt` idling and the TSC.
+//! - time ([`time`]): the TSC as the clock, its frequency from CPUID
+//!   leaves 0x15/0x16 or calibrated against the PIT, and each CPU's
+//!   one-shot timer from its local APIC (TSC-deadline or one-shot mode);
+//! - the context switch (callee-saved registers and RFLAGS: the interrupt
+//!   flag is per thread, so every interrupt entry may preempt the
+//!   interrupted thread, `Arch::preempts_in_interrupt`), `sti; hlt`
+//!   idling and the TSC.
 //!
 //! What comes from crates: MSR access, `lidt`, `hlt` and the interrupt
-//! flag from [`x86_64`]. What is ours and why: the APIC driver (see
+//! flag from [`x86_64`]; CPUID's leaves from [`raw_cpuid`] (the TSC and
+//! frequency leaves, TSC-deadline, invariant TSC). What is ours and why: the APIC driver (see
 //! [`apic`]: 150 lines, exactly the operations lwkt needs, with the xAPIC
 //! ICR race closed), the IDT gate encoding and stubs (the `x86_64` crate's
-//! table wants the unstable `x86-interrupt` ABI), CPUID's x2APIC bit
-//! (`core::arch` is enough for one bit).
+//! table wants the unstable `x86-interrupt` ABI).
 //!
 //! **Soundness.** Every function that reads or writes GS, an MSR, the
 //! local APIC or the IDT, or trusts GS to point at a [`percpu::PerCpu`],
@@ -39,6 +45,7 @@ mod arch;
 pub mod idt;
 pub mod percpu;
 mod switch;
+pub mod time;
 
 pub use arch::{StackPool, X86Arch, MAX_STACKS};
 

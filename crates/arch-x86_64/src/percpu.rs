@@ -21,7 +21,7 @@
 //! DragonFly: `struct mdglobaldata` at `%gs:0` (`gd_curthread`, ...),
 //! `mdcpu`.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lwkt_core::Cpu;
 
@@ -57,6 +57,9 @@ pub struct PerCpu {
     cpu: AtomicUsize,
     /// `gs:[24]`: this CPU's local APIC id, once attached.
     apic_id: AtomicUsize,
+    /// `gs:[32]`: whether [`time::start_timer`](crate::time::start_timer)
+    /// set up this CPU's local APIC timer (`Arch::set_timer` checks it).
+    timer: AtomicBool,
 }
 
 impl PerCpu {
@@ -67,6 +70,7 @@ impl PerCpu {
             index,
             cpu: AtomicUsize::new(0),
             apic_id: AtomicUsize::new(0),
+            timer: AtomicBool::new(false),
         }
     }
 
@@ -83,6 +87,16 @@ impl PerCpu {
     pub fn apic_id(&self) -> Option<u32> {
         self.cpu()
             .map(|_| self.apic_id.load(Ordering::Relaxed) as u32)
+    }
+
+    /// Whether [`time::start_timer`](crate::time::start_timer) set up
+    /// this CPU's local APIC timer.
+    pub fn timer_started(&self) -> bool {
+        self.timer.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_timer_started(&self) {
+        self.timer.store(true, Ordering::Release);
     }
 
     /// Whether [`install`] put this block in some CPU's GS.
@@ -263,5 +277,6 @@ mod tests {
         assert_eq!(core::mem::offset_of!(PerCpu, index), 8);
         assert_eq!(core::mem::offset_of!(PerCpu, cpu), 16);
         assert_eq!(core::mem::offset_of!(PerCpu, apic_id), 24);
+        assert_eq!(core::mem::offset_of!(PerCpu, timer), 32);
     }
 }

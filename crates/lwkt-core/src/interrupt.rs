@@ -117,7 +117,13 @@ impl Cpu {
     /// functions), then a preemption an interrupt or a timer asked for
     /// (`RQF_PREEMPT`), or the round-robin of an expired quantum
     /// ([`TIME_SLICE`](crate::TIME_SLICE)). Otherwise all of it waits for
-    /// the thread's next final `crit_exit`. Returns when the interrupted
+    /// the thread's next final `crit_exit`; so it does while the thread
+    /// has token references on its stack: lwkt-token's acquire and
+    /// release paths run outside critical sections (a reference is
+    /// released, then popped), and a switch between the two steps would
+    /// release it a second time (maybe another thread's hold by then) and
+    /// re-acquire it for a reference about to be popped, leaving the token
+    /// held for good. Found by the x86-64 test kernel under KVM. Returns when the interrupted
     /// thread runs again. Call it at the end of the handler, after the
     /// interrupt entry, with the interrupted context saved on the
     /// interrupted thread's stack. DragonFly: `doreti`'s `splz` and
@@ -158,6 +164,7 @@ impl Cpu {
             || self.intr_nesting.get() != 0
             || td.has(tdf::IDLE)
             || !(td.has(tdf::ASYNC_PREEMPT) || self.machine().arch.preempts_in_interrupt())
+            || !td.toks.is_empty()
         {
             return;
         }

@@ -1,5 +1,6 @@
 //! The few devices the test kernel talks to: COM1, QEMU's fw_cfg CPU
 //! count, isa-debug-exit, the 8259 PICs (masked) and a TSC delay.
+//! (The PIT and the APIC timer are `lwkt_arch_x86_64::time`'s.)
 
 use core::fmt::{self, Write};
 
@@ -115,11 +116,10 @@ pub fn tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Busy-wait about `cycles` TSC cycles (under TCG the TSC runs at about
-/// the host's rate, 2.6 GHz here; a longer wait is harmless).
-pub fn delay(cycles: u64) {
-    let t = tsc();
-    while tsc() - t < cycles {
+/// Busy-wait until `cycles` TSC cycles have passed since TSC value
+/// `since`.
+pub fn delay(since: u64, cycles: u64) {
+    while tsc().wrapping_sub(since) < cycles {
         core::hint::spin_loop();
     }
 }

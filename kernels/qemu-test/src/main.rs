@@ -2,18 +2,25 @@
 //! application processor (INIT-SIPI-SIPI), installs the per-CPU blocks,
 //! starts one lwkt scheduler per CPU and runs, on every CPU, thread
 //! switches, cross-CPU scheduling by IPI message, IPI handshakes,
-//! `cpusync` over all CPUs, a token taken from every CPU and messages
-//! between CPUs. It prints a report on COM1 and exits QEMU through
-//! isa-debug-exit: 33 for a pass, 35 for a failure (a triple fault exits
-//! 0, a hang is killed by the runner: both count as failures).
+//! `cpusync` over all CPUs, a token taken from every CPU, messages
+//! between CPUs, timed sleeps (the TSC clock, calibrated while the APs
+//! take their INIT, and each CPU's local APIC timer), callouts armed on
+//! every CPU and stopped from another, a CPU-bound thread preempted by
+//! interrupt threads (from the interrupt frame) and `domsg_timeout`
+//! against a server that does not reply in time. It prints a report
+//! on COM1 and exits QEMU through isa-debug-exit: 33 for a pass, 35 for a
+//! failure (a triple fault exits 0, a hang is killed by the runner: both
+//! count as failures).
 //!
 //! Command line (`-append`): `rounds=N` (default 200), `apic=auto|xapic|
 //! x2apic`, `fault=CPU` (that CPU executes `ud2` once online: the negative
 //! test), `expect-cpus=N` (wait for N CPUs instead of fw_cfg's count),
 //! `hang` (sleep forever after the tests), `attach-twice` (the BSP
 //! attaches its `Cpu` a second time: `X86Arch::attach` must refuse with a
-//! panic, the run fails with "attached already"). Anything else is
-//! refused.
+//! panic, the run fails with "attached already"), `tsc=auto|pit` (`pit`:
+//! calibrate the TSC against the PIT even where CPUID gives its
+//! frequency), `timer=auto|oneshot` (`oneshot`: the APIC timer's one-shot
+//! mode even where TSC-deadline mode exists). Anything else is refused.
 //!
 //! Run it with `cargo xtask qemu [--smp N]` from the repository root.
 #![no_std]
@@ -26,6 +33,7 @@ mod boot;
 mod heap;
 #[macro_use]
 mod hw;
+mod interrupts;
 mod tests;
 
 use alloc::boxed::Box;
@@ -35,6 +43,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use lwkt_arch_x86_64::apic::{self, Icr, Mode};
 use lwkt_arch_x86_64::idt::{self, FaultFrame, Idt, SPURIOUS_VECTOR};
 use lwkt_arch_x86_64::percpu::{self, PerCpu};
+use lwkt_arch_x86_64::time::{self, TimeBase};
 use lwkt_arch_x86_64::X86Arch;
 use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
 
@@ -71,16 +80,16 @@ static DONE: AtomicUsize = AtomicUsize::new(0);
 /// Per CPU: did `gs:[0]` and the GS MSRs read back as installed?
 static GS_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-const STACK_REGION: usize = 8 << 20;
+const STACK_REGION: usize = 16 << 20;
 /// A 64 KiB stack plus the pool's canary room, page-rounded.
 const STACK_SLOT: usize = (64 + 4) << 10;
 #[repr(C, align(4096))]
 struct Stacks([u8; STACK_REGION]);
 static mut STACKS: Stacks = Stacks([0; STACK_REGION]);
 
-/// About 10 ms and 200 µs of TSC at ≤ 3 GHz.
-const INIT_DELAY: u64 = 30_000_000;
-const SIPI_DELAY: u64 = 600_000;
+/// The waits of AP start-up after the INIT and after each SIPI, in ns.
+const INIT_DELAY_NS: u64 = 10_000_000;
+const SIPI_DELAY_NS: u64 = 200_000;
 /// How long the BSP waits for APs (and for them to finish), in TSC cycles.
 const ONLINE_TIMEOUT: u64 = 6_000_000_000;
 
@@ -99,6 +108,8 @@ pub(crate) struct Opts {
     /// Attach CPU 0's `Cpu` twice: the negative test of `attach`'s check
     /// that one `Cpu` has one CPU driving it.
     attach_twice: bool,
+    /// `tsc=pit` and `timer=oneshot`: the paths TCG takes, under KVM too.
+    time: time::Options,
 }
 
 impl Opts {
@@ -110,6 +121,7 @@ impl Opts {
             expect_cpus: None,
             hang: false,
             attach_twice: false,
+            time: time::Options::default(),
         };
         for w in cmdline.split_whitespace() {
             let (k, v) = w.split_once('=').unwrap_or((w, ""));
@@ -123,6 +135,20 @@ impl Opts {
                 "expect-cpus" => o.expect_cpus = Some(num()? as usize),
                 "hang" => o.hang = true,
                 "attach-twice" => o.attach_twice = true,
+                "tsc" => {
+                    o.time.force_pit = match v {
+                        "auto" => false,
+                        "pit" => true,
+                        _ => return Err(alloc::format!("option '{w}': tsc=auto|pit")),
+                    }
+                }
+                "timer" => {
+                    o.time.force_oneshot = match v {
+                        "auto" => false,
+                        "oneshot" => true,
+                        _ => return Err(alloc::format!("option '{w}': timer=auto|oneshot")),
+                    }
+                }
                 "apic" => {
                     o.apic = match v {
                         "auto" => None,
@@ -134,7 +160,7 @@ impl Opts {
                 _ => {
                     return Err(alloc::format!(
                         "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N \
-                         hang attach-twice)"
+                         hang attach-twice tsc=auto|pit timer=auto|oneshot)"
                     ))
                 }
             }
@@ -231,6 +257,27 @@ unsafe fn setup_cpu(idx: usize, mode: Mode, cpus: &'static [Cpu]) {
     }
 }
 
+/// Calibrate the clock (and the APIC timer), print which path was taken,
+/// and start the BSP's timer.
+fn calibrate_clock(opts: time::Options) -> &'static TimeBase {
+    let t = hw::tsc();
+    // SAFETY: ring 0 on the BSP, once; its APIC is enabled (`setup_cpu`);
+    // the 8259s are masked (IRQ 0 of the PIT goes nowhere) and nothing
+    // else here uses the PIT.
+    let tb = match unsafe { time::calibrate(opts) } {
+        Ok(tb) => tb,
+        Err(e) => fail!("clock: {e}"),
+    };
+    kprintln!(
+        "lwkt-qemu-test: clock: {tb} ({} us to calibrate)",
+        tb.ticks_to_ns(hw::tsc() - t) / 1_000
+    );
+    // SAFETY: on the BSP, after `setup_cpu` (IDT, APIC, GS) and
+    // `calibrate`.
+    unsafe { time::start_timer() };
+    tb
+}
+
 /// The BSP's entry from `boot.rs`, with the `hvm_start_info` address.
 #[no_mangle]
 extern "C" fn bsp_main(info: usize) -> ! {
@@ -307,20 +354,29 @@ extern "C" fn bsp_main(info: usize) -> ! {
     let bsp_apic = unsafe { apic::id() };
     kprintln!("lwkt-qemu-test: {ncpus} CPUs expected (fw_cfg), {mode:?}, bsp apic id {bsp_apic}");
 
-    // Start the APs: INIT, wait, SIPI, wait, SIPI (broadcast to all others).
+    // Start the APs: INIT, wait, SIPI, wait, SIPI (broadcast to all
+    // others). The clock is calibrated during the wait after the INIT (the
+    // PIT path takes about 12 ms of the 10 the APs need), then the rest of
+    // the wait is measured with it.
     let t = hw::tsc();
     if ncpus > 1 {
-        // SAFETY: low memory at 0x8000 is free; INIT/SIPI to the other
-        // CPUs, which firmware left parked.
+        // SAFETY: low memory at 0x8000 is free; INIT to the other CPUs,
+        // which firmware left parked.
         unsafe {
             boot::install_trampoline();
             apic::send(Icr::init_all_but_self());
-            hw::delay(INIT_DELAY);
-            let page = (boot::TRAMPOLINE >> 12) as u8;
-            apic::send(Icr::startup_all_but_self(page));
-            hw::delay(SIPI_DELAY);
-            apic::send(Icr::startup_all_but_self(page));
         }
+    }
+    let tb = calibrate_clock(opts.time);
+    if ncpus > 1 {
+        let page = (boot::TRAMPOLINE >> 12) as u8;
+        hw::delay(t, tb.ns_to_ticks(INIT_DELAY_NS));
+        // SAFETY: SIPIs to the other CPUs, which took the INIT above; the
+        // trampoline is in place.
+        unsafe { apic::send(Icr::startup_all_but_self(page)) };
+        hw::delay(hw::tsc(), tb.ns_to_ticks(SIPI_DELAY_NS));
+        // SAFETY: as above (APs already running ignore it).
+        unsafe { apic::send(Icr::startup_all_but_self(page)) };
     }
     while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
         if hw::tsc() - t > ONLINE_TIMEOUT {
@@ -330,8 +386,8 @@ extern "C" fn bsp_main(info: usize) -> ! {
         core::hint::spin_loop();
     }
     kprintln!(
-        "lwkt-qemu-test: all {ncpus} CPUs online {} Mcycles after the INIT",
-        (hw::tsc() - t) / 1_000_000
+        "lwkt-qemu-test: all {ncpus} CPUs online {} us after the INIT",
+        tb.ticks_to_ns(hw::tsc() - t) / 1_000
     );
 
     // SAFETY: CPU 0 has not entered its idle loop; the test borrows only
@@ -383,8 +439,13 @@ extern "C" fn ap_main(idx: usize) -> ! {
         fail!("AP {idx} started but fw_cfg said {} CPUs", cpus.len());
     }
     let mode = apic::mode().expect("the BSP enabled its APIC first");
-    // SAFETY: this AP, once, interrupts off (trampoline `cli`).
-    unsafe { setup_cpu(idx, mode, cpus) };
+    // SAFETY: this AP, once, interrupts off (trampoline `cli`); the BSP
+    // calibrated the clock before the SIPI; `setup_cpu` loaded the IDT,
+    // enabled the APIC and installed GS.
+    unsafe {
+        setup_cpu(idx, mode, cpus);
+        time::start_timer();
+    }
     ONLINE.fetch_add(1, Ordering::Release);
     if OPTS.get().and_then(|o| o.fault) == Some(idx) {
         kprintln!("cpu {idx}: faulting on purpose (fault={idx})");

@@ -6,10 +6,11 @@
 //! CPU.
 
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::time::Duration;
 
 use lwkt_arch_x86_64::percpu::PerCpu;
 use lwkt_core::token::{Token, TokenCell};
-use lwkt_core::{Cpu, CpuId, CpuMask, Cur, MyCpu, ThreadHandle};
+use lwkt_core::{Cpu, CpuId, CpuMask, Cur, MyCpu, ThreadHandle, TimedOut, WaitQueue};
 use lwkt_msg::{Msg, Port};
 
 use crate::boot::MAX_CPUS;
@@ -35,12 +36,58 @@ static TOTAL: TokenCell<'static, u64> = TokenCell::new(&TOKEN, 0);
 /// Handshake rounds per (source, target) pair.
 const HANDSHAKES: u64 = 20;
 
+/// Timed sleeps that were not early and late by less than [`LATE_BOUND`].
+static SLEEPS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Timed waits nobody ended that returned `Err(TimedOut)`, not early.
+static TIMEOUTS: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Timed waits ended by another CPU that returned `Ok`, seen at a clock
+/// reading no earlier than the waker's before it woke them.
+static WOKEN: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// The largest lateness of a timed sleep on each CPU, in ns.
+static MAX_LATE: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Sum of the timed sleeps' lateness on each CPU, in ns.
+static SUM_LATE: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// The cross-CPU wake-ups: the sleeper is about to sleep (1), the first
+/// wait ended (2); what the waker's clock read before it woke it.
+static WAKE_STATE: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+static WAKE_AT: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// The second cross-CPU wait's condition.
+static WAKE_FLAG: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Wait queues nobody signals.
+static QUIET: [WaitQueue; MAX_CPUS] = [const { WaitQueue::new() }; MAX_CPUS];
+
+/// Each CPU's sleepers, in the order they are started: the first armed
+/// deadline is the latest, so each later one moves the CPU's timer
+/// earlier.
+const SLEEP_MS: [u64; 4] = [8, 2, 6, 4];
+const SLEEPERS: usize = SLEEP_MS.len();
+/// How late a timed wait may end (TCG on a loaded 2-core host is slow to
+/// deliver the timer interrupt and to switch to the woken thread; nested
+/// KVM with 4 vCPUs on 2 busy host cores was seen 60 ms late).
+const LATE_BOUND: Duration = Duration::from_millis(250);
+/// The timeout of the waits nobody ends.
+const QUIET_TIMEOUT: Duration = Duration::from_millis(2);
+/// The timeout of the waits another CPU ends: long enough never to pass.
+const WOKEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 static ROUNDS: AtomicU64 = AtomicU64::new(0);
 /// `TOTAL` as the main thread read it under the token after the test.
 static FINAL_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 fn here(cur: &Cur) -> usize {
     cur.my_cpu().id().index()
+}
+
+/// The backend's clock (calibrated at boot).
+fn now() -> u64 {
+    lwkt_arch_x86_64::time::now_ns().unwrap_or_else(|| crate::fail!("the clock is not calibrated"))
+}
+
+/// A timed wait on a channel, for the table of waits nobody ends.
+type TimedWait = fn(&mut Cur, usize) -> Result<(), TimedOut>;
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
 }
 
 fn spawn(
@@ -213,6 +260,140 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
     }
     join_all(cur, hs);
     crate::kprintln!("  messages: done");
+
+    timers(cur, n);
+    crate::kprintln!("  timers: done");
+
+    let cpus = crate::CPUS
+        .get()
+        .expect("the CPUs are set up before the tests");
+    crate::interrupts::run(cur, n, cpus);
+}
+
+/// 7. Timed waits on every CPU, all at once:
+///
+/// - sleepers: [`SLEEPERS`] threads per CPU sleep [`SLEEP_MS`] each with
+///   `sleep_for`: none wakes early by the clock, none later than
+///   [`LATE_BOUND`] (their wake-up order is not checked: the deadline
+///   the test could record is not the one `sleep_for` computes, which a
+///   vCPU that TCG or the host holds up between the two clock reads
+///   moves later; lwkt-core's own wheel tests check the order);
+/// - timeouts: `sleep_timeout`, `sleep_until_timeout` and
+///   `WaitQueue::block_since_timeout` on what nobody wakes return
+///   `Err(TimedOut)`, not early;
+/// - wake-ups: `sleep_timeout` and `sleep_until_timeout` ended by a thread
+///   on the next CPU return `Ok(())`, and the woken thread's clock reads
+///   no earlier than the waker's did before it woke it (one TSC for all
+///   CPUs).
+fn timers(cur: &mut Cur, n: usize) {
+    let mut hs = alloc::vec::Vec::new();
+    // CPU 0 last: this thread runs there until it blocks in `join_all`
+    // (lwkt does not preempt), so its sleepers start when it stops.
+    for c in (1..n).chain(0..1) {
+        for &ms in SLEEP_MS.iter() {
+            hs.push(spawn(cur, c, "sleeper", move |me| {
+                let d = Duration::from_millis(ms);
+                let t0 = now();
+                me.sleep_for(d);
+                let t1 = now();
+                check_sleep(c, "sleep_for", t0, t1, d);
+            }));
+        }
+        hs.push(spawn(cur, c, "timeouts", move |me| {
+            let quiet = &QUIET[c];
+            let chan = quiet as *const WaitQueue as usize + 1;
+            let waits: [(&str, TimedWait); 3] = [
+                ("sleep_timeout", |me, chan| {
+                    me.sleep_timeout(chan, QUIET_TIMEOUT)
+                }),
+                ("sleep_until_timeout", |me, chan| {
+                    me.sleep_until_timeout(chan, QUIET_TIMEOUT, || false)
+                }),
+                ("block_since_timeout", |me, _| {
+                    let q = &QUIET[here(me)];
+                    q.block_since_timeout(me, q.generation(), QUIET_TIMEOUT)
+                }),
+            ];
+            for (name, wait) in waits {
+                let t0 = now();
+                let r = wait(me, chan);
+                let t1 = now();
+                if r != Err(TimedOut) {
+                    crate::kprintln!("cpu {c}: {name} nobody ends returned {r:?}");
+                } else if t1 - t0 < ns(QUIET_TIMEOUT) {
+                    crate::kprintln!(
+                        "cpu {c}: {name} timed out early: after {} ns of {}",
+                        t1 - t0,
+                        ns(QUIET_TIMEOUT)
+                    );
+                } else {
+                    TIMEOUTS[c].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        hs.push(spawn(cur, c, "woken", move |me| {
+            let chan = &WAKE_STATE[c] as *const AtomicU64 as usize;
+            // First wait: `sleep_timeout`, which a wake-up sent before we
+            // sleep misses; the waker repeats it until we are done.
+            WAKE_STATE[c].store(1, Ordering::SeqCst);
+            let r = me.sleep_timeout(chan, WOKEN_TIMEOUT);
+            check_woken(c, "sleep_timeout", r, now());
+            WAKE_STATE[c].store(2, Ordering::SeqCst);
+            // Second: `sleep_until_timeout` on a flag, which loses nothing.
+            let flag = &WAKE_FLAG[c];
+            let r = me.sleep_until_timeout(chan + 1, WOKEN_TIMEOUT, || flag.load(Ordering::SeqCst));
+            check_woken(c, "sleep_until_timeout", r, now());
+        }));
+        hs.push(spawn(cur, (c + 1) % n, "waker", move |me| {
+            let chan = &WAKE_STATE[c] as *const AtomicU64 as usize;
+            while WAKE_STATE[c].load(Ordering::SeqCst) == 0 {
+                me.sleep_for(Duration::from_micros(100));
+            }
+            WAKE_AT[c].store(now(), Ordering::SeqCst);
+            while WAKE_STATE[c].load(Ordering::SeqCst) == 1 {
+                me.my_cpu().wakeup(chan);
+                me.sleep_for(Duration::from_micros(200));
+            }
+            me.sleep_for(Duration::from_millis(1));
+            WAKE_AT[c].store(now(), Ordering::SeqCst);
+            WAKE_FLAG[c].store(true, Ordering::SeqCst);
+            me.my_cpu().wakeup(chan + 1);
+        }));
+    }
+    join_all(cur, hs);
+}
+
+/// A timed sleep of `d` on `c` ran from `t0` to `t1`: count it if it was
+/// neither early nor too late, and keep its lateness.
+fn check_sleep(c: usize, what: &str, t0: u64, t1: u64, d: Duration) {
+    let slept = t1 - t0;
+    if slept < ns(d) {
+        crate::kprintln!("cpu {c}: {what}({d:?}) woke early: after {slept} ns");
+        return;
+    }
+    let late = slept - ns(d);
+    MAX_LATE[c].fetch_max(late, Ordering::Relaxed);
+    SUM_LATE[c].fetch_add(late, Ordering::Relaxed);
+    if late >= ns(LATE_BOUND) {
+        crate::kprintln!("cpu {c}: {what}({d:?}) woke {late} ns late (bound {LATE_BOUND:?})");
+        return;
+    }
+    SLEEPS[c].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A wait on `c` that the next CPU ends returned `r`, and this CPU's clock
+/// then read `t`.
+fn check_woken(c: usize, what: &str, r: Result<(), TimedOut>, t: u64) {
+    let woke_at = WAKE_AT[c].load(Ordering::SeqCst);
+    if r.is_err() {
+        crate::kprintln!("cpu {c}: {what} woken by another CPU returned {r:?}");
+    } else if t < woke_at {
+        crate::kprintln!(
+            "cpu {c}: {what}: woken at {t} ns by this CPU's clock, before the waker's read              {woke_at} ns (TSCs out of step)"
+        );
+    } else {
+        WOKEN[c].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn ack(my: MyCpu<'_>, src: usize, seq: usize) {
@@ -232,10 +413,13 @@ pub(crate) fn report(cpus: &[Cpu], pcpu: &[PerCpu], gs_ok: &[AtomicBool]) -> boo
         ("cpusync", &SYNCS, r),
         ("token", &TOKEN_INCS, 2 * r),
         ("msgs", &MSGS, r),
+        ("sleeps", &SLEEPS, SLEEPERS as u64),
+        ("timeouts", &TIMEOUTS, 3),
+        ("woken", &WOKEN, 2),
     ];
     let mut ok = true;
     crate::kprintln!(
-        "cpu  apic  gs-base            gs  switches  ipis-run  yields  handoffs  ipi-acks  cpusync  token  msgs"
+        "cpu  apic  gs-base            gs  switches  ipis-run  yields  handoffs  ipi-acks  cpusync  token  msgs  sleeps  timeouts  woken  late-max-us  late-mean-us"
     );
     for (i, c) in cpus.iter().enumerate() {
         let s = c.stats();
@@ -257,11 +441,25 @@ pub(crate) fn report(cpus: &[Cpu], pcpu: &[PerCpu], gs_ok: &[AtomicBool]) -> boo
                 crate::kprint!(" (want {expect})");
             }
         }
-        crate::kprintln!("");
+        crate::kprintln!(
+            "  {:>11}  {:>12}",
+            MAX_LATE[i].load(Ordering::Relaxed) / 1_000,
+            SUM_LATE[i].load(Ordering::Relaxed) / SLEEPERS as u64 / 1_000
+        );
         ok &= gs && s.switches > 0 && (n == 1 || s.ipis_received > 0);
     }
+    let (cpu, late) = (0..n)
+        .map(|i| (i, MAX_LATE[i].load(Ordering::Relaxed)))
+        .max_by_key(|&(_, l)| l)
+        .unwrap_or((0, 0));
+    crate::kprintln!(
+        "timed sleeps: max lateness {} us (cpu {cpu}), bound {} ms",
+        late / 1_000,
+        LATE_BOUND.as_millis()
+    );
     let total = FINAL_TOTAL.load(Ordering::Relaxed);
     let expect = 2 * n as u64 * r;
     crate::kprintln!("token-protected counter: {total} (want {expect})");
-    ok && total == expect
+    let more = crate::interrupts::report(n);
+    ok && total == expect && more
 }
