@@ -148,3 +148,93 @@ fn no_slice_without_a_peer() {
         assert!(low_ran.load(Ordering::Relaxed));
     });
 }
+
+/// Threads switched from the interrupt frame (`async_preemptible`) that
+/// take and release one token in a loop for a second, while time slices
+/// and an interrupt thread keep preempting them: the token is never lost
+/// or held twice (`preempt_from_interrupt` leaves a thread with token
+/// references on its stack alone: lwkt-token's release and its pop are
+/// two steps).
+#[test]
+fn threads_switched_from_the_interrupt_frame_keep_their_tokens_straight() {
+    const IRQ: usize = 3;
+    Machine::new(2).unwrap().run(|cur| {
+        let tok = Arc::new(lwkt_core::token::Token::new("shared"));
+        let inside = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
+        let (s, r) = (stop.clone(), ready.clone());
+        let ith = cur
+            .builder()
+            .cpu(CpuId::new(1))
+            .priority(Priority::INT_MED)
+            .spawn(move |me| {
+                me.register_interrupt(IRQ).unwrap();
+                r.store(true, Ordering::Release);
+                while !s.load(Ordering::Relaxed) {
+                    me.wait_interrupt(IRQ);
+                }
+                me.unregister_interrupt(IRQ);
+            })
+            .unwrap();
+        while !ready.load(Ordering::Acquire) {
+            cur.yield_now();
+        }
+        let mut hs = Vec::new();
+        for _ in 0..2 {
+            let (tok, inside, total, stop) =
+                (tok.clone(), inside.clone(), total.clone(), stop.clone());
+            // SAFETY: the body takes tokens and touches atomics only:
+            // nothing another thread of its CPU could re-enter.
+            let b = unsafe { cur.builder().cpu(CpuId::new(1)).async_preemptible() };
+            hs.push(
+                b.spawn(move |me| {
+                    while !stop.load(Ordering::Relaxed) {
+                        me.with_token(&tok, |_, _| {
+                            let was = inside.fetch_add(1, Ordering::Relaxed);
+                            assert_eq!(was, 0, "token held twice");
+                            total.fetch_add(1, Ordering::Relaxed);
+                            inside.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    }
+                })
+                .unwrap(),
+            );
+        }
+        let start = Instant::now();
+        let mut last = (0, Instant::now());
+        while start.elapsed() < Duration::from_secs(1) {
+            cur.my_cpu().raise_interrupt(CpuId::new(1), IRQ).unwrap();
+            cur.sleep_for(Duration::from_micros(50));
+            let n = total.load(Ordering::Relaxed);
+            if n != last.0 {
+                last = (n, Instant::now());
+            }
+            assert!(
+                last.1.elapsed() < Duration::from_secs(5),
+                "the token loop stopped at {n} (token lost)"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !hs.iter().all(|h| h.has_exited()) {
+            assert!(
+                Instant::now() < deadline,
+                "token loop stuck at {}",
+                total.load(Ordering::Relaxed)
+            );
+            cur.sleep_for(Duration::from_millis(1));
+        }
+        for h in &hs {
+            cur.join(h);
+        }
+        cur.my_cpu().raise_interrupt(CpuId::new(1), IRQ).unwrap();
+        cur.join(&ith);
+        assert!(total.load(Ordering::Relaxed) > 0);
+        assert_eq!(tok.exclusive_owner(), 0, "token left held");
+        assert_eq!(tok.shared_holders(), 0, "token left held");
+        // And it can be taken again.
+        cur.with_token(&tok, |_, _| ());
+    });
+}
