@@ -22,7 +22,7 @@ use core::pin::Pin;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crossbeam_utils::CachePadded;
-use lwkt_core::{abort_on_unwind, CpuId, Cur, IpiFn, MyCpu, Serializer, ThreadHandle};
+use lwkt_core::{abort_on_unwind, CpuId, Cur, IpiFn, MyCpu, Serializer, ThreadHandle, TimedOut};
 
 use crate::future::ReplyFuture;
 use crate::header::{f, Header};
@@ -634,6 +634,23 @@ impl<T: Send + 'static> Port<T> {
     #[inline]
     fn thread_waitport(&self, cur: &mut Cur) -> Incoming<T> {
         self.check_receiver(cur);
+        match self.owner_wait(cur, None) {
+            Ok(x) => x,
+            Err(TimedOut) => unreachable!("an untimed wait timed out"),
+        }
+    }
+
+    /// The owner's wait loop (`thread_waitport`, and with a deadline
+    /// `thread_waitport_until`): take a queued message, or watch the
+    /// rings, or block, for at most the time left before `deadline` if
+    /// there is one. Inlined into both, so the untimed wait carries no
+    /// deadline test.
+    #[inline(always)]
+    pub(super) fn owner_wait(
+        &self,
+        cur: &mut Cur,
+        deadline: Option<timed::Deadline>,
+    ) -> Result<Incoming<T>, TimedOut> {
         cur.crit_enter();
         loop {
             // SAFETY: the owner (`check_receiver`), on its CPU, in a
@@ -645,15 +662,27 @@ impl<T: Send + 'static> Port<T> {
             if let Some(h) = h {
                 cur.crit_exit();
                 if let Some(x) = self.classify(cur.my_cpu(), h) {
-                    return x;
+                    return Ok(x);
                 }
                 cur.crit_enter();
                 continue;
             }
             if closed {
                 cur.crit_exit();
-                return Incoming::Closed;
+                return Ok(Incoming::Closed);
             }
+            // Looked at the queue after every wake-up: a put that lands as
+            // the time runs out is taken, not lost to the timeout.
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.remaining(cur.my_cpu()) {
+                    Some(left) => Some(left),
+                    None => {
+                        cur.crit_exit();
+                        return Err(TimedOut);
+                    }
+                },
+            };
             // The idle loop would watch the rings for us while we sleep;
             // watching them here instead serves the next put in this
             // thread, with no wake-up and no switch. As long as the idle
@@ -685,7 +714,17 @@ impl<T: Send + 'static> Port<T> {
             // A put that lands from here on (deferred by the critical
             // section until we switch) schedules us again; we take it in
             // the same critical section.
-            cur.block();
+            match left {
+                None => cur.block(),
+                Some(left) => {
+                    // The timer schedules us when `left` has passed.
+                    let _ = cur.block_timeout(left);
+                    // SAFETY: as above. Timed out, nobody cleared it: a
+                    // later put need not schedule a thread that no longer
+                    // waits here.
+                    unsafe { self.inner() }.waiting = false;
+                }
+            }
         }
     }
 

@@ -117,56 +117,7 @@ impl<T: Send + 'static> Port<T> {
         cur: &mut Cur,
         deadline: Deadline,
     ) -> Result<Incoming<T>, TimedOut> {
-        cur.crit_enter();
-        loop {
-            // SAFETY: the owner (`check_receiver`), on its CPU, in a
-            // critical section; the borrow ends before anything else runs.
-            let (h, closed) = unsafe {
-                let inner = self.inner();
-                (inner.q.pop(), inner.closed)
-            };
-            if let Some(h) = h {
-                cur.crit_exit();
-                if let Some(x) = self.classify(cur.my_cpu(), h) {
-                    return Ok(x);
-                }
-                cur.crit_enter();
-                continue;
-            }
-            if closed {
-                cur.crit_exit();
-                return Ok(Incoming::Closed);
-            }
-            // Looked at the queue after every wake-up: a put that lands as
-            // the time runs out is taken, not lost to the timeout.
-            let Some(left) = deadline.remaining(cur.my_cpu()) else {
-                cur.crit_exit();
-                return Err(TimedOut);
-            };
-            let queued = || {
-                // SAFETY: the owner, on its CPU, in the critical section
-                // `watch_until` runs this in.
-                let inner = unsafe { self.inner() };
-                !inner.q.is_empty() || inner.closed
-            };
-            if cur.watch_until(u64::MAX, queued) {
-                continue;
-            }
-            if cur.my_cpu().has_deferred() {
-                // As in `thread_waitport`: run the deferred IPIs first.
-                cur.crit_exit();
-                cur.crit_enter();
-                continue;
-            }
-            // SAFETY: the owner, on its CPU, in a critical section.
-            unsafe { self.inner() }.waiting = true;
-            // A put from here on schedules us (and clears `waiting`); the
-            // timer schedules us when `left` has passed.
-            let _ = cur.block_timeout(left);
-            // SAFETY: as above. Timed out, nobody cleared it: a later put
-            // need not schedule a thread that no longer waits here.
-            unsafe { self.inner() }.waiting = false;
-        }
+        self.owner_wait(cur, Some(deadline))
     }
 
     /// `Msg::wait_timeout` of a message whose reply goes to this port's
