@@ -340,6 +340,24 @@ impl<'a> Fired<'a> {
     }
 }
 
+/// A callout that runs `f`, not armed: the body of `Callout::new`, which
+/// is `const` except in the loom build (loom's atomics are not).
+macro_rules! new_callout {
+    ($f:expr) => {
+        Callout {
+            raw: Raw {
+                head: Header::new(fire::<F>),
+                state: AtomicU64::new(0),
+                active: AtomicBool::new(false),
+                period: Cell::new(0),
+                arch: Cell::new(None),
+            },
+            func: UnsafeCell::new($f),
+            _pinned: PhantomPinned,
+        }
+    };
+}
+
 impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// A callout that runs `f`, not armed. DragonFly: `callout_init` (the
     /// function given here instead of to each `callout_reset`). `const`, so
@@ -363,34 +381,14 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// ```
     #[cfg(not(loom))]
     pub const fn new(f: F) -> Callout<F> {
-        Callout {
-            raw: Raw {
-                head: Header::new(fire::<F>),
-                state: AtomicU64::new(0),
-                active: AtomicBool::new(false),
-                period: Cell::new(0),
-                arch: Cell::new(None),
-            },
-            func: UnsafeCell::new(f),
-            _pinned: PhantomPinned,
-        }
+        new_callout!(f)
     }
 
     /// A callout that runs `f` (the loom build: loom's atomics are not
     /// `const`).
     #[cfg(loom)]
     pub fn new(f: F) -> Callout<F> {
-        Callout {
-            raw: Raw {
-                head: Header::new(fire::<F>),
-                state: AtomicU64::new(0),
-                active: AtomicBool::new(false),
-                period: Cell::new(0),
-                arch: Cell::new(None),
-            },
-            func: UnsafeCell::new(f),
-            _pinned: PhantomPinned,
-        }
+        new_callout!(f)
     }
 
     /// Arm the callout on this CPU to run `d` from now, replacing a pending
