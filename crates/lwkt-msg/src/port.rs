@@ -18,6 +18,7 @@
 use core::cell::UnsafeCell;
 use core::fmt;
 use core::pin::Pin;
+use core::time::Duration;
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -646,7 +647,7 @@ impl<T: Send + 'static> Port<T> {
     /// there is one. Inlined into both, so the untimed wait carries no
     /// deadline test.
     #[inline(always)]
-    pub(super) fn owner_wait(
+    fn owner_wait(
         &self,
         cur: &mut Cur,
         deadline: Option<timed::Deadline>,
@@ -1044,6 +1045,19 @@ impl<T: Send + 'static> Port<T> {
     /// Sleep until `ready(inner)` holds (checked with the receiver's access);
     /// returns whether the port is closed.
     fn sleep_on(&self, cur: &mut Cur, ready: impl Fn(&Inner) -> bool) -> bool {
+        self.sleep_on_within(cur, None, ready)
+    }
+
+    /// [`sleep_on`](Self::sleep_on), for at most `left` when it is given:
+    /// returns when `ready(inner)` may hold, or when the time is up (a
+    /// timed caller looks again, and at its deadline); and whether the port
+    /// is closed.
+    fn sleep_on_within(
+        &self,
+        cur: &mut Cur,
+        left: Option<Duration>,
+        ready: impl Fn(&Inner) -> bool,
+    ) -> bool {
         match self.kind {
             Kind::Thread(_) => {
                 // The idle loop would watch the rings for us while we
@@ -1069,8 +1083,17 @@ impl<T: Send + 'static> Port<T> {
                 };
                 if sleep {
                     // A put that lands from here on (deferred by the critical
-                    // section until we switch) schedules us again.
-                    cur.block();
+                    // section until we switch) schedules us again; so does
+                    // the timer, when there is one.
+                    match left {
+                        None => cur.block(),
+                        Some(left) => {
+                            let _ = cur.block_timeout(left);
+                            // SAFETY: as above. Timed out, nobody cleared
+                            // it: a later put need not schedule us.
+                            unsafe { self.inner() }.waiting = false;
+                        }
+                    }
                 }
                 cur.crit_exit();
             }
@@ -1089,11 +1112,11 @@ impl<T: Send + 'static> Port<T> {
                     // check and the exit; one after the exit bumps `gen`.
                     slz.exit(cur);
                     let chan = self.chan();
-                    cur.sleep_until(chan, || self.gen.load(Ordering::Acquire) != gen);
+                    sleep_chan(cur, chan, left, || self.gen.load(Ordering::Acquire) != gen);
                     slz.enter(cur);
                 }
             }
-            _ => cur.sleep_until(self.chan(), || {
+            _ => sleep_chan(cur, self.chan(), left, || {
                 self.lock.with(|| {
                     // SAFETY: under the lock.
                     let inner = unsafe { self.inner() };
@@ -1445,4 +1468,15 @@ fn push_remote<T: Send + 'static, const REPLY: bool>(my: MyCpu<'_>, port: usize,
     unsafe { &*port }.thread_push(my, m, REPLY);
     // SAFETY: that count is ours to give up; `port` is not used after.
     unsafe { Port::release(port) };
+}
+
+/// `Cur::sleep_until` on `chan`, for at most `left` when it is given (a
+/// timeout returns like a wake-up: the caller looks again).
+fn sleep_chan(cur: &mut Cur, chan: usize, left: Option<Duration>, cond: impl FnMut() -> bool) {
+    match left {
+        None => cur.sleep_until(chan, cond),
+        Some(left) => {
+            let _ = cur.sleep_until_timeout(chan, left, cond);
+        }
+    }
 }

@@ -13,7 +13,7 @@ use core::time::Duration;
 
 use lwkt_core::{Cur, MyCpu, TimedOut};
 
-use super::{Inner, Kind, Port};
+use super::{Kind, Port};
 use crate::header::{f, Header};
 use crate::{Incoming, Msg, MsgError};
 
@@ -105,7 +105,7 @@ impl<T: Send + 'static> Port<T> {
             let Some(left) = deadline.remaining(cur.my_cpu()) else {
                 return Err(TimedOut);
             };
-            self.sleep_on_for(cur, left, |inner| !inner.q.is_empty() || inner.closed);
+            self.sleep_on_within(cur, Some(left), |inner| !inner.q.is_empty() || inner.closed);
         }
     }
 
@@ -147,76 +147,9 @@ impl<T: Send + 'static> Port<T> {
             let Some(left) = deadline.remaining(cur.my_cpu()) else {
                 return Err(TimedOut);
             };
-            self.sleep_on_for(cur, left, |inner| {
+            self.sleep_on_within(cur, Some(left), |inner| {
                 hdr.is_queued_reply() || hdr.is_done() || inner.closed
             });
-        }
-    }
-
-    /// `sleep_on` for at most `left`: return when `ready(inner)` may hold,
-    /// or when the time is up (the caller looks again, and at its
-    /// deadline).
-    fn sleep_on_for(&self, cur: &mut Cur, left: Duration, ready: impl Fn(&Inner) -> bool) {
-        match self.kind {
-            Kind::Thread(_) => {
-                let queued = || {
-                    // SAFETY: the owner, on its CPU, in the critical
-                    // section `watch_until` runs this in.
-                    ready(unsafe { self.inner() })
-                };
-                if cur.watch_until(u64::MAX, queued) {
-                    return;
-                }
-                cur.crit_enter();
-                // SAFETY: the owner, on its CPU, in a critical section.
-                let sleep = unsafe {
-                    let inner = self.inner();
-                    !ready(inner) && {
-                        inner.waiting = true;
-                        true
-                    }
-                };
-                if sleep {
-                    // A put from here on (deferred by the critical section
-                    // until we switch) schedules us again; so does the
-                    // timer.
-                    let _ = cur.block_timeout(left);
-                    // SAFETY: as above.
-                    unsafe { self.inner() }.waiting = false;
-                }
-                cur.crit_exit();
-            }
-            Kind::Serializer(slz) => {
-                let gen = self.gen.load(core::sync::atomic::Ordering::Acquire);
-                // SAFETY: the serializer is held (check_receiver).
-                let sleep = unsafe {
-                    let inner = self.inner();
-                    !ready(inner) && {
-                        inner.waiting = true;
-                        true
-                    }
-                };
-                if sleep {
-                    slz.exit(cur);
-                    let chan = self.chan();
-                    let _ = cur.sleep_until_timeout(chan, left, || {
-                        self.gen.load(core::sync::atomic::Ordering::Acquire) != gen
-                    });
-                    slz.enter(cur);
-                }
-            }
-            _ => {
-                let _ = cur.sleep_until_timeout(self.chan(), left, || {
-                    self.lock.with(|| {
-                        // SAFETY: under the lock.
-                        let inner = unsafe { self.inner() };
-                        ready(inner) || {
-                            inner.waiting = true;
-                            false
-                        }
-                    })
-                });
-            }
         }
     }
 
