@@ -10,9 +10,10 @@
 //!   (unbatched and in batches of 32) vs `rtrb` vs `crossbeam-channel`;
 //! - `ipi_path`: the whole IPI path on a 2-CPU hosted machine (ring, doorbell,
 //!   kicks, dispatch on the target), `send_ipi` vs `send_ipi_batch` of 32;
-//! - `callout`: arming and stopping a timer: a `Callout`'s `reset` + `stop`
-//!   on its own CPU (an insert into and a removal from the CPU's timing
-//!   wheel, and the clock read of `reset`) vs a `tokio::time::Sleep`'s
+//! - `callout`: arming and stopping a timer: a `Callout`'s `reset_at` +
+//!   `stop` on its own CPU (an insert into and a removal from the CPU's
+//!   timing wheel, the deadline computed once as tokio's is), and `reset` +
+//!   `stop` (the same with a clock read per arm) vs a `tokio::time::Sleep`'s
 //!   `reset` to another deadline (a removal from and an insert into tokio's
 //!   timer wheel; the deadline is computed once, outside the loop).
 
@@ -271,6 +272,21 @@ fn callout(c: &mut Criterion) {
                 for _ in 0..iters {
                     let c = black_box(c.as_ref());
                     c.reset(my, d);
+                    black_box(c.stop(my));
+                }
+            })
+        })
+    });
+    // The deadline computed once, as tokio's bench below has it.
+    g.bench_function("lwkt Callout reset_at+stop", |b| {
+        b.iter_custom(|iters| {
+            time_on_lwkt(1, |cur| {
+                let c = core::pin::pin!(lwkt_core::Callout::new(|_| {}));
+                let my = cur.my_cpu();
+                let at = my.clock().unwrap() + 3_600_000_000_000;
+                for _ in 0..iters {
+                    let c = black_box(c.as_ref());
+                    c.reset_at(my, black_box(at));
                     black_box(c.stop(my));
                 }
             })

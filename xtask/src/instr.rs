@@ -51,6 +51,13 @@ const OPS: &[Op] = &[
         &[],
         1,
     ),
+    (
+        "callout reset_at+stop on its own CPU",
+        "lwkt-core",
+        "callout_loop",
+        &["at"],
+        1,
+    ),
     ("token get+release", "lwkt-token", "token_loop", &[], 1),
     (
         "token recursive get+release",

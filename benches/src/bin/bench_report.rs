@@ -241,6 +241,16 @@ const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        id: "callout",
+        title: "lwkt-core: arming and stopping a timer",
+        element: "one arm + stop (lwkt), one reset (tokio)",
+        rows: &[
+            "tokio Sleep reset",
+            "lwkt Callout reset_at+stop",
+            "lwkt Callout reset+stop",
+        ],
+    },
+    Group {
         id: "timer_lateness",
         title: "lwkt-core: how late a 1 ms sleep wakes (lateness only)",
         element: "one sleep's lateness",
@@ -751,6 +761,21 @@ fn targets(r: &Results) -> Vec<(String, Option<bool>, String)> {
             "signal handler -> futex wake of a parked OS thread",
         ))
         .map(|(a, b)| (a < b, format!("{:.3}x the futex wake's time", a / b))),
+    );
+    add(
+        "callout arm+stop under 20 ns and at least 2x cheaper than a tokio Sleep reset",
+        m("callout", "lwkt Callout reset_at+stop")
+            .zip(m("callout", "tokio Sleep reset"))
+            .map(|(a, t)| {
+                (
+                    a < 20.0 && 2.0 * a <= t,
+                    format!(
+                        "{} (reset_at), {:.2}x cheaper than tokio's",
+                        fmt_ns(a),
+                        t / a
+                    ),
+                )
+            }),
     );
     add(
         "timers: median lateness of a 1 ms sleep no worse than std::thread::sleep's",

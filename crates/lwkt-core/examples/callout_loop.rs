@@ -1,6 +1,8 @@
 //! Arm and stop one callout on its own CPU `N` times (default 1,000,000):
 //! a fixed workload for instruction counting (`cargo xtask instr`), e.g.
 //! `valgrind --tool=callgrind target/release/examples/callout_loop 1000000`.
+//! With a second argument `at`, arm it with `reset_at` (a deadline computed
+//! once, no clock read per arm) instead of `reset` (an hour from now).
 
 use core::pin::pin;
 use std::hint::black_box;
@@ -11,6 +13,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let at = std::env::args().nth(2).as_deref() == Some("at");
     let stopped = lwkt_arch_hosted::Machine::new(1)
         .unwrap()
         .pin(false)
@@ -18,10 +21,15 @@ fn main() {
             let c = pin!(lwkt_core::Callout::new(|_| {}));
             let my = cur.my_cpu();
             let d = Duration::from_secs(3600);
+            let deadline = my.clock().unwrap() + 3_600_000_000_000;
             let mut stopped = 0u64;
             for _ in 0..n {
                 let c = black_box(c.as_ref());
-                c.reset(my, d);
+                if at {
+                    c.reset_at(my, black_box(deadline));
+                } else {
+                    c.reset(my, d);
+                }
                 stopped += u64::from(c.stop(my));
             }
             stopped

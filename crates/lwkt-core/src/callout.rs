@@ -92,17 +92,36 @@ struct Raw {
 /// What an operation asks of the home.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    /// Arm on `target`, `delay` ns from when it is applied; `period` 0 is a
-    /// one-shot.
+    /// Arm on `target`, due `at`; `period` 0 is a one-shot.
     Reset {
         target: CpuId,
-        delay: u64,
+        at: When,
         period: u64,
     },
     /// Unlink if pending.
     Stop,
     /// Unlink if pending, and say whether the callback runs.
     StopSync,
+}
+
+/// When a reset's run is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    /// This many nanoseconds after the home applies the reset.
+    After(u64),
+    /// At this time of the machine's clock.
+    At(u64),
+}
+
+impl When {
+    /// The deadline on `gd`'s clock, or `None` if the backend has none.
+    #[inline(always)]
+    fn deadline(self, gd: &Cpu) -> Option<u64> {
+        match self {
+            When::After(d) => gd.machine().arch.clock().map(|now| now.saturating_add(d)),
+            When::At(t) => gd.machine().has_clock.then_some(t),
+        }
+    }
 }
 
 /// What the CPU asked answers.
@@ -299,7 +318,7 @@ impl<'a> Fired<'a> {
     pub fn reset(&self, d: Duration) {
         let op = Op::Reset {
             target: self.my.id(),
-            delay: nanos(d),
+            at: When::After(nanos(d)),
             period: 0,
         };
         // SAFETY: on the home CPU (the callback runs there), inside the
@@ -420,8 +439,44 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// ```
     #[inline]
     pub fn reset(self: Pin<&Self>, my: MyCpu<'_>, d: Duration) {
-        if !self.reset_here(my, nanos(d)) {
-            self.arm(my, my.id(), nanos(d), 0);
+        let at = When::After(nanos(d));
+        if !self.reset_here(my, at) {
+            self.arm(my, my.id(), at, 0);
+        }
+    }
+
+    /// Arm the callout on this CPU to run at time `at` of the machine's
+    /// clock (nanoseconds, the time base of [`MyCpu::clock`]), as
+    /// [`reset`](Callout::reset) does `d` from now. A time already past
+    /// runs it at this CPU's next timer run. This form reads no clock: a
+    /// caller that re-arms a timeout often (a retransmit timer pushed back
+    /// on every packet) reads the clock once and derives each deadline from
+    /// it, as a `tokio::time::Sleep` is reset to an `Instant`. DragonFly:
+    /// `callout_reset` with a tick count computed from a saved `ticks`.
+    ///
+    /// # Panics
+    /// As [`reset`](Callout::reset).
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use core::sync::atomic::{AtomicBool, Ordering};
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let ran = AtomicBool::new(false);
+    ///     let c = pin!(lwkt_core::Callout::new(|_| ran.store(true, Ordering::Release)));
+    ///     let start = cur.my_cpu().clock().unwrap();
+    ///     c.as_ref().reset_at(cur.my_cpu(), start + 3_600_000_000_000); // an hour on
+    ///     c.as_ref().reset_at(cur.my_cpu(), start + 200_000); // replaced: 200 µs on
+    ///     while !ran.load(Ordering::Acquire) {
+    ///         cur.yield_now();
+    ///     }
+    ///     assert!(cur.my_cpu().clock().unwrap() >= start + 200_000); // never early
+    /// });
+    /// ```
+    #[inline]
+    pub fn reset_at(self: Pin<&Self>, my: MyCpu<'_>, at: u64) {
+        let at = When::At(at);
+        if !self.reset_here(my, at) {
+            self.arm(my, my.id(), at, 0);
         }
     }
 
@@ -429,22 +484,17 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// already this CPU's; returns false (having done nothing) otherwise,
     /// for the general path to take over.
     #[inline(always)]
-    fn reset_here(self: Pin<&Self>, my: MyCpu<'_>, delay: u64) -> bool {
+    fn reset_here(self: Pin<&Self>, my: MyCpu<'_>, at: When) -> bool {
         let gd = my.cpu();
         let raw = &self.raw;
         let mine = mine(gd);
         let td = gd.cur();
         crit::enter(&td.critcount);
         let s = raw.state.load(Ordering::Acquire);
-        let here = (s == 0 || s & !(PENDING | RUNNING) == mine)
-            && gd.machine_id.get() < 1 << (64 - MACHINE_SHIFT);
-        let now = if here {
-            gd.machine().arch.clock()
-        } else {
-            None
-        };
-        let done = match now {
-            Some(now) => {
+        let here = (s == 0 || s & !(PENDING | RUNNING) == mine) && mine != TOO_LARGE;
+        let deadline = if here { at.deadline(gd) } else { None };
+        let done = match deadline {
+            Some(deadline) => {
                 let claimed = s != 0
                     || raw
                         .state
@@ -459,7 +509,7 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
                     // SAFETY: on the callout's home in a critical section
                     // (ours, or just claimed); pinned and unlinked before
                     // it is dropped or its machine ends, as in `apply`.
-                    unsafe { timer::insert(gd, self.header().cast(), now.saturating_add(delay)) };
+                    unsafe { timer::insert(gd, self.header().cast(), deadline) };
                     if s != 0 && s & PENDING == 0 {
                         raw.state.store(s | PENDING, Ordering::Release);
                     }
@@ -510,7 +560,7 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
         d: Duration,
     ) -> Result<(), IpiError> {
         check_cpu(my, cpu)?;
-        self.arm(my, cpu, nanos(d), 0);
+        self.arm(my, cpu, When::After(nanos(d)), 0);
         Ok(())
     }
 
@@ -543,7 +593,7 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// ```
     pub fn reset_periodic(self: Pin<&Self>, my: MyCpu<'_>, period: Duration) {
         let p = nonzero_period(period);
-        self.arm(my, my.id(), p, p);
+        self.arm(my, my.id(), When::After(p), p);
     }
 
     /// [`reset_periodic`](Callout::reset_periodic) on CPU `cpu`. DragonFly:
@@ -576,27 +626,19 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     ) -> Result<(), IpiError> {
         check_cpu(my, cpu)?;
         let p = nonzero_period(period);
-        self.arm(my, cpu, p, p);
+        self.arm(my, cpu, When::After(p), p);
         Ok(())
     }
 
     #[inline(always)]
-    fn arm(self: Pin<&Self>, my: MyCpu<'_>, target: CpuId, delay: u64, period: u64) {
+    fn arm(self: Pin<&Self>, my: MyCpu<'_>, target: CpuId, at: When, period: u64) {
         let mid = my.machine_id();
         assert!(
             mid < 1 << (64 - MACHINE_SHIFT),
             "lwkt: machine id {mid} too large for a callout's state word"
         );
         self.raw.active.store(true, Ordering::Relaxed);
-        request(
-            my,
-            self.header(),
-            Op::Reset {
-                target,
-                delay,
-                period,
-            },
-        );
+        request(my, self.header(), Op::Reset { target, at, period });
     }
 }
 
@@ -839,16 +881,24 @@ fn dropped_outside_its_machine() -> ! {
     })
 }
 
-/// The state word of a callout whose home is `gd` (not pending, not
-/// running). For a machine id too large for the word (never claimed: `arm`
-/// refuses it), a value no state word has (its home bits are 0).
+/// The state word of a callout whose home is CPU `cpu` of machine `mid`
+/// (not pending, not running). For a machine id too large for the word
+/// (never claimed: `arm` refuses it), a value no state word has (its home
+/// bits are 0). Each CPU keeps its own (`Cpu::callout_home`).
+pub(crate) const fn home_word(mid: u64, cpu: CpuId) -> u64 {
+    if mid >= 1 << (64 - MACHINE_SHIFT) {
+        return TOO_LARGE;
+    }
+    mid << MACHINE_SHIFT | (cpu.get() as u64 + 1)
+}
+
+/// [`home_word`] of a machine whose id does not fit the state word.
+const TOO_LARGE: u64 = 1 << 63;
+
+/// `gd`'s [`home_word`].
 #[inline(always)]
 fn mine(gd: &Cpu) -> u64 {
-    let mid = gd.machine_id.get();
-    if mid >= 1 << (64 - MACHINE_SHIFT) {
-        return 1 << 63;
-    }
-    mid << MACHINE_SHIFT | (u64::from(gd.id().get()) + 1)
+    gd.callout_home.get()
 }
 
 /// `d` in nanoseconds, saturating (a huge `d` never comes).
@@ -1028,18 +1078,13 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
     loop {
         let s = raw.state.load(Ordering::Acquire);
         if s == 0 {
-            let Op::Reset {
-                target,
-                delay,
-                period,
-            } = op
-            else {
+            let Op::Reset { target, at, period } = op else {
                 return Outcome::Done(false);
             };
             if target != me {
                 return Outcome::Forward(target);
             }
-            let Some(now) = gd.machine().arch.clock() else {
+            let Some(deadline) = at.deadline(gd) else {
                 return Outcome::NoClock;
             };
             let claimed = mid << MACHINE_SHIFT | PENDING | (u64::from(me.get()) + 1);
@@ -1059,7 +1104,7 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
             // and pinned, and is unlinked before it is dropped (`Drop`) or
             // its machine ends (`timer::retire`); it is in no other wheel
             // (it was idle).
-            unsafe { timer::insert(gd, e, now.saturating_add(delay)) };
+            unsafe { timer::insert(gd, e, deadline) };
             return Outcome::Done(false);
         }
         if s >> MACHINE_SHIFT != mid {
@@ -1097,13 +1142,13 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
                 raw.state.store(0, Ordering::Release);
                 Outcome::Forward(target)
             }
-            Op::Reset { delay, period, .. } => {
-                let Some(now) = gd.machine().arch.clock() else {
+            Op::Reset { at, period, .. } => {
+                let Some(deadline) = at.deadline(gd) else {
                     return Outcome::NoClock;
                 };
                 raw.period.set(period);
                 // SAFETY: as in the claim above; re-arms if linked here.
-                unsafe { timer::insert(gd, e, now.saturating_add(delay)) };
+                unsafe { timer::insert(gd, e, deadline) };
                 if s & PENDING == 0 {
                     raw.state.store(s | PENDING, Ordering::Release);
                 }

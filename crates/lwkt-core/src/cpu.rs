@@ -231,6 +231,10 @@ pub struct MachineState {
     pub(crate) ncpus: usize,
     pub(crate) rings: *const IpiRing,
     pub(crate) id: u64,
+    /// Whether the backend has a clock ([`Arch::clock`] returned a time
+    /// when the machine was made): read where a deadline is given, not
+    /// measured (`Callout::reset_at`).
+    pub(crate) has_clock: bool,
     /// Which CPUs may have sleepers in each sleep-hash slot
     /// (DragonFly `slpque_cpumasks[]`).
     pub(crate) sleep_masks: [AtomicU64; crate::sleep::SLEEP_HASH],
@@ -332,6 +336,7 @@ impl MachineState {
             ncpus: cpus.len(),
             rings: rings.as_ptr(),
             id: next_machine_id(),
+            has_clock: arch.clock().is_some(),
             sleep_masks: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -348,6 +353,7 @@ impl MachineState {
         for c in self.cpu_slice() {
             c.machine.set(self);
             c.machine_id.set(self.id);
+            c.callout_home.set(crate::callout::home_word(self.id, c.id));
             c.idle
                 .gd
                 .store(c as *const Cpu as *mut Cpu, Ordering::Relaxed);
@@ -400,6 +406,9 @@ pub struct Cpu {
     /// The machine's id, copied at `bind` (0 before): one load for the
     /// checks that compare machines.
     pub(crate) machine_id: Cell<u64>,
+    /// The state word of a callout whose home is this CPU, neither pending
+    /// nor running (`callout::home_word`), computed at `bind`.
+    pub(crate) callout_home: Cell<u64>,
     /// The running thread (`gd_curthread`); read by the interrupt path.
     pub(crate) curthread: AtomicPtr<Thread>,
     /// An exiting or migrating thread that just switched away, for
@@ -513,6 +522,7 @@ impl Cpu {
             id,
             machine: Cell::new(ptr::null()),
             machine_id: Cell::new(0),
+            callout_home: Cell::new(crate::callout::home_word(0, id)),
             curthread: AtomicPtr::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
             runq: UnsafeCell::new(RunQueue::new()),

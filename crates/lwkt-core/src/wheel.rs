@@ -160,6 +160,8 @@ pub(crate) struct Wheel {
     slots: [[List; SLOTS]; LEVELS],
     /// Entries of expired slots not yet handed out or placed again.
     pending: List,
+    /// Armed entries, kept for the tests' invariant checks only.
+    #[cfg(test)]
     len: Cell<usize>,
 }
 
@@ -171,8 +173,18 @@ impl Wheel {
             occupied: [const { Cell::new(0) }; LEVELS],
             slots: [const { [const { List::new() }; SLOTS] }; LEVELS],
             pending: List::new(),
+            #[cfg(test)]
             len: Cell::new(0),
         }
+    }
+
+    /// Count `delta` entries armed (`len`, tests only).
+    #[inline(always)]
+    fn count(&self, delta: isize) {
+        #[cfg(test)]
+        self.len.set(self.len.get().wrapping_add_signed(delta));
+        #[cfg(not(test))]
+        let _ = delta;
     }
 
     /// Armed entries (pending ones included).
@@ -198,7 +210,7 @@ impl Wheel {
             (*e).deadline.set(deadline);
             self.place(e);
         }
-        self.len.set(self.len.get() + 1);
+        self.count(1);
     }
 
     /// Stop `e` if it is armed here: returns whether it was. O(1).
@@ -224,7 +236,7 @@ impl Wheel {
                 }
             }
         }
-        self.len.set(self.len.get() - 1);
+        self.count(-1);
         true
     }
 
@@ -247,7 +259,7 @@ impl Wheel {
                 bits.set(bits.get() & !(1 << slot));
             }
         }
-        self.len.set(self.len.get() - 1);
+        self.count(-1);
         Some(e)
     }
 
@@ -277,7 +289,7 @@ impl Wheel {
                 unsafe {
                     self.pending.unlink(e);
                     if due_tick((*e).deadline.get()) <= now_tick {
-                        self.len.set(self.len.get() - 1);
+                        self.count(-1);
                         return Some(e);
                     }
                     // A higher level's slot (or a far deadline parked at

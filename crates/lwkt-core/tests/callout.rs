@@ -413,6 +413,58 @@ fn zero_runs_at_the_next_timer_run_and_huge_never() {
     });
 }
 
+/// `reset_at` arms for a time of the machine's clock: never early, a past
+/// time runs at the next timer run (not inside the call), `u64::MAX`
+/// never; from another CPU it moves a pending callout here, as `reset`.
+#[test]
+fn reset_at_takes_a_time_of_the_machine_clock() {
+    machine(2).run(|cur| {
+        let runs = AtomicU32::new(0);
+        let fired_at = AtomicU64::new(0);
+        let on = AtomicU32::new(u32::MAX);
+        let c = pin!(Callout::new(|f: Fired<'_>| {
+            fired_at.store(f.my().clock().unwrap(), Ordering::Relaxed);
+            on.store(f.my().id().get(), Ordering::Relaxed);
+            runs.fetch_add(1, Ordering::Relaxed);
+        }));
+        let my = cur.my_cpu();
+        let start = my.clock().unwrap();
+        let at = start + 2_000_000;
+        c.as_ref().reset_at(my, at);
+        assert!(c.pending() && c.active());
+        until(cur, || runs.load(Ordering::Relaxed) == 1);
+        assert!(
+            fired_at.load(Ordering::Relaxed) >= at,
+            "fired before its time"
+        );
+        // A time already past: the next timer run, not inside the call.
+        {
+            let _crit = cur.crit();
+            c.as_ref().reset_at(cur.my_cpu(), start);
+            assert_eq!(runs.load(Ordering::Relaxed), 1, "ran inside reset_at");
+        }
+        until(cur, || runs.load(Ordering::Relaxed) == 2);
+        // Never.
+        c.as_ref().reset_at(cur.my_cpu(), u64::MAX);
+        cur.sleep_for(Duration::from_millis(1));
+        assert!(c.as_ref().stop(cur.my_cpu()));
+        // Pending on CPU 1, re-armed from CPU 0: it moves to CPU 0.
+        c.as_ref()
+            .reset_bycpu(cur.my_cpu(), CpuId::new(1), Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(c.cpu(), Some(CpuId::new(1)));
+        let at = cur.my_cpu().clock().unwrap() + 500_000;
+        c.as_ref().reset_at(cur.my_cpu(), at);
+        assert_eq!(c.cpu(), Some(CpuId::new(0)));
+        until(cur, || runs.load(Ordering::Relaxed) == 3);
+        assert_eq!(on.load(Ordering::Relaxed), 0);
+        assert!(
+            fired_at.load(Ordering::Relaxed) >= at,
+            "fired before its time"
+        );
+    });
+}
+
 static LEFT_ARMED: Callout<fn(Fired<'_>)> = Callout::new(|_| {
     LEFT_RUNS.fetch_add(1, Ordering::Relaxed);
 });
