@@ -117,13 +117,18 @@ impl Cpu {
     /// functions), then a preemption an interrupt or a timer asked for
     /// (`RQF_PREEMPT`), or the round-robin of an expired quantum
     /// ([`TIME_SLICE`](crate::TIME_SLICE)). Otherwise all of it waits for
-    /// the thread's next final `crit_exit`; so it does while the thread
-    /// has token references on its stack: lwkt-token's acquire and
-    /// release paths run outside critical sections (a reference is
-    /// released, then popped), and a switch between the two steps would
-    /// release it a second time (maybe another thread's hold by then) and
-    /// re-acquire it for a reference about to be popped, leaving the token
-    /// held for good. Found by the x86-64 test kernel under KVM. Returns when the interrupted
+    /// the thread's next final `crit_exit`.
+    ///
+    /// A thread that has token references on its stack may be stopped here
+    /// in the middle of a token operation (lwkt-token's acquire and release
+    /// run outside critical sections: a reference is released, then
+    /// popped). It may be preempted: as in DragonFly's `lwkt_preempt`, it
+    /// keeps its tokens, and the switch back to it takes it as it was,
+    /// without looking at its stack. Its round-robin waits for its next
+    /// final `crit_exit`: a round-robin releases the tokens of the thread
+    /// it switches from, and between a release and its pop that released
+    /// a token twice and left it held for good (found by the x86-64 test
+    /// kernel under KVM, before either rule). Returns when the interrupted
     /// thread runs again. Call it at the end of the handler, after the
     /// interrupt entry, with the interrupted context saved on the
     /// interrupted thread's stack. DragonFly: `doreti`'s `splz` and
@@ -164,8 +169,17 @@ impl Cpu {
             || self.intr_nesting.get() != 0
             || td.has(tdf::IDLE)
             || !(td.has(tdf::ASYNC_PREEMPT) || self.machine().arch.preempts_in_interrupt())
-            || !td.toks.is_empty()
         {
+            return;
+        }
+        if !td.toks.is_empty()
+            && self.reqflags.load(Ordering::Relaxed) & (crit::rqf::IDLECHECK | crit::rqf::PREEMPT)
+                == 0
+        {
+            // Only a round-robin is asked for, and it would release the
+            // tokens of a thread stopped at any instruction, perhaps in
+            // the middle of a token operation: it waits for the thread's
+            // next final `crit_exit` (`tdf::IN_FRAME`).
             return;
         }
         // The interrupted thread's final `crit_exit`, made here: `td` runs
@@ -176,7 +190,9 @@ impl Cpu {
         // contract). An interrupt unmasked by `before` finds the critical
         // section and only records itself.
         crit::enter(&td.critcount);
+        td.set(tdf::IN_FRAME);
         before();
         crate::crit::crit_exit_td(td);
+        td.clear(tdf::IN_FRAME);
     }
 }

@@ -39,7 +39,7 @@ use crate::crit::{self, crit_exit_td, rqf};
 use crate::schedule::{dequeue, schedule_local};
 use crate::switch::{finish_switch, switch_in_crit};
 use crate::sync::{AtomicU64, Ordering};
-use crate::thread::Thread;
+use crate::thread::{tdf, Thread};
 use crate::{Cpu, CpuId, Cur, MyCpu};
 
 /// Interrupt lines per CPU.
@@ -312,12 +312,15 @@ pub(crate) unsafe fn preempt(td: &Thread) {
     gd.stats.preemptions.add(1);
     ntd.switches.set(ntd.switches.get() + 1);
     let arch = gd.machine().arch;
+    td.set(tdf::PREEMPTED);
     // SAFETY: inside a critical section; `ntd.ctx` was saved by a switch
     // or prepared by `init_context`. `td` stays on its run queue, first
     // of its priority, holding its tokens: the switch that leaves `ntd`
-    // comes back to it (`pick_with_tokens` takes a thread whose tokens
-    // are all held as it is).
+    // comes back to it (`pick_with_tokens` takes a `PREEMPTED` thread as
+    // it is, without looking at its token stack, which may be in the
+    // middle of a push or a pop).
     unsafe { arch.switch(&td.ctx, &ntd.ctx) };
+    td.clear(tdf::PREEMPTED);
     // SAFETY: just switched to, in a critical section.
     unsafe { finish_switch(td.gd()) };
     crit_exit_td(td);

@@ -47,7 +47,10 @@ pub(crate) fn splz_from_thread(td: &Thread) {
         // outside any critical section.
         unsafe { crate::intr::preempt(td) };
     }
-    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::SLICE != 0 && !td.has(tdf::IDLE) {
+    if gd.reqflags.load(Ordering::Relaxed) & crit::rqf::SLICE != 0
+        && !td.has(tdf::IDLE)
+        && (!td.has(tdf::IN_FRAME) || td.toks.is_empty())
+    {
         // Its quantum is up and a peer waits: behind its peers, and
         // switch (`yield_td` clears the request).
         gd.stats.slices.add(1);

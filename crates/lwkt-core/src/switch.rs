@@ -284,10 +284,19 @@ pub(crate) unsafe fn pick_with_tokens<'a>(
         }
         // SAFETY: queued threads are live.
         let cand = unsafe { &*next };
-        // SAFETY: `cand` is not running (or is `td`, whose tokens we just
-        // released); its stack is touched only by this CPU.
-        // A preempted thread kept its tokens (`intr::preempt`): all held.
-        if cand.toks.is_empty() || cand.toks.all_held() || unsafe { cand.toks.acquire_all() } {
+        // A preempted thread kept its tokens (`intr::preempt`), and may
+        // have been stopped between a token's release and the pop of its
+        // reference (or a push and its acquisition): it resumes as it was,
+        // its stack untouched. DragonFly: `lwkt_switch`'s
+        // `havethread_preempted`.
+        if cand.has(tdf::PREEMPTED)
+            || cand.toks.is_empty()
+            || cand.toks.all_held()
+            // SAFETY: `cand` is not running (or is `td`, whose tokens we
+            // just released) and not stopped mid-operation (not
+            // `PREEMPTED`); its stack is touched only by this CPU.
+            || unsafe { cand.toks.acquire_all() }
+        {
             return cand;
         }
         next = rq.after(cand);

@@ -86,6 +86,18 @@ pub(crate) mod tdf {
     /// May be preempted from any interrupt frame outside its critical
     /// sections (`Builder::async_preemptible`).
     pub(crate) const ASYNC_PREEMPT: u32 = 0x20;
+    /// Preempted by a higher-priority thread (`intr::preempt`) and not yet
+    /// resumed (DragonFly: `td_preempted` of the preempting thread). It
+    /// kept its tokens, and its token stack may be in the middle of an
+    /// operation (preemption from an interrupt frame stops it at any
+    /// instruction): the switch back to it touches neither.
+    pub(crate) const PREEMPTED: u32 = 0x40;
+    /// Its final `crit_exit` is being made from an interrupt frame
+    /// (`Cpu::preempt_from_interrupt`), which may have stopped it in the
+    /// middle of a token operation: it may be preempted (it keeps its
+    /// tokens, `PREEMPTED`), but a round-robin, which releases them, waits
+    /// for its next final `crit_exit` in thread context if it holds any.
+    pub(crate) const IN_FRAME: u32 = 0x80;
 }
 
 /// Why a thread could not be created.

@@ -151,10 +151,11 @@ fn no_slice_without_a_peer() {
 
 /// Threads switched from the interrupt frame (`async_preemptible`) that
 /// take and release one token in a loop for a second, while time slices
-/// and an interrupt thread keep preempting them: the token is never lost
-/// or held twice (`preempt_from_interrupt` leaves a thread with token
-/// references on its stack alone: lwkt-token's release and its pop are
-/// two steps).
+/// and an interrupt thread that takes the same token keep preempting them:
+/// the token is never lost or held twice. A holder is preempted in the
+/// middle of its token operations (it keeps its tokens, and the switch
+/// back takes it as it was); its round-robin waits for its next final
+/// `crit_exit` (lwkt-token's release and its pop are two steps).
 #[test]
 fn threads_switched_from_the_interrupt_frame_keep_their_tokens_straight() {
     const IRQ: usize = 3;
@@ -164,7 +165,10 @@ fn threads_switched_from_the_interrupt_frame_keep_their_tokens_straight() {
         let total = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicBool::new(false));
+        // Interrupts that found a holder inside its token section.
+        let holders_preempted = Arc::new(AtomicU64::new(0));
         let (s, r) = (stop.clone(), ready.clone());
+        let (itok, iin, ihp) = (tok.clone(), inside.clone(), holders_preempted.clone());
         let ith = cur
             .builder()
             .cpu(CpuId::new(1))
@@ -174,6 +178,15 @@ fn threads_switched_from_the_interrupt_frame_keep_their_tokens_straight() {
                 r.store(true, Ordering::Release);
                 while !s.load(Ordering::Relaxed) {
                     me.wait_interrupt(IRQ);
+                    if iin.load(Ordering::Relaxed) != 0 {
+                        ihp.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Held by the thread we preempted: we wait for it.
+                    me.with_token(&itok, |_, _| {
+                        let was = iin.fetch_add(1, Ordering::Relaxed);
+                        assert_eq!(was, 0, "token held twice");
+                        iin.fetch_sub(1, Ordering::Relaxed);
+                    });
                 }
                 me.unregister_interrupt(IRQ);
             })
@@ -232,6 +245,10 @@ fn threads_switched_from_the_interrupt_frame_keep_their_tokens_straight() {
         cur.my_cpu().raise_interrupt(CpuId::new(1), IRQ).unwrap();
         cur.join(&ith);
         assert!(total.load(Ordering::Relaxed) > 0);
+        assert!(
+            holders_preempted.load(Ordering::Relaxed) > 0,
+            "no interrupt preempted a token holder"
+        );
         assert_eq!(tok.exclusive_owner(), 0, "token left held");
         assert_eq!(tok.shared_holders(), 0, "token left held");
         // And it can be taken again.
