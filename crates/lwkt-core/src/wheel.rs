@@ -113,6 +113,7 @@ impl List {
 
     /// # Safety
     /// `e` is live and on no list.
+    #[inline]
     unsafe fn push(&self, e: *const Entry, place: u16) {
         // SAFETY: `e` is live (contract); the old head, if any, is a live
         // entry of this list (every linked entry is live: `Wheel::insert`).
@@ -130,6 +131,7 @@ impl List {
 
     /// # Safety
     /// `e` is live and on this list.
+    #[inline]
     unsafe fn unlink(&self, e: *const Entry) {
         // SAFETY: `e` and its neighbours are live entries of this list.
         unsafe {
@@ -201,6 +203,7 @@ impl Wheel {
     /// `e` stays live and does not move until it is unlinked (by
     /// [`remove`](Self::remove) or handed out by
     /// [`pop_expired`](Self::pop_expired)), and is in no other wheel.
+    #[inline]
     pub(crate) unsafe fn insert(&self, e: *const Entry, deadline: u64) {
         // SAFETY: forwarded contract.
         unsafe {
@@ -218,6 +221,7 @@ impl Wheel {
     ///
     /// # Safety
     /// `e` is live, and in this wheel if it is linked.
+    #[inline]
     pub(crate) unsafe fn remove(&self, e: *const Entry) -> bool {
         // SAFETY: `e` is live (contract).
         let place = unsafe { (*e).place.get() };
@@ -330,6 +334,7 @@ impl Wheel {
     ///
     /// # Safety
     /// As [`insert`](Self::insert).
+    #[inline]
     unsafe fn place(&self, e: *const Entry) {
         let elapsed = self.elapsed.get();
         // SAFETY: live (contract).
@@ -375,6 +380,7 @@ impl Wheel {
 }
 
 /// The first tick at or after `deadline` (in nanoseconds).
+#[inline]
 fn due_tick(deadline: u64) -> u64 {
     deadline.div_ceil(TICK_NS)
 }
