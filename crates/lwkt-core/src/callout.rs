@@ -260,6 +260,8 @@ impl<F> fmt::Debug for Callout<F> {
 pub struct Fired<'a> {
     my: MyCpu<'a>,
     h: *const Header,
+    /// The deadline this run was due at.
+    due: u64,
     _callout: PhantomData<&'a Raw>,
 }
 
@@ -324,6 +326,68 @@ impl<'a> Fired<'a> {
         // SAFETY: on the home CPU (the callback runs there), inside the
         // timer run's critical section; `h` is the running callout's
         // header, alive while its callback runs.
+        let out = unsafe { apply(self.my.cpu(), self.h, op) };
+        debug_assert_eq!(out, Outcome::Done(false));
+    }
+
+    /// The time this run was due (nanoseconds of the machine's clock,
+    /// [`MyCpu::clock`]): the deadline it was armed for, not when it ran.
+    /// A callback that re-arms itself from it does not drift
+    /// (`fired.reset_at(fired.due() + period)`). DragonFly: the `c_time`
+    /// of a `struct callout` (in ticks).
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use core::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::Duration;
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let (due, ran) = (AtomicU64::new(0), AtomicU64::new(0));
+    ///     let c = pin!(lwkt_core::Callout::new(|f| {
+    ///         due.store(f.due(), Ordering::Relaxed);
+    ///         ran.store(f.my().clock().unwrap(), Ordering::Release);
+    ///     }));
+    ///     let at = cur.my_cpu().clock().unwrap() + 100_000;
+    ///     c.as_ref().reset_at(cur.my_cpu(), at);
+    ///     while ran.load(Ordering::Acquire) == 0 {
+    ///         cur.yield_now();
+    ///     }
+    ///     assert_eq!(due.load(Ordering::Relaxed), at);
+    ///     assert!(ran.load(Ordering::Relaxed) >= at);
+    /// });
+    /// ```
+    pub fn due(&self) -> u64 {
+        self.due
+    }
+
+    /// Arm the callout again, on this CPU, for time `t` of the machine's
+    /// clock (replacing a period, if it had one): [`reset`](Fired::reset)
+    /// with a deadline, as [`Callout::reset_at`]. With [`due`](Fired::due),
+    /// a periodic callout by hand that does not drift.
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use core::sync::atomic::{AtomicU32, Ordering};
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let n = AtomicU32::new(0);
+    ///     let c = pin!(lwkt_core::Callout::new(|f| {
+    ///         if n.fetch_add(1, Ordering::Relaxed) < 4 {
+    ///             f.reset_at(f.due() + 50_000); // every 50 µs, no drift
+    ///         }
+    ///     }));
+    ///     c.as_ref().reset(cur.my_cpu(), core::time::Duration::ZERO);
+    ///     while n.load(Ordering::Relaxed) < 5 {
+    ///         cur.yield_now();
+    ///     }
+    ///     assert!(!c.pending());
+    /// });
+    /// ```
+    pub fn reset_at(&self, t: u64) {
+        let op = Op::Reset {
+            target: self.my.id(),
+            at: When::At(t),
+            period: 0,
+        };
+        // SAFETY: as in `reset`.
         let out = unsafe { apply(self.my.cpu(), self.h, op) };
         debug_assert_eq!(out, Outcome::Done(false));
     }
@@ -1190,9 +1254,10 @@ unsafe fn fire<F: FnMut(Fired<'_>) + Send>(h: *const Header, gd: &Cpu, why: Fire
         Fire::Expired { now } => now,
     };
     let mut next = (s & !PENDING) | RUNNING;
+    let due = raw.head.entry.deadline();
     let period = raw.period.get();
     if period != 0 {
-        let at = next_period(raw.head.entry.deadline(), period, now);
+        let at = next_period(due, period, now);
         // SAFETY: on the home in a critical section; unlinked (just fired).
         unsafe { timer::insert(gd, h.cast::<Entry>(), at) };
         next |= PENDING;
@@ -1201,6 +1266,7 @@ unsafe fn fire<F: FnMut(Fired<'_>) + Send>(h: *const Header, gd: &Cpu, why: Fire
     let fired = Fired {
         my: MyCpu::new(gd),
         h,
+        due,
         _callout: PhantomData,
     };
     gd.intr_nesting.set(gd.intr_nesting.get() + 1);

@@ -465,6 +465,33 @@ fn reset_at_takes_a_time_of_the_machine_clock() {
     });
 }
 
+/// A callback that re-arms itself from `Fired::due` with `reset_at` runs
+/// on an exact grid: each run's due time is the last one's plus the
+/// period, whatever the lateness of the runs themselves.
+#[test]
+fn re_arming_from_due_does_not_drift() {
+    machine(1).run(|cur| {
+        const PERIOD: u64 = 200_000;
+        let dues = std::sync::Mutex::new(Vec::new());
+        let c = pin!(Callout::new(|f: Fired<'_>| {
+            assert!(f.my().clock().unwrap() >= f.due(), "ran before it was due");
+            let mut d = dues.lock().unwrap();
+            d.push(f.due());
+            if d.len() < 10 {
+                f.reset_at(f.due() + PERIOD);
+            }
+        }));
+        let start = cur.my_cpu().clock().unwrap();
+        c.as_ref().reset_at(cur.my_cpu(), start + PERIOD);
+        until(cur, || dues.lock().unwrap().len() == 10);
+        let d = dues.lock().unwrap();
+        for (i, due) in d.iter().enumerate() {
+            assert_eq!(*due, start + (i as u64 + 1) * PERIOD);
+        }
+        assert!(!c.pending());
+    });
+}
+
 static LEFT_ARMED: Callout<fn(Fired<'_>)> = Callout::new(|_| {
     LEFT_RUNS.fetch_add(1, Ordering::Relaxed);
 });
