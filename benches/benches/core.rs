@@ -13,7 +13,8 @@
 //! - `callout`: arming and stopping a timer: a `Callout`'s `reset_at` +
 //!   `stop` on its own CPU (an insert into and a removal from the CPU's
 //!   timing wheel, the deadline computed once as tokio's is), and `reset` +
-//!   `stop` (the same with a clock read per arm) vs a `tokio::time::Sleep`'s
+//!   `stop` (the same with a clock read per arm), and `reset_at` of an armed
+//!   callout to the other of two deadlines (a move, as tokio's reset is) vs a `tokio::time::Sleep`'s
 //!   `reset` to another deadline (a removal from and an insert into tokio's
 //!   timer wheel; the deadline is computed once, outside the loop).
 
@@ -289,6 +290,22 @@ fn callout(c: &mut Criterion) {
                     c.reset_at(my, black_box(at));
                     black_box(c.stop(my));
                 }
+            })
+        })
+    });
+    // What tokio's reset does: move an armed timer to another deadline.
+    g.bench_function("lwkt Callout reset_at of an armed callout", |b| {
+        b.iter_custom(|iters| {
+            time_on_lwkt(1, |cur| {
+                let c = core::pin::pin!(lwkt_core::Callout::new(|_| {}));
+                let my = cur.my_cpu();
+                let base = my.clock().unwrap() + 3_600_000_000_000;
+                let at = [base, base + 1_000_000];
+                c.as_ref().reset_at(my, base);
+                for i in 0..iters {
+                    black_box(c.as_ref()).reset_at(my, at[(i & 1) as usize]);
+                }
+                c.as_ref().stop(my);
             })
         })
     });

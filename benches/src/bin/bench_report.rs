@@ -248,6 +248,7 @@ const GROUPS: &[Group] = &[
             "tokio Sleep reset",
             "lwkt Callout reset_at+stop",
             "lwkt Callout reset+stop",
+            "lwkt Callout reset_at of an armed callout",
         ],
     },
     Group {
