@@ -454,9 +454,9 @@ impl<P: PageSource> Slab<P> {
     /// length. Taking them is not accounted: the cache accounts each block
     /// it hands out, and `fold` runs first on the CPU to hand those counts
     /// over. Returns head, tail and length; the tail is null when a zone's
-    /// whole local list came as it is (then up to `4 * n` chunks). Fewer
-    /// than `n` come when the class's partial zones run out
-    /// after the first chunk (no new zone is taken for the rest).
+    /// whole local list came as it is (then up to `most` chunks: taken
+    /// without a walk). Fewer than `n` come when the class's partial zones
+    /// run out after the first chunk (no new zone is taken for the rest).
     ///
     /// # Errors
     /// [`SlabError::Exhausted`] when not even one chunk can be had.
@@ -466,6 +466,7 @@ impl<P: PageSource> Slab<P> {
         cx: &impl CpuContext,
         class: usize,
         n: usize,
+        most: usize,
         fold: impl FnOnce(usize),
     ) -> Result<(*mut u8, *mut u8, usize), SlabError> {
         self.on_cpu(cx, |cpu| {
@@ -480,9 +481,15 @@ impl<P: PageSource> Slab<P> {
                 let z = unsafe { self.cs_partial_head(cpu, class) };
                 if !z.is_null() {
                     let first = got == 0;
+                    // Only the first piece may be a whole list.
+                    let most = if first {
+                        most.min(u32::MAX as usize) as u32
+                    } else {
+                        0
+                    };
                     // SAFETY: owner access to a live zone of our list, in
                     // `cpu`'s critical section.
-                    if let Some((h, t, k)) = unsafe { (*z).take_local((n - got) as u32, first) } {
+                    if let Some((h, t, k)) = unsafe { (*z).take_local((n - got) as u32, most) } {
                         if t.is_null() {
                             // The zone's whole list, the first and only
                             // piece (its tail unknown).
