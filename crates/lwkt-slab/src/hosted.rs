@@ -1201,8 +1201,11 @@ struct Out {
 
 /// Runs of freed chunks of other slots' zones a thread cache gathers
 /// before pushing each on its zone's remote list: one per zone at a time,
-/// placed by the zone's address (direct-mapped). A power of two.
-const RUNS: usize = 16;
+/// placed by the zone's address (direct-mapped). A power of two: 64, as
+/// a thread that frees another's blocks of many classes meets as many
+/// zones (with 16, xmalloc's consumers pushed runs cut short by a
+/// colliding zone, and `flush_run` took three times the samples).
+const RUNS: usize = 64;
 
 /// Chunks a run gathers at most before it is pushed.
 const RUN_MAX: u32 = 32;
