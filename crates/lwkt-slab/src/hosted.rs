@@ -1428,7 +1428,7 @@ impl GlobalSlab {
                     // SAFETY: an empty list gives nothing back.
                     unsafe {
                         self.slab
-                            .give_chunks(&self.slots, ptr::null_mut(), |cpu| self.fold(tc, cpu))
+                            .give_chunks(&self.slots, &[], |cpu| self.fold(tc, cpu))
                     };
                 }
             });
@@ -1473,36 +1473,28 @@ impl GlobalSlab {
     /// Give every chunk of `tc` (this thread's cache, serving `self`) back
     /// to the slab, and its counts to the type.
     fn drain(&self, tc: &ThreadCache) {
-        // Unlink every bin into one list, as inside the allocator (the
-        // cache is in use meanwhile).
-        let list = {
+        // Take every list off the cache, as inside the allocator (the
+        // cache is in use meanwhile); the lists go back as they are
+        // linked, each walked once (its chunks may be cold: a refill's
+        // whole zone list).
+        let mut lists = [ptr::null_mut(); 2 * TC_CLASSES];
+        {
             let _inside = Inside::enter();
             for r in &tc.runs {
                 self.flush_run(r);
             }
-            let mut list: *mut u8 = ptr::null_mut();
-            let lists = tc.bins.iter().map(|b| (&b.head, &b.n));
-            for (head, n) in lists.chain(tc.outs.iter().map(|o| (&o.head, &o.n))) {
-                let mut c = head.replace(ptr::null_mut());
+            let bins = tc.bins.iter().map(|b| (&b.head, &b.n));
+            let all = bins.chain(tc.outs.iter().map(|o| (&o.head, &o.n)));
+            for (l, (head, n)) in lists.iter_mut().zip(all) {
+                *l = head.replace(ptr::null_mut());
                 n.set(0);
-                while !c.is_null() {
-                    // SAFETY: a chunk of the cache: its first word links
-                    // the next; it is ours to relink.
-                    unsafe {
-                        let next = c.cast::<*mut u8>().read();
-                        c.cast::<*mut u8>().write(list);
-                        list = c;
-                        c = next;
-                    }
-                }
             }
-            list
-        };
+        }
         // SAFETY: free chunks of this slab, off the cache: nobody holds
         // them.
         unsafe {
             self.slab
-                .give_chunks(&self.slots, list, |cpu| self.fold(tc, cpu))
+                .give_chunks(&self.slots, &lists, |cpu| self.fold(tc, cpu))
         };
     }
 
@@ -1771,7 +1763,7 @@ impl GlobalSlab {
         // SAFETY: forwarded.
         unsafe {
             self.slab
-                .give_chunks(&self.slots, list, |cpu| self.fold(tc, cpu))
+                .give_chunks(&self.slots, &[list], |cpu| self.fold(tc, cpu))
         };
     }
 }
