@@ -2067,7 +2067,10 @@ mod tests {
     /// gather on the class's outgoing list and go back half a cap at a
     /// time. A refill takes a zone's whole local list, past the cap, and
     /// the bin keeps it: the next frees go out, not the refilled chunks.
-    #[cfg_attr(miri, ignore = "maps zones with mmap; slow under Miri")]
+    #[cfg_attr(
+        miri,
+        ignore = "GlobalSlab maps its zones with MAP_NORESERVE, which Miri's mmap refuses"
+    )]
     #[test]
     fn a_full_bin_sends_frees_out_and_a_refill_may_pass_its_cap() {
         static G: GlobalSlab = GlobalSlab::new(1 << 24, 1).thread_cached(&G);
