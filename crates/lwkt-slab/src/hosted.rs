@@ -1665,8 +1665,9 @@ impl GlobalSlab {
     }
 
     /// Free chunk `p` of `class` through this thread's cache: into its bin
-    /// (past the cap, the newest chunks go back to the slab, holding the
-    /// slot once), or, for another slot's chunk, into the zone's run.
+    /// (a full bin's frees gather on the class's outgoing list, which goes
+    /// back to the slab half a cap at a time, holding the slot once), or,
+    /// for another slot's chunk, into the zone's run.
     /// `false` when no cache serves this allocator here yet, the thread is
     /// inside the allocator already (a signal handler), or `p` is a span
     /// of the re-entered path: then `dealloc_slow` decides.
