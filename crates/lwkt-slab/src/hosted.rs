@@ -1160,9 +1160,13 @@ fn prefetch(p: *const u8) {
 const TC_CLASSES: usize = crate::class::FINE_CLASSES;
 const _: () = assert!(TC_CLASSES == 40 && CHUNK[TC_CLASSES - 1] == 1024);
 
-/// Chunks a thread cache holds per class at most: about 16 KiB of them,
-/// at least 16 and at most 128. Half of this moves between the cache and
-/// the slab at a time.
+/// Chunks a thread cache's bin takes frees into, per class: about 16 KiB
+/// of them, at least 16 and at most 128; frees beyond it gather on the
+/// class's outgoing list, given back half of this at a time. A refill
+/// asks for half of this, and takes a zone's whole local list as it is
+/// linked instead (up to a zone's worth, past the cap) rather than walk
+/// it to cut it: each of those links was likely last written on another
+/// CPU, a miss each.
 const TC_CAP: [u32; TC_CLASSES] = {
     let mut t = [0; TC_CLASSES];
     let mut c = 0;
@@ -1187,10 +1191,21 @@ struct Bin {
     n: Cell<u32>,
 }
 
+/// Chunks of one class freed while the class's bin was full, linked
+/// through their first words, `n` of them: given back to the slab in one
+/// go once there are half a bin's worth.
+struct Out {
+    head: Cell<*mut u8>,
+    n: Cell<u32>,
+}
+
 /// Runs of freed chunks of other slots' zones a thread cache gathers
 /// before pushing each on its zone's remote list: one per zone at a time,
-/// placed by the zone's address (direct-mapped). A power of two.
-const RUNS: usize = 16;
+/// placed by the zone's address (direct-mapped). A power of two: 64, as
+/// a thread that frees another's blocks of many classes meets as many
+/// zones (with 16, xmalloc's consumers pushed runs cut short by a
+/// colliding zone, and `flush_run` took three times the samples).
+const RUNS: usize = 64;
 
 /// Chunks a run gathers at most before it is pushed.
 const RUN_MAX: u32 = 32;
@@ -1216,6 +1231,7 @@ struct ThreadCache {
     /// now on (later destructors' calls go to the slab).
     gone: Cell<bool>,
     bins: [Bin; TC_CLASSES],
+    outs: [Out; TC_CLASSES],
     runs: [Run; RUNS],
     calls: Cell<u64>,
     frees: Cell<u64>,
@@ -1229,6 +1245,12 @@ impl ThreadCache {
             gone: Cell::new(false),
             bins: [const {
                 Bin {
+                    head: Cell::new(ptr::null_mut()),
+                    n: Cell::new(0),
+                }
+            }; TC_CLASSES],
+            outs: [const {
+                Out {
                     head: Cell::new(ptr::null_mut()),
                     n: Cell::new(0),
                 }
@@ -1361,8 +1383,9 @@ impl GlobalSlab {
     /// `&'static` to it proves it is never moved nor dropped, so a thread's
     /// exit can give its cache back to it). Each thread then allocates and
     /// frees small blocks from its own cache, without an atomic operation,
-    /// and takes or returns half a cache's worth (16 KiB of a class at
-    /// most) from the slab in one go, holding its slot once for all.
+    /// and takes or returns chunks by the list (about 8 KiB of a class, or
+    /// a zone's whole free list) from the slab in one go, holding its slot
+    /// once for all.
     ///
     /// Blocks in a cache count as in use to the page source and the slab
     /// (not to [`stats`](Self::stats), which counts what the program
@@ -1405,7 +1428,7 @@ impl GlobalSlab {
                     // SAFETY: an empty list gives nothing back.
                     unsafe {
                         self.slab
-                            .give_chunks(&self.slots, ptr::null_mut(), |cpu| self.fold(tc, cpu))
+                            .give_chunks(&self.slots, &[], |cpu| self.fold(tc, cpu))
                     };
                 }
             });
@@ -1450,35 +1473,28 @@ impl GlobalSlab {
     /// Give every chunk of `tc` (this thread's cache, serving `self`) back
     /// to the slab, and its counts to the type.
     fn drain(&self, tc: &ThreadCache) {
-        // Unlink every bin into one list, as inside the allocator (the
-        // cache is in use meanwhile).
-        let list = {
+        // Take every list off the cache, as inside the allocator (the
+        // cache is in use meanwhile); the lists go back as they are
+        // linked, each walked once (its chunks may be cold: a refill's
+        // whole zone list).
+        let mut lists = [ptr::null_mut(); 2 * TC_CLASSES];
+        {
             let _inside = Inside::enter();
             for r in &tc.runs {
                 self.flush_run(r);
             }
-            let mut list: *mut u8 = ptr::null_mut();
-            for b in &tc.bins {
-                let mut c = b.head.replace(ptr::null_mut());
-                b.n.set(0);
-                while !c.is_null() {
-                    // SAFETY: a chunk of the cache: its first word links
-                    // the next; it is ours to relink.
-                    unsafe {
-                        let next = c.cast::<*mut u8>().read();
-                        c.cast::<*mut u8>().write(list);
-                        list = c;
-                        c = next;
-                    }
-                }
+            let bins = tc.bins.iter().map(|b| (&b.head, &b.n));
+            let all = bins.chain(tc.outs.iter().map(|o| (&o.head, &o.n)));
+            for (l, (head, n)) in lists.iter_mut().zip(all) {
+                *l = head.replace(ptr::null_mut());
+                n.set(0);
             }
-            list
-        };
+        }
         // SAFETY: free chunks of this slab, off the cache: nobody holds
         // them.
         unsafe {
             self.slab
-                .give_chunks(&self.slots, list, |cpu| self.fold(tc, cpu))
+                .give_chunks(&self.slots, &lists, |cpu| self.fold(tc, cpu))
         };
     }
 
@@ -1581,8 +1597,8 @@ impl GlobalSlab {
     }
 
     /// The cache's class is empty (or the cache serves nothing yet): take
-    /// half a cache's worth from the slab, holding the slot once, and hand
-    /// out the first.
+    /// half a bin's worth from the slab, or the first partial zone's whole
+    /// local list, holding the slot once, and hand out the first.
     #[cold]
     #[inline(never)]
     fn refill_cached(&self, class: usize) -> Option<*mut u8> {
@@ -1594,7 +1610,9 @@ impl GlobalSlab {
                 let want = (TC_CAP[class] / 2) as usize;
                 let (head, tail, n) = self
                     .slab
-                    .take_chunks(&self.slots, class, want, |cpu| self.fold(tc, cpu))
+                    .take_chunks(&self.slots, class, want, usize::MAX, |cpu| {
+                        self.fold(tc, cpu)
+                    })
                     .ok()?;
                 let _inside = Inside::enter();
                 // SAFETY: chunks just taken, ours: the first word of each
@@ -1647,8 +1665,9 @@ impl GlobalSlab {
     }
 
     /// Free chunk `p` of `class` through this thread's cache: into its bin
-    /// (past the cap, the newest chunks go back to the slab, holding the
-    /// slot once), or, for another slot's chunk, into the zone's run.
+    /// (a full bin's frees gather on the class's outgoing list, which goes
+    /// back to the slab half a cap at a time, holding the slot once), or,
+    /// for another slot's chunk, into the zone's run.
     /// `false` when no cache serves this allocator here yet, the thread is
     /// inside the allocator already (a signal handler), or `p` is a span
     /// of the re-entered path: then `dealloc_slow` decides.
@@ -1687,16 +1706,21 @@ impl GlobalSlab {
                     return true;
                 }
                 let b = &tc.bins[class];
-                // SAFETY: the chunk is given up to us; its first word
-                // links the cache.
-                unsafe { p.cast::<*mut u8>().write(b.head.get()) };
-                b.head.set(p);
-                let n = b.n.get() + 1;
-                if n <= TC_CAP[class] {
-                    b.n.set(n);
+                let n = b.n.get();
+                if n < TC_CAP[class] {
+                    // SAFETY: the chunk is given up to us; its first word
+                    // links the cache.
+                    unsafe { p.cast::<*mut u8>().write(b.head.get()) };
+                    b.head.set(p);
+                    b.n.set(n + 1);
                     return true;
                 }
-                Self::cut_spill(b, n, class)
+                // SAFETY: forwarded (given up by the caller).
+                let spill = unsafe { Self::free_to_out(&tc.outs[class], p, class) };
+                if spill.is_null() {
+                    return true;
+                }
+                spill
             };
             // Outside again: giving back takes the slot.
             // SAFETY: free chunks of this slab, off the cache.
@@ -1705,29 +1729,32 @@ impl GlobalSlab {
         })
     }
 
-    /// A bin of `n` chunks is over its cap: unlink the newest as a list
-    /// (warm in this CPU's cache: just freed), leaving half the cap (all
-    /// at once, however many a refill brought).
+    /// The bin of `class` is full: put chunk `p` on the class's outgoing
+    /// list instead, and hand that list back (null-terminated) once it
+    /// holds half a bin's worth; null until then. The list's length is
+    /// counted as it grows, so nothing is walked to cut it off the bin,
+    /// and a bin that a refill filled past its cap keeps its chunks: only
+    /// the frees beyond the cap go back.
+    ///
+    /// # Safety
+    /// `p` is a chunk of this slab of size class `class`, given up.
     #[cold]
     #[inline(never)]
-    fn cut_spill(b: &Bin, n: u32, class: usize) -> *mut u8 {
-        let give = n - TC_CAP[class] / 2;
-        let first = b.head.get();
-        let mut last = first;
-        for _ in 1..give {
-            // SAFETY: the bin holds `n > give` chunks, linked.
-            last = unsafe { last.cast::<*mut u8>().read() };
+    unsafe fn free_to_out(o: &Out, p: *mut u8, class: usize) -> *mut u8 {
+        // SAFETY: the chunk is ours; its first word links the list.
+        unsafe { p.cast::<*mut u8>().write(o.head.get()) };
+        let n = o.n.get() + 1;
+        if n < TC_CAP[class] / 2 {
+            o.head.set(p);
+            o.n.set(n);
+            return ptr::null_mut();
         }
-        // SAFETY: as above; `last` is the `give`th chunk.
-        unsafe {
-            b.head.set(last.cast::<*mut u8>().read());
-            last.cast::<*mut u8>().write(ptr::null_mut());
-        }
-        b.n.set(n - give);
-        first
+        o.head.set(ptr::null_mut());
+        o.n.set(0);
+        p
     }
 
-    /// Give a list cut from a bin back to the slab, holding the slot once.
+    /// Give an outgoing list back to the slab, holding the slot once.
     ///
     /// # Safety
     /// The list's chunks are free chunks of this slab, off the cache.
@@ -1737,7 +1764,7 @@ impl GlobalSlab {
         // SAFETY: forwarded.
         unsafe {
             self.slab
-                .give_chunks(&self.slots, list, |cpu| self.fold(tc, cpu))
+                .give_chunks(&self.slots, &[list], |cpu| self.fold(tc, cpu))
         };
     }
 }
@@ -2035,6 +2062,60 @@ mod tests {
         }
         assert!(pages.grow_slot(q.as_ptr().addr()).is_none());
         assert_eq!(pages.stats().in_use, 0);
+    }
+
+    /// A thread cache's bin takes frees up to its cap; frees beyond it
+    /// gather on the class's outgoing list and go back half a cap at a
+    /// time. A refill takes a zone's whole local list, past the cap, and
+    /// the bin keeps it: the next frees go out, not the refilled chunks.
+    #[cfg_attr(
+        miri,
+        ignore = "GlobalSlab maps its zones with MAP_NORESERVE, which Miri's mmap refuses"
+    )]
+    #[test]
+    fn a_full_bin_sends_frees_out_and_a_refill_may_pass_its_cap() {
+        static G: GlobalSlab = GlobalSlab::new(1 << 24, 1).thread_cached(&G);
+        std::thread::spawn(|| {
+            let l = Layout::from_size_align(64, 8).unwrap();
+            let class = small_class(64);
+            let (cap, half) = (TC_CAP[class], TC_CAP[class] / 2);
+            let counts = || {
+                CACHE.with(|tc| {
+                    assert!(tc.serves(&G));
+                    (tc.bins[class].n.get(), tc.outs[class].n.get())
+                })
+            };
+            let n = 4 * cap as usize;
+            // SAFETY: each block is G's, freed once with its layout.
+            let v: Vec<*mut u8> = (0..n).map(|_| unsafe { G.alloc(l) }).collect();
+            assert!(v.iter().all(|p| !p.is_null()));
+            for (i, &p) in v.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { G.dealloc(p, l) };
+                let (bin, out) = counts();
+                assert_eq!(bin, (i as u32 + 1).min(cap), "after {} frees", i + 1);
+                assert_eq!(out, (i as u32 + 1).saturating_sub(cap) % half);
+            }
+            // Empty the bin, then refill: the zone's local list (the
+            // `n - cap` chunks given back from the outgoing list) comes
+            // whole, one of them handed out.
+            // SAFETY: as above.
+            let w: Vec<*mut u8> = (0..=cap).map(|_| unsafe { G.alloc(l) }).collect();
+            let whole = n as u32 - cap - 1;
+            assert_eq!(counts(), (whole, 0), "a whole list, past the cap");
+            // SAFETY: as above.
+            unsafe { G.dealloc(w[0], l) };
+            assert_eq!(counts(), (whole, 1), "a free past the cap goes out");
+            for &p in &w[1..] {
+                // SAFETY: as above.
+                unsafe { G.dealloc(p, l) };
+            }
+            G.reclaim();
+            assert_eq!(counts(), (0, 0));
+            assert_eq!(G.stats().in_use, 0);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

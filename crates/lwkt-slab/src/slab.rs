@@ -454,9 +454,9 @@ impl<P: PageSource> Slab<P> {
     /// length. Taking them is not accounted: the cache accounts each block
     /// it hands out, and `fold` runs first on the CPU to hand those counts
     /// over. Returns head, tail and length; the tail is null when a zone's
-    /// whole local list came as it is (then up to `4 * n` chunks). Fewer
-    /// than `n` come when the class's partial zones run out
-    /// after the first chunk (no new zone is taken for the rest).
+    /// whole local list came as it is (then up to `most` chunks: taken
+    /// without a walk). Fewer than `n` come when the class's partial zones
+    /// run out after the first chunk (no new zone is taken for the rest).
     ///
     /// # Errors
     /// [`SlabError::Exhausted`] when not even one chunk can be had.
@@ -466,6 +466,7 @@ impl<P: PageSource> Slab<P> {
         cx: &impl CpuContext,
         class: usize,
         n: usize,
+        most: usize,
         fold: impl FnOnce(usize),
     ) -> Result<(*mut u8, *mut u8, usize), SlabError> {
         self.on_cpu(cx, |cpu| {
@@ -480,9 +481,15 @@ impl<P: PageSource> Slab<P> {
                 let z = unsafe { self.cs_partial_head(cpu, class) };
                 if !z.is_null() {
                     let first = got == 0;
+                    // Only the first piece may be a whole list.
+                    let most = if first {
+                        most.min(u32::MAX as usize) as u32
+                    } else {
+                        0
+                    };
                     // SAFETY: owner access to a live zone of our list, in
                     // `cpu`'s critical section.
-                    if let Some((h, t, k)) = unsafe { (*z).take_local((n - got) as u32, first) } {
+                    if let Some((h, t, k)) = unsafe { (*z).take_local((n - got) as u32, most) } {
                         if t.is_null() {
                             // The zone's whole list, the first and only
                             // piece (its tail unknown).
@@ -533,53 +540,66 @@ impl<P: PageSource> Slab<P> {
         })
     }
 
-    /// Give back a thread cache's list of chunks (linked through their
-    /// first words, `take_chunks`' format), on whichever CPU `cx` gives:
-    /// each goes to its zone as a local or remote free. Not accounted
-    /// (see `take_chunks`); `fold` runs first on the CPU.
+    /// Give back a thread cache's lists of chunks (each linked through
+    /// their first words, `take_chunks`' format; null for an empty one),
+    /// on whichever CPU `cx` gives, holding it once for all: each chunk
+    /// goes to its zone as a local or remote free. Not accounted (see
+    /// `take_chunks`); `fold` runs first on the CPU.
     ///
     /// # Safety
-    /// Every chunk on the list came from this slab (`take_chunks` or
+    /// Every chunk on the lists came from this slab (`take_chunks` or
     /// `alloc`) and is free: nobody uses it or holds it after this call.
     #[cfg(feature = "std")]
     pub(crate) unsafe fn give_chunks(
         &self,
         cx: &impl CpuContext,
-        mut c: *mut u8,
+        lists: &[*mut u8],
         fold: impl FnOnce(usize),
     ) {
         self.on_cpu(cx, |cpu| {
             fold(cpu);
-            while !c.is_null() {
-                // SAFETY: a chunk on the list (caller): its first word
-                // links the next, its zone is live while it is allocated,
-                // and its owner and class do not change meanwhile.
-                unsafe {
-                    let mut next = c.cast::<*mut u8>().read();
-                    let z = Zone::of(c);
-                    #[cfg(debug_assertions)]
-                    self.check_free(z, c, (*z).class as usize);
-                    let owner = (*z).owner as usize;
-                    if owner == cpu {
-                        self.free_local(cpu, z, c);
-                    } else {
-                        // The run of chunks of the same zone that follows
-                        // goes with it, in one push (they are linked
-                        // already, through the same first words).
-                        let (mut last, mut n) = (c, 1);
-                        while !next.is_null() && Zone::of(next) == z {
-                            #[cfg(debug_assertions)]
-                            self.check_free(z, next, (*z).class as usize);
-                            last = next;
-                            n += 1;
-                            next = next.cast::<*mut u8>().read();
-                        }
-                        Zone::remote_free_chain(z, c, last, n, &self.cpus[owner].queue);
-                    }
-                    c = next;
-                }
+            for &list in lists {
+                // SAFETY: forwarded.
+                unsafe { self.give_list(cpu, list) };
             }
         });
+    }
+
+    /// `give_chunks` of one list, on `cpu`.
+    ///
+    /// # Safety
+    /// In `cpu`'s critical section; as for `give_chunks`.
+    #[cfg(feature = "std")]
+    unsafe fn give_list(&self, cpu: usize, mut c: *mut u8) {
+        while !c.is_null() {
+            // SAFETY: a chunk on the list (caller): its first word
+            // links the next, its zone is live while it is allocated,
+            // and its owner and class do not change meanwhile.
+            unsafe {
+                let mut next = c.cast::<*mut u8>().read();
+                let z = Zone::of(c);
+                #[cfg(debug_assertions)]
+                self.check_free(z, c, (*z).class as usize);
+                let owner = (*z).owner as usize;
+                if owner == cpu {
+                    self.free_local(cpu, z, c);
+                } else {
+                    // The run of chunks of the same zone that follows
+                    // goes with it, in one push (they are linked
+                    // already, through the same first words).
+                    let (mut last, mut n) = (c, 1);
+                    while !next.is_null() && Zone::of(next) == z {
+                        #[cfg(debug_assertions)]
+                        self.check_free(z, next, (*z).class as usize);
+                        last = next;
+                        n += 1;
+                        next = next.cast::<*mut u8>().read();
+                    }
+                    Zone::remote_free_chain(z, c, last, n, &self.cpus[owner].queue);
+                }
+                c = next;
+            }
+        }
     }
 
     /// Resize: keep the block when the new size has the same size class;

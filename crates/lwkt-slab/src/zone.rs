@@ -246,19 +246,19 @@ impl Zone {
     }
 
     /// Owner: unlink chunks from the front of the local list, as they are
-    /// linked (one write, at the cut): with `whole`, the whole list when it
-    /// holds at most `4 * n` (its length is known: `nfree` less the
-    /// never-used chunks, so nothing is walked; the tail is then not known
-    /// and returned null), else up to `n` (`n >= 1`). Head, tail and
-    /// count, or `None` when the list is empty. Lowers `nfree`.
+    /// linked (one write, at the cut): the whole list when it holds at
+    /// most `most` (its length is known: `nfree` less the never-used
+    /// chunks, so nothing is walked; the tail is then not known and
+    /// returned null), else up to `n` (`n >= 1`). Head, tail and count, or
+    /// `None` when the list is empty. Lowers `nfree`.
     #[cfg(feature = "std")]
-    pub(crate) fn take_local(&mut self, n: u32, whole: bool) -> Option<(*mut u8, *mut u8, u32)> {
+    pub(crate) fn take_local(&mut self, n: u32, most: u32) -> Option<(*mut u8, *mut u8, u32)> {
         let head = self.local;
         if head.is_null() {
             return None;
         }
         let all = self.nfree - self.unused();
-        if whole && all <= n.saturating_mul(4) {
+        if all <= most {
             self.local = ptr::null_mut();
             self.nfree -= all;
             #[cfg(debug_assertions)]
