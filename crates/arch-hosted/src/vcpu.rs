@@ -16,7 +16,8 @@
 //!
 //! Timers: each vCPU has a kernel timer (a POSIX timer that signals the
 //! vCPU thread itself, with the same signal) armed at its one-shot
-//! deadline; the handler posts the timer interrupt and ends a park.
+//! deadline; the handler posts the timer interrupt and ends a park. The
+//! idle watch adapts its length to how often it paid (`adapt_poll`).
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
@@ -75,6 +76,10 @@ pub(crate) struct Vcpu {
     pub(crate) ktimer: AtomicU64,
     /// Deadlines the kernel timer's signal delivered.
     pub(crate) timer_signals: AtomicUsize,
+    /// How long the idle loop watches the rings before it parks, in
+    /// cycles (`idle_poll_cycles`), adapted after each park
+    /// (`adapt_poll`). Only the vCPU itself uses it.
+    pub(crate) poll: AtomicU64,
 }
 
 /// `Vcpu::ktimer` when the vCPU has no kernel timer.
@@ -94,6 +99,7 @@ impl Vcpu {
             watchdog: std::sync::OnceLock::new(),
             ktimer: AtomicU64::new(NO_KTIMER),
             timer_signals: AtomicUsize::new(0),
+            poll: AtomicU64::new(IDLE_POLL_CYCLES),
         }
     }
 
@@ -417,6 +423,39 @@ const PARKED: u32 = 1;
 /// often follows soon.
 const IDLE_POLL_CYCLES: u64 = 200_000;
 
+/// The watch a vCPU starts from after an idle period that ended in a kick
+/// soon after it parked, when it had stopped watching (about 20 µs), and
+/// the shortest it keeps (below it the watch stops).
+const POLL_GROW_START: u64 = 50_000;
+const POLL_MIN: u64 = 10_000;
+
+/// Adapt a vCPU's idle watch after a park of `slept` cycles, as Linux's
+/// guest halt-polling does (`cpuidle-haltpoll`): a park ended soon (within
+/// `IDLE_POLL_CYCLES`) by something else than the vCPU's own timer would
+/// have been caught by a longer watch, which then doubles; a longer park,
+/// or one its timer ended (the kernel timer wakes it as fast as a watch
+/// would see the deadline), shows the watch burnt its cycles for nothing,
+/// and it halves, to none. A watch costs the host scheduler's favour: a
+/// vCPU that burnt 75 µs before each 1 ms sleep woke behind a busy host
+/// thread for whole ticks (docs/benchmark-notes.md, session 11).
+fn adapt_poll(v: &Vcpu, slept: u64, by_timer: bool) {
+    let p = v.poll.load(Ordering::Relaxed);
+    let next = if !by_timer && slept <= IDLE_POLL_CYCLES {
+        if p == 0 {
+            POLL_GROW_START
+        } else {
+            (p * 2).min(IDLE_POLL_CYCLES)
+        }
+    } else if p / 2 < POLL_MIN {
+        0
+    } else {
+        p / 2
+    };
+    if next != p {
+        v.poll.store(next, Ordering::Relaxed);
+    }
+}
+
 /// The hosted backend. Stateless: per-CPU state lives in the CPU blocks.
 #[derive(Debug)]
 pub struct HostedArch;
@@ -533,6 +572,9 @@ unsafe impl Arch for HostedArch {
             // under load). Whoever takes the deadline from `timer` posts
             // it, once. The timed park is also the kernel timer's backstop.
             let d = v.timer.load(Ordering::Acquire);
+            let t0 = self.cycles();
+            let fired = v.timer_signals.load(Ordering::Relaxed);
+            let mut by_timer = false;
             if d == u64::MAX {
                 std::thread::park();
             } else {
@@ -546,8 +588,11 @@ unsafe impl Arch for HostedArch {
                         .is_ok()
                 {
                     cpu.post_timer();
+                    by_timer = true;
                 }
             }
+            by_timer |= v.timer_signals.load(Ordering::Relaxed) != fired;
+            adapt_poll(v, self.cycles().wrapping_sub(t0), by_timer);
         }
         v.sleeping.store(RUNNING, Ordering::SeqCst);
     }
@@ -561,10 +606,13 @@ unsafe impl Arch for HostedArch {
         // With more vCPUs than host cores a watching vCPU holds a core that
         // a vCPU with work may be waiting for: it parks at once instead, and
         // the host's scheduler runs whoever has work.
-        if oversubscribed() {
-            0
-        } else {
-            IDLE_POLL_CYCLES
+        // Otherwise as long as watching paid lately (`adapt_poll`).
+        match current_cpu_block() {
+            _ if oversubscribed() => 0,
+            // SAFETY: the calling vCPU's own block, running (the idle loop
+            // asks).
+            Some(me) => unsafe { vcpu_of(me) }.poll.load(Ordering::Relaxed),
+            None => IDLE_POLL_CYCLES,
         }
     }
 
