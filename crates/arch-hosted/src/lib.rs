@@ -142,6 +142,10 @@ pub struct Report {
     /// or switch, per CPU (as sender); the watchdog turns those not
     /// answered within about 40 µs into signals (counted in `signals`).
     pub soft_kicks: Vec<usize>,
+    /// Timer interrupts delivered by each vCPU's own kernel timer (a POSIX
+    /// timer signalling the vCPU thread at the deadline), per CPU; all 0
+    /// when the host refused the timers and the watchdog delivered them.
+    pub timer_signals: Vec<usize>,
     /// Threads still alive (blocked) at shutdown: they never exited. Their
     /// stacks are leaked rather than freed under them.
     pub leaked_threads: usize,
@@ -342,6 +346,10 @@ impl Machine {
             soft_kicks: vcpus
                 .iter()
                 .map(|v| v.soft_kicks.load(Ordering::Relaxed))
+                .collect(),
+            timer_signals: vcpus
+                .iter()
+                .map(|v| v.timer_signals.load(Ordering::Relaxed))
                 .collect(),
             leaked_threads: leaked,
             elapsed: start.elapsed(),

@@ -13,6 +13,11 @@
 //! watches its rings (lwkt-core's watch, during which senders do not kick)
 //! but leaves entries in them unrun for a whole scan period. A parked vCPU
 //! (a futex wait after its idle loop's watch) is woken with an unpark.
+//!
+//! Timers: each vCPU has a kernel timer (a POSIX timer that signals the
+//! vCPU thread itself, with the same signal) armed at its one-shot
+//! deadline; the handler posts the timer interrupt and ends a park. The
+//! idle watch adapts its length to how often it paid (`adapt_poll`).
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
@@ -61,9 +66,24 @@ pub(crate) struct Vcpu {
     /// delivers it.
     pub(crate) timer: AtomicU64,
     /// The watchdog thread of the vCPU's machine, to wake when the timer is
-    /// set earlier.
+    /// set earlier (only for a vCPU without a kernel timer).
     pub(crate) watchdog: std::sync::OnceLock<std::thread::Thread>,
+    /// The vCPU's own kernel timer (a POSIX timer on `CLOCK_MONOTONIC`
+    /// that signals the vCPU thread itself, `SIGEV_THREAD_ID`), or
+    /// `NO_KTIMER` when it could not be created (the watchdog then
+    /// delivers the deadline). Created and deleted by the vCPU thread
+    /// (`run_vcpu`); armed by `set_timer`, which runs on it.
+    pub(crate) ktimer: AtomicU64,
+    /// Deadlines the kernel timer's signal delivered.
+    pub(crate) timer_signals: AtomicUsize,
+    /// How long the idle loop watches the rings before it parks, in
+    /// cycles (`idle_poll_cycles`), adapted after each park
+    /// (`adapt_poll`). Only the vCPU itself uses it.
+    pub(crate) poll: AtomicU64,
 }
+
+/// `Vcpu::ktimer` when the vCPU has no kernel timer.
+const NO_KTIMER: u64 = u64::MAX;
 
 impl Vcpu {
     pub(crate) fn new() -> Vcpu {
@@ -77,6 +97,100 @@ impl Vcpu {
             posted_at: AtomicU64::new(0),
             timer: AtomicU64::new(u64::MAX),
             watchdog: std::sync::OnceLock::new(),
+            ktimer: AtomicU64::new(NO_KTIMER),
+            timer_signals: AtomicUsize::new(0),
+            poll: AtomicU64::new(IDLE_POLL_CYCLES),
+        }
+    }
+
+    /// The vCPU's kernel timer, if it has one.
+    fn ktimer(&self) -> Option<libc::timer_t> {
+        match self.ktimer.load(Ordering::Relaxed) {
+            NO_KTIMER => None,
+            id => Some(id as usize as libc::timer_t),
+        }
+    }
+}
+
+/// Create the calling vCPU thread's kernel timer: `CLOCK_MONOTONIC` (the
+/// clock of `clock_ns`), signalling `IPI_SIGNAL` to this very thread.
+/// Failure (a process out of timers) leaves the vCPU to the watchdog.
+fn create_ktimer(v: &Vcpu) {
+    // SAFETY: a zeroed sigevent is valid; we fill in the fields the kernel
+    // reads for SIGEV_THREAD_ID (the notification, the signal, the thread
+    // id of the caller, which is alive: it is us). `id` is written by the
+    // call on success.
+    unsafe {
+        let mut sev: libc::sigevent = core::mem::zeroed();
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = IPI_SIGNAL;
+        sev.sigev_notify_thread_id = libc::gettid();
+        let mut id: libc::timer_t = ptr::null_mut();
+        if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) == 0 {
+            v.ktimer.store(id as usize as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Delete the calling vCPU thread's kernel timer (its idle loop is over).
+fn delete_ktimer(v: &Vcpu) {
+    if let Some(id) = v.ktimer() {
+        v.ktimer.store(NO_KTIMER, Ordering::Relaxed);
+        // SAFETY: `id` is this vCPU's timer, created by `create_ktimer`
+        // and deleted only here, once.
+        unsafe { libc::timer_delete(id) };
+    }
+}
+
+/// Arm the kernel timer `id` for the absolute deadline `d` on
+/// `CLOCK_MONOTONIC`, or disarm it (`u64::MAX`). A deadline already past
+/// fires at once.
+fn arm_ktimer(id: libc::timer_t, d: u64) {
+    let at = if d == u64::MAX {
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }
+    } else {
+        // Never all 0, which would disarm it (a deadline of 0 is past).
+        let d = d.max(1);
+        libc::timespec {
+            tv_sec: (d / 1_000_000_000) as libc::time_t,
+            tv_nsec: (d % 1_000_000_000) as libc::c_long,
+        }
+    };
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: at,
+    };
+    // SAFETY: `id` is the calling vCPU's live timer; `spec` is a valid
+    // itimerspec read by the call; no old value is asked for.
+    unsafe { libc::timer_settime(id, libc::TIMER_ABSTIME, &spec, ptr::null_mut()) };
+}
+
+/// The timer half of the signal handler: the kernel timer's signal (or any
+/// signal after the deadline) posts the vCPU's timer interrupt, once, and
+/// ends the vCPU's park if it is parked.
+fn timer_interrupt(cpu: &Cpu, v: &Vcpu) {
+    let d = v.timer.load(Ordering::Acquire);
+    if d == u64::MAX || v.ktimer.load(Ordering::Relaxed) == NO_KTIMER || clock_ns() < d {
+        return;
+    }
+    if v.timer
+        .compare_exchange(d, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
+        cpu.post_timer();
+        v.timer_signals.fetch_add(1, Ordering::Relaxed);
+        // We interrupted this thread: if it parks (or is about to), leave
+        // it the token that ends the park.
+        if v.sleeping.load(Ordering::SeqCst) == PARKED {
+            if let Some(t) = v.thread.get() {
+                t.unpark();
+            }
         }
     }
 }
@@ -149,6 +263,10 @@ pub(crate) fn clock_ns() -> u64 {
 fn fire_timers(cpus: &[Cpu], vcpus: &[Vcpu], now: u64, posted: &mut [u64]) -> u64 {
     let mut next = u64::MAX;
     for ((c, v), posted) in cpus.iter().zip(vcpus).zip(posted) {
+        if v.ktimer.load(Ordering::Relaxed) != NO_KTIMER {
+            // Delivered by the vCPU's own kernel timer.
+            continue;
+        }
         let d = v.timer.load(Ordering::Acquire);
         if d > now {
             next = next.min(d);
@@ -305,6 +423,39 @@ const PARKED: u32 = 1;
 /// often follows soon.
 const IDLE_POLL_CYCLES: u64 = 200_000;
 
+/// The watch a vCPU starts from after an idle period that ended in a kick
+/// soon after it parked, when it had stopped watching (about 20 µs), and
+/// the shortest it keeps (below it the watch stops).
+const POLL_GROW_START: u64 = 50_000;
+const POLL_MIN: u64 = 10_000;
+
+/// Adapt a vCPU's idle watch after a park of `slept` cycles, as Linux's
+/// guest halt-polling does (`cpuidle-haltpoll`): a park ended soon (within
+/// `IDLE_POLL_CYCLES`) by something else than the vCPU's own timer would
+/// have been caught by a longer watch, which then doubles; a longer park,
+/// or one its timer ended (the kernel timer wakes it as fast as a watch
+/// would see the deadline), shows the watch burnt its cycles for nothing,
+/// and it halves, to none. A watch costs the host scheduler's favour: a
+/// vCPU that burnt 75 µs before each 1 ms sleep woke behind a busy host
+/// thread for whole ticks (docs/benchmark-notes.md, session 11).
+fn adapt_poll(v: &Vcpu, slept: u64, by_timer: bool) {
+    let p = v.poll.load(Ordering::Relaxed);
+    let next = if !by_timer && slept <= IDLE_POLL_CYCLES {
+        if p == 0 {
+            POLL_GROW_START
+        } else {
+            (p * 2).min(IDLE_POLL_CYCLES)
+        }
+    } else if p / 2 < POLL_MIN {
+        0
+    } else {
+        p / 2
+    };
+    if next != p {
+        v.poll.store(next, Ordering::Relaxed);
+    }
+}
+
 /// The hosted backend. Stateless: per-CPU state lives in the CPU blocks.
 #[derive(Debug)]
 pub struct HostedArch;
@@ -318,8 +469,10 @@ pub static HOSTED: HostedArch = HostedArch;
 // stacks are private mappings; `kick` makes the target run `ipi_interrupt`
 // (signal) or leave `idle_wait` (unpark), and `idle_wait` re-checks
 // `has_pending` after publishing that it sleeps; `clock` is
-// `CLOCK_MONOTONIC` (monotonic); a timer set by `set_timer` is delivered by the watchdog
-// thread (`post_timer`, then a kick).
+// `CLOCK_MONOTONIC` (monotonic); a timer set by `set_timer` is delivered by the vCPU's
+// kernel timer (its signal handler posts it, `timer_interrupt`; the idle park
+// also ends at the deadline and posts it), or, where the host refused a
+// kernel timer, by the watchdog thread (`post_timer`, then a kick).
 unsafe impl Arch for HostedArch {
     fn current_cpu(&self) -> Option<NonNull<Cpu>> {
         NonNull::new(CURRENT.with(Cell::get) as *mut Cpu)
@@ -411,13 +564,17 @@ unsafe impl Arch for HostedArch {
         let v = unsafe { vcpu_of(cpu) };
         v.sleeping.store(PARKED, Ordering::SeqCst);
         if !cpu.has_pending() {
-            // An idle vCPU is its own timer: it parks until its deadline
-            // and posts the interrupt itself, one wake-up instead of the
-            // watchdog's and then ours (which doubled the median lateness
-            // of a 1 ms sleep under load). The watchdog still fires the
-            // timers of running vCPUs; whoever takes the deadline from
-            // `timer` posts it, once.
+            // An idle vCPU is its own timer: its kernel timer's signal ends
+            // the park at the deadline (and posts the interrupt), or, for a
+            // vCPU without one, it parks until the deadline and posts the
+            // interrupt itself: one wake-up instead of the watchdog's and
+            // then ours (which doubled the median lateness of a 1 ms sleep
+            // under load). Whoever takes the deadline from `timer` posts
+            // it, once. The timed park is also the kernel timer's backstop.
             let d = v.timer.load(Ordering::Acquire);
+            let t0 = self.cycles();
+            let fired = v.timer_signals.load(Ordering::Relaxed);
+            let mut by_timer = false;
             if d == u64::MAX {
                 std::thread::park();
             } else {
@@ -431,8 +588,11 @@ unsafe impl Arch for HostedArch {
                         .is_ok()
                 {
                     cpu.post_timer();
+                    by_timer = true;
                 }
             }
+            by_timer |= v.timer_signals.load(Ordering::Relaxed) != fired;
+            adapt_poll(v, self.cycles().wrapping_sub(t0), by_timer);
         }
         v.sleeping.store(RUNNING, Ordering::SeqCst);
     }
@@ -446,10 +606,13 @@ unsafe impl Arch for HostedArch {
         // With more vCPUs than host cores a watching vCPU holds a core that
         // a vCPU with work may be waiting for: it parks at once instead, and
         // the host's scheduler runs whoever has work.
-        if oversubscribed() {
-            0
-        } else {
-            IDLE_POLL_CYCLES
+        // Otherwise as long as watching paid lately (`adapt_poll`).
+        match current_cpu_block() {
+            _ if oversubscribed() => 0,
+            // SAFETY: the calling vCPU's own block, running (the idle loop
+            // asks).
+            Some(me) => unsafe { vcpu_of(me) }.poll.load(Ordering::Relaxed),
+            None => IDLE_POLL_CYCLES,
         }
     }
 
@@ -466,6 +629,15 @@ unsafe impl Arch for HostedArch {
         let v = unsafe { vcpu_of(cpu) };
         let d = deadline.unwrap_or(u64::MAX);
         let old = v.timer.swap(d, Ordering::AcqRel);
+        if let Some(id) = v.ktimer() {
+            // The kernel signals this vCPU at the deadline. Nothing to do
+            // for none after none (a deadline taken by the signal or the
+            // idle park has fired already).
+            if d != old {
+                arm_ktimer(id, d);
+            }
+            return;
+        }
         if d < old {
             // Earlier than before: the watchdog may sleep past it.
             if let Some(w) = v.watchdog.get() {
@@ -493,6 +665,10 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
     let errno = unsafe { *libc::__errno_location() };
     let p = CURRENT.with(Cell::get);
     if !p.is_null() {
+        // SAFETY: the thread-local names this thread's CPU, of a running
+        // machine of this backend (set only while its idle loop runs).
+        let (cpu, v) = unsafe { (&*p, vcpu_of(&*p)) };
+        timer_interrupt(cpu, v);
         // SAFETY: we are the vCPU thread of this CPU (the thread-local says
         // so), in signal context: the interrupt entry's contract. The
         // async-safe entry: the signal may have landed inside the C
@@ -557,12 +733,16 @@ pub(crate) fn install_signal_handler() {
 /// # Safety
 /// `cpu` belongs to a bound machine that outlives this call; called once per CPU.
 pub(crate) unsafe fn run_vcpu(cpu: &Cpu) {
+    // SAFETY: a CPU of a machine of this backend (contract).
+    let v = unsafe { vcpu_of(cpu) };
+    create_ktimer(v);
     CURRENT.with(|c| c.set(cpu));
     LIVE_VCPUS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: forwarded; the thread-local now names this CPU.
     unsafe { cpu.idle_loop() };
     LIVE_VCPUS.fetch_sub(1, Ordering::Relaxed);
     CURRENT.with(|c| c.set(ptr::null()));
+    delete_ktimer(v);
 }
 
 /// The CPU number of the calling OS thread if it is a virtual CPU running an
