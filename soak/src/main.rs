@@ -32,6 +32,7 @@ mod tokens;
 mod watch;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,20 +143,35 @@ pub(crate) struct Soak {
     pub(crate) deadline: Instant,
     pub(crate) window: usize,
     pub(crate) inject: Option<Inject>,
+    /// Whether the `inject` fault went in: a run with a fault to put in
+    /// goes on past its deadline until it did (a loaded host can keep a
+    /// worker from reaching its 100th occasion in a short run), for up to
+    /// `grace` more.
+    pub(crate) injected: AtomicBool,
+    pub(crate) grace: Duration,
     pub(crate) workers: Workers,
     pub(crate) msgs: msgs::Counts,
 }
 
 impl Soak {
     pub(crate) fn over(&self) -> bool {
-        Instant::now() >= self.deadline
+        let now = Instant::now();
+        now >= self.deadline
+            && (self.inject.is_none()
+                || self.injected.load(Ordering::Relaxed)
+                || now >= self.deadline + self.grace)
     }
 
     /// Whether to put `fault` in at the `k`-th occasion of the worker that
     /// may: once, at k = 100; a lost wakeup from then on (a wakeup skipped
     /// while the other side is still awake is no fault).
     pub(crate) fn inject(&self, fault: Inject, k: u64) -> bool {
-        self.inject == Some(fault) && (k == 100 || (fault == Inject::LostWakeup && k > 100))
+        let now =
+            self.inject == Some(fault) && (k == 100 || (fault == Inject::LostWakeup && k > 100));
+        if now {
+            self.injected.store(true, Ordering::Relaxed);
+        }
+        now
     }
 }
 
@@ -192,6 +208,8 @@ fn main() -> ExitCode {
         deadline: Instant::now() + Duration::from_secs(o.seconds),
         window: o.window,
         inject: o.inject,
+        injected: AtomicBool::new(false),
+        grace: Duration::from_secs(o.stall),
         workers: Workers::default(),
         msgs: msgs::Counts::new(n),
     });
