@@ -260,52 +260,56 @@ fn ipi_path(c: &mut Criterion) {
     g.finish();
 }
 
+/// A callout that does nothing when it fires (the benches never let it).
+type Idle = lwkt_core::Callout<fn(lwkt_core::Fired<'_>)>;
+
+fn nothing(_: lwkt_core::Fired<'_>) {}
+
+/// `iters` operations on one callout of a one-CPU machine, timed: `op`
+/// gets the callout, the CPU, the operation's number and a time of the
+/// machine's clock an hour on (computed once, as tokio's bench does).
+fn callout_ops(
+    iters: u64,
+    op: impl Fn(core::pin::Pin<&Idle>, MyCpu<'_>, u64, u64) + Send,
+) -> Duration {
+    time_on_lwkt(1, move |cur| {
+        let c: core::pin::Pin<&mut Idle> =
+            core::pin::pin!(lwkt_core::Callout::new(nothing as fn(lwkt_core::Fired<'_>)));
+        let my = cur.my_cpu();
+        let later = my.clock().unwrap() + 3_600_000_000_000;
+        for i in 0..iters {
+            op(black_box(c.as_ref()), my, i, later);
+        }
+        c.as_ref().stop(my);
+    })
+}
+
 fn callout(c: &mut Criterion) {
     let mut g = c.benchmark_group("callout");
     g.throughput(Throughput::Elements(1));
     // One element = one arm and one stop (lwkt), one reset (tokio).
     g.bench_function("lwkt Callout reset+stop", |b| {
         b.iter_custom(|iters| {
-            time_on_lwkt(1, |cur| {
-                let c = core::pin::pin!(lwkt_core::Callout::new(|_| {}));
-                let my = cur.my_cpu();
-                let d = Duration::from_secs(3600);
-                for _ in 0..iters {
-                    let c = black_box(c.as_ref());
-                    c.reset(my, d);
-                    black_box(c.stop(my));
-                }
+            callout_ops(iters, |c, my, _, _| {
+                c.reset(my, Duration::from_secs(3600));
+                black_box(c.stop(my));
             })
         })
     });
-    // The deadline computed once, as tokio's bench below has it.
     g.bench_function("lwkt Callout reset_at+stop", |b| {
         b.iter_custom(|iters| {
-            time_on_lwkt(1, |cur| {
-                let c = core::pin::pin!(lwkt_core::Callout::new(|_| {}));
-                let my = cur.my_cpu();
-                let at = my.clock().unwrap() + 3_600_000_000_000;
-                for _ in 0..iters {
-                    let c = black_box(c.as_ref());
-                    c.reset_at(my, black_box(at));
-                    black_box(c.stop(my));
-                }
+            callout_ops(iters, |c, my, _, at| {
+                c.reset_at(my, black_box(at));
+                black_box(c.stop(my));
             })
         })
     });
-    // What tokio's reset does: move an armed timer to another deadline.
+    // What tokio's reset does: move an armed timer to another deadline
+    // (the first operation arms it).
     g.bench_function("lwkt Callout reset_at of an armed callout", |b| {
         b.iter_custom(|iters| {
-            time_on_lwkt(1, |cur| {
-                let c = core::pin::pin!(lwkt_core::Callout::new(|_| {}));
-                let my = cur.my_cpu();
-                let base = my.clock().unwrap() + 3_600_000_000_000;
-                let at = [base, base + 1_000_000];
-                c.as_ref().reset_at(my, base);
-                for i in 0..iters {
-                    black_box(c.as_ref()).reset_at(my, at[(i & 1) as usize]);
-                }
-                c.as_ref().stop(my);
+            callout_ops(iters, |c, my, i, at| {
+                c.reset_at(my, at + (i & 1) * 1_000_000);
             })
         })
     });
