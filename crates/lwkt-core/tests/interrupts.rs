@@ -1,6 +1,8 @@
 //! Device interrupts, interrupt threads and preemption on the hosted
 //! backend.
 
+mod common;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -17,26 +19,14 @@ fn each_interrupt_reaches_its_thread() {
     const N: u32 = 200;
     Machine::new(2).unwrap().run(|cur| {
         let seen = Arc::new(AtomicU32::new(0));
-        let ready = Arc::new(AtomicBool::new(false));
-        let (s, r) = (seen.clone(), ready.clone());
-        let ith = cur
-            .builder()
-            .cpu(CpuId::new(1))
-            .priority(Priority::INT_MED)
-            .name("ithread")
-            .spawn(move |me| {
-                me.register_interrupt(IRQ).unwrap();
-                r.store(true, Ordering::Release);
-                let mut total = 0;
-                while total < N {
-                    total += me.wait_interrupt(IRQ);
-                    s.store(total, Ordering::Release);
-                }
-            })
-            .unwrap();
-        while !ready.load(Ordering::Acquire) {
-            cur.yield_now();
-        }
+        let s = seen.clone();
+        let ith = common::spawn_ithread(cur, 1, IRQ, move |me| {
+            let mut total = 0;
+            while total < N {
+                total += me.wait_interrupt(IRQ);
+                s.store(total, Ordering::Release);
+            }
+        });
         for i in 1..=N {
             cur.my_cpu().raise_interrupt(CpuId::new(1), IRQ).unwrap();
             while seen.load(Ordering::Acquire) < i {
@@ -58,25 +48,16 @@ fn each_interrupt_reaches_its_thread() {
 fn interrupt_thread_preempts_a_thread_that_never_yields() {
     Machine::new(2).unwrap().run(|cur| {
         let fired = Arc::new(AtomicBool::new(false));
-        let ready = Arc::new(AtomicBool::new(false));
         let tok = Arc::new(lwkt_core::token::Token::new("dev"));
-        let (f, r, t) = (fired.clone(), ready.clone(), tok.clone());
-        let ith = cur
-            .builder()
-            .cpu(CpuId::new(1))
-            .priority(Priority::INT_MED)
-            .spawn(move |me| {
-                me.register_interrupt(IRQ).unwrap();
-                r.store(true, Ordering::Release);
-                me.wait_interrupt(IRQ);
-                // The preempted thread holds the token: we cannot have it.
-                assert!(me.try_with_token(&t, |_, _| ()).is_none());
-                f.store(true, Ordering::Release);
-            })
-            .unwrap();
+        let (f, t) = (fired.clone(), tok.clone());
+        let ith = common::spawn_ithread(cur, 1, IRQ, move |me| {
+            me.wait_interrupt(IRQ);
+            // The preempted thread holds the token: we cannot have it.
+            assert!(me.try_with_token(&t, |_, _| ()).is_none());
+            f.store(true, Ordering::Release);
+        });
         let spinning = Arc::new(AtomicBool::new(false));
         let f2 = fired.clone();
-        let r2 = ready.clone();
         let t2 = tok.clone();
         let s2 = spinning.clone();
         let busy = cur
@@ -84,9 +65,6 @@ fn interrupt_thread_preempts_a_thread_that_never_yields() {
             .cpu(CpuId::new(1))
             .priority(Priority::KERN_DAEMON)
             .spawn(move |me| {
-                while !r2.load(Ordering::Acquire) {
-                    me.yield_now();
-                }
                 let switches = me.switch_count();
                 me.with_token(&t2, |me, _held| {
                     // Spin without yielding: only a preemption lets the
@@ -167,23 +145,12 @@ fn registration_rules() {
 fn async_preemptible_thread_is_preempted_without_calling_lwkt() {
     Machine::new(2).unwrap().run(|cur| {
         let fired = Arc::new(AtomicBool::new(false));
-        let ready = Arc::new(AtomicBool::new(false));
         let spinning = Arc::new(AtomicBool::new(false));
-        let (f, r) = (fired.clone(), ready.clone());
-        let ith = cur
-            .builder()
-            .cpu(CpuId::new(1))
-            .priority(Priority::INT_MED)
-            .spawn(move |me| {
-                me.register_interrupt(IRQ).unwrap();
-                r.store(true, Ordering::Release);
-                me.wait_interrupt(IRQ);
-                f.store(true, Ordering::Release);
-            })
-            .unwrap();
-        while !ready.load(Ordering::Acquire) {
-            cur.yield_now();
-        }
+        let f = fired.clone();
+        let ith = common::spawn_ithread(cur, 1, IRQ, move |me| {
+            me.wait_interrupt(IRQ);
+            f.store(true, Ordering::Release);
+        });
         let (f2, s2) = (fired.clone(), spinning.clone());
         // SAFETY: the body only spins on atomics: nothing a thread of its
         // CPU could re-enter.

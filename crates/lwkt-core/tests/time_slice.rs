@@ -1,6 +1,8 @@
 //! Time slicing (`lwkt_schedulerclock`): CPU-bound threads of equal
 //! priority share their CPU in turns, without ever yielding or blocking.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,36 +166,25 @@ fn threads_switched_from_the_interrupt_frame_keep_their_tokens_straight() {
         let inside = Arc::new(AtomicU64::new(0));
         let total = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let ready = Arc::new(AtomicBool::new(false));
         // Interrupts that found a holder inside its token section.
         let holders_preempted = Arc::new(AtomicU64::new(0));
-        let (s, r) = (stop.clone(), ready.clone());
+        let s = stop.clone();
         let (itok, iin, ihp) = (tok.clone(), inside.clone(), holders_preempted.clone());
-        let ith = cur
-            .builder()
-            .cpu(CpuId::new(1))
-            .priority(Priority::INT_MED)
-            .spawn(move |me| {
-                me.register_interrupt(IRQ).unwrap();
-                r.store(true, Ordering::Release);
-                while !s.load(Ordering::Relaxed) {
-                    me.wait_interrupt(IRQ);
-                    if iin.load(Ordering::Relaxed) != 0 {
-                        ihp.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Held by the thread we preempted: we wait for it.
-                    me.with_token(&itok, |_, _| {
-                        let was = iin.fetch_add(1, Ordering::Relaxed);
-                        assert_eq!(was, 0, "token held twice");
-                        iin.fetch_sub(1, Ordering::Relaxed);
-                    });
+        let ith = common::spawn_ithread(cur, 1, IRQ, move |me| {
+            while !s.load(Ordering::Relaxed) {
+                me.wait_interrupt(IRQ);
+                if iin.load(Ordering::Relaxed) != 0 {
+                    ihp.fetch_add(1, Ordering::Relaxed);
                 }
-                me.unregister_interrupt(IRQ);
-            })
-            .unwrap();
-        while !ready.load(Ordering::Acquire) {
-            cur.yield_now();
-        }
+                // Held by the thread we preempted: we wait for it.
+                me.with_token(&itok, |_, _| {
+                    let was = iin.fetch_add(1, Ordering::Relaxed);
+                    assert_eq!(was, 0, "token held twice");
+                    iin.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            me.unregister_interrupt(IRQ);
+        });
         let mut hs = Vec::new();
         for _ in 0..2 {
             let (tok, inside, total, stop) =

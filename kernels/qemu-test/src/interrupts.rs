@@ -17,6 +17,7 @@ use lwkt_core::{Callout, Cpu, CpuId, Cur, Fired, Priority, ThreadHandle, TimedOu
 use lwkt_msg::{Incoming, Msg, MsgError, Port};
 
 use crate::boot::MAX_CPUS;
+use crate::tests::{join_all, spawn_at as spawn};
 
 type Counts = [AtomicU64; MAX_CPUS];
 
@@ -27,27 +28,6 @@ fn now() -> u64 {
 
 fn ns(d: Duration) -> u64 {
     d.as_nanos() as u64
-}
-
-fn spawn(
-    cur: &mut Cur,
-    cpu: usize,
-    name: &'static str,
-    pri: Priority,
-    f: impl FnOnce(&mut Cur) + Send + 'static,
-) -> ThreadHandle {
-    cur.builder()
-        .cpu(CpuId::new(cpu as u32))
-        .name(name)
-        .priority(pri)
-        .spawn(f)
-        .unwrap_or_else(|e| crate::fail!("spawn {name} on cpu {cpu}: {e}"))
-}
-
-fn join_all(cur: &mut Cur, hs: alloc::vec::Vec<ThreadHandle>) {
-    for h in &hs {
-        cur.join(h);
-    }
 }
 
 /// Poll `cond` every `step` with timed sleeps (so the thread waits on its

@@ -10,7 +10,7 @@ use core::time::Duration;
 
 use lwkt_arch_x86_64::percpu::PerCpu;
 use lwkt_core::token::{Token, TokenCell};
-use lwkt_core::{Cpu, CpuId, CpuMask, Cur, MyCpu, ThreadHandle, TimedOut, WaitQueue};
+use lwkt_core::{Cpu, CpuId, CpuMask, Cur, MyCpu, Priority, ThreadHandle, TimedOut, WaitQueue};
 use lwkt_msg::{Msg, Port};
 
 use crate::boot::MAX_CPUS;
@@ -96,16 +96,28 @@ fn spawn(
     name: &'static str,
     f: impl FnOnce(&mut Cur) + Send + 'static,
 ) -> ThreadHandle {
+    spawn_at(cur, cpu, name, Priority::default(), f)
+}
+
+/// [`spawn`] at priority `pri`.
+pub(crate) fn spawn_at(
+    cur: &mut Cur,
+    cpu: usize,
+    name: &'static str,
+    pri: Priority,
+    f: impl FnOnce(&mut Cur) + Send + 'static,
+) -> ThreadHandle {
     cur.builder()
         .cpu(CpuId::new(cpu as u32))
         .name(name)
+        .priority(pri)
         .spawn(f)
         .unwrap_or_else(|e| crate::fail!("spawn {name} on cpu {cpu}: {e}"))
 }
 
 /// Join the threads and drop their handles (a handle keeps its thread's
 /// stack, which the backend's pool needs back).
-fn join_all(cur: &mut Cur, hs: alloc::vec::Vec<ThreadHandle>) {
+pub(crate) fn join_all(cur: &mut Cur, hs: alloc::vec::Vec<ThreadHandle>) {
     for h in &hs {
         cur.join(h);
     }
