@@ -119,7 +119,7 @@ impl When {
     fn deadline(self, gd: &Cpu) -> Option<u64> {
         match self {
             When::After(d) => gd.machine().arch.clock().map(|now| now.saturating_add(d)),
-            When::At(t) => gd.machine().has_clock.then_some(t),
+            When::At(t) => gd.machine().has_clock().then_some(t),
         }
     }
 }

@@ -231,10 +231,13 @@ pub struct MachineState {
     pub(crate) ncpus: usize,
     pub(crate) rings: *const IpiRing,
     pub(crate) id: u64,
-    /// Whether the backend has a clock ([`Arch::clock`] returned a time
-    /// when the machine was made): read where a deadline is given, not
-    /// measured (`Callout::reset_at`).
-    pub(crate) has_clock: bool,
+    /// Whether the backend's clock ([`Arch::clock`]) has returned a time:
+    /// once it has, it always does (a clock, once set up, stays), so
+    /// `has_clock` reads it only until then. Cached because a deadline
+    /// given rather than measured (`Callout::reset_at`) should cost no
+    /// clock read; not computed at creation, since a backend may set its
+    /// clock up after the machine exists (x86-64: `time::calibrate`).
+    clock_seen: AtomicBool,
     /// Which CPUs may have sleepers in each sleep-hash slot
     /// (DragonFly `slpque_cpumasks[]`).
     pub(crate) sleep_masks: [AtomicU64; crate::sleep::SLEEP_HASH],
@@ -336,9 +339,22 @@ impl MachineState {
             ncpus: cpus.len(),
             rings: rings.as_ptr(),
             id: next_machine_id(),
-            has_clock: arch.clock().is_some(),
+            clock_seen: AtomicBool::new(false),
             sleep_masks: core::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// Whether the backend has a clock now (see `clock_seen`).
+    #[inline]
+    pub(crate) fn has_clock(&self) -> bool {
+        if self.clock_seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self.arch.clock().is_some();
+        if now {
+            self.clock_seen.store(true, Ordering::Relaxed);
+        }
+        now
     }
 
     /// Point every CPU at this machine.
