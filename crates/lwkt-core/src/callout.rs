@@ -318,9 +318,14 @@ impl<'a> Fired<'a> {
     /// });
     /// ```
     pub fn reset(&self, d: Duration) {
+        self.rearm(When::After(nanos(d)));
+    }
+
+    /// Arm the running callout again on this CPU, as a one-shot.
+    fn rearm(&self, at: When) {
         let op = Op::Reset {
             target: self.my.id(),
-            at: When::After(nanos(d)),
+            at,
             period: 0,
         };
         // SAFETY: on the home CPU (the callback runs there), inside the
@@ -382,14 +387,7 @@ impl<'a> Fired<'a> {
     /// });
     /// ```
     pub fn reset_at(&self, t: u64) {
-        let op = Op::Reset {
-            target: self.my.id(),
-            at: When::At(t),
-            period: 0,
-        };
-        // SAFETY: as in `reset`.
-        let out = unsafe { apply(self.my.cpu(), self.h, op) };
-        debug_assert_eq!(out, Outcome::Done(false));
+        self.rearm(When::At(t));
     }
 
     /// Stop the callout from inside its callback: unlink a pending run (a
@@ -503,10 +501,7 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// ```
     #[inline]
     pub fn reset(self: Pin<&Self>, my: MyCpu<'_>, d: Duration) {
-        let at = When::After(nanos(d));
-        if !self.reset_here(my, at) {
-            self.arm(my, my.id(), at, 0);
-        }
+        self.reset_when(my, When::After(nanos(d)));
     }
 
     /// Arm the callout on this CPU to run at time `at` of the machine's
@@ -538,7 +533,13 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     /// ```
     #[inline]
     pub fn reset_at(self: Pin<&Self>, my: MyCpu<'_>, at: u64) {
-        let at = When::At(at);
+        self.reset_when(my, When::At(at));
+    }
+
+    /// [`reset`](Callout::reset) and [`reset_at`](Callout::reset_at): the
+    /// fast path here, else the general one.
+    #[inline(always)]
+    fn reset_when(self: Pin<&Self>, my: MyCpu<'_>, at: When) {
         if !self.reset_here(my, at) {
             self.arm(my, my.id(), at, 0);
         }

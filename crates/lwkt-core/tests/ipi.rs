@@ -79,7 +79,8 @@ fn ipi_inside_a_critical_section_runs_once_at_the_final_exit() {
 /// still receives lwkt's own IPIs (here: making another thread of its CPU
 /// runnable): the hosted backend interrupts it (SIGUSR1), as hardware
 /// would: its kick watchdog signals a target that leaves a posted kick
-/// unanswered (or the kick signals at once when vCPUs outnumber cores).
+/// unanswered (or the kick signals at once when vCPUs outnumber cores), or
+/// the vCPU's timer signal comes first.
 #[test]
 fn a_spinning_thread_is_interrupted_by_an_ipi() {
     static SPINNING: AtomicBool = AtomicBool::new(false);
@@ -107,8 +108,11 @@ fn a_spinning_thread_is_interrupted_by_an_ipi() {
         cur.join(&spinner);
         cur.join(&sleeper);
     });
+    // The watchdog's signal, or the vCPU's own timer signal (its time
+    // slice's timer, 10 ms on, when the watchdog is slow to run on a
+    // loaded host): either runs the IPI in the signal handler.
     assert!(
-        report.signals[1] >= 1,
+        report.signals[1] + report.timer_signals[1] >= 1,
         "no signal reached the spinner: {report}"
     );
 }
