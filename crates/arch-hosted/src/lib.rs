@@ -52,10 +52,14 @@
 //! - **no pinning**: the host balances the vCPUs over its cores (pinned,
 //!   3 vCPUs on 2 cores split 2 + 1 and a runnable vCPU could not move to
 //!   the core another left idle);
-//! - **no idle watch, no spin for a reply**: an idle vCPU parks at once
+//! - **no idle watch, no spin for a reply**: an idle vCPU does not spin
 //!   ([`Arch::idle_poll_cycles`](lwkt_core::Arch::idle_poll_cycles) is 0,
-//!   so lwkt-core's idle loop and `watch_until` do not spin), so it never
-//!   holds a core that a vCPU with work waits for; spin-waits give the
+//!   so lwkt-core's idle loop and `watch_until` do not), so it never holds
+//!   a core that a vCPU with work waits for. It gives its core away
+//!   (`sched_yield`) and looks again each time the host runs it, for as
+//!   long as its idle watch would have lasted, and only then parks: its
+//!   senders' kicks stay posted flags, not futex wake-ups, and a yield
+//!   switch is the cheapest host switch there is; spin-waits give the
 //!   core away at once (`pause` yields), and lwkt-msg's cross-CPU `domsg`
 //!   sleeps without first watching for the reply
 //!   ([`Arch::spin_wait_pays`](lwkt_core::Arch::spin_wait_pays) is false);

@@ -456,6 +456,30 @@ fn adapt_poll(v: &Vcpu, slept: u64, by_timer: bool) {
     }
 }
 
+/// An idle vCPU's wait while vCPUs outnumber host cores, before it parks:
+/// yield the core to the host's other runnable threads (vCPUs with work,
+/// most likely) and look again each time it comes back, for up to its idle
+/// watch (`Vcpu::poll`, adapted after each park as without
+/// oversubscription); true if work arrived. A vCPU that stays awake this
+/// way costs its senders no futex wake-up (a kick to a running vCPU is a
+/// posted flag), and a `sched_yield` switch costs less than a park and its
+/// wake-up: the mesh at 3 and 16 vCPUs on 2 cores moved about 3x the
+/// messages of an at-once park. Spinning first, even 0.5 µs, lost
+/// (docs/benchmark-notes.md, session 12).
+fn yield_until_pending(cpu: &Cpu, v: &Vcpu) -> bool {
+    let window = v.poll.load(Ordering::Relaxed);
+    let t0 = HOSTED.cycles();
+    loop {
+        if cpu.has_pending() {
+            return true;
+        }
+        if HOSTED.cycles().wrapping_sub(t0) >= window {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// The hosted backend. Stateless: per-CPU state lives in the CPU blocks.
 #[derive(Debug)]
 pub struct HostedArch;
@@ -559,9 +583,14 @@ unsafe impl Arch for HostedArch {
         // lwkt-core's idle loop has watched the rings for
         // `idle_poll_cycles` already. Publishing the state before the last
         // check (SeqCst on both sides) means a sender that saw PARKED queued
-        // its message before that check, or unparks us.
+        // its message before that check, or unparks us. With more vCPUs
+        // than cores, yield the core for a while first (still RUNNING:
+        // senders post their kicks).
         // SAFETY: our own running CPU of a hosted machine (contract).
         let v = unsafe { vcpu_of(cpu) };
+        if oversubscribed() && yield_until_pending(cpu, v) {
+            return;
+        }
         v.sleeping.store(PARKED, Ordering::SeqCst);
         if !cpu.has_pending() {
             // An idle vCPU is its own timer: its kernel timer's signal ends
@@ -604,8 +633,8 @@ unsafe impl Arch for HostedArch {
 
     fn idle_poll_cycles(&self) -> u64 {
         // With more vCPUs than host cores a watching vCPU holds a core that
-        // a vCPU with work may be waiting for: it parks at once instead, and
-        // the host's scheduler runs whoever has work.
+        // a vCPU with work may be waiting for: it yields its core instead
+        // (`idle_wait`), and the host's scheduler runs whoever has work.
         // Otherwise as long as watching paid lately (`adapt_poll`).
         match current_cpu_block() {
             _ if oversubscribed() => 0,
