@@ -2,8 +2,8 @@
 //!
 //! N virtual CPUs are OS threads (pinned to host cores when the host
 //! allows; N may exceed the host's cores, and then they are not pinned,
-//! idle vCPUs park at once rather than watch their rings, and kicks never
-//! signal: see "More vCPUs than cores" below). LWKT threads are stackful
+//! idle vCPUs yield their core rather than watch their rings, and kicks
+//! never signal: see "More vCPUs than cores" below). LWKT threads are stackful
 //! contexts on `mmap`ed stacks with a guard page, switched in user space by
 //! a dozen instructions (no futex hand-off per switch). An IPI is a ring
 //! write plus, when the target needs one, a kick: nothing while the target's
