@@ -328,6 +328,9 @@ impl Machine {
                         // SAFETY: the machine is bound and outlives this scope;
                         // each CPU runs on exactly one thread.
                         unsafe { vcpu::run_vcpu(cpu) };
+                        // The thread is detached: its pthread_t dies with
+                        // it, and the watchdog may be about to signal it.
+                        vcpu::retire_pthread(v);
                         running.fetch_sub(1, Ordering::Release);
                     })
                     .expect("lwkt-arch-hosted: cannot spawn a vCPU thread");

@@ -76,6 +76,9 @@ pub(crate) struct Vcpu {
     pub(crate) ktimer: AtomicU64,
     /// Deadlines the kernel timer's signal delivered.
     pub(crate) timer_signals: AtomicUsize,
+    /// Signals being sent to `pthread` right now (`signal`): the vCPU
+    /// thread waits for none before it exits (`retire_pthread`).
+    pub(crate) signalling: AtomicUsize,
     /// How long the idle loop watches the rings before it parks, in
     /// cycles (`idle_poll_cycles`), adapted after each park
     /// (`adapt_poll`). Only the vCPU itself uses it.
@@ -100,6 +103,7 @@ impl Vcpu {
             ktimer: AtomicU64::new(NO_KTIMER),
             timer_signals: AtomicUsize::new(0),
             poll: AtomicU64::new(IDLE_POLL_CYCLES),
+            signalling: AtomicUsize::new(0),
         }
     }
 
@@ -226,16 +230,35 @@ const ESCALATE_CYCLES: u64 = 100_000;
 const WATCH_MIN: Duration = Duration::from_micros(100);
 const WATCH_MAX: Duration = Duration::from_millis(2);
 
-/// Interrupt a running vCPU: its signal handler is the IPI entry.
+/// Interrupt a running vCPU: its signal handler is the IPI entry. Safe
+/// against the vCPU thread's exit: its `pthread_t` is dead once the thread
+/// has finished (vCPU threads are detached), so the thread first retires
+/// it (`retire_pthread`) and waits for the signals already on their way.
 fn signal(v: &Vcpu) {
-    let pt = v.pthread.load(Ordering::Acquire);
+    // Announce, then look: SeqCst on both sides (here and in
+    // `retire_pthread`) means either the exiting thread sees us and waits,
+    // or we see its `pthread` cleared.
+    v.signalling.fetch_add(1, Ordering::SeqCst);
+    let pt = v.pthread.load(Ordering::SeqCst);
     if pt != 0 {
         v.signals_sent.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `pt` is the pthread of a vCPU thread of a machine that is
-        // still running (kicks and the watchdog run only then); a thread
-        // that has finished but is not yet joined is still a valid target
-        // (the signal is then refused or ignored by the handler).
+        // SAFETY: `pt` is the pthread of a vCPU thread that has not yet
+        // passed `retire_pthread` (it is not 0), and that thread waits there
+        // until we are done (`signalling`), so it has not finished: a valid
+        // target. The signal's handler ignores a thread that has left its
+        // idle loop.
         unsafe { libc::pthread_kill(pt as libc::pthread_t, IPI_SIGNAL) };
+    }
+    v.signalling.fetch_sub(1, Ordering::Release);
+}
+
+/// The vCPU thread, before it finishes: no signal may target it from now
+/// on. Clears its `pthread` and waits for the signals being sent (a few
+/// instructions each: the watchdog's and `interrupt`'s `pthread_kill`).
+pub(crate) fn retire_pthread(v: &Vcpu) {
+    v.pthread.store(0, Ordering::SeqCst);
+    while v.signalling.load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now();
     }
 }
 
