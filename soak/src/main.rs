@@ -310,7 +310,7 @@ mod tests {
             .contains("unknown fault"));
         assert!(parse(&args("--cpus 1 --inject lose")).is_err());
         assert!(parse(&args("--cpus 0")).is_err());
-        assert!(parse(&args("--cpus 65")).is_err());
+        assert!(parse(&args(&format!("--cpus {}", lwkt_core::MAX_CPUS + 1))).is_err());
         assert!(parse(&args("--cpus"))
             .unwrap_err()
             .contains("needs a value"));

@@ -52,8 +52,7 @@ fn master(me: &mut Cur, s: &Soak, cpu: usize, who: &str, count: &Count, tick: &d
             let want = u32::from(c < s.n && m.contains(CpuId::new(c as u32)));
             if h != want {
                 fail(format_args!(
-                    "{who}: call {k} with mask {:#x} ran {h} times on cpu {c} (expected {want})",
-                    m.0
+                    "{who}: call {k} with mask {m:#x} ran {h} times on cpu {c} (expected {want})"
                 ));
             }
             ran += u64::from(h);

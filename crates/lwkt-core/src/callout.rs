@@ -61,13 +61,17 @@ use crate::timer::{self, Fire, Header};
 use crate::wheel::Entry;
 
 /// State bits: the home CPU's number plus one (0: idle).
-const HOME: u64 = 0x7f;
+const HOME: u64 = 0x1ff;
 /// In the home's wheel, not yet fired.
-const PENDING: u64 = 1 << 7;
+const PENDING: u64 = 1 << 9;
 /// The callback runs at the home.
-const RUNNING: u64 = 1 << 8;
+const RUNNING: u64 = 1 << 10;
 /// The machine's id sits above the bits.
-const MACHINE_SHIFT: u32 = 9;
+const MACHINE_SHIFT: u32 = 11;
+const _: () = assert!(
+    (crate::MAX_CPUS as u64) < HOME && HOME < PENDING,
+    "a callout's state word must hold every CPU number plus one"
+);
 
 /// The part of a callout that does not depend on its function. `#[repr(C)]`
 /// with the timer header first: the wheel's pointer is a pointer to the

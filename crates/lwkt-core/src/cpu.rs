@@ -11,16 +11,18 @@ use core::ptr;
 use crossbeam_utils::CachePadded;
 
 use crate::arch::Arch;
+use crate::cpumask::AtomicCpuMask;
+pub use crate::cpumask::CpuMask;
 use crate::ipiq::IpiRing;
 use crate::runq::RunQueue;
 use crate::sleep::SleepQueues;
-use crate::sync::{
-    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, OwnerCounter,
-};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering, OwnerCounter};
 use crate::thread::{tdf, Priority, Thread};
 
-/// Most CPUs one machine may have (the width of [`CpuMask`]).
-pub const MAX_CPUS: usize = 64;
+/// Most CPUs one machine may have (the width of [`CpuMask`]), DragonFly's
+/// default `MAXCPU`. Machines of any size up to it pay the same: a mask
+/// test reads one cache line either way.
+pub const MAX_CPUS: usize = 256;
 
 /// A CPU number, `0..ncpus`.
 ///
@@ -49,61 +51,6 @@ impl CpuId {
 impl fmt::Display for CpuId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cpu{}", self.0)
-    }
-}
-
-/// A set of CPUs (DragonFly `cpumask_t`), up to [`MAX_CPUS`].
-///
-/// ```
-/// use lwkt_core::{CpuId, CpuMask};
-/// let m = CpuMask::all(4).without(CpuId::new(1));
-/// assert_eq!(m.iter().map(|c| c.get()).collect::<Vec<_>>(), vec![0, 2, 3]);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct CpuMask(pub u64);
-
-impl CpuMask {
-    /// No CPU.
-    pub const EMPTY: CpuMask = CpuMask(0);
-    /// CPUs `0..n`.
-    pub const fn all(n: usize) -> CpuMask {
-        if n >= 64 {
-            CpuMask(u64::MAX)
-        } else {
-            CpuMask((1u64 << n) - 1)
-        }
-    }
-    /// Just `c`.
-    pub const fn single(c: CpuId) -> CpuMask {
-        CpuMask(1 << c.0)
-    }
-    /// This set plus `c`.
-    pub const fn with(self, c: CpuId) -> CpuMask {
-        CpuMask(self.0 | 1 << c.0)
-    }
-    /// This set less `c`.
-    pub const fn without(self, c: CpuId) -> CpuMask {
-        CpuMask(self.0 & !(1 << c.0))
-    }
-    /// Is `c` in the set?
-    pub const fn contains(self, c: CpuId) -> bool {
-        self.0 & (1 << c.0) != 0
-    }
-    /// Is the set empty?
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-    /// The CPUs in the set, lowest first.
-    pub fn iter(self) -> impl Iterator<Item = CpuId> {
-        let mut m = self.0;
-        core::iter::from_fn(move || {
-            if m == 0 {
-                return None;
-            }
-            let i = m.trailing_zeros();
-            m &= m - 1;
-            Some(CpuId(i))
-        })
     }
 }
 
@@ -143,9 +90,9 @@ pub struct CpuSnapshot {
     /// The kick interlock (`gd_npoll`): 0 clear, 1 kicked, 2 watching.
     pub npoll: u32,
     /// Sources marked as having queued IPIs (`gd_ipimask`).
-    pub ipimask: u64,
+    pub ipimask: CpuMask,
     /// Sources whose ring into this CPU holds entries.
-    pub ring_backlog: u64,
+    pub ring_backlog: CpuMask,
     /// Whether this CPU watches its rings.
     pub watching: bool,
     /// Depth of interrupt or IPI processing.
@@ -240,7 +187,7 @@ pub struct MachineState {
     clock_seen: AtomicBool,
     /// Which CPUs may have sleepers in each sleep-hash slot
     /// (DragonFly `slpque_cpumasks[]`).
-    pub(crate) sleep_masks: [AtomicU64; crate::sleep::SLEEP_HASH],
+    pub(crate) sleep_masks: [AtomicCpuMask; crate::sleep::SLEEP_HASH],
 }
 
 // SAFETY: the raw pointers refer to the CPU blocks and rings, which are
@@ -340,7 +287,7 @@ impl MachineState {
             rings: rings.as_ptr(),
             id: next_machine_id(),
             clock_seen: AtomicBool::new(false),
-            sleep_masks: core::array::from_fn(|_| AtomicU64::new(0)),
+            sleep_masks: core::array::from_fn(|_| AtomicCpuMask::new()),
         }
     }
 
@@ -393,13 +340,8 @@ impl MachineState {
 
     /// Every CPU of the machine but `cpu`, as a mask: the sources of `cpu`'s
     /// rings.
-    pub(crate) fn sources_of(&self, cpu: CpuId) -> u64 {
-        let all = if self.ncpus >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.ncpus) - 1
-        };
-        all & !CpuMask::single(cpu).0
+    pub(crate) fn sources_of(&self, cpu: CpuId) -> CpuMask {
+        CpuMask::all(self.ncpus).without(cpu)
     }
 
     /// The ring carrying messages from `src` to `dst`.
@@ -449,7 +391,7 @@ pub struct Cpu {
     /// Depth of interrupt/IPI processing (`gd_intr_nesting_level`).
     pub(crate) intr_nesting: Cell<u32>,
     /// Sources with queued entries for this CPU (`gd_ipimask`).
-    pub(crate) ipimask: CachePadded<AtomicU64>,
+    pub(crate) ipimask: CachePadded<AtomicCpuMask>,
     /// Whether senders must kick (`gd_npoll`): `ipiq::npoll::CLEAR`,
     /// `KICKED` (a kick is on its way) or `WATCHING` (this CPU reads the
     /// rings itself).
@@ -550,7 +492,7 @@ impl Cpu {
             idle,
             reqflags: AtomicU32::new(0),
             intr_nesting: Cell::new(0),
-            ipimask: CachePadded::new(AtomicU64::new(0)),
+            ipimask: CachePadded::new(AtomicCpuMask::new()),
             npoll: CachePadded::new(AtomicU32::new(0)),
             processing_ipiq: Cell::new(0),
             async_entry: Cell::new(false),
@@ -646,7 +588,7 @@ impl Cpu {
     /// messages, a deferred request, or shutdown. A backend's
     /// [`Arch::idle_wait`] must not sleep while this holds.
     pub fn has_pending(&self) -> bool {
-        self.ipimask.load(Ordering::SeqCst) != 0
+        !self.ipimask.is_empty(Ordering::SeqCst)
             || self.reqflags.load(Ordering::SeqCst) & crate::crit::rqf::IDLECHECK != 0
             || self.shutdown.load(Ordering::SeqCst)
     }
@@ -728,7 +670,9 @@ impl Cpu {
             Some(t) => (t.name, t.critcount.load(Ordering::Relaxed)),
             None => ("(none)", 0),
         };
-        let ring_backlog = self.sources_with_entries().fold(0, |m, src| m | 1 << src);
+        let ring_backlog = self
+            .sources_with_entries()
+            .fold(CpuMask::EMPTY, CpuMask::with);
         CpuSnapshot {
             cpu: self.id,
             thread,
@@ -775,26 +719,18 @@ impl Cpu {
 
     /// The CPUs whose ring into this one holds entries (a snapshot), in
     /// index order.
-    fn sources_with_entries(&self) -> impl Iterator<Item = u32> + '_ {
+    fn sources_with_entries(&self) -> impl Iterator<Item = CpuId> + '_ {
         let m = self.machine();
-        let mut srcs = m.sources_of(self.id);
-        core::iter::from_fn(move || {
-            while srcs != 0 {
-                let src = srcs.trailing_zeros();
-                srcs &= srcs - 1;
-                if !m.ring(CpuId::new(src), self.id).is_empty() {
-                    return Some(src);
-                }
-            }
-            None
-        })
+        m.sources_of(self.id)
+            .iter()
+            .filter(move |&src| !m.ring(src, self.id).is_empty())
     }
 
     /// Whether messages from CPU `src` wait in this CPU's rings, not yet
     /// taken up by a poll (its bit in `ipimask`, which a poll clears before
     /// draining that ring).
     pub fn ipi_pending_from(&self, src: CpuId) -> bool {
-        self.ipimask.load(Ordering::SeqCst) & CpuMask::single(src).0 != 0
+        self.ipimask.contains(src, Ordering::SeqCst)
     }
 
     /// Ask this CPU's idle loop to return once it has nothing left to run.

@@ -10,9 +10,10 @@
 //! it clears its bit (the loom models check both, with [`Life`]).
 
 use crate::cpu::{Cpu, CpuId, CpuMask};
+use crate::cpumask::AtomicCpuMask;
 use crate::crit;
 use crate::ipiq::{self, IpiMsg};
-use crate::sync::{AtomicU64, Life, Ordering};
+use crate::sync::{Life, Ordering};
 use crate::thread::Thread;
 use crate::{crit::crit_exit_td, MyCpu};
 
@@ -21,7 +22,7 @@ use crate::{crit::crit_exit_td, MyCpu};
 /// for the loom models.
 struct CpuSync<'f> {
     func: &'f (dyn Fn(MyCpu<'_>) + Sync),
-    pending: AtomicU64,
+    pending: AtomicCpuMask,
     /// Ends when the master has seen `pending == 0`.
     life: Life,
 }
@@ -38,8 +39,7 @@ impl<'f> CpuSync<'f> {
     /// before the master's Acquire that sees the bit clear.
     fn done(&self, me: CpuId) {
         self.life.touch();
-        self.pending
-            .fetch_and(!CpuMask::single(me).0, Ordering::Release);
+        self.pending.clear(me, Ordering::Release);
     }
 }
 
@@ -56,11 +56,11 @@ pub(crate) fn cpusync(td: &Thread, mask: CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)
     crit::enter(&td.critcount);
     let gd: &Cpu = td.gd();
     let m = gd.machine();
-    let mask = CpuMask(mask.0 & CpuMask::all(m.ncpus).0);
+    let mask = mask.and(CpuMask::all(m.ncpus));
     let others = mask.without(gd.id());
     let cs = CpuSync {
         func: f,
-        pending: AtomicU64::new(others.0),
+        pending: AtomicCpuMask::from(others),
         life: Life::new(),
     };
     let addr = &cs as *const CpuSync<'_> as usize;
@@ -80,7 +80,7 @@ pub(crate) fn cpusync(td: &Thread, mask: CpuMask, f: &(dyn Fn(MyCpu<'_>) + Sync)
         debug_assert!(r.is_ok());
     }
     let mut spins = 0u32;
-    while cs.pending.load(Ordering::Acquire) != 0 {
+    while !cs.pending.is_empty(Ordering::Acquire) {
         // SAFETY: on our CPU in a critical section.
         unsafe { ipiq::process(gd) };
         m.arch.pause(spins);

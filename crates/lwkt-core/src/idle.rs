@@ -56,7 +56,7 @@ impl Cpu {
                 }
                 continue;
             }
-            if self.shutdown.load(Ordering::SeqCst) && self.ipimask.load(Ordering::SeqCst) == 0 {
+            if self.shutdown.load(Ordering::SeqCst) && self.ipimask.is_empty(Ordering::SeqCst) {
                 if self.watching.get() {
                     self.end_watch();
                     continue;

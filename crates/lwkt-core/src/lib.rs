@@ -105,6 +105,7 @@ extern crate std;
 mod arch;
 mod callout;
 mod cpu;
+mod cpumask;
 mod cpusync;
 mod crit;
 #[cfg(feature = "critical-section")]

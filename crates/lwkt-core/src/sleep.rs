@@ -68,7 +68,7 @@ pub(crate) unsafe fn interlock(gd: &Cpu, td: &Thread, chan: usize) {
     }
     q.head[s] = me;
     td.set(tdf::TSLEEPQ);
-    gd.machine().sleep_masks[s].fetch_or(CpuMask::single(gd.id()).0, Ordering::SeqCst);
+    gd.machine().sleep_masks[s].set(gd.id(), Ordering::SeqCst);
     // Orders the bit before the caller's re-check of its condition; pairs
     // with the fence in `remote_sleepers`. The read-modify-write alone does
     // not: a later load may be satisfied before its store is visible
@@ -132,7 +132,7 @@ pub(crate) unsafe fn unqueue(gd: &Cpu, td: &Thread) {
     td.clear(tdf::TSLEEPQ);
     td.wchan.set(0);
     if q.head[s].is_null() {
-        gd.machine().sleep_masks[s].fetch_and(!CpuMask::single(gd.id()).0, Ordering::SeqCst);
+        gd.machine().sleep_masks[s].clear(gd.id(), Ordering::SeqCst);
     }
 }
 
@@ -163,7 +163,9 @@ pub(crate) unsafe fn wakeup_local(gd: &Cpu, chan: usize) {
 /// full fence that orders the caller's condition update before it.
 pub(crate) fn remote_sleepers(gd: &Cpu, chan: usize) -> CpuMask {
     crate::sync::fence_seqcst();
-    CpuMask(gd.machine().sleep_masks[slot(chan)].load(Ordering::SeqCst)).without(gd.id())
+    gd.machine().sleep_masks[slot(chan)]
+        .load(Ordering::SeqCst)
+        .without(gd.id())
 }
 
 /// The loop of a sleep on `chan` (`Cur::sleep_until` and the timed

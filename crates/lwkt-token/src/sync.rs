@@ -1,11 +1,11 @@
 //! Atomics from loom under `--cfg loom`, from core otherwise.
 
 #[cfg(all(not(loom), feature = "bench-counters"))]
-pub(crate) use crate::sync_events::{AtomicU64, AtomicUsize};
+pub(crate) use crate::sync_events::AtomicUsize;
 #[cfg(all(not(loom), not(feature = "bench-counters")))]
-pub(crate) use core::sync::atomic::{AtomicU64, AtomicUsize};
+pub(crate) use core::sync::atomic::AtomicUsize;
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::AtomicUsize;
 
 pub(crate) use core::sync::atomic::Ordering;
 

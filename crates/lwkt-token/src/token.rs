@@ -22,7 +22,7 @@
 use core::fmt;
 
 use crate::stack::OwnerId;
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
 
 const EXCLUSIVE: usize = 1;
 const EXCLREQ: usize = 2;
@@ -55,7 +55,7 @@ pub struct Token {
     state: AtomicUsize,
     /// The exclusive holder's owner id (its token stack's id), 0 if none.
     owner: AtomicUsize,
-    collisions: AtomicU64,
+    collisions: AtomicUsize,
     name: &'static str,
 }
 
@@ -78,7 +78,7 @@ impl Token {
         Token {
             state: AtomicUsize::new(0),
             owner: AtomicUsize::new(0),
-            collisions: AtomicU64::new(0),
+            collisions: AtomicUsize::new(0),
             name,
         }
     }
@@ -89,7 +89,7 @@ impl Token {
         Token {
             state: AtomicUsize::new(0),
             owner: AtomicUsize::new(0),
-            collisions: AtomicU64::new(0),
+            collisions: AtomicUsize::new(0),
             name,
         }
     }
@@ -100,8 +100,10 @@ impl Token {
     }
 
     /// Failed acquisitions so far (DragonFly `t_collisions`).
+    /// (Counted in a machine word: it wraps after 2^32 on 32-bit targets,
+    /// which have no 64-bit atomics to spare for a statistic.)
     pub fn collisions(&self) -> u64 {
-        self.collisions.load(Ordering::Relaxed)
+        self.collisions.load(Ordering::Relaxed) as u64
     }
 
     pub(crate) fn note_collision(&self) {

@@ -165,7 +165,8 @@ fn ring_part_taken_run_stays_visible() {
 }
 
 use crate::cpu::CpuId;
-use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::cpumask::AtomicCpuMask;
+use crate::sync::{AtomicBool, AtomicU32, Ordering};
 
 use super::Doorbell;
 
@@ -186,7 +187,7 @@ use super::Doorbell;
 fn idle_wait_loses_no_kick() {
     loom::model(|| {
         let ring: Arc<Ring<u32, 4>> = Arc::new(Ring::new());
-        let ipimask = Arc::new(AtomicU64::new(0));
+        let ipimask = Arc::new(AtomicCpuMask::new());
         let npoll = Arc::new(AtomicU32::new(0));
         // What the kick looks at, and what it leaves.
         let waiting = Arc::new(AtomicBool::new(false));
@@ -212,7 +213,7 @@ fn idle_wait_loses_no_kick() {
         if !ring.is_empty() {
             drain_once(&db, &ring, &mut seen);
         }
-        let pending = || db.pending() != 0 || recorded.load(Ordering::SeqCst);
+        let pending = || !db.pending().is_empty() || recorded.load(Ordering::SeqCst);
         let settled = db.settle_for_wait(
             true,
             || {
@@ -244,7 +245,7 @@ fn idle_wait_loses_no_kick() {
 /// says so.
 fn spawn_sender(
     ring: &Arc<Ring<u32, 4>>,
-    ipimask: &Arc<AtomicU64>,
+    ipimask: &Arc<AtomicCpuMask>,
     npoll: &Arc<AtomicU32>,
     kick: impl Fn() + Send + 'static,
 ) -> thread::JoinHandle<()> {
@@ -275,7 +276,7 @@ fn flag_kick(kick: &Arc<AtomicBool>) -> impl Fn() + Send + 'static {
 fn drain(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::Vec<u32>) {
     db.begin_poll();
     let mask = db.pending();
-    if mask & 1 == 0 {
+    if !mask.contains(CpuId::new(0)) {
         return;
     }
     drain_watching(db, ring, seen);
@@ -289,7 +290,7 @@ fn drain(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::Vec<u32>) 
 fn doorbell_loses_no_kick() {
     loom::model(|| {
         let ring: Arc<Ring<u32, 4>> = Arc::new(Ring::new());
-        let ipimask = Arc::new(AtomicU64::new(0));
+        let ipimask = Arc::new(AtomicCpuMask::new());
         let npoll = Arc::new(AtomicU32::new(0));
         let kick = Arc::new(AtomicBool::new(false));
         let sender = spawn_sender(&ring, &ipimask, &npoll, flag_kick(&kick));
@@ -307,7 +308,7 @@ fn doorbell_loses_no_kick() {
         }
         // Going idle: clear the interlock, look once more (idle loop).
         db.begin_poll();
-        if db.pending() != 0 {
+        if !db.pending().is_empty() {
             drain(&db, &ring, &mut seen);
         }
         sender.join().unwrap();
@@ -315,7 +316,7 @@ fn doorbell_loses_no_kick() {
         // the idle loop will see), or the receiver would sleep forever.
         if !ring.is_empty() {
             assert!(
-                kick.load(Ordering::SeqCst) || ipimask.load(Ordering::SeqCst) != 0,
+                kick.load(Ordering::SeqCst) || !ipimask.is_empty(Ordering::SeqCst),
                 "lost kick"
             );
             drain(&db, &ring, &mut seen);
@@ -333,7 +334,7 @@ fn doorbell_loses_no_kick() {
 fn idle_watch_loses_no_message() {
     loom::model(|| {
         let ring: Arc<Ring<u32, 4>> = Arc::new(Ring::new());
-        let ipimask = Arc::new(AtomicU64::new(0));
+        let ipimask = Arc::new(AtomicCpuMask::new());
         let npoll = Arc::new(AtomicU32::new(0));
         let kick = Arc::new(AtomicBool::new(false));
         let db = Doorbell {
@@ -354,7 +355,7 @@ fn idle_watch_loses_no_message() {
         sender.join().unwrap();
         if !ring.is_empty() {
             assert!(
-                kick.load(Ordering::SeqCst) || ipimask.load(Ordering::SeqCst) != 0,
+                kick.load(Ordering::SeqCst) || !ipimask.is_empty(Ordering::SeqCst),
                 "queued after the watch, and neither kicked nor marked"
             );
             drain(&db, &ring, &mut seen);
@@ -366,7 +367,7 @@ fn idle_watch_loses_no_message() {
 /// `process_with(all)` on one ring: a marked ring goes through the mask
 /// protocol; an unmarked one (queued during a watch) is just drained.
 fn drain_once(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::Vec<u32>) {
-    if db.pending() & 1 != 0 {
+    if db.pending().contains(CpuId::new(0)) {
         drain_watching(db, ring, seen);
     } else {
         // SAFETY: the calling thread is the only consumer.
@@ -384,11 +385,11 @@ fn drain_watching(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::V
         while let Some(v) = unsafe { ring.pop() } {
             seen.push(v);
         }
-        db.drained(0);
+        db.drained(CpuId::new(0));
         if ring.is_empty() {
             break;
         }
-        db.rearm(0);
+        db.rearm(CpuId::new(0));
     }
 }
 
@@ -400,7 +401,7 @@ fn drain_watching(db: &Doorbell<'_>, ring: &Ring<u32, 4>, seen: &mut std::vec::V
 fn crit_defers_the_interrupt_to_the_final_exit() {
     loom::model(|| {
         let ring: Arc<Ring<u32, 4>> = Arc::new(Ring::new());
-        let ipimask = Arc::new(AtomicU64::new(0));
+        let ipimask = Arc::new(AtomicCpuMask::new());
         let npoll = Arc::new(AtomicU32::new(0));
         let kicks = Arc::new(AtomicU32::new(0));
         let sender = {

@@ -33,7 +33,8 @@ mod ring;
 pub use ring::{Consumer, Producer, Ring};
 
 use crate::cpu::{Cpu, CpuId, CpuMask};
-use crate::sync::{fence_seqcst, AtomicU32, AtomicU64, Ordering};
+use crate::cpumask::AtomicCpuMask;
+use crate::sync::{fence_seqcst, AtomicU32, Ordering};
 use crate::MyCpu;
 
 /// Entries per IPI ring (DragonFly `MAXCPUFIFO`).
@@ -99,7 +100,7 @@ impl core::fmt::Display for IpiError {
 /// kick is outstanding. Split out of [`Cpu`] so the loom model runs exactly
 /// this code.
 pub(crate) struct Doorbell<'a> {
-    pub(crate) ipimask: &'a AtomicU64,
+    pub(crate) ipimask: &'a AtomicCpuMask,
     pub(crate) npoll: &'a AtomicU32,
 }
 
@@ -141,9 +142,8 @@ impl Doorbell<'_> {
             // its lines.
             return false;
         }
-        let bit = CpuMask::single(src).0;
-        if self.ipimask.load(Ordering::SeqCst) & bit == 0 {
-            self.ipimask.fetch_or(bit, Ordering::SeqCst);
+        if !self.ipimask.contains(src, Ordering::SeqCst) {
+            self.ipimask.set(src, Ordering::SeqCst);
         }
         // A failed exchange means another sender kicked, or the target
         // began watching: either way it will look.
@@ -219,15 +219,15 @@ impl Doorbell<'_> {
 
     /// Receiver: sources that have queued work.
     #[inline]
-    pub(crate) fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> CpuMask {
         self.ipimask.load(Ordering::Acquire)
     }
 
     /// Receiver, after draining `src`'s ring: clear its bit; the caller must
     /// then re-check the ring and call [`rearm`](Self::rearm) if it is not empty.
     #[inline]
-    pub(crate) fn drained(&self, src: u32) {
-        self.ipimask.fetch_and(!(1u64 << src), Ordering::SeqCst);
+    pub(crate) fn drained(&self, src: CpuId) {
+        self.ipimask.clear(src, Ordering::SeqCst);
         // Pairs with the fence in `ring`: either the sender saw the bit
         // cleared (and sets it again), or our re-check sees its entry.
         fence_seqcst();
@@ -235,8 +235,8 @@ impl Doorbell<'_> {
 
     /// Receiver: `src`'s ring refilled after `drained`.
     #[inline]
-    pub(crate) fn rearm(&self, src: u32) {
-        self.ipimask.fetch_or(1u64 << src, Ordering::SeqCst);
+    pub(crate) fn rearm(&self, src: CpuId) {
+        self.ipimask.set(src, Ordering::SeqCst);
     }
 }
 
@@ -366,22 +366,20 @@ unsafe fn drain<const OWN_ONLY: bool>(gd: &Cpu, all: bool) -> bool {
         gd.stats.kicks_answered.add(1);
     }
     let marked = db.pending();
-    let mut mask = if all {
+    let mask = if all {
         gd.machine().sources_of(gd.id())
     } else {
         marked
     };
-    if mask == 0 {
+    if mask.is_empty() {
         return false;
     }
     let m = gd.machine();
     let mut left = false;
     gd.processing_ipiq.set(gd.processing_ipiq.get() + 1);
     gd.intr_nesting.set(gd.intr_nesting.get() + 1);
-    while mask != 0 {
-        let src = mask.trailing_zeros();
-        mask &= mask - 1;
-        let ring = m.ring(CpuId::new(src), gd.id());
+    for src in mask.iter() {
+        let ring = m.ring(src, gd.id());
         loop {
             // Counted here and added every `STATS_EVERY` messages and at the
             // end of the pass: one counter store per batch, not per message.
@@ -412,7 +410,7 @@ unsafe fn drain<const OWN_ONLY: bool>(gd: &Cpu, all: bool) -> bool {
                 left = true;
                 break;
             }
-            if marked & (1 << src) == 0 {
+            if !marked.contains(src) {
                 // Unmarked (watched): the watch looks again by itself.
                 break;
             }
