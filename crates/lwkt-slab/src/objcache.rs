@@ -14,7 +14,13 @@ use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 
 use crossbeam_utils::CachePadded;
+/// CPUs a cache has blocks for: lwkt's `MAX_CPUS`, or, in the loom
+/// models, 4 (a cache is built on the model thread's stack, and 256 blocks
+/// overflow loom's coroutine stack).
+#[cfg(not(loom))]
 use lwkt_core::MAX_CPUS;
+#[cfg(loom)]
+const MAX_CPUS: usize = 4;
 
 use crate::cpu::Binding;
 use crate::sync::{spin_loop, AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
