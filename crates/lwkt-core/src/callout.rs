@@ -567,20 +567,23 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
                 None
             };
             if let Some(deadline) = deadline {
-                if s != 0
-                    || raw
+                let ours = if s == 0 {
+                    let claimed = raw
                         .state
                         .compare_exchange(0, armed, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    if s == 0 {
+                        .is_ok();
+                    if claimed {
                         // Ours now, as in `apply`'s claim.
                         raw.arch.set(Some(gd.machine().arch));
-                    } else {
-                        // SAFETY: on its home in a critical section;
-                        // pending, so linked in this wheel (as in `stop`).
-                        unsafe { gd.timers.unlink(self.header().cast()) };
                     }
+                    claimed
+                } else {
+                    // SAFETY: on its home in a critical section; pending,
+                    // so linked in this wheel (as in `stop`).
+                    unsafe { gd.timers.unlink(self.header().cast()) };
+                    true
+                };
+                if ours {
                     raw.active.store(true, Ordering::Relaxed);
                     raw.period.set(0);
                     // SAFETY: on the callout's home in a critical section
