@@ -53,7 +53,7 @@ use core::time::Duration;
 use crate::arch::Arch;
 use crate::cpu::{Cpu, CpuId};
 use crate::crit;
-use crate::crit::crit_exit_td;
+use crate::crit::crit_exit_entered_td;
 use crate::ipiq::{self, IpiError, IpiMsg};
 use crate::mycpu::MyCpu;
 use crate::sync::{AtomicBool, AtomicU64, Life, Ordering, UnsafeCell};
@@ -118,13 +118,24 @@ enum When {
 }
 
 impl When {
-    /// The deadline on `gd`'s clock, or `None` if the backend has none.
+    /// The deadline on `gd`'s clock, or `None` if the backend has none;
+    /// `seen`: the machine is known to have one (no check then).
     #[inline(always)]
-    fn deadline(self, gd: &Cpu) -> Option<u64> {
+    fn deadline(self, gd: &Cpu, seen: bool) -> Option<u64> {
         match self {
             When::After(d) => gd.machine().arch.clock().map(|now| now.saturating_add(d)),
-            When::At(t) => gd.machine().has_clock().then_some(t),
+            When::At(t) => (seen || gd.machine().has_clock()).then_some(t),
         }
+    }
+
+    /// The deadline of an arm applied on `gd` by the general path
+    /// ([`apply`]), which also turns `gd`'s fast paths on
+    /// (`Cpu::callout_pending`) once the machine is seen to have a clock.
+    fn general_deadline(self, gd: &Cpu) -> Option<u64> {
+        let deadline = self.deadline(gd, false)?;
+        gd.callout_pending
+            .set(pending_word(gd.machine_id.get(), gd.id()));
+        Some(deadline)
     }
 }
 
@@ -541,54 +552,56 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     }
 
     /// [`reset`](Callout::reset) and [`reset_at`](Callout::reset_at): the
-    /// fast path here, else the general one.
+    /// fast path here when the callout is idle, or pending on this CPU with
+    /// no callback running; else the general one. The fast path is off
+    /// until this CPU's general path has armed a callout once and so seen
+    /// the machine's clock (`Cpu::callout_pending`, `When::general_deadline`).
     #[inline(always)]
     fn reset_when(self: Pin<&Self>, my: MyCpu<'_>, at: When) {
-        if !self.reset_here(my, at) {
-            self.arm(my, my.id(), at, 0);
-        }
-    }
-
-    /// [`reset`](Callout::reset)'s fast path: the callout is idle or
-    /// already this CPU's; returns false (having done nothing) otherwise,
-    /// for the general path to take over.
-    #[inline(always)]
-    fn reset_here(self: Pin<&Self>, my: MyCpu<'_>, at: When) -> bool {
         let gd = my.cpu();
         let raw = &self.raw;
-        let mine = mine(gd);
-        let td = gd.cur();
-        crit::enter(&td.critcount);
-        let s = raw.state.load(Ordering::Acquire);
-        let here = (s == 0 || s & !(PENDING | RUNNING) == mine) && mine != TOO_LARGE;
-        let deadline = if here { at.deadline(gd) } else { None };
-        let done = match deadline {
-            Some(deadline) => {
-                let claimed = s != 0
-                    || raw
+        let armed = pending_here(gd);
+        if armed != NO_HOME {
+            let td = gd.cur();
+            crit::enter(&td.critcount);
+            let s = raw.state.load(Ordering::Acquire);
+            let deadline = if s == 0 || s == armed {
+                at.deadline(gd, true)
+            } else {
+                None
+            };
+            if let Some(deadline) = deadline {
+                let ours = if s == 0 {
+                    let claimed = raw
                         .state
-                        .compare_exchange(0, mine | PENDING, Ordering::AcqRel, Ordering::Relaxed)
+                        .compare_exchange(0, armed, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok();
-                if claimed {
-                    if s == 0 {
+                    if claimed {
+                        // Ours now, as in `apply`'s claim.
                         raw.arch.set(Some(gd.machine().arch));
                     }
+                    claimed
+                } else {
+                    // SAFETY: on its home in a critical section; pending,
+                    // so linked in this wheel (as in `stop`).
+                    unsafe { gd.timers.unlink(self.header().cast()) };
+                    true
+                };
+                if ours {
                     raw.active.store(true, Ordering::Relaxed);
                     raw.period.set(0);
                     // SAFETY: on the callout's home in a critical section
                     // (ours, or just claimed); pinned and unlinked before
-                    // it is dropped or its machine ends, as in `apply`.
-                    unsafe { timer::insert(gd, self.header().cast(), deadline) };
-                    if s != 0 && s & PENDING == 0 {
-                        raw.state.store(s | PENDING, Ordering::Release);
-                    }
+                    // it is dropped or its machine ends, as in `apply`;
+                    // unlinked (idle, or just unlinked).
+                    unsafe { timer::insert_unlinked(gd, self.header().cast(), deadline) };
+                    crit_exit_entered_td(gd, td);
+                    return;
                 }
-                claimed
             }
-            None => false,
-        };
-        crit_exit_td(td);
-        done
+            crit_exit_entered_td(gd, td);
+        }
+        self.arm(my, my.id(), at, 0);
     }
 
     /// Arm the callout on CPU `cpu` (of this machine) to run `d` from now,
@@ -757,30 +770,26 @@ impl<F> Callout<F> {
     pub fn stop(self: Pin<&Self>, my: MyCpu<'_>) -> bool {
         let raw = &self.raw;
         raw.active.store(false, Ordering::Relaxed);
-        if raw.state.load(Ordering::Acquire) & PENDING == 0 {
-            // Nothing pending at this moment: nothing to prevent.
-            return false;
-        }
-        // Fast path: armed here.
+        // Fast path: pending here, no callback running.
         let gd = my.cpu();
-        let mine = mine(gd);
         let td = gd.cur();
         crit::enter(&td.critcount);
         let s = raw.state.load(Ordering::Acquire);
-        let here = s & !(PENDING | RUNNING) == mine;
-        let mut removed = false;
+        let here = s == pending_here(gd);
         if here {
-            // SAFETY: on the callout's home in a critical section; linked
-            // only in this CPU's wheel, if at all.
-            removed = unsafe { gd.timers.remove(self.header().cast()) };
-            if removed {
-                let next = if s & RUNNING != 0 { s & !PENDING } else { 0 };
-                raw.state.store(next, Ordering::Release);
-            }
+            // SAFETY: on the callout's home in a critical section; pending
+            // there, so linked in this CPU's wheel (a pending callout is
+            // linked in its home's wheel: `apply`, `fire`).
+            unsafe { gd.timers.unlink(self.header().cast()) };
+            // Idle: the home's last access to the callout was the remove.
+            raw.state.store(0, Ordering::Release);
         }
-        crit_exit_td(td);
+        crit_exit_entered_td(gd, td);
         if here {
-            removed
+            true
+        } else if s & PENDING == 0 {
+            // Nothing pending at this moment: nothing to prevent.
+            false
         } else {
             request(my, self.header(), Op::Stop)
         }
@@ -950,24 +959,26 @@ fn dropped_outside_its_machine() -> ! {
     })
 }
 
-/// The state word of a callout whose home is CPU `cpu` of machine `mid`
-/// (not pending, not running). For a machine id too large for the word
-/// (never claimed: `arm` refuses it), a value no state word has (its home
-/// bits are 0). Each CPU keeps its own (`Cpu::callout_home`).
-pub(crate) const fn home_word(mid: u64, cpu: CpuId) -> u64 {
+/// The state word of a callout pending on CPU `cpu` of machine `mid`, its
+/// callback not running. For a machine id too large for the word (never
+/// claimed: `arm` refuses it), [`NO_HOME`]. Each CPU keeps its own
+/// (`Cpu::callout_pending`), for its fast paths.
+const fn pending_word(mid: u64, cpu: CpuId) -> u64 {
     if mid >= 1 << (64 - MACHINE_SHIFT) {
-        return TOO_LARGE;
+        return NO_HOME;
     }
-    mid << MACHINE_SHIFT | (cpu.get() as u64 + 1)
+    mid << MACHINE_SHIFT | PENDING | (cpu.get() as u64 + 1)
 }
 
-/// [`home_word`] of a machine whose id does not fit the state word.
-const TOO_LARGE: u64 = 1 << 63;
+/// A value no state word has (its home bits are 0): [`pending_word`] of a
+/// machine whose id does not fit the word, and a CPU's
+/// (`Cpu::callout_pending`) until its fast paths are on.
+pub(crate) const NO_HOME: u64 = 1 << 63;
 
-/// `gd`'s [`home_word`].
+/// `gd`'s [`pending_word`], or [`NO_HOME`] while its fast paths are off.
 #[inline(always)]
-fn mine(gd: &Cpu) -> u64 {
-    gd.callout_home.get()
+fn pending_here(gd: &Cpu) -> u64 {
+    gd.callout_pending.get()
 }
 
 /// `d` in nanoseconds, saturating (a huge `d` never comes).
@@ -1153,10 +1164,10 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
             if target != me {
                 return Outcome::Forward(target);
             }
-            let Some(deadline) = at.deadline(gd) else {
+            let Some(deadline) = at.general_deadline(gd) else {
                 return Outcome::NoClock;
             };
-            let claimed = mid << MACHINE_SHIFT | PENDING | (u64::from(me.get()) + 1);
+            let claimed = pending_word(mid, me);
             if raw
                 .state
                 .compare_exchange(0, claimed, Ordering::AcqRel, Ordering::Acquire)
@@ -1212,7 +1223,7 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
                 Outcome::Forward(target)
             }
             Op::Reset { at, period, .. } => {
-                let Some(deadline) = at.deadline(gd) else {
+                let Some(deadline) = at.general_deadline(gd) else {
                     return Outcome::NoClock;
                 };
                 raw.period.set(period);

@@ -316,7 +316,9 @@ impl MachineState {
         for c in self.cpu_slice() {
             c.machine.set(self);
             c.machine_id.set(self.id);
-            c.callout_home.set(crate::callout::home_word(self.id, c.id));
+            // Fast paths off until this machine's clock is seen (a block
+            // bound before may hold another machine's word).
+            c.callout_pending.set(crate::callout::NO_HOME);
             c.idle
                 .gd
                 .store(c as *const Cpu as *mut Cpu, Ordering::Relaxed);
@@ -364,9 +366,11 @@ pub struct Cpu {
     /// The machine's id, copied at `bind` (0 before): one load for the
     /// checks that compare machines.
     pub(crate) machine_id: Cell<u64>,
-    /// The state word of a callout whose home is this CPU, neither pending
-    /// nor running (`callout::home_word`), computed at `bind`.
-    pub(crate) callout_home: Cell<u64>,
+    /// The state word of a callout pending on this CPU, its callback not
+    /// running (`callout::pending_word`), set by the callouts' general
+    /// path once it has seen the machine's clock; until then
+    /// `callout::NO_HOME`, which no state word is: the fast paths stay off.
+    pub(crate) callout_pending: Cell<u64>,
     /// The running thread (`gd_curthread`); read by the interrupt path.
     pub(crate) curthread: AtomicPtr<Thread>,
     /// An exiting or migrating thread that just switched away, for
@@ -480,7 +484,7 @@ impl Cpu {
             id,
             machine: Cell::new(ptr::null()),
             machine_id: Cell::new(0),
-            callout_home: Cell::new(crate::callout::home_word(0, id)),
+            callout_pending: Cell::new(crate::callout::NO_HOME),
             curthread: AtomicPtr::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
             runq: UnsafeCell::new(RunQueue::new()),

@@ -13,6 +13,7 @@
 //! on the same CPU, may read it without a data race; it is updated with a
 //! plain load and store, which compile to an ordinary increment.
 
+use crate::cpu::Cpu;
 use crate::splz::splz_from_thread;
 use crate::sync::{signal_fence, AtomicU32, Ordering};
 use crate::thread::Thread;
@@ -148,6 +149,16 @@ impl Drop for CritGuard<'_> {
 impl core::fmt::Debug for CritGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("CritGuard")
+    }
+}
+
+/// [`crit_exit_td`] for a caller on `gd` that entered the section itself
+/// (`td` is `gd`'s current thread): no underflow check, and the CPU block
+/// not loaded again.
+#[inline(always)]
+pub(crate) fn crit_exit_entered_td(gd: &Cpu, td: &Thread) {
+    if exit_entered(&td.critcount, &gd.reqflags) {
+        splz_from_thread(td);
     }
 }
 

@@ -151,7 +151,32 @@ impl Drop for SleepTimer<'_> {
 #[inline(always)]
 pub(crate) unsafe fn insert(gd: &Cpu, e: *const Entry, deadline: u64) {
     // SAFETY: forwarded.
-    unsafe { gd.timers.insert(e, deadline) };
+    unsafe {
+        gd.timers.insert(e, deadline);
+        inserted(gd, deadline);
+    }
+}
+
+/// [`insert`] of an entry known to be on no list.
+///
+/// # Safety
+/// As [`insert`], and `e` is not linked.
+#[inline(always)]
+pub(crate) unsafe fn insert_unlinked(gd: &Cpu, e: *const Entry, deadline: u64) {
+    // SAFETY: forwarded.
+    unsafe {
+        gd.timers.insert_unlinked(e, deadline);
+        inserted(gd, deadline);
+    }
+}
+
+/// After an insert for `deadline`: reprogram the one-shot timer if that is
+/// earlier than the one programmed.
+///
+/// # Safety
+/// On `gd`, in a critical section.
+#[inline(always)]
+unsafe fn inserted(gd: &Cpu, deadline: u64) {
     if deadline < gd.timer_programmed.get() {
         // SAFETY: forwarded.
         unsafe { program(gd, gd.timers.next_deadline()) };

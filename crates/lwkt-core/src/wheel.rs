@@ -50,8 +50,9 @@ const REACH: u64 = (SLOTS as u64 - 1) * TOP_SLOT;
 /// `Entry::place` of an entry on no list.
 const UNLINKED: u16 = u16::MAX;
 /// `Entry::place` of an entry taken from an expired slot, not yet handed
-/// out by [`Wheel::pop_expired`].
-const PENDING: u16 = u16::MAX - 1;
+/// out by [`Wheel::pop_expired`]: the index of the pending list, right
+/// after the slots in [`Wheel::lists`].
+const PENDING: u16 = (LEVELS * SLOTS) as u16;
 
 /// A timer's link in the wheel, embedded in whatever the timer belongs to
 /// (a callout, a sleeping thread). DragonFly: the `TAILQ_ENTRY` of a
@@ -61,7 +62,8 @@ pub(crate) struct Entry {
     prev: Cell<*const Entry>,
     /// The deadline in nanoseconds of the backend's clock.
     deadline: Cell<u64>,
-    /// `level * SLOTS + slot`, [`PENDING`] or [`UNLINKED`].
+    /// The index of its list in [`Wheel::lists`]: `level * SLOTS + slot`,
+    /// or [`PENDING`]; [`UNLINKED`] on none.
     place: Cell<u16>,
 }
 
@@ -144,8 +146,8 @@ impl List {
             if !next.is_null() {
                 (*next).prev.set(prev);
             }
-            (*e).next.set(ptr::null());
-            (*e).prev.set(ptr::null());
+            // `next` and `prev` are left as they are: read only while
+            // linked (`place` says whether it is), written by `push`.
             (*e).place.set(UNLINKED);
         }
     }
@@ -157,11 +159,15 @@ pub(crate) struct Wheel {
     /// The tick the wheel has advanced to: every timer whose slot starts
     /// at or before it has been handed out or moved down.
     elapsed: Cell<u64>,
-    /// Per level, a bit per non-empty slot.
-    occupied: [Cell<u64>; LEVELS],
-    slots: [[List; SLOTS]; LEVELS],
-    /// Entries of expired slots not yet handed out or placed again.
-    pending: List,
+    /// Per level, a bit per non-empty slot; and a last word for the
+    /// pending list, written by [`unlink`](Self::unlink) (as if it were a
+    /// slot: no branch) and never read.
+    occupied: [Cell<u64>; LEVELS + 1],
+    /// The slots, level by level (`level * SLOTS + slot`, an entry's
+    /// `place`), then the pending list ([`PENDING`]): the entries of
+    /// expired slots not yet handed out or placed again. One array, so
+    /// that an entry's list is one index whichever it is.
+    lists: [List; LEVELS * SLOTS + 1],
     /// Armed entries, kept for the tests' invariant checks only.
     #[cfg(test)]
     len: Cell<usize>,
@@ -172,12 +178,23 @@ impl Wheel {
     pub(crate) const fn new() -> Wheel {
         Wheel {
             elapsed: Cell::new(0),
-            occupied: [const { Cell::new(0) }; LEVELS],
-            slots: [const { [const { List::new() }; SLOTS] }; LEVELS],
-            pending: List::new(),
+            occupied: [const { Cell::new(0) }; LEVELS + 1],
+            lists: [const { List::new() }; LEVELS * SLOTS + 1],
             #[cfg(test)]
             len: Cell::new(0),
         }
+    }
+
+    /// Slot `slot` of level `level`.
+    #[inline(always)]
+    fn slot(&self, level: usize, slot: usize) -> &List {
+        &self.lists[level * SLOTS + slot]
+    }
+
+    /// The pending list.
+    #[inline(always)]
+    fn pending(&self) -> &List {
+        &self.lists[usize::from(PENDING)]
     }
 
     /// Count `delta` entries armed (`len`, tests only).
@@ -208,8 +225,21 @@ impl Wheel {
         // SAFETY: forwarded contract.
         unsafe {
             if (*e).is_linked() {
-                self.remove(e);
+                self.unlink(e);
             }
+            self.insert_unlinked(e, deadline);
+        }
+    }
+
+    /// [`insert`](Self::insert) of an entry known to be on no list.
+    ///
+    /// # Safety
+    /// As [`insert`](Self::insert), and `e` is not linked.
+    #[inline(always)]
+    pub(crate) unsafe fn insert_unlinked(&self, e: *const Entry, deadline: u64) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            debug_assert!(!(*e).is_linked());
             (*e).deadline.set(deadline);
             self.place(e);
         }
@@ -224,38 +254,54 @@ impl Wheel {
     #[inline]
     pub(crate) unsafe fn remove(&self, e: *const Entry) -> bool {
         // SAFETY: `e` is live (contract).
-        let place = unsafe { (*e).place.get() };
-        match place {
-            UNLINKED => return false,
-            // SAFETY: linked here (contract), on the pending list.
-            PENDING => unsafe { self.pending.unlink(e) },
-            _ => {
-                let (level, slot) = (usize::from(place) / SLOTS, usize::from(place) % SLOTS);
-                let list = &self.slots[level][slot];
-                // SAFETY: linked here, in that slot.
-                unsafe { list.unlink(e) };
-                if list.is_empty() {
-                    let bits = &self.occupied[level];
-                    bits.set(bits.get() & !(1 << slot));
-                }
-            }
+        if !unsafe { (*e).is_linked() } {
+            return false;
+        }
+        // SAFETY: live, and linked here (contract).
+        unsafe { self.unlink(e) };
+        true
+    }
+
+    /// Stop `e`, known to be armed here: [`remove`](Self::remove) without
+    /// the look at whether it is. O(1).
+    ///
+    /// # Safety
+    /// `e` is live and linked in this wheel.
+    #[inline(always)]
+    pub(crate) unsafe fn unlink(&self, e: *const Entry) {
+        debug_assert!(
+            // SAFETY: live (contract).
+            unsafe { (*e).is_linked() }
+        );
+        // SAFETY: `e` is live (contract).
+        let place = usize::from(unsafe { (*e).place.get() });
+        // SAFETY: a linked entry's place is the index of its list
+        // (`List::push`'s callers: `place`, `pop_expired`), at most
+        // `PENDING`.
+        unsafe { core::hint::assert_unchecked(place <= usize::from(PENDING)) };
+        let list = &self.lists[place];
+        // SAFETY: linked here (contract), on that list.
+        unsafe { list.unlink(e) };
+        if list.is_empty() {
+            // The pending list's word is never read: no branch for it.
+            let bits = &self.occupied[place / SLOTS];
+            bits.set(bits.get() & !(1 << (place % SLOTS)));
         }
         self.count(-1);
-        true
     }
 
     /// Hand out any armed entry, unlinked, whatever its deadline, or `None`
     /// when the wheel is empty: for emptying a wheel whose CPU stops.
     pub(crate) fn pop_any(&self) -> Option<*const Entry> {
-        let mut e = self.pending.head.get();
+        let mut e = self.pending().head.get();
         if !e.is_null() {
             // SAFETY: a linked entry of this wheel is live (`insert`).
-            unsafe { self.pending.unlink(e) };
+            unsafe { self.pending().unlink(e) };
         } else {
-            let level = self.occupied.iter().position(|b| b.get() != 0)?;
+            let level = self.occupied[..LEVELS].iter().position(|b| b.get() != 0)?;
             let bits = &self.occupied[level];
             let slot = bits.get().trailing_zeros() as usize;
-            let list = &self.slots[level][slot];
+            let list = self.slot(level, slot);
             e = list.head.get();
             // SAFETY: as above: the head of a non-empty slot.
             unsafe { list.unlink(e) };
@@ -272,7 +318,7 @@ impl Wheel {
     /// timer. It may come before that timer's own deadline (a slot of a
     /// higher level, whose timers then move down); never after.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
-        if !self.pending.is_empty() {
+        if !self.pending().is_empty() {
             return Some(self.elapsed.get() << TICK_SHIFT);
         }
         self.next_slot().map(|(_, _, tick)| tick << TICK_SHIFT)
@@ -287,11 +333,11 @@ impl Wheel {
     pub(crate) fn pop_expired(&self, now: u64) -> Option<*const Entry> {
         let now_tick = now >> TICK_SHIFT;
         loop {
-            let e = self.pending.head.get();
+            let e = self.pending().head.get();
             if !e.is_null() {
                 // SAFETY: a linked entry of this wheel is live (`insert`).
                 unsafe {
-                    self.pending.unlink(e);
+                    self.pending().unlink(e);
                     if due_tick((*e).deadline.get()) <= now_tick {
                         self.count(-1);
                         return Some(e);
@@ -305,7 +351,7 @@ impl Wheel {
             match self.next_slot() {
                 Some((level, slot, tick)) if tick <= now_tick => {
                     self.elapsed.set(self.elapsed.get().max(tick));
-                    let list = &self.slots[level][slot];
+                    let list = self.slot(level, slot);
                     // Move the whole slot to the pending list.
                     let mut e = list.head.get();
                     list.head.set(ptr::null());
@@ -315,7 +361,7 @@ impl Wheel {
                         // SAFETY: live entries of the slot just emptied.
                         unsafe {
                             let next = (*e).next.get();
-                            self.pending.push(e, PENDING);
+                            self.pending().push(e, PENDING);
                             e = next;
                         }
                     }
@@ -343,13 +389,14 @@ impl Wheel {
         // timer never fires early.
         let tick = due_tick(deadline).max(elapsed).min(elapsed + REACH);
         let differ = (tick ^ elapsed) | (SLOTS as u64 - 1);
-        // Past the top level's window (the next lap): the top level.
-        let level = (((63 - differ.leading_zeros()) / SLOT_BITS) as usize).min(LEVELS - 1);
-        let slot = ((tick >> (SLOT_BITS * level as u32)) as usize) & (SLOTS - 1);
-        let place = (level * SLOTS + slot) as u16;
+        let (level, shift) = LEVEL_OF_BIT[(63 - differ.leading_zeros()) as usize];
+        // SAFETY: every level in the table is below `LEVELS`.
+        unsafe { core::hint::assert_unchecked(usize::from(level) < LEVELS) };
+        let slot = ((tick >> shift) as usize) & (SLOTS - 1);
+        let place = usize::from(level) * SLOTS + slot;
         // SAFETY: live and on no list (contract).
-        unsafe { self.slots[level][slot].push(e, place) };
-        let bits = &self.occupied[level];
+        unsafe { self.lists[place].push(e, place as u16) };
+        let bits = &self.occupied[usize::from(level)];
         bits.set(bits.get() | 1 << slot);
     }
 
@@ -379,6 +426,23 @@ impl Wheel {
     }
 }
 
+/// The level of a timer whose deadline tick first differs from `elapsed`
+/// in bit `b` (counting from bit 0), and the shift of its digit there:
+/// level `b / SLOT_BITS`, and past the top level's window (the next lap)
+/// the top level. A table: one load instead of a division, a clamp and a
+/// multiplication on every arm.
+const LEVEL_OF_BIT: [(u8, u32); 64] = {
+    let mut t = [(0u8, 0u32); 64];
+    let mut b = 0;
+    while b < 64 {
+        let l = b / SLOT_BITS as usize;
+        let l = if l < LEVELS { l } else { LEVELS - 1 };
+        t[b] = (l as u8, SLOT_BITS * l as u32);
+        b += 1;
+    }
+    t
+};
+
 /// The first tick at or after `deadline` (in nanoseconds).
 #[inline]
 fn due_tick(deadline: u64) -> u64 {
@@ -400,7 +464,7 @@ mod tests {
                 let shift = SLOT_BITS * level as u32;
                 let here = ((elapsed >> shift) as usize) & (SLOTS - 1);
                 for slot in 0..SLOTS {
-                    let list = &self.slots[level][slot];
+                    let list = self.slot(level, slot);
                     let bit = self.occupied[level].get() >> slot & 1 == 1;
                     assert_eq!(bit, !list.is_empty(), "bitmap of level {level} slot {slot}");
                     if list.is_empty() {
@@ -424,7 +488,7 @@ mod tests {
                     }
                 }
             }
-            let mut e = self.pending.head.get();
+            let mut e = self.pending().head.get();
             while !e.is_null() {
                 n += 1;
                 // SAFETY: as above.
