@@ -2,6 +2,12 @@
 //! stack that std gives every thread it spawns) that recognises a fault in
 //! the guard page of the running LWKT thread, says so by name, and aborts.
 //! Any other fault goes to the handler that was there before.
+//!
+//! Nothing here is per architecture: the fault address is the siginfo's
+//! `si_addr` (the kernel fills it from CR2 on x86-64, from FAR_EL1 on
+//! AArch64), and the handler reads no register from the `ucontext` (the
+//! running thread's stack comes from its vCPU's block, not from the
+//! interrupted sp).
 
 use core::cell::UnsafeCell;
 use std::sync::Once;

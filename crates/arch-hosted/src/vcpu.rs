@@ -503,6 +503,63 @@ fn yield_until_pending(cpu: &Cpu, v: &Vcpu) -> bool {
     }
 }
 
+/// The cycle counter behind [`Arch::cycles`]: the TSC on x86-64.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn cycles() -> u64 {
+    // SAFETY: rdtsc has no preconditions on x86-64.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The rate [`Arch::cycles`] counts at on AArch64: the x86-64 TSC rate the
+/// backend's and lwkt-msg's cycle budgets were written for (the idle
+/// watch's `IDLE_POLL_CYCLES`, `ESCALATE_CYCLES`, lwkt-msg's
+/// `DOMSG_POLL_CYCLES`: "about 75 µs at 2.6 GHz").
+#[cfg(target_arch = "aarch64")]
+const NOMINAL_HZ: u64 = 2_600_000_000;
+
+/// The cycle counter behind [`Arch::cycles`] on AArch64: the generic
+/// timer's virtual count (`CNTVCT_EL0`, readable at EL0 on Linux), scaled
+/// from its rate (`CNTFRQ_EL0`, often 24 to 62.5 MHz, 1 GHz from Armv8.6)
+/// to [`NOMINAL_HZ`] "cycles", so that every budget in cycles means the
+/// same time as on a 2.6 GHz x86-64 host, only in coarser steps (one tick
+/// of a 24 MHz counter is 108 nominal cycles). The scale is a 32.32
+/// fixed-point factor computed once; the product wraps after 2^64 nominal
+/// cycles (225 years). No `isb` before the read: like `rdtsc` here, the
+/// count only bounds spins, and a read a few instructions early is harmless.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn cycles() -> u64 {
+    use core::sync::atomic::AtomicU64;
+    static SCALE: AtomicU64 = AtomicU64::new(0);
+    let mut scale = SCALE.load(Ordering::Relaxed);
+    if scale == 0 {
+        scale = counter_scale();
+        SCALE.store(scale, Ordering::Relaxed);
+    }
+    let count: u64;
+    // SAFETY: reads the virtual count, which Linux lets EL0 read
+    // (CNTKCTL_EL1.EL0VCTEN); no memory, stack or flags are touched.
+    unsafe {
+        core::arch::asm!("mrs {}, cntvct_el0", out(reg) count, options(nomem, nostack, preserves_flags))
+    };
+    ((u128::from(count) * u128::from(scale)) >> 32) as u64
+}
+
+/// `NOMINAL_HZ / CNTFRQ_EL0` in 32.32 fixed point (never 0); a counter
+/// that reports no rate is taken as running at `NOMINAL_HZ`.
+#[cfg(target_arch = "aarch64")]
+#[cold]
+fn counter_scale() -> u64 {
+    let freq: u64;
+    // SAFETY: reads the counter's rate, readable at EL0 like the count.
+    unsafe {
+        core::arch::asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nomem, nostack, preserves_flags))
+    };
+    let freq = (freq & 0xffff_ffff).max(1);
+    (((u128::from(NOMINAL_HZ) << 32) / u128::from(freq)) as u64).max(1)
+}
+
 /// The hosted backend. Stateless: per-CPU state lives in the CPU blocks.
 #[derive(Debug)]
 pub struct HostedArch;
@@ -650,8 +707,7 @@ unsafe impl Arch for HostedArch {
     }
 
     fn cycles(&self) -> u64 {
-        // SAFETY: rdtsc has no preconditions on x86-64.
-        unsafe { core::arch::x86_64::_rdtsc() }
+        cycles()
     }
 
     fn idle_poll_cycles(&self) -> u64 {

@@ -205,9 +205,28 @@ fn callbacks_in_thread_context_unwind_cleanly() {
         cur.sleep_until(0xbeef, || FLAG.load(Ordering::SeqCst));
         cur.join(&waker);
         // An IPI to this CPU still runs (the count is really back to 0).
+        // CPU 1 sends one explicitly: a join's wake-up IPI is sent only
+        // when the joiner already waits, which a slow CPU 0 (an emulated
+        // one, under qemu-user) may not yet do when the thread exits.
+        static IPI_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        fn mark(_: lwkt_core::MyCpu<'_>, _: usize, _: usize) {
+            IPI_RAN.store(true, Ordering::SeqCst);
+        }
         let before = cur.my_cpu().stats().ipis_received;
-        let h = cur.spawn_on(CpuId::new(1), |_| {}).unwrap();
+        let h = cur
+            .spawn_on(CpuId::new(1), |w| {
+                w.my_cpu().send_ipi(CpuId::new(0), mark, 0, 0).unwrap();
+            })
+            .unwrap();
         cur.join(&h);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !IPI_RAN.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+            cur.yield_now();
+        }
+        assert!(
+            IPI_RAN.load(Ordering::SeqCst),
+            "an IPI to this CPU never ran"
+        );
         assert!(cur.my_cpu().stats().ipis_received > before);
     });
 }

@@ -7,8 +7,7 @@ use std::process::Command;
 /// and return (success, stderr). Used for misuse that must abort the process
 /// (a panic inside an LWKT thread cannot unwind through its first frame).
 pub fn run_child(test_name: &str) -> (bool, String) {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
+    let out = self_command()
         .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env("LWKT_CHILD", "1")
         .output()
@@ -17,6 +16,22 @@ pub fn run_child(test_name: &str) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A command that runs this test binary again: the binary itself or, under
+/// a user-mode emulator that cannot start it by `exec` (qemu-user without
+/// binfmt_misc; `.cargo/config.toml`'s aarch64 runner names itself in
+/// `LWKT_TEST_RUNNER`), the emulator with the binary.
+fn self_command() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    match std::env::var_os("LWKT_TEST_RUNNER") {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
 }
 
 pub fn is_child() -> bool {
