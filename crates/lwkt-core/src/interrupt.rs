@@ -189,10 +189,24 @@ impl Cpu {
         // backend's promise, or the thread's own (`async_preemptible`'s
         // contract). An interrupt unmasked by `before` finds the critical
         // section and only records itself.
+        //
+        // This frame may itself have interrupted an outer one of the same
+        // thread: the outer's final `crit_exit` runs its deferred work with
+        // the count at zero and the signal unmasked, so a second interrupt
+        // can land in it and come here. The outer frame's thread is still
+        // stopped at any instruction (perhaps inside a token section), so
+        // `IN_FRAME` must stay set until the outermost frame clears it:
+        // clearing it here let the outer frame's round-robin release the
+        // tokens of a thread stopped inside its token section ("token held
+        // twice", seen under qemu-aarch64, which delivers a signal
+        // unmasked in the handler late, inside that window).
+        let outer = td.has(tdf::IN_FRAME);
         crit::enter(&td.critcount);
         td.set(tdf::IN_FRAME);
         before();
         crate::crit::crit_exit_td(td);
-        td.clear(tdf::IN_FRAME);
+        if !outer {
+            td.clear(tdf::IN_FRAME);
+        }
     }
 }
