@@ -791,11 +791,14 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
         // returns.
         // The thread switched to must take signals: unblock ours first (in
         // the critical section the switch is made in, where a signal only
-        // records itself, so nesting stays one level deep). The preempted
+        // records itself), and block it again before returning. A signal
+        // landing in between, in the deferred work of the thread's final
+        // `crit_exit`, does its interrupt work and leaves any switch to
+        // this frame, so frames nest at most one deep. The preempted
         // thread's return from this handler restores its own mask.
         // SAFETY: as above; the kernel saved the interrupted registers
         // (and FPU state) in the signal frame on that stack.
-        unsafe { (*p).preempt_from_interrupt_with(unblock_ipi_signal) };
+        unsafe { (*p).preempt_from_interrupt_with(unblock_ipi_signal, block_ipi_signal) };
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
@@ -804,13 +807,25 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
 /// Unblock the IPI signal for the calling OS thread (the kernel blocks it
 /// while its handler runs).
 fn unblock_ipi_signal() {
+    ipi_signal_mask(libc::SIG_UNBLOCK);
+}
+
+/// Block it again before the handler returns (the return restores the
+/// interrupted code's own mask): from here no second signal can nest in
+/// this frame.
+fn block_ipi_signal() {
+    ipi_signal_mask(libc::SIG_BLOCK);
+}
+
+fn ipi_signal_mask(how: libc::c_int) {
     // SAFETY: a valid, initialised signal set, passed by pointer to calls
-    // that only read or write it; unblocking one signal of our own.
+    // that only read or write it; blocking or unblocking one signal of our
+    // own, which only this backend's handler uses.
     unsafe {
         let mut set: libc::sigset_t = core::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, IPI_SIGNAL);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, ptr::null_mut());
+        libc::pthread_sigmask(how, &set, ptr::null_mut());
     }
 }
 

@@ -50,6 +50,9 @@ pub(crate) mod rqf {
     pub(crate) const IDLECHECK: u32 = IPIQ | INTPEND | TIMER;
     /// What `crit_exit` tests.
     pub(crate) const EXITCHECK: u32 = IDLECHECK | WATCH | PREEMPT | SLICE;
+    /// What an interrupt frame may make the interrupted thread's final
+    /// `crit_exit` for (`Cpu::preempt_from_interrupt`).
+    pub(crate) const FROM_FRAME: u32 = IDLECHECK | PREEMPT | SLICE;
 }
 
 /// Raises a critical-section count. DragonFly: `crit_enter_quick()`.

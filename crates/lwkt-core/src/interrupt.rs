@@ -9,7 +9,7 @@ use crate::crit;
 use crate::ipiq::{self};
 use crate::splz::splz;
 use crate::sync::Ordering;
-use crate::thread::tdf;
+use crate::thread::{tdf, Thread};
 
 impl Cpu {
     /// Interrupt entry for the IPI vector: the backend calls it on this CPU
@@ -141,22 +141,36 @@ impl Cpu {
     /// for another thread's and resumed later.
     pub unsafe fn preempt_from_interrupt(&self) {
         // SAFETY: forwarded.
-        unsafe { self.preempt_from_interrupt_with(|| {}) }
+        unsafe { self.preempt_from_interrupt_with(|| {}, || {}) }
     }
 
     /// [`preempt_from_interrupt`](Cpu::preempt_from_interrupt), calling
-    /// `before` when the thread is about to make its final `crit_exit`
-    /// here (inside a critical section, before any switch): a backend
-    /// whose handler runs with its interrupt masked unmasks it there, so
-    /// the thread switched to can be interrupted in turn (the hosted
-    /// backend unblocks its signal; the preempted thread's return from
-    /// the handler restores its own mask).
+    /// `unmask` before each time the thread makes its final `crit_exit`
+    /// here (inside a critical section, before any switch) and `mask`
+    /// after it (back inside one): a backend whose handler runs with its
+    /// interrupt masked unmasks it for the `crit_exit`, so the thread
+    /// switched to can be interrupted in turn, and masks it again before
+    /// the handler returns (the hosted backend blocks and unblocks its
+    /// signal; the return from the handler restores the interrupted
+    /// thread's own mask).
+    ///
+    /// Frames nest, and their depth stays bounded. The unmasked
+    /// `crit_exit` runs deferred work with the count at zero, so a second
+    /// interrupt can land in it and come here for the same thread: that
+    /// inner frame does its interrupt work and returns, leaving the
+    /// preemption or round-robin it asks for to the outer frame, which
+    /// looks at the request bits again (masked) after its `crit_exit`
+    /// and makes another if one is waiting. An inner frame that made its
+    /// own `crit_exit` would unmask in turn and let a third nest in it,
+    /// without bound under an interrupt storm (a stack overflow under
+    /// qemu-aarch64, session 13); one that cleared the outer frame's
+    /// `IN_FRAME` mark let the outer frame round-robin a thread stopped
+    /// inside its token section ("token held twice", the same session).
     ///
     /// # Safety
     /// As for [`preempt_from_interrupt`](Cpu::preempt_from_interrupt).
-    pub unsafe fn preempt_from_interrupt_with(&self, before: impl FnOnce()) {
-        const HERE: u32 = crit::rqf::IDLECHECK | crit::rqf::PREEMPT | crit::rqf::SLICE;
-        if self.reqflags.load(Ordering::Relaxed) & HERE == 0 {
+    pub unsafe fn preempt_from_interrupt_with(&self, unmask: impl Fn(), mask: impl Fn()) {
+        if self.reqflags.load(Ordering::Relaxed) & crit::rqf::FROM_FRAME == 0 {
             return;
         }
         let cur = self.curthread.load(Ordering::Relaxed);
@@ -172,14 +186,12 @@ impl Cpu {
         {
             return;
         }
-        if !td.toks.is_empty()
-            && self.reqflags.load(Ordering::Relaxed) & (crit::rqf::IDLECHECK | crit::rqf::PREEMPT)
-                == 0
-        {
-            // Only a round-robin is asked for, and it would release the
-            // tokens of a thread stopped at any instruction, perhaps in
-            // the middle of a token operation: it waits for the thread's
-            // next final `crit_exit` (`tdf::IN_FRAME`).
+        if td.has(tdf::IN_FRAME) {
+            // Nested in a frame that is making this thread's final
+            // `crit_exit`: that frame serves the request (see above).
+            return;
+        }
+        if !self.switch_wanted_in_frame(td) {
             return;
         }
         // The interrupted thread's final `crit_exit`, made here: `td` runs
@@ -187,26 +199,41 @@ impl Cpu {
         // processing, and the interrupted code may be switched away from
         // (and other code of this CPU run) at this instruction: the
         // backend's promise, or the thread's own (`async_preemptible`'s
-        // contract). An interrupt unmasked by `before` finds the critical
-        // section and only records itself.
-        //
-        // This frame may itself have interrupted an outer one of the same
-        // thread: the outer's final `crit_exit` runs its deferred work with
-        // the count at zero and the signal unmasked, so a second interrupt
-        // can land in it and come here. The outer frame's thread is still
-        // stopped at any instruction (perhaps inside a token section), so
-        // `IN_FRAME` must stay set until the outermost frame clears it:
-        // clearing it here let the outer frame's round-robin release the
-        // tokens of a thread stopped inside its token section ("token held
-        // twice", seen under qemu-aarch64, which delivers a signal
-        // unmasked in the handler late, inside that window).
-        let outer = td.has(tdf::IN_FRAME);
+        // contract). An interrupt unmasked by `unmask` finds the critical
+        // section and only records itself; one that lands in the
+        // `crit_exit`'s deferred work finds `IN_FRAME`.
         crit::enter(&td.critcount);
         td.set(tdf::IN_FRAME);
-        before();
-        crate::crit::crit_exit_td(td);
-        if !outer {
-            td.clear(tdf::IN_FRAME);
+        loop {
+            unmask();
+            crate::crit::crit_exit_td(td);
+            crit::enter(&td.critcount);
+            mask();
+            // A frame nested in that `crit_exit` left its request here.
+            if !self.switch_wanted_in_frame(td) {
+                break;
+            }
         }
+        td.clear(tdf::IN_FRAME);
+        // Leave without another `crit_exit`: the interrupt is masked, and
+        // what was recorded meanwhile waits for the thread's next exit or
+        // the next interrupt, as at the end of `interrupt_entry`.
+        let c = td.critcount.load(Ordering::Relaxed);
+        td.critcount.store(c - 1, Ordering::Relaxed);
+        crate::sync::signal_fence();
+    }
+
+    /// Does `td`, running and interrupted, have a switch to make from the
+    /// frame: a preemption or deferred work asked for, or the round-robin
+    /// of an expired quantum while it holds no token? A round-robin
+    /// releases the tokens of the thread it switches from, and a thread
+    /// stopped at any instruction may be in the middle of a token
+    /// operation (lwkt-token's acquire and release are two steps, outside
+    /// critical sections): that waits for its next final `crit_exit` in
+    /// thread context (`splz_from_thread` checks `IN_FRAME`).
+    fn switch_wanted_in_frame(&self, td: &Thread) -> bool {
+        let f = self.reqflags.load(Ordering::Relaxed);
+        f & (crit::rqf::IDLECHECK | crit::rqf::PREEMPT) != 0
+            || (f & crit::rqf::SLICE != 0 && td.toks.is_empty())
     }
 }
