@@ -115,9 +115,14 @@ fn a_watching_cpu_whose_thread_spins_is_interrupted() {
         kicks
     });
     assert_eq!(kicks, 0, "a watching CPU was kicked");
+    // The watchdog's signal, or the vCPU's own timer signal (its kernel
+    // timer, armed for the time slice or another deadline, may fire first
+    // on a loaded host): either runs the IPI in the signal handler (as in
+    // tests/ipi.rs).
     assert!(
-        report.signals[1] >= 1,
-        "no signal reached the spinner: {report}"
+        report.signals[1] + report.timer_signals[1] >= 1,
+        "no signal reached the spinner: {report} (timer signals {:?})",
+        report.timer_signals
     );
 }
 

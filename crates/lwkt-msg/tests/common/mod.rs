@@ -1,42 +1,7 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::process::Command;
-
-/// Run this test binary again with only `test_name`, with `LWKT_CHILD=1`,
-/// and return (success, stderr). Used for misuse that must abort the process
-/// (a panic inside an LWKT thread cannot unwind through its first frame).
-pub fn run_child(test_name: &str) -> (bool, String) {
-    let out = self_command()
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("LWKT_CHILD", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A command that runs this test binary again: the binary itself or, under
-/// a user-mode emulator that cannot start it by `exec` (qemu-user without
-/// binfmt_misc; `.cargo/config.toml`'s aarch64 runner names itself in
-/// `LWKT_TEST_RUNNER`), the emulator with the binary.
-fn self_command() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    match std::env::var_os("LWKT_TEST_RUNNER") {
-        Some(runner) => {
-            let mut c = Command::new(runner);
-            c.arg(exe);
-            c
-        }
-        None => Command::new(exe),
-    }
-}
-
-pub fn is_child() -> bool {
-    std::env::var_os("LWKT_CHILD").is_some()
-}
+pub use lwkt_test_support::{is_child, run_child, within_seconds};
 
 use std::sync::{Arc, OnceLock};
 
