@@ -330,11 +330,11 @@ fn boot(o: &Opts, kernel: &std::path::Path) -> Result<(), String> {
         None => Err(format!(
             "hang: no exit within {} s ({} CPUs answered the {}: the HANG lines above)",
             o.timeout,
+            output.lines().filter(|l| l.starts_with("HANG")).count(),
             match o.arch {
                 Arch::X86_64 => "NMI",
                 Arch::Aarch64 => "dump request",
-            },
-            output.lines().filter(|l| l.starts_with("HANG")).count()
+            }
         )),
         Some(33) if output.lines().any(|l| l == "PASS") => Ok(()),
         Some(33) => Err("exit status 33 but no PASS line: the report is missing".into()),
