@@ -161,7 +161,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             return Err("--arch aarch64: TCG only (--accel single or multi)".into());
         }
         if o.machine != "virt" {
-            return Err(format!("--arch aarch64: --machine virt only, not {}", o.machine));
+            return Err(format!(
+                "--arch aarch64: --machine virt only, not {}",
+                o.machine
+            ));
         }
     }
     if o.runs == 0 || o.timeout == 0 {
@@ -353,7 +356,10 @@ fn boot(o: &Opts, kernel: &std::path::Path) -> Result<(), String> {
     // (exception class 0, "unknown reason") on aarch64.
     let (fault_tag, fault_name) = match o.arch {
         Arch::X86_64 => ("EXCEPTION vector=0x6", "a #UD (vector 0x6)"),
-        Arch::Aarch64 => ("EXCEPTION ec=0x0 ", "an undefined instruction (ESR_EL1 EC 0x0)"),
+        Arch::Aarch64 => (
+            "EXCEPTION ec=0x0 ",
+            "an undefined instruction (ESR_EL1 EC 0x0)",
+        ),
     };
     match (o.expect_fault, verdict) {
         (None, v) => v,

@@ -63,7 +63,11 @@ impl TimeBase {
         );
         let h = u128::from(hz);
         let ns_mult = (((1_000_000_000u128 << NS_SHIFT) + h / 2) / h) as u64;
-        TimeBase { hz, origin, ns_mult }
+        TimeBase {
+            hz,
+            origin,
+            ns_mult,
+        }
     }
 
     /// The counter's frequency, Hz.
@@ -146,7 +150,10 @@ mod tests {
                 let t = tb.ns_to_ticks(ns);
                 assert!(tb.ticks_to_ns(t) >= ns, "hz {hz} ns {ns}");
                 if t > 0 {
-                    assert!(tb.ticks_to_ns(t - 1) < ns, "hz {hz} ns {ns}: not the fewest");
+                    assert!(
+                        tb.ticks_to_ns(t - 1) < ns,
+                        "hz {hz} ns {ns}: not the fewest"
+                    );
                 }
             }
         }

@@ -306,7 +306,10 @@ pub unsafe fn eoi(intid: u32) {
 /// After [`init_distributor`]; the SPI's handler may run on that CPU.
 pub unsafe fn route_spi(intid: u32, mpidr: u64) {
     let gicd = GICD.load(Ordering::Acquire);
-    assert!(gicd != 0 && intid >= 32, "lwkt-arch-aarch64: route_spi({intid})");
+    assert!(
+        gicd != 0 && intid >= 32,
+        "lwkt-arch-aarch64: route_spi({intid})"
+    );
     let id = intid as usize;
     // SAFETY: caller: the distributor's registers for this SPI.
     unsafe {
@@ -322,7 +325,10 @@ pub unsafe fn route_spi(intid: u32, mpidr: u64) {
 /// After [`init_distributor`]; the SPI's handler may run.
 pub unsafe fn set_spi_pending(intid: u32) {
     let gicd = GICD.load(Ordering::Acquire);
-    assert!(gicd != 0 && intid >= 32, "lwkt-arch-aarch64: set_spi_pending({intid})");
+    assert!(
+        gicd != 0 && intid >= 32,
+        "lwkt-arch-aarch64: set_spi_pending({intid})"
+    );
     let id = intid as usize;
     // SAFETY: caller.
     unsafe { w32(gicd, GICD_ISPENDR + 4 * (id / 32), 1 << (id % 32)) };

@@ -90,7 +90,8 @@ impl PerCpu {
         );
         self.mpidr.store(mpidr, Ordering::Relaxed);
         // Release: a reader that sees the `Cpu` sees the affinity.
-        self.cpu.store(cpu as *const Cpu as usize, Ordering::Release);
+        self.cpu
+            .store(cpu as *const Cpu as usize, Ordering::Release);
     }
 }
 

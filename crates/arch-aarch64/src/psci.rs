@@ -24,7 +24,12 @@ pub type Error = smccc::psci::Error;
 /// # Safety
 /// `entry` is code that can run in that state (sets up its own stack and
 /// translation), and the CPU is one this kernel owns and has not started.
-pub unsafe fn cpu_on(conduit: Conduit, mpidr: u64, entry: usize, context: u64) -> Result<(), Error> {
+pub unsafe fn cpu_on(
+    conduit: Conduit,
+    mpidr: u64,
+    entry: usize,
+    context: u64,
+) -> Result<(), Error> {
     match conduit {
         Conduit::Hvc => smccc::psci::cpu_on::<Hvc>(mpidr, entry as u64, context),
         Conduit::Smc => smccc::psci::cpu_on::<Smc>(mpidr, entry as u64, context),

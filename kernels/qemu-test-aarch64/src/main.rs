@@ -182,13 +182,14 @@ impl lwkt_test_program::Kernel for A64Kernel {
 /// `percpu::install`: the boot code clears it).
 fn cpu_here() -> Option<usize> {
     let tp = percpu::raw();
-    PERCPU
-        .iter()
-        .position(|p| p as *const PerCpu as u64 == tp)
+    PERCPU.iter().position(|p| p as *const PerCpu as u64 == tp)
 }
 
 fn on_fault(f: &Fault<'_>) -> ! {
-    let cpu = cpu_here().map_or_else(|| "? (TPIDR_EL1 not installed)".into(), |c| alloc::format!("{c}"));
+    let cpu = cpu_here().map_or_else(
+        || "? (TPIDR_EL1 not installed)".into(),
+        |c| alloc::format!("{c}"),
+    );
     fail!(
         "EXCEPTION ec={:#x} ({}) esr={:#x} elr={:#x} far={:#x} vector={} on cpu {cpu}",
         f.ec(),
@@ -204,13 +205,11 @@ fn on_fault(f: &Fault<'_>) -> ! {
 /// request for a hang dump: a character) and the dump SGI.
 fn on_irq(intid: u32, frame: &Frame) {
     match intid {
-        hw::UART_INTID => {
-            if hw::drain_rx() {
-                // SAFETY: EL1, GIC set up; every other online CPU has its
-                // block installed and takes the SGI in its kernel hook.
-                unsafe { gic::send_sgi_all_others(DUMP_SGI) };
-                dump(frame)
-            }
+        hw::UART_INTID if hw::drain_rx() => {
+            // SAFETY: EL1, GIC set up; every other online CPU has its
+            // block installed and takes the SGI in its kernel hook.
+            unsafe { gic::send_sgi_all_others(DUMP_SGI) };
+            dump(frame)
         }
         DUMP_SGI => dump(frame),
         _ => {}
@@ -376,7 +375,9 @@ extern "C" fn bsp_main(x0: usize) -> ! {
         };
         // SAFETY: the secondary entry sets up its stack, vectors and MMU
         // itself; the CPU is one of this machine's, not yet started.
-        if let Err(e) = unsafe { psci::cpu_on(Conduit::Hvc, mpidr, boot::secondary_entry(), i as u64) } {
+        if let Err(e) =
+            unsafe { psci::cpu_on(Conduit::Hvc, mpidr, boot::secondary_entry(), i as u64) }
+        {
             kprintln!("cpu {i}: PSCI CPU_ON({mpidr:#x}) failed: {e:?}");
         }
     }
@@ -441,7 +442,9 @@ extern "C" fn bsp_main(x0: usize) -> ! {
 /// A secondary CPU's entry from `boot.rs`, with its index (1..).
 #[no_mangle]
 extern "C" fn ap_main(idx: usize) -> ! {
-    let cpus = *CPUS.get().expect("the boot CPU built the machine before CPU_ON");
+    let cpus = *CPUS
+        .get()
+        .expect("the boot CPU built the machine before CPU_ON");
     if idx >= cpus.len() {
         fail!("cpu {idx} started but only {} expected", cpus.len());
     }

@@ -14,8 +14,8 @@ use core::time::Duration;
 use lwkt_core::{Callout, Cpu, CpuId, Cur, Fired, Priority, ThreadHandle, TimedOut};
 use lwkt_msg::{Incoming, Msg, MsgError, Port};
 
-use crate::MAX_CPUS;
 use crate::tests::{join_all, spawn_at as spawn};
+use crate::MAX_CPUS;
 
 type Counts = [AtomicU64; MAX_CPUS];
 

@@ -105,7 +105,10 @@ pub fn __fail(args: fmt::Arguments<'_>) -> ! {
 pub fn run(kernel: &'static dyn Kernel, cur: &mut Cur, rounds: u64, cpus: &'static [Cpu]) {
     KERNEL.call_once(|| kernel);
     if cpus.len() > MAX_CPUS {
-        fail!("{} CPUs: the test program supports at most {MAX_CPUS}", cpus.len());
+        fail!(
+            "{} CPUs: the test program supports at most {MAX_CPUS}",
+            cpus.len()
+        );
     }
     tests::run(cur, rounds, cpus);
 }
