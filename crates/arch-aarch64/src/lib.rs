@@ -1,17 +1,17 @@
 //! A bare-metal backend of lwkt for aarch64 at EL1 (`aarch64-unknown-none`):
-//! [`A64Arch`] implements lwkt-core's `Arch` with
+//! `A64Arch` implements lwkt-core's `Arch` with
 //!
-//! - per-CPU blocks through `TPIDR_EL1` ([`percpu`]);
+//! - per-CPU blocks through `TPIDR_EL1` (`percpu`);
 //! - IPIs as GICv3 SGIs sent with `ICC_SGI1R_EL1`, and the distributor
-//!   and redistributor set-up they need ([`gic`]);
+//!   and redistributor set-up they need (`gic`);
 //! - the EL1 exception vector table and its IRQ entry, which dispatches
-//!   to lwkt's IPI, timer and device entries ([`vectors`]);
-//! - time ([`time`]): the virtual counter `CNTVCT_EL0` as the clock and
+//!   to lwkt's IPI, timer and device entries (`vectors`);
+//! - time (`time`): the virtual counter `CNTVCT_EL0` as the clock and
 //!   each CPU's EL1 virtual timer (PPI 27) as its one-shot timer;
 //! - the context switch (AAPCS64's callee-saved registers, d8–d15, FPCR
 //!   and DAIF: the IRQ mask is per thread, so the IRQ entry may preempt
 //!   the interrupted thread, `Arch::preempts_in_interrupt`), `wfi`
-//!   idling, and PSCI `CPU_ON`/`SYSTEM_OFF` ([`psci`]).
+//!   idling, and PSCI `CPU_ON`/`SYSTEM_OFF` (`psci`).
 //!
 //! What comes from crates: system-register access and barriers from
 //! `aarch64-cpu`, the SMCCC/PSCI calls from `smccc`. What is ours and why:
