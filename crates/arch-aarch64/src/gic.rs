@@ -166,7 +166,7 @@ fn wait_rwp(gicd: usize) {
 /// remember the redistributor region at `gicr` (QEMU virt:
 /// `0x080A_0000`): affinity routing on, group 1 enabled, every SPI in
 /// group 1 and disabled, the device-line SPIs edge-triggered at
-/// [`PRIORITY`]. DragonFly: `lapic_init()`'s boot-CPU half.
+/// one priority. DragonFly: `lapic_init()`'s boot-CPU half.
 ///
 /// # Safety
 /// EL1 on the boot CPU, once, before any CPU calls [`init_cpu`]; both

@@ -11,7 +11,7 @@
 //! the timer never fires before the clock reads the deadline.
 //!
 //! The timer's interrupt is level-triggered while `CNTVCT >= CVAL`: the
-//! IRQ entry disables it ([`disarm`]) before the EOI, and
+//! IRQ entry disables it (`disarm`) before the EOI, and
 //! `Arch::set_timer` arms it again for the next deadline.
 //!
 //! DragonFly: the `cputimer` (clock) and `cputimer_intr` (one-shot timer)
