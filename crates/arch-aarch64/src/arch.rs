@@ -339,6 +339,18 @@ unsafe impl Arch for A64Arch {
         time::count()
     }
 
+    /// `yield`, what Linux's arm64 `cpu_relax()` issues, rather than
+    /// `core::hint::spin_loop()` (`isb` on aarch64): a hint that an SMT
+    /// core or a hypervisor may run something else, and the instruction
+    /// on which QEMU's single-threaded TCG switches to the next vCPU.
+    /// With `isb` a CPU spinning for another one (`Callout::stop_sync`, a
+    /// full IPI ring, `cpusync`) held the only TCG thread until its 100 ms
+    /// kick, and callouts on the waited-for CPU ran up to 0.8 s late.
+    fn pause(&self, _spins: u32) {
+        // SAFETY: `yield` is a hint with no effect on state.
+        unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+    }
+
     /// True: IRQs arrive in kernel context (EL1, lwkt-managed code only:
     /// `A64Arch::new`'s contract), and `switch` carries DAIF per thread.
     fn preempts_in_interrupt(&self) -> bool {

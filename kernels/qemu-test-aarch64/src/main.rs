@@ -161,6 +161,13 @@ impl lwkt_test_program::Kernel for A64Kernel {
         unsafe { gic::send_sgi(sgi, mpidr) };
     }
 
+    fn relax(&self) {
+        // `yield` (see `A64Arch::pause`): the spinning vCPU lets the
+        // others run under single-threaded TCG.
+        // SAFETY: a hint with no effect on state.
+        unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+    }
+
     fn cpu_header(&self) -> &'static str {
         "mpidr  tpidr_el1          tp"
     }

@@ -298,7 +298,7 @@ fn preemption(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
             SPIN_STATE[c].store(1, Ordering::Release);
             while !SPIN_STOP[c].load(Ordering::Acquire) {
                 SPIN[c].fetch_add(1, Ordering::Relaxed);
-                core::hint::spin_loop();
+                crate::relax();
             }
             SPIN_STATE[c].store(2, Ordering::Release);
         }));
@@ -528,7 +528,7 @@ fn time_slicing(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
                                 SLICE_TURNS[peer][c].load(Ordering::Relaxed)
                             );
                         }
-                        core::hint::spin_loop();
+                        crate::relax();
                     }
                 },
             ));

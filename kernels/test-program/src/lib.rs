@@ -57,6 +57,13 @@ pub trait Kernel: Sync {
     /// Print CPU `cpu`'s architecture columns (no newline) and say
     /// whether the architecture's own checks on it hold.
     fn cpu_columns(&self, cpu: usize) -> bool;
+    /// The body of the program's spin loops: by default
+    /// `core::hint::spin_loop()` (`pause` on x86-64, which also makes
+    /// QEMU's single-threaded TCG run the other vCPUs); a kernel whose
+    /// spin hint does not (`isb` on aarch64) gives one that does.
+    fn relax(&self) {
+        core::hint::spin_loop();
+    }
 }
 
 static KERNEL: spin::Once<&'static dyn Kernel> = spin::Once::new();
@@ -87,6 +94,11 @@ macro_rules! kprintln {
 #[doc(hidden)]
 macro_rules! fail {
     ($($t:tt)*) => { $crate::__fail(format_args!($($t)*)) };
+}
+
+/// The kernel's spin-loop hint ([`Kernel::relax`]).
+fn relax() {
+    kernel().relax()
 }
 
 #[doc(hidden)]

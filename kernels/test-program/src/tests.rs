@@ -173,9 +173,9 @@ pub(crate) fn run(cur: &mut Cur, rounds: u64, cpus: &'static [Cpu]) {
                             .send_ipi(CpuId::new(t as u32), ack, c, seq as usize)
                             .unwrap_or_else(|e| crate::fail!("send_ipi {c} -> {t}: {e:?}"));
                         while ACK[t * MAX_CPUS + c].load(Ordering::Acquire) != seq {
-                            // `pause` also lets single-threaded TCG run
-                            // the other vCPUs at once.
-                            core::hint::spin_loop();
+                            // The kernel's spin hint (`pause`, `yield`) also lets
+                            // single-threaded TCG run the other vCPUs at once.
+                            crate::relax();
                             me.yield_now();
                         }
                     }
@@ -254,7 +254,7 @@ pub(crate) fn run(cur: &mut Cur, rounds: u64, cpus: &'static [Cpu]) {
                     // SAFETY: a leaked, 'static port published by its server.
                     break unsafe { &*p };
                 }
-                core::hint::spin_loop();
+                crate::relax();
                 me.yield_now();
             };
             let mut m = core::pin::pin!(Msg::new(0u64));
