@@ -233,7 +233,13 @@ pub unsafe fn init_cpu() -> Result<(), GicError> {
         if typer & (1 << 4) != 0 {
             return Err(GicError::NoRedistributor { affinity: want });
         }
-        rd += GICR_FRAME;
+        // GICv4 redistributors with virtual LPIs (`VLPIS`) have two more
+        // 64 KiB frames.
+        rd += if typer & (1 << 1) != 0 {
+            2 * GICR_FRAME
+        } else {
+            GICR_FRAME
+        };
     };
     // SAFETY: caller; `rd` is this CPU's redistributor (its affinity).
     unsafe {
