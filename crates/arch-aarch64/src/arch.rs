@@ -242,8 +242,9 @@ impl A64Arch {
     /// DragonFly: `mi_gdinit()`/`cpu_gdinit()`.
     ///
     /// Checked (a panic, before anything is stored): `pcpu` is the block
-    /// installed on this CPU and is for `cpu`'s index; neither is attached
-    /// already.
+    /// installed on this CPU and is for `cpu`'s index; this CPU's GIC
+    /// interface is enabled (so the kicks it sends go out); neither is
+    /// attached already.
     ///
     /// # Safety
     /// EL1 on the CPU `pcpu` belongs to, after [`percpu::install`] and
@@ -268,6 +269,14 @@ impl A64Arch {
             "lwkt-arch-aarch64: attach: the PerCpu block of CPU {} given Cpu {}",
             pcpu.index,
             cpu.id().index()
+        );
+        // SAFETY: EL1 (caller).
+        let ready = unsafe { gic::cpu_ready() };
+        assert!(
+            ready,
+            "lwkt-arch-aarch64: attach: CPU {}'s GIC interface is not enabled \
+             (gic::init_cpu on every CPU first)",
+            pcpu.index
         );
         // SAFETY: caller: `cpu`'s machine is of this backend and not started.
         unsafe { bind(pcpu, cpu, percpu::mpidr_affinity()) };

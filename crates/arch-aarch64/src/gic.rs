@@ -263,6 +263,15 @@ pub unsafe fn init_cpu() -> Result<(), GicError> {
     Ok(())
 }
 
+/// Whether [`init_cpu`] enabled this CPU's GIC interface.
+///
+/// # Safety
+/// EL1.
+pub unsafe fn cpu_ready() -> bool {
+    // SAFETY: caller.
+    unsafe { regs::icc_enabled() }
+}
+
 /// Send SGI `intid` (0–15) to the CPU with affinity `mpidr`.
 /// A `dsb ishst` first, so that what this CPU wrote is visible to the
 /// target's handler. DragonFly: `single_apic_ipi()`.

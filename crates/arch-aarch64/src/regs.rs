@@ -74,3 +74,23 @@ pub(crate) unsafe fn icc_eoir1(intid: u32) {
         )
     };
 }
+
+/// Whether this CPU's interface is enabled as [`icc_enable`] leaves it
+/// (`ICC_SRE_EL1.SRE` and `ICC_IGRPEN1_EL1.Enable` set).
+///
+/// # Safety
+/// EL1.
+pub(crate) unsafe fn icc_enabled() -> bool {
+    let (sre, grpen): (u64, u64);
+    // SAFETY: caller; reading them changes nothing.
+    unsafe {
+        core::arch::asm!(
+            "mrs {s}, S3_0_C12_C12_5",
+            "mrs {g}, S3_0_C12_C12_7",
+            s = out(reg) sre,
+            g = out(reg) grpen,
+            options(nostack, preserves_flags, nomem)
+        )
+    };
+    sre & 1 == 1 && grpen & 1 == 1
+}
