@@ -22,6 +22,7 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
@@ -380,11 +381,11 @@ extern "C" fn bsp_main(x0: usize) -> ! {
             kprintln!("cpu {i}: not in the device tree: not started");
             continue;
         };
+        let entry = boot::secondary_entry();
         // SAFETY: the secondary entry sets up its stack, vectors and MMU
         // itself; the CPU is one of this machine's, not yet started.
-        if let Err(e) =
-            unsafe { psci::cpu_on(Conduit::Hvc, mpidr, boot::secondary_entry(), i as u64) }
-        {
+        let on = unsafe { psci::cpu_on(Conduit::Hvc, mpidr, entry, i as u64) };
+        if let Err(e) = on {
             kprintln!("cpu {i}: PSCI CPU_ON({mpidr:#x}) failed: {e:?}");
         }
     }
