@@ -18,8 +18,9 @@
 //!   while (default 30 s) from its committed corpus, installing nightly and
 //!   cargo-fuzz if needed. New inputs go to a scratch directory; the
 //!   committed corpus is replayed by `cargo test` anyway.
-//! - `qemu [--smp N] ...`: build the test kernel and boot it under QEMU
-//!   (see `qemu.rs` and `cargo xtask qemu --help`).
+//! - `qemu [--arch x86_64|aarch64] [--smp N] ...`: build the test kernel
+//!   of that architecture and boot it under QEMU (see `qemu.rs` and
+//!   `cargo xtask qemu --help`).
 //! - `instr [--update]`: instructions per operation of the hot paths
 //!   (callgrind), failing on a regression beyond 5% of
 //!   `benches/instructions.txt`.

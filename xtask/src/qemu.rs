@@ -1,6 +1,7 @@
-//! `cargo xtask qemu`: build the test kernel (`kernels/qemu-test`) for
-//! `x86_64-unknown-none` and boot it under QEMU, judging the run by the
-//! kernel's own verdict.
+//! `cargo xtask qemu`: build the test kernel (`kernels/qemu-test` for
+//! `x86_64-unknown-none`, or with `--arch aarch64`
+//! `kernels/qemu-test-aarch64` for `aarch64-unknown-none`) and boot it
+//! under QEMU, judging the run by the kernel's own verdict.
 //!
 //! Exit status 33 with a `PASS` line is a pass. Anything else fails with
 //! the reason: 35 (the kernel reported a failure: its output says which),
@@ -8,25 +9,76 @@
 //! hang), or 33 without the report. On a timeout every CPU first gets an
 //! NMI through QEMU's monitor, and the kernel prints each CPU's LWKT state
 //! (`HANG` lines: running thread, critical-section count, run queue, IPI
-//! interlocks and counters).
+//! interlocks and counters). The aarch64 kernel has no NMI to take: the
+//! xtask sends a character to its UART instead, whose interrupt makes CPU 0
+//! send a dump SGI to every other CPU (a CPU that keeps IRQs masked does
+//! not answer). It exits through semihosting with the same 33/35 codes.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The test kernel of each architecture: its directory, target and
+/// binary name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    fn dir(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "kernels/qemu-test",
+            Arch::Aarch64 => "kernels/qemu-test-aarch64",
+        }
+    }
+
+    fn target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-none",
+            Arch::Aarch64 => "aarch64-unknown-none",
+        }
+    }
+
+    fn bin(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "lwkt-qemu-test",
+            Arch::Aarch64 => "lwkt-qemu-test-aarch64",
+        }
+    }
+
+    fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86",
+            Arch::Aarch64 => "qemu-system-arm",
+        }
+    }
+}
+
+#[cfg(test)]
 const KERNEL_DIR: &str = "kernels/qemu-test";
-/// The kernel binary under its target directory.
-const KERNEL_BIN: &str = "x86_64-unknown-none/release/lwkt-qemu-test";
 /// The kernel's limit (`boot::MAX_CPUS`).
 const MAX_SMP: usize = 16;
 
 pub(crate) const USAGE: &str =
-    "usage: cargo xtask qemu [--smp N] [--accel single|multi|kvm] [--machine microvm|pc|q35]
-                        [--runs N] [--timeout SECS] [--expect-fault CPU] [-- KERNEL-ARGS...]
+    "usage: cargo xtask qemu [--arch x86_64|aarch64] [--smp N] [--accel single|multi|kvm]
+                        [--machine microvm|pc|q35] [--runs N] [--timeout SECS]
+                        [--expect-fault CPU] [-- KERNEL-ARGS...]
+  --arch A           x86_64 (default): kernels/qemu-test on qemu-system-x86_64;
+                     aarch64: kernels/qemu-test-aarch64 on qemu-system-aarch64
+                     -M virt,gic-version=3 -cpu cortex-a72 (TCG only)
   --smp N            CPUs (1 to 16, default 4)
   --accel A          single: one-threaded TCG (default; fastest here), multi: MTTCG
                      (real parallelism), kvm: hardware virtualisation (x2APIC)
-  --machine M        QEMU machine type (default microvm)
+  --machine M        QEMU machine type (default microvm; aarch64: virt only)
   --runs N           boot N times, stopping at the first failure (default 1)
   --timeout SECS     per run (default 60); a run that times out gets an NMI on
                      every CPU first, and the kernel prints each CPU's state
@@ -36,9 +88,11 @@ pub(crate) const USAGE: &str =
                      expect-cpus=N hang (sleep forever after the tests)
                      attach-twice (X86Arch::attach must refuse a second attach)
                      tsc=auto|pit timer=auto|oneshot (force the PIT calibration and the
-                     APIC timer's one-shot mode, the paths TCG takes, under KVM too)";
+                     APIC timer's one-shot mode, the paths TCG takes, under KVM too);
+                     aarch64: rounds=N fault=CPU expect-cpus=N hang attach-twice";
 
 struct Opts {
+    arch: Arch,
     smp: usize,
     accel: String,
     machine: String,
@@ -50,9 +104,10 @@ struct Opts {
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
+        arch: Arch::X86_64,
         smp: 4,
         accel: "single".into(),
-        machine: "microvm".into(),
+        machine: String::new(),
         runs: 1,
         timeout: 60,
         expect_fault: None,
@@ -66,6 +121,13 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 .map_err(|_| format!("{name}: '{v}' is not a whole number"))
         };
         match a.as_str() {
+            "--arch" => {
+                o.arch = match val("--arch")?.as_str() {
+                    "x86_64" | "x86-64" => Arch::X86_64,
+                    "aarch64" | "arm64" => Arch::Aarch64,
+                    a => return Err(format!("--arch {a}: x86_64 or aarch64")),
+                }
+            }
             "--smp" => o.smp = num("--smp", val("--smp")?)? as usize,
             "--accel" => o.accel = val("--accel")?,
             "--machine" => o.machine = val("--machine")?,
@@ -88,6 +150,23 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     if !matches!(o.accel.as_str(), "single" | "multi" | "kvm") {
         return Err(format!("--accel {}: single, multi or kvm", o.accel));
     }
+    if o.machine.is_empty() {
+        o.machine = match o.arch {
+            Arch::X86_64 => "microvm".into(),
+            Arch::Aarch64 => "virt".into(),
+        };
+    }
+    if o.arch == Arch::Aarch64 {
+        if o.accel == "kvm" {
+            return Err("--arch aarch64: TCG only (--accel single or multi)".into());
+        }
+        if o.machine != "virt" {
+            return Err(format!(
+                "--arch aarch64: --machine virt only, not {}",
+                o.machine
+            ));
+        }
+    }
     if o.runs == 0 || o.timeout == 0 {
         return Err("--runs and --timeout must be at least 1".into());
     }
@@ -105,30 +184,35 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 
 pub(crate) fn qemu(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
-    if Command::new("qemu-system-x86_64")
+    if Command::new(o.arch.qemu())
         .arg("--version")
         .output()
         .map_or(true, |out| !out.status.success())
     {
-        return Err(
-            "qemu-system-x86_64 not found: install it (apt-get install -y qemu-system-x86)".into(),
-        );
+        return Err(format!(
+            "{} not found: install it (apt-get install -y {})",
+            o.arch.qemu(),
+            o.arch.package()
+        ));
     }
-    let target_dir = kernel_target_dir(std::env::var_os("CARGO_TARGET_DIR"))?;
+    let target_dir = kernel_target_dir(o.arch, std::env::var_os("CARGO_TARGET_DIR"))?;
     crate::run(
         Command::new("cargo")
-            .current_dir(KERNEL_DIR)
+            .current_dir(o.arch.dir())
             .args([
                 "build",
                 "--release",
                 "--quiet",
                 "--target",
-                "x86_64-unknown-none",
+                o.arch.target(),
                 "--target-dir",
             ])
             .arg(&target_dir),
     )?;
-    let kernel = target_dir.join(KERNEL_BIN);
+    let kernel = target_dir
+        .join(o.arch.target())
+        .join("release")
+        .join(o.arch.bin());
     let mut times = Vec::new();
     for i in 1..=o.runs {
         let t = Instant::now();
@@ -137,7 +221,11 @@ pub(crate) fn qemu(args: &[String]) -> Result<(), String> {
     }
     times.sort_by(f64::total_cmp);
     eprintln!(
-        "xtask: qemu --smp {} --accel {} --machine {}: {} run(s) passed, wall time min {:.2} s, median {:.2} s, max {:.2} s",
+        "xtask: qemu --arch {} --smp {} --accel {} --machine {}: {} run(s) passed, wall time min {:.2} s, median {:.2} s, max {:.2} s",
+        match o.arch {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        },
         o.smp,
         o.accel,
         o.machine,
@@ -149,15 +237,20 @@ pub(crate) fn qemu(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Where the kernel is built: under `$CARGO_TARGET_DIR/qemu-test` when
-/// that is set (so that engineers sharing a checkout, each with a target
-/// directory, never boot each other's kernel), else the kernel's own
-/// `target`. Absolute, since cargo runs in the kernel's directory.
-fn kernel_target_dir(env: Option<std::ffi::OsString>) -> Result<std::path::PathBuf, String> {
+/// Where the kernel is built: under `$CARGO_TARGET_DIR/qemu-test` (or
+/// `qemu-test-aarch64`) when that is set (so that engineers sharing a
+/// checkout, each with a target directory, never boot each other's
+/// kernel), else the kernel's own `target`. Absolute, since cargo runs in
+/// the kernel's directory.
+fn kernel_target_dir(
+    arch: Arch,
+    env: Option<std::ffi::OsString>,
+) -> Result<std::path::PathBuf, String> {
     let cwd = std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?;
+    let dir = arch.dir();
     Ok(match env.filter(|d| !d.is_empty()) {
-        Some(d) => cwd.join(d).join("qemu-test"),
-        None => cwd.join(KERNEL_DIR).join("target"),
+        Some(d) => cwd.join(d).join(dir.trim_start_matches("kernels/")),
+        None => cwd.join(dir).join("target"),
     })
 }
 
@@ -174,18 +267,29 @@ fn boot(o: &Opts, kernel: &std::path::Path) -> Result<(), String> {
     // every CPU: the kernel then prints each CPU's state (`HANG` lines).
     let monitor = std::env::temp_dir().join(format!("lwkt-qemu-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&monitor);
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", &o.machine])
-        .arg("-monitor")
-        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-        .args(accel)
+    let mut cmd = Command::new(o.arch.qemu());
+    match o.arch {
+        Arch::X86_64 => {
+            cmd.args(["-M", &o.machine])
+                .arg("-monitor")
+                .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+                .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+                .stdin(Stdio::null());
+        }
+        Arch::Aarch64 => {
+            // The kernel exits through semihosting; its hang dump is asked
+            // for by a character on the UART (stdin).
+            cmd.args(["-M", "virt,gic-version=3", "-cpu", "cortex-a72"])
+                .args(["-semihosting-config", "enable=on,target=native"])
+                .stdin(Stdio::piped());
+        }
+    }
+    cmd.args(accel)
         .args(["-smp", &o.smp.to_string(), "-m", "128M"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-kernel")
         .arg(kernel)
         .args(["-append", &o.kernel_args.join(" ")])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     eprintln!("xtask: {cmd:?}");
@@ -208,7 +312,10 @@ fn boot(o: &Opts, kernel: &std::path::Path) -> Result<(), String> {
             break Some(st);
         }
         if Instant::now() > deadline {
-            nmi_and_wait(&monitor, &mut child);
+            match o.arch {
+                Arch::X86_64 => nmi_and_wait(&monitor, &mut child),
+                Arch::Aarch64 => uart_dump_and_wait(&mut child),
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -224,9 +331,13 @@ fn boot(o: &Opts, kernel: &std::path::Path) -> Result<(), String> {
     }
     let verdict = match status.and_then(|s| s.code()) {
         None => Err(format!(
-            "hang: no exit within {} s ({} CPUs answered the NMI: the HANG lines above)",
+            "hang: no exit within {} s ({} CPUs answered the {}: the HANG lines above)",
             o.timeout,
-            output.lines().filter(|l| l.starts_with("HANG")).count()
+            output.lines().filter(|l| l.starts_with("HANG")).count(),
+            match o.arch {
+                Arch::X86_64 => "NMI",
+                Arch::Aarch64 => "dump request",
+            }
         )),
         Some(33) if output.lines().any(|l| l == "PASS") => Ok(()),
         Some(33) => Err("exit status 33 but no PASS line: the report is missing".into()),
@@ -235,20 +346,28 @@ fn boot(o: &Opts, kernel: &std::path::Path) -> Result<(), String> {
             .find(|l| l.starts_with("FAIL"))
             .unwrap_or("the kernel failed without saying why")
             .to_string()),
-        Some(0) => Err("QEMU exited 0: a triple fault (the CPU reset with -no-reboot)".into()),
+        Some(0) if o.arch == Arch::X86_64 => {
+            Err("QEMU exited 0: a triple fault (the CPU reset with -no-reboot)".into())
+        }
+        Some(0) => Err("QEMU exited 0: PSCI SYSTEM_OFF without semihosting's status".into()),
         Some(c) => Err(format!("QEMU exited {c}")),
+    };
+    // The deliberate fault: `ud2` (#UD, vector 6) on x86-64, `udf`
+    // (exception class 0, "unknown reason") on aarch64.
+    let (fault_tag, fault_name) = match o.arch {
+        Arch::X86_64 => ("EXCEPTION vector=0x6", "a #UD (vector 0x6)"),
+        Arch::Aarch64 => (
+            "EXCEPTION ec=0x0 ",
+            "an undefined instruction (ESR_EL1 EC 0x0)",
+        ),
     };
     match (o.expect_fault, verdict) {
         (None, v) => v,
-        (Some(cpu), Err(e))
-            if e.contains("EXCEPTION vector=0x6") && e.contains(&format!("on cpu {cpu}")) =>
-        {
+        (Some(cpu), Err(e)) if e.contains(fault_tag) && e.contains(&format!("on cpu {cpu}")) => {
             eprintln!("xtask: the deliberate fault was reported as expected: {e}");
             Ok(())
         }
-        (Some(cpu), Err(e)) => Err(format!(
-            "expected a #UD (vector 0x6) on cpu {cpu}, got: {e}"
-        )),
+        (Some(cpu), Err(e)) => Err(format!("expected {fault_name} on cpu {cpu}, got: {e}")),
         (Some(cpu), Ok(())) => Err(format!("expected a fault on cpu {cpu}, but the run passed")),
     }
 }
@@ -279,9 +398,31 @@ fn nmi_and_wait(monitor: &std::path::Path, child: &mut std::process::Child) {
     }
 }
 
+/// A run of the aarch64 kernel timed out: send a character to its UART
+/// (CPU 0 then asks every CPU for its dump), and give it a few seconds to
+/// print its `HANG` lines and exit.
+fn uart_dump_and_wait(child: &mut std::process::Child) {
+    use std::io::Write;
+    match child.stdin.as_mut() {
+        Some(stdin) => {
+            let _ = stdin.write_all(b"D");
+            let _ = stdin.flush();
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("xtask: the kernel did not exit after the dump request");
+        }
+        None => eprintln!("xtask: no stdin to QEMU's UART"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{kernel_target_dir, parse, KERNEL_DIR};
+    use super::{kernel_target_dir, parse, Arch, KERNEL_DIR};
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
@@ -312,26 +453,45 @@ mod tests {
         .unwrap();
         assert_eq!((o.smp, o.accel.as_str(), o.runs), (8, "multi", 3));
         assert_eq!(o.kernel_args, ["rounds=10", "fault=2"]);
+        assert_eq!((o.arch, o.machine.as_str()), (Arch::X86_64, "microvm"));
+        let o = parse(&args("--arch aarch64 --smp 8")).unwrap();
+        assert_eq!((o.arch, o.machine.as_str()), (Arch::Aarch64, "virt"));
+        assert!(parse(&args("--arch aarch64 --accel kvm"))
+            .err()
+            .unwrap()
+            .contains("TCG only"));
+        assert!(parse(&args("--arch riscv"))
+            .err()
+            .unwrap()
+            .contains("x86_64 or aarch64"));
     }
 
     #[test]
     fn the_kernel_is_built_under_cargo_target_dir_when_set() {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(
-            kernel_target_dir(Some("/t/x86".into())).unwrap(),
+            kernel_target_dir(Arch::X86_64, Some("/t/x86".into())).unwrap(),
             std::path::Path::new("/t/x86/qemu-test")
         );
         assert_eq!(
-            kernel_target_dir(Some("rel".into())).unwrap(),
+            kernel_target_dir(Arch::X86_64, Some("rel".into())).unwrap(),
             cwd.join("rel/qemu-test")
         );
         assert_eq!(
-            kernel_target_dir(None).unwrap(),
+            kernel_target_dir(Arch::X86_64, None).unwrap(),
             cwd.join(KERNEL_DIR).join("target")
         );
         assert_eq!(
-            kernel_target_dir(Some("".into())).unwrap(),
+            kernel_target_dir(Arch::X86_64, Some("".into())).unwrap(),
             cwd.join(KERNEL_DIR).join("target")
+        );
+        assert_eq!(
+            kernel_target_dir(Arch::Aarch64, Some("/t/x".into())).unwrap(),
+            std::path::Path::new("/t/x/qemu-test-aarch64")
+        );
+        assert_eq!(
+            kernel_target_dir(Arch::Aarch64, None).unwrap(),
+            cwd.join("kernels/qemu-test-aarch64/target")
         );
     }
 }

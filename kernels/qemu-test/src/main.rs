@@ -33,21 +33,65 @@ mod boot;
 mod heap;
 #[macro_use]
 mod hw;
-mod interrupts;
-mod tests;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lwkt_arch_x86_64::apic::{self, Icr, Mode};
-use lwkt_arch_x86_64::idt::{self, FaultFrame, Idt, SPURIOUS_VECTOR};
+use lwkt_arch_x86_64::idt::{self, device_vector, FaultFrame, Idt, SPURIOUS_VECTOR};
 use lwkt_arch_x86_64::percpu::{self, PerCpu};
 use lwkt_arch_x86_64::time::{self, TimeBase};
 use lwkt_arch_x86_64::X86Arch;
 use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
 
 use boot::MAX_CPUS;
+
+const _: () = assert!(MAX_CPUS == lwkt_test_program::MAX_CPUS);
+
+/// What the shared test program (`kernels/test-program`) needs from this
+/// kernel.
+struct X86Kernel;
+
+impl lwkt_test_program::Kernel for X86Kernel {
+    fn print(&self, args: core::fmt::Arguments<'_>) {
+        hw::print(args)
+    }
+
+    fn fail(&self, args: core::fmt::Arguments<'_>) -> ! {
+        fail!("{args}")
+    }
+
+    fn now_ns(&self) -> u64 {
+        time::now_ns().unwrap_or_else(|| fail!("the clock is not calibrated"))
+    }
+
+    fn send_device_interrupt(&self, cpu: usize, line: usize) {
+        let apic_id = PERCPU[cpu]
+            .apic_id()
+            .unwrap_or_else(|| fail!("cpu {cpu} has no APIC id"));
+        let vector = device_vector(line).unwrap_or_else(|| fail!("{line}: not a device line"));
+        // SAFETY: ring 0, this CPU's APIC enabled at boot; the vector is a
+        // device vector of the IDT every CPU loaded, sent to an attached
+        // CPU (its APIC id).
+        unsafe { apic::send(Icr::fixed(vector, apic_id)) };
+    }
+
+    fn cpu_header(&self) -> &'static str {
+        "apic  gs-base            gs"
+    }
+
+    fn cpu_columns(&self, i: usize) -> bool {
+        let gs = GS_OK[i].load(Ordering::Relaxed);
+        kprint!(
+            "{:>4}  {:#018x}  {}",
+            PERCPU[i].apic_id().map_or(-1, i64::from),
+            &PERCPU[i] as *const PerCpu as usize,
+            if gs { "ok" } else { "NO" }
+        );
+        gs
+    }
+}
 
 /// The backend, with its stack pool.
 // SAFETY: every CPU runs `setup_cpu` (which installs its `PerCpu` block in
@@ -95,8 +139,8 @@ const ONLINE_TIMEOUT: u64 = 6_000_000_000;
 
 /// The command line, parsed.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Opts {
-    pub(crate) rounds: u64,
+struct Opts {
+    rounds: u64,
     apic: Option<Mode>,
     fault: Option<usize>,
     /// Wait for this many CPUs instead of fw_cfg's count (more than exist
@@ -395,7 +439,7 @@ extern "C" fn bsp_main(info: usize) -> ! {
     unsafe {
         cpus[0]
             .spawn_boot_thread(Priority::default(), 64 << 10, "test-main", move |cur| {
-                tests::run(cur, opts);
+                lwkt_test_program::run(&X86Kernel, cur, opts.rounds, cpus);
                 if opts.hang {
                     kprintln!("hanging on purpose (hang)");
                     // Nobody wakes this channel.
@@ -420,7 +464,7 @@ extern "C" fn bsp_main(info: usize) -> ! {
         }
         core::hint::spin_loop();
     }
-    let ok = tests::report(cpus, &PERCPU, &GS_OK);
+    let ok = lwkt_test_program::report(cpus);
     kprintln!("heap used: {} KiB", heap::used() / 1024);
     if ok {
         kprintln!("PASS");

@@ -11,19 +11,17 @@ use core::pin::{pin, Pin};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use core::time::Duration;
 
-use lwkt_arch_x86_64::apic::{self, Icr};
-use lwkt_arch_x86_64::idt::device_vector;
 use lwkt_core::{Callout, Cpu, CpuId, Cur, Fired, Priority, ThreadHandle, TimedOut};
 use lwkt_msg::{Incoming, Msg, MsgError, Port};
 
-use crate::boot::MAX_CPUS;
 use crate::tests::{join_all, spawn_at as spawn};
+use crate::MAX_CPUS;
 
 type Counts = [AtomicU64; MAX_CPUS];
 
 /// The backend's clock.
 fn now() -> u64 {
-    lwkt_arch_x86_64::time::now_ns().unwrap_or_else(|| crate::fail!("the clock is not calibrated"))
+    crate::kernel().now_ns()
 }
 
 fn ns(d: Duration) -> u64 {
@@ -208,7 +206,7 @@ fn check_callout(c: usize, k: usize) {
 const IRQ_RAISED: usize = 5;
 /// The line raised by sending its device vector to the CPU as a fixed IPI
 /// (the backend's device entry posts it), as an MSI would.
-const IRQ_VECTOR: usize = 6;
+const IRQ_VECTOR: usize = crate::DEVICE_LINE;
 const LINES: [usize; 2] = [IRQ_RAISED, IRQ_VECTOR];
 /// Collections each interrupt thread must make while the spinner spins.
 const PREEMPTIONS_WANTED: u64 = 3;
@@ -277,10 +275,6 @@ fn preemption(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
                             && SPIN_STATE[c].load(Ordering::Acquire) == 1
                     },
                 );
-                let apic_id = crate::PERCPU[c]
-                    .apic_id()
-                    .unwrap_or_else(|| crate::fail!("cpu {c} has no APIC id"));
-                let vector = device_vector(IRQ_VECTOR).expect("a device line");
                 let t0 = now();
                 while ITH_DONE[c].load(Ordering::Acquire) != 0b11 {
                     if now() - t0 > ns(Duration::from_secs(10)) {
@@ -294,10 +288,7 @@ fn preemption(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
                     me.my_cpu()
                         .raise_interrupt(CpuId::new(c as u32), IRQ_RAISED)
                         .unwrap_or_else(|e| crate::fail!("raise_interrupt: {e:?}"));
-                    // SAFETY: ring 0, this CPU's APIC enabled at boot; the
-                    // vector is a device vector of the IDT every CPU
-                    // loaded, sent to an attached CPU (its APIC id).
-                    unsafe { apic::send(Icr::fixed(vector, apic_id)) };
+                    crate::kernel().send_device_interrupt(c, IRQ_VECTOR);
                     me.sleep_for(Duration::from_micros(300));
                 }
             },
@@ -307,7 +298,7 @@ fn preemption(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
             SPIN_STATE[c].store(1, Ordering::Release);
             while !SPIN_STOP[c].load(Ordering::Acquire) {
                 SPIN[c].fetch_add(1, Ordering::Relaxed);
-                core::hint::spin_loop();
+                crate::relax();
             }
             SPIN_STATE[c].store(2, Ordering::Release);
         }));
@@ -537,7 +528,7 @@ fn time_slicing(cur: &mut Cur, n: usize, cpus: &'static [Cpu]) {
                                 SLICE_TURNS[peer][c].load(Ordering::Relaxed)
                             );
                         }
-                        core::hint::spin_loop();
+                        crate::relax();
                     }
                 },
             ));

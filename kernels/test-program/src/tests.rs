@@ -1,4 +1,4 @@
-//! The work every CPU does, and the report that checks it.
+//! The work every CPU does, and the report that checks it (issues 8-17).
 //!
 //! Each kind of work counts, per CPU, what that CPU did; the report
 //! compares every count with what it must be, so a lost IPI, a thread run
@@ -8,13 +8,11 @@
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use core::time::Duration;
 
-use lwkt_arch_x86_64::percpu::PerCpu;
 use lwkt_core::token::{Token, TokenCell};
 use lwkt_core::{Cpu, CpuId, CpuMask, Cur, MyCpu, Priority, ThreadHandle, TimedOut, WaitQueue};
 use lwkt_msg::{Msg, Port};
 
-use crate::boot::MAX_CPUS;
-use crate::Opts;
+use crate::MAX_CPUS;
 
 type Counts = [AtomicU64; MAX_CPUS];
 
@@ -80,7 +78,7 @@ fn here(cur: &Cur) -> usize {
 
 /// The backend's clock (calibrated at boot).
 fn now() -> u64 {
-    lwkt_arch_x86_64::time::now_ns().unwrap_or_else(|| crate::fail!("the clock is not calibrated"))
+    crate::kernel().now_ns()
 }
 
 /// A timed wait on a channel, for the table of waits nobody ends.
@@ -124,9 +122,8 @@ pub(crate) fn join_all(cur: &mut Cur, hs: alloc::vec::Vec<ThreadHandle>) {
 }
 
 /// Run every test from the main thread on CPU 0.
-pub(crate) fn run(cur: &mut Cur, opts: Opts) {
+pub(crate) fn run(cur: &mut Cur, rounds: u64, cpus: &'static [Cpu]) {
     let n = cur.my_cpu().ncpus();
-    let rounds = opts.rounds;
     ROUNDS.store(rounds, Ordering::Relaxed);
 
     // 1. Switches: two threads per CPU yield to each other.
@@ -176,9 +173,9 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
                             .send_ipi(CpuId::new(t as u32), ack, c, seq as usize)
                             .unwrap_or_else(|e| crate::fail!("send_ipi {c} -> {t}: {e:?}"));
                         while ACK[t * MAX_CPUS + c].load(Ordering::Acquire) != seq {
-                            // `pause` also lets single-threaded TCG run
-                            // the other vCPUs at once.
-                            core::hint::spin_loop();
+                            // The kernel's spin hint (`pause`, `yield`) also lets
+                            // single-threaded TCG run the other vCPUs at once.
+                            crate::relax();
                             me.yield_now();
                         }
                     }
@@ -257,7 +254,7 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
                     // SAFETY: a leaked, 'static port published by its server.
                     break unsafe { &*p };
                 }
-                core::hint::spin_loop();
+                crate::relax();
                 me.yield_now();
             };
             let mut m = core::pin::pin!(Msg::new(0u64));
@@ -276,9 +273,6 @@ pub(crate) fn run(cur: &mut Cur, opts: Opts) {
     timers(cur, n);
     crate::kprintln!("  timers: done");
 
-    let cpus = crate::CPUS
-        .get()
-        .expect("the CPUs are set up before the tests");
     crate::interrupts::run(cur, n, cpus);
 }
 
@@ -415,7 +409,8 @@ fn ack(my: MyCpu<'_>, src: usize, seq: usize) {
 }
 
 /// Print the per-CPU report and check every count; true if all hold.
-pub(crate) fn report(cpus: &[Cpu], pcpu: &[PerCpu], gs_ok: &[AtomicBool]) -> bool {
+pub(crate) fn report(cpus: &[Cpu]) -> bool {
+    let k = crate::kernel();
     let n = cpus.len();
     let r = ROUNDS.load(Ordering::Relaxed);
     let want = [
@@ -431,19 +426,14 @@ pub(crate) fn report(cpus: &[Cpu], pcpu: &[PerCpu], gs_ok: &[AtomicBool]) -> boo
     ];
     let mut ok = true;
     crate::kprintln!(
-        "cpu  apic  gs-base            gs  switches  ipis-run  yields  handoffs  ipi-acks  cpusync  token  msgs  sleeps  timeouts  woken  late-max-us  late-mean-us"
+        "cpu  {}  switches  ipis-run  yields  handoffs  ipi-acks  cpusync  token  msgs  sleeps  timeouts  woken  late-max-us  late-mean-us",
+        k.cpu_header()
     );
     for (i, c) in cpus.iter().enumerate() {
         let s = c.stats();
-        let gs = gs_ok[i].load(Ordering::Relaxed);
-        crate::kprint!(
-            "{i:>3}  {:>4}  {:#018x}  {}  {:>8}  {:>8}",
-            pcpu[i].apic_id().map_or(-1, i64::from),
-            &pcpu[i] as *const PerCpu as usize,
-            if gs { "ok" } else { "NO" },
-            s.switches,
-            s.ipis_received
-        );
+        crate::kprint!("{i:>3}  ");
+        let gs = k.cpu_columns(i);
+        crate::kprint!("  {:>8}  {:>8}", s.switches, s.ipis_received);
         for (name, counts, expect) in &want {
             let got = counts[i].load(Ordering::Relaxed);
             let w = name.len().max(6);

@@ -1,0 +1,482 @@
+//! lwkt's aarch64 test kernel: boots under QEMU `virt` (GICv3) at EL1,
+//! turns the MMU on (an identity map of 1 GiB blocks), starts every other
+//! CPU with PSCI `CPU_ON`, installs the per-CPU blocks, starts one lwkt
+//! scheduler per CPU and runs the shared test program
+//! (`kernels/test-program`, the one the x86-64 kernel runs): thread
+//! switches, cross-CPU sleep/wakeup, IPI handshakes, `cpusync`, a token
+//! taken from every CPU, messages, timed sleeps on each CPU's virtual
+//! timer, callouts, preemption by interrupt threads, `domsg_timeout` and
+//! time slicing. It prints a report on the PL011 and exits QEMU through
+//! semihosting: 33 for a pass, 35 for a failure (a hang is ended by the
+//! runner, which first asks for a per-CPU dump by sending a character to
+//! the UART).
+//!
+//! Command line (`-append`): `rounds=N` (default 200), `fault=CPU` (that
+//! CPU executes an undefined instruction once online: the negative test),
+//! `expect-cpus=N` (wait for N CPUs instead of the device tree's count),
+//! `hang` (sleep forever after the tests), `attach-twice` (the boot CPU
+//! attaches its `Cpu` a second time: `A64Arch::attach` must refuse).
+//! Anything else is refused.
+//!
+//! Run it with `cargo xtask qemu --arch aarch64 [--smp N]`.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
+
+mod boot;
+mod heap;
+#[macro_use]
+mod hw;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use lwkt_arch_aarch64::percpu::{self, PerCpu};
+use lwkt_arch_aarch64::psci::{self, Conduit};
+use lwkt_arch_aarch64::vectors::{self, Fault, Frame};
+use lwkt_arch_aarch64::{gic, time, A64Arch};
+use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
+
+use boot::MAX_CPUS;
+
+/// QEMU virt's GICv3 distributor and redistributor region.
+const GICD: usize = 0x0800_0000;
+const GICR: usize = 0x080A_0000;
+/// Where QEMU puts the device tree for an ELF kernel: the start of RAM.
+const FDT_AT: usize = 0x4000_0000;
+/// The SGI that asks every CPU for its hang dump (a kernel SGI: lwkt's
+/// backend leaves SGIs 1-7 to the kernel).
+const DUMP_SGI: u32 = 1;
+
+/// The backend, with its stack pool.
+// SAFETY: every CPU runs `setup_cpu` (which installs its `PerCpu` block in
+// TPIDR_EL1) before it calls into lwkt: the boot CPU before it spawns the
+// test thread, each secondary first thing in `ap_main`. The fault handler
+// finds the CPU by comparing TPIDR_EL1 (cleared at boot) with the blocks'
+// addresses and calls no lwkt code but `Cpu::snapshot`.
+static ARCH: A64Arch = unsafe { A64Arch::new() };
+/// Each CPU's block.
+static PERCPU: [PerCpu; MAX_CPUS] = {
+    let mut i = 0;
+    let mut a = [const { PerCpu::new(0) }; MAX_CPUS];
+    while i < MAX_CPUS {
+        a[i] = PerCpu::new(i);
+        i += 1;
+    }
+    a
+};
+static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
+static OPTS: spin::Once<Opts> = spin::Once::new();
+/// Secondary CPUs that reached `ap_main` and attached.
+static ONLINE: AtomicUsize = AtomicUsize::new(0);
+/// Set by the boot CPU once every CPU is online.
+static GO: AtomicBool = AtomicBool::new(false);
+/// Secondary CPUs that left their idle loops.
+static DONE: AtomicUsize = AtomicUsize::new(0);
+/// Per CPU: did TPIDR_EL1 read back as its block?
+static TP_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// CPUs that printed their hang dump.
+static DUMPED: AtomicUsize = AtomicUsize::new(0);
+
+const STACK_REGION: usize = 16 << 20;
+/// A 64 KiB stack plus the pool's canary room, page-rounded.
+const STACK_SLOT: usize = (64 + 4) << 10;
+#[repr(C, align(4096))]
+struct Stacks([u8; STACK_REGION]);
+static mut STACKS: Stacks = Stacks([0; STACK_REGION]);
+
+/// How long the boot CPU waits for the others to come online (and to
+/// leave their idle loops), in ns.
+const ONLINE_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// The command line, parsed.
+#[derive(Debug, Clone, Copy)]
+struct Opts {
+    rounds: u64,
+    fault: Option<usize>,
+    expect_cpus: Option<usize>,
+    hang: bool,
+    attach_twice: bool,
+}
+
+impl Opts {
+    fn parse(cmdline: &str) -> Result<Opts, alloc::string::String> {
+        let mut o = Opts {
+            rounds: 200,
+            fault: None,
+            expect_cpus: None,
+            hang: false,
+            attach_twice: false,
+        };
+        for w in cmdline.split_whitespace() {
+            let (k, v) = w.split_once('=').unwrap_or((w, ""));
+            let num = || {
+                v.parse::<u64>()
+                    .map_err(|_| alloc::format!("option '{w}': '{v}' is not a number"))
+            };
+            match k {
+                "rounds" => o.rounds = num()?.max(1),
+                "fault" => o.fault = Some(num()? as usize),
+                "expect-cpus" => o.expect_cpus = Some(num()? as usize),
+                "hang" => o.hang = true,
+                "attach-twice" => o.attach_twice = true,
+                _ => {
+                    return Err(alloc::format!(
+                        "unknown option '{w}' (known: rounds=N fault=CPU expect-cpus=N hang attach-twice)"
+                    ))
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// What the shared test program needs from this kernel.
+struct A64Kernel;
+
+impl lwkt_test_program::Kernel for A64Kernel {
+    fn print(&self, args: core::fmt::Arguments<'_>) {
+        hw::print(args)
+    }
+
+    fn fail(&self, args: core::fmt::Arguments<'_>) -> ! {
+        fail!("{args}")
+    }
+
+    fn now_ns(&self) -> u64 {
+        time::now_ns().unwrap_or_else(|| fail!("the clock is not set up"))
+    }
+
+    fn send_device_interrupt(&self, cpu: usize, line: usize) {
+        let mpidr = PERCPU[cpu]
+            .mpidr()
+            .unwrap_or_else(|| fail!("cpu {cpu} is not attached"));
+        let sgi = gic::device_sgi(line).unwrap_or_else(|| fail!("line {line} has no SGI"));
+        // SAFETY: EL1, this CPU's GIC interface set up at boot; the SGI
+        // is a device line's, sent to an attached CPU (its block is
+        // installed, as the IRQ entry needs).
+        unsafe { gic::send_sgi(sgi, mpidr) };
+    }
+
+    fn relax(&self) {
+        // `yield` (see `A64Arch::pause`): the spinning vCPU lets the
+        // others run under single-threaded TCG.
+        // SAFETY: a hint with no effect on state.
+        unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+    }
+
+    fn cpu_header(&self) -> &'static str {
+        "mpidr  tpidr_el1          tp"
+    }
+
+    fn cpu_columns(&self, i: usize) -> bool {
+        let ok = TP_OK[i].load(Ordering::Relaxed);
+        kprint!(
+            "{:>5}  {:#018x}  {}",
+            PERCPU[i].mpidr().map_or(-1, |m| m as i64),
+            &PERCPU[i] as *const PerCpu as usize,
+            if ok { "ok" } else { "NO" }
+        );
+        ok
+    }
+}
+
+/// The index of the CPU this runs on, found without trusting TPIDR_EL1:
+/// it is compared with the blocks' addresses (it reads 0 before
+/// `percpu::install`: the boot code clears it).
+fn cpu_here() -> Option<usize> {
+    let tp = percpu::raw();
+    PERCPU.iter().position(|p| p as *const PerCpu as u64 == tp)
+}
+
+fn on_fault(f: &Fault<'_>) -> ! {
+    let cpu = cpu_here().map_or_else(
+        || "? (TPIDR_EL1 not installed)".into(),
+        |c| alloc::format!("{c}"),
+    );
+    fail!(
+        "EXCEPTION ec={:#x} ({}) esr={:#x} elr={:#x} far={:#x} vector={} on cpu {cpu}",
+        f.ec(),
+        f.ec_name(),
+        f.esr,
+        f.frame.elr,
+        f.far,
+        f.frame.vector
+    )
+}
+
+/// Interrupts the backend leaves to the kernel: the UART's (the xtask's
+/// request for a hang dump: a character) and the dump SGI.
+fn on_irq(intid: u32, frame: &Frame) {
+    match intid {
+        hw::UART_INTID if hw::drain_rx() => {
+            // SAFETY: EL1, GIC set up; every other online CPU has its
+            // block installed and takes the SGI in its kernel hook.
+            unsafe { gic::send_sgi_all_others(DUMP_SGI) };
+            dump(frame)
+        }
+        DUMP_SGI => dump(frame),
+        _ => {}
+    }
+}
+
+/// A hang dump: print where this CPU was and its LWKT state, one line,
+/// then stop; the last CPU to print ends the run as a failure. A CPU with
+/// IRQs masked for good never answers (there is no NMI here; see the
+/// README).
+fn dump(frame: &Frame) -> ! {
+    let cpu = cpu_here();
+    match cpu.and_then(|i| PERCPU[i].cpu()) {
+        // SAFETY: on this CPU, in its IRQ entry, the `Cpu` attached to it.
+        Some(c) => hw::print_dump(format_args!("HANG pc={:#x} {}\n", frame.elr, unsafe {
+            c.snapshot()
+        })),
+        None => hw::print_dump(format_args!(
+            "HANG pc={:#x} cpu {cpu:?}: not attached\n",
+            frame.elr
+        )),
+    }
+    let online = ONLINE.load(Ordering::Acquire) + 1;
+    if DUMPED.fetch_add(1, Ordering::AcqRel) + 1 >= online {
+        hw::exit(false)
+    }
+    loop {
+        aarch64_cpu::asm::wfi();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    match info.location() {
+        Some(l) => fail!("PANIC at {}:{}: {}", l.file(), l.line(), info.message()),
+        None => fail!("PANIC: {}", info.message()),
+    }
+}
+
+/// Install the vectors and this CPU's block, set up its redistributor and
+/// timer, attach lwkt's CPU block.
+///
+/// # Safety
+/// Once per CPU, on CPU `idx`, IRQs masked, after `gic::init_distributor`
+/// and `time::init`.
+unsafe fn setup_cpu(idx: usize, cpus: &'static [Cpu]) {
+    let pcpu = &PERCPU[idx];
+    // SAFETY: caller (EL1, once on this CPU, IRQs masked); the block is a
+    // static.
+    unsafe {
+        vectors::install();
+        percpu::install(pcpu);
+        if let Err(e) = gic::init_cpu() {
+            fail!("cpu {idx}: {e}");
+        }
+        time::start_timer();
+        ARCH.attach(pcpu, &cpus[idx]);
+        let ok = percpu::raw() == pcpu as *const PerCpu as u64
+            && core::ptr::eq(percpu::current(), pcpu)
+            && percpu::current().index == idx;
+        TP_OK[idx].store(ok, Ordering::Relaxed);
+    }
+}
+
+/// The boot CPU's entry from `boot.rs`, with x0 as QEMU left it.
+#[no_mangle]
+extern "C" fn bsp_main(x0: usize) -> ! {
+    // SAFETY: EL1, IRQs masked; `on_fault` trusts no TPIDR_EL1 and calls
+    // no lwkt code but `Cpu::snapshot`... not even that: it prints.
+    unsafe {
+        vectors::install();
+        vectors::set_fault_handler(on_fault);
+    }
+    // QEMU passes the device tree in x0 to a Linux image only; an ELF
+    // finds it at the start of RAM.
+    let at = if x0 != 0 { x0 } else { FDT_AT };
+    // SAFETY: RAM, identity mapped; nothing writes the tree.
+    let m = match unsafe { hw::read_fdt(at) } {
+        Ok(m) => m,
+        Err(e) => fail!("{e}"),
+    };
+    kprintln!("lwkt-qemu-test-aarch64: cmdline '{}'", m.cmdline);
+    let opts = match Opts::parse(m.cmdline) {
+        Ok(o) => *OPTS.call_once(|| o),
+        Err(e) => fail!("{e}"),
+    };
+    let ncpus = opts.expect_cpus.unwrap_or(m.mpidrs.len());
+    if ncpus == 0 || ncpus > MAX_CPUS {
+        fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");
+    }
+    if let Some(f) = opts.fault.filter(|&f| f == 0 || f >= ncpus) {
+        fail!("fault={f}: pick a secondary CPU, 1 to {}", ncpus - 1);
+    }
+    if m.mpidrs.first().copied() != Some(percpu::mpidr_affinity()) {
+        fail!(
+            "the boot CPU's affinity {:#x} is not the device tree's first CPU {:?}",
+            percpu::mpidr_affinity(),
+            m.mpidrs.first()
+        );
+    }
+    // SAFETY: the boot CPU, once, before any CPU's `init_cpu`; QEMU virt's
+    // GICv3, mapped as device memory by the boot table.
+    unsafe { gic::init_distributor(GICD, GICR) };
+    let tb = time::init();
+    kprintln!(
+        "lwkt-qemu-test-aarch64: clock: generic timer, virtual counter at {}.{:03} MHz, timer PPI {}",
+        tb.hz() / 1_000_000,
+        tb.hz() / 1_000 % 1_000,
+        gic::TIMER_PPI
+    );
+
+    let cpus: &'static [Cpu] = Box::leak(
+        (0..ncpus)
+            .map(|i| Cpu::new(CpuId::new(i as u32)))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    let rings: &'static [IpiRing] = Box::leak(
+        (0..MachineState::rings_needed(ncpus))
+            .map(|_| IpiRing::new())
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    // SAFETY: `cpus` and `rings` are leaked: alive and in place for ever.
+    let machine: &'static MachineState =
+        Box::leak(Box::new(unsafe { MachineState::new(&ARCH, cpus, rings) }));
+    // SAFETY: the machine, CPU blocks and rings are leaked; no CPU runs
+    // lwkt yet.
+    unsafe { machine.bind() };
+    CPUS.call_once(|| cpus);
+    // SAFETY: the region is a static used for nothing else.
+    unsafe {
+        ARCH.stacks().init(
+            core::ptr::addr_of_mut!(STACKS).cast(),
+            STACK_REGION,
+            STACK_SLOT,
+        )
+    };
+    // SAFETY: CPU 0, once, IRQs masked.
+    unsafe { setup_cpu(0, cpus) };
+    // SAFETY: the kernel's IRQ hook prints and stops; it takes no lock an
+    // interrupted thread of this CPU could hold but the UART's, which it
+    // waits for a bounded time.
+    unsafe { vectors::set_irq_handler(on_irq) };
+    if opts.attach_twice {
+        kprintln!("attaching cpu 0 a second time (attach-twice)");
+        // SAFETY: EL1 on CPU 0, after `install` and `init_cpu`; no CPU
+        // has started. `attach` must refuse (a panic).
+        unsafe { ARCH.attach(&PERCPU[0], &cpus[0]) };
+        fail!("attach-twice: the second attach was accepted");
+    }
+    kprintln!(
+        "lwkt-qemu-test-aarch64: {ncpus} CPUs expected ({} in the device tree), GICv3, boot cpu mpidr {:#x}",
+        m.mpidrs.len(),
+        percpu::mpidr_affinity()
+    );
+
+    let t = time::count();
+    for i in 1..ncpus {
+        let Some(&mpidr) = m.mpidrs.get(i) else {
+            kprintln!("cpu {i}: not in the device tree: not started");
+            continue;
+        };
+        let entry = boot::secondary_entry();
+        // SAFETY: the secondary entry sets up its stack, vectors and MMU
+        // itself; the CPU is one of this machine's, not yet started.
+        let on = unsafe { psci::cpu_on(Conduit::Hvc, mpidr, entry, i as u64) };
+        if let Err(e) = on {
+            kprintln!("cpu {i}: PSCI CPU_ON({mpidr:#x}) failed: {e:?}");
+        }
+    }
+    while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
+        if tb.ticks_to_ns(time::count() - t) > ONLINE_TIMEOUT_NS {
+            let up = ONLINE.load(Ordering::Acquire) + 1;
+            fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
+        }
+        core::hint::spin_loop();
+    }
+    kprintln!(
+        "lwkt-qemu-test-aarch64: all {ncpus} CPUs online {} us after the first CPU_ON",
+        tb.ticks_to_ns(time::count() - t) / 1_000
+    );
+    // The hang dump's request: a character on the UART, to CPU 0.
+    // SAFETY: the PL011's SPI, routed to this (attached) CPU, whose IRQ
+    // hook handles it.
+    unsafe { gic::route_spi(hw::UART_INTID, percpu::mpidr_affinity()) };
+    hw::enable_rx_interrupt();
+
+    // SAFETY: CPU 0 has not entered its idle loop; the test borrows only
+    // statics.
+    unsafe {
+        cpus[0]
+            .spawn_boot_thread(Priority::default(), 64 << 10, "test-main", move |cur| {
+                lwkt_test_program::run(&A64Kernel, cur, opts.rounds, cpus);
+                if opts.hang {
+                    kprintln!("hanging on purpose (hang)");
+                    cur.sleep(0x4841_4e47);
+                }
+                for c in cpus {
+                    c.request_shutdown();
+                }
+            })
+            .unwrap_or_else(|e| fail!("cannot create the test thread: {e}"));
+    }
+    GO.store(true, Ordering::Release);
+    // SAFETY: unmasking IRQs: the vectors, the block and the GIC are set
+    // up on this CPU.
+    unsafe { core::arch::asm!("msr daifclr, #2") };
+    // SAFETY: on CPU 0, once, after `bind`.
+    unsafe { cpus[0].idle_loop() };
+    // SAFETY: masking IRQs has no precondition.
+    unsafe { core::arch::asm!("msr daifset, #2") };
+
+    let t = time::count();
+    while DONE.load(Ordering::Acquire) < ncpus - 1 {
+        if tb.ticks_to_ns(time::count() - t) > ONLINE_TIMEOUT_NS {
+            fail!("a CPU did not leave its idle loop after shutdown");
+        }
+        core::hint::spin_loop();
+    }
+    let ok = lwkt_test_program::report(cpus);
+    kprintln!("heap used: {} KiB", heap::used() / 1024);
+    if ok {
+        kprintln!("PASS");
+        hw::exit(true)
+    }
+    fail!("a check failed (see above)")
+}
+
+/// A secondary CPU's entry from `boot.rs`, with its index (1..).
+#[no_mangle]
+extern "C" fn ap_main(idx: usize) -> ! {
+    let cpus = *CPUS
+        .get()
+        .expect("the boot CPU built the machine before CPU_ON");
+    if idx >= cpus.len() {
+        fail!("cpu {idx} started but only {} expected", cpus.len());
+    }
+    // SAFETY: this CPU, once, IRQs masked (boot code); the boot CPU set up
+    // the distributor and the clock before CPU_ON.
+    unsafe { setup_cpu(idx, cpus) };
+    ONLINE.fetch_add(1, Ordering::Release);
+    if OPTS.get().and_then(|o| o.fault) == Some(idx) {
+        kprintln!("cpu {idx}: faulting on purpose (fault={idx})");
+        // SAFETY: the negative test: an undefined instruction, reported by
+        // the fault handler with its exception class.
+        unsafe { core::arch::asm!("udf #0") };
+    }
+    while !GO.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    // SAFETY: as on the boot CPU.
+    unsafe { core::arch::asm!("msr daifclr, #2") };
+    // SAFETY: on this CPU, once, after `bind`.
+    unsafe { cpus[idx].idle_loop() };
+    // SAFETY: masking IRQs has no precondition.
+    unsafe { core::arch::asm!("msr daifset, #2") };
+    DONE.fetch_add(1, Ordering::Release);
+    loop {
+        aarch64_cpu::asm::wfi();
+    }
+}
