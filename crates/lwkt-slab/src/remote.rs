@@ -288,3 +288,72 @@ impl<T: Link, W: HeadWord> CountedStack<T, W> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{CountedStack, HeadWord, Link};
+    use crate::class::ZONE_SIZE;
+    use crate::zone::Chunk;
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+    /// Push chunks all over a zone-sized block, single and as chains, up
+    /// to every 8-byte chunk of it at once, then drain: the count matches
+    /// the list and every chunk comes back once, for both head words (the
+    /// `u32` one is what a target without 64-bit atomics uses).
+    fn every_offset_and_count<W: HeadWord>() {
+        let layout = Layout::from_size_align(ZONE_SIZE, ZONE_SIZE).unwrap();
+        // SAFETY: non-zero layout.
+        let base = unsafe { alloc_zeroed(layout) };
+        assert!(!base.is_null());
+        let s: CountedStack<Chunk, W> = CountedStack::new();
+        let all = ZONE_SIZE / 8;
+        // SAFETY: `base` is the block; every chunk pushed is in it, each
+        // once, and linked by us before its push.
+        unsafe {
+            let chunk = |i: usize| base.add(8 * i).cast::<Chunk>();
+            // Singles at both ends of the block (offset 0 and the last).
+            s.push_chain(base, chunk(all - 1), chunk(all - 1), 1);
+            // The rest as chains of 1..=7, last chunk first.
+            let mut i = 0;
+            let mut len = 1;
+            while i < all - 1 {
+                let n = len.min(all - 1 - i);
+                for k in i..i + n - 1 {
+                    Chunk::set_next(chunk(k), chunk(k + 1));
+                }
+                s.push_chain(base, chunk(i), chunk(i + n - 1), n as u32);
+                i += n;
+                len = len % 7 + 1;
+            }
+            let (mut c, n) = s.take_all(base);
+            assert_eq!(n as usize, all, "the head word holds the count");
+            let mut seen = std::vec![false; all];
+            while !c.is_null() {
+                let k = (c as usize - base as usize) / 8;
+                assert!(!seen[k], "chunk {k} twice");
+                seen[k] = true;
+                c = Chunk::next(c);
+            }
+            assert!(seen.iter().all(|&b| b));
+            assert_eq!(s.take_all(base), (core::ptr::null_mut(), 0));
+            dealloc(base, layout);
+        }
+    }
+
+    #[test]
+    fn u64_head_word() {
+        every_offset_and_count::<u64>();
+    }
+
+    #[test]
+    fn u32_head_word_fits_a_zone() {
+        every_offset_and_count::<u32>();
+        let w = <u32 as HeadWord>::bumped(0, (ZONE_SIZE / 8) as u32 - 1, ZONE_SIZE - 8);
+        assert_eq!(
+            (w.count(), w.offset()),
+            ((ZONE_SIZE / 8) as u32 - 1, ZONE_SIZE - 8)
+        );
+        let w = w.bumped(1, 0);
+        assert_eq!((w.count(), w.offset()), ((ZONE_SIZE / 8) as u32, 0));
+    }
+}
