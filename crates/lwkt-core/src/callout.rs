@@ -1018,6 +1018,7 @@ fn check_cpu(my: MyCpu<'_>, cpu: CpuId) -> Result<(), IpiError> {
 }
 
 /// The home CPU of state `s`.
+#[allow(clippy::unnecessary_cast)] // `State` is u32 without 64-bit atomics
 fn home_of(s: State) -> Option<CpuId> {
     ((s & HOME) as u32).checked_sub(1).map(CpuId::new)
 }

@@ -843,7 +843,6 @@ mod tests {
     /// that heads and tails change places from lap to lap, taken by `pop`,
     /// handles and `pop_if`: every value once, in order.
     fn laps_across<I: RingIndex>(start: I) {
-        use super::sealed::Index;
         const N: usize = 8;
         let r: Ring<u64, N, I> = Ring::starting_at(start);
         assert!(r.is_empty());
