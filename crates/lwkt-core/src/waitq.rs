@@ -63,7 +63,8 @@ impl WaitQueue {
 
     /// The number of signals so far; pass it to
     /// [`block_since`](Self::block_since) to wait for the next one without a
-    /// window where a signal could be missed.
+    /// window where a signal could be missed. On a target without 64-bit
+    /// atomics the count is 32 bits wide and wraps (modulo 2^32).
     pub fn generation(&self) -> u64 {
         self.gen_now()
     }
