@@ -849,7 +849,8 @@ mod tests {
         assert_eq!(r.len(), 0);
         let (mut next_in, mut next_out) = (0u64, 0u64);
         let mut len = 1usize;
-        for step in 0..2_000u64 {
+        let steps = if cfg!(miri) { 150 } else { 2_000u64 };
+        for step in 0..steps {
             let batch: std::vec::Vec<u64> = (next_in..next_in + len as u64).collect();
             // SAFETY: this test is the only producer and the only consumer.
             unsafe {
