@@ -571,14 +571,16 @@ impl<T: Copy, const N: usize, I: RingIndex> Ring<T, N, I> {
         for (i, v) in items[..n].iter().enumerate() {
             // SAFETY: as in `push_at`, for each of the `n` free slots; none
             // of them is published before the store below.
-            let at = w.wrapping_add(I::of(i));
-            // SAFETY: as above.
-            unsafe { self.write(at, *v) };
-            if I::WRAPS && i != 0 {
-                // A tail entry of a `u32` ring: its sequence word gets its
-                // own index, which no later look at this slot can take
-                // for a published run (the module notes). Ordered before
-                // the consumer's next look by the Release store below.
+            unsafe { self.write(w.wrapping_add(I::of(i)), *v) };
+        }
+        if I::WRAPS {
+            // The tail entries of a `u32` ring's run: each sequence word
+            // gets its entry's own index, which no later look at the slot
+            // can take for a published run (the module notes). Ordered
+            // before the consumer's next look by the Release store below.
+            // (A separate loop: a `u64` ring's code stays as it was.)
+            for i in 1..n {
+                let at = w.wrapping_add(I::of(i));
                 I::store(&self.slot(at).seq, at, Ordering::Relaxed);
             }
         }
