@@ -56,20 +56,29 @@ use crate::crit;
 use crate::crit::crit_exit_entered_td;
 use crate::ipiq::{self, IpiError, IpiMsg};
 use crate::mycpu::MyCpu;
-use crate::sync::{AtomicBool, AtomicU64, Life, Ordering, UnsafeCell};
+use crate::sync::{AtomicBool, AtomicWord, Life, Ordering, UnsafeCell};
 use crate::timer::{self, Fire, Header};
 use crate::wheel::Entry;
 
+/// A state word's value: the target's widest native atomic word
+/// (`sync::Word`): 64 bits where it has 64-bit atomics, else 32. The state
+/// word is read and written from IPI callbacks and the timer run, so it is
+/// never a lock-based emulation of a wider atomic; on a 32-bit word the
+/// machine id has 21 bits (`arm` refuses a larger one).
+pub(crate) type State = crate::sync::Word;
+
 /// State bits: the home CPU's number plus one (0: idle).
-const HOME: u64 = 0x1ff;
+const HOME: State = 0x1ff;
 /// In the home's wheel, not yet fired.
-const PENDING: u64 = 1 << 9;
+const PENDING: State = 1 << 9;
 /// The callback runs at the home.
-const RUNNING: u64 = 1 << 10;
+const RUNNING: State = 1 << 10;
 /// The machine's id sits above the bits.
 const MACHINE_SHIFT: u32 = 11;
+/// Machine ids below this fit a state word.
+const MACHINE_LIMIT: u64 = 1 << (State::BITS - MACHINE_SHIFT);
 const _: () = assert!(
-    (crate::MAX_CPUS as u64) < HOME && HOME < PENDING,
+    (crate::MAX_CPUS as State) < HOME && HOME < PENDING,
     "a callout's state word must hold every CPU number plus one"
 );
 
@@ -80,7 +89,7 @@ const _: () = assert!(
 struct Raw {
     head: Header,
     /// 0, or `machine << MACHINE_SHIFT | RUNNING? | PENDING? | home + 1`.
-    state: AtomicU64,
+    state: AtomicWord,
     /// DragonFly's `CALLOUT_ACTIVE`: set by a reset, cleared by a stop or
     /// `deactivate`; kept when the callout fires.
     active: AtomicBool,
@@ -443,7 +452,7 @@ macro_rules! new_callout {
         Callout {
             raw: Raw {
                 head: Header::new(fire::<F>),
-                state: AtomicU64::new(0),
+                state: AtomicWord::new(0),
                 active: AtomicBool::new(false),
                 period: Cell::new(0),
                 arch: Cell::new(None),
@@ -716,7 +725,7 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
     fn arm(self: Pin<&Self>, my: MyCpu<'_>, target: CpuId, at: When, period: u64) {
         let mid = my.machine_id();
         assert!(
-            mid < 1 << (64 - MACHINE_SHIFT),
+            mid < MACHINE_LIMIT,
             "lwkt: machine id {mid} too large for a callout's state word"
         );
         self.raw.active.store(true, Ordering::Relaxed);
@@ -937,7 +946,7 @@ impl<F> Drop for Callout<F> {
             // SAFETY: `current_cpu` names the block of the CPU this code
             // runs on, alive while it runs.
             .map(|p| unsafe { &*p.as_ptr() })
-            .filter(|gd| gd.machine_id.get() == s >> MACHINE_SHIFT);
+            .filter(|gd| gd.machine_id.get() == machine_of(s));
         match here {
             Some(gd) => {
                 request(MyCpu::new(gd), self.header(), Op::StopSync);
@@ -963,21 +972,28 @@ fn dropped_outside_its_machine() -> ! {
 /// callback not running. For a machine id too large for the word (never
 /// claimed: `arm` refuses it), [`NO_HOME`]. Each CPU keeps its own
 /// (`Cpu::callout_pending`), for its fast paths.
-const fn pending_word(mid: u64, cpu: CpuId) -> u64 {
-    if mid >= 1 << (64 - MACHINE_SHIFT) {
+const fn pending_word(mid: u64, cpu: CpuId) -> State {
+    if mid >= MACHINE_LIMIT {
         return NO_HOME;
     }
-    mid << MACHINE_SHIFT | PENDING | (cpu.get() as u64 + 1)
+    (mid as State) << MACHINE_SHIFT | PENDING | (cpu.get() as State + 1)
+}
+
+/// The machine id in state `s`.
+#[inline(always)]
+#[allow(clippy::useless_conversion)] // u64 -> u64 where `State` is u64
+fn machine_of(s: State) -> u64 {
+    u64::from(s >> MACHINE_SHIFT)
 }
 
 /// A value no state word has (its home bits are 0): [`pending_word`] of a
 /// machine whose id does not fit the word, and a CPU's
 /// (`Cpu::callout_pending`) until its fast paths are on.
-pub(crate) const NO_HOME: u64 = 1 << 63;
+pub(crate) const NO_HOME: State = 1 << (State::BITS - 1);
 
 /// `gd`'s [`pending_word`], or [`NO_HOME`] while its fast paths are off.
 #[inline(always)]
-fn pending_here(gd: &Cpu) -> u64 {
+fn pending_here(gd: &Cpu) -> State {
     gd.callout_pending.get()
 }
 
@@ -1002,7 +1018,8 @@ fn check_cpu(my: MyCpu<'_>, cpu: CpuId) -> Result<(), IpiError> {
 }
 
 /// The home CPU of state `s`.
-fn home_of(s: u64) -> Option<CpuId> {
+#[allow(clippy::unnecessary_cast)] // `State` is u32 without 64-bit atomics
+fn home_of(s: State) -> Option<CpuId> {
     ((s & HOME) as u32).checked_sub(1).map(CpuId::new)
 }
 
@@ -1187,8 +1204,8 @@ unsafe fn apply(gd: &Cpu, h: *const Header, op: Op) -> Outcome {
             unsafe { timer::insert(gd, e, deadline) };
             return Outcome::Done(false);
         }
-        if s >> MACHINE_SHIFT != mid {
-            return Outcome::OtherMachine(s >> MACHINE_SHIFT);
+        if machine_of(s) != mid {
+            return Outcome::OtherMachine(machine_of(s));
         }
         let home = home_of(s).unwrap_or(me);
         if home != me {

@@ -205,20 +205,32 @@ impl fmt::Debug for MachineState {
 }
 
 static MACHINE_IDS: AtomicUsizeStatic = AtomicUsizeStatic::new(1);
-struct AtomicUsizeStatic(core::sync::atomic::AtomicU64);
+/// The id counter: the target's widest native atomic (see
+/// `sync::AtomicWord`; it is `core`'s even under loom, as the counter is
+/// global to the process).
+#[cfg(target_has_atomic = "64")]
+type IdWord = core::sync::atomic::AtomicU64;
+#[cfg(not(target_has_atomic = "64"))]
+type IdWord = core::sync::atomic::AtomicU32;
+/// The width of [`IdWord`] in bits.
+const ID_BITS: u32 = (core::mem::size_of::<IdWord>() * 8) as u32;
+struct AtomicUsizeStatic(IdWord);
 impl AtomicUsizeStatic {
-    const fn new(v: u64) -> Self {
-        Self(core::sync::atomic::AtomicU64::new(v))
+    const fn new(v: u32) -> Self {
+        Self(IdWord::new(v as _))
     }
 }
 
-/// A machine id: 1, 2, ... and always below 2^62 (a panic rather than a
-/// reuse), so users may pack it with a tag bit or two ([`MyCpu::machine_id`]).
+/// A machine id: 1, 2, ... and always below 2^62 (2^30 on a target
+/// without 64-bit atomics; a panic rather than a reuse), so users may pack
+/// it with a tag bit or two ([`MyCpu::machine_id`]).
 ///
 /// [`MyCpu::machine_id`]: crate::MyCpu::machine_id
 fn next_machine_id() -> u64 {
     let id = MACHINE_IDS.0.fetch_add(1, Ordering::Relaxed);
-    assert!(id < 1 << 62, "lwkt: machine ids exhausted");
+    #[allow(clippy::useless_conversion)] // u64 -> u64 with 64-bit atomics
+    let id = u64::from(id);
+    assert!(id < 1 << (ID_BITS - 2), "lwkt: machine ids exhausted");
     id
 }
 
@@ -370,7 +382,7 @@ pub struct Cpu {
     /// running (`callout::pending_word`), set by the callouts' general
     /// path once it has seen the machine's clock; until then
     /// `callout::NO_HOME`, which no state word is: the fast paths stay off.
-    pub(crate) callout_pending: Cell<u64>,
+    pub(crate) callout_pending: Cell<crate::callout::State>,
     /// The running thread (`gd_curthread`); read by the interrupt path.
     pub(crate) curthread: AtomicPtr<Thread>,
     /// An exiting or migrating thread that just switched away, for

@@ -38,7 +38,7 @@ use core::ptr;
 use crate::crit::{self, crit_exit_td, rqf};
 use crate::schedule::{dequeue, schedule_local};
 use crate::switch::{finish_switch, switch_in_crit};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::Ordering;
 use crate::thread::{tdf, Thread};
 use crate::{Cpu, CpuId, Cur, MyCpu};
 
@@ -103,7 +103,7 @@ impl fmt::Display for IntrError {
 /// One CPU's interrupt lines.
 pub(crate) struct IntrTable {
     /// Lines raised and not yet delivered; set from any context.
-    pub(crate) pending: AtomicU64,
+    pub(crate) pending: PendingLines,
     /// Each line's interrupt thread (null: none); owner-only, in a
     /// critical section.
     pub(crate) ithread: [Cell<*const Thread>; MAX_IRQS],
@@ -120,7 +120,7 @@ pub(crate) struct IntrTable {
 impl IntrTable {
     pub(crate) fn new() -> IntrTable {
         IntrTable {
-            pending: AtomicU64::new(0),
+            pending: PendingLines::new(),
             ithread: [const { Cell::new(ptr::null()) }; MAX_IRQS],
             count: [const { Cell::new(0) }; MAX_IRQS],
             fast: [const { Cell::new(None) }; MAX_IRQS],
@@ -128,6 +128,76 @@ impl IntrTable {
         }
     }
 }
+
+/// The set of raised lines, a bit per line, set from any context (a device
+/// interrupt, another CPU) and taken whole by the owner. One `AtomicU64`
+/// where the target has 64-bit atomics; else two native `AtomicU32`s, each
+/// line's bit in one of them: a line is raised with one RMW on its word
+/// and taken by one swap of it, so no bit is lost or delivered twice, and
+/// nothing here is a lock an interrupt handler could wait on (a lock-based
+/// 64-bit emulation would be: see docs/porting.md).
+#[cfg(any(loom, target_has_atomic = "64"))]
+pub(crate) struct PendingLines(crate::sync::AtomicU64);
+
+#[cfg(any(loom, target_has_atomic = "64"))]
+impl PendingLines {
+    fn new() -> PendingLines {
+        PendingLines(crate::sync::AtomicU64::new(0))
+    }
+
+    /// Raise the lines of `bits` (any context).
+    #[inline(always)]
+    pub(crate) fn raise(&self, bits: u64, o: Ordering) {
+        self.0.fetch_or(bits, o);
+    }
+
+    /// Take every raised line (owner only).
+    #[inline(always)]
+    pub(crate) fn take(&self, o: Ordering) -> u64 {
+        self.0.swap(0, o)
+    }
+    /// The raised lines (the loom models' check).
+    #[cfg(loom)]
+    pub(crate) fn peek(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The set of raised lines (see the 64-bit definition): two 32-bit words.
+#[cfg(not(any(loom, target_has_atomic = "64")))]
+pub(crate) struct PendingLines([crate::sync::AtomicU32; 2]);
+
+#[cfg(not(any(loom, target_has_atomic = "64")))]
+impl PendingLines {
+    fn new() -> PendingLines {
+        use crate::sync::AtomicU32;
+        PendingLines([AtomicU32::new(0), AtomicU32::new(0)])
+    }
+
+    /// Raise the lines of `bits` (any context).
+    #[inline(always)]
+    pub(crate) fn raise(&self, bits: u64, o: Ordering) {
+        let (lo, hi) = (bits as u32, (bits >> 32) as u32);
+        if lo != 0 {
+            self.0[0].fetch_or(lo, o);
+        }
+        if hi != 0 {
+            self.0[1].fetch_or(hi, o);
+        }
+    }
+
+    /// Take every raised line (owner only). The two swaps are not one
+    /// atomic step, and need not be: a line raised after its word's swap
+    /// also sets `RQF_INTPEND` after it, so the next delivery takes it.
+    #[inline(always)]
+    pub(crate) fn take(&self, o: Ordering) -> u64 {
+        let lo = self.0[0].swap(0, o);
+        let hi = self.0[1].swap(0, o);
+        u64::from(hi) << 32 | u64::from(lo)
+    }
+}
+
+const _: () = assert!(MAX_IRQS <= 64, "the pending set has 64 bits");
 
 fn check_irq(irq: usize) -> Result<u64, IntrError> {
     if irq < MAX_IRQS {
@@ -155,7 +225,7 @@ impl Cpu {
     /// ```
     pub fn post_interrupt(&self, irq: usize) -> Result<(), IntrError> {
         let bit = check_irq(irq)?;
-        self.intr.pending.fetch_or(bit, Ordering::Relaxed);
+        self.intr.pending.raise(bit, Ordering::Relaxed);
         // Release: whoever clears INTPEND and then reads `pending` (after
         // the fence in `deliver`) sees the bit.
         self.reqflags.fetch_or(rqf::INTPEND, Ordering::Release);
@@ -219,7 +289,7 @@ impl MyCpu<'_> {
 pub(crate) unsafe fn deliver<const ASYNC_SAFE: bool>(gd: &Cpu) {
     // `splz` cleared INTPEND with an Acquire RMW, which read the
     // poster's Release set: every line posted before it is in `pending`.
-    let mut lines = gd.intr.pending.swap(0, Ordering::Relaxed);
+    let mut lines = gd.intr.pending.take(Ordering::Relaxed);
     if lines == 0 {
         return;
     }
@@ -227,7 +297,7 @@ pub(crate) unsafe fn deliver<const ASYNC_SAFE: bool>(gd: &Cpu) {
         let later = lines & gd.intr.fast_lines.get();
         if later != 0 {
             lines &= !later;
-            gd.intr.pending.fetch_or(later, Ordering::Relaxed);
+            gd.intr.pending.raise(later, Ordering::Relaxed);
             gd.reqflags.fetch_or(rqf::INTPEND, Ordering::Relaxed);
         }
     }

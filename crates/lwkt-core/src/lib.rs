@@ -95,6 +95,24 @@
 //! token on the way out); a panic in interrupt context (an IPI or `cpusync`
 //! function) or out of a thread body aborts. [`abort_on_unwind`] has the
 //! whole policy.
+//!
+//! # Targets without 64-bit atomics
+//!
+//! The crate builds for any target with native word-sized atomics
+//! (`riscv32imac-unknown-none-elf` and `thumbv7em-none-eabihf` are built in
+//! CI beside the 64-bit ones). It never uses an atomic wider than the
+//! target's native word, and no lock-based emulation of one
+//! (`portable-atomic`'s fallback): those atomics are touched from
+//! interrupt and IPI context, where a handler that finds the lock held by
+//! the code it interrupted would spin forever. Where
+//! `target_has_atomic = "64"` the code is what it always was; elsewhere the
+//! IPI rings use wrapping `u32` indices ([`ipiq::Ring`]'s `u32` form, with
+//! its correctness argument in the module notes), the interrupt-pending
+//! set two 32-bit words, and the callout state word, wait-queue
+//! generation, machine ids and per-CPU statistics a 32-bit word (limits:
+//! 2^21 machines per boot for callouts, statistics wrapping at 2^32). The
+//! porting guide's section "32-bit targets and targets without 64-bit
+//! atomics" lists every atomic and its reason.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -55,7 +55,8 @@ impl<'a> MyCpu<'a> {
     /// The machine's number, unique in this process: per-CPU state kept
     /// outside lwkt (a slab, a driver's queues) indexed by [`id`](Self::id)
     /// compares it to refuse a CPU of another machine, whose CPU numbers
-    /// overlap. Never 0, always below 2^62, never reused in the process.
+    /// overlap. Never 0, always below 2^62 (2^30 on a target without
+    /// 64-bit atomics), never reused in the process.
     ///
     /// ```
     /// let a = lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| cur.my_cpu().machine_id());

@@ -2,14 +2,37 @@
 //! `--cfg loom` and from `core` otherwise, so the models run this crate's own
 //! code (the approach of tokio's `src/loom/`).
 
+#[cfg(all(not(loom), not(feature = "bench-counters"), target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
 #[cfg(all(not(loom), not(feature = "bench-counters")))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(all(not(loom), feature = "bench-counters"))]
 pub(crate) use lwkt_token::sync_events::{
     AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
 };
+
+/// The widest atomic word the target has natively (lock-free, safe from
+/// interrupt context): 64 bits where `target_has_atomic = "64"` (x86-64,
+/// AArch64, RISC-V 64: the code is exactly what `AtomicU64` gives), else
+/// 32 bits. lwkt-core never uses an atomic wider than this: a wider one
+/// would come from a lock-based emulation (`portable-atomic`'s fallback),
+/// which an interrupt handler on the CPU that holds the lock would wait
+/// for forever (see docs/porting.md, "32-bit targets and targets without
+/// 64-bit atomics").
+#[cfg(any(loom, target_has_atomic = "64"))]
+pub(crate) type AtomicWord = AtomicU64;
+/// The value type of [`AtomicWord`].
+#[cfg(any(loom, target_has_atomic = "64"))]
+pub(crate) type Word = u64;
+/// The widest atomic word the target has natively (see the 64-bit
+/// definition).
+#[cfg(not(any(loom, target_has_atomic = "64")))]
+pub(crate) type AtomicWord = AtomicU32;
+/// The value type of [`AtomicWord`].
+#[cfg(not(any(loom, target_has_atomic = "64")))]
+pub(crate) type Word = u32;
 
 pub(crate) use core::sync::atomic::Ordering;
 
@@ -106,18 +129,23 @@ impl Life {
 /// A counter written only by its owner CPU and read by anyone: a plain
 /// load and store (no locked read-modify-write), atomic only so that
 /// concurrent readers are not a data race.
+///
+/// It is an [`AtomicWord`]: 64 bits where the target has 64-bit atomics,
+/// else 32 bits, wrapping at 2^32 (these are statistics; a torn or
+/// lock-based 64-bit counter would be worse: see [`AtomicWord`]).
 #[derive(Debug, Default)]
-pub(crate) struct OwnerCounter(AtomicU64);
+pub(crate) struct OwnerCounter(AtomicWord);
 
 impl OwnerCounter {
     /// Owner only.
     #[inline(always)]
     pub(crate) fn add(&self, n: u64) {
         let v = self.0.load(Ordering::Relaxed);
-        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n as Word), Ordering::Relaxed);
     }
     #[inline(always)]
     pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        #[allow(clippy::useless_conversion)] // u64 -> u64 where `Word` is u64
+        u64::from(self.0.load(Ordering::Relaxed))
     }
 }

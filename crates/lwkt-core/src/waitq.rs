@@ -7,7 +7,7 @@
 //! waiter reads the generation, then sleeps until it changes; a signal
 //! bumps it, then wakes the queue's channel on every CPU with sleepers.
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicWord, Ordering};
 use crate::{Cur, MyCpu};
 
 /// Threads block here until another thread or an IPI function signals.
@@ -25,7 +25,13 @@ use crate::{Cur, MyCpu};
 /// ```
 #[derive(Debug)]
 pub struct WaitQueue {
-    gen: AtomicU64,
+    /// The signal count: the target's widest native atomic word
+    /// (`sync::Word`), so 32 bits, wrapping, on a target without 64-bit
+    /// atomics. A waiter compares it only for inequality with its
+    /// snapshot, and every signal wakes it to look again, so a wrapped
+    /// count hides a signal from it only if exactly a multiple of 2^32
+    /// signals land between two of its looks (see docs/porting.md).
+    gen: AtomicWord,
 }
 
 impl Default for WaitQueue {
@@ -39,7 +45,7 @@ impl WaitQueue {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
         WaitQueue {
-            gen: AtomicU64::new(0),
+            gen: AtomicWord::new(0),
         }
     }
 
@@ -47,7 +53,7 @@ impl WaitQueue {
     #[cfg(loom)]
     pub fn new() -> Self {
         WaitQueue {
-            gen: AtomicU64::new(0),
+            gen: AtomicWord::new(0),
         }
     }
 
@@ -57,9 +63,17 @@ impl WaitQueue {
 
     /// The number of signals so far; pass it to
     /// [`block_since`](Self::block_since) to wait for the next one without a
-    /// window where a signal could be missed.
+    /// window where a signal could be missed. On a target without 64-bit
+    /// atomics the count is 32 bits wide and wraps (modulo 2^32).
     pub fn generation(&self) -> u64 {
-        self.gen.load(Ordering::SeqCst)
+        self.gen_now()
+    }
+
+    /// The count now, widened (a no-op with 64-bit atomics).
+    #[inline(always)]
+    #[allow(clippy::useless_conversion)] // u64 -> u64 where `Word` is u64
+    fn gen_now(&self) -> u64 {
+        u64::from(self.gen.load(Ordering::SeqCst))
     }
 
     /// Block until the next signal. DragonFly: `lwkt_block()`.
@@ -71,7 +85,7 @@ impl WaitQueue {
     /// Block until a signal after generation `gen` (returns at once if one
     /// has happened already).
     pub fn block_since(&self, cur: &mut Cur, gen: u64) {
-        cur.sleep_until(self.chan(), || self.gen.load(Ordering::SeqCst) != gen);
+        cur.sleep_until(self.chan(), || self.gen_now() != gen);
     }
 
     /// [`block_since`](Self::block_since) with a time limit: `Ok` once a
@@ -100,9 +114,7 @@ impl WaitQueue {
         gen: u64,
         timeout: core::time::Duration,
     ) -> Result<(), crate::TimedOut> {
-        cur.sleep_until_timeout(self.chan(), timeout, || {
-            self.gen.load(Ordering::SeqCst) != gen
-        })
+        cur.sleep_until_timeout(self.chan(), timeout, || self.gen_now() != gen)
     }
 
     /// Wake every thread blocked here. DragonFly: `lwkt_signal()`.

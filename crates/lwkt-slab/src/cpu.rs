@@ -11,7 +11,27 @@
 //! CPU's state.
 
 use core::num::NonZeroU64;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
+
+/// A domain number as stored: the target's widest native atomic word (64
+/// bits where it has 64-bit atomics, else 32: numbers then stay below 2^31,
+/// machine ids below 2^30 by lwkt-core's rule). Never a lock-based wider
+/// atomic: a binding is checked on every allocation, from any context.
+#[cfg(target_has_atomic = "64")]
+type Num = u64;
+#[cfg(target_has_atomic = "64")]
+type AtomicNum = core::sync::atomic::AtomicU64;
+#[cfg(not(target_has_atomic = "64"))]
+type Num = u32;
+#[cfg(not(target_has_atomic = "64"))]
+type AtomicNum = core::sync::atomic::AtomicU32;
+
+/// `n`, widened (a no-op with 64-bit atomics).
+#[inline(always)]
+#[allow(clippy::useless_conversion)] // u64 -> u64 where `Num` is u64
+fn wide(n: Num) -> u64 {
+    u64::from(n)
+}
 
 use lwkt_core::{Cur, MyCpu};
 
@@ -136,9 +156,10 @@ impl Domain {
     #[inline(always)]
     pub fn of_machine(my: MyCpu<'_>) -> Domain {
         let m = my.machine_id();
-        // lwkt-core: machine ids are never 0 and stay below 2^62, so `2m+1`
+        // lwkt-core: machine ids are never 0 and stay below 2^62 (2^30
+        // without 64-bit atomics, where `Num` is 32 bits), so `2m+1`
         // neither wraps nor meets a `DomainId`'s `2n`.
-        debug_assert!(m != 0 && m < 1 << 62);
+        debug_assert!(m != 0 && m < 1 << (Num::BITS - 2));
         // SAFETY: `| MACHINE_BIT` (1) makes it non-zero.
         Domain(unsafe { NonZeroU64::new_unchecked(m << 1 | MACHINE_BIT) })
     }
@@ -147,7 +168,7 @@ impl Domain {
     #[inline(always)]
     fn numbered(n: u64, kind: u64) -> Domain {
         match NonZeroU64::new(n << 1 | kind) {
-            Some(v) if n < 1 << 63 => Domain(v),
+            Some(v) if n < 1 << (Num::BITS - 1) => Domain(v),
             _ => exhausted(),
         }
     }
@@ -180,14 +201,14 @@ fn exhausted() -> ! {
 /// assert_eq!(a.domain(), a.domain());
 /// ```
 #[derive(Debug)]
-pub struct DomainId(AtomicU64);
+pub struct DomainId(AtomicNum);
 
-static NEXT_DOMAIN: AtomicU64 = AtomicU64::new(1);
+static NEXT_DOMAIN: AtomicNum = AtomicNum::new(1);
 
 impl DomainId {
     /// A domain of its own.
     pub const fn new() -> DomainId {
-        DomainId(AtomicU64::new(0))
+        DomainId(AtomicNum::new(0))
     }
 
     /// The domain.
@@ -195,11 +216,11 @@ impl DomainId {
     pub fn domain(&self) -> Domain {
         let v = self.0.load(Ordering::Relaxed);
         let v = if v != 0 { v } else { self.draw() };
-        Domain::numbered(v, 0)
+        Domain::numbered(wide(v), 0)
     }
 
     #[cold]
-    fn draw(&self) -> u64 {
+    fn draw(&self) -> Num {
         let fresh = NEXT_DOMAIN.fetch_add(1, Ordering::Relaxed);
         if fresh == 0 {
             exhausted();
@@ -223,11 +244,11 @@ impl Default for DomainId {
 /// The domain a structure with per-CPU state is bound to: set by the first
 /// context that uses it, checked on every use after. Holds the domain's
 /// number, 0 while unbound.
-pub(crate) struct Binding(AtomicU64);
+pub(crate) struct Binding(AtomicNum);
 
 impl Binding {
     pub(crate) const fn new() -> Binding {
-        Binding(AtomicU64::new(0))
+        Binding(AtomicNum::new(0))
     }
 
     /// Panic unless `d` is the bound domain; bind to it if none is.
@@ -236,22 +257,24 @@ impl Binding {
         // Acquire (and Release in `unbind`): the uses by a domain that
         // was unbound happen before those of the one that binds next.
         let bound = self.0.load(Ordering::Acquire);
-        if bound != d.0.get() {
+        if wide(bound) != d.0.get() {
             self.bind(d, bound, what);
         }
     }
 
     #[cold]
     #[track_caller]
-    fn bind(&self, d: Domain, bound: u64, what: &'static str) {
+    fn bind(&self, d: Domain, bound: Num, what: &'static str) {
+        // Every domain's number fits a `Num` (`numbered`, `of_machine`).
+        let mine = d.0.get() as Num;
         if bound == 0 {
             match self
                 .0
-                .compare_exchange(0, d.0.get(), Ordering::Acquire, Ordering::Acquire)
+                .compare_exchange(0, mine, Ordering::Acquire, Ordering::Acquire)
             {
                 Ok(_) => return,
                 // Someone else bound it first: to our domain, or refused.
-                Err(won) if won == d.0.get() => return,
+                Err(won) if won == mine => return,
                 Err(_) => {}
             }
         }

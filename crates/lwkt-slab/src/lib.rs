@@ -3,6 +3,14 @@
 //! no atomic read-modify-write; frees from other CPUs go back to the owner
 //! through a lock-free list that only the owner drains.
 //!
+//! It builds for any target with native word-sized atomics (with
+//! `--no-default-features` for `no_std`). Without 64-bit atomics the
+//! remote-free list's head word is an `AtomicU32` (`count << 16 | offset`:
+//! a zone is 64 KiB), never a lock-based 64-bit emulation, since remote
+//! frees may come from interrupt context; statistics counters are then 32
+//! bits wide and wrap (the porting guide, "32-bit targets and targets
+//! without 64-bit atomics").
+//!
 //! | DragonFly | here |
 //! |---|---|
 //! | `kmalloc(size, type, flags)` | [`Slab::alloc`] |

@@ -3,7 +3,20 @@
 //! DragonFly: `struct malloc_type`, `MALLOC_DEFINE()`, `ks_use[]`,
 //! `ks_loosememuse`, `ks_limit`.
 
-use core::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+
+/// A call or free count: the target's widest native atomic word, 64 bits
+/// where it has 64-bit atomics, else 32 (wrapping at 2^32: `in_use` stays
+/// exact as a wrapping difference, `total` is then the count mod 2^32).
+/// Never a lock-based wider atomic: these are updated on every allocation.
+#[cfg(target_has_atomic = "64")]
+type Count = u64;
+#[cfg(target_has_atomic = "64")]
+type AtomicCount = core::sync::atomic::AtomicU64;
+#[cfg(not(target_has_atomic = "64"))]
+type Count = u32;
+#[cfg(not(target_has_atomic = "64"))]
+type AtomicCount = core::sync::atomic::AtomicU32;
 
 use crossbeam_utils::CachePadded;
 use lwkt_core::MAX_CPUS;
@@ -17,8 +30,8 @@ use crate::class::ZONE_SIZE;
 /// `calls - frees`, so each call updates two words. DragonFly: `ks_use[cpu]`
 /// (`memuse`, `inuse`, `calls`, `loosememuse`).
 struct Use {
-    calls: AtomicU64,
-    frees: AtomicU64,
+    calls: AtomicCount,
+    frees: AtomicCount,
     /// Bytes not yet folded into the type's loose total: within
     /// `(-ZONE_SIZE, ZONE_SIZE)` between calls.
     pending: AtomicIsize,
@@ -56,7 +69,7 @@ pub struct MallocStats {
     pub in_use: isize,
     /// Bytes held by them (rounded to chunk or page size).
     pub bytes: isize,
-    /// Allocations ever made.
+    /// Allocations ever made (mod 2^32 on a target without 64-bit atomics).
     pub total: u64,
     /// The highest `bytes` seen, measured at `ZONE_SIZE` granularity per
     /// CPU (DragonFly's loose accounting), and never below `bytes`.
@@ -79,15 +92,15 @@ impl MallocType {
             limit,
             per_cpu: [const {
                 CachePadded::new(Use {
-                    calls: AtomicU64::new(0),
-                    frees: AtomicU64::new(0),
+                    calls: AtomicCount::new(0),
+                    frees: AtomicCount::new(0),
                     pending: AtomicIsize::new(0),
                     folded: AtomicIsize::new(0),
                 })
             }; MAX_CPUS],
             unowned: CachePadded::new(Use {
-                calls: AtomicU64::new(0),
-                frees: AtomicU64::new(0),
+                calls: AtomicCount::new(0),
+                frees: AtomicCount::new(0),
                 pending: AtomicIsize::new(0),
                 folded: AtomicIsize::new(0),
             }),
@@ -103,16 +116,17 @@ impl MallocType {
 
     /// Sum the per-CPU counters.
     pub fn stats(&self) -> MallocStats {
-        let (mut bytes, mut total, mut frees) = (0isize, 0u64, 0u64);
+        let (mut bytes, mut total, mut frees): (isize, Count, Count) = (0, 0, 0);
         for u in self.per_cpu.iter().chain([&self.unowned]) {
             bytes += u.folded.load(Ordering::Relaxed) + u.pending.load(Ordering::Relaxed);
-            total += u.calls.load(Ordering::Relaxed);
-            frees += u.frees.load(Ordering::Relaxed);
+            total = total.wrapping_add(u.calls.load(Ordering::Relaxed));
+            frees = frees.wrapping_add(u.frees.load(Ordering::Relaxed));
         }
         MallocStats {
             in_use: total.wrapping_sub(frees) as isize,
             bytes,
-            total,
+            #[allow(clippy::useless_conversion)] // u64 -> u64 where `Count` is u64
+            total: u64::from(total),
             high_water: self
                 .high_water
                 .load(Ordering::Relaxed)
@@ -145,8 +159,10 @@ impl MallocType {
     pub(crate) unsafe fn account_alloc(&self, cpu: usize, bytes: usize) {
         // SAFETY: forwarded.
         let u = unsafe { self.use_of(cpu) };
-        u.calls
-            .store(u.calls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        u.calls.store(
+            u.calls.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
         let p = u.pending.load(Ordering::Relaxed) + bytes as isize;
         if p >= ZONE_SIZE as isize {
             self.fold(u, p);
@@ -163,8 +179,10 @@ impl MallocType {
     pub(crate) unsafe fn account_free(&self, cpu: usize, bytes: usize) {
         // SAFETY: forwarded.
         let u = unsafe { self.use_of(cpu) };
-        u.frees
-            .store(u.frees.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        u.frees.store(
+            u.frees.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
         let p = u.pending.load(Ordering::Relaxed) - bytes as isize;
         if p <= -(ZONE_SIZE as isize) {
             self.fold(u, p);
@@ -183,10 +201,14 @@ impl MallocType {
     pub(crate) unsafe fn account_batch(&self, cpu: usize, calls: u64, frees: u64, bytes: isize) {
         // SAFETY: forwarded.
         let u = unsafe { self.use_of(cpu) };
-        u.calls
-            .store(u.calls.load(Ordering::Relaxed) + calls, Ordering::Relaxed);
-        u.frees
-            .store(u.frees.load(Ordering::Relaxed) + frees, Ordering::Relaxed);
+        u.calls.store(
+            u.calls.load(Ordering::Relaxed).wrapping_add(calls as Count),
+            Ordering::Relaxed,
+        );
+        u.frees.store(
+            u.frees.load(Ordering::Relaxed).wrapping_add(frees as Count),
+            Ordering::Relaxed,
+        );
         let p = u.pending.load(Ordering::Relaxed) + bytes;
         if p.unsigned_abs() >= ZONE_SIZE {
             self.fold(u, p);

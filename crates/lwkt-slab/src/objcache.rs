@@ -23,7 +23,9 @@ use lwkt_core::MAX_CPUS;
 const MAX_CPUS: usize = 4;
 
 use crate::cpu::Binding;
-use crate::sync::{spin_loop, AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{
+    load_wide, spin_loop, AtomicBool, AtomicUsize, AtomicWord, Ordering, UnsafeCell,
+};
 use crate::CpuContext;
 #[cfg(not(loom))]
 use crate::{Flags, MallocType, PageSource, Slab};
@@ -99,9 +101,9 @@ struct Magazine<T, const M: usize> {
 /// counters read by anyone). DragonFly: `struct percpu_objcache`.
 struct PerCpu<T, const M: usize> {
     mags: UnsafeCell<Mags<T, M>>,
-    gets: AtomicU64,
-    puts: AtomicU64,
-    depot_hits: AtomicU64,
+    gets: AtomicWord,
+    puts: AtomicWord,
+    depot_hits: AtomicWord,
 }
 
 /// A CPU's loaded and previous magazines (either may be null).
@@ -117,7 +119,9 @@ struct Depot<T, const M: usize> {
     empty: *mut Magazine<T, M>,
 }
 
-/// A snapshot of an object cache's counters.
+/// A snapshot of an object cache's counters. On a target without 64-bit
+/// atomics each underlying counter (per CPU, for the `gets`, `puts` and
+/// `depot_hits` sums) is 32 bits wide and wraps at 2^32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ObjCacheStats {
     /// Objects constructed and not yet destroyed (cached or handed out).
@@ -168,8 +172,8 @@ pub struct ObjCache<T, S: RawSource, const M: usize = 32> {
     binding: Binding,
     limit: usize,
     live: AtomicUsize,
-    constructed: AtomicU64,
-    destroyed: AtomicU64,
+    constructed: AtomicWord,
+    destroyed: AtomicWord,
     cpus: [CachePadded<PerCpu<T, M>>; MAX_CPUS],
     lock: CachePadded<AtomicBool>,
     depot: UnsafeCell<Depot<T, M>>,
@@ -213,17 +217,17 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
             binding: Binding::new(),
             limit,
             live: AtomicUsize::new(0),
-            constructed: AtomicU64::new(0),
-            destroyed: AtomicU64::new(0),
+            constructed: AtomicWord::new(0),
+            destroyed: AtomicWord::new(0),
             cpus: core::array::from_fn(|_| {
                 CachePadded::new(PerCpu {
                     mags: UnsafeCell::new(Mags {
                         loaded: ptr::null_mut(),
                         previous: ptr::null_mut(),
                     }),
-                    gets: AtomicU64::new(0),
-                    puts: AtomicU64::new(0),
-                    depot_hits: AtomicU64::new(0),
+                    gets: AtomicWord::new(0),
+                    puts: AtomicWord::new(0),
+                    depot_hits: AtomicWord::new(0),
                 })
             }),
             lock: CachePadded::new(AtomicBool::new(false)),
@@ -403,14 +407,14 @@ impl<T, S: RawSource, const M: usize> ObjCache<T, S, M> {
     pub fn stats(&self) -> ObjCacheStats {
         let mut s = ObjCacheStats {
             live: self.live.load(Ordering::Relaxed),
-            constructed: self.constructed.load(Ordering::Relaxed),
-            destroyed: self.destroyed.load(Ordering::Relaxed),
+            constructed: load_wide(&self.constructed, Ordering::Relaxed),
+            destroyed: load_wide(&self.destroyed, Ordering::Relaxed),
             ..ObjCacheStats::default()
         };
         for pc in &self.cpus[..self.ncpus] {
-            s.gets += pc.gets.load(Ordering::Relaxed);
-            s.puts += pc.puts.load(Ordering::Relaxed);
-            s.depot_hits += pc.depot_hits.load(Ordering::Relaxed);
+            s.gets += load_wide(&pc.gets, Ordering::Relaxed);
+            s.puts += load_wide(&pc.puts, Ordering::Relaxed);
+            s.depot_hits += load_wide(&pc.depot_hits, Ordering::Relaxed);
         }
         s
     }
@@ -576,8 +580,9 @@ unsafe fn push<T, const M: usize>(m: *mut Magazine<T, M>, o: *mut T) -> bool {
     }
 }
 
-/// A per-CPU counter: only its CPU writes it (load + store, no RMW).
+/// A per-CPU counter: only its CPU writes it (load + store, no RMW). A
+/// native word: it wraps at 2^32 on a target without 64-bit atomics.
 #[inline]
-fn bump(c: &AtomicU64) {
-    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+fn bump(c: &AtomicWord) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }

@@ -3,12 +3,16 @@
 //! `loom` under `--cfg loom` and from `core` otherwise, so the model runs
 //! this crate's own list (the approach of tokio's `src/loom/`).
 
+#[cfg(all(not(loom), not(feature = "bench-counters"), target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
 #[cfg(all(not(loom), not(feature = "bench-counters")))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(all(not(loom), feature = "bench-counters"))]
-pub(crate) use lwkt_core::token::sync_events::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+pub(crate) use lwkt_core::token::sync_events::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+};
 
 /// An `UnsafeCell` reached only through `with_mut`, so that under loom
 /// every access is checked against the others (the object cache's per-CPU
@@ -32,6 +36,24 @@ impl<T> UnsafeCell<T> {
 pub(crate) use loom::cell::UnsafeCell;
 
 pub(crate) use core::sync::atomic::Ordering;
+
+/// The widest atomic word the target has natively: 64 bits where
+/// `target_has_atomic = "64"` (exactly `AtomicU64` there), else 32. The
+/// object cache's counters use it; never a lock-based wider atomic (see
+/// docs/porting.md, "32-bit targets and targets without 64-bit atomics").
+#[cfg(any(loom, target_has_atomic = "64"))]
+pub(crate) type AtomicWord = AtomicU64;
+/// The widest atomic word the target has natively (see the 64-bit one).
+#[cfg(not(any(loom, target_has_atomic = "64")))]
+pub(crate) type AtomicWord = AtomicU32;
+
+/// A counter's value read from an [`AtomicWord`], widened to `u64` (a
+/// no-op where the word is 64 bits; it wraps at 2^32 otherwise).
+#[inline(always)]
+pub(crate) fn load_wide(a: &AtomicWord, o: Ordering) -> u64 {
+    #[allow(clippy::useless_conversion)] // u64 -> u64 with 64-bit atomics
+    u64::from(a.load(o))
+}
 
 /// A full fence (the Dekker-style hand-off between a remote free and the
 /// owner marking a zone full).

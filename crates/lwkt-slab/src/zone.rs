@@ -13,7 +13,7 @@ use crate::class::{chunk_align, CHUNK, ZONE_SIZE};
 use crate::remote::{AtomicStack, CountedStack, Link};
 use crate::sync::{fence_seqcst, AtomicBool, Ordering};
 
-const MAGIC: usize = 0x534c_5a4f_4e45_4c57; // "SLZONELW"
+const MAGIC: usize = 0x534c_5a4f_4e45_4c57_u64 as usize; // "SLZONELW" ("NELW" on 32 bits)
 
 /// A free chunk: its first word links it into a list.
 #[repr(C)]
@@ -39,6 +39,10 @@ unsafe impl Link for Chunk {
 /// Chunks per zone at most (8-byte chunks), for the debug bitmap.
 #[cfg(debug_assertions)]
 const MAX_CHUNKS: usize = ZONE_SIZE / 8;
+/// Bits per word of the live bitmap: a native word (64 on a 64-bit
+/// target, as before; 32 on a 32-bit one, which has no 64-bit atomics).
+#[cfg(debug_assertions)]
+const LIVE_BITS: usize = usize::BITS as usize;
 
 /// The zone header, on three sets of cache lines: what never changes
 /// while chunks are out (read by every free, from any CPU), what only the
@@ -86,7 +90,7 @@ pub(crate) struct Zone {
     queued: AtomicBool,
     /// Debug builds: one bit per chunk, set while allocated.
     #[cfg(debug_assertions)]
-    live: [core::sync::atomic::AtomicU64; MAX_CHUNKS / 64],
+    live: [core::sync::atomic::AtomicUsize; MAX_CHUNKS / LIVE_BITS],
 }
 
 // SAFETY: `qnext` is used only while the zone is on a stack, by the pusher
@@ -146,7 +150,7 @@ impl Zone {
                 full: AtomicBool::new(false),
                 queued: AtomicBool::new(false),
                 #[cfg(debug_assertions)]
-                live: [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CHUNKS / 64],
+                live: [const { core::sync::atomic::AtomicUsize::new(0) }; MAX_CHUNKS / LIVE_BITS],
             });
         }
         z
@@ -394,9 +398,9 @@ impl Zone {
     /// Debug builds: record chunk `i` allocated.
     #[cfg(debug_assertions)]
     pub(crate) fn set_live(&self, i: usize) {
-        let prev = self.live[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
+        let prev = self.live[i / LIVE_BITS].fetch_or(1 << (i % LIVE_BITS), Ordering::Relaxed);
         assert!(
-            prev & (1 << (i % 64)) == 0,
+            prev & (1 << (i % LIVE_BITS)) == 0,
             "lwkt-slab: chunk handed out twice"
         );
     }
@@ -405,9 +409,9 @@ impl Zone {
     #[cfg(debug_assertions)]
     #[track_caller]
     pub(crate) fn clear_live(&self, i: usize, p: *const u8) {
-        let prev = self.live[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Relaxed);
+        let prev = self.live[i / LIVE_BITS].fetch_and(!(1 << (i % LIVE_BITS)), Ordering::Relaxed);
         assert!(
-            prev & (1 << (i % 64)) != 0,
+            prev & (1 << (i % LIVE_BITS)) != 0,
             "lwkt-slab: double free of {p:p} (rule: free each allocation once)"
         );
     }

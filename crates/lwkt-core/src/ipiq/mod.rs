@@ -30,7 +30,7 @@
 
 mod ring;
 
-pub use ring::{Consumer, Producer, Ring};
+pub use ring::{Consumer, NativeIndex, Producer, Ring, RingIndex};
 
 use crate::cpu::{Cpu, CpuId, CpuMask};
 use crate::cpumask::AtomicCpuMask;

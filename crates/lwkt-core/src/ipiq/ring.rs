@@ -3,9 +3,11 @@
 //!
 //! DragonFly: `struct lwkt_ipiq` (`ip_windex`, `ip_rindex`, `ip_info[]`).
 //!
-//! Indices are free-running `u64`s (they do not wrap in practice: 2^64
-//! entries at a billion a second take 584 years); a slot is `index % N`.
-//! The producer owns `windex` and the consumer owns `rindex`.
+//! Indices are free-running words of type `I` ([`RingIndex`]): `u64` by
+//! default where the target has 64-bit atomics (they do not wrap in
+//! practice: 2^64 entries at a billion a second take 584 years), `u32`
+//! otherwise (they wrap; see "32-bit indices" below); a slot is
+//! `index % N`. The producer owns `windex` and the consumer owns `rindex`.
 //!
 //! **Publication.** Entries are published in *runs*: a `push` is a run of
 //! one, a `push_batch` of `n` a run of `n`. The producer writes the run's
@@ -33,6 +35,34 @@
 //! published (for [`len`](Ring::len)), on a line no one else reads in the
 //! normal course.
 //!
+//! **32-bit indices.** A `u32` index wraps after 2^32 entries, so "the
+//! head's word is above `r`" is decided in wrapping arithmetic, in a window:
+//! the word at `r` is published when `word - r` (wrapping) is in `[1, N]`.
+//! That is exact only if every stale value the slot can hold is in
+//! `[r - N, r]` (wrapping), a range disjoint from `[r + 1, r + N]` because
+//! `2N <= 2^31 < 2^32` (`N <= 2^30`). With `u64` a slot that was a run's
+//! head once and then only ever a run's tail keeps its old end for good,
+//! harmlessly (it stays below `r`); with `u32` it would come round after
+//! 2^32 entries and alias a published run. So a `u32` ring's producer also
+//! writes, into the sequence word of each *tail* entry of a batch (every
+//! entry but the head), that entry's own index, with the plain entry
+//! writes before the head's Release store (no extra fence: the cache line
+//! is the one it writes the entry to). Then, when the consumer looks at
+//! slot `r` (`r >= N` in unwrapped terms; below, the slot still holds its
+//! initial 0, which is in `[r - N, r]`), entry `r - N` has been produced
+//! and taken (the consumer passed it), and the last write to the slot
+//! before run `r`'s publication was entry `r - N`'s: either as a head (its
+//! run's end, in `(r - N, r]`) or as a tail (`r - N` itself). The consumer
+//! read that write or a later one (it read the Acquire head store of
+//! `r - N`'s run, which follows it), and the only later one is run `r`'s
+//! own publication: the producer writes slot `r` again only after the
+//! consumer frees `r`. So the window holds, at any distance of the
+//! indices from the wrap. A push of one entry is a head only: no extra
+//! store. `u64` rings do none of this (`RingIndex` decides at compile
+//! time): their code is what it was before `u32` rings existed.
+//! `windex - rindex` is at most `N` in every case, so the wrapping
+//! differences the producer computes are exact as well.
+//!
 //! DragonFly's `lwkt_process_ipiq_core` likewise reads the producer's
 //! `ip_windex` once per pass and takes everything below it, but it advances
 //! `ip_rindex` per message, and its sender stores `ip_windex` per message.
@@ -41,9 +71,131 @@ use core::mem::MaybeUninit;
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicU64, Ordering, UnsafeCell};
+use crate::sync::{Ordering, UnsafeCell};
+
+/// A ring's index word: `u64` or `u32` (sealed). See the module notes:
+/// a `u64` ring never wraps; a `u32` ring wraps, and also writes its
+/// batches' tail entries' sequence words so that a wrapped index is never
+/// misread. Only these two exist; `u64` only where the target has 64-bit
+/// atomics.
+pub trait RingIndex: sealed::Index {}
+
+/// The index word of a [`Ring`] when none is named: `u64` where the target
+/// has native 64-bit atomics, `u32` otherwise (never a lock-based 64-bit
+/// emulation: IPI rings are used from interrupt context).
+#[cfg(any(loom, target_has_atomic = "64"))]
+pub type NativeIndex = u64;
+/// The index word of a [`Ring`] when none is named: `u64` where the target
+/// has native 64-bit atomics, `u32` otherwise (never a lock-based 64-bit
+/// emulation: IPI rings are used from interrupt context).
+#[cfg(not(any(loom, target_has_atomic = "64")))]
+pub type NativeIndex = u32;
+
+#[cfg(any(loom, target_has_atomic = "64"))]
+impl RingIndex for u64 {}
+impl RingIndex for u32 {}
+
+mod sealed {
+    use crate::sync::Ordering;
+
+    /// What a ring does with its index word. Every method is the plain
+    /// operation of the type, so a `Ring<_, _, u64>` compiles to what the
+    /// ring did with `u64` written out.
+    #[allow(unreachable_pub)] // sealed: nameable outside only as a bound
+    pub trait Index: Copy + Ord + core::fmt::Debug + Send + Sync + 'static {
+        /// The atomic of this width (loom's under loom).
+        type Atomic: Send + Sync;
+        /// A zero atomic, for `const` construction.
+        #[cfg(not(loom))]
+        #[allow(clippy::declare_interior_mutable_const)] // copied, never borrowed
+        const ZERO: Self::Atomic;
+        /// A zero atomic (loom's are not `const`).
+        #[cfg(loom)]
+        fn zero() -> Self::Atomic;
+        /// 0.
+        const NIL: Self;
+        /// Whether a batch writes its tail entries' sequence words
+        /// (wrapping indices: see the module notes).
+        const WRAPS: bool;
+        fn load(a: &Self::Atomic, o: Ordering) -> Self;
+        fn store(a: &Self::Atomic, v: Self, o: Ordering);
+        /// `n` as an index (`n <= 2^30`, or a small count).
+        fn of(n: usize) -> Self;
+        /// `self` as a `usize` (a slot number or a count up to `N`).
+        fn to_usize(self) -> usize;
+        fn wrapping_add(self, n: Self) -> Self;
+        fn wrapping_sub(self, n: Self) -> Self;
+        /// `self - n`, which does not overflow.
+        fn minus(self, n: Self) -> Self;
+        /// Whether sequence word `e` of the head slot of index `r`
+        /// publishes a run at `r` (of at most `n` entries).
+        fn published(e: Self, r: Self, n: usize) -> bool;
+    }
+
+    macro_rules! index {
+        ($t:ty, $atomic:ty, $wraps:expr) => {
+            impl Index for $t {
+                type Atomic = $atomic;
+                #[cfg(not(loom))]
+                #[allow(clippy::declare_interior_mutable_const)] // copied, never borrowed
+                const ZERO: $atomic = <$atomic>::new(0);
+                #[cfg(loom)]
+                fn zero() -> $atomic {
+                    <$atomic>::new(0)
+                }
+                const NIL: $t = 0;
+                const WRAPS: bool = $wraps;
+                #[inline(always)]
+                fn load(a: &$atomic, o: Ordering) -> $t {
+                    a.load(o)
+                }
+                #[inline(always)]
+                fn store(a: &$atomic, v: $t, o: Ordering) {
+                    a.store(v, o)
+                }
+                #[inline(always)]
+                fn of(n: usize) -> $t {
+                    n as $t
+                }
+                #[inline(always)]
+                fn to_usize(self) -> usize {
+                    self as usize
+                }
+                #[inline(always)]
+                fn wrapping_add(self, n: $t) -> $t {
+                    <$t>::wrapping_add(self, n)
+                }
+                #[inline(always)]
+                fn wrapping_sub(self, n: $t) -> $t {
+                    <$t>::wrapping_sub(self, n)
+                }
+                #[inline(always)]
+                fn minus(self, n: $t) -> $t {
+                    self - n
+                }
+                #[inline(always)]
+                fn published(e: $t, r: $t, n: usize) -> bool {
+                    if $wraps {
+                        // In the window: `e - r` (wrapping) in `[1, n]`.
+                        e.wrapping_sub(r).wrapping_sub(1) < n as $t
+                    } else {
+                        // Stale values are at most `r`, published ones above.
+                        let _ = n;
+                        e > r
+                    }
+                }
+            }
+        };
+    }
+
+    #[cfg(any(loom, target_has_atomic = "64"))]
+    index!(u64, crate::sync::AtomicU64, false);
+    index!(u32, crate::sync::AtomicU32, true);
+}
 
 /// A bounded SPSC ring of `N` entries of `T` (`N` a power of two).
+///
+/// `I` is the index word ([`RingIndex`]): [`NativeIndex`] unless named.
 ///
 /// Exactly one producer and one consumer may use it at a time; that is why
 /// [`push`](Self::push) and [`pop`](Self::pop) are `unsafe`. lwkt-core keeps
@@ -77,44 +229,45 @@ use crate::sync::{AtomicU64, Ordering, UnsafeCell};
 // `repr(C)`: the index lines first, in this order, then the slots (the
 // measured layout; see `docs/benchmarks.md`).
 #[repr(C)]
-pub struct Ring<T: Copy, const N: usize> {
+pub struct Ring<T: Copy, const N: usize, I: RingIndex = NativeIndex> {
     /// The producer's write index, published for [`len`](Ring::len).
-    windex: CachePadded<AtomicU64>,
+    windex: CachePadded<I::Atomic>,
     /// Producer-private: its write index and its cache of `rindex`.
-    prod: CachePadded<Side>,
+    prod: CachePadded<Side<I>>,
     /// The consumer's read index, published to the producer at the end of
     /// every run it takes (so always the head of a run).
-    rindex: CachePadded<AtomicU64>,
+    rindex: CachePadded<I::Atomic>,
     /// Consumer-private: its read index and the end of the run it takes.
-    cons: CachePadded<Side>,
-    slots: [Slot<T>; N],
+    cons: CachePadded<Side<I>>,
+    slots: [Slot<T, I>; N],
 }
 
 /// One entry's place: the entry, and the sequence word that says, for the
 /// head of a run, where the run ends.
 #[repr(C)]
-struct Slot<T> {
+struct Slot<T, I: RingIndex> {
     /// For a run's head (its first entry) at index `i`: the index one past
     /// the run's last entry, in `(i, i + N]`, stored with Release after
     /// every entry of the run. Not written for the run's other entries.
-    /// 0: never written.
-    seq: AtomicU64,
+    /// 0: never written. In a `u32` ring, a batch's tail entries get their
+    /// own index here (see the module notes).
+    seq: I::Atomic,
     val: UnsafeCell<MaybeUninit<T>>,
 }
 
-impl<T> Slot<T> {
+impl<T, I: RingIndex> Slot<T, I> {
     #[cfg(not(loom))]
-    const fn new() -> Slot<T> {
+    const fn new() -> Slot<T, I> {
         Slot {
-            seq: AtomicU64::new(0),
+            seq: I::ZERO,
             val: UnsafeCell::new(MaybeUninit::uninit()),
         }
     }
 
     #[cfg(loom)]
-    fn new() -> Slot<T> {
+    fn new() -> Slot<T, I> {
         Slot {
-            seq: AtomicU64::new(0),
+            seq: I::zero(),
             val: UnsafeCell::new(MaybeUninit::uninit()),
         }
     }
@@ -128,32 +281,32 @@ impl<T> Slot<T> {
 /// `peer` seemed to wait behind the previous pop's store to `own` (about
 /// 10% of the unbatched throughput, measured A/B between two cores).
 #[repr(C)]
-struct Side {
-    own: UnsafeCell<u64>,
-    peer: UnsafeCell<u64>,
+struct Side<I> {
+    own: UnsafeCell<I>,
+    peer: UnsafeCell<I>,
 }
 
-impl Side {
+impl<I: RingIndex> Side<I> {
     #[cfg(not(loom))]
-    const fn new() -> Side {
+    const fn new() -> Side<I> {
         Side {
-            own: UnsafeCell::new(0),
-            peer: UnsafeCell::new(0),
+            own: UnsafeCell::new(I::NIL),
+            peer: UnsafeCell::new(I::NIL),
         }
     }
 
     #[cfg(loom)]
-    fn new() -> Side {
+    fn new() -> Side<I> {
         Side {
-            own: UnsafeCell::new(0),
-            peer: UnsafeCell::new(0),
+            own: UnsafeCell::new(I::NIL),
+            peer: UnsafeCell::new(I::NIL),
         }
     }
 
     /// # Safety
     /// Called by this side only.
     #[inline(always)]
-    unsafe fn own(&self) -> u64 {
+    unsafe fn own(&self) -> I {
         // SAFETY: private to the caller's side (its contract), and never
         // borrowed across calls, so no reference to it is alive.
         self.own.with(|p| unsafe { *p })
@@ -162,7 +315,7 @@ impl Side {
     /// # Safety
     /// As for [`own`](Self::own).
     #[inline(always)]
-    unsafe fn set_own(&self, v: u64) {
+    unsafe fn set_own(&self, v: I) {
         // SAFETY: as in `own`.
         self.own.with_mut(|p| unsafe { *p = v })
     }
@@ -170,7 +323,7 @@ impl Side {
     /// # Safety
     /// As for [`own`](Self::own).
     #[inline(always)]
-    unsafe fn peer(&self) -> u64 {
+    unsafe fn peer(&self) -> I {
         // SAFETY: as in `own`.
         self.peer.with(|p| unsafe { *p })
     }
@@ -178,7 +331,7 @@ impl Side {
     /// # Safety
     /// As for [`own`](Self::own).
     #[inline(always)]
-    unsafe fn set_peer(&self, v: u64) {
+    unsafe fn set_peer(&self, v: I) {
         // SAFETY: as in `own`.
         self.peer.with_mut(|p| unsafe { *p = v })
     }
@@ -187,11 +340,11 @@ impl Side {
 // SAFETY: the ring hands `T` values from the producer's thread to the
 // consumer's, so `T: Send` is required; every slot is accessed by one side at
 // a time, ordered by the Release/Acquire protocol (see `push`/`pop`).
-unsafe impl<T: Copy + Send, const N: usize> Sync for Ring<T, N> {}
+unsafe impl<T: Copy + Send, const N: usize, I: RingIndex> Sync for Ring<T, N, I> {}
 // SAFETY: as above; owning a ring only owns `T` values.
-unsafe impl<T: Copy + Send, const N: usize> Send for Ring<T, N> {}
+unsafe impl<T: Copy + Send, const N: usize, I: RingIndex> Send for Ring<T, N, I> {}
 
-impl<T: Copy, const N: usize> core::fmt::Debug for Ring<T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> core::fmt::Debug for Ring<T, N, I> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Ring")
             .field("capacity", &N)
@@ -200,13 +353,13 @@ impl<T: Copy, const N: usize> core::fmt::Debug for Ring<T, N> {
     }
 }
 
-impl<T: Copy, const N: usize> Default for Ring<T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> Default for Ring<T, N, I> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Copy, const N: usize> Ring<T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> Ring<T, N, I> {
     const CHECK: () = assert!(
         N.is_power_of_two() && N <= (1 << 30),
         "ring capacity must be a power of two"
@@ -223,9 +376,9 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         #[allow(clippy::let_unit_value)]
         let () = Self::CHECK;
         Self {
-            windex: CachePadded::new(AtomicU64::new(0)),
+            windex: CachePadded::new(I::ZERO),
             prod: CachePadded::new(Side::new()),
-            rindex: CachePadded::new(AtomicU64::new(0)),
+            rindex: CachePadded::new(I::ZERO),
             cons: CachePadded::new(Side::new()),
             slots: [const { Slot::new() }; N],
         }
@@ -237,12 +390,38 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         #[allow(clippy::let_unit_value)]
         let () = Self::CHECK;
         Self {
-            windex: CachePadded::new(AtomicU64::new(0)),
+            windex: CachePadded::new(I::zero()),
             prod: CachePadded::new(Side::new()),
-            rindex: CachePadded::new(AtomicU64::new(0)),
+            rindex: CachePadded::new(I::zero()),
             cons: CachePadded::new(Side::new()),
             slots: core::array::from_fn(|_| Slot::new()),
         }
+    }
+
+    /// A ring whose indices all start at `start` instead of 0, in the
+    /// state a ring reaches when entry `start - 1` was the tail of a batch
+    /// and everything is taken: every slot's word holds the index of the
+    /// lap before (what a tail write leaves), the most a wrapped index
+    /// can see. For tests of the wrap-around.
+    #[cfg(all(test, not(loom)))]
+    fn starting_at(start: I) -> Self {
+        let r = Self::new();
+        for k in 1..=N {
+            let i = start.wrapping_sub(I::of(k));
+            if I::WRAPS || i < start {
+                I::store(&r.slot(i).seq, i, Ordering::Relaxed);
+            }
+        }
+        I::store(&r.windex, start, Ordering::Relaxed);
+        I::store(&r.rindex, start, Ordering::Relaxed);
+        // SAFETY: the ring is ours alone.
+        unsafe {
+            r.prod.set_own(start);
+            r.prod.set_peer(start);
+            r.cons.set_own(start);
+            r.cons.set_peer(start);
+        }
+        r
     }
 
     /// Capacity in entries.
@@ -254,15 +433,15 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// Entries of a run the consumer is part-way through count until it
     /// finishes the run.
     pub fn len(&self) -> usize {
-        let w = self.windex.load(Ordering::Acquire);
-        let r = self.rindex.load(Ordering::Acquire);
-        w.wrapping_sub(r) as usize
+        let w = I::load(&self.windex, Ordering::Acquire);
+        let r = I::load(&self.rindex, Ordering::Acquire);
+        w.wrapping_sub(r).to_usize()
     }
 
     /// The slot of entry `i`.
     #[inline(always)]
-    fn slot(&self, i: u64) -> &Slot<T> {
-        &self.slots[(i as usize) & (N - 1)]
+    fn slot(&self, i: I) -> &Slot<T, I> {
+        &self.slots[i.to_usize() & (N - 1)]
     }
 
     /// Where the run headed at index `r` ends, if it is published: the
@@ -271,11 +450,13 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// run (the consumer's index when it has taken its last run, or the
     /// published `rindex`). Every other value the slot can hold is at most
     /// `r`: 0, or the end of the run it headed a lap or more before (that
-    /// head was at most `r - N`, its run at most `N` long).
+    /// head was at most `r - N`, its run at most `N` long). (For a `u32`
+    /// ring, "above" and "at most" are in a window of wrapping arithmetic;
+    /// see the module notes.)
     #[inline(always)]
-    fn run_end(&self, r: u64) -> Option<u64> {
-        let e = self.slot(r).seq.load(Ordering::Acquire);
-        (e > r).then_some(e)
+    fn run_end(&self, r: I) -> Option<I> {
+        let e = I::load(&self.slot(r).seq, Ordering::Acquire);
+        I::published(e, r, N).then_some(e)
     }
 
     /// True when nothing is queued (a snapshot). It reads the consumer's
@@ -286,7 +467,8 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// the ring does not look empty while the run's rest is queued.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.run_end(self.rindex.load(Ordering::Acquire)).is_none()
+        self.run_end(I::load(&self.rindex, Ordering::Acquire))
+            .is_none()
     }
 
     /// Free slots as the producer sees them, refreshing its cache of the
@@ -295,17 +477,17 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// # Safety
     /// Producer only.
     #[inline(always)]
-    unsafe fn free_slots(&self, w: u64, want: u64) -> u64 {
+    unsafe fn free_slots(&self, w: I, want: I) -> I {
         // SAFETY: the caller is the producer.
         let cached = unsafe { self.prod.peer() };
-        let free = N as u64 - w.wrapping_sub(cached);
+        let free = I::of(N).minus(w.wrapping_sub(cached));
         if free >= want {
             return free;
         }
-        let r = self.rindex.load(Ordering::Acquire);
+        let r = I::load(&self.rindex, Ordering::Acquire);
         // SAFETY: as above.
         unsafe { self.prod.set_peer(r) };
-        N as u64 - w.wrapping_sub(r)
+        I::of(N).minus(w.wrapping_sub(r))
     }
 
     /// Fill level as the producer sees it (refreshes its cache).
@@ -314,7 +496,7 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// Producer only.
     pub unsafe fn producer_len(&self) -> usize {
         // SAFETY: forwarded producer contract.
-        unsafe { N - self.free_slots(self.prod.own(), N as u64 + 1) as usize }
+        unsafe { N - self.free_slots(self.prod.own(), I::of(N + 1)).to_usize() }
     }
 
     /// Appends `v` and publishes it (a run of one); gives `v` back if the
@@ -348,11 +530,11 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// caller (the ring's private line for `push`, a [`Producer`]'s fields).
     /// The caller is the producer.
     #[inline(always)]
-    fn push_at(&self, own: &mut u64, peer: &mut u64, v: T) -> Result<(), T> {
+    fn push_at(&self, own: &mut I, peer: &mut I, v: T) -> Result<(), T> {
         let w = *own;
-        if N as u64 - w.wrapping_sub(*peer) == 0 {
-            *peer = self.rindex.load(Ordering::Acquire);
-            if N as u64 - w.wrapping_sub(*peer) == 0 {
+        if I::of(N).minus(w.wrapping_sub(*peer)) == I::NIL {
+            *peer = I::load(&self.rindex, Ordering::Acquire);
+            if I::of(N).minus(w.wrapping_sub(*peer)) == I::NIL {
                 return Err(v);
             }
         }
@@ -361,10 +543,10 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         // its last read before this write) and only the producer (the
         // caller) writes it.
         unsafe { self.write(w, v) };
-        *own = w.wrapping_add(1);
+        *own = w.wrapping_add(I::of(1));
         // A run of one: its head is its entry.
-        self.slot(w).seq.store(*own, Ordering::Release);
-        self.windex.store(*own, Ordering::Release);
+        I::store(&self.slot(w).seq, *own, Ordering::Release);
+        I::store(&self.windex, *own, Ordering::Release);
         Ok(())
     }
 
@@ -379,9 +561,9 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     pub unsafe fn push_batch(&self, items: &[T]) -> usize {
         // SAFETY: forwarded producer contract.
         let w = unsafe { self.prod.own() };
-        let want = items.len().min(N) as u64;
+        let want = I::of(items.len().min(N));
         // SAFETY: as above.
-        let free = unsafe { self.free_slots(w, want) } as usize;
+        let free = unsafe { self.free_slots(w, want) }.to_usize();
         let n = free.min(items.len());
         if n == 0 {
             return 0;
@@ -389,12 +571,23 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         for (i, v) in items[..n].iter().enumerate() {
             // SAFETY: as in `push_at`, for each of the `n` free slots; none
             // of them is published before the store below.
-            unsafe { self.write(w.wrapping_add(i as u64), *v) };
+            unsafe { self.write(w.wrapping_add(I::of(i)), *v) };
         }
-        let end = w.wrapping_add(n as u64);
+        if I::WRAPS {
+            // The tail entries of a `u32` ring's run: each sequence word
+            // gets its entry's own index, which no later look at the slot
+            // can take for a published run (the module notes). Ordered
+            // before the consumer's next look by the Release store below.
+            // (A separate loop: a `u64` ring's code stays as it was.)
+            for i in 1..n {
+                let at = w.wrapping_add(I::of(i));
+                I::store(&self.slot(at).seq, at, Ordering::Relaxed);
+            }
+        }
+        let end = w.wrapping_add(I::of(n));
         // The run's publication: after every entry of it (Release).
-        self.slot(w).seq.store(end, Ordering::Release);
-        self.windex.store(end, Ordering::Release);
+        I::store(&self.slot(w).seq, end, Ordering::Release);
+        I::store(&self.windex, end, Ordering::Release);
         // SAFETY: as above.
         unsafe { self.prod.set_own(end) };
         n
@@ -405,7 +598,7 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// # Safety
     /// The caller is the producer, and slot `w` is free.
     #[inline(always)]
-    unsafe fn write(&self, w: u64, v: T) {
+    unsafe fn write(&self, w: I, v: T) {
         // SAFETY: forwarded: ours to write until the run's publication.
         self.slot(w).val.with_mut(|p| unsafe { (*p).write(v) });
     }
@@ -466,7 +659,7 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     ///
     /// [`run_end`]: Self::run_end
     #[inline(always)]
-    unsafe fn read(&self, r: u64) -> T {
+    unsafe fn read(&self, r: I) -> T {
         self.slot(r).val.with(|p| {
             // SAFETY: the producer wrote entry `r` before its Release store
             // of the run's end, which the caller read with Acquire; it
@@ -478,7 +671,7 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// The pop itself, on the consumer's index and run end held by the
     /// caller. The caller is the consumer.
     #[inline(always)]
-    fn pop_at(&self, own: &mut u64, end: &mut u64) -> Option<T> {
+    fn pop_at(&self, own: &mut I, end: &mut I) -> Option<T> {
         let r = *own;
         if r == *end {
             // The last run is taken: `r` heads the next one.
@@ -487,11 +680,11 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         // SAFETY: `r < *end`, the end of a run read with Acquire, and the
         // consumer has not published `rindex` past `r`.
         let v = unsafe { self.read(r) };
-        let next = r.wrapping_add(1);
+        let next = r.wrapping_add(I::of(1));
         *own = next;
         if next == *end {
             // The run is taken: free its slots (after reading them).
-            self.rindex.store(next, Ordering::Release);
+            I::store(&self.rindex, next, Ordering::Release);
         }
         Some(v)
     }
@@ -519,7 +712,7 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// As for [`push`](Self::push), for the handle's whole life: no other
     /// producer access (another handle, `push`, `push_batch`) meanwhile.
     #[inline(always)]
-    pub unsafe fn producer(&self) -> Producer<'_, T, N> {
+    pub unsafe fn producer(&self) -> Producer<'_, T, N, I> {
         // SAFETY: the caller is the producer.
         let (own, peer) = unsafe { (self.prod.own(), self.prod.peer()) };
         Producer {
@@ -536,7 +729,7 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     /// As for [`pop`](Self::pop), for the handle's whole life: no other
     /// consumer access (another handle, a nested `pop`) meanwhile.
     #[inline(always)]
-    pub unsafe fn consumer(&self) -> Consumer<'_, T, N> {
+    pub unsafe fn consumer(&self) -> Consumer<'_, T, N, I> {
         // SAFETY: the caller is the consumer.
         let (own, end) = unsafe { (self.cons.own(), self.cons.peer()) };
         Consumer {
@@ -549,13 +742,13 @@ impl<T: Copy, const N: usize> Ring<T, N> {
 
 /// Exclusive producer access to a [`Ring`] for a run of pushes (see
 /// [`Ring::producer`]).
-pub struct Producer<'a, T: Copy, const N: usize> {
-    ring: &'a Ring<T, N>,
-    own: u64,
-    peer: u64,
+pub struct Producer<'a, T: Copy, const N: usize, I: RingIndex = NativeIndex> {
+    ring: &'a Ring<T, N, I>,
+    own: I,
+    peer: I,
 }
 
-impl<T: Copy, const N: usize> Producer<'_, T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> Producer<'_, T, N, I> {
     /// Appends `v` and publishes it; gives `v` back if the ring is full.
     #[inline]
     pub fn push(&mut self, v: T) -> Result<(), T> {
@@ -563,7 +756,7 @@ impl<T: Copy, const N: usize> Producer<'_, T, N> {
     }
 }
 
-impl<T: Copy, const N: usize> Drop for Producer<'_, T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> Drop for Producer<'_, T, N, I> {
     #[inline(always)]
     fn drop(&mut self) {
         // SAFETY: the handle is the producer (`Ring::producer`).
@@ -574,7 +767,7 @@ impl<T: Copy, const N: usize> Drop for Producer<'_, T, N> {
     }
 }
 
-impl<T: Copy, const N: usize> core::fmt::Debug for Producer<'_, T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> core::fmt::Debug for Producer<'_, T, N, I> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Producer")
             .field("own", &self.own)
@@ -584,13 +777,13 @@ impl<T: Copy, const N: usize> core::fmt::Debug for Producer<'_, T, N> {
 
 /// Exclusive consumer access to a [`Ring`] for a run of pops (see
 /// [`Ring::consumer`]).
-pub struct Consumer<'a, T: Copy, const N: usize> {
-    ring: &'a Ring<T, N>,
-    own: u64,
-    end: u64,
+pub struct Consumer<'a, T: Copy, const N: usize, I: RingIndex = NativeIndex> {
+    ring: &'a Ring<T, N, I>,
+    own: I,
+    end: I,
 }
 
-impl<T: Copy, const N: usize> Consumer<'_, T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> Consumer<'_, T, N, I> {
     /// Takes the oldest entry.
     #[inline]
     pub fn pop(&mut self) -> Option<T> {
@@ -598,7 +791,7 @@ impl<T: Copy, const N: usize> Consumer<'_, T, N> {
     }
 }
 
-impl<T: Copy, const N: usize> Drop for Consumer<'_, T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> Drop for Consumer<'_, T, N, I> {
     #[inline(always)]
     fn drop(&mut self) {
         // SAFETY: the handle is the consumer (`Ring::consumer`).
@@ -609,7 +802,7 @@ impl<T: Copy, const N: usize> Drop for Consumer<'_, T, N> {
     }
 }
 
-impl<T: Copy, const N: usize> core::fmt::Debug for Consumer<'_, T, N> {
+impl<T: Copy, const N: usize, I: RingIndex> core::fmt::Debug for Consumer<'_, T, N, I> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Consumer")
             .field("own", &self.own)
@@ -619,8 +812,175 @@ impl<T: Copy, const N: usize> core::fmt::Debug for Consumer<'_, T, N> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::Ring;
+    use super::{Ring, RingIndex};
     use std::sync::Arc;
+
+    #[test]
+    fn the_u32_window_tells_published_from_stale_across_the_wrap() {
+        use super::sealed::Index;
+        const N: usize = 8;
+        for r in [0u32, 1, 7, 8, u32::MAX - 8, u32::MAX - 1, u32::MAX] {
+            // Published: run ends in (r, r + N].
+            for k in 1..=N as u32 {
+                assert!(u32::published(r.wrapping_add(k), r, N), "r={r} k={k}");
+            }
+            // Stale: anything in [r - N, r] (a lap-old head's end or
+            // tail's index, or the initial 0 on the first lap).
+            for k in 0..=N as u32 {
+                assert!(!u32::published(r.wrapping_sub(k), r, N), "r={r} -{k}");
+            }
+        }
+        // The largest ring: the two windows still do not meet.
+        let n = 1usize << 30;
+        let r = u32::MAX - 3;
+        assert!(u32::published(r.wrapping_add(n as u32), r, n));
+        assert!(!u32::published(r.wrapping_sub(n as u32), r, n));
+        assert!(!u32::published(r.wrapping_add(n as u32 + 1), r, n));
+        // u64 indices never wrap: a plain comparison.
+        assert!(u64::published(9, 8, N) && !u64::published(8, 8, N) && !u64::published(0, 8, N));
+    }
+
+    /// Many laps through the wrap of a `u32` ring (and the same for
+    /// `u64`, past 2^32 without wrapping), with runs of every length so
+    /// that heads and tails change places from lap to lap, taken by `pop`,
+    /// handles and `pop_if`: every value once, in order.
+    fn laps_across<I: RingIndex>(start: I) {
+        const N: usize = 8;
+        let r: Ring<u64, N, I> = Ring::starting_at(start);
+        assert!(r.is_empty());
+        assert_eq!(r.len(), 0);
+        let (mut next_in, mut next_out) = (0u64, 0u64);
+        let mut len = 1usize;
+        let steps = if cfg!(miri) { 150 } else { 2_000u64 };
+        for step in 0..steps {
+            let batch: std::vec::Vec<u64> = (next_in..next_in + len as u64).collect();
+            // SAFETY: this test is the only producer and the only consumer.
+            unsafe {
+                let n = if len == 1 && step % 2 == 0 {
+                    usize::from(r.push(next_in).is_ok())
+                } else {
+                    r.push_batch(&batch)
+                };
+                next_in += n as u64;
+                assert!(r.len() <= N);
+                // A run's slots are freed when its last entry is taken.
+                let queued = (next_in - next_out) as usize;
+                assert!((queued..=N).contains(&r.producer_len()));
+                // Take some, sometimes all, sometimes stop inside a run.
+                let take = (step % 5) as usize + 1;
+                for k in 0..take {
+                    let got = match k % 3 {
+                        0 => r.pop(),
+                        1 => r.consumer().pop(),
+                        _ => r.pop_if(|_| true),
+                    };
+                    match got {
+                        Some(v) => {
+                            assert_eq!(v, next_out);
+                            next_out += 1;
+                        }
+                        None => {
+                            assert_eq!(next_out, next_in, "nothing lost");
+                            assert!(r.is_empty());
+                            // Empty: no slot reads as published for any
+                            // index it may be looked at for next.
+                            let at = I::load(&r.rindex, std::sync::atomic::Ordering::Relaxed);
+                            for j in 0..N {
+                                assert_eq!(r.run_end(at.wrapping_add(I::of(j))), None);
+                            }
+                            break;
+                        }
+                    }
+                }
+                if next_out < next_in {
+                    assert!(!r.is_empty());
+                }
+            }
+            len = len % (N + 3) + 1; // 1..=N+3: some longer than the ring
+        }
+        // SAFETY: as above.
+        while let Some(v) = unsafe { r.pop() } {
+            assert_eq!(v, next_out);
+            next_out += 1;
+        }
+        assert_eq!(next_out, next_in);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn u32_indices_wrap_cleanly() {
+        for start in [0, 5, u32::MAX - 300, u32::MAX - 7, u32::MAX] {
+            laps_across::<u32>(start);
+        }
+    }
+
+    #[test]
+    fn u64_indices_cross_2_to_the_32_unchanged() {
+        // (Never near 2^64: a `u64` ring does not wrap, by design.)
+        for start in [0, u64::from(u32::MAX) - 300, 1 << 40] {
+            laps_across::<u64>(start);
+        }
+    }
+
+    /// A slot that headed a run once and then, for laps, was only ever a
+    /// tail: a `u32` ring keeps its word in the window (the tail writes),
+    /// so once the indices wrap past it, it still reads as stale.
+    #[test]
+    fn a_u32_slot_that_was_a_head_long_ago_is_not_taken_for_one() {
+        const N: usize = 4;
+        let r: Ring<u32, N, u32> = Ring::starting_at(u32::MAX - 1);
+        // SAFETY: this test is the only producer and the only consumer.
+        unsafe {
+            // One single push: slot of index MAX-1 is a head.
+            assert!(r.push(1).is_ok());
+            assert_eq!(r.pop(), Some(1));
+            // Full batches from index MAX: slot (MAX-1) % 4 is a tail in
+            // every one of them, across the wrap.
+            for lap in 0..10u32 {
+                let b = [lap, lap, lap, lap];
+                assert_eq!(r.push_batch(&b), 4);
+                for _ in 0..4 {
+                    assert_eq!(r.pop(), Some(lap));
+                }
+                assert_eq!(r.pop(), None);
+                assert!(r.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn two_threads_move_batches_across_the_u32_wrap() {
+        const N: u64 = if cfg!(miri) { 300 } else { 100_000 };
+        let r: Arc<Ring<u64, 8, u32>> = Arc::new(Ring::starting_at(u32::MAX - 1000));
+        let p = r.clone();
+        let t = std::thread::spawn(move || {
+            let mut i = 0;
+            let mut len = 1;
+            while i < N {
+                let k = len.min(N - i);
+                let batch: std::vec::Vec<u64> = (i..i + k).collect();
+                // SAFETY: the only producer.
+                let n = unsafe { p.push_batch(&batch) } as u64;
+                i += n;
+                if n == 0 {
+                    std::thread::yield_now();
+                }
+                len = len % 11 + 1;
+            }
+        });
+        let mut next = 0;
+        while next < N {
+            // SAFETY: the only consumer.
+            match unsafe { r.pop() } {
+                Some(v) => {
+                    assert_eq!(v, next);
+                    next += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        t.join().unwrap();
+    }
 
     #[test]
     fn handles_and_plain_calls_share_the_indices() {
