@@ -52,6 +52,10 @@ pub const DEVICE_VECTORS: usize = 64;
 
 const _: () = assert!(DEVICE_VECTORS == lwkt_core::intr::MAX_IRQS);
 const _: () = assert!(DEVICE_VECTOR_BASE as usize + DEVICE_VECTORS <= SPURIOUS_VECTOR as usize);
+const _: () = assert!(
+    DEVICE_VECTOR_BASE as usize + DEVICE_VECTORS <= crate::usermode::SYSCALL_INT as usize
+        && crate::usermode::SYSCALL_INT < SPURIOUS_VECTOR
+);
 
 /// The vector of device interrupt line `irq`, or `None` for a line
 /// lwkt-core does not have. Program it into an IOAPIC redirection entry
@@ -115,6 +119,14 @@ impl Gate {
     /// gates of [`Idt::new_user`]).
     pub const fn with_ist(mut self, ist: u8) -> Gate {
         self.ist = ist & 7;
+        self
+    }
+
+    /// The same gate with descriptor privilege level 3: `int n` from ring
+    /// 3 may raise it (every other gate is DPL 0: `int n` from user mode
+    /// takes a #GP instead).
+    pub const fn user_callable(mut self) -> Gate {
+        self.attr = 0xEE;
         self
     }
 
@@ -245,6 +257,9 @@ pub unsafe fn set_fault_handler(f: FaultHandler) {
 #[no_mangle]
 extern "C" fn lwkt_x86_trap(frame: &mut TrapFrame) {
     if frame.fault.cs & 3 == 3 {
+        if frame.fault.vector == 6 && crate::usermode::trap_syscall(frame) {
+            return;
+        }
         // Returns only if the thread is not a user thread.
         crate::usermode::user_fault(&frame.fault);
     } else if matches!(frame.fault.vector, 13 | 14) {
@@ -494,7 +509,9 @@ impl Idt {
     }
 
     /// [`Idt::new`] for a kernel with user mode ([`crate::usermode`]):
-    /// NMI, #DF and #MC switch to their IST stacks, which every CPU's TSS
+    /// the `int 0xF0` system call gate (DPL 3: the one gate user mode may
+    /// raise; the `syscall` instruction is the usual way in); NMI, #DF and
+    /// #MC switch to their IST stacks, which every CPU's TSS
     /// must hold ([`crate::usermode::init_cpu`]) before it loads this
     /// table. DragonFly: `setidt(IDT_NMI, ..., 2)` (IST 2), `IDT_DF` (1).
     pub fn new_user(selector: u16) -> Idt {
@@ -503,6 +520,8 @@ impl Idt {
         idt.gates[2] = idt.gates[2].with_ist(NMI_IST);
         idt.gates[8] = idt.gates[8].with_ist(DF_IST);
         idt.gates[18] = idt.gates[18].with_ist(MC_IST);
+        idt.gates[usize::from(crate::usermode::SYSCALL_INT)] =
+            Gate::interrupt(crate::usermode::int_syscall_entry(), selector).user_callable();
         idt
     }
 

@@ -256,9 +256,11 @@ pub fn cpu_ready(pcpu: &PerCpu) -> bool {
 ///
 /// # Safety
 /// Every page table a user thread runs on ([`UserProgram::cr3`]) maps in
-/// this range only pages of that program (or nothing, or read-only pages
-/// every program may read), and the kernel keeps nothing of its own there
-/// that a user thread's tables map; `start < end`.
+/// this range, *user-accessible*, only pages of that program or read-only
+/// pages every program may read (other programs' pages may be mapped
+/// supervisor-only, so kernel threads can reach them whatever CR3 is
+/// loaded: [`UserProgram::window`] keeps copies inside the program's
+/// own); the kernel keeps nothing of its own there; `start < end`.
 pub unsafe fn set_user_range(start: usize, end: usize) {
     assert!(start < end, "lwkt-arch-x86_64: an empty user range");
     USER_START.store(start, Ordering::Relaxed);
@@ -323,6 +325,12 @@ pub struct UserProgram {
     /// The kernel's word for this program, which its system call handler
     /// reads back with [`user_cookie`] (a pointer to its process state).
     pub cookie: u64,
+    /// `[start, end)`: the program's own memory, the only addresses
+    /// [`copyin`]/[`copyout`] accept for it (inside the user range). The
+    /// page tables keep the program out of everything else; this keeps the
+    /// kernel from copying to or from another program's pages on its
+    /// behalf (which the kernel may reach: see [`set_user_range`]).
+    pub window: [u64; 2],
 }
 
 /// A running user thread's kernel-side state, on [`run_user`]'s frame.
@@ -332,6 +340,7 @@ struct UserCtx {
     jmp: Cell<usize>,
     exit: Cell<Option<UserExit>>,
     cookie: u64,
+    window: [u64; 2],
 }
 
 /// Run `p` in ring 3 on this thread until it exits or faults.
@@ -351,6 +360,7 @@ pub unsafe fn run_user(p: &UserProgram) -> UserExit {
         jmp: Cell::new(0),
         exit: Cell::new(None),
         cookie: p.cookie,
+        window: p.window,
     };
     x86_64::instructions::interrupts::disable();
     // SAFETY: a thread of a CPU with its block installed (caller).
@@ -604,7 +614,22 @@ pub struct Fault;
 fn check(addr: usize, len: usize) -> Result<(), Fault> {
     let (start, end) = user_range();
     let last = addr.checked_add(len).ok_or(Fault)?;
-    if addr < start || last > end || !in_user_thread() {
+    if addr < start || last > end {
+        return Err(Fault);
+    }
+    // SAFETY: only a user thread (kernel code in ring 0 with GS the
+    // kernel's) gets past the range check with a range to copy; see
+    // `in_user_thread`.
+    let ctx = unsafe { percpu::current() }
+        .user
+        .uctx
+        .load(Ordering::Relaxed) as *const UserCtx;
+    if ctx.is_null() {
+        return Err(Fault);
+    }
+    // SAFETY: the running thread's live `UserCtx`.
+    let [ws, we] = unsafe { (*ctx).window };
+    if (addr as u64) < ws || last as u64 > we {
         return Err(Fault);
     }
     Ok(())
@@ -617,8 +642,67 @@ pub(crate) fn fixup(rip: u64) -> Option<u64> {
     (rip == insn).then(|| lwkt_x86_copy_user_fixup as *const () as u64)
 }
 
+/// The address `syscall` jumps to (`LSTAR`): a user fault reported there
+/// means the CPU did not switch to ring 0 (the machine's `syscall` is
+/// broken; use the `int 0xF0` gate instead).
+pub fn syscall_entry() -> u64 {
+    lwkt_x86_syscall_entry as *const () as u64
+}
+
+/// The `int 0xF0` system call gate's handler (`Idt::new_user`).
+pub(crate) fn int_syscall_entry() -> u64 {
+    lwkt_x86_int_syscall_stub as *const () as u64
+}
+
+/// Whether a `ud1 eax, eax` (`0F B9 C0`) in ring 3 is a system call
+/// ([`set_trap_syscall`]).
+static TRAP_SYSCALL: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The bytes of the trap system call instruction, `ud1 eax, eax`.
+pub const TRAP_SYSCALL_INSN: [u8; 3] = [0x0F, 0xB9, 0xC0];
+
+/// Accept `ud1 eax, eax` from ring 3 as a system call (the #UD it raises
+/// enters the handler like `syscall`, and the program resumes after it),
+/// for machines where neither `syscall` nor `int n` from ring 3 works: a
+/// hypervisor that emulates both instead of running them (PVM, a
+/// software KVM, does for guests that are not PVM-aware). Any other #UD
+/// still ends the program.
+pub fn set_trap_syscall(on: bool) {
+    TRAP_SYSCALL.store(on, Ordering::Release);
+}
+
+/// A #UD from ring 3 ([`crate::idt`]'s trap dispatch): if it is the trap
+/// system call, run it and return true (the stub returns to the program
+/// after the instruction).
+pub(crate) fn trap_syscall(f: &mut TrapFrame) -> bool {
+    if !TRAP_SYSCALL.load(Ordering::Acquire) {
+        return false;
+    }
+    let (start, end) = user_range();
+    let rip = f.fault.rip as usize;
+    if rip < start || rip.checked_add(3).is_none_or(|e| e > end) {
+        return false;
+    }
+    let mut insn = [0u8; 3];
+    // SAFETY: a user-range address (checked), read on the faulting user
+    // thread's own tables; a page fault on it is caught by the fixup.
+    let r = unsafe { lwkt_x86_copy_user(insn.as_mut_ptr(), rip as *const u8, 3) };
+    if r != 0 || insn != TRAP_SYSCALL_INSN {
+        return false;
+    }
+    f.fault.rip += 3;
+    x86_64::instructions::interrupts::enable();
+    lwkt_x86_syscall(f);
+    true
+}
+
+/// The vector of the `int` system call gate (above the device vectors,
+/// below the spurious one).
+pub const SYSCALL_INT: u8 = 0xF0;
+
 extern "C" {
     fn lwkt_x86_syscall_entry();
+    fn lwkt_x86_int_syscall_stub();
     fn lwkt_x86_enter_user(jmp: *mut usize, p: *const UserProgram);
     fn lwkt_x86_leave_user(jmp: usize) -> !;
     fn lwkt_x86_copy_user(dst: *mut u8, src: *const u8, len: usize) -> u64;
@@ -676,6 +760,44 @@ core::arch::global_asm!(
     "swapgs",
     "sysretq",
     "7:",
+    "swapgs",
+    "iretq",
+    "",
+    // `int 0xF0` (a DPL-3 interrupt gate, `Idt::new_user`): the same
+    // system call, for machines whose `syscall` misbehaves (seen under
+    // KVM nested in another hypervisor: RIP became LSTAR but the CPU
+    // stayed in ring 3). Only ring 3 can get here (a ring-0 `int 0xF0`
+    // would find the kernel GS and swap it away: the kernel never issues
+    // one). The frame is the CPU's; the return is `iretq`.
+    ".p2align 4",
+    ".globl lwkt_x86_int_syscall_stub",
+    "lwkt_x86_int_syscall_stub:",
+    "swapgs",
+    "push 0",
+    "push {sysvec}",
+    "push rax",
+    "push rcx",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "push r8",
+    "push r9",
+    "push r10",
+    "push r11",
+    "mov rdi, rsp",
+    "sti",
+    "call lwkt_x86_syscall",
+    "cli",
+    "pop r11",
+    "pop r10",
+    "pop r9",
+    "pop r8",
+    "pop rdi",
+    "pop rsi",
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
+    "add rsp, 16",
     "swapgs",
     "iretq",
     "",

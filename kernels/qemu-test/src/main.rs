@@ -156,6 +156,19 @@ impl Opts {
                 "user-ops" => o.user.ops = num()?,
                 "user-bench" => o.user.bench = true,
                 "user-samples" => o.user.samples = num()?.max(1),
+                "syscall" => {
+                    o.user.int = match v {
+                        "auto" => None,
+                        "insn" => Some(0),
+                        "int" => Some(1),
+                        "trap" => Some(2),
+                        _ => {
+                            return Err(alloc::format!(
+                                "option '{w}': syscall=auto|insn|int|trap"
+                            ))
+                        }
+                    }
+                }
                 "tsc" => {
                     o.time.force_pit = match v {
                         "auto" => false,
@@ -182,7 +195,7 @@ impl Opts {
                     return Err(alloc::format!(
                         "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N \
                          hang attach-twice tsc=auto|pit timer=auto|oneshot user user-only user-ops=N \
-                         user-bench user-samples=N)"
+                         user-bench user-samples=N syscall=auto|insn|int|trap)"
                     ))
                 }
             }

@@ -11,6 +11,14 @@
 //! start: see the `D_*` indices.
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// How programs enter the kernel: 0 `syscall`, 1 `int 0xF0`, 2 the trap
+/// system call `ud1 eax, eax`. Set by the kernel before the programs run,
+/// from what works on this machine; in the user code page, so programs
+/// read it and cannot write it.
+#[link_section = ".user_rodata"]
+pub(crate) static USE_INT: AtomicU64 = AtomicU64::new(0);
 
 /// System call numbers (`rax`). Arguments in `rdi`, `rsi`, `rdx`, `r10`;
 /// results in `rax` (negative: an error) and `rdx`.
@@ -75,6 +83,7 @@ pub(crate) const D_SPINS: usize = 8;
 pub(crate) const D_SAMPLES: usize = 9;
 pub(crate) const D_END: usize = 10;
 pub(crate) const D_KERNEL: usize = 11;
+pub(crate) const D_GUARD: usize = 12;
 /// Handle -> sequence number table (32 words).
 const D_TABLE: usize = 16;
 /// A 256-byte buffer for SUM/FILL.
@@ -83,7 +92,7 @@ const D_BUF: usize = 64;
 const WINDOW: u64 = 8;
 
 /// The checks of [`bad_args`], one bit each.
-pub(crate) const BAD_CHECKS: u32 = 19;
+pub(crate) const BAD_CHECKS: u32 = 20;
 /// Names of the checks, by bit (for the kernel's report).
 pub(crate) const BAD_NAMES: [&str; BAD_CHECKS as usize] = [
     "SUM of a kernel address -> EFAULT",
@@ -105,6 +114,7 @@ pub(crate) const BAD_NAMES: [&str; BAD_CHECKS as usize] = [
     "SLEEP of more than 1 s -> EINVAL",
     "SUM of more than 256 bytes -> EINVAL",
     "WAIT with nothing in flight -> ECHILD",
+    "SUM of its own unmapped guard page -> EFAULT (the page fault caught)",
 ];
 
 #[inline(always)]
@@ -115,17 +125,45 @@ fn sys(n: u64, a: u64, b: u64, c: u64, d: u64) -> (i64, u64) {
     // rax, rdx (results), rcx and r11 (the CPU's), and memory is only
     // changed where a FILL names it.
     unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") n as i64 => r,
-            in("rdi") a,
-            in("rsi") b,
-            inlateout("rdx") c => r2,
-            in("r10") d,
-            out("rcx") _,
-            out("r11") _,
-            options(nostack)
-        );
+        let how = USE_INT.load(Ordering::Relaxed);
+        if how == 0 {
+            asm!(
+                "syscall",
+                inlateout("rax") n as i64 => r,
+                in("rdi") a,
+                in("rsi") b,
+                inlateout("rdx") c => r2,
+                in("r10") d,
+                out("rcx") _,
+                out("r11") _,
+                options(nostack)
+            );
+        } else if how == 1 {
+            asm!(
+                "int 0xf0",
+                inlateout("rax") n as i64 => r,
+                in("rdi") a,
+                in("rsi") b,
+                inlateout("rdx") c => r2,
+                in("r10") d,
+                out("rcx") _,
+                out("r11") _,
+                options(nostack)
+            );
+        } else {
+            // `ud1 eax, eax`: the trap system call.
+            asm!(
+                ".byte 0x0f, 0xb9, 0xc0",
+                inlateout("rax") n as i64 => r,
+                in("rdi") a,
+                in("rsi") b,
+                inlateout("rdx") c => r2,
+                in("r10") d,
+                out("rcx") _,
+                out("r11") _,
+                options(nostack)
+            );
+        }
     }
     (r, r2)
 }
@@ -228,6 +266,13 @@ pub(crate) extern "C" fn page_fault(data: *mut u64) -> ! {
     exit(v)
 }
 
+/// One empty system call, then exit 7: the kernel's probe of `syscall`.
+#[link_section = ".user_text"]
+pub(crate) extern "C" fn probe(_data: *mut u64) -> ! {
+    sys(nr::NULL, 0, 0, 0, 0);
+    exit(7)
+}
+
 /// `cli` in ring 3: #GP.
 #[link_section = ".user_text"]
 pub(crate) extern "C" fn protection_fault(_data: *mut u64) -> ! {
@@ -316,6 +361,7 @@ pub(crate) extern "C" fn bad_args(data: *mut u64) -> ! {
     bit!(16, sys(nr::SLEEP, 2_000_000, 0, 0, 0).0 == -err::EINVAL);
     bit!(17, sys(nr::SUM, buf, 257, 0, 0).0 == -err::EINVAL);
     bit!(18, sys(nr::WAIT, port, 0, 0, 0).0 == -err::ECHILD);
+    bit!(19, sys(nr::SUM, rd(data, D_GUARD), 16, 0, 0).0 == efault);
     exit(bits)
 }
 

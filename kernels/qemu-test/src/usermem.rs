@@ -10,10 +10,14 @@
 //!
 //! - the `.user_text` 2 MiB page is user-readable, not writable (CR0.WP is
 //!   set, so the kernel's `copyout` cannot write it either);
-//! - the `.user_bss` 2 MiB page is a page table with only the slot's own
-//!   4 KiB pages present (user, writable): another slot's pages are not
-//!   mapped at all, so a program cannot read another's memory, and a
-//!   `copyin` of another's address faults (and returns an error);
+//! - the `.user_bss` 2 MiB page is a page table in which only the slot's
+//!   own 4 KiB pages are user-accessible (writable), except its second
+//!   page, a guard page that is not mapped at all (a `copyin` from it
+//!   takes a page fault, turned into an error). Other slots' pages are
+//!   mapped supervisor-only: a program cannot touch them, while kernel
+//!   threads, which run on whatever tables were loaded last (CR3 is
+//!   switched lazily), can reach every program's memory; `copyin` on a
+//!   program's behalf is kept to its own slot by `UserProgram::window`;
 //! - everything else is the kernel's, supervisor-only.
 //!
 //! So the user range (`usermode::set_user_range`) is `.user_text` +
@@ -24,6 +28,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes per program slot: one data page, seven of stack.
 pub(crate) const SLOT_BYTES: usize = 32 << 10;
+/// The page of each slot left unmapped in its own tables.
+pub(crate) const GUARD_PAGE: usize = 1;
 /// Slots in the 2 MiB of user memory.
 pub(crate) const SLOTS: usize = (2 << 20) / SLOT_BYTES;
 
@@ -117,9 +123,14 @@ pub(crate) unsafe fn init() {
         t.0[pd][text >> 21] = text as u64 | 0x85;
         // The user memory: this slot's pages only.
         t.0[pd][mem >> 21] = a_pt | 7;
-        for p in 0..SLOT_BYTES / 4096 {
-            let page = mem + s * SLOT_BYTES + p * 4096;
-            t.0[pt][(page >> 12) & 511] = page as u64 | 7;
+        for p in 0..(2 << 20) / 4096 {
+            let page = mem + p * 4096;
+            let own = p / (SLOT_BYTES / 4096) == s;
+            t.0[pt][p] = match (own, p % (SLOT_BYTES / 4096)) {
+                (true, GUARD_PAGE) => 0,
+                (true, _) => page as u64 | 7,
+                (false, _) => page as u64 | 3,
+            };
         }
     }
 }
@@ -139,8 +150,13 @@ pub(crate) fn alloc() -> Option<Space> {
     };
     let data = mem_base() + slot * SLOT_BYTES;
     // SAFETY: the slot is ours (the bit above) and no program runs in it;
-    // identity mapped kernel memory.
-    unsafe { core::ptr::write_bytes(data as *mut u8, 0, SLOT_BYTES) };
+    // identity mapped kernel memory, mapped in every slot's tables but the
+    // guard page in its own (left alone: nothing writes it).
+    unsafe {
+        core::ptr::write_bytes(data as *mut u8, 0, GUARD_PAGE * 4096);
+        let rest = (GUARD_PAGE + 1) * 4096;
+        core::ptr::write_bytes((data + rest) as *mut u8, 0, SLOT_BYTES - rest);
+    }
     // SAFETY: a shared reference to the tables built by `init`, read only.
     let cr3 = unsafe { (*core::ptr::addr_of!(TABLES)).0[4 * slot].as_ptr() as u64 };
     Some(Space {

@@ -44,6 +44,8 @@ pub(crate) struct UserOpts {
     pub(crate) bench: bool,
     /// Benchmark samples per kind.
     pub(crate) samples: u64,
+    /// How programs enter the kernel (`uprog::USE_INT`): `None` probes.
+    pub(crate) int: Option<u64>,
 }
 
 impl Default for UserOpts {
@@ -54,6 +56,7 @@ impl Default for UserOpts {
             ops: 10_000,
             bench: false,
             samples: 1001,
+            int: None,
         }
     }
 }
@@ -123,6 +126,8 @@ fn run_program(me: &mut Cur, entry: Entry, setup: impl FnOnce(*mut u64)) -> Outc
         data.add(D_TEXT).write(start as u64);
         data.add(D_END).write(end as u64);
         data.add(D_KERNEL).write(0x10_0000);
+        data.add(D_GUARD)
+            .write((space.data + usermem::GUARD_PAGE * 4096) as u64);
     }
     setup(data);
     let mut proc = Proc::new(me, space.slot as u64);
@@ -134,6 +139,7 @@ fn run_program(me: &mut Cur, entry: Entry, setup: impl FnOnce(*mut u64)) -> Outc
         args: [space.data as u64, 0, 0],
         cr3: space.cr3,
         cookie: &*proc as *const Proc as u64,
+        window: [space.data as u64, space.stack_top as u64],
     };
     // SAFETY: an lwkt thread outside critical sections, on a CPU that ran
     // `usermode::init_cpu` (all do, `setup_cpu`); the slot's tables map the
@@ -162,6 +168,7 @@ pub(crate) fn run(cur: &mut Cur, o: UserOpts) {
     while !(0..n).all(syscall::server_ready) {
         cur.sleep_for(Duration::from_micros(100));
     }
+    choose_entry(cur, o.int);
     main_programs(cur, n, o.ops);
     crate::kprintln!("  user: system calls as messages: done");
     faults(cur, n);
@@ -175,6 +182,61 @@ pub(crate) fn run(cur: &mut Cur, o: UserOpts) {
     }
     syscall::stop_servers(cur.my_cpu(), n);
     join_all(cur, servers);
+}
+
+/// How programs enter the kernel (`uprog::USE_INT`).
+const ENTRY_NAMES: [&str; 3] = [
+    "syscall (sysretq)",
+    "int 0xF0 (iretq)",
+    "the trap system call ud1 (#UD, iretq)",
+];
+
+fn set_entry(how: u64) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        // SAFETY: the flag lives in the user code page, read-only in the
+        // programs' tables (and CR0.WP makes it so for the kernel too):
+        // clear WP for this one store, interrupts off, no program running
+        // (the tests start after this).
+        unsafe {
+            use x86_64::registers::control::{Cr0, Cr0Flags};
+            Cr0::update(|f| f.remove(Cr0Flags::WRITE_PROTECT));
+            uprog::USE_INT.store(how, Ordering::SeqCst);
+            Cr0::update(|f| f.insert(Cr0Flags::WRITE_PROTECT));
+        }
+    });
+    usermode::set_trap_syscall(how == 2);
+}
+
+/// Decide how programs enter the kernel: forced by the `syscall=` option,
+/// or probed: `syscall`, then `int 0xF0`, then the trap system call, the
+/// first with which a program's empty system call comes back.
+fn choose_entry(cur: &mut Cur, force: Option<u64>) {
+    let how =
+        force.unwrap_or_else(|| {
+            for how in 0..3u64 {
+                set_entry(how);
+                let o = run_program(cur, uprog::probe, |_| {});
+                if o.exit == UserExit::Exited(7) {
+                    return how;
+                }
+                crate::kprintln!(
+                "user: note: a system call by {} failed here: {:x?}{}",
+                ENTRY_NAMES[how as usize],
+                o.exit,
+                match o.exit {
+                    UserExit::Fault { vector: 14, rip, .. } if rip == usermode::syscall_entry() =>
+                        " (RIP became LSTAR, still in ring 3: the hypervisor emulated `syscall`)",
+                    UserExit::Fault { vector: 6, .. } =>
+                        " (#UD: the hypervisor could not emulate it)",
+                    _ => "",
+                }
+            );
+            }
+            bad!("no way into the kernel works for a user program");
+            0
+        });
+    set_entry(how);
+    crate::kprintln!("user: system call entry: {}", ENTRY_NAMES[how as usize]);
 }
 
 static MAIN: [[AtomicU64; 6]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 6] }; MAX_CPUS];
@@ -362,12 +424,19 @@ fn slicing(cur: &mut Cur, n: usize) {
                 }
             },
         ));
-        // The IPI sender, on the next CPU, above the spinners' priority.
+        // The IPI sender, on the next CPU, at the spinners' priority (it
+        // takes its turns there by time slice). Above it (SOFT_NORM, so
+        // each wake-up preempts), this part hangs at 4 CPUs, and does so
+        // just the same with the user program replaced by a kernel loop:
+        // every CPU ends up spinning with its APIC timer expired and not
+        // re-armed and an IPI ring pending with `npoll` 1 (kicked, never
+        // delivered). That is an lwkt-core bug, not a user-mode one;
+        // docs/benchmark-notes.md (session 13) has the reproduction.
         hs.push(spawn(
             cur,
             (c + 1) % n,
             "user-pinger",
-            Priority::SOFT_NORM,
+            Priority::default(),
             move |me| {
                 while !SPIN_DONE[c].load(Ordering::Acquire) {
                     if c != me.my_cpu().id().index() {
