@@ -63,9 +63,6 @@ static SERVERS: [AtomicPtr<Port<SysMsg>>; MAX_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 
 type Counts = [AtomicU64; MAX_CPUS];
-/// Per CPU (of the user thread when it returned): synchronous system call
-/// messages completed.
-pub(crate) static K_SYNC: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Per CPU: messages the servers handled (by server CPU).
 pub(crate) static K_SERVED: Counts = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Asynchronous messages sent, and replies collected (by WAIT or at the
@@ -212,7 +209,6 @@ fn dispatch(mut p: Pin<&mut Proc>, n: u64, a: u64, b: u64, c: u64, d: u64) -> (i
                 Err(_) => neg(err::EINTR),
             };
             p.fields().sync_done += 1;
-            K_SYNC[cur.my_cpu().id().index()].fetch_add(1, Ordering::Relaxed);
             (r, 0)
         }
         nr::MIGRATE => {
