@@ -20,7 +20,14 @@
 //! panic, the run fails with "attached already"), `tsc=auto|pit` (`pit`:
 //! calibrate the TSC against the PIT even where CPUID gives its
 //! frequency), `timer=auto|oneshot` (`oneshot`: the APIC timer's one-shot
-//! mode even where TSC-deadline mode exists). Anything else is refused.
+//! mode even where TSC-deadline mode exists), `user` (after the tests, the
+//! user-mode tests of `usertest.rs`: user programs on every CPU, system
+//! calls as messages, faulting programs, bad arguments, time slicing of a
+//! program that never traps), `user-only` (only those), `user-ops=N`
+//! (synchronous and asynchronous calls per main program, default 10,000),
+//! `user-bench` and `user-samples=N` (cycles per system call kind),
+//! `syscall=auto|insn|int|trap` (how programs enter the kernel; `auto`
+//! probes). Anything else is refused.
 //!
 //! Run it with `cargo xtask qemu [--smp N]` from the repository root.
 #![no_std]
