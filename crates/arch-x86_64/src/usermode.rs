@@ -13,7 +13,7 @@
 //!   wants, a TSS) and TSS whose `RSP0` is the running thread's kernel
 //!   stack, kept current on every switch to a thread with a user side
 //!   (lwkt-core's context words 1-3 carry the user state across
-//!   switches: see [`on_switch`]); IST stacks for NMI, #DF and #MC;
+//!   switches: see `on_switch`); IST stacks for NMI, #DF and #MC;
 //! - `syscall`/`sysret` through `STAR`/`LSTAR`/`SFMASK` (`SFMASK` clears
 //!   IF, DF, TF, AC and NT at entry); the entry swaps GS (`syscall` comes
 //!   only from ring 3), moves to the thread's kernel stack, builds a
@@ -95,7 +95,7 @@ const IST_STACK: usize = 16 << 10;
 /// The user-mode part of a [`PerCpu`] block (at `gs:[40]`): what the
 /// entry assembly reads. Its values are the running thread's; they move to
 /// and from lwkt-core's [`Context`] words 1-3 on every switch
-/// ([`on_switch`]).
+/// (`on_switch`).
 #[derive(Debug)]
 #[repr(C)]
 pub struct UserCpu {
@@ -639,7 +639,7 @@ fn check(addr: usize, len: usize) -> Result<(), Fault> {
 /// `fixup`. DragonFly: `pcb_onfault`.
 pub(crate) fn fixup(rip: u64) -> Option<u64> {
     let insn = lwkt_x86_copy_user_insn as *const () as u64;
-    (rip == insn).then(|| lwkt_x86_copy_user_fixup as *const () as u64)
+    (rip == insn).then_some(lwkt_x86_copy_user_fixup as *const () as u64)
 }
 
 /// The address `syscall` jumps to (`LSTAR`): a user fault reported there
