@@ -10,6 +10,10 @@
 //! The data page (`rdi` at entry) holds words the kernel wrote before the
 //! start: see the `D_*` indices.
 
+// `(0..32).contains(&h)` is a call the compiler may leave out of line,
+// in the kernel's `.text`, which ring 3 cannot execute: plain comparisons.
+#![allow(clippy::manual_range_contains)]
+
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
