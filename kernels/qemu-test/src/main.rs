@@ -338,6 +338,10 @@ extern "C" fn bsp_main(info: usize) -> ! {
     // SAFETY: `on_fault` trusts no GS (it finds the CPU through the MSR)
     // and calls no lwkt code but `Cpu::snapshot` on this CPU's own block.
     unsafe { idt::set_fault_handler(on_fault) };
+    // SAFETY: the user-mode tests' NMI handler touches only atomics, the
+    // APIC id register and the GS base MSR; outside its test it passes
+    // every NMI on to `on_fault` (the hang dump).
+    unsafe { idt::set_nmi_handler(usertest::nmi_handler) };
     let ncpus = opts.expect_cpus.unwrap_or_else(hw::fw_cfg_ncpus);
     if ncpus == 0 || ncpus > MAX_CPUS {
         fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");

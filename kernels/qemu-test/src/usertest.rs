@@ -241,7 +241,67 @@ fn choose_entry(cur: &mut Cur, force: Option<u64>) {
 
 static MAIN: [[AtomicU64; 6]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 6] }; MAX_CPUS];
 
+/// NMIs while the main programs run: the paranoid entry (decided by the GS
+/// base MSR) must leave the kernel GS in place for the handler wherever
+/// the NMI lands: in ring 3, in the kernel, or inside the `syscall`
+/// entry and exit, between `syscall` and `swapgs` or `swapgs` and
+/// `sysretq`.
+static NMI_TEST: AtomicBool = AtomicBool::new(false);
+static NMI_SENT: AtomicU64 = AtomicU64::new(0);
+static NMI_TAKEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static NMI_USER: AtomicU64 = AtomicU64::new(0);
+static NMI_ENTRY: AtomicU64 = AtomicU64::new(0);
+static NMI_BAD_GS: AtomicU64 = AtomicU64::new(0);
+static MAIN_DONE: AtomicBool = AtomicBool::new(false);
+
+/// The NMI handler (`idt::set_nmi_handler`): while the test runs, count
+/// the NMI, check GS, and resume; otherwise leave it to the fault handler
+/// (the hang dump).
+pub(crate) fn nmi_handler(f: &lwkt_arch_x86_64::idt::FaultFrame) -> bool {
+    if !NMI_TEST.load(Ordering::Acquire) || f.vector != 2 {
+        return false;
+    }
+    // SAFETY: ring 0; this CPU's APIC is enabled (the test runs after
+    // every CPU attached).
+    let apic = unsafe { lwkt_arch_x86_64::apic::id() };
+    let Some(c) = crate::PERCPU.iter().position(|p| p.apic_id() == Some(apic)) else {
+        NMI_BAD_GS.fetch_add(1, Ordering::Relaxed);
+        return true;
+    };
+    // The paranoid entry swapped if it found the user GS live: now the
+    // GS base must be this CPU's block, whatever the saved CS says.
+    if crate::cpu_here() != Some(c) {
+        NMI_BAD_GS.fetch_add(1, Ordering::Relaxed);
+    }
+    NMI_TAKEN[c].fetch_add(1, Ordering::Relaxed);
+    let entry = usermode::syscall_entry();
+    if f.cs & 3 == 3 {
+        NMI_USER.fetch_add(1, Ordering::Relaxed);
+    } else if (entry..entry + 0x80).contains(&f.rip) {
+        NMI_ENTRY.fetch_add(1, Ordering::Relaxed);
+    }
+    true
+}
+
 fn main_programs(cur: &mut Cur, n: usize, ops: u64) {
+    MAIN_DONE.store(false, Ordering::Release);
+    NMI_TEST.store(true, Ordering::Release);
+    let nmi = (n > 1).then(|| {
+        spawn(cur, 0, "nmi-sender", Priority::default(), move |me| {
+            let mut t = 1;
+            while !MAIN_DONE.load(Ordering::Acquire) {
+                if let Some(a) = crate::PERCPU[t].apic_id() {
+                    // SAFETY: ring 0, this CPU's APIC enabled; an NMI to an
+                    // attached CPU, whose IDT's NMI gate (IST 1) leads to
+                    // the paranoid entry and `nmi_handler`.
+                    unsafe { lwkt_arch_x86_64::apic::send(lwkt_arch_x86_64::apic::Icr::nmi(a)) };
+                    NMI_SENT.fetch_add(1, Ordering::Relaxed);
+                }
+                t = if t + 1 >= n { 1 } else { t + 1 };
+                me.sleep_for(Duration::from_micros(50));
+            }
+        })
+    });
     let hs = (0..n)
         .map(|c| {
             spawn(cur, c, "user-main", Priority::default(), move |me| {
@@ -282,6 +342,25 @@ fn main_programs(cur: &mut Cur, n: usize, ops: u64) {
         })
         .collect();
     join_all(cur, hs);
+    MAIN_DONE.store(true, Ordering::Release);
+    if let Some(h) = nmi {
+        cur.join(&h);
+    }
+    // NMIs still in flight land before the flag goes down: wait a little.
+    cur.sleep_for(Duration::from_millis(2));
+    NMI_TEST.store(false, Ordering::Release);
+    let taken: u64 = NMI_TAKEN.iter().map(|x| x.load(Ordering::Relaxed)).sum();
+    let sent = NMI_SENT.load(Ordering::Relaxed);
+    crate::kprintln!(
+        "user-nmi: {sent} NMIs sent to CPUs running user programs, {taken} taken ({} in ring 3, \
+         {} inside the syscall entry/exit assembly), {} with a wrong GS",
+        NMI_USER.load(Ordering::Relaxed),
+        NMI_ENTRY.load(Ordering::Relaxed),
+        NMI_BAD_GS.load(Ordering::Relaxed)
+    );
+    if NMI_BAD_GS.load(Ordering::Relaxed) != 0 || taken > sent || (n > 1 && taken == 0) {
+        bad!("NMIs: {sent} sent, {taken} taken, some with a wrong GS or none taken");
+    }
 }
 
 /// The faulting programs and the vector each must end with.
