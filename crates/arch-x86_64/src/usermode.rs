@@ -365,6 +365,10 @@ pub unsafe fn run_user(p: &UserProgram) -> UserExit {
     x86_64::instructions::interrupts::disable();
     // SAFETY: a thread of a CPU with its block installed (caller).
     let u = unsafe { &percpu::current().user };
+    assert!(
+        u.tss.load(Ordering::Relaxed) != 0,
+        "lwkt-arch-x86_64: run_user on a CPU whose usermode::init_cpu did not run"
+    );
     u.uctx
         .store(&ctx as *const UserCtx as usize, Ordering::Relaxed);
     u.cr3.store(p.cr3 as usize, Ordering::Relaxed);
@@ -477,9 +481,13 @@ pub(crate) unsafe fn on_switch(from: &Context, to: &Context) {
         // ran (`run_user`'s contract), so `tss` is this CPU's TSS; RSP0 is
         // at byte 4 (the struct is packed).
         unsafe { tss.add(4).cast::<u64>().write_unaligned(ks as u64) };
-        // SAFETY: `cr3` came from `run_user`'s caller, who vouched for it.
-        unsafe { load_cr3(u, cr3) };
     }
+    // Not only when `ks` is set: a thread switched away inside `run_user`
+    // before its first entry (its `doreti` check) has its tables but no
+    // trap stack yet.
+    // SAFETY: `cr3` came from `run_user`'s caller, who vouched for it
+    // (`load_cr3` skips 0).
+    unsafe { load_cr3(u, cr3) };
 }
 
 /// A fault taken in ring 3: end the program and go back to [`run_user`].
@@ -772,6 +780,12 @@ core::arch::global_asm!(
     ".p2align 4",
     ".globl lwkt_x86_int_syscall_stub",
     "lwkt_x86_int_syscall_stub:",
+    // Raised in ring 0 (a kernel `int 0xF0`, or a stray interrupt on this
+    // vector): nothing to do, and GS must not be swapped.
+    "test byte ptr [rsp + 8], 3",
+    "jnz 6f",
+    "iretq",
+    "6:",
     "swapgs",
     "push 0",
     "push {sysvec}",
