@@ -657,6 +657,17 @@ pub fn syscall_entry() -> u64 {
     lwkt_x86_syscall_entry as *const () as u64
 }
 
+/// Whether `rip` (saved by an NMI or #MC taken in ring 0) is inside the
+/// `syscall` path's `swapgs` window: the entry's first instruction (its
+/// `swapgs` not yet run) or the exit's `sysretq`/`iretq` (its `swapgs`
+/// run): the places where ring 0 runs on the user's GS, which only the
+/// paranoid entry's GS base test gets right. For tests and diagnostics.
+pub fn in_swapgs_window(rip: u64) -> bool {
+    rip == lwkt_x86_syscall_entry as *const () as u64
+        || rip == lwkt_x86_sysret_insn as *const () as u64
+        || rip == lwkt_x86_sysexit_iret_insn as *const () as u64
+}
+
 /// The `int 0xF0` system call gate's handler (`Idt::new_user`).
 pub(crate) fn int_syscall_entry() -> u64 {
     lwkt_x86_int_syscall_stub as *const () as u64
@@ -710,6 +721,8 @@ pub const SYSCALL_INT: u8 = 0xF0;
 
 extern "C" {
     fn lwkt_x86_syscall_entry();
+    fn lwkt_x86_sysret_insn();
+    fn lwkt_x86_sysexit_iret_insn();
     fn lwkt_x86_int_syscall_stub();
     fn lwkt_x86_enter_user(jmp: *mut usize, p: *const UserProgram);
     fn lwkt_x86_leave_user(jmp: usize) -> !;
@@ -766,9 +779,13 @@ core::arch::global_asm!(
     "mov r11, [rsp + 16]",
     "mov rsp, [rsp + 24]",
     "swapgs",
+    ".globl lwkt_x86_sysret_insn",
+    "lwkt_x86_sysret_insn:",
     "sysretq",
     "7:",
     "swapgs",
+    ".globl lwkt_x86_sysexit_iret_insn",
+    "lwkt_x86_sysexit_iret_insn:",
     "iretq",
     "",
     // `int 0xF0` (a DPL-3 interrupt gate, `Idt::new_user`): the same

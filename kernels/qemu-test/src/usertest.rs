@@ -251,6 +251,7 @@ static NMI_SENT: AtomicU64 = AtomicU64::new(0);
 static NMI_TAKEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static NMI_USER: AtomicU64 = AtomicU64::new(0);
 static NMI_ENTRY: AtomicU64 = AtomicU64::new(0);
+static NMI_WINDOW: AtomicU64 = AtomicU64::new(0);
 static NMI_BAD_GS: AtomicU64 = AtomicU64::new(0);
 static MAIN_DONE: AtomicBool = AtomicBool::new(false);
 
@@ -277,6 +278,8 @@ pub(crate) fn nmi_handler(f: &lwkt_arch_x86_64::idt::FaultFrame) -> bool {
     let entry = usermode::syscall_entry();
     if f.cs & 3 == 3 {
         NMI_USER.fetch_add(1, Ordering::Relaxed);
+    } else if usermode::in_swapgs_window(f.rip) {
+        NMI_WINDOW.fetch_add(1, Ordering::Relaxed);
     } else if (entry..entry + 0x80).contains(&f.rip) {
         NMI_ENTRY.fetch_add(1, Ordering::Relaxed);
     }
@@ -353,8 +356,10 @@ fn main_programs(cur: &mut Cur, n: usize, ops: u64) {
     let sent = NMI_SENT.load(Ordering::Relaxed);
     crate::kprintln!(
         "user-nmi: {sent} NMIs sent to CPUs running user programs, {taken} taken ({} in ring 3, \
-         {} inside the syscall entry/exit assembly), {} with a wrong GS",
+         {} in the swapgs window of the syscall entry/exit, {} elsewhere in that assembly), \
+         {} with a wrong GS",
         NMI_USER.load(Ordering::Relaxed),
+        NMI_WINDOW.load(Ordering::Relaxed),
         NMI_ENTRY.load(Ordering::Relaxed),
         NMI_BAD_GS.load(Ordering::Relaxed)
     );
