@@ -46,6 +46,9 @@ pub(crate) struct UserOpts {
     pub(crate) samples: u64,
     /// How programs enter the kernel (`uprog::USE_INT`): `None` probes.
     pub(crate) int: Option<u64>,
+    /// The slicing part's IPI sender at `SOFT_NORM` (each wake-up
+    /// preempts): reproduces an open lwkt-core hang at 4 CPUs.
+    pub(crate) preempting_pinger: bool,
 }
 
 impl Default for UserOpts {
@@ -57,6 +60,7 @@ impl Default for UserOpts {
             bench: false,
             samples: 1001,
             int: None,
+            preempting_pinger: false,
         }
     }
 }
@@ -175,7 +179,7 @@ pub(crate) fn run(cur: &mut Cur, o: UserOpts) {
     crate::kprintln!("  user: faulting programs: done");
     bad_args(cur, n);
     crate::kprintln!("  user: bad arguments: done");
-    slicing(cur, n);
+    slicing(cur, n, o.preempting_pinger);
     crate::kprintln!("  user: time slicing and IPIs in user mode: done");
     if o.bench {
         bench(cur, n, o.samples);
@@ -450,7 +454,12 @@ fn read_spins(c: usize) -> u64 {
     unsafe { (d as *const u64).add(D_SPINS).read_volatile() }
 }
 
-fn slicing(cur: &mut Cur, n: usize) {
+fn slicing(cur: &mut Cur, n: usize, preempting_pinger: bool) {
+    let pinger_pri = if preempting_pinger {
+        Priority::SOFT_NORM
+    } else {
+        Priority::default()
+    };
     let mut hs = Vec::new();
     for c in 0..n {
         hs.push(spawn(
@@ -515,12 +524,13 @@ fn slicing(cur: &mut Cur, n: usize) {
         // every CPU ends up spinning with its APIC timer expired and not
         // re-armed and an IPI ring pending with `npoll` 1 (kicked, never
         // delivered). That is an lwkt-core bug, not a user-mode one;
-        // docs/benchmark-notes.md (session 13) has the reproduction.
+        // docs/benchmark-notes.md (session 13) has the reproduction (kernel
+        // option `user-preempting-pinger`).
         hs.push(spawn(
             cur,
             (c + 1) % n,
             "user-pinger",
-            Priority::default(),
+            pinger_pri,
             move |me| {
                 while !SPIN_DONE[c].load(Ordering::Acquire) {
                     if c != me.my_cpu().id().index() {
