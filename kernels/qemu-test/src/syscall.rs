@@ -26,7 +26,7 @@
 //! aborted and their replies collected by the kernel.
 
 use alloc::boxed::Box;
-use core::pin::{pin, Pin};
+use core::pin::Pin;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use core::time::Duration;
 
@@ -89,6 +89,10 @@ pub(crate) struct Proc {
     port: PortRef<SysMsg>,
     msgs: [Msg<SysMsg>; NASYNC],
     in_flight: [bool; NASYNC],
+    /// The message every synchronous system call is built in, reused
+    /// (DragonFly: the `sysmsg` in the thread's kernel-side state): it is
+    /// done again when `domsg` returns.
+    sync: Msg<SysMsg>,
     pub(crate) sync_done: u64,
     pub(crate) async_sent: u64,
     pub(crate) async_collected: u64,
@@ -113,6 +117,7 @@ impl Proc {
             port,
             msgs,
             in_flight: [false; NASYNC],
+            sync: Msg::new(SysMsg::default()),
             sync_done: 0,
             async_sent: 0,
             async_collected: 0,
@@ -125,6 +130,11 @@ impl Proc {
         // SAFETY: structural pinning of `msgs`: the `Proc` is pinned and
         // never moves a message out.
         unsafe { self.map_unchecked_mut(|p| &mut p.msgs[i]) }
+    }
+
+    fn sync_msg(self: Pin<&mut Self>) -> Pin<&mut Msg<SysMsg>> {
+        // SAFETY: structural pinning of `sync`, as for `msgs`.
+        unsafe { self.map_unchecked_mut(|p| &mut p.sync) }
     }
 
     fn fields(self: Pin<&mut Self>) -> &mut Proc {
@@ -196,14 +206,15 @@ fn dispatch(mut p: Pin<&mut Proc>, n: u64, a: u64, b: u64, c: u64, d: u64) -> (i
             unsafe { usermode::exit_user(a) }
         }
         nr::ADD | nr::GETCPU | nr::SLEEP | nr::SUM | nr::FILL => {
-            let mut m = pin!(Msg::new(SysMsg {
+            let mut m = p.as_mut().sync_msg();
+            *m.as_mut().body_mut() = SysMsg {
                 op: n,
                 a,
                 b,
                 c,
                 is_async: false,
                 ret: 0,
-            }));
+            };
             let r = match SYSPORT.domsg(cur, m.as_mut()) {
                 Ok(()) => m.body().ret,
                 Err(_) => neg(err::EINTR),
