@@ -180,9 +180,10 @@ static USER_END: AtomicUsize = AtomicUsize::new(0);
 static SYSCALL_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
 /// Load this CPU's GDT and TSS from `t`, and turn on `syscall`/`sysret`
-/// (`EFER.SCE`, `STAR`, `LSTAR`, `SFMASK`) and `CR0.WP` (so a kernel write
+/// (`EFER.SCE`, `STAR`, `LSTAR`, `SFMASK`), `CR0.WP` (so a kernel write
 /// through [`copyout`] to a read-only user page faults, as the user's
-/// own would). DragonFly: `init_secondary()`/`hammer_time()`'s GDT, TSS
+/// own would) and `CR0.EM` (x87/MMX instructions fault: no FPU state is
+/// switched between threads, so a program may not use any). DragonFly: `init_secondary()`/`hammer_time()`'s GDT, TSS
 /// and `MSR_STAR`/`MSR_LSTAR`/`MSR_SF_MASK` writes.
 ///
 /// # Safety
@@ -227,6 +228,11 @@ pub unsafe fn init_cpu(pcpu: &'static PerCpu, t: &'static CpuTables) {
         x86_64::instructions::tables::load_tss(ts);
         Efer::update(|f| f.insert(EferFlags::SYSTEM_CALL_EXTENSIONS));
         Cr0::update(|f| f.insert(Cr0Flags::WRITE_PROTECT));
+        // No FPU/SIMD state is switched (the target is soft-float): x87
+        // and MMX instructions raise #NM (CR0.EM), SSE ones #UD (CR4.OSFXSR
+        // stays clear), so a user program cannot see or leave state in
+        // registers another one uses: it is ended instead.
+        Cr0::update(|f| f.insert(Cr0Flags::EMULATE_COPROCESSOR));
     }
     Star::write(uc, ud, kc, kd).expect("lwkt-arch-x86_64: STAR layout");
     LStar::write(VirtAddr::new(lwkt_x86_syscall_entry as *const () as u64));

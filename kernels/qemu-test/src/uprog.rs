@@ -293,6 +293,23 @@ pub(crate) extern "C" fn invalid_opcode(_data: *mut u64) -> ! {
     exit(0)
 }
 
+/// An x87 instruction: #NM (no FPU state is switched, so none may be
+/// used).
+#[link_section = ".user_text"]
+pub(crate) extern "C" fn fpu_use(_data: *mut u64) -> ! {
+    // SAFETY: on purpose: CR0.EM makes it #NM.
+    unsafe { asm!("fninit") };
+    exit(0)
+}
+
+/// An SSE instruction: #UD (CR4.OSFXSR is clear).
+#[link_section = ".user_text"]
+pub(crate) extern "C" fn sse_use(_data: *mut u64) -> ! {
+    // SAFETY: on purpose: #UD without OSFXSR.
+    unsafe { asm!("xorps xmm0, xmm0", out("xmm0") _) };
+    exit(0)
+}
+
 /// A jump into the kernel's code: #PF on the instruction fetch.
 #[link_section = ".user_text"]
 pub(crate) extern "C" fn wild_jump(data: *mut u64) -> ! {
