@@ -61,6 +61,8 @@ pub const MSR_TSC_DEADLINE: u32 = 0x6E0;
 pub enum Delivery {
     /// Deliver the vector.
     Fixed = 0,
+    /// An NMI (the vector is ignored).
+    Nmi = 4,
     /// INIT.
     Init = 5,
     /// Start-up (SIPI): the vector is the 4 KiB page of the AP's entry.
@@ -111,6 +113,22 @@ impl Icr {
         Icr {
             vector,
             delivery: Delivery::Fixed,
+            assert: true,
+            shorthand: Shorthand::None,
+            dest,
+        }
+    }
+
+    /// An NMI to the CPU with APIC id `dest` (the user-mode tests' NMIs).
+    ///
+    /// ```
+    /// use lwkt_arch_x86_64::apic::Icr;
+    /// assert_eq!(Icr::nmi(2).xapic_low(), 0x4400);
+    /// ```
+    pub const fn nmi(dest: u32) -> Icr {
+        Icr {
+            vector: 0,
+            delivery: Delivery::Nmi,
             assert: true,
             shorthand: Shorthand::None,
             dest,

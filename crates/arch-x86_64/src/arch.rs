@@ -349,11 +349,19 @@ unsafe impl Arch for X86Arch {
     }
 
     unsafe fn init_context(&self, ctx: &Context, stack: Stack, entry: EntryFn, arg: usize) {
+        // A new thread has no user side (context words 1-3: `usermode`).
+        for w in &ctx.words[1..] {
+            w.set(0);
+        }
         // SAFETY: caller (the stack is the new thread's and unused).
         unsafe { crate::switch::init(ctx, stack, entry, arg) }
     }
 
     unsafe fn switch(&self, from: &Context, to: &Context) {
+        // SAFETY: caller (lwkt-core switches on this CPU, in a critical
+        // section, from the running thread's context to the next one's):
+        // the user state (RSP0, CR3) follows the thread.
+        unsafe { crate::usermode::on_switch(from, to) };
         // SAFETY: caller.
         unsafe { crate::switch::switch(from, to) }
     }

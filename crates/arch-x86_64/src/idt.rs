@@ -52,6 +52,10 @@ pub const DEVICE_VECTORS: usize = 64;
 
 const _: () = assert!(DEVICE_VECTORS == lwkt_core::intr::MAX_IRQS);
 const _: () = assert!(DEVICE_VECTOR_BASE as usize + DEVICE_VECTORS <= SPURIOUS_VECTOR as usize);
+const _: () = assert!(
+    DEVICE_VECTOR_BASE as usize + DEVICE_VECTORS <= crate::usermode::SYSCALL_INT as usize
+        && crate::usermode::SYSCALL_INT < SPURIOUS_VECTOR
+);
 
 /// The vector of device interrupt line `irq`, or `None` for a line
 /// lwkt-core does not have. Program it into an IOAPIC redirection entry
@@ -110,6 +114,22 @@ impl Gate {
         }
     }
 
+    /// The same gate, switching to IST stack `ist` (1-7; 0: none) on
+    /// entry: a known-good stack whatever RSP was (the NMI, #DF and #MC
+    /// gates of [`Idt::new_user`]).
+    pub const fn with_ist(mut self, ist: u8) -> Gate {
+        self.ist = ist & 7;
+        self
+    }
+
+    /// The same gate with descriptor privilege level 3: `int n` from ring
+    /// 3 may raise it (every other gate is DPL 0: `int n` from user mode
+    /// takes a #GP instead).
+    pub const fn user_callable(mut self) -> Gate {
+        self.attr = 0xEE;
+        self
+    }
+
     /// The handler address.
     pub const fn handler(&self) -> u64 {
         self.offset_low as u64 | (self.offset_mid as u64) << 16 | (self.offset_high as u64) << 32
@@ -150,6 +170,56 @@ pub struct FaultFrame {
     pub ss: u64,
 }
 
+/// A full trap frame: the nine caller-saved registers the stubs push, then
+/// the [`FaultFrame`]. The `syscall` entry builds the same frame (its
+/// `vector` is [`crate::usermode::SYSCALL_VECTOR`], its `rip`/`rflags`
+/// from RCX/R11). DragonFly: `struct trapframe`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct TrapFrame {
+    /// r11 (RFLAGS, after `syscall`).
+    pub r11: u64,
+    /// r10 (system call argument 4).
+    pub r10: u64,
+    /// r9 (system call argument 6).
+    pub r9: u64,
+    /// r8 (system call argument 5).
+    pub r8: u64,
+    /// rdi (system call argument 1).
+    pub rdi: u64,
+    /// rsi (system call argument 2).
+    pub rsi: u64,
+    /// rdx (system call argument 3).
+    pub rdx: u64,
+    /// rcx (the return RIP, after `syscall`).
+    pub rcx: u64,
+    /// rax (the system call number in, its result out).
+    pub rax: u64,
+    /// The vector and the CPU-pushed frame.
+    pub fault: FaultFrame,
+}
+
+static_assertions::assert_eq_size!(TrapFrame, [u64; 16]);
+
+/// An NMI handler ([`set_nmi_handler`]): returns true if it handled the
+/// NMI (the interrupted code resumes), false to pass it to the fault
+/// handler.
+pub type NmiHandler = fn(&FaultFrame) -> bool;
+
+static NMI_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Set the handler NMIs (and machine checks) go to first. It runs on the
+/// NMI's IST stack (with [`Idt::new_user`]), with GS made the kernel's by
+/// the paranoid entry (decided from the GS base MSR, not the saved CS),
+/// possibly inside any code, including lwkt's critical sections.
+///
+/// # Safety
+/// `f` allows NMI context: no locks the interrupted code may hold, no lwkt
+/// calls on this CPU but those documented as NMI-safe (`Cpu::snapshot`).
+pub unsafe fn set_nmi_handler(f: NmiHandler) {
+    NMI_HANDLER.store(f as usize, Ordering::Release);
+}
+
 /// The fault handler: never returns (a test kernel prints and exits).
 pub type FaultHandler = fn(&FaultFrame) -> !;
 
@@ -180,8 +250,43 @@ pub unsafe fn set_fault_handler(f: FaultHandler) {
     FAULT_HANDLER.store(f as usize, Ordering::Release);
 }
 
+/// Every exception and unexpected vector (from the common stub): a fault
+/// in ring 3 ends the user program ([`crate::usermode`]); a page or
+/// protection fault at a user-copy instruction resumes at its fixup;
+/// anything else goes to the fault handler.
 #[no_mangle]
-extern "C" fn lwkt_x86_fault(frame: &FaultFrame) -> ! {
+extern "C" fn lwkt_x86_trap(frame: &mut TrapFrame) {
+    if frame.fault.cs & 3 == 3 {
+        if frame.fault.vector == 6 && crate::usermode::trap_syscall(frame) {
+            return;
+        }
+        // Returns only if the thread is not a user thread.
+        crate::usermode::user_fault(&frame.fault);
+    } else if matches!(frame.fault.vector, 13 | 14) {
+        if let Some(fix) = crate::usermode::fixup(frame.fault.rip) {
+            frame.fault.rip = fix;
+            return;
+        }
+    }
+    lwkt_x86_fault(&frame.fault)
+}
+
+/// The paranoid entry's handler (NMI, #MC): the NMI handler, then the
+/// fault handler if it did not take it.
+#[no_mangle]
+extern "C" fn lwkt_x86_nmi(frame: &mut TrapFrame) {
+    let f = NMI_HANDLER.load(Ordering::Acquire);
+    if f != 0 {
+        // SAFETY: only `set_nmi_handler` stores here, an `NmiHandler`.
+        let f: NmiHandler = unsafe { core::mem::transmute::<usize, NmiHandler>(f) };
+        if f(&frame.fault) {
+            return;
+        }
+    }
+    lwkt_x86_fault(&frame.fault)
+}
+
+fn lwkt_x86_fault(frame: &FaultFrame) -> ! {
     let f = FAULT_HANDLER.load(Ordering::Acquire);
     if f != 0 {
         // SAFETY: only `set_fault_handler` stores here, a `FaultHandler`
@@ -197,29 +302,6 @@ extern "C" fn lwkt_x86_fault(frame: &FaultFrame) -> ! {
 
 core::arch::global_asm!(
     ".text",
-    ".p2align 4",
-    ".globl lwkt_x86_vectors",
-    "lwkt_x86_vectors:",
-    ".set lwkt_vec, 0",
-    ".rept 256",
-    ".p2align 4",
-    // The CPU pushes an error code for 8, 10-14, 17, 21, 29 and 30.
-    ".if (lwkt_vec == 8) | ((lwkt_vec >= 10) & (lwkt_vec <= 14)) | (lwkt_vec == 17) | (lwkt_vec == 21) | (lwkt_vec == 29) | (lwkt_vec == 30)",
-    ".else",
-    "push 0",
-    ".endif",
-    "push lwkt_vec",
-    "jmp lwkt_x86_fault_common",
-    ".set lwkt_vec, lwkt_vec + 1",
-    ".endr",
-    "",
-    "lwkt_x86_fault_common:",
-    "mov rdi, rsp",
-    "and rsp, -16",
-    "cld",
-    "call lwkt_x86_fault",
-    "ud2",
-    "",
     // The nine caller-saved registers of the SysV ABI, saved and restored
     // around an `extern "C"` interrupt handler.
     ".macro lwkt_x86_push_scratch",
@@ -244,16 +326,102 @@ core::arch::global_asm!(
     "pop rcx",
     "pop rax",
     ".endm",
+    ".p2align 4",
+    ".globl lwkt_x86_vectors",
+    "lwkt_x86_vectors:",
+    ".set lwkt_vec, 0",
+    ".rept 256",
+    ".p2align 4",
+    // The CPU pushes an error code for 8, 10-14, 17, 21, 29 and 30.
+    ".if (lwkt_vec == 8) | ((lwkt_vec >= 10) & (lwkt_vec <= 14)) | (lwkt_vec == 17) | (lwkt_vec == 21) | (lwkt_vec == 29) | (lwkt_vec == 30)",
+    ".else",
+    "push 0",
+    ".endif",
+    "push lwkt_vec",
+    "jmp lwkt_x86_fault_common",
+    ".set lwkt_vec, lwkt_vec + 1",
+    ".endr",
+    "",
+    // 7 words (vector, error, the CPU's 5) from a 16-byte aligned RSP,
+    // then 9 registers: aligned at the call. `swapgs` exactly when the
+    // saved CS is ring 3, on the way in and out.
+    "lwkt_x86_fault_common:",
+    "test byte ptr [rsp + 24], 3",
+    "jz 2f",
+    "swapgs",
+    "2:",
+    "lwkt_x86_push_scratch",
+    "mov rdi, rsp",
+    "cld",
+    "call lwkt_x86_trap",
+    "lwkt_x86_pop_scratch",
+    "test byte ptr [rsp + 24], 3",
+    "jz 3f",
+    "swapgs",
+    "3:",
+    "add rsp, 16",
+    "iretq",
+    "",
+    // The paranoid entry (NMI, #MC): the saved CS does not say which GS
+    // is live (the `swapgs` window of the syscall entry and exit runs in
+    // ring 0 with the user's), so read IA32_GS_BASE: 0 is the user's (this
+    // backend keeps it 0), anything else a kernel block. Swap if it is the
+    // user's, and back before `iretq`. rbx (callee-saved) remembers.
+    ".p2align 4",
+    ".globl lwkt_x86_nmi_stub",
+    "lwkt_x86_nmi_stub:",
+    "push 0",
+    "push 2",
+    "jmp lwkt_x86_paranoid_common",
+    ".p2align 4",
+    ".globl lwkt_x86_mc_stub",
+    "lwkt_x86_mc_stub:",
+    "push 0",
+    "push 18",
+    "jmp lwkt_x86_paranoid_common",
+    "lwkt_x86_paranoid_common:",
+    "lwkt_x86_push_scratch",
+    "push rbx",
+    "sub rsp, 8",
+    "xor ebx, ebx",
+    "mov ecx, 0xC0000101",
+    "rdmsr",
+    "or eax, edx",
+    "jnz 4f",
+    "swapgs",
+    "mov ebx, 1",
+    "4:",
+    "lea rdi, [rsp + 16]",
+    "cld",
+    "call lwkt_x86_nmi",
+    "test ebx, ebx",
+    "jz 5f",
+    "swapgs",
+    "5:",
+    "add rsp, 8",
+    "pop rbx",
+    "lwkt_x86_pop_scratch",
+    "add rsp, 16",
+    "iretq",
+    "",
     // An interrupt stub: save the caller-saved registers, call the
     // `extern "C"` handler, restore, `iretq`.
     ".macro lwkt_x86_irq_stub name, handler",
     ".p2align 4",
     ".globl \\name",
     "\\name:",
+    "test byte ptr [rsp + 8], 3",
+    "jz 2f",
+    "swapgs",
+    "2:",
     "lwkt_x86_push_scratch",
     "cld",
     "call \\handler",
     "lwkt_x86_pop_scratch",
+    "test byte ptr [rsp + 8], 3",
+    "jz 3f",
+    "swapgs",
+    "3:",
     "iretq",
     ".endm",
     "lwkt_x86_irq_stub lwkt_x86_ipi_stub, lwkt_x86_ipi_entry",
@@ -275,6 +443,10 @@ core::arch::global_asm!(
     ".endr",
     "",
     "lwkt_x86_device_common:",
+    "test byte ptr [rsp + 16], 3",
+    "jz 2f",
+    "swapgs",
+    "2:",
     "lwkt_x86_push_scratch",
     "mov rdi, [rsp + 72]",
     "sub rsp, 8",
@@ -283,6 +455,10 @@ core::arch::global_asm!(
     "add rsp, 8",
     "lwkt_x86_pop_scratch",
     "add rsp, 8",
+    "test byte ptr [rsp + 8], 3",
+    "jz 3f",
+    "swapgs",
+    "3:",
     "iretq",
     "",
     ".p2align 4",
@@ -297,6 +473,8 @@ extern "C" {
     fn lwkt_x86_timer_stub();
     static lwkt_x86_device_vectors: u8;
     fn lwkt_x86_spurious_stub();
+    fn lwkt_x86_nmi_stub();
+    fn lwkt_x86_mc_stub();
 }
 
 /// A full table: every vector to its stub.
@@ -325,7 +503,26 @@ impl Idt {
         }
         gates[usize::from(SPURIOUS_VECTOR)] =
             Gate::interrupt(lwkt_x86_spurious_stub as *const () as u64, selector);
+        gates[2] = Gate::interrupt(lwkt_x86_nmi_stub as *const () as u64, selector);
+        gates[18] = Gate::interrupt(lwkt_x86_mc_stub as *const () as u64, selector);
         Idt { gates }
+    }
+
+    /// [`Idt::new`] for a kernel with user mode ([`crate::usermode`]):
+    /// the `int 0xF0` system call gate (DPL 3: the one gate user mode may
+    /// raise; the `syscall` instruction is the usual way in); NMI, #DF and
+    /// #MC switch to their IST stacks, which every CPU's TSS
+    /// must hold ([`crate::usermode::init_cpu`]) before it loads this
+    /// table. DragonFly: `setidt(IDT_NMI, ..., 2)` (IST 2), `IDT_DF` (1).
+    pub fn new_user(selector: u16) -> Idt {
+        use crate::usermode::{DF_IST, MC_IST, NMI_IST};
+        let mut idt = Idt::new(selector);
+        idt.gates[2] = idt.gates[2].with_ist(NMI_IST);
+        idt.gates[8] = idt.gates[8].with_ist(DF_IST);
+        idt.gates[18] = idt.gates[18].with_ist(MC_IST);
+        idt.gates[usize::from(crate::usermode::SYSCALL_INT)] =
+            Gate::interrupt(crate::usermode::int_syscall_entry(), selector).user_callable();
+        idt
     }
 
     /// The gate of vector `v`.
@@ -338,7 +535,11 @@ impl Idt {
     /// # Safety
     /// Ring 0; `self` stays valid and unchanged while any CPU uses it, and
     /// its selector is a 64-bit code segment of the loaded GDT. The stubs
-    /// do not `swapgs`: interrupts reach this CPU only from ring 0. The IPI
+    /// `swapgs` when the saved CS is ring 3 (the NMI and #MC stubs when the
+    /// GS base MSR is 0): ring 3 runs only under [`crate::usermode`], with
+    /// the kernel block in `IA32_KERNEL_GS_BASE`. A table of
+    /// [`Idt::new_user`] needs this CPU's TSS loaded first
+    /// ([`crate::usermode::init_cpu`]). The IPI
     /// vector's handler reads GS: an interrupt on [`IPI_VECTOR`] reaches
     /// this CPU only once it has installed its `PerCpu` block
     /// ([`X86Arch`](crate::X86Arch)'s kick sends it only to attached CPUs;

@@ -12,7 +12,11 @@
 //! - the context switch (callee-saved registers and RFLAGS: the interrupt
 //!   flag is per thread, so every interrupt entry may preempt the
 //!   interrupted thread, `Arch::preempts_in_interrupt`), `sti; hlt`
-//!   idling and the TSC.
+//!   idling and the TSC;
+//! - user mode ([`usermode`]): per-CPU GDT and TSS, `syscall`/`sysret`,
+//!   ring-3 threads that are lwkt threads, `swapgs` on entries from ring 3
+//!   (by the GS base MSR for NMIs), the `doreti` check on the way out, and
+//!   copy-in/copy-out that turn a bad user address into an error.
 //!
 //! What comes from crates: MSR access, `lidt`, `hlt` and the interrupt
 //! flag from [`x86_64`]; CPUID's leaves from [`raw_cpuid`] (the TSC and
@@ -52,6 +56,8 @@ pub mod percpu;
 mod switch;
 #[cfg(target_arch = "x86_64")]
 pub mod time;
+#[cfg(target_arch = "x86_64")]
+pub mod usermode;
 
 #[cfg(target_arch = "x86_64")]
 pub use arch::{StackPool, X86Arch, MAX_STACKS};

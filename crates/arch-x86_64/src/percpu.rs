@@ -60,6 +60,9 @@ pub struct PerCpu {
     /// `gs:[32]`: whether [`time::start_timer`](crate::time::start_timer)
     /// set up this CPU's local APIC timer (`Arch::set_timer` checks it).
     timer: AtomicBool,
+    /// `gs:[40]..`: the running thread's user-mode state
+    /// ([`crate::usermode`]).
+    pub(crate) user: crate::usermode::UserCpu,
 }
 
 impl PerCpu {
@@ -71,6 +74,7 @@ impl PerCpu {
             cpu: AtomicUsize::new(0),
             apic_id: AtomicUsize::new(0),
             timer: AtomicBool::new(false),
+            user: crate::usermode::UserCpu::new(),
         }
     }
 
@@ -278,5 +282,6 @@ mod tests {
         assert_eq!(core::mem::offset_of!(PerCpu, cpu), 16);
         assert_eq!(core::mem::offset_of!(PerCpu, apic_id), 24);
         assert_eq!(core::mem::offset_of!(PerCpu, timer), 32);
+        assert_eq!(core::mem::offset_of!(PerCpu, user), 40);
     }
 }

@@ -20,7 +20,16 @@
 //! panic, the run fails with "attached already"), `tsc=auto|pit` (`pit`:
 //! calibrate the TSC against the PIT even where CPUID gives its
 //! frequency), `timer=auto|oneshot` (`oneshot`: the APIC timer's one-shot
-//! mode even where TSC-deadline mode exists). Anything else is refused.
+//! mode even where TSC-deadline mode exists), `user` (after the tests, the
+//! user-mode tests of `usertest.rs`: user programs on every CPU, system
+//! calls as messages, faulting programs, bad arguments, time slicing of a
+//! program that never traps), `user-only` (only those), `user-ops=N`
+//! (synchronous and asynchronous calls per main program, default 10,000),
+//! `user-bench` and `user-samples=N` (cycles per system call kind),
+//! `syscall=auto|insn|int|trap` (how programs enter the kernel; `auto`
+//! probes), `user-preempting-pinger` (the slicing part's IPI sender above
+//! the spinners' priority: reproduces an open lwkt-core hang at 4 CPUs).
+//! Anything else is refused.
 //!
 //! Run it with `cargo xtask qemu [--smp N]` from the repository root.
 #![no_std]
@@ -33,6 +42,12 @@ mod boot;
 mod heap;
 #[macro_use]
 mod hw;
+// User mode (issue 20): address spaces, user programs, system calls as
+// messages, and their tests.
+mod syscall;
+mod uprog;
+mod usermem;
+mod usertest;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -42,6 +57,7 @@ use lwkt_arch_x86_64::apic::{self, Icr, Mode};
 use lwkt_arch_x86_64::idt::{self, device_vector, FaultFrame, Idt, SPURIOUS_VECTOR};
 use lwkt_arch_x86_64::percpu::{self, PerCpu};
 use lwkt_arch_x86_64::time::{self, TimeBase};
+use lwkt_arch_x86_64::usermode;
 use lwkt_arch_x86_64::X86Arch;
 use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
 
@@ -96,8 +112,11 @@ impl lwkt_test_program::Kernel for X86Kernel {
 /// The backend, with its stack pool.
 // SAFETY: every CPU runs `setup_cpu` (which installs its `PerCpu` block in
 // GS) before it calls into lwkt: the BSP before it spawns the test thread
-// or enters its idle loop, each AP first thing in `ap_main`; no code here
-// runs in user mode, so GS always holds the kernel block. The fault
+// or enters its idle loop, each AP first thing in `ap_main`; user programs
+// (usertest.rs) run in ring 3 only inside `usermode::run_user`, and every
+// entry from ring 3 swaps the kernel block in before any lwkt code runs
+// (the stubs `swapgs` by the saved CS, NMIs by the GS base MSR), so kernel
+// code always sees the kernel block in GS. The fault
 // handler finds the CPU through the GS base MSR and calls no lwkt code but
 // `Cpu::snapshot` on a CPU that is attached.
 static ARCH: X86Arch = unsafe { X86Arch::new() };
@@ -112,6 +131,9 @@ static PERCPU: [PerCpu; MAX_CPUS] = {
     a
 };
 static IDT: spin::Once<Idt> = spin::Once::new();
+/// Each CPU's GDT, TSS and IST stacks (user mode).
+static CPU_TABLES: [usermode::CpuTables; MAX_CPUS] =
+    [const { usermode::CpuTables::new() }; MAX_CPUS];
 static MACHINE: spin::Once<&'static MachineState> = spin::Once::new();
 static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
 static OPTS: spin::Once<Opts> = spin::Once::new();
@@ -154,6 +176,8 @@ struct Opts {
     attach_twice: bool,
     /// `tsc=pit` and `timer=oneshot`: the paths TCG takes, under KVM too.
     time: time::Options,
+    /// `user`, `user-only`, `user-ops=N`, `user-bench`, `user-samples=N`.
+    user: usertest::UserOpts,
 }
 
 impl Opts {
@@ -166,6 +190,7 @@ impl Opts {
             hang: false,
             attach_twice: false,
             time: time::Options::default(),
+            user: usertest::UserOpts::default(),
         };
         for w in cmdline.split_whitespace() {
             let (k, v) = w.split_once('=').unwrap_or((w, ""));
@@ -179,6 +204,25 @@ impl Opts {
                 "expect-cpus" => o.expect_cpus = Some(num()? as usize),
                 "hang" => o.hang = true,
                 "attach-twice" => o.attach_twice = true,
+                "user" => o.user.on = true,
+                "user-only" => o.user.only = true,
+                "user-ops" => o.user.ops = num()?,
+                "user-bench" => o.user.bench = true,
+                "user-preempting-pinger" => o.user.preempting_pinger = true,
+                "user-samples" => o.user.samples = num()?.max(1),
+                "syscall" => {
+                    o.user.int = match v {
+                        "auto" => None,
+                        "insn" => Some(0),
+                        "int" => Some(1),
+                        "trap" => Some(2),
+                        _ => {
+                            return Err(alloc::format!(
+                                "option '{w}': syscall=auto|insn|int|trap"
+                            ))
+                        }
+                    }
+                }
                 "tsc" => {
                     o.time.force_pit = match v {
                         "auto" => false,
@@ -204,7 +248,8 @@ impl Opts {
                 _ => {
                     return Err(alloc::format!(
                         "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N \
-                         hang attach-twice tsc=auto|pit timer=auto|oneshot)"
+                         hang attach-twice tsc=auto|pit timer=auto|oneshot user user-only user-ops=N \
+                         user-bench user-samples=N syscall=auto|insn|int|trap user-preempting-pinger)"
                     ))
                 }
             }
@@ -283,6 +328,11 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 /// Once per CPU, on CPU `idx`, interrupts off.
 unsafe fn setup_cpu(idx: usize, mode: Mode, cpus: &'static [Cpu]) {
     let pcpu = &PERCPU[idx];
+    // SAFETY: caller (ring 0, once on this CPU, interrupts off); this
+    // CPU's tables, used by no other; the kernel's selectors are 0x08 and
+    // 0x10 (boot.rs) and nothing loads GS's selector. First, so that the
+    // IDT's IST gates find their stacks.
+    unsafe { usermode::init_cpu(pcpu, &CPU_TABLES[idx]) };
     // SAFETY: caller (ring 0, once on this CPU, interrupts off); the IDT
     // and the per-CPU block are statics.
     unsafe {
@@ -335,6 +385,10 @@ extern "C" fn bsp_main(info: usize) -> ! {
     // SAFETY: `on_fault` trusts no GS (it finds the CPU through the MSR)
     // and calls no lwkt code but `Cpu::snapshot` on this CPU's own block.
     unsafe { idt::set_fault_handler(on_fault) };
+    // SAFETY: the user-mode tests' NMI handler touches only atomics, the
+    // APIC id register and the GS base MSR; outside its test it passes
+    // every NMI on to `on_fault` (the hang dump).
+    unsafe { idt::set_nmi_handler(usertest::nmi_handler) };
     let ncpus = opts.expect_cpus.unwrap_or_else(hw::fw_cfg_ncpus);
     if ncpus == 0 || ncpus > MAX_CPUS {
         fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");
@@ -354,7 +408,17 @@ extern "C" fn bsp_main(info: usize) -> ! {
         None => Mode::XApic,
     };
     hw::mask_pics();
-    IDT.call_once(|| Idt::new(0x08));
+    IDT.call_once(|| Idt::new_user(0x08));
+    // SAFETY: on the BSP, once, before any user program; CR3 holds the
+    // boot tables. The user range is exactly the user text and memory,
+    // which each slot's tables map only to that slot's pages (or the
+    // read-only code); the handler trusts no register.
+    unsafe {
+        usermem::init();
+        let (start, end) = usermem::range();
+        usermode::set_user_range(start, end);
+        usermode::set_syscall_handler(syscall::handler);
+    }
 
     // The lwkt machine: CPU blocks, ncpus^2 IPI rings, the backend.
     let cpus: &'static [Cpu] = Box::leak(
@@ -439,7 +503,12 @@ extern "C" fn bsp_main(info: usize) -> ! {
     unsafe {
         cpus[0]
             .spawn_boot_thread(Priority::default(), 64 << 10, "test-main", move |cur| {
-                lwkt_test_program::run(&X86Kernel, cur, opts.rounds, cpus);
+                if !opts.user.only {
+                    lwkt_test_program::run(&X86Kernel, cur, opts.rounds, cpus);
+                }
+                if opts.user.on || opts.user.only {
+                    usertest::run(cur, opts.user);
+                }
                 if opts.hang {
                     kprintln!("hanging on purpose (hang)");
                     // Nobody wakes this channel.
@@ -464,7 +533,12 @@ extern "C" fn bsp_main(info: usize) -> ! {
         }
         core::hint::spin_loop();
     }
-    let ok = lwkt_test_program::report(cpus);
+    let ok = if opts.user.only {
+        GS_OK[..ncpus].iter().all(|g| g.load(Ordering::Relaxed))
+    } else {
+        lwkt_test_program::report(cpus)
+    };
+    let ok = usertest::report(ncpus) && ok;
     kprintln!("heap used: {} KiB", heap::used() / 1024);
     if ok {
         kprintln!("PASS");
