@@ -48,4 +48,4 @@ pub mod time;
 pub mod vectors;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use arch::{without_irqs, A64Arch, StackPool, MAX_STACKS};
+pub use arch::{without_irqs, A64Arch, A64Irqs, StackPool};

@@ -9,154 +9,30 @@ use crate::idt::IPI_VECTOR;
 use crate::percpu::{self, PerCpu};
 use crate::time;
 
-/// Written below every stack; found changed when the stack is given back,
-/// it means the thread overran its stack (there is no guard page: the
-/// identity map uses 2 MiB pages).
-const CANARY: u64 = 0x5afe_57ac_c0de_ca4a;
-/// Bytes below each stack's usable part, holding the canary.
-const CANARY_ROOM: usize = 64;
-/// Most stacks a pool manages.
-pub const MAX_STACKS: usize = 256;
-
-struct Pool {
-    base: usize,
-    slot: usize,
-    count: usize,
-    used: [u64; MAX_STACKS / 64],
-}
-
-/// Thread stacks carved from one region in equal slots, each with a
-/// canary below it that [`Arch::free_stack`] checks.
+/// Masks this CPU's interrupts around the stack pool's lock (`pushf; cli`
+/// ... `popf`, the `x86_64` crate's `without_interrupts`).
 #[derive(Debug)]
-pub struct StackPool {
-    inner: spin::Mutex<Option<Pool>>,
-}
+pub struct X86Irqs;
 
-impl core::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Pool")
-            .field("slot", &self.slot)
-            .field("count", &self.count)
-            .finish_non_exhaustive()
-    }
-}
-
-impl StackPool {
-    const fn new() -> StackPool {
-        StackPool {
-            inner: spin::Mutex::new(None),
-        }
-    }
-
-    /// Hand the pool `len` bytes at `base`, cut in slots of `slot` bytes
-    /// (at most [`MAX_STACKS`] of them).
-    ///
-    /// # Safety
-    /// The region is writable, 16-byte aligned, used for nothing else, and
-    /// lives forever.
-    ///
-    /// # Panics
-    /// If the pool already has a region, a slot is under 4 KiB or not a
-    /// multiple of 16, `base` is null or not 16-byte aligned, or the region
-    /// wraps around the address space.
-    ///
-    /// ```compile_fail,E0133
-    /// # use lwkt_arch_x86_64::X86Arch;
-    /// fn give(arch: &X86Arch, p: *mut u8) {
-    ///     arch.stacks().init(p, 1 << 20, 64 << 10); // any pointer: unsafe
-    /// }
-    /// ```
-    pub unsafe fn init(&self, base: *mut u8, len: usize, slot: usize) {
-        assert!(
-            slot >= 4096 && slot % 16 == 0,
-            "lwkt-arch-x86_64: stack slots of at least 4 KiB, a multiple of 16 bytes"
-        );
-        assert!(
-            !base.is_null()
-                && base as usize % 16 == 0
-                && (base as usize).checked_add(len).is_some(),
-            "lwkt-arch-x86_64: the stack region must be non-null, 16-byte aligned and not wrap"
-        );
-        let mut g = self.inner.lock();
-        assert!(
-            g.is_none(),
-            "lwkt-arch-x86_64: the stack pool has its region already"
-        );
-        *g = Some(Pool {
-            base: base as usize,
-            slot,
-            count: (len / slot).min(MAX_STACKS),
-            used: [0; MAX_STACKS / 64],
-        });
-    }
-
-    /// Run `f` on the pool with interrupts off on this CPU: an interrupt
-    /// handler (an IPI function that frees a stack) or a thread that
-    /// preempts from the interrupt frame (`preempts_in_interrupt`) would
-    /// otherwise spin for ever on the lock the interrupted thread holds.
-    fn with<R>(&self, f: impl FnOnce(&mut Option<Pool>) -> R) -> R {
+impl lwkt_core::IrqMask for X86Irqs {
+    fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
         #[cfg(target_os = "none")]
         {
-            x86_64::instructions::interrupts::without_interrupts(|| f(&mut self.inner.lock()))
+            x86_64::instructions::interrupts::without_interrupts(f)
         }
         // Host unit tests: `cli` faults in user mode, and nothing there
         // interrupts or preempts.
         #[cfg(not(target_os = "none"))]
         {
-            f(&mut self.inner.lock())
+            f()
         }
-    }
-
-    fn alloc(&self, size: usize) -> Option<Stack> {
-        self.with(|g| Self::alloc_in(g, size))
-    }
-
-    fn alloc_in(g: &mut Option<Pool>, size: usize) -> Option<Stack> {
-        let p = g.as_mut()?;
-        if size > p.slot - CANARY_ROOM {
-            return None;
-        }
-        let i = (0..p.count).find(|&i| p.used[i / 64] & (1 << (i % 64)) == 0)?;
-        p.used[i / 64] |= 1 << (i % 64);
-        let start = p.base + i * p.slot;
-        // SAFETY: `start` is the 16-aligned start of a free slot of the
-        // region the pool owns (`init`).
-        unsafe { (start as *mut u64).write(CANARY) };
-        Some(Stack {
-            // SAFETY: a non-zero address inside the region.
-            base: unsafe { NonNull::new_unchecked((start + CANARY_ROOM) as *mut u8) },
-            len: p.slot - CANARY_ROOM,
-        })
-    }
-
-    fn free(&self, s: Stack) {
-        self.with(|g| Self::free_in(g, s))
-    }
-
-    fn free_in(g: &mut Option<Pool>, s: Stack) {
-        let p = g
-            .as_mut()
-            .expect("lwkt-arch-x86_64: free_stack before the pool has a region");
-        let start = (s.base.as_ptr() as usize).wrapping_sub(CANARY_ROOM);
-        let off = start.wrapping_sub(p.base);
-        let i = off / p.slot;
-        assert!(
-            start >= p.base
-                && off % p.slot == 0
-                && i < p.count
-                && p.used[i / 64] & (1 << (i % 64)) != 0,
-            "lwkt-arch-x86_64: free_stack of a stack the pool did not hand out"
-        );
-        // SAFETY: the slot's first word, written by `alloc`.
-        let canary = unsafe { (start as *const u64).read() };
-        assert_eq!(
-            canary, CANARY,
-            "lwkt-arch-x86_64: a thread overran its {}-byte stack at {:#x}",
-            s.len, start
-        );
-        p.used[i / 64] &= !(1 << (i % 64));
     }
 }
+
+/// Thread stacks carved from one region, each with a canary below it that
+/// [`Arch::free_stack`] checks: lwkt-core's [`lwkt_core::StackPool`],
+/// with interrupts masked around its lock.
+pub type StackPool = lwkt_core::StackPool<X86Irqs>;
 
 /// lwkt-core's [`Arch`] for x86-64 in ring 0: per-CPU blocks through GS,
 /// IPIs through the local APIC (xAPIC or x2APIC), `sti; hlt` idling, the
@@ -371,7 +247,9 @@ unsafe impl Arch for X86Arch {
     }
 
     unsafe fn free_stack(&self, stack: Stack) {
-        self.stacks.free(stack)
+        // SAFETY: caller (`Arch::free_stack`'s contract): from our
+        // `alloc_stack`, which is this pool's, and nothing runs on it.
+        unsafe { self.stacks.free(stack) }
     }
 
     unsafe fn kick(&self, target: &Cpu) {
@@ -609,29 +487,5 @@ mod tests {
         });
         assert!(msg.contains("CPU 1 is attached already"), "{msg}");
         assert_eq!(kick_dest(other), None);
-    }
-
-    #[test]
-    fn the_pool_refuses_a_bad_region_and_foreign_stacks() {
-        // SAFETY: none of these regions is ever used: `init` panics first.
-        let msg =
-            panic_message(|| unsafe { StackPool::new().init(8 as *mut u8, 1 << 20, 64 << 10) });
-        assert!(msg.contains("16-byte aligned"), "{msg}");
-        #[repr(C, align(16))]
-        struct Region([u8; 4 * 8192]);
-        let region = Box::leak(Box::new(Region([0; 4 * 8192])));
-        let pool = StackPool::new();
-        // SAFETY: a leaked region used only by this pool.
-        unsafe { pool.init(region.0.as_mut_ptr(), 4 * 8192, 8192) };
-        let s = pool.alloc(4096).unwrap();
-        assert_eq!(s.len, 8192 - CANARY_ROOM);
-        // A stack that starts mid-slot: not one the pool handed out.
-        let mid = Stack {
-            base: NonNull::new(s.base.as_ptr().wrapping_add(16)).unwrap(),
-            len: s.len - 16,
-        };
-        let msg = panic_message(|| pool.free(mid));
-        assert!(msg.contains("did not hand out"), "{msg}");
-        pool.free(s);
     }
 }

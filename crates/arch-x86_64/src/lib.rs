@@ -60,7 +60,7 @@ pub mod time;
 pub mod usermode;
 
 #[cfg(target_arch = "x86_64")]
-pub use arch::{StackPool, X86Arch, MAX_STACKS};
+pub use arch::{StackPool, X86Arch, X86Irqs};
 
 /// The README's example, compiled as a doctest.
 #[doc = include_str!("../README.md")]
