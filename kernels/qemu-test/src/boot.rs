@@ -13,7 +13,7 @@
 //! See `shared/docs/QEMU-NOTES.md` for the facts this rests on.
 
 /// Largest CPU count the kernel supports (AP stacks, per-CPU blocks).
-pub const MAX_CPUS: usize = 16;
+pub const MAX_CPUS: usize = 256;
 /// Each AP's boot stack.
 pub const AP_STACK: usize = 64 * 1024;
 /// Where the trampoline runs (SIPI page 8).

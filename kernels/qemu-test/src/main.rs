@@ -146,18 +146,27 @@ static DONE: AtomicUsize = AtomicUsize::new(0);
 /// Per CPU: did `gs:[0]` and the GS MSRs read back as installed?
 static GS_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-const STACK_REGION: usize = 16 << 20;
 /// A 64 KiB stack plus the pool's canary room, page-rounded.
 const STACK_SLOT: usize = (64 + 4) << 10;
-#[repr(C, align(4096))]
-struct Stacks([u8; STACK_REGION]);
-static mut STACKS: Stacks = Stacks([0; STACK_REGION]);
+/// The stack pool's region: 8 MiB, and 1 MiB (15 stacks) per CPU for its
+/// idle thread and the test threads placed on it.
+fn stack_region_len(ncpus: usize) -> usize {
+    (8 + ncpus) << 20
+}
 
 /// The waits of AP start-up after the INIT and after each SIPI, in ns.
 const INIT_DELAY_NS: u64 = 10_000_000;
 const SIPI_DELAY_NS: u64 = 200_000;
-/// How long the BSP waits for APs (and for them to finish), in TSC cycles.
+/// How long the BSP waits for APs (and for them to finish), in TSC
+/// cycles, for up to 16 CPUs; [`online_timeout`] scales it.
 const ONLINE_TIMEOUT: u64 = 6_000_000_000;
+
+/// [`ONLINE_TIMEOUT`] for `ncpus` CPUs: one more share per 16 CPUs
+/// (multi-threaded TCG starts 255 vCPU threads on this 2-core host in
+/// more than the 16-CPU allowance).
+fn online_timeout(ncpus: usize) -> u64 {
+    ONLINE_TIMEOUT * ncpus.div_ceil(16).max(1) as u64
+}
 
 /// The command line, parsed.
 #[derive(Debug, Clone, Copy)]
@@ -375,6 +384,12 @@ fn calibrate_clock(opts: time::Options) -> &'static TimeBase {
 /// The BSP's entry from `boot.rs`, with the `hvm_start_info` address.
 #[no_mangle]
 extern "C" fn bsp_main(info: usize) -> ! {
+    // SAFETY: once, on the BSP, before anything allocates; EBX from QEMU's
+    // PVH entry (identity mapped); the RAM above the image is ours.
+    match unsafe { heap::init(info) } {
+        Ok(n) => kprintln!("lwkt-qemu-test: heap {} MiB", n >> 20),
+        Err(e) => fail!("heap: {e}"),
+    }
     // SAFETY: EBX from QEMU's PVH entry, identity mapped.
     let cmdline = unsafe { boot::cmdline(info) };
     kprintln!("lwkt-qemu-test: cmdline '{cmdline}'");
@@ -441,14 +456,21 @@ extern "C" fn bsp_main(info: usize) -> ! {
     unsafe { machine.bind() };
     MACHINE.call_once(|| machine);
     CPUS.call_once(|| cpus);
-    // SAFETY: the region is a static used for nothing else.
-    unsafe {
-        ARCH.stacks().init(
-            core::ptr::addr_of_mut!(STACKS).cast(),
-            STACK_REGION,
-            STACK_SLOT,
-        )
-    };
+    let stack_len = stack_region_len(ncpus);
+    let stack_layout = core::alloc::Layout::from_size_align(stack_len, 4096)
+        .unwrap_or_else(|_| fail!("a {stack_len}-byte stack region"));
+    // SAFETY: a non-zero size.
+    let stacks = unsafe { alloc::alloc::alloc(stack_layout) };
+    if stacks.is_null() {
+        fail!(
+            "no memory for {} MiB of thread stacks (heap used {} KiB): give the guest more (-m)",
+            stack_len >> 20,
+            heap::used() / 1024
+        );
+    }
+    // SAFETY: a fresh heap block, page aligned, never freed, used for
+    // nothing else.
+    unsafe { ARCH.stacks().init(stacks, stack_len, STACK_SLOT) };
     // SAFETY: CPU 0, once, interrupts off (PVH entry state).
     unsafe { setup_cpu(0, mode, cpus) };
     if opts.attach_twice {
@@ -487,7 +509,7 @@ extern "C" fn bsp_main(info: usize) -> ! {
         unsafe { apic::send(Icr::startup_all_but_self(page)) };
     }
     while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
-        if hw::tsc() - t > ONLINE_TIMEOUT {
+        if hw::tsc() - t > online_timeout(ncpus) {
             let up = ONLINE.load(Ordering::Acquire) + 1;
             fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
         }
@@ -528,7 +550,7 @@ extern "C" fn bsp_main(info: usize) -> ! {
 
     let t = hw::tsc();
     while DONE.load(Ordering::Acquire) < ncpus - 1 {
-        if hw::tsc() - t > ONLINE_TIMEOUT {
+        if hw::tsc() - t > online_timeout(ncpus) {
             fail!("a CPU did not leave its idle loop after shutdown");
         }
         core::hint::spin_loop();

@@ -32,7 +32,7 @@ mod interrupts;
 mod tests;
 
 /// The most CPUs the test program (and both kernels) support.
-pub const MAX_CPUS: usize = 16;
+pub const MAX_CPUS: usize = 256;
 
 /// The interrupt line the kernel must be able to send to a CPU as a
 /// device interrupt ([`Kernel::send_device_interrupt`]).
