@@ -382,6 +382,10 @@ pub(crate) unsafe fn preempt(td: &Thread) {
     gd.stats.preemptions.add(1);
     ntd.switches.set(ntd.switches.get() + 1);
     let arch = gd.machine().arch;
+    // A round-robin `td` owes (its quantum expired with a peer waiting)
+    // must survive the preemption: the switch that leaves `ntd` clears the
+    // request, which was `ntd`'s to serve only if it was made for `ntd`.
+    let owed_slice = gd.reqflags.load(Ordering::Relaxed) & rqf::SLICE;
     td.set(tdf::PREEMPTED);
     // SAFETY: inside a critical section; `ntd.ctx` was saved by a switch
     // or prepared by `init_context`. `td` stays on its run queue, first
@@ -393,6 +397,9 @@ pub(crate) unsafe fn preempt(td: &Thread) {
     td.clear(tdf::PREEMPTED);
     // SAFETY: just switched to, in a critical section.
     unsafe { finish_switch(td.gd()) };
+    if owed_slice != 0 {
+        td.gd().reqflags.fetch_or(rqf::SLICE, Ordering::Relaxed);
+    }
     crit_exit_td(td);
 }
 

@@ -86,6 +86,59 @@ fn equal_priority_cpu_bound_threads_take_turns() {
     });
 }
 
+/// A higher-priority thread that wakes often (here every millisecond)
+/// preempts two CPU-bound peers whose critical sections are longer than a
+/// quantum, so each quantum's end and a wake-up are both pending at the
+/// same final `crit_exit`: the preemption runs first, and the round-robin
+/// the preempted thread owes must survive it. (Before the fix the switch
+/// that left the preempting thread cleared the request, and the second
+/// peer never ran: the x86-64 test kernel's `user-preempting-pinger`
+/// hang, session 13.)
+#[test]
+fn a_preemption_does_not_eat_the_round_robin_it_interrupts() {
+    Machine::new(2).unwrap().run(|cur| {
+        let t = Turns::new();
+        let mut hs = Vec::new();
+        for me in 0..2 {
+            let t = t.clone();
+            hs.push(
+                cur.builder()
+                    .cpu(CpuId::new(1))
+                    .spawn(move |c| {
+                        while !t.stop.load(Ordering::Relaxed) {
+                            t.step(me);
+                            c.my_cpu().crit(|| {
+                                let start = Instant::now();
+                                while start.elapsed() < TIME_SLICE * 2 {
+                                    std::hint::spin_loop();
+                                }
+                            });
+                        }
+                    })
+                    .unwrap(),
+            );
+        }
+        let t2 = t.clone();
+        hs.push(
+            cur.builder()
+                .cpu(CpuId::new(1))
+                .priority(Priority::SOFT_NORM)
+                .spawn(move |c| {
+                    while !t2.stop.load(Ordering::Relaxed) {
+                        c.sleep_for(Duration::from_millis(1));
+                    }
+                })
+                .unwrap(),
+        );
+        t.wait_for(cur, 6);
+        for h in &hs {
+            cur.join(h);
+        }
+        let st = cur.my_cpu().cpu_stats(CpuId::new(1)).unwrap();
+        assert!(st.preemptions > 0, "the pinger preempted: {st:?}");
+    });
+}
+
 /// The same for threads that never call lwkt at all (pure computation),
 /// built `async_preemptible`: the slice ends from the timer's signal.
 #[test]

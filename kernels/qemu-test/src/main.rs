@@ -27,8 +27,7 @@
 //! (synchronous and asynchronous calls per main program, default 10,000),
 //! `user-bench` and `user-samples=N` (cycles per system call kind),
 //! `syscall=auto|insn|int|trap` (how programs enter the kernel; `auto`
-//! probes), `user-preempting-pinger` (the slicing part's IPI sender above
-//! the spinners' priority: reproduces an open lwkt-core hang at 4 CPUs).
+//! probes).
 //! Anything else is refused.
 //!
 //! Run it with `cargo xtask qemu [--smp N]` from the repository root.
@@ -217,7 +216,6 @@ impl Opts {
                 "user-only" => o.user.only = true,
                 "user-ops" => o.user.ops = num()?,
                 "user-bench" => o.user.bench = true,
-                "user-preempting-pinger" => o.user.preempting_pinger = true,
                 "user-samples" => o.user.samples = num()?.max(1),
                 "syscall" => {
                     o.user.int = match v {
@@ -258,7 +256,7 @@ impl Opts {
                     return Err(alloc::format!(
                         "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N \
                          hang attach-twice tsc=auto|pit timer=auto|oneshot user user-only user-ops=N \
-                         user-bench user-samples=N syscall=auto|insn|int|trap user-preempting-pinger)"
+                         user-bench user-samples=N syscall=auto|insn|int|trap)"
                     ))
                 }
             }

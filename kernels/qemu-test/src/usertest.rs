@@ -46,9 +46,6 @@ pub(crate) struct UserOpts {
     pub(crate) samples: u64,
     /// How programs enter the kernel (`uprog::USE_INT`): `None` probes.
     pub(crate) int: Option<u64>,
-    /// The slicing part's IPI sender at `SOFT_NORM` (each wake-up
-    /// preempts): reproduces an open lwkt-core hang at 4 CPUs.
-    pub(crate) preempting_pinger: bool,
 }
 
 impl Default for UserOpts {
@@ -60,7 +57,6 @@ impl Default for UserOpts {
             bench: false,
             samples: 1001,
             int: None,
-            preempting_pinger: false,
         }
     }
 }
@@ -179,7 +175,7 @@ pub(crate) fn run(cur: &mut Cur, o: UserOpts) {
     crate::kprintln!("  user: faulting programs: done");
     bad_args(cur, n);
     crate::kprintln!("  user: bad arguments: done");
-    slicing(cur, n, o.preempting_pinger);
+    slicing(cur, n);
     crate::kprintln!("  user: time slicing and IPIs in user mode: done");
     if o.bench {
         bench(cur, n, o.samples);
@@ -468,12 +464,7 @@ fn read_spins(c: usize) -> u64 {
     unsafe { (d as *const u64).add(D_SPINS).read_volatile() }
 }
 
-fn slicing(cur: &mut Cur, n: usize, preempting_pinger: bool) {
-    let pinger_pri = if preempting_pinger {
-        Priority::SOFT_NORM
-    } else {
-        Priority::default()
-    };
+fn slicing(cur: &mut Cur, n: usize) {
     let mut hs = Vec::new();
     for c in 0..n {
         hs.push(spawn(
@@ -531,20 +522,17 @@ fn slicing(cur: &mut Cur, n: usize, preempting_pinger: bool) {
                 }
             },
         ));
-        // The IPI sender, on the next CPU, at the spinners' priority (it
-        // takes its turns there by time slice). Above it (SOFT_NORM, so
-        // each wake-up preempts), this part hangs at 4 CPUs, and does so
-        // just the same with the user program replaced by a kernel loop:
-        // every CPU ends up spinning with its APIC timer expired and not
-        // re-armed and an IPI ring pending with `npoll` 1 (kicked, never
-        // delivered). That is an lwkt-core bug, not a user-mode one;
-        // docs/benchmark-notes.md (session 13) has the reproduction (kernel
-        // option `user-preempting-pinger`).
+        // The IPI sender, on the next CPU, above the spinners' priority:
+        // each of its wake-ups (every 500 µs) preempts a spinner there, so
+        // a quantum's end often comes due at the same time as a
+        // preemption. (Until session 14 the preemption consumed the
+        // round-robin the spinner owed, and the kernel spinner starved:
+        // this part hung at 4 CPUs under single-threaded TCG.)
         hs.push(spawn(
             cur,
             (c + 1) % n,
             "user-pinger",
-            pinger_pri,
+            Priority::SOFT_NORM,
             move |me| {
                 while !SPIN_DONE[c].load(Ordering::Acquire) {
                     if c != me.my_cpu().id().index() {
