@@ -475,6 +475,10 @@ impl<T: Send + 'static> Port<T> {
 
     #[track_caller]
     pub(crate) fn do_domsg(&self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
+        // A put-only port: the handler runs in this call (`put_only`).
+        if let Kind::PutOnly(handler) = self.kind {
+            return put_only::domsg_inline(handler, cur, msg);
+        }
         self.check_put(cur.my_cpu());
         if let Kind::Thread(owner) = &self.kind {
             assert!(

@@ -175,7 +175,7 @@ impl<T: Send + 'static> PortRef<T> {
     /// As [`Port::domsg`].
     #[track_caller]
     pub fn domsg(&self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
-        self.0.domsg_dispatch(cur, msg)
+        self.0.do_domsg(cur, msg)
     }
 
     /// As [`Port::domsg_timeout`]: `domsg` for at most `timeout`, then

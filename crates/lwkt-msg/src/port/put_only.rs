@@ -29,8 +29,10 @@ use super::{Kind, Port, PutFn};
 use crate::{Msg, MsgError, MsgHandle};
 
 impl<T: Send + 'static> Port<T> {
-    /// `domsg` from [`Port::domsg`] and `PortRef::domsg`: inline to a
-    /// put-only port, the general way to the others.
+    /// [`Port::domsg`]: inline to a put-only port, the general way to the
+    /// others. Inlined into the caller, so a `static` port's `domsg`
+    /// reaches the inline path without a call. (`do_domsg`, which
+    /// `PortRef::domsg` calls, starts with the same test.)
     #[track_caller]
     #[inline]
     pub(crate) fn domsg_dispatch(
@@ -55,7 +57,7 @@ impl<T: Send + 'static> Port<T> {
 /// panic in the handler aborts, as for every put ([`PutFn`]).
 #[track_caller]
 #[inline(always)]
-fn domsg_inline<T: Send + 'static>(
+pub(super) fn domsg_inline<T: Send + 'static>(
     handler: PutFn<T>,
     cur: &mut Cur,
     msg: Pin<&mut Msg<T>>,
