@@ -83,3 +83,69 @@ impl Header {
         self.flags.fetch_and(!f::INLINE, Ordering::AcqRel) & f::DONE != 0
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::super::{code, f, Header};
+
+    #[test]
+    fn an_inline_send_replied_on_the_senders_thread() {
+        let h = Header::new(0);
+        h.set_abortable();
+        h.begin_inline();
+        assert_eq!(h.flags(), f::ABORTABLE | f::SYNC | f::INLINE);
+        assert!(!h.is_done_inline());
+        // SAFETY: the target owns the message until its reply.
+        unsafe { h.set_code(5) };
+        assert!(h.complete_inline_if(|| true));
+        assert_eq!(h.flags(), f::ABORTABLE | f::SYNC | f::REPLY | f::DONE);
+        assert!(h.is_done_inline());
+        // SAFETY: done: the originator's.
+        assert_eq!(unsafe { h.code() }, 5);
+        // Reusable, and a past abort request does not survive a send.
+        h.begin_send(true);
+        assert!(h.request_abort());
+        let mut called = false;
+        // Not inline: the check is not even asked.
+        assert!(!h.complete_inline_if(|| {
+            called = true;
+            true
+        }));
+        assert!(!called);
+        assert!(!h.complete(|| {}));
+        h.begin_inline();
+        assert_eq!(h.flags() & (f::ABORTREQ | f::INLINE), f::INLINE);
+        // SAFETY: as above.
+        unsafe { h.set_code(code::OK) };
+        assert!(h.complete_inline_if(|| true));
+    }
+
+    #[test]
+    fn an_escaped_inline_send_falls_back_to_the_general_protocol() {
+        let h = Header::new(0);
+        h.begin_inline();
+        // Replied elsewhere: refused, then the general completion, which
+        // keeps `INLINE` for the sender to clear.
+        assert!(!h.complete_inline_if(|| false));
+        assert!(!h.complete(|| {}));
+        assert!(!h.is_done_inline());
+        assert!(h.leave_inline());
+        assert!(h.is_done_inline());
+        assert_eq!(h.flags() & f::INLINE, 0);
+        // Not replied yet when the sender looks: it leaves, then waits.
+        h.begin_inline();
+        assert!(!h.leave_inline());
+        assert!(!h.prepare_wait());
+        assert!(!h.complete_inline_if(|| true), "not INLINE any more");
+        assert!(h.complete(|| {}), "the sender waits: wake it");
+        assert!(h.is_done_inline());
+    }
+
+    #[test]
+    #[should_panic(expected = "already in flight")]
+    fn an_inline_send_of_a_message_in_flight_panics() {
+        let h = Header::new(0);
+        h.begin_inline();
+        h.begin_inline();
+    }
+}
