@@ -307,3 +307,66 @@ fn a_panicking_handler_aborts() {
         eprintln!("the panic was caught: {}", r.is_err());
     });
 }
+
+/// A message with a reply port, sent with `domsg`: synchronous, so the
+/// handler's reply completes it in place and nothing reaches the reply
+/// port (as before the inline path).
+#[test]
+fn a_reply_port_is_not_used_by_an_inline_reply() {
+    static REPLIES: Port<u64> = Port::spin();
+    Machine::new(1).unwrap().run(|cur| {
+        let mut m = pin!(Msg::with_reply_port(&REPLIES, 5u64));
+        assert_eq!(DOUBLE.domsg(cur, m.as_mut()), Err(MsgError::Code(5)));
+        assert_eq!(*m.body(), 10);
+        assert!(REPLIES.getport(cur).is_none());
+        assert_eq!(m.flags(), MsgFlags::DONE | MsgFlags::REPLY | MsgFlags::SYNC);
+        // An asynchronous send to the same port still replies to it.
+        *m.as_mut().body_mut() = 4;
+        DOUBLE.sendmsg(cur.my_cpu(), m.as_mut());
+        let Some(Incoming::Reply(r)) = REPLIES.getport(cur) else {
+            panic!("the asynchronous reply is not on the reply port");
+        };
+        assert!(r.is(&m));
+        assert_eq!(r.result(), Ok(()));
+        assert_eq!(*m.body(), 8);
+    });
+}
+
+static HELD: Mutex<Option<MsgHandle<u64>>> = Mutex::new(None);
+
+/// Holds the message until its sender asks to abort it.
+fn hold(_: MyCpu<'_>, m: MsgHandle<u64>) {
+    *HELD.lock().unwrap() = Some(m);
+}
+
+static HOLDER: Port<u64> = Port::put_only(hold);
+
+/// An abort reaches a put-only port's handler that kept the message:
+/// `domsg_timeout` (the general path) times out, aborts, and the thread
+/// holding the handle sees `abort_requested` and replies `Aborted`.
+#[test]
+fn an_abort_requested_reaches_a_kept_message() {
+    Machine::new(2).unwrap().run(|cur| {
+        let holder = cur
+            .spawn_on(CpuId::new(1), |me| loop {
+                let taken = HELD.lock().unwrap().take();
+                match taken {
+                    Some(h) if h.abort_requested() => {
+                        return h.reply(me.my_cpu(), Err(MsgError::Aborted));
+                    }
+                    Some(h) => *HELD.lock().unwrap() = Some(h),
+                    None => {}
+                }
+                me.yield_now();
+            })
+            .unwrap();
+        let mut m = pin!(Msg::new(0u64).abortable());
+        let r = HOLDER.domsg_timeout(cur, m.as_mut(), std::time::Duration::from_millis(1));
+        assert_eq!(r, Ok(Err(MsgError::Aborted)));
+        assert!(m.is_done());
+        cur.join(&holder);
+        // And the message goes inline again at once, with no abort left.
+        assert_eq!(DOUBLE.domsg(cur, m.as_mut()), Ok(()));
+        assert_back(&m);
+    });
+}
