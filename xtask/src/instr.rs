@@ -45,6 +45,13 @@ const OPS: &[Op] = &[
         1,
     ),
     (
+        "domsg to a put-only port, replied inline",
+        "lwkt-msg",
+        "domsg_loop",
+        &["put-only"],
+        1,
+    ),
+    (
         "callout reset+stop on its own CPU",
         "lwkt-core",
         "callout_loop",

@@ -135,6 +135,7 @@ pub mod intr;
 pub mod ipiq;
 mod migrate;
 mod mycpu;
+mod running;
 mod runq;
 mod schedule;
 mod serializer;

@@ -16,7 +16,7 @@
 //!            begin_send                 mark_queued         take_request
 //!   DONE ───────────────▶ (in flight) ─────────────▶ QUEUED ─────────────▶ (taken)
 //!    ▲                        │ put-only port: handler runs inline          │
-//!    │                        ▼                                             │
+//!    │                        ▼  (INLINE: on the sender's thread, plain)    │
 //!    │ complete: REPLY|DONE   reply ◀───────────────────────────────────────┘
 //!    ├──────────────────────  │  SYNC (domsg, call) or no reply port
 //!    │                        │
@@ -27,6 +27,8 @@
 use lwkt_core::CpuId;
 
 use crate::sync::{spin_loop, AtomicU32, Ordering, UnsafeCell};
+
+mod inline;
 
 /// Flag bits (DragonFly `MSGF_*`, where one exists).
 pub(crate) mod f {
@@ -63,6 +65,11 @@ pub(crate) mod f {
     pub(crate) const PARKED_CPU: u32 = 0xff << PARKED_CPU_SHIFT;
     /// The message may be aborted. DragonFly `MSGF_ABORTABLE`.
     pub(crate) const ABORTABLE: u32 = 0x80;
+    /// `domsg` to a put-only port: the originator waits inside the
+    /// handler's call, on its own thread, whose token the tag word carries;
+    /// a reply made on that thread completes the message with a plain
+    /// store. Not in DragonFly. See `header/inline.rs`.
+    pub(crate) const INLINE: u32 = 0x100;
     /// An abort was requested; the target sees it and replies.
     pub(crate) const ABORTREQ: u32 = 0x1000;
     /// A `Waker` is registered for the reply (an awaiting future).
@@ -123,13 +130,19 @@ impl Header {
     /// If the message is in flight or its reply still sits on its reply port.
     #[inline]
     pub(crate) fn begin_send(&self, sync: bool) {
+        self.begin(if sync { f::SYNC } else { 0 });
+    }
+
+    /// `begin_send` with the flags `bits` (`SYNC`, `INLINE`).
+    #[inline(always)]
+    #[track_caller]
+    fn begin(&self, bits: u32) {
         let cur = self.flags.load(Ordering::Acquire);
         if cur & f::DONE == 0 {
             in_flight_panic(cur);
         }
-        let sync = if sync { f::SYNC } else { 0 };
         self.flags
-            .store((cur & f::ABORTABLE) | sync, Ordering::Relaxed);
+            .store((cur & f::ABORTABLE) | bits, Ordering::Relaxed);
     }
 
     /// Originator, in `domsg`: the message (just begun with `SYNC`) joins

@@ -450,3 +450,144 @@ fn thread_port_push_after_migration() {
 fn thread_port_push_by_cpu_number_races() {
     migration_model(|p, here| p.cpuid.load(Ordering::Relaxed) == here);
 }
+
+/// The inline `domsg` of a put-only port (`header/inline.rs`,
+/// `port/put_only.rs`) once the handler has returned without a reply it
+/// made itself: the sender looks (`is_done_inline`), leaves the inline
+/// protocol with a read-modify-write (`leave_inline`), and sleeps until
+/// woken unless the message is done; as `put_only::escaped` does.
+/// `interrupt(running)` runs what may land at that point on the sender's
+/// CPU (`running`: whether the sender's thread is the one running there).
+fn inline_sender_waits(s: &Shared, interrupt: &dyn Fn(bool)) {
+    interrupt(true);
+    if s.hdr.is_done_inline() {
+        return;
+    }
+    interrupt(true);
+    if s.hdr.leave_inline() {
+        return;
+    }
+    interrupt(true);
+    if s.hdr.prepare_wait() {
+        return;
+    }
+    // Asleep: the CPU runs another thread, or idles; interrupts land there.
+    spin_until(|| {
+        interrupt(false);
+        s.woken.load(Ordering::Acquire)
+    });
+}
+
+/// The sender is back from an inline `domsg`: the message is done, with
+/// the replier's code, no `INLINE` left, and reusable.
+fn inline_sender_back(s: &Shared, tag: &crate::sync::UnsafeCell<u64>, saved: u64) {
+    assert!(s.hdr.is_done());
+    // SAFETY: done: the originator's again (`unpark_tag`).
+    tag.with_mut(|p| unsafe { *p = saved });
+    // SAFETY: done: the originator owns the message.
+    assert_eq!(unsafe { s.hdr.code() }, 7);
+    let fl = s.hdr.flags();
+    assert_eq!(fl & f::INLINE, 0, "INLINE left behind: {fl:#x}");
+    assert_eq!(fl & (f::REPLY | f::SYNC), f::REPLY | f::SYNC);
+    s.hdr.begin_send(true);
+}
+
+/// Inline `domsg` whose handler hands the message to another thread (a
+/// forward to a thread port, or its handle sent away), on another CPU or
+/// on the sender's (where either may preempt the other anywhere): that
+/// replier is not on the sender's thread, so `complete_inline_if` refuses
+/// and it completes the general way, at any point of the sender's return
+/// from the handler, its look, its `leave_inline` and its sleep. Checked:
+/// no lost wake-up (a lost one spins until loom gives up), the code is the
+/// replier's, `INLINE` never outlives the call, and the tag word (the
+/// sender's token, read by the replier only while it sees `INLINE`) is
+/// never accessed by both at once.
+#[test]
+fn inline_domsg_replied_from_another_cpu() {
+    loom::model(|| {
+        let s = shared(false);
+        let tag = Arc::new(crate::sync::UnsafeCell::new(5u64));
+        s.hdr.begin_inline();
+        // SAFETY: the originator, before the send (`park_tag`).
+        let saved = tag.with_mut(|p| unsafe { core::mem::replace(&mut *p, 0xa110) });
+        // The handler hands the message over (a queue or ring: Release).
+        s.sent.store(true, Ordering::Release);
+        let far = {
+            let (s, tag) = (s.clone(), tag.clone());
+            thread::spawn(move || {
+                spin_until(|| s.sent.load(Ordering::Acquire));
+                // SAFETY: the replier owns the message until its reply.
+                unsafe { s.hdr.set_code(7) };
+                let inline = s.hdr.complete_inline_if(|| {
+                    // SAFETY: INLINE seen: the token is there until DONE
+                    // (`parked_waiter`).
+                    let waiter = tag.with(|p| unsafe { *p });
+                    assert_eq!(waiter, 0xa110);
+                    false // `MyCpu::runs`: the sender is not this thread
+                });
+                assert!(!inline);
+                if s.hdr.complete(|| {}) {
+                    s.woken.store(true, Ordering::Release);
+                }
+            })
+        };
+        inline_sender_waits(&s, &|_| {});
+        inline_sender_back(&s, &tag, saved);
+        far.join().unwrap();
+    });
+}
+
+/// Inline `domsg` whose handler sends the message's handle to another CPU,
+/// which sends it back by IPI to the sender's CPU, where the IPI function
+/// replies: inside the handler's call or after it, before or after the
+/// sender's `leave_inline`, or while the sender sleeps. While the sender's
+/// thread runs there (`MyCpu::runs`) the reply is the plain store of
+/// `complete_inline_if`; once it sleeps, the general `complete`. Checked:
+/// the sender always returns (no lost wake-up), with the code, no `INLINE`
+/// left, and no race on the tag word.
+#[test]
+fn inline_domsg_replied_by_an_interrupt_on_the_senders_cpu() {
+    loom::model(|| {
+        let s = shared(false);
+        let ipi = Arc::new(AtomicBool::new(false));
+        let tag = Arc::new(crate::sync::UnsafeCell::new(5u64));
+        s.hdr.begin_inline();
+        // SAFETY: the originator, before the send (`park_tag`).
+        let saved = tag.with_mut(|p| unsafe { core::mem::replace(&mut *p, 0xa110) });
+        s.sent.store(true, Ordering::Release);
+        let far = {
+            let (s, ipi) = (s.clone(), ipi.clone());
+            thread::spawn(move || {
+                spin_until(|| s.sent.load(Ordering::Acquire));
+                // The handle goes back to the sender's CPU in an IPI.
+                ipi.store(true, Ordering::Release);
+            })
+        };
+        // The IPI function, when it lands on the sender's CPU.
+        let interrupt = |running: bool| {
+            // Only this CPU takes it off: a look, then a plain store.
+            if !ipi.load(Ordering::Acquire) {
+                return;
+            }
+            ipi.store(false, Ordering::Relaxed);
+            // SAFETY: the IPI function owns the message until its reply.
+            unsafe { s.hdr.set_code(7) };
+            let inline = s.hdr.complete_inline_if(|| {
+                // SAFETY: INLINE seen: the token is there until DONE.
+                assert_eq!(tag.with(|p| unsafe { *p }), 0xa110);
+                // `leave_inline` comes before any sleep: a sleeping
+                // sender's message is never `INLINE`.
+                assert!(running, "INLINE seen while the sender sleeps");
+                running
+            });
+            if !inline && s.hdr.complete(|| {}) {
+                s.woken.store(true, Ordering::Release);
+            }
+        };
+        // Inside the handler's call, after it handed the handle over.
+        interrupt(true);
+        inline_sender_waits(&s, &interrupt);
+        inline_sender_back(&s, &tag, saved);
+        far.join().unwrap();
+    });
+}

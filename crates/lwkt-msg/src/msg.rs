@@ -72,8 +72,8 @@ pub struct Msg<T: Send + 'static> {
     reply_port: Option<NonNull<Port<T>>>,
     /// Written only by the originator while it owns the message (`DONE`),
     /// read by anyone: nobody writes it while the message is in flight.
-    /// The `waiter` variant only while a same-CPU `domsg` waits
-    /// (`park_tag`).
+    /// The `waiter` variant only while a same-CPU `domsg` waits, or a
+    /// `domsg` to a put-only port runs its handler (`park_tag`).
     tag: TagWord,
     pub(crate) waker: AtomicWaker,
     body: UnsafeCell<T>,
@@ -385,7 +385,8 @@ impl<T: Send + 'static> Msg<T> {
         unsafe { self.get_unchecked_mut() as *mut Msg<T> }
     }
 
-    /// `domsg` on one CPU (`f::PARKED`): keep the waiting sender's
+    /// `domsg` on one CPU (`f::PARKED`), or inline to a put-only port
+    /// (`f::INLINE`): keep the waiting sender's
     /// [`ParkToken`](lwkt_core::ParkToken) in the tag word, and return the
     /// tag, which `domsg` puts back once the message is done
     /// ([`unpark_tag`](Self::unpark_tag)). Nobody reads the tag of a
@@ -396,7 +397,7 @@ impl<T: Send + 'static> Msg<T> {
     ///
     /// # Safety
     /// The caller is `domsg`, the originator, between `begin_send(true)`
-    /// and the send; `m` is live.
+    /// (or `begin_inline`) and the send; `m` is live.
     #[inline(always)]
     pub(crate) unsafe fn park_tag(m: *mut Msg<T>, waiter: ParkToken) -> u64 {
         // SAFETY: caller: nobody else touches the message yet; the `tag`
@@ -408,15 +409,17 @@ impl<T: Send + 'static> Msg<T> {
         }
     }
 
-    /// The waiting sender's token of a `PARKED` message.
+    /// The waiting sender's token of a `PARKED` or `INLINE` message.
     ///
     /// # Safety
-    /// The caller owns `m` as its target, before `complete_parked`.
+    /// The caller owns `m` as its target, before its completion
+    /// (`complete_parked`, `complete_inline_if`, `complete`), and the
+    /// message is `PARKED` or `INLINE`.
     #[inline(always)]
     pub(crate) unsafe fn parked_waiter(m: *const Msg<T>) -> ParkToken {
         // SAFETY: caller: the target owns it; nobody writes the word while
-        // the message is in flight, and a `PARKED` message carries the
-        // `waiter` variant (`park_tag`).
+        // the message is in flight, and a `PARKED` or `INLINE` message
+        // carries the `waiter` variant (`park_tag`).
         unsafe { (*m).tag.waiter }
     }
 
@@ -453,7 +456,8 @@ impl<T: Send + 'static> Msg<T> {
 }
 
 /// A message's tag word: its tag, or (while a same-CPU `domsg` waits for
-/// it, `f::PARKED`) the waiting sender's token. Never read as the other
+/// it, `f::PARKED`, or a `domsg` to a put-only port runs its handler,
+/// `f::INLINE`) the waiting sender's token. Never read as the other
 /// variant: `domsg` saves the tag, keeps its token there, and puts the tag
 /// back once the message is done.
 #[derive(Clone, Copy)]

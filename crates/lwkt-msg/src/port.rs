@@ -31,6 +31,7 @@ use crate::queue::Queue;
 use crate::spinlock::SpinLock;
 use crate::{AsPort, Incoming, Msg, MsgError, MsgHandle, Replied};
 
+mod put_only;
 mod timed;
 pub(crate) use timed::{sleep_done_until, Deadline};
 
@@ -254,8 +255,9 @@ impl<T: Send + 'static> Port<T> {
     /// caller's own thread port (nobody would ever receive it), or the
     /// thread port of another machine's thread.
     #[track_caller]
+    #[inline]
     pub fn domsg(&'static self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
-        self.do_domsg(cur, msg)
+        self.domsg_dispatch(cur, msg)
     }
 
     /// [`domsg`](Port::domsg) for at most `timeout`: send `msg` and wait
@@ -473,6 +475,10 @@ impl<T: Send + 'static> Port<T> {
 
     #[track_caller]
     pub(crate) fn do_domsg(&self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
+        // A put-only port: the handler runs in this call (`put_only`).
+        if let Kind::PutOnly(handler) = self.kind {
+            return put_only::domsg_inline(handler, cur, msg);
+        }
         self.check_put(cur.my_cpu());
         if let Kind::Thread(owner) = &self.kind {
             assert!(
@@ -1204,30 +1210,18 @@ impl<T: Send + 'static> MsgHandle<T> {
     /// serializer port whose serializer the running thread does not hold
     /// (the message then stays in flight).
     #[track_caller]
+    #[inline]
     pub fn reply(self, my: MyCpu<'_>, result: Result<(), MsgError>) {
         let code = MsgError::encode(result);
         let m = self.into_raw();
         // SAFETY: we owned the message as its target until now.
-        let hdr = unsafe { &(*m).hdr };
-        // SAFETY: as above.
-        unsafe { hdr.set_code(code) };
-        // SAFETY: the message is live until `deliver_reply` or `complete`
-        // hands it back; its reply port is fixed while it is in flight, and
-        // held by it.
-        match unsafe { (*m).reply_port() } {
-            Some(port) if hdr.flags() & f::SYNC == 0 => {
-                // Once the reply lands, the originator may take it and drop
-                // the message, and with it the message's count on a counted
-                // port: hold one of our own until the delivery returns.
-                port.hold();
-                let port: *const Port<T> = port;
-                // SAFETY: live: the count just taken.
-                unsafe { &*port }.deliver_reply(my, m);
-                // SAFETY: that count, given up; `port` is not used after.
-                unsafe { Port::release(port) };
-            }
-            _ => complete(my, m),
+        unsafe { (*m).hdr.set_code(code) };
+        // Made inside a put-only port's handler on the thread that waits
+        // for it in `domsg`: completed with a plain store.
+        if put_only::complete_inline(my, m) {
+            return;
         }
+        reply_coded(my, m);
     }
 
     /// Pass the message on to `port`, still in flight; its eventual reply
@@ -1241,6 +1235,33 @@ impl<T: Send + 'static> MsgHandle<T> {
         let port = port.as_port();
         port.check_put(my);
         port.put(my, self.into_raw());
+    }
+}
+
+/// The rest of a reply whose code is stored: to the reply port's queue, or
+/// completing the message in place for a synchronous send or a message
+/// without reply port.
+#[track_caller]
+#[inline(never)]
+fn reply_coded<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
+    // SAFETY: the message is live until `deliver_reply` or `complete`
+    // hands it back; its reply port is fixed while it is in flight, and
+    // held by it.
+    let hdr = unsafe { &(*m).hdr };
+    // SAFETY: as above.
+    match unsafe { (*m).reply_port() } {
+        Some(port) if hdr.flags() & f::SYNC == 0 => {
+            // Once the reply lands, the originator may take it and drop
+            // the message, and with it the message's count on a counted
+            // port: hold one of our own until the delivery returns.
+            port.hold();
+            let port: *const Port<T> = port;
+            // SAFETY: live: the count just taken.
+            unsafe { &*port }.deliver_reply(my, m);
+            // SAFETY: that count, given up; `port` is not used after.
+            unsafe { Port::release(port) };
+        }
+        _ => complete(my, m),
     }
 }
 

@@ -348,27 +348,45 @@ fn fill(addr: u64, len: u64, v: u64) -> i64 {
 /// synchronously or queues it for an asynchronous completion.
 fn sys_put(my: MyCpu<'_>, mut m: MsgHandle<SysMsg>) {
     if m.is_async || m.op == nr::SLEEP {
-        if m.op == nr::SLEEP && m.a > 1_000_000 {
-            m.ret = neg(err::EINVAL);
-            return m.reply(my, Ok(()));
-        }
-        let t = (my.id().index() + 1) % my.ncpus();
-        let port = SERVERS[t].load(Ordering::Acquire);
-        if port.is_null() {
-            m.ret = neg(err::EAGAIN);
-            return m.reply(my, Ok(()));
-        }
-        // SAFETY: a leaked, 'static port published by its server.
-        return m.forward(my, unsafe { &*port });
+        return to_server(my, m);
     }
     m.ret = match m.op {
         nr::ADD => m.a.wrapping_add(m.b) as i64,
         nr::GETCPU => my.id().index() as i64,
-        nr::SUM => sum(m.a, m.b),
-        nr::FILL => fill(m.a, m.b, m.c),
+        nr::SUM | nr::FILL => return with_user_memory(my, m),
         _ => neg(err::ENOSYS),
     };
     m.reply(my, Ok(()))
+}
+
+/// [`sys_put`]'s calls that copy user memory (SUM, FILL). Apart, so that
+/// the calls answered in registers (ADD, GETCPU) make no call of their own
+/// before the reply, and need no stack frame.
+#[inline(never)]
+fn with_user_memory(my: MyCpu<'_>, mut m: MsgHandle<SysMsg>) {
+    m.ret = match m.op {
+        nr::SUM => sum(m.a, m.b),
+        _ => fill(m.a, m.b, m.c),
+    };
+    m.reply(my, Ok(()))
+}
+
+/// [`sys_put`]'s calls that wait, or were sent asynchronously: forwarded to
+/// the next CPU's server (refused with `EAGAIN` before it has started).
+#[inline(never)]
+fn to_server(my: MyCpu<'_>, mut m: MsgHandle<SysMsg>) {
+    if m.op == nr::SLEEP && m.a > 1_000_000 {
+        m.ret = neg(err::EINVAL);
+        return m.reply(my, Ok(()));
+    }
+    let t = (my.id().index() + 1) % my.ncpus();
+    let port = SERVERS[t].load(Ordering::Acquire);
+    if port.is_null() {
+        m.ret = neg(err::EAGAIN);
+        return m.reply(my, Ok(()));
+    }
+    // SAFETY: a leaked, 'static port published by its server.
+    m.forward(my, unsafe { &*port })
 }
 
 /// A CPU's system call server: a kernel thread serving the messages
