@@ -31,21 +31,17 @@ mod heap;
 #[macro_use]
 mod hw;
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lwkt_arch_aarch64::percpu::{self, PerCpu};
 use lwkt_arch_aarch64::psci::{self, Conduit};
 use lwkt_arch_aarch64::vectors::{self, Fault, Frame};
 use lwkt_arch_aarch64::{gic, time, A64Arch};
-use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
+use lwkt_core::{Cpu, Priority};
+use lwkt_test_program::bringup::{self, Bringup};
 
 use boot::MAX_CPUS;
 
-/// QEMU virt's GICv3 distributor and redistributor region.
-const GICD: usize = 0x0800_0000;
-const GICR: usize = 0x080A_0000;
 /// Where QEMU puts the device tree for an ELF kernel: the start of RAM.
 const FDT_AT: usize = 0x4000_0000;
 /// The SGI that asks every CPU for its hang dump (a kernel SGI: lwkt's
@@ -71,27 +67,12 @@ static PERCPU: [PerCpu; MAX_CPUS] = {
 };
 static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
 static OPTS: spin::Once<Opts> = spin::Once::new();
-/// Secondary CPUs that reached `ap_main` and attached.
-static ONLINE: AtomicUsize = AtomicUsize::new(0);
-/// Set by the boot CPU once every CPU is online.
-static GO: AtomicBool = AtomicBool::new(false);
-/// Secondary CPUs that left their idle loops.
-static DONE: AtomicUsize = AtomicUsize::new(0);
+/// Bring-up: CPUs online, the boot CPU's go, CPUs out of their idle loops.
+static BRINGUP: Bringup = Bringup::new();
 /// Per CPU: did TPIDR_EL1 read back as its block?
 static TP_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// CPUs that printed their hang dump.
 static DUMPED: AtomicUsize = AtomicUsize::new(0);
-
-const STACK_REGION: usize = 16 << 20;
-/// A 64 KiB stack plus the pool's canary room, page-rounded.
-const STACK_SLOT: usize = (64 + 4) << 10;
-#[repr(C, align(4096))]
-struct Stacks([u8; STACK_REGION]);
-static mut STACKS: Stacks = Stacks([0; STACK_REGION]);
-
-/// How long the boot CPU waits for the others to come online (and to
-/// leave their idle loops), in ns.
-const ONLINE_TIMEOUT_NS: u64 = 5_000_000_000;
 
 /// The command line, parsed.
 #[derive(Debug, Clone, Copy)]
@@ -163,10 +144,7 @@ impl lwkt_test_program::Kernel for A64Kernel {
     }
 
     fn relax(&self) {
-        // `yield` (see `A64Arch::pause`): the spinning vCPU lets the
-        // others run under single-threaded TCG.
-        // SAFETY: a hint with no effect on state.
-        unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+        relax()
     }
 
     fn cpu_header(&self) -> &'static str {
@@ -183,6 +161,13 @@ impl lwkt_test_program::Kernel for A64Kernel {
         );
         ok
     }
+}
+
+/// The body of every spin loop: `yield` (see `A64Arch::pause`), so that
+/// the spinning vCPU lets the others run under single-threaded TCG.
+fn relax() {
+    // SAFETY: a hint with no effect on state.
+    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
 }
 
 /// The index of the CPU this runs on, found without trusting TPIDR_EL1:
@@ -240,7 +225,7 @@ fn dump(frame: &Frame) -> ! {
             frame.elr
         )),
     }
-    let online = ONLINE.load(Ordering::Acquire) + 1;
+    let online = BRINGUP.cpus_online();
     if DUMPED.fetch_add(1, Ordering::AcqRel) + 1 >= online {
         hw::exit(false)
     }
@@ -295,10 +280,14 @@ extern "C" fn bsp_main(x0: usize) -> ! {
     // finds it at the start of RAM.
     let at = if x0 != 0 { x0 } else { FDT_AT };
     // SAFETY: RAM, identity mapped; nothing writes the tree.
-    let m = match unsafe { hw::read_fdt(at) } {
-        Ok(m) => m,
-        Err(e) => fail!("{e}"),
-    };
+    let fdt = unsafe { hw::fdt(at) };
+    // SAFETY: once, on the boot CPU, before anything allocates; the tree
+    // is QEMU's (below the image); the RAM above the image is ours.
+    match unsafe { heap::init(&fdt) } {
+        Ok(n) => kprintln!("lwkt-qemu-test-aarch64: heap {} MiB", n >> 20),
+        Err(e) => fail!("heap: {e}"),
+    }
+    let m = hw::machine(&fdt).unwrap_or_else(|e| fail!("{e}"));
     kprintln!("lwkt-qemu-test-aarch64: cmdline '{}'", m.cmdline);
     let opts = match Opts::parse(m.cmdline) {
         Ok(o) => *OPTS.call_once(|| o),
@@ -318,9 +307,17 @@ extern "C" fn bsp_main(x0: usize) -> ! {
             m.mpidrs.first()
         );
     }
-    // SAFETY: the boot CPU, once, before any CPU's `init_cpu`; QEMU virt's
-    // GICv3, mapped as device memory by the boot table.
-    unsafe { gic::init_distributor(GICD, GICR) };
+    if m.gicr.len() > gic::MAX_REDIST_REGIONS {
+        fail!(
+            "{} GICv3 redistributor regions: the backend takes at most {}",
+            m.gicr.len(),
+            gic::MAX_REDIST_REGIONS
+        );
+    }
+    // SAFETY: the boot CPU, once, before any CPU's `init_cpu`; the GICv3
+    // the device tree names, its registers in the boot table's device
+    // blocks (checked by `hw::machine`).
+    unsafe { gic::init_distributor(m.gicd, &m.gicr) };
     let tb = time::init();
     kprintln!(
         "lwkt-qemu-test-aarch64: clock: generic timer, virtual counter at {}.{:03} MHz, timer PPI {}",
@@ -329,33 +326,14 @@ extern "C" fn bsp_main(x0: usize) -> ! {
         gic::TIMER_PPI
     );
 
-    let cpus: &'static [Cpu] = Box::leak(
-        (0..ncpus)
-            .map(|i| Cpu::new(CpuId::new(i as u32)))
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    let rings: &'static [IpiRing] = Box::leak(
-        (0..MachineState::rings_needed(ncpus))
-            .map(|_| IpiRing::new())
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    // SAFETY: `cpus` and `rings` are leaked: alive and in place for ever.
-    let machine: &'static MachineState =
-        Box::leak(Box::new(unsafe { MachineState::new(&ARCH, cpus, rings) }));
-    // SAFETY: the machine, CPU blocks and rings are leaked; no CPU runs
-    // lwkt yet.
-    unsafe { machine.bind() };
+    // SAFETY: no CPU runs lwkt yet; every CPU attaches to `ARCH`.
+    let (_, cpus) = unsafe { bringup::build_machine(&ARCH, ncpus) };
     CPUS.call_once(|| cpus);
-    // SAFETY: the region is a static used for nothing else.
-    unsafe {
-        ARCH.stacks().init(
-            core::ptr::addr_of_mut!(STACKS).cast(),
-            STACK_REGION,
-            STACK_SLOT,
-        )
-    };
+    let (stacks, stack_len) =
+        bringup::stack_region(ncpus, heap::used).unwrap_or_else(|e| fail!("{e}"));
+    // SAFETY: a fresh heap block, page aligned, never freed, used for
+    // nothing else.
+    unsafe { ARCH.stacks().init(stacks, stack_len, bringup::STACK_SLOT) };
     // SAFETY: CPU 0, once, IRQs masked.
     unsafe { setup_cpu(0, cpus) };
     // SAFETY: the kernel's IRQ hook prints and stops; it takes no lock an
@@ -389,12 +367,9 @@ extern "C" fn bsp_main(x0: usize) -> ! {
             kprintln!("cpu {i}: PSCI CPU_ON({mpidr:#x}) failed: {e:?}");
         }
     }
-    while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
-        if tb.ticks_to_ns(time::count() - t) > ONLINE_TIMEOUT_NS {
-            let up = ONLINE.load(Ordering::Acquire) + 1;
-            fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
-        }
-        core::hint::spin_loop();
+    let since = |t: u64| move || tb.ticks_to_ns(time::count() - t);
+    if let Err(up) = BRINGUP.wait_online(ncpus, since(t), relax) {
+        fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
     }
     kprintln!(
         "lwkt-qemu-test-aarch64: all {ncpus} CPUs online {} us after the first CPU_ON",
@@ -422,7 +397,7 @@ extern "C" fn bsp_main(x0: usize) -> ! {
             })
             .unwrap_or_else(|e| fail!("cannot create the test thread: {e}"));
     }
-    GO.store(true, Ordering::Release);
+    BRINGUP.go();
     // SAFETY: unmasking IRQs: the vectors, the block and the GIC are set
     // up on this CPU.
     unsafe { core::arch::asm!("msr daifclr, #2") };
@@ -431,12 +406,11 @@ extern "C" fn bsp_main(x0: usize) -> ! {
     // SAFETY: masking IRQs has no precondition.
     unsafe { core::arch::asm!("msr daifset, #2") };
 
-    let t = time::count();
-    while DONE.load(Ordering::Acquire) < ncpus - 1 {
-        if tb.ticks_to_ns(time::count() - t) > ONLINE_TIMEOUT_NS {
-            fail!("a CPU did not leave its idle loop after shutdown");
-        }
-        core::hint::spin_loop();
+    if BRINGUP
+        .wait_done(ncpus, since(time::count()), relax)
+        .is_err()
+    {
+        fail!("a CPU did not leave its idle loop after shutdown");
     }
     let ok = lwkt_test_program::report(cpus);
     kprintln!("heap used: {} KiB", heap::used() / 1024);
@@ -459,23 +433,21 @@ extern "C" fn ap_main(idx: usize) -> ! {
     // SAFETY: this CPU, once, IRQs masked (boot code); the boot CPU set up
     // the distributor and the clock before CPU_ON.
     unsafe { setup_cpu(idx, cpus) };
-    ONLINE.fetch_add(1, Ordering::Release);
+    BRINGUP.online();
     if OPTS.get().and_then(|o| o.fault) == Some(idx) {
         kprintln!("cpu {idx}: faulting on purpose (fault={idx})");
         // SAFETY: the negative test: an undefined instruction, reported by
         // the fault handler with its exception class.
         unsafe { core::arch::asm!("udf #0") };
     }
-    while !GO.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
+    BRINGUP.wait_go(relax);
     // SAFETY: as on the boot CPU.
     unsafe { core::arch::asm!("msr daifclr, #2") };
     // SAFETY: on this CPU, once, after `bind`.
     unsafe { cpus[idx].idle_loop() };
     // SAFETY: masking IRQs has no precondition.
     unsafe { core::arch::asm!("msr daifset, #2") };
-    DONE.fetch_add(1, Ordering::Release);
+    BRINGUP.left_idle_loop();
     loop {
         aarch64_cpu::asm::wfi();
     }

@@ -28,6 +28,8 @@ use core::fmt;
 
 use lwkt_core::{Cpu, Cur};
 
+pub mod bringup;
+pub mod heap;
 mod interrupts;
 mod tests;
 
