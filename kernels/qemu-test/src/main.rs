@@ -49,8 +49,6 @@ mod uprog;
 mod usermem;
 mod usertest;
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lwkt_arch_x86_64::apic::{self, Icr, Mode};
@@ -59,7 +57,8 @@ use lwkt_arch_x86_64::percpu::{self, PerCpu};
 use lwkt_arch_x86_64::time::{self, TimeBase};
 use lwkt_arch_x86_64::usermode;
 use lwkt_arch_x86_64::X86Arch;
-use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
+use lwkt_core::{Cpu, MachineState, Priority};
+use lwkt_test_program::bringup::{self, Bringup};
 
 use boot::MAX_CPUS;
 
@@ -137,36 +136,14 @@ static CPU_TABLES: [usermode::CpuTables; MAX_CPUS] =
 static MACHINE: spin::Once<&'static MachineState> = spin::Once::new();
 static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
 static OPTS: spin::Once<Opts> = spin::Once::new();
-/// APs that reached `ap_main` and attached.
-static ONLINE: AtomicUsize = AtomicUsize::new(0);
-/// Set by the BSP once every CPU is online: APs enter their idle loops.
-static GO: AtomicBool = AtomicBool::new(false);
-/// APs that left their idle loops.
-static DONE: AtomicUsize = AtomicUsize::new(0);
+/// Bring-up: APs online, the BSP's go, APs out of their idle loops.
+static BRINGUP: Bringup = Bringup::new();
 /// Per CPU: did `gs:[0]` and the GS MSRs read back as installed?
 static GS_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-
-/// A 64 KiB stack plus the pool's canary room, page-rounded.
-const STACK_SLOT: usize = (64 + 4) << 10;
-/// The stack pool's region: 8 MiB, and 1 MiB (15 stacks) per CPU for its
-/// idle thread and the test threads placed on it.
-fn stack_region_len(ncpus: usize) -> usize {
-    (8 + ncpus) << 20
-}
 
 /// The waits of AP start-up after the INIT and after each SIPI, in ns.
 const INIT_DELAY_NS: u64 = 10_000_000;
 const SIPI_DELAY_NS: u64 = 200_000;
-/// How long the BSP waits for APs (and for them to finish), in TSC
-/// cycles, for up to 16 CPUs; [`online_timeout`] scales it.
-const ONLINE_TIMEOUT: u64 = 6_000_000_000;
-
-/// [`ONLINE_TIMEOUT`] for `ncpus` CPUs: one more share per 16 CPUs
-/// (multi-threaded TCG starts 255 vCPU threads on this 2-core host in
-/// more than the 16-CPU allowance).
-fn online_timeout(ncpus: usize) -> u64 {
-    ONLINE_TIMEOUT * ncpus.div_ceil(16).max(1) as u64
-}
 
 /// The command line, parsed.
 #[derive(Debug, Clone, Copy)]
@@ -312,7 +289,7 @@ fn nmi_dump(cpu: Option<usize>, f: &FaultFrame) -> ! {
             f.rip
         )),
     }
-    let online = ONLINE.load(Ordering::Acquire) + 1;
+    let online = BRINGUP.cpus_online();
     if DUMPED.fetch_add(1, Ordering::AcqRel) + 1 >= online {
         hw::exit(false)
     }
@@ -436,41 +413,15 @@ extern "C" fn bsp_main(info: usize) -> ! {
     }
 
     // The lwkt machine: CPU blocks, ncpus^2 IPI rings, the backend.
-    let cpus: &'static [Cpu] = Box::leak(
-        (0..ncpus)
-            .map(|i| Cpu::new(CpuId::new(i as u32)))
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    let rings: &'static [IpiRing] = Box::leak(
-        (0..MachineState::rings_needed(ncpus))
-            .map(|_| IpiRing::new())
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    // SAFETY: `cpus` and `rings` are leaked: alive and in place for ever.
-    let machine: &'static MachineState =
-        Box::leak(Box::new(unsafe { MachineState::new(&ARCH, cpus, rings) }));
-    // SAFETY: the machine, CPU blocks and rings are leaked ('static); no
-    // CPU runs lwkt yet.
-    unsafe { machine.bind() };
+    // SAFETY: no CPU runs lwkt yet; every CPU attaches to `ARCH`.
+    let (machine, cpus) = unsafe { bringup::build_machine(&ARCH, ncpus) };
     MACHINE.call_once(|| machine);
     CPUS.call_once(|| cpus);
-    let stack_len = stack_region_len(ncpus);
-    let stack_layout = core::alloc::Layout::from_size_align(stack_len, 4096)
-        .unwrap_or_else(|_| fail!("a {stack_len}-byte stack region"));
-    // SAFETY: a non-zero size.
-    let stacks = unsafe { alloc::alloc::alloc(stack_layout) };
-    if stacks.is_null() {
-        fail!(
-            "no memory for {} MiB of thread stacks (heap used {} KiB): give the guest more (-m)",
-            stack_len >> 20,
-            heap::used() / 1024
-        );
-    }
+    let (stacks, stack_len) =
+        bringup::stack_region(ncpus, heap::used).unwrap_or_else(|e| fail!("{e}"));
     // SAFETY: a fresh heap block, page aligned, never freed, used for
     // nothing else.
-    unsafe { ARCH.stacks().init(stacks, stack_len, STACK_SLOT) };
+    unsafe { ARCH.stacks().init(stacks, stack_len, bringup::STACK_SLOT) };
     // SAFETY: CPU 0, once, interrupts off (PVH entry state).
     unsafe { setup_cpu(0, mode, cpus) };
     if opts.attach_twice {
@@ -508,12 +459,9 @@ extern "C" fn bsp_main(info: usize) -> ! {
         // SAFETY: as above (APs already running ignore it).
         unsafe { apic::send(Icr::startup_all_but_self(page)) };
     }
-    while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
-        if hw::tsc() - t > online_timeout(ncpus) {
-            let up = ONLINE.load(Ordering::Acquire) + 1;
-            fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
-        }
-        core::hint::spin_loop();
+    let since = |t: u64| move || tb.ticks_to_ns(hw::tsc() - t);
+    if let Err(up) = BRINGUP.wait_online(ncpus, since(t), core::hint::spin_loop) {
+        fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
     }
     kprintln!(
         "lwkt-qemu-test: all {ncpus} CPUs online {} us after the INIT",
@@ -542,18 +490,17 @@ extern "C" fn bsp_main(info: usize) -> ! {
             })
             .unwrap_or_else(|e| fail!("cannot create the test thread: {e}"));
     }
-    GO.store(true, Ordering::Release);
+    BRINGUP.go();
     x86_64::instructions::interrupts::enable();
     // SAFETY: on CPU 0, once, after `bind`.
     unsafe { cpus[0].idle_loop() };
     x86_64::instructions::interrupts::disable();
 
-    let t = hw::tsc();
-    while DONE.load(Ordering::Acquire) < ncpus - 1 {
-        if hw::tsc() - t > online_timeout(ncpus) {
-            fail!("a CPU did not leave its idle loop after shutdown");
-        }
-        core::hint::spin_loop();
+    if BRINGUP
+        .wait_done(ncpus, since(hw::tsc()), core::hint::spin_loop)
+        .is_err()
+    {
+        fail!("a CPU did not leave its idle loop after shutdown");
     }
     let ok = if opts.user.only {
         GS_OK[..ncpus].iter().all(|g| g.load(Ordering::Relaxed))
@@ -586,20 +533,18 @@ extern "C" fn ap_main(idx: usize) -> ! {
         setup_cpu(idx, mode, cpus);
         time::start_timer();
     }
-    ONLINE.fetch_add(1, Ordering::Release);
+    BRINGUP.online();
     if OPTS.get().and_then(|o| o.fault) == Some(idx) {
         kprintln!("cpu {idx}: faulting on purpose (fault={idx})");
         // SAFETY: the negative test: #UD, reported by the fault handler.
         unsafe { core::arch::asm!("ud2") };
     }
-    while !GO.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
+    BRINGUP.wait_go(core::hint::spin_loop);
     x86_64::instructions::interrupts::enable();
     // SAFETY: on this CPU, once, after `bind` (the BSP bound before SIPI).
     unsafe { cpus[idx].idle_loop() };
     x86_64::instructions::interrupts::disable();
-    DONE.fetch_add(1, Ordering::Release);
+    BRINGUP.left_idle_loop();
     loop {
         x86_64::instructions::hlt();
     }
