@@ -31,14 +31,15 @@ mod heap;
 #[macro_use]
 mod hw;
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use lwkt_arch_aarch64::percpu::{self, PerCpu};
 use lwkt_arch_aarch64::psci::{self, Conduit};
 use lwkt_arch_aarch64::vectors::{self, Fault, Frame};
 use lwkt_arch_aarch64::{gic, time, A64Arch};
 use lwkt_core::{Cpu, Priority};
-use lwkt_test_program::bringup::{self, Bringup};
+use lwkt_test_program::bringup::{self, Bringup, HangLine};
+use lwkt_test_program::opts::{self, Opts};
 
 use boot::MAX_CPUS;
 
@@ -56,65 +57,13 @@ const DUMP_SGI: u32 = 1;
 // addresses and calls no lwkt code but `Cpu::snapshot`.
 static ARCH: A64Arch = unsafe { A64Arch::new() };
 /// Each CPU's block.
-static PERCPU: [PerCpu; MAX_CPUS] = {
-    let mut i = 0;
-    let mut a = [const { PerCpu::new(0) }; MAX_CPUS];
-    while i < MAX_CPUS {
-        a[i] = PerCpu::new(i);
-        i += 1;
-    }
-    a
-};
+static PERCPU: [PerCpu; MAX_CPUS] = lwkt_test_program::per_cpu_blocks!(PerCpu, MAX_CPUS);
 static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
 static OPTS: spin::Once<Opts> = spin::Once::new();
 /// Bring-up: CPUs online, the boot CPU's go, CPUs out of their idle loops.
 static BRINGUP: Bringup = Bringup::new();
 /// Per CPU: did TPIDR_EL1 read back as its block?
 static TP_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-/// CPUs that printed their hang dump.
-static DUMPED: AtomicUsize = AtomicUsize::new(0);
-
-/// The command line, parsed.
-#[derive(Debug, Clone, Copy)]
-struct Opts {
-    rounds: u64,
-    fault: Option<usize>,
-    expect_cpus: Option<usize>,
-    hang: bool,
-    attach_twice: bool,
-}
-
-impl Opts {
-    fn parse(cmdline: &str) -> Result<Opts, alloc::string::String> {
-        let mut o = Opts {
-            rounds: 200,
-            fault: None,
-            expect_cpus: None,
-            hang: false,
-            attach_twice: false,
-        };
-        for w in cmdline.split_whitespace() {
-            let (k, v) = w.split_once('=').unwrap_or((w, ""));
-            let num = || {
-                v.parse::<u64>()
-                    .map_err(|_| alloc::format!("option '{w}': '{v}' is not a number"))
-            };
-            match k {
-                "rounds" => o.rounds = num()?.max(1),
-                "fault" => o.fault = Some(num()? as usize),
-                "expect-cpus" => o.expect_cpus = Some(num()? as usize),
-                "hang" => o.hang = true,
-                "attach-twice" => o.attach_twice = true,
-                _ => {
-                    return Err(alloc::format!(
-                        "unknown option '{w}' (known: rounds=N fault=CPU expect-cpus=N hang attach-twice)"
-                    ))
-                }
-            }
-        }
-        Ok(o)
-    }
-}
 
 /// What the shared test program needs from this kernel.
 struct A64Kernel;
@@ -215,18 +164,17 @@ fn on_irq(intid: u32, frame: &Frame) {
 /// README).
 fn dump(frame: &Frame) -> ! {
     let cpu = cpu_here();
-    match cpu.and_then(|i| PERCPU[i].cpu()) {
+    let line = HangLine {
+        reg: "pc",
+        pc: frame.elr,
+        cpu,
         // SAFETY: on this CPU, in its IRQ entry, the `Cpu` attached to it.
-        Some(c) => hw::print_dump(format_args!("HANG pc={:#x} {}\n", frame.elr, unsafe {
-            c.snapshot()
-        })),
-        None => hw::print_dump(format_args!(
-            "HANG pc={:#x} cpu {cpu:?}: not attached\n",
-            frame.elr
-        )),
-    }
-    let online = BRINGUP.cpus_online();
-    if DUMPED.fetch_add(1, Ordering::AcqRel) + 1 >= online {
+        state: cpu
+            .and_then(|i| PERCPU[i].cpu())
+            .map(|c| unsafe { c.snapshot() }),
+    };
+    hw::print_dump(format_args!("{line}"));
+    if BRINGUP.dumped() {
         hw::exit(false)
     }
     loop {
@@ -289,17 +237,13 @@ extern "C" fn bsp_main(x0: usize) -> ! {
     }
     let m = hw::machine(&fdt).unwrap_or_else(|e| fail!("{e}"));
     kprintln!("lwkt-qemu-test-aarch64: cmdline '{}'", m.cmdline);
-    let opts = match Opts::parse(m.cmdline) {
+    let opts = match opts::parse(m.cmdline, "", |_, _, _| Ok(false)) {
         Ok(o) => *OPTS.call_once(|| o),
         Err(e) => fail!("{e}"),
     };
-    let ncpus = opts.expect_cpus.unwrap_or(m.mpidrs.len());
-    if ncpus == 0 || ncpus > MAX_CPUS {
-        fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");
-    }
-    if let Some(f) = opts.fault.filter(|&f| f == 0 || f >= ncpus) {
-        fail!("fault={f}: pick a secondary CPU, 1 to {}", ncpus - 1);
-    }
+    let ncpus = opts
+        .ncpus(m.mpidrs.len(), MAX_CPUS)
+        .unwrap_or_else(|e| fail!("{e}"));
     if m.mpidrs.first().copied() != Some(percpu::mpidr_affinity()) {
         fail!(
             "the boot CPU's affinity {:#x} is not the device tree's first CPU {:?}",
@@ -387,13 +331,7 @@ extern "C" fn bsp_main(x0: usize) -> ! {
         cpus[0]
             .spawn_boot_thread(Priority::default(), 64 << 10, "test-main", move |cur| {
                 lwkt_test_program::run(&A64Kernel, cur, opts.rounds, cpus);
-                if opts.hang {
-                    kprintln!("hanging on purpose (hang)");
-                    cur.sleep(0x4841_4e47);
-                }
-                for c in cpus {
-                    c.request_shutdown();
-                }
+                lwkt_test_program::end_test_thread(&A64Kernel, cur, opts.hang, cpus);
             })
             .unwrap_or_else(|e| fail!("cannot create the test thread: {e}"));
     }
@@ -413,9 +351,7 @@ extern "C" fn bsp_main(x0: usize) -> ! {
         fail!("a CPU did not leave its idle loop after shutdown");
     }
     let ok = lwkt_test_program::report(cpus);
-    kprintln!("heap used: {} KiB", heap::used() / 1024);
-    if ok {
-        kprintln!("PASS");
+    if lwkt_test_program::verdict(&A64Kernel, ok, heap::used()) {
         hw::exit(true)
     }
     fail!("a check failed (see above)")

@@ -95,6 +95,7 @@ pub struct Bringup {
     online: AtomicUsize,
     go: AtomicBool,
     done: AtomicUsize,
+    dumped: AtomicUsize,
 }
 
 impl Bringup {
@@ -104,6 +105,7 @@ impl Bringup {
             online: AtomicUsize::new(0),
             go: AtomicBool::new(false),
             done: AtomicUsize::new(0),
+            dumped: AtomicUsize::new(0),
         }
     }
 
@@ -157,6 +159,39 @@ impl Bringup {
         relax: impl Fn(),
     ) -> Result<(), usize> {
         wait(&self.done, ncpus - 1, ncpus, elapsed_ns, relax)
+    }
+}
+
+impl Bringup {
+    /// A CPU printed its line of a hang dump ([`HangLine`]): whether it
+    /// was the last of the CPUs online, which then ends the run.
+    pub fn dumped(&self) -> bool {
+        self.dumped.fetch_add(1, Ordering::AcqRel) + 1 >= self.cpus_online()
+    }
+}
+
+/// One CPU's line of a hang dump (the xtask asks every CPU for one when a
+/// run times out: an NMI on x86-64, an SGI on aarch64): where the CPU was
+/// (`HANG rip=0x...` or `HANG pc=0x...`) and its LWKT state.
+#[derive(Debug)]
+pub struct HangLine {
+    /// The name of the interrupted program counter (`rip`, `pc`).
+    pub reg: &'static str,
+    /// Its value.
+    pub pc: u64,
+    /// The CPU's index, if its block was found.
+    pub cpu: Option<usize>,
+    /// Its LWKT state, if it is attached (`Cpu::snapshot` on the CPU).
+    pub state: Option<lwkt_core::CpuSnapshot>,
+}
+
+impl core::fmt::Display for HangLine {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "HANG {}={:#x} ", self.reg, self.pc)?;
+        match &self.state {
+            Some(s) => writeln!(f, "{s}"),
+            None => writeln!(f, "cpu {:?}: not attached", self.cpu),
+        }
     }
 }
 
