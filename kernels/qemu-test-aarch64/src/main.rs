@@ -11,6 +11,12 @@
 //! runner, which first asks for a per-CPU dump by sending a character to
 //! the UART).
 //!
+//! What it needs of the machine it reads from the device tree: the RAM
+//! (`/memory`: the heap is the RAM above the image, `heap.rs`), the CPUs'
+//! affinities, the GICv3's distributor and redistributor regions (two on
+//! QEMU `virt` with more than 123 CPUs) and the command line. It runs
+//! with up to 256 CPUs (`boot::MAX_CPUS`, lwkt's `MAX_CPUS`).
+//!
 //! Command line (`-append`): `rounds=N` (default 200), `fault=CPU` (that
 //! CPU executes an undefined instruction once online: the negative test),
 //! `expect-cpus=N` (wait for N CPUs instead of the device tree's count),
