@@ -69,24 +69,24 @@ impl Arch {
     /// The most CPUs this architecture's test kernel is run with. x86-64:
     /// 255, the most xAPIC ids (0-254) and QEMU's limit without an
     /// interrupt-remapping IOMMU (the kernel itself takes 256,
-    /// `boot::MAX_CPUS`); aarch64: 16, the most it has been run with (its
-    /// heap is a fixed 16 MiB, and the rings alone take ncpus² x 8.6 KiB).
+    /// `boot::MAX_CPUS`); aarch64: 256, lwkt's `MAX_CPUS` and the
+    /// kernel's (QEMU 7.2's `virt,gic-version=3` takes up to 512: 123
+    /// redistributors in the low region, 512 more in the high one at
+    /// 256 GiB, capped by the board's 512).
     fn max_smp(self) -> usize {
         match self {
             Arch::X86_64 => 255,
-            Arch::Aarch64 => 16,
+            Arch::Aarch64 => 256,
         }
     }
 
-    /// Guest memory for `smp` CPUs, in MiB. x86-64: the kernel's heap is
-    /// the RAM above its image (heap.rs), and holds ncpus² IPI rings of
-    /// about 8.6 KiB and 1 MiB of thread stacks per CPU, so it grows with
-    /// `smp` (1 GiB at 255); aarch64: 128 MiB.
+    /// Guest memory for `smp` CPUs, in MiB, the same for both kernels:
+    /// their heap is the RAM above the image (heap.rs: from the PVH
+    /// memory map, or the device tree's `/memory`), and holds ncpus² IPI
+    /// rings of about 8.6 KiB and 1 MiB of thread stacks per CPU, so it
+    /// grows with `smp` (960 MiB at 255 or 256).
     fn memory_mib(self, smp: usize) -> usize {
-        match self {
-            Arch::X86_64 => (128 + smp * smp * 9 / 1024 + smp).next_multiple_of(64),
-            Arch::Aarch64 => 128,
-        }
+        (128 + smp * smp * 9 / 1024 + smp).next_multiple_of(64)
     }
 }
 
@@ -97,7 +97,7 @@ pub(crate) const USAGE: &str =
   --arch A           x86_64 (default): kernels/qemu-test on qemu-system-x86_64;
                      aarch64: kernels/qemu-test-aarch64 on qemu-system-aarch64
                      -M virt,gic-version=3 -cpu cortex-a72 (TCG only)
-  --smp N            CPUs (x86_64: 1 to 255, aarch64: 1 to 16; default 4)
+  --smp N            CPUs (x86_64: 1 to 255, aarch64: 1 to 256; default 4)
   --accel A          single: one-threaded TCG (default; fastest here), multi: MTTCG
                      (real parallelism), kvm: hardware virtualisation (x2APIC)
   --machine M        QEMU machine type (default microvm; aarch64: virt only)
@@ -459,10 +459,11 @@ mod tests {
             .err()
             .unwrap()
             .contains("1 to 255 CPUs"));
-        assert!(parse(&args("--arch aarch64 --smp 17"))
+        assert!(parse(&args("--arch aarch64 --smp 257"))
             .err()
             .unwrap()
-            .contains("1 to 16 CPUs"));
+            .contains("runs with 1 to 256 CPUs"));
+        assert!(parse(&args("--arch aarch64 --smp 256")).is_ok());
         assert!(parse(&args("--smp 0")).is_err());
         assert!(parse(&args("--accel tcg"))
             .err()

@@ -52,52 +52,6 @@ pub struct A64Arch {
     stacks: StackPool,
 }
 
-/// Serialises [`bind`] across CPUs.
-static ATTACH: spin::Mutex<()> = spin::Mutex::new(());
-
-/// [`Cpu::arch_word`] 0: the CPU's affinity, what [`Arch::kick`]
-/// addresses.
-const WORD_MPIDR: usize = 0;
-/// [`Cpu::arch_word`] 1: the address of the [`PerCpu`] block attached to
-/// the CPU, 0 before [`A64Arch::attach`].
-const WORD_PERCPU: usize = 1;
-
-/// Record that `pcpu` and `cpu` belong together, on the CPU with affinity
-/// `mpidr`.
-///
-/// # Safety
-/// [`Cpu::set_arch_word`]'s: `cpu` belongs to a machine of this backend
-/// that has not started.
-///
-/// # Panics
-/// If `pcpu` or `cpu` is attached already; nothing is changed then.
-unsafe fn bind(pcpu: &'static PerCpu, cpu: &'static Cpu, mpidr: u64) {
-    let _g = ATTACH.lock();
-    assert!(
-        cpu.arch_word(WORD_PERCPU) == 0,
-        "lwkt-arch-aarch64: Cpu {} is attached already: two CPUs would drive one Cpu",
-        cpu.id().index()
-    );
-    pcpu.claim(cpu, mpidr);
-    // SAFETY: caller; the affinity first, then (Release) the block that
-    // `kick_dest` tests before it reads the affinity.
-    unsafe {
-        cpu.set_arch_word(WORD_MPIDR, mpidr as usize);
-        cpu.set_arch_word(WORD_PERCPU, pcpu as *const PerCpu as usize);
-    }
-}
-
-/// The affinity a kick to `cpu` goes to, or `None` while no CPU has
-/// attached it (it has not started: its idle loop looks at its rings
-/// when it does).
-fn kick_dest(cpu: &Cpu) -> Option<u64> {
-    if cpu.arch_word(WORD_PERCPU) == 0 {
-        None
-    } else {
-        Some(cpu.arch_word(WORD_MPIDR) as u64)
-    }
-}
-
 impl A64Arch {
     /// A backend with an empty stack pool.
     ///
@@ -160,8 +114,11 @@ impl A64Arch {
              (gic::init_cpu on every CPU first)",
             pcpu.index
         );
-        // SAFETY: caller: `cpu`'s machine is of this backend and not started.
-        unsafe { bind(pcpu, cpu, percpu::mpidr_affinity()) };
+        let mpidr = percpu::mpidr_affinity() as usize;
+        // SAFETY: caller: `cpu`'s machine is of this backend and not
+        // started; `pcpu.link` is `pcpu`'s own (what `current_cpu`
+        // reads). Checks that neither is attached already.
+        unsafe { cpu.attach_block(pcpu, &pcpu.link, mpidr) };
     }
 }
 
@@ -206,9 +163,11 @@ unsafe impl Arch for A64Arch {
     }
 
     unsafe fn kick(&self, target: &Cpu) {
-        let Some(dest) = kick_dest(target) else {
+        // Not attached: not started, no kick (see `attached_dest`).
+        let Some(dest) = target.attached_dest() else {
             return;
         };
+        let dest = dest as u64;
         // SAFETY: EL1 (`A64Arch::new`); the sending CPU runs lwkt, so it
         // attached after `gic::init_cpu`; `dest` is the affinity `attach`
         // recorded for `target`, a CPU with its block installed.
@@ -290,9 +249,12 @@ unsafe impl Arch for A64Arch {
 /// # Safety
 /// `cpu` was attached ([`A64Arch::attach`]).
 unsafe fn percpu_of(cpu: &Cpu) -> &'static PerCpu {
-    let p = cpu.arch_word(WORD_PERCPU) as *const PerCpu;
-    // SAFETY: caller: `bind` stored a `&'static PerCpu` there.
-    unsafe { &*p }
+    let p = cpu
+        .attached_block::<PerCpu>()
+        .expect("lwkt-arch-aarch64: a Cpu that was never attached");
+    // SAFETY: `attach` attached a `&'static PerCpu`, and only it attaches
+    // the `Cpu`s of this backend's machines (caller).
+    unsafe { p.as_ref() }
 }
 
 /// The `Cpu` attached to this CPU, if any.

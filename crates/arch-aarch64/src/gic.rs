@@ -62,8 +62,15 @@ pub const fn device_spi(irq: usize) -> Option<u32> {
     }
 }
 
+/// Most redistributor regions [`init_distributor`] takes (QEMU virt has
+/// two with more than 123 CPUs: 123 redistributors below 256 MiB and 512
+/// more at 256 GiB).
+pub const MAX_REDIST_REGIONS: usize = 4;
+
 static GICD: AtomicUsize = AtomicUsize::new(0);
-static GICR: AtomicUsize = AtomicUsize::new(0);
+/// The redistributor regions, in the device tree's order; 0 past the last.
+static GICR: [AtomicUsize; MAX_REDIST_REGIONS] =
+    [const { AtomicUsize::new(0) }; MAX_REDIST_REGIONS];
 
 // Distributor registers.
 const GICD_CTLR: usize = 0x0000;
@@ -99,7 +106,7 @@ const PRIORITY: u8 = 0x80;
 pub enum GicError {
     /// [`init_distributor`] has not run.
     NoDistributor,
-    /// No redistributor in the region has this CPU's affinity.
+    /// No redistributor in the regions has this CPU's affinity.
     NoRedistributor {
         /// The affinity looked for (`GICR_TYPER` bits 63:32 form).
         affinity: u32,
@@ -163,16 +170,28 @@ fn wait_rwp(gicd: usize) {
 }
 
 /// Set up the distributor at `gicd` (QEMU virt: `0x0800_0000`) and
-/// remember the redistributor region at `gicr` (QEMU virt:
-/// `0x080A_0000`): affinity routing on, group 1 enabled, every SPI in
-/// group 1 and disabled, the device-line SPIs edge-triggered at
-/// one priority. DragonFly: `lapic_init()`'s boot-CPU half.
+/// remember the redistributor regions at `gicr` (QEMU virt:
+/// `0x080A_0000`, and `0x40_0000_0000` with more than 123 CPUs; the
+/// device tree's GICv3 node lists them after the distributor): affinity
+/// routing on, group 1 enabled, every SPI in group 1 and disabled, the
+/// device-line SPIs edge-triggered at one priority. DragonFly:
+/// `lapic_init()`'s boot-CPU half.
 ///
 /// # Safety
-/// EL1 on the boot CPU, once, before any CPU calls [`init_cpu`]; both
-/// regions are the GICv3's, mapped as device memory, and used by nothing
-/// else.
-pub unsafe fn init_distributor(gicd: usize, gicr: usize) {
+/// EL1 on the boot CPU, once, before any CPU calls [`init_cpu`]; the
+/// distributor and every region are the GICv3's, mapped as device memory,
+/// and used by nothing else.
+///
+/// # Panics
+/// If `gicr` is empty, or longer than [`MAX_REDIST_REGIONS`], or holds a
+/// 0; before anything is written.
+pub unsafe fn init_distributor(gicd: usize, gicr: &[usize]) {
+    assert!(
+        !gicr.is_empty() && gicr.len() <= MAX_REDIST_REGIONS && !gicr.contains(&0),
+        "lwkt-arch-aarch64: init_distributor: {} redistributor regions {gicr:x?} \
+         (1 to {MAX_REDIST_REGIONS}, none at 0)",
+        gicr.len()
+    );
     // SAFETY: caller: the distributor's registers.
     unsafe {
         w32(gicd, GICD_CTLR, 0);
@@ -198,13 +217,44 @@ pub unsafe fn init_distributor(gicd: usize, gicr: usize) {
         w32(gicd, GICD_CTLR, CTLR_ARE | CTLR_ENABLE_G1);
         wait_rwp(gicd);
     }
-    GICR.store(gicr, Ordering::Release);
+    for (slot, &region) in GICR.iter().zip(gicr) {
+        slot.store(region, Ordering::Relaxed);
+    }
+    // Release: a CPU that sees the distributor sees the regions.
     GICD.store(gicd, Ordering::Release);
 }
 
 /// The affinity of this CPU in `GICR_TYPER`'s form (Aff3.Aff2.Aff1.Aff0).
 fn typer_affinity(mpidr: u64) -> u32 {
     ((mpidr >> 8) & 0xff00_0000) as u32 | (mpidr & 0xff_ffff) as u32
+}
+
+/// The redistributor with affinity `want` (`GICR_TYPER`'s form) in the
+/// region at `region`, walked frame by frame up to the one marked last.
+///
+/// # Safety
+/// `region` is a redistributor region of the GICv3, mapped as device
+/// memory.
+unsafe fn find_redistributor(region: usize, want: u32) -> Option<usize> {
+    let mut rd = region;
+    loop {
+        // SAFETY: caller: a frame of the region (the walk stops at the
+        // frame marked last).
+        let typer = unsafe { r64(rd, GICR_TYPER) };
+        if (typer >> 32) as u32 == want {
+            return Some(rd);
+        }
+        if typer & (1 << 4) != 0 {
+            return None;
+        }
+        // GICv4 redistributors with virtual LPIs (`VLPIS`) have two more
+        // 64 KiB frames.
+        rd += if typer & (1 << 1) != 0 {
+            2 * GICR_FRAME
+        } else {
+            GICR_FRAME
+        };
+    }
 }
 
 /// Set up this CPU's redistributor and CPU interface: wake the
@@ -217,30 +267,17 @@ fn typer_affinity(mpidr: u64) -> u32 {
 /// CPU's vector table (with the IRQ entry) is installed before IRQs are
 /// unmasked.
 pub unsafe fn init_cpu() -> Result<(), GicError> {
-    let gicr = GICR.load(Ordering::Acquire);
     if GICD.load(Ordering::Acquire) == 0 {
         return Err(GicError::NoDistributor);
     }
     let want = typer_affinity(crate::percpu::mpidr_affinity());
-    let mut rd = gicr;
-    let rd = loop {
-        // SAFETY: caller: the redistributor region, walked frame by frame
-        // until the one marked last.
-        let typer = unsafe { r64(rd, GICR_TYPER) };
-        if (typer >> 32) as u32 == want {
-            break rd;
-        }
-        if typer & (1 << 4) != 0 {
-            return Err(GicError::NoRedistributor { affinity: want });
-        }
-        // GICv4 redistributors with virtual LPIs (`VLPIS`) have two more
-        // 64 KiB frames.
-        rd += if typer & (1 << 1) != 0 {
-            2 * GICR_FRAME
-        } else {
-            GICR_FRAME
-        };
-    };
+    let rd = GICR
+        .iter()
+        .map(|r| r.load(Ordering::Relaxed))
+        .take_while(|&r| r != 0)
+        // SAFETY: caller: each region is the GICv3's (`init_distributor`).
+        .find_map(|region| unsafe { find_redistributor(region, want) })
+        .ok_or(GicError::NoRedistributor { affinity: want })?;
     // SAFETY: caller; `rd` is this CPU's redistributor (its affinity).
     unsafe {
         let w = r32(rd, GICR_WAKER);

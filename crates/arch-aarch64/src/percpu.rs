@@ -8,10 +8,10 @@
 //! DragonFly: `struct mdglobaldata` (`mycpu`), which the DragonFly arm64
 //! port never got; on x86-64 it is `%gs:0`.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{Readable, Writeable, TPIDR_EL1};
-use lwkt_core::Cpu;
+use lwkt_core::{Cpu, CpuLink};
 
 /// One CPU's block, pointed to by its `TPIDR_EL1`.
 ///
@@ -27,10 +27,10 @@ pub struct PerCpu {
     pub index: usize,
     /// The block's own address once installed (0 before).
     installed: AtomicUsize,
-    /// lwkt's per-CPU block for this CPU, once attached (0 before).
-    cpu: AtomicUsize,
-    /// This CPU's affinity (`MPIDR_EL1` Aff3..Aff0), once attached.
-    mpidr: AtomicU64,
+    /// lwkt's per-CPU block for this CPU and this CPU's affinity
+    /// (`MPIDR_EL1` Aff3..Aff0), once attached (lwkt-core's attach
+    /// mechanism stores both: [`lwkt_core::attach`]).
+    pub(crate) link: CpuLink,
     /// Whether [`time::start_timer`](crate::time::start_timer) set up this
     /// CPU's virtual timer.
     timer: AtomicBool,
@@ -42,8 +42,7 @@ impl PerCpu {
         PerCpu {
             index,
             installed: AtomicUsize::new(0),
-            cpu: AtomicUsize::new(0),
-            mpidr: AtomicU64::new(0),
+            link: CpuLink::new(),
             timer: AtomicBool::new(false),
         }
     }
@@ -51,15 +50,13 @@ impl PerCpu {
     /// The lwkt CPU block this CPU runs, once
     /// [`attach`](crate::A64Arch::attach)ed.
     pub fn cpu(&self) -> Option<&'static Cpu> {
-        let p = self.cpu.load(Ordering::Acquire) as *const Cpu;
-        // SAFETY: only `claim` stores here, a `&'static Cpu`.
-        unsafe { p.as_ref() }
+        self.link.cpu()
     }
 
     /// This CPU's affinity (the `MPIDR_EL1` affinity fields, which GICv3
     /// SGIs and PSCI address), once attached.
     pub fn mpidr(&self) -> Option<u64> {
-        self.cpu().map(|_| self.mpidr.load(Ordering::Relaxed))
+        self.link.dest().map(|d| d as u64)
     }
 
     /// Whether [`time::start_timer`](crate::time::start_timer) set up this
@@ -75,23 +72,6 @@ impl PerCpu {
     /// Whether [`install`] put this block in some CPU's `TPIDR_EL1`.
     pub fn is_installed(&self) -> bool {
         self.installed.load(Ordering::Acquire) != 0
-    }
-
-    /// Bind this block to `cpu` with affinity `mpidr`, once.
-    ///
-    /// # Panics
-    /// If the block is bound already; nothing is changed then.
-    pub(crate) fn claim(&self, cpu: &'static Cpu, mpidr: u64) {
-        assert!(
-            self.cpu.load(Ordering::Acquire) == 0,
-            "lwkt-arch-aarch64: the PerCpu block of CPU {} is attached already \
-             (one block drives one Cpu)",
-            self.index
-        );
-        self.mpidr.store(mpidr, Ordering::Relaxed);
-        // Release: a reader that sees the `Cpu` sees the affinity.
-        self.cpu
-            .store(cpu as *const Cpu as usize, Ordering::Release);
     }
 }
 

@@ -61,55 +61,6 @@ pub struct X86Arch {
     stacks: StackPool,
 }
 
-/// Serialises [`bind`] across CPUs: its checks (the block has no `Cpu`, the
-/// `Cpu` has no block) and its stores are one step.
-static ATTACH: spin::Mutex<()> = spin::Mutex::new(());
-
-/// [`Cpu::arch_word`] 0: the CPU's local APIC id, what [`Arch::kick`]
-/// addresses.
-const WORD_APIC_ID: usize = 0;
-/// [`Cpu::arch_word`] 1: the address of the [`PerCpu`] block attached to
-/// the CPU, 0 before [`X86Arch::attach`].
-const WORD_PERCPU: usize = 1;
-
-/// Record that `pcpu` and `cpu` belong together, on the CPU with local
-/// APIC id `apic_id`: each names the other from now on, for good.
-///
-/// # Safety
-/// [`Cpu::set_arch_word`]'s: `cpu` belongs to a machine of this backend
-/// that has not started.
-///
-/// # Panics
-/// If `pcpu` or `cpu` is attached already (then two CPUs could drive one
-/// `Cpu`); nothing is changed then.
-unsafe fn bind(pcpu: &'static PerCpu, cpu: &'static Cpu, apic_id: u32) {
-    let _g = ATTACH.lock();
-    assert!(
-        cpu.arch_word(WORD_PERCPU) == 0,
-        "lwkt-arch-x86_64: Cpu {} is attached already: two CPUs would drive one Cpu",
-        cpu.id().index()
-    );
-    pcpu.claim(cpu, apic_id);
-    // SAFETY: caller; the APIC id first, then (Release) the block that
-    // `kick_dest` tests before it reads the id.
-    unsafe {
-        cpu.set_arch_word(WORD_APIC_ID, apic_id as usize);
-        cpu.set_arch_word(WORD_PERCPU, pcpu as *const PerCpu as usize);
-    }
-}
-
-/// The APIC id a kick to `cpu` goes to, or `None` while no CPU has
-/// attached `cpu` (it has not started: its idle loop looks at its rings
-/// when it does, so the kick is not needed, and an IPI sent to a CPU that
-/// may not have GS installed could make its IPI entry read wild memory).
-fn kick_dest(cpu: &Cpu) -> Option<u32> {
-    if cpu.arch_word(WORD_PERCPU) == 0 {
-        None
-    } else {
-        Some(cpu.arch_word(WORD_APIC_ID) as u32)
-    }
-}
-
 impl X86Arch {
     /// A backend with an empty stack pool.
     ///
@@ -195,8 +146,10 @@ impl X86Arch {
         );
         // SAFETY: ring 0, this CPU's APIC enabled in `mode` (checked).
         let id = unsafe { apic::id() };
-        // SAFETY: caller: `cpu`'s machine is of this backend and not started.
-        unsafe { bind(pcpu, cpu, id) };
+        // SAFETY: caller: `cpu`'s machine is of this backend and not
+        // started; `pcpu.link` is `pcpu`'s own (what `current_cpu`
+        // reads). Checks that neither is attached already.
+        unsafe { cpu.attach_block(pcpu, &pcpu.link, id as usize) };
     }
 }
 
@@ -253,9 +206,11 @@ unsafe impl Arch for X86Arch {
     }
 
     unsafe fn kick(&self, target: &Cpu) {
-        let Some(dest) = kick_dest(target) else {
+        // Not attached: not started, no kick (see `attached_dest`).
+        let Some(dest) = target.attached_dest() else {
             return;
         };
+        let dest = dest as u32;
         // SAFETY: ring 0 (`X86Arch::new`). The sending CPU runs lwkt, so
         // `current_cpu` names it (`Cpu::idle_loop`'s contract): it was
         // attached, and `attach` checked that its APIC is enabled in
@@ -340,9 +295,12 @@ unsafe impl Arch for X86Arch {
 /// # Safety
 /// `cpu` was attached ([`X86Arch::attach`]).
 unsafe fn percpu_of(cpu: &Cpu) -> &'static PerCpu {
-    let p = cpu.arch_word(WORD_PERCPU) as *const PerCpu;
-    // SAFETY: caller: `bind` stored a `&'static PerCpu` there.
-    unsafe { &*p }
+    let p = cpu
+        .attached_block::<PerCpu>()
+        .expect("lwkt-arch-x86_64: a Cpu that was never attached");
+    // SAFETY: `attach` attached a `&'static PerCpu`, and only it attaches
+    // the `Cpu`s of this backend's machines (caller).
+    unsafe { p.as_ref() }
 }
 
 /// The end of every interrupt entry of this CPU: let a thread that the
@@ -446,46 +404,22 @@ mod tests {
     use super::*;
     use lwkt_core::CpuId;
     use std::boxed::Box;
-    use std::panic::{catch_unwind, AssertUnwindSafe};
-    use std::string::String;
 
-    fn leak<T>(t: T) -> &'static T {
-        Box::leak(Box::new(t))
-    }
-
-    fn panic_message(f: impl FnOnce()) -> String {
-        let e = catch_unwind(AssertUnwindSafe(f)).expect_err("it must panic");
-        e.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| String::from(*s)))
-            .unwrap_or_default()
-    }
-
+    /// What `attach` stores through lwkt-core (`Cpu::attach_block`, tested
+    /// there: once per `Cpu` and per block) is what this backend reads:
+    /// the block's `Cpu` and APIC id, and the block from the `Cpu`.
     #[test]
-    fn one_cpu_is_driven_by_one_block() {
-        let cpu = leak(Cpu::new(CpuId::new(1)));
-        let (a, b) = (leak(PerCpu::new(1)), leak(PerCpu::new(1)));
-        assert_eq!(kick_dest(cpu), None, "not attached: no kick");
+    fn an_attached_block_and_cpu_name_each_other() {
+        let cpu: &'static Cpu = Box::leak(Box::new(Cpu::new(CpuId::new(1))));
+        let pcpu: &'static PerCpu = Box::leak(Box::new(PerCpu::new(1)));
+        assert!(pcpu.cpu().is_none() && pcpu.apic_id().is_none());
         // SAFETY: `cpu` belongs to no machine; nothing reads its words but
-        // this test.
-        unsafe { bind(a, cpu, 5) };
-        assert_eq!(kick_dest(cpu), Some(5));
-        assert!(core::ptr::eq(a.cpu().unwrap(), cpu));
-        // A second block for the same `Cpu` (two CPUs would drive it).
-        let msg = panic_message(|| {
-            // SAFETY: as above.
-            unsafe { bind(b, cpu, 6) }
-        });
-        assert!(msg.contains("Cpu 1 is attached already"), "{msg}");
-        assert!(b.cpu().is_none(), "the refused block stays unbound");
-        assert_eq!(kick_dest(cpu), Some(5), "the first binding stands");
-        // The same block for a second `Cpu`.
-        let other = leak(Cpu::new(CpuId::new(2)));
-        let msg = panic_message(|| {
-            // SAFETY: as above.
-            unsafe { bind(a, other, 7) }
-        });
-        assert!(msg.contains("CPU 1 is attached already"), "{msg}");
-        assert_eq!(kick_dest(other), None);
+        // this test; the link is the block's.
+        unsafe { cpu.attach_block(pcpu, &pcpu.link, 5) };
+        assert!(core::ptr::eq(pcpu.cpu().unwrap(), cpu));
+        assert_eq!(pcpu.apic_id(), Some(5));
+        assert_eq!(cpu.attached_dest(), Some(5));
+        // SAFETY: attached just above, as a `PerCpu`.
+        assert!(core::ptr::eq(unsafe { percpu_of(cpu) }, pcpu));
     }
 }

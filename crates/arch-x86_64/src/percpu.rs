@@ -23,7 +23,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use lwkt_core::Cpu;
+use lwkt_core::{Cpu, CpuLink};
 
 /// IA32_GS_BASE.
 pub const MSR_GS_BASE: u32 = 0xC000_0101;
@@ -52,11 +52,10 @@ pub struct PerCpu {
     self_ptr: AtomicUsize,
     /// `gs:[8]`: the CPU index (lwkt's `CpuId`).
     pub index: usize,
-    /// `gs:[16]`: lwkt's per-CPU block for this CPU, once attached (0
-    /// before).
-    cpu: AtomicUsize,
-    /// `gs:[24]`: this CPU's local APIC id, once attached.
-    apic_id: AtomicUsize,
+    /// `gs:[16]`: lwkt's per-CPU block for this CPU, once attached (null
+    /// before), and `gs:[24]`: this CPU's local APIC id, once attached
+    /// (lwkt-core's attach mechanism stores both: [`lwkt_core::attach`]).
+    pub(crate) link: CpuLink,
     /// `gs:[32]`: whether [`time::start_timer`](crate::time::start_timer)
     /// set up this CPU's local APIC timer (`Arch::set_timer` checks it).
     timer: AtomicBool,
@@ -71,8 +70,7 @@ impl PerCpu {
         PerCpu {
             self_ptr: AtomicUsize::new(0),
             index,
-            cpu: AtomicUsize::new(0),
-            apic_id: AtomicUsize::new(0),
+            link: CpuLink::new(),
             timer: AtomicBool::new(false),
             user: crate::usermode::UserCpu::new(),
         }
@@ -81,16 +79,13 @@ impl PerCpu {
     /// The lwkt CPU block this CPU runs, once
     /// [`attach`](crate::X86Arch::attach)ed.
     pub fn cpu(&self) -> Option<&'static Cpu> {
-        let p = self.cpu.load(Ordering::Acquire) as *const Cpu;
-        // SAFETY: only `claim` stores here, a `&'static Cpu`.
-        unsafe { p.as_ref() }
+        self.link.cpu()
     }
 
     /// This CPU's local APIC id, once [`attach`](crate::X86Arch::attach)
     /// recorded it.
     pub fn apic_id(&self) -> Option<u32> {
-        self.cpu()
-            .map(|_| self.apic_id.load(Ordering::Relaxed) as u32)
+        self.link.dest().map(|d| d as u32)
     }
 
     /// Whether [`time::start_timer`](crate::time::start_timer) set up
@@ -106,27 +101,6 @@ impl PerCpu {
     /// Whether [`install`] put this block in some CPU's GS.
     pub fn is_installed(&self) -> bool {
         self.self_ptr.load(Ordering::Acquire) != 0
-    }
-
-    /// Bind this block to `cpu` with APIC id `apic_id`, once: the one
-    /// place that stores the `Cpu` that `X86Arch::current_cpu` returns.
-    /// [`attach`](crate::X86Arch::attach) calls it with its lock held
-    /// (so the check and the store are one step), after checking that
-    /// `cpu` has no block.
-    ///
-    /// # Panics
-    /// If the block is bound already; nothing is changed then.
-    pub(crate) fn claim(&self, cpu: &'static Cpu, apic_id: u32) {
-        assert!(
-            self.cpu.load(Ordering::Acquire) == 0,
-            "lwkt-arch-x86_64: the PerCpu block of CPU {} is attached already \
-             (one block drives one Cpu)",
-            self.index
-        );
-        self.apic_id.store(apic_id as usize, Ordering::Relaxed);
-        // Release: a reader that sees the `Cpu` sees the APIC id.
-        self.cpu
-            .store(cpu as *const Cpu as usize, Ordering::Release);
     }
 }
 
@@ -256,31 +230,13 @@ pub unsafe fn bases() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::boxed::Box;
-    use std::string::String;
-
-    #[test]
-    fn claim_binds_a_block_once() {
-        static PCPU: PerCpu = PerCpu::new(2);
-        let cpu: &'static Cpu = Box::leak(Box::new(Cpu::new(lwkt_core::CpuId::new(2))));
-        assert!(PCPU.cpu().is_none() && PCPU.apic_id().is_none());
-        PCPU.claim(cpu, 7);
-        assert!(core::ptr::eq(PCPU.cpu().unwrap(), cpu));
-        assert_eq!(PCPU.apic_id(), Some(7));
-        let other: &'static Cpu = Box::leak(Box::new(Cpu::new(lwkt_core::CpuId::new(3))));
-        let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| PCPU.claim(other, 8)))
-            .unwrap_err();
-        let msg = e.downcast_ref::<String>().unwrap();
-        assert!(msg.contains("CPU 2 is attached already"), "{msg}");
-        assert!(core::ptr::eq(PCPU.cpu().unwrap(), cpu), "unchanged");
-    }
 
     #[test]
     fn layout_is_what_the_asm_reads() {
         assert_eq!(core::mem::offset_of!(PerCpu, self_ptr), 0);
         assert_eq!(core::mem::offset_of!(PerCpu, index), 8);
-        assert_eq!(core::mem::offset_of!(PerCpu, cpu), 16);
-        assert_eq!(core::mem::offset_of!(PerCpu, apic_id), 24);
+        assert_eq!(core::mem::offset_of!(PerCpu, link), 16);
+        assert_eq!(core::mem::size_of::<CpuLink>(), 16);
         assert_eq!(core::mem::offset_of!(PerCpu, timer), 32);
         assert_eq!(core::mem::offset_of!(PerCpu, user), 40);
     }

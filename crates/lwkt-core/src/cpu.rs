@@ -431,8 +431,10 @@ pub struct Cpu {
     pub(crate) shutdown: AtomicBool,
     pub(crate) live_threads: AtomicUsize,
     pub(crate) stats: CpuStats,
-    /// Words for the backend's own per-CPU state.
-    arch_words: [AtomicUsize; 4],
+    /// Words for the backend's own per-CPU state. Pointers, so that a
+    /// word that holds one keeps its provenance (`attach`'s block:
+    /// `set_arch_word_ptr`); a number is stored without one.
+    arch_words: [AtomicPtr<()>; 4],
 }
 
 // SAFETY: the `Cell`/`UnsafeCell` fields are touched only by code running on
@@ -518,7 +520,7 @@ impl Cpu {
             shutdown: AtomicBool::new(false),
             live_threads: AtomicUsize::new(0),
             stats: CpuStats::default(),
-            arch_words: core::array::from_fn(|_| AtomicUsize::new(0)),
+            arch_words: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
         }
     }
 
@@ -547,6 +549,13 @@ impl Cpu {
     /// # Panics
     /// If `i` is 4 or more.
     pub fn arch_word(&self, i: usize) -> usize {
+        self.arch_word_ptr(i).addr()
+    }
+
+    /// Backend word `i` as the pointer it was stored as (with its
+    /// provenance, if [`set_arch_word_ptr`](Cpu::set_arch_word_ptr)
+    /// stored it).
+    pub(crate) fn arch_word_ptr(&self, i: usize) -> *mut () {
         self.arch_words[i].load(Ordering::Acquire)
     }
 
@@ -576,7 +585,17 @@ impl Cpu {
     /// # Panics
     /// If `i` is 4 or more.
     pub unsafe fn set_arch_word(&self, i: usize, v: usize) {
-        self.arch_words[i].store(v, Ordering::Release);
+        // SAFETY: forwarded contract.
+        unsafe { self.set_arch_word_ptr(i, ptr::without_provenance_mut(v)) }
+    }
+
+    /// Store backend word `i` as a pointer, keeping its provenance (read
+    /// back with [`arch_word_ptr`](Cpu::arch_word_ptr)).
+    ///
+    /// # Safety
+    /// As for [`set_arch_word`](Cpu::set_arch_word).
+    pub(crate) unsafe fn set_arch_word_ptr(&self, i: usize, p: *mut ()) {
+        self.arch_words[i].store(p, Ordering::Release);
     }
 
     /// A copy of this CPU's counters (safe to read from anywhere).

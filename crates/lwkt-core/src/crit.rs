@@ -98,6 +98,26 @@ pub(crate) fn exit_entered_for(count: &AtomicU32, reqflags: &AtomicU32, mask: u3
     c == 1 && reqflags.load(Ordering::Relaxed) & mask != 0
 }
 
+/// Lowers a critical-section count that an interrupt frame raised for
+/// its own work (`Cpu::interrupt_entry`, `Cpu::preempt_from_interrupt_with`),
+/// without testing the request flags: not a `crit_exit`. Sound, and
+/// nothing is lost, because the frame runs with its interrupt masked: what
+/// arrived while the count was raised set a request bit
+/// ([`interrupt_arrives`]), and that bit waits for the interrupted
+/// thread's next final `crit_exit` (or switch, or idle loop) or the next
+/// interrupt, which run it; a `crit_exit` here would run it from the
+/// frame instead, processing again in a frame that has just processed
+/// (and, from the preemption frame, could nest frames without bound).
+/// The count was raised by the caller, so it is not zero. DragonFly: the
+/// `td_critcount` decrement at the end of `Xipiq` and `doreti`.
+#[inline(always)]
+pub(crate) fn leave_frame(count: &AtomicU32) {
+    let c = count.load(Ordering::Relaxed);
+    debug_assert!(c != 0);
+    count.store(c.wrapping_sub(1), Ordering::Relaxed);
+    signal_fence();
+}
+
 #[cold]
 #[inline(never)]
 fn crit_underflow() -> ! {

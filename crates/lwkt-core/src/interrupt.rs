@@ -58,9 +58,7 @@ impl Cpu {
         }
         crit::enter(&td.critcount);
         work(self);
-        let c = td.critcount.load(Ordering::Relaxed);
-        td.critcount.store(c - 1, Ordering::Relaxed);
-        crate::sync::signal_fence();
+        crit::leave_frame(&td.critcount);
     }
 
     /// Interrupt entry for a backend whose interrupt may land anywhere in
@@ -215,12 +213,8 @@ impl Cpu {
             }
         }
         td.clear(tdf::IN_FRAME);
-        // Leave without another `crit_exit`: the interrupt is masked, and
-        // what was recorded meanwhile waits for the thread's next exit or
-        // the next interrupt, as at the end of `interrupt_entry`.
-        let c = td.critcount.load(Ordering::Relaxed);
-        td.critcount.store(c - 1, Ordering::Relaxed);
-        crate::sync::signal_fence();
+        // Leave without another `crit_exit` (see `leave_frame`).
+        crit::leave_frame(&td.critcount);
     }
 
     /// Does `td`, running and interrupted, have a switch to make from the

@@ -121,6 +121,7 @@
 extern crate std;
 
 mod arch;
+pub mod attach;
 mod callout;
 mod cpu;
 mod cpumask;
@@ -161,6 +162,7 @@ mod loom_models;
 pub use lwkt_token as token;
 
 pub use arch::{Arch, Context, EntryFn, Stack};
+pub use attach::CpuLink;
 pub use callout::{Callout, Fired};
 pub use cpu::{
     Cpu, CpuId, CpuMask, CpuSnapshot, CpuStats, CpuStatsSnapshot, MachineState, MAX_CPUS,

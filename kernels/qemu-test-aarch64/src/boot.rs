@@ -11,7 +11,9 @@
 //!   1 GiB blocks, identity mapped: 0–1 GiB Device-nGnRnE (the GIC, the
 //!   PL011, fw_cfg), 1–4 GiB Normal write-back cacheable, inner
 //!   shareable (RAM: exclusive loads/stores, unaligned accesses and the
-//!   caches need Normal memory).
+//!   caches need Normal memory), and 256–257 GiB Device-nGnRnE (QEMU
+//!   virt's second GICv3 redistributor region, there with more than 123
+//!   CPUs).
 //! - The boot CPU zeroes `.bss` (with the caches on) and calls
 //!   `bsp_main(dtb)`.
 
@@ -47,8 +49,26 @@ static LWKT_BOOT_L1: Table = {
     t[1] = (1 << 30) | NORMAL;
     t[2] = (2 << 30) | NORMAL;
     t[3] = (3 << 30) | NORMAL;
+    t[HIGH_DEVICE_GIB] = (HIGH_DEVICE_GIB as u64) << 30 | DEVICE;
     Table(t)
 };
+
+/// The 1 GiB block of high device memory the table maps (QEMU virt's
+/// `VIRT_HIGH_GIC_REDIST2` at 256 GiB).
+const HIGH_DEVICE_GIB: usize = 256;
+
+/// Where the table maps Normal cacheable RAM: 1 GiB up to here.
+pub const RAM_MAPPED_END: usize = 4 << 30;
+
+/// Whether `start..start + len` lies in device memory the boot table maps
+/// (0–1 GiB, or the high block at 256 GiB).
+pub fn device_mapped(start: usize, len: usize) -> bool {
+    let Some(end) = start.checked_add(len) else {
+        return false;
+    };
+    let high = HIGH_DEVICE_GIB << 30;
+    end <= 1 << 30 || (start >= high && end <= high + (1 << 30))
+}
 
 core::arch::global_asm!(
     r#"

@@ -1,45 +1,46 @@
-//! A bump allocator over a static region: the test kernel allocates the
-//! lwkt machine, rings and leaked ports once and frees almost nothing.
+//! The heap: the RAM above the kernel image, found in the device tree's
+//! `/memory` node ([`init`]), so it grows with the guest's `-m`; the
+//! allocator is the test program's bump allocator
+//! ([`lwkt_test_program::heap`]), shared with the x86-64 kernel.
 
-use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use lwkt_test_program::heap::{self, Bump};
 
-const HEAP: usize = 16 << 20;
-
-#[repr(C, align(4096))]
-struct Region([u8; HEAP]);
-
-static mut REGION: Region = Region([0; HEAP]);
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-struct Bump;
-
-// SAFETY: every block is a distinct, suitably aligned range of `REGION`
-// handed out once (the offset only grows); dealloc leaks.
-unsafe impl GlobalAlloc for Bump {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let base = core::ptr::addr_of_mut!(REGION) as usize;
-        let mut cur = NEXT.load(Ordering::Relaxed);
-        loop {
-            let start = (base + cur).next_multiple_of(l.align()) - base;
-            let end = start + l.size();
-            if end > HEAP {
-                return core::ptr::null_mut();
-            }
-            match NEXT.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return (base + start) as *mut u8,
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    unsafe fn dealloc(&self, _: *mut u8, _: Layout) {}
-}
+use crate::boot::RAM_MAPPED_END;
 
 #[global_allocator]
-static ALLOC: Bump = Bump;
+static ALLOC: Bump = Bump::new();
+
+extern "C" {
+    /// The end of the kernel image, BSS included (linker.ld).
+    static __kernel_end: u8;
+}
+
+/// Take the RAM above the kernel image, up to the end of its `/memory`
+/// range (or 4 GiB, where the boot table's map of RAM ends), as the heap.
+/// Returns the heap's size in bytes.
+///
+/// # Safety
+/// Once, on the boot CPU before anything allocates; `fdt` is the device
+/// tree QEMU passed (it lies below the image, at the start of RAM), and
+/// nothing else uses the RAM above the kernel image.
+pub unsafe fn init(fdt: &fdt::Fdt<'_>) -> Result<usize, &'static str> {
+    let image_end = core::ptr::addr_of!(__kernel_end) as usize;
+    let ram = fdt
+        .find_node("/memory")
+        .and_then(|n| n.reg())
+        .ok_or("the device tree has no /memory node with a reg")?
+        .filter_map(|r| {
+            let start = r.starting_address as usize;
+            r.size.map(|size| (start, start.saturating_add(size)))
+        });
+    let region = heap::ram_above(image_end, ram, RAM_MAPPED_END)?;
+    // SAFETY: caller (once, before anything allocates); the RAM above the
+    // image up to the end of its range is ours, identity mapped as Normal
+    // cacheable memory below `RAM_MAPPED_END` (boot.rs).
+    Ok(unsafe { ALLOC.init(region) })
+}
 
 /// Bytes handed out so far.
 pub fn used() -> usize {
-    NEXT.load(Ordering::Relaxed)
+    ALLOC.used()
 }

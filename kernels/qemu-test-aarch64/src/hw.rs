@@ -136,30 +136,79 @@ pub fn off() -> ! {
     }
 }
 
-/// What the device tree says: the command line and each CPU's affinity.
+/// The device tree at `addr` (QEMU virt: the start of RAM). Fails the
+/// run if there is none, without allocating (the heap comes from the
+/// tree).
+///
+/// # Safety
+/// `addr` is mapped and, if it holds a device tree, that tree stays
+/// unchanged for ever.
+pub unsafe fn fdt(addr: usize) -> fdt::Fdt<'static> {
+    // SAFETY: caller.
+    match unsafe { fdt::Fdt::from_ptr(addr as *const u8) } {
+        Ok(f) => f,
+        Err(e) => {
+            // SAFETY: caller: mapped.
+            let magic = u32::from_be(unsafe { (addr as *const u32).read_volatile() });
+            crate::fail!("no device tree at {addr:#x} (magic {magic:#x}): {e:?}")
+        }
+    }
+}
+
+/// What the device tree says: the command line, each CPU's affinity and
+/// where the GICv3 is.
 pub struct Machine {
     /// `/chosen/bootargs` (QEMU's `-append`), or empty.
     pub cmdline: &'static str,
     /// The `reg` (MPIDR affinity) of each CPU node, in order.
     pub mpidrs: alloc::vec::Vec<u64>,
+    /// The GICv3 distributor's base.
+    pub gicd: usize,
+    /// The GICv3 redistributor regions' bases (QEMU virt: one, or two
+    /// with more than 123 CPUs).
+    pub gicr: alloc::vec::Vec<usize>,
 }
 
-/// Read the device tree at `addr` (QEMU virt: the start of RAM).
-///
-/// # Safety
-/// `addr` is mapped and, if it holds a device tree, that tree stays
-/// unchanged for ever.
-pub unsafe fn read_fdt(addr: usize) -> Result<Machine, alloc::string::String> {
-    // SAFETY: caller.
-    let fdt = unsafe { fdt::Fdt::from_ptr(addr as *const u8) }.map_err(|e| {
-        // SAFETY: caller: mapped.
-        let magic = u32::from_be(unsafe { (addr as *const u32).read_volatile() });
-        alloc::format!("no device tree at {addr:#x} (magic {magic:#x}): {e:?}")
-    })?;
+/// Read the machine from the device tree (after the heap is set up).
+pub fn machine(fdt: &fdt::Fdt<'static>) -> Result<Machine, alloc::string::String> {
     let cmdline = fdt.chosen().bootargs().unwrap_or("");
     let mpidrs = fdt
         .cpus()
         .filter_map(|c| c.ids().all().next().map(|r| r as u64))
         .collect();
-    Ok(Machine { cmdline, mpidrs })
+    let gic = fdt
+        .find_compatible(&["arm,gic-v3"])
+        .ok_or("the device tree has no GICv3 (arm,gic-v3)")?;
+    // The distributor, then the redistributor regions (then, optionally,
+    // the GICv2 compatibility frames, not used here).
+    let nregions = gic
+        .property("#redistributor-regions")
+        .and_then(|p| p.as_usize())
+        .unwrap_or(1);
+    let mut regs = gic
+        .reg()
+        .ok_or("the GICv3 node has no reg")?
+        .map(|r| (r.starting_address as usize, r.size.unwrap_or(0)));
+    let (gicd, dsize) = regs.next().ok_or("the GICv3 node's reg is empty")?;
+    let rd: alloc::vec::Vec<(usize, usize)> = regs.take(nregions).collect();
+    if rd.len() != nregions {
+        return Err(alloc::format!(
+            "the GICv3 node lists {} of its {nregions} redistributor regions",
+            rd.len()
+        ));
+    }
+    for (base, size) in core::iter::once((gicd, dsize)).chain(rd.iter().copied()) {
+        if !crate::boot::device_mapped(base, size) {
+            return Err(alloc::format!(
+                "GICv3 registers at {base:#x}+{size:#x}, outside the boot table's device blocks"
+            ));
+        }
+    }
+    let gicr = rd.into_iter().map(|(base, _)| base).collect();
+    Ok(Machine {
+        cmdline,
+        mpidrs,
+        gicd,
+        gicr,
+    })
 }

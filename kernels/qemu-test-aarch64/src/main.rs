@@ -11,6 +11,12 @@
 //! runner, which first asks for a per-CPU dump by sending a character to
 //! the UART).
 //!
+//! What it needs of the machine it reads from the device tree: the RAM
+//! (`/memory`: the heap is the RAM above the image, `heap.rs`), the CPUs'
+//! affinities, the GICv3's distributor and redistributor regions (two on
+//! QEMU `virt` with more than 123 CPUs) and the command line. It runs
+//! with up to 256 CPUs (`boot::MAX_CPUS`, lwkt's `MAX_CPUS`).
+//!
 //! Command line (`-append`): `rounds=N` (default 200), `fault=CPU` (that
 //! CPU executes an undefined instruction once online: the negative test),
 //! `expect-cpus=N` (wait for N CPUs instead of the device tree's count),
@@ -31,21 +37,18 @@ mod heap;
 #[macro_use]
 mod hw;
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use lwkt_arch_aarch64::percpu::{self, PerCpu};
 use lwkt_arch_aarch64::psci::{self, Conduit};
 use lwkt_arch_aarch64::vectors::{self, Fault, Frame};
 use lwkt_arch_aarch64::{gic, time, A64Arch};
-use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
+use lwkt_core::{Cpu, Priority};
+use lwkt_test_program::bringup::{self, Bringup, HangLine};
+use lwkt_test_program::opts::{self, Opts};
 
 use boot::MAX_CPUS;
 
-/// QEMU virt's GICv3 distributor and redistributor region.
-const GICD: usize = 0x0800_0000;
-const GICR: usize = 0x080A_0000;
 /// Where QEMU puts the device tree for an ELF kernel: the start of RAM.
 const FDT_AT: usize = 0x4000_0000;
 /// The SGI that asks every CPU for its hang dump (a kernel SGI: lwkt's
@@ -60,80 +63,13 @@ const DUMP_SGI: u32 = 1;
 // addresses and calls no lwkt code but `Cpu::snapshot`.
 static ARCH: A64Arch = unsafe { A64Arch::new() };
 /// Each CPU's block.
-static PERCPU: [PerCpu; MAX_CPUS] = {
-    let mut i = 0;
-    let mut a = [const { PerCpu::new(0) }; MAX_CPUS];
-    while i < MAX_CPUS {
-        a[i] = PerCpu::new(i);
-        i += 1;
-    }
-    a
-};
+static PERCPU: [PerCpu; MAX_CPUS] = lwkt_test_program::per_cpu_blocks!(PerCpu, MAX_CPUS);
 static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
 static OPTS: spin::Once<Opts> = spin::Once::new();
-/// Secondary CPUs that reached `ap_main` and attached.
-static ONLINE: AtomicUsize = AtomicUsize::new(0);
-/// Set by the boot CPU once every CPU is online.
-static GO: AtomicBool = AtomicBool::new(false);
-/// Secondary CPUs that left their idle loops.
-static DONE: AtomicUsize = AtomicUsize::new(0);
+/// Bring-up: CPUs online, the boot CPU's go, CPUs out of their idle loops.
+static BRINGUP: Bringup = Bringup::new();
 /// Per CPU: did TPIDR_EL1 read back as its block?
 static TP_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-/// CPUs that printed their hang dump.
-static DUMPED: AtomicUsize = AtomicUsize::new(0);
-
-const STACK_REGION: usize = 16 << 20;
-/// A 64 KiB stack plus the pool's canary room, page-rounded.
-const STACK_SLOT: usize = (64 + 4) << 10;
-#[repr(C, align(4096))]
-struct Stacks([u8; STACK_REGION]);
-static mut STACKS: Stacks = Stacks([0; STACK_REGION]);
-
-/// How long the boot CPU waits for the others to come online (and to
-/// leave their idle loops), in ns.
-const ONLINE_TIMEOUT_NS: u64 = 5_000_000_000;
-
-/// The command line, parsed.
-#[derive(Debug, Clone, Copy)]
-struct Opts {
-    rounds: u64,
-    fault: Option<usize>,
-    expect_cpus: Option<usize>,
-    hang: bool,
-    attach_twice: bool,
-}
-
-impl Opts {
-    fn parse(cmdline: &str) -> Result<Opts, alloc::string::String> {
-        let mut o = Opts {
-            rounds: 200,
-            fault: None,
-            expect_cpus: None,
-            hang: false,
-            attach_twice: false,
-        };
-        for w in cmdline.split_whitespace() {
-            let (k, v) = w.split_once('=').unwrap_or((w, ""));
-            let num = || {
-                v.parse::<u64>()
-                    .map_err(|_| alloc::format!("option '{w}': '{v}' is not a number"))
-            };
-            match k {
-                "rounds" => o.rounds = num()?.max(1),
-                "fault" => o.fault = Some(num()? as usize),
-                "expect-cpus" => o.expect_cpus = Some(num()? as usize),
-                "hang" => o.hang = true,
-                "attach-twice" => o.attach_twice = true,
-                _ => {
-                    return Err(alloc::format!(
-                        "unknown option '{w}' (known: rounds=N fault=CPU expect-cpus=N hang attach-twice)"
-                    ))
-                }
-            }
-        }
-        Ok(o)
-    }
-}
 
 /// What the shared test program needs from this kernel.
 struct A64Kernel;
@@ -163,10 +99,7 @@ impl lwkt_test_program::Kernel for A64Kernel {
     }
 
     fn relax(&self) {
-        // `yield` (see `A64Arch::pause`): the spinning vCPU lets the
-        // others run under single-threaded TCG.
-        // SAFETY: a hint with no effect on state.
-        unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+        relax()
     }
 
     fn cpu_header(&self) -> &'static str {
@@ -183,6 +116,13 @@ impl lwkt_test_program::Kernel for A64Kernel {
         );
         ok
     }
+}
+
+/// The body of every spin loop: `yield` (see `A64Arch::pause`), so that
+/// the spinning vCPU lets the others run under single-threaded TCG.
+fn relax() {
+    // SAFETY: a hint with no effect on state.
+    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
 }
 
 /// The index of the CPU this runs on, found without trusting TPIDR_EL1:
@@ -230,18 +170,17 @@ fn on_irq(intid: u32, frame: &Frame) {
 /// README).
 fn dump(frame: &Frame) -> ! {
     let cpu = cpu_here();
-    match cpu.and_then(|i| PERCPU[i].cpu()) {
+    let line = HangLine {
+        reg: "pc",
+        pc: frame.elr,
+        cpu,
         // SAFETY: on this CPU, in its IRQ entry, the `Cpu` attached to it.
-        Some(c) => hw::print_dump(format_args!("HANG pc={:#x} {}\n", frame.elr, unsafe {
-            c.snapshot()
-        })),
-        None => hw::print_dump(format_args!(
-            "HANG pc={:#x} cpu {cpu:?}: not attached\n",
-            frame.elr
-        )),
-    }
-    let online = ONLINE.load(Ordering::Acquire) + 1;
-    if DUMPED.fetch_add(1, Ordering::AcqRel) + 1 >= online {
+        state: cpu
+            .and_then(|i| PERCPU[i].cpu())
+            .map(|c| unsafe { c.snapshot() }),
+    };
+    hw::print_dump(format_args!("{line}"));
+    if BRINGUP.dumped() {
         hw::exit(false)
     }
     loop {
@@ -295,22 +234,22 @@ extern "C" fn bsp_main(x0: usize) -> ! {
     // finds it at the start of RAM.
     let at = if x0 != 0 { x0 } else { FDT_AT };
     // SAFETY: RAM, identity mapped; nothing writes the tree.
-    let m = match unsafe { hw::read_fdt(at) } {
-        Ok(m) => m,
-        Err(e) => fail!("{e}"),
-    };
+    let fdt = unsafe { hw::fdt(at) };
+    // SAFETY: once, on the boot CPU, before anything allocates; the tree
+    // is QEMU's (below the image); the RAM above the image is ours.
+    match unsafe { heap::init(&fdt) } {
+        Ok(n) => kprintln!("lwkt-qemu-test-aarch64: heap {} MiB", n >> 20),
+        Err(e) => fail!("heap: {e}"),
+    }
+    let m = hw::machine(&fdt).unwrap_or_else(|e| fail!("{e}"));
     kprintln!("lwkt-qemu-test-aarch64: cmdline '{}'", m.cmdline);
-    let opts = match Opts::parse(m.cmdline) {
+    let opts = match opts::parse(m.cmdline, "", |_, _, _| Ok(false)) {
         Ok(o) => *OPTS.call_once(|| o),
         Err(e) => fail!("{e}"),
     };
-    let ncpus = opts.expect_cpus.unwrap_or(m.mpidrs.len());
-    if ncpus == 0 || ncpus > MAX_CPUS {
-        fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");
-    }
-    if let Some(f) = opts.fault.filter(|&f| f == 0 || f >= ncpus) {
-        fail!("fault={f}: pick a secondary CPU, 1 to {}", ncpus - 1);
-    }
+    let ncpus = opts
+        .ncpus(m.mpidrs.len(), MAX_CPUS)
+        .unwrap_or_else(|e| fail!("{e}"));
     if m.mpidrs.first().copied() != Some(percpu::mpidr_affinity()) {
         fail!(
             "the boot CPU's affinity {:#x} is not the device tree's first CPU {:?}",
@@ -318,9 +257,17 @@ extern "C" fn bsp_main(x0: usize) -> ! {
             m.mpidrs.first()
         );
     }
-    // SAFETY: the boot CPU, once, before any CPU's `init_cpu`; QEMU virt's
-    // GICv3, mapped as device memory by the boot table.
-    unsafe { gic::init_distributor(GICD, GICR) };
+    if m.gicr.len() > gic::MAX_REDIST_REGIONS {
+        fail!(
+            "{} GICv3 redistributor regions: the backend takes at most {}",
+            m.gicr.len(),
+            gic::MAX_REDIST_REGIONS
+        );
+    }
+    // SAFETY: the boot CPU, once, before any CPU's `init_cpu`; the GICv3
+    // the device tree names, its registers in the boot table's device
+    // blocks (checked by `hw::machine`).
+    unsafe { gic::init_distributor(m.gicd, &m.gicr) };
     let tb = time::init();
     kprintln!(
         "lwkt-qemu-test-aarch64: clock: generic timer, virtual counter at {}.{:03} MHz, timer PPI {}",
@@ -329,33 +276,14 @@ extern "C" fn bsp_main(x0: usize) -> ! {
         gic::TIMER_PPI
     );
 
-    let cpus: &'static [Cpu] = Box::leak(
-        (0..ncpus)
-            .map(|i| Cpu::new(CpuId::new(i as u32)))
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    let rings: &'static [IpiRing] = Box::leak(
-        (0..MachineState::rings_needed(ncpus))
-            .map(|_| IpiRing::new())
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    // SAFETY: `cpus` and `rings` are leaked: alive and in place for ever.
-    let machine: &'static MachineState =
-        Box::leak(Box::new(unsafe { MachineState::new(&ARCH, cpus, rings) }));
-    // SAFETY: the machine, CPU blocks and rings are leaked; no CPU runs
-    // lwkt yet.
-    unsafe { machine.bind() };
+    // SAFETY: no CPU runs lwkt yet; every CPU attaches to `ARCH`.
+    let (_, cpus) = unsafe { bringup::build_machine(&ARCH, ncpus) };
     CPUS.call_once(|| cpus);
-    // SAFETY: the region is a static used for nothing else.
-    unsafe {
-        ARCH.stacks().init(
-            core::ptr::addr_of_mut!(STACKS).cast(),
-            STACK_REGION,
-            STACK_SLOT,
-        )
-    };
+    let (stacks, stack_len) =
+        bringup::stack_region(ncpus, heap::used).unwrap_or_else(|e| fail!("{e}"));
+    // SAFETY: a fresh heap block, page aligned, never freed, used for
+    // nothing else.
+    unsafe { ARCH.stacks().init(stacks, stack_len, bringup::STACK_SLOT) };
     // SAFETY: CPU 0, once, IRQs masked.
     unsafe { setup_cpu(0, cpus) };
     // SAFETY: the kernel's IRQ hook prints and stops; it takes no lock an
@@ -389,12 +317,9 @@ extern "C" fn bsp_main(x0: usize) -> ! {
             kprintln!("cpu {i}: PSCI CPU_ON({mpidr:#x}) failed: {e:?}");
         }
     }
-    while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
-        if tb.ticks_to_ns(time::count() - t) > ONLINE_TIMEOUT_NS {
-            let up = ONLINE.load(Ordering::Acquire) + 1;
-            fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
-        }
-        core::hint::spin_loop();
+    let since = |t: u64| move || tb.ticks_to_ns(time::count() - t);
+    if let Err(up) = BRINGUP.wait_online(ncpus, since(t), relax) {
+        fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
     }
     kprintln!(
         "lwkt-qemu-test-aarch64: all {ncpus} CPUs online {} us after the first CPU_ON",
@@ -412,17 +337,11 @@ extern "C" fn bsp_main(x0: usize) -> ! {
         cpus[0]
             .spawn_boot_thread(Priority::default(), 64 << 10, "test-main", move |cur| {
                 lwkt_test_program::run(&A64Kernel, cur, opts.rounds, cpus);
-                if opts.hang {
-                    kprintln!("hanging on purpose (hang)");
-                    cur.sleep(0x4841_4e47);
-                }
-                for c in cpus {
-                    c.request_shutdown();
-                }
+                lwkt_test_program::end_test_thread(&A64Kernel, cur, opts.hang, cpus);
             })
             .unwrap_or_else(|e| fail!("cannot create the test thread: {e}"));
     }
-    GO.store(true, Ordering::Release);
+    BRINGUP.go();
     // SAFETY: unmasking IRQs: the vectors, the block and the GIC are set
     // up on this CPU.
     unsafe { core::arch::asm!("msr daifclr, #2") };
@@ -431,17 +350,14 @@ extern "C" fn bsp_main(x0: usize) -> ! {
     // SAFETY: masking IRQs has no precondition.
     unsafe { core::arch::asm!("msr daifset, #2") };
 
-    let t = time::count();
-    while DONE.load(Ordering::Acquire) < ncpus - 1 {
-        if tb.ticks_to_ns(time::count() - t) > ONLINE_TIMEOUT_NS {
-            fail!("a CPU did not leave its idle loop after shutdown");
-        }
-        core::hint::spin_loop();
+    if BRINGUP
+        .wait_done(ncpus, since(time::count()), relax)
+        .is_err()
+    {
+        fail!("a CPU did not leave its idle loop after shutdown");
     }
     let ok = lwkt_test_program::report(cpus);
-    kprintln!("heap used: {} KiB", heap::used() / 1024);
-    if ok {
-        kprintln!("PASS");
+    if lwkt_test_program::verdict(&A64Kernel, ok, heap::used()) {
         hw::exit(true)
     }
     fail!("a check failed (see above)")
@@ -459,23 +375,21 @@ extern "C" fn ap_main(idx: usize) -> ! {
     // SAFETY: this CPU, once, IRQs masked (boot code); the boot CPU set up
     // the distributor and the clock before CPU_ON.
     unsafe { setup_cpu(idx, cpus) };
-    ONLINE.fetch_add(1, Ordering::Release);
+    BRINGUP.online();
     if OPTS.get().and_then(|o| o.fault) == Some(idx) {
         kprintln!("cpu {idx}: faulting on purpose (fault={idx})");
         // SAFETY: the negative test: an undefined instruction, reported by
         // the fault handler with its exception class.
         unsafe { core::arch::asm!("udf #0") };
     }
-    while !GO.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
+    BRINGUP.wait_go(relax);
     // SAFETY: as on the boot CPU.
     unsafe { core::arch::asm!("msr daifclr, #2") };
     // SAFETY: on this CPU, once, after `bind`.
     unsafe { cpus[idx].idle_loop() };
     // SAFETY: masking IRQs has no precondition.
     unsafe { core::arch::asm!("msr daifset, #2") };
-    DONE.fetch_add(1, Ordering::Release);
+    BRINGUP.left_idle_loop();
     loop {
         aarch64_cpu::asm::wfi();
     }

@@ -48,9 +48,7 @@ mod uprog;
 mod usermem;
 mod usertest;
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use lwkt_arch_x86_64::apic::{self, Icr, Mode};
 use lwkt_arch_x86_64::idt::{self, device_vector, FaultFrame, Idt, SPURIOUS_VECTOR};
@@ -58,7 +56,9 @@ use lwkt_arch_x86_64::percpu::{self, PerCpu};
 use lwkt_arch_x86_64::time::{self, TimeBase};
 use lwkt_arch_x86_64::usermode;
 use lwkt_arch_x86_64::X86Arch;
-use lwkt_core::{Cpu, CpuId, IpiRing, MachineState, Priority};
+use lwkt_core::{Cpu, MachineState, Priority};
+use lwkt_test_program::bringup::{self, Bringup, HangLine};
+use lwkt_test_program::opts;
 
 use boot::MAX_CPUS;
 
@@ -120,15 +120,7 @@ impl lwkt_test_program::Kernel for X86Kernel {
 // `Cpu::snapshot` on a CPU that is attached.
 static ARCH: X86Arch = unsafe { X86Arch::new() };
 /// Each CPU's GS block.
-static PERCPU: [PerCpu; MAX_CPUS] = {
-    let mut i = 0;
-    let mut a = [const { PerCpu::new(0) }; MAX_CPUS];
-    while i < MAX_CPUS {
-        a[i] = PerCpu::new(i);
-        i += 1;
-    }
-    a
-};
+static PERCPU: [PerCpu; MAX_CPUS] = lwkt_test_program::per_cpu_blocks!(PerCpu, MAX_CPUS);
 static IDT: spin::Once<Idt> = spin::Once::new();
 /// Each CPU's GDT, TSS and IST stacks (user mode).
 static CPU_TABLES: [usermode::CpuTables; MAX_CPUS] =
@@ -136,52 +128,21 @@ static CPU_TABLES: [usermode::CpuTables; MAX_CPUS] =
 static MACHINE: spin::Once<&'static MachineState> = spin::Once::new();
 static CPUS: spin::Once<&'static [Cpu]> = spin::Once::new();
 static OPTS: spin::Once<Opts> = spin::Once::new();
-/// APs that reached `ap_main` and attached.
-static ONLINE: AtomicUsize = AtomicUsize::new(0);
-/// Set by the BSP once every CPU is online: APs enter their idle loops.
-static GO: AtomicBool = AtomicBool::new(false);
-/// APs that left their idle loops.
-static DONE: AtomicUsize = AtomicUsize::new(0);
+/// Bring-up: APs online, the BSP's go, APs out of their idle loops.
+static BRINGUP: Bringup = Bringup::new();
 /// Per CPU: did `gs:[0]` and the GS MSRs read back as installed?
 static GS_OK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-
-/// A 64 KiB stack plus the pool's canary room, page-rounded.
-const STACK_SLOT: usize = (64 + 4) << 10;
-/// The stack pool's region: 8 MiB, and 1 MiB (15 stacks) per CPU for its
-/// idle thread and the test threads placed on it.
-fn stack_region_len(ncpus: usize) -> usize {
-    (8 + ncpus) << 20
-}
 
 /// The waits of AP start-up after the INIT and after each SIPI, in ns.
 const INIT_DELAY_NS: u64 = 10_000_000;
 const SIPI_DELAY_NS: u64 = 200_000;
-/// How long the BSP waits for APs (and for them to finish), in TSC
-/// cycles, for up to 16 CPUs; [`online_timeout`] scales it.
-const ONLINE_TIMEOUT: u64 = 6_000_000_000;
 
-/// [`ONLINE_TIMEOUT`] for `ncpus` CPUs: one more share per 16 CPUs
-/// (multi-threaded TCG starts 255 vCPU threads on this 2-core host in
-/// more than the 16-CPU allowance).
-fn online_timeout(ncpus: usize) -> u64 {
-    ONLINE_TIMEOUT * ncpus.div_ceil(16).max(1) as u64
-}
-
-/// The command line, parsed.
+/// The command line, parsed: the test program's options
+/// ([`lwkt_test_program::opts`]) and this kernel's own.
 #[derive(Debug, Clone, Copy)]
 struct Opts {
-    rounds: u64,
+    common: opts::Opts,
     apic: Option<Mode>,
-    fault: Option<usize>,
-    /// Wait for this many CPUs instead of fw_cfg's count (more than exist
-    /// tests the "a CPU never came online" path).
-    expect_cpus: Option<usize>,
-    /// Hang on purpose after the tests (the test thread sleeps forever):
-    /// the negative test of the xtask's timeout and its NMI dump.
-    hang: bool,
-    /// Attach CPU 0's `Cpu` twice: the negative test of `attach`'s check
-    /// that one `Cpu` has one CPU driving it.
-    attach_twice: bool,
     /// `tsc=pit` and `timer=oneshot`: the paths TCG takes, under KVM too.
     time: time::Options,
     /// `user`, `user-only`, `user-ops=N`, `user-bench`, `user-samples=N`.
@@ -190,78 +151,62 @@ struct Opts {
 
 impl Opts {
     fn parse(cmdline: &str) -> Result<Opts, alloc::string::String> {
-        let mut o = Opts {
-            rounds: 200,
-            apic: None,
-            fault: None,
-            expect_cpus: None,
-            hang: false,
-            attach_twice: false,
-            time: time::Options::default(),
-            user: usertest::UserOpts::default(),
-        };
-        for w in cmdline.split_whitespace() {
-            let (k, v) = w.split_once('=').unwrap_or((w, ""));
-            let num = || {
-                v.parse::<u64>()
-                    .map_err(|_| alloc::format!("option '{w}': '{v}' is not a number"))
-            };
+        let (mut apic, mut t, mut user) = (
+            None,
+            time::Options::default(),
+            usertest::UserOpts::default(),
+        );
+        let known = "apic=auto|xapic|x2apic tsc=auto|pit timer=auto|oneshot user user-only \
+                     user-ops=N user-bench user-samples=N syscall=auto|insn|int|trap";
+        let common = opts::parse(cmdline, known, |w, k, v| {
+            let bad = |what: &str| Err(alloc::format!("option '{w}': {what}"));
             match k {
-                "rounds" => o.rounds = num()?.max(1),
-                "fault" => o.fault = Some(num()? as usize),
-                "expect-cpus" => o.expect_cpus = Some(num()? as usize),
-                "hang" => o.hang = true,
-                "attach-twice" => o.attach_twice = true,
-                "user" => o.user.on = true,
-                "user-only" => o.user.only = true,
-                "user-ops" => o.user.ops = num()?,
-                "user-bench" => o.user.bench = true,
-                "user-samples" => o.user.samples = num()?.max(1),
+                "user" => user.on = true,
+                "user-only" => user.only = true,
+                "user-ops" => user.ops = opts::number(w, v)?,
+                "user-bench" => user.bench = true,
+                "user-samples" => user.samples = opts::number(w, v)?.max(1),
                 "syscall" => {
-                    o.user.int = match v {
+                    user.int = match v {
                         "auto" => None,
                         "insn" => Some(0),
                         "int" => Some(1),
                         "trap" => Some(2),
-                        _ => {
-                            return Err(alloc::format!(
-                                "option '{w}': syscall=auto|insn|int|trap"
-                            ))
-                        }
+                        _ => return bad("syscall=auto|insn|int|trap"),
                     }
                 }
                 "tsc" => {
-                    o.time.force_pit = match v {
+                    t.force_pit = match v {
                         "auto" => false,
                         "pit" => true,
-                        _ => return Err(alloc::format!("option '{w}': tsc=auto|pit")),
+                        _ => return bad("tsc=auto|pit"),
                     }
                 }
                 "timer" => {
-                    o.time.force_oneshot = match v {
+                    t.force_oneshot = match v {
                         "auto" => false,
                         "oneshot" => true,
-                        _ => return Err(alloc::format!("option '{w}': timer=auto|oneshot")),
+                        _ => return bad("timer=auto|oneshot"),
                     }
                 }
                 "apic" => {
-                    o.apic = match v {
+                    apic = match v {
                         "auto" => None,
                         "xapic" => Some(Mode::XApic),
                         "x2apic" => Some(Mode::X2Apic),
-                        _ => return Err(alloc::format!("option '{w}': apic=auto|xapic|x2apic")),
+                        _ => return bad("apic=auto|xapic|x2apic"),
                     }
                 }
-                _ => {
-                    return Err(alloc::format!(
-                        "unknown option '{w}' (known: rounds=N apic=auto|xapic|x2apic fault=CPU expect-cpus=N \
-                         hang attach-twice tsc=auto|pit timer=auto|oneshot user user-only user-ops=N \
-                         user-bench user-samples=N syscall=auto|insn|int|trap)"
-                    ))
-                }
+                _ => return Ok(false),
             }
-        }
-        Ok(o)
+            Ok(true)
+        })?;
+        Ok(Opts {
+            common,
+            apic,
+            time: t,
+            user,
+        })
     }
 }
 
@@ -291,27 +236,22 @@ fn on_fault(f: &FaultFrame) -> ! {
     )
 }
 
-/// CPUs that have printed their NMI dump.
-static DUMPED: AtomicUsize = AtomicUsize::new(0);
-
 /// An NMI: the xtask sends one to every CPU (QEMU's monitor command `nmi`)
 /// when a run times out. Print where this CPU was and its LWKT state, one
 /// line, then stop; the last CPU to print ends the run as a failure.
 fn nmi_dump(cpu: Option<usize>, f: &FaultFrame) -> ! {
-    // The `Cpu` this CPU's installed block is attached to, if any.
-    let attached = cpu.and_then(|i| PERCPU[i].cpu());
-    match attached {
+    let line = HangLine {
+        reg: "rip",
+        pc: f.rip,
+        cpu,
+        // The `Cpu` this CPU's installed block is attached to, if any.
         // SAFETY: on this CPU (its own NMI), the `Cpu` attached to it.
-        Some(c) => hw::print_nmi(format_args!("HANG rip={:#x} {}\n", f.rip, unsafe {
-            c.snapshot()
-        })),
-        None => hw::print_nmi(format_args!(
-            "HANG rip={:#x} cpu {cpu:?}: not attached\n",
-            f.rip
-        )),
-    }
-    let online = ONLINE.load(Ordering::Acquire) + 1;
-    if DUMPED.fetch_add(1, Ordering::AcqRel) + 1 >= online {
+        state: cpu
+            .and_then(|i| PERCPU[i].cpu())
+            .map(|c| unsafe { c.snapshot() }),
+    };
+    hw::print_nmi(format_args!("{line}"));
+    if BRINGUP.dumped() {
         hw::exit(false)
     }
     loop {
@@ -402,16 +342,13 @@ extern "C" fn bsp_main(info: usize) -> ! {
     // APIC id register and the GS base MSR; outside its test it passes
     // every NMI on to `on_fault` (the hang dump).
     unsafe { idt::set_nmi_handler(usertest::nmi_handler) };
-    let ncpus = opts.expect_cpus.unwrap_or_else(hw::fw_cfg_ncpus);
-    if ncpus == 0 || ncpus > MAX_CPUS {
-        fail!("{ncpus} CPUs: this kernel supports 1 to {MAX_CPUS}");
-    }
-    if let Some(f) = opts.fault.filter(|&f| f == 0 || f >= ncpus) {
-        fail!(
-            "fault={f}: pick an application processor, 1 to {}",
-            ncpus - 1
-        );
-    }
+    let ncpus = opts
+        .common
+        .ncpus(
+            opts.common.expect_cpus.unwrap_or_else(hw::fw_cfg_ncpus),
+            MAX_CPUS,
+        )
+        .unwrap_or_else(|e| fail!("{e}"));
     let mode = match opts.apic {
         Some(Mode::X2Apic) if !apic::has_x2apic() => {
             fail!("apic=x2apic: this CPU has no x2APIC (TCG in QEMU 7.2 offers only xAPIC)")
@@ -434,44 +371,18 @@ extern "C" fn bsp_main(info: usize) -> ! {
     }
 
     // The lwkt machine: CPU blocks, ncpus^2 IPI rings, the backend.
-    let cpus: &'static [Cpu] = Box::leak(
-        (0..ncpus)
-            .map(|i| Cpu::new(CpuId::new(i as u32)))
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    let rings: &'static [IpiRing] = Box::leak(
-        (0..MachineState::rings_needed(ncpus))
-            .map(|_| IpiRing::new())
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    // SAFETY: `cpus` and `rings` are leaked: alive and in place for ever.
-    let machine: &'static MachineState =
-        Box::leak(Box::new(unsafe { MachineState::new(&ARCH, cpus, rings) }));
-    // SAFETY: the machine, CPU blocks and rings are leaked ('static); no
-    // CPU runs lwkt yet.
-    unsafe { machine.bind() };
+    // SAFETY: no CPU runs lwkt yet; every CPU attaches to `ARCH`.
+    let (machine, cpus) = unsafe { bringup::build_machine(&ARCH, ncpus) };
     MACHINE.call_once(|| machine);
     CPUS.call_once(|| cpus);
-    let stack_len = stack_region_len(ncpus);
-    let stack_layout = core::alloc::Layout::from_size_align(stack_len, 4096)
-        .unwrap_or_else(|_| fail!("a {stack_len}-byte stack region"));
-    // SAFETY: a non-zero size.
-    let stacks = unsafe { alloc::alloc::alloc(stack_layout) };
-    if stacks.is_null() {
-        fail!(
-            "no memory for {} MiB of thread stacks (heap used {} KiB): give the guest more (-m)",
-            stack_len >> 20,
-            heap::used() / 1024
-        );
-    }
+    let (stacks, stack_len) =
+        bringup::stack_region(ncpus, heap::used).unwrap_or_else(|e| fail!("{e}"));
     // SAFETY: a fresh heap block, page aligned, never freed, used for
     // nothing else.
-    unsafe { ARCH.stacks().init(stacks, stack_len, STACK_SLOT) };
+    unsafe { ARCH.stacks().init(stacks, stack_len, bringup::STACK_SLOT) };
     // SAFETY: CPU 0, once, interrupts off (PVH entry state).
     unsafe { setup_cpu(0, mode, cpus) };
-    if opts.attach_twice {
+    if opts.common.attach_twice {
         kprintln!("attaching cpu 0 a second time (attach-twice)");
         // SAFETY: ring 0 on CPU 0, after `install` and `apic::enable`
         // here; no CPU has started. `attach` must refuse (a panic).
@@ -506,12 +417,9 @@ extern "C" fn bsp_main(info: usize) -> ! {
         // SAFETY: as above (APs already running ignore it).
         unsafe { apic::send(Icr::startup_all_but_self(page)) };
     }
-    while ONLINE.load(Ordering::Acquire) < ncpus - 1 {
-        if hw::tsc() - t > online_timeout(ncpus) {
-            let up = ONLINE.load(Ordering::Acquire) + 1;
-            fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
-        }
-        core::hint::spin_loop();
+    let since = |t: u64| move || tb.ticks_to_ns(hw::tsc() - t);
+    if let Err(up) = BRINGUP.wait_online(ncpus, since(t), core::hint::spin_loop) {
+        fail!("only {up} of {ncpus} CPUs came online: a CPU never started");
     }
     kprintln!(
         "lwkt-qemu-test: all {ncpus} CPUs online {} us after the INIT",
@@ -524,34 +432,26 @@ extern "C" fn bsp_main(info: usize) -> ! {
         cpus[0]
             .spawn_boot_thread(Priority::default(), 64 << 10, "test-main", move |cur| {
                 if !opts.user.only {
-                    lwkt_test_program::run(&X86Kernel, cur, opts.rounds, cpus);
+                    lwkt_test_program::run(&X86Kernel, cur, opts.common.rounds, cpus);
                 }
                 if opts.user.on || opts.user.only {
                     usertest::run(cur, opts.user);
                 }
-                if opts.hang {
-                    kprintln!("hanging on purpose (hang)");
-                    // Nobody wakes this channel.
-                    cur.sleep(0x4841_4e47);
-                }
-                for c in cpus {
-                    c.request_shutdown();
-                }
+                lwkt_test_program::end_test_thread(&X86Kernel, cur, opts.common.hang, cpus);
             })
             .unwrap_or_else(|e| fail!("cannot create the test thread: {e}"));
     }
-    GO.store(true, Ordering::Release);
+    BRINGUP.go();
     x86_64::instructions::interrupts::enable();
     // SAFETY: on CPU 0, once, after `bind`.
     unsafe { cpus[0].idle_loop() };
     x86_64::instructions::interrupts::disable();
 
-    let t = hw::tsc();
-    while DONE.load(Ordering::Acquire) < ncpus - 1 {
-        if hw::tsc() - t > online_timeout(ncpus) {
-            fail!("a CPU did not leave its idle loop after shutdown");
-        }
-        core::hint::spin_loop();
+    if BRINGUP
+        .wait_done(ncpus, since(hw::tsc()), core::hint::spin_loop)
+        .is_err()
+    {
+        fail!("a CPU did not leave its idle loop after shutdown");
     }
     let ok = if opts.user.only {
         GS_OK[..ncpus].iter().all(|g| g.load(Ordering::Relaxed))
@@ -559,9 +459,7 @@ extern "C" fn bsp_main(info: usize) -> ! {
         lwkt_test_program::report(cpus)
     };
     let ok = usertest::report(ncpus) && ok;
-    kprintln!("heap used: {} KiB", heap::used() / 1024);
-    if ok {
-        kprintln!("PASS");
+    if lwkt_test_program::verdict(&X86Kernel, ok, heap::used()) {
         hw::exit(true)
     }
     fail!("a check failed (see above)")
@@ -584,20 +482,18 @@ extern "C" fn ap_main(idx: usize) -> ! {
         setup_cpu(idx, mode, cpus);
         time::start_timer();
     }
-    ONLINE.fetch_add(1, Ordering::Release);
-    if OPTS.get().and_then(|o| o.fault) == Some(idx) {
+    BRINGUP.online();
+    if OPTS.get().and_then(|o| o.common.fault) == Some(idx) {
         kprintln!("cpu {idx}: faulting on purpose (fault={idx})");
         // SAFETY: the negative test: #UD, reported by the fault handler.
         unsafe { core::arch::asm!("ud2") };
     }
-    while !GO.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
+    BRINGUP.wait_go(core::hint::spin_loop);
     x86_64::instructions::interrupts::enable();
     // SAFETY: on this CPU, once, after `bind` (the BSP bound before SIPI).
     unsafe { cpus[idx].idle_loop() };
     x86_64::instructions::interrupts::disable();
-    DONE.fetch_add(1, Ordering::Release);
+    BRINGUP.left_idle_loop();
     loop {
         x86_64::instructions::hlt();
     }

@@ -28,7 +28,10 @@ use core::fmt;
 
 use lwkt_core::{Cpu, Cur};
 
+pub mod bringup;
+pub mod heap;
 mod interrupts;
+pub mod opts;
 mod tests;
 
 /// The most CPUs the test program (and both kernels) support.
@@ -64,6 +67,21 @@ pub trait Kernel: Sync {
     fn relax(&self) {
         core::hint::spin_loop();
     }
+}
+
+/// A kernel's per-CPU blocks, `[T; n]` built in a `const` with
+/// `T::new(i)` for block `i` (both kernels' `PERCPU`).
+#[macro_export]
+macro_rules! per_cpu_blocks {
+    ($t:ty, $n:expr) => {{
+        let mut a = [const { <$t>::new(0) }; $n];
+        let mut i = 0;
+        while i < $n {
+            a[i] = <$t>::new(i);
+            i += 1;
+        }
+        a
+    }};
 }
 
 static KERNEL: spin::Once<&'static dyn Kernel> = spin::Once::new();
@@ -123,6 +141,30 @@ pub fn run(kernel: &'static dyn Kernel, cur: &mut Cur, rounds: u64, cpus: &'stat
         );
     }
     tests::run(cur, rounds, cpus);
+}
+
+/// The end of the kernel's test thread, after [`run`] (and whatever the
+/// kernel runs itself): with `hang`, sleep for ever on a channel nobody
+/// wakes (the negative test of the xtask's timeout and hang dump); then
+/// ask every CPU to leave its idle loop.
+pub fn end_test_thread(kernel: &dyn Kernel, cur: &mut Cur, hang: bool, cpus: &[Cpu]) {
+    if hang {
+        kernel.print(format_args!("hanging on purpose (hang)\n"));
+        cur.sleep(0x4841_4e47);
+    }
+    for c in cpus {
+        c.request_shutdown();
+    }
+}
+
+/// The verdict, on the boot CPU once every CPU left its idle loop: how
+/// much heap the run took, then `PASS` if `ok`. Returns `ok`.
+pub fn verdict(kernel: &dyn Kernel, ok: bool, heap_used: usize) -> bool {
+    kernel.print(format_args!("heap used: {} KiB\n", heap_used / 1024));
+    if ok {
+        kernel.print(format_args!("PASS\n"));
+    }
+    ok
 }
 
 /// Print the per-CPU tables and check every count; true if all hold.
