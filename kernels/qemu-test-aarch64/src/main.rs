@@ -170,15 +170,9 @@ fn on_irq(intid: u32, frame: &Frame) {
 /// README).
 fn dump(frame: &Frame) -> ! {
     let cpu = cpu_here();
-    let line = HangLine {
-        reg: "pc",
-        pc: frame.elr,
-        cpu,
-        // SAFETY: on this CPU, in its IRQ entry, the `Cpu` attached to it.
-        state: cpu
-            .and_then(|i| PERCPU[i].cpu())
-            .map(|c| unsafe { c.snapshot() }),
-    };
+    let attached = cpu.and_then(|i| PERCPU[i].cpu());
+    // SAFETY: on this CPU, in its IRQ entry, the `Cpu` attached to it.
+    let line = unsafe { HangLine::here("pc", frame.elr, cpu, attached) };
     hw::print_dump(format_args!("{line}"));
     if BRINGUP.dumped() {
         hw::exit(false)

@@ -240,16 +240,10 @@ fn on_fault(f: &FaultFrame) -> ! {
 /// when a run times out. Print where this CPU was and its LWKT state, one
 /// line, then stop; the last CPU to print ends the run as a failure.
 fn nmi_dump(cpu: Option<usize>, f: &FaultFrame) -> ! {
-    let line = HangLine {
-        reg: "rip",
-        pc: f.rip,
-        cpu,
-        // The `Cpu` this CPU's installed block is attached to, if any.
-        // SAFETY: on this CPU (its own NMI), the `Cpu` attached to it.
-        state: cpu
-            .and_then(|i| PERCPU[i].cpu())
-            .map(|c| unsafe { c.snapshot() }),
-    };
+    // The `Cpu` this CPU's installed block is attached to, if any.
+    let attached = cpu.and_then(|i| PERCPU[i].cpu());
+    // SAFETY: on this CPU (its own NMI), the `Cpu` attached to it.
+    let line = unsafe { HangLine::here("rip", f.rip, cpu, attached) };
     hw::print_nmi(format_args!("{line}"));
     if BRINGUP.dumped() {
         hw::exit(false)

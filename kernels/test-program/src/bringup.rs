@@ -185,6 +185,30 @@ pub struct HangLine {
     pub state: Option<lwkt_core::CpuSnapshot>,
 }
 
+impl HangLine {
+    /// The line of the CPU this runs on: `cpu` is its index (if its block
+    /// was found), `attached` the `Cpu` its block is attached to (if any),
+    /// whose state is read here.
+    ///
+    /// # Safety
+    /// As for [`Cpu::snapshot`](lwkt_core::Cpu::snapshot): on the CPU
+    /// `attached` runs on (from its own hang interrupt).
+    pub unsafe fn here(
+        reg: &'static str,
+        pc: u64,
+        cpu: Option<usize>,
+        attached: Option<&Cpu>,
+    ) -> HangLine {
+        HangLine {
+            reg,
+            pc,
+            cpu,
+            // SAFETY: caller: on this `Cpu`'s own CPU.
+            state: attached.map(|c| unsafe { c.snapshot() }),
+        }
+    }
+}
+
 impl core::fmt::Display for HangLine {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "HANG {}={:#x} ", self.reg, self.pc)?;
