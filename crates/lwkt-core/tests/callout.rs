@@ -214,6 +214,7 @@ fn re_arming_from_the_callback_and_the_periodic_form() {
         // Periodic on CPU 1: never early (run i at or after start + i periods),
         // and a plain stop from inside its callback ends it.
         let n = AtomicU32::new(0);
+        let stopped = AtomicBool::new(false);
         let late = std::sync::Mutex::new(Vec::new());
         let start = Instant::now();
         let p = pin!(Callout::new(|f: Fired<'_>| {
@@ -221,12 +222,16 @@ fn re_arming_from_the_callback_and_the_periodic_form() {
             late.lock().unwrap().push((i, start.elapsed()));
             if i == 8 {
                 assert!(f.stop(), "the next period was pending");
+                stopped.store(true, Ordering::Release);
             }
         }));
         p.as_ref()
             .reset_periodic_bycpu(cur.my_cpu(), CpuId::new(1), period)
             .unwrap();
-        until(cur, || n.load(Ordering::Relaxed) >= 8);
+        // Until the eighth run has made its stop (not only its count: a
+        // host that holds CPU 1's thread between the two, as qemu-user on a
+        // loaded machine did once, would leave it pending for a while).
+        until(cur, || stopped.load(Ordering::Acquire));
         cur.sleep_for(Duration::from_millis(2));
         assert_eq!(n.load(Ordering::Relaxed), 8, "stopped from its callback");
         assert!(!p.pending());
