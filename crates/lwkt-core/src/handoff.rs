@@ -26,7 +26,7 @@
 use crate::crit;
 use crate::crit::crit_exit_td;
 use crate::schedule::{dequeue, schedule_any};
-use crate::switch::switch_in_crit;
+use crate::switch::{switch_in_crit, switch_in_interrupt, switch_to};
 use crate::sync::Ordering;
 use crate::thread::{tdf, Thread, ThreadHandle};
 use crate::Cur;
@@ -96,7 +96,19 @@ impl Cur {
                     == 0
                 && rq.hand_over(me, other)
             {
-                switch_in_crit::<true>(td, gd, other);
+                if gd.intr_nesting.get() != 0 {
+                    switch_in_interrupt();
+                }
+                if td.toks.is_empty() && t.toks.is_empty() {
+                    // No token to release or acquire, no choice to make, no
+                    // request to clear (none was pending, and none can
+                    // arrive in our section): switch.
+                    switch_to::<false>(td, gd, t);
+                } else {
+                    // Release ours; take `t` if its tokens can be had, else
+                    // the next thread that can run.
+                    switch_in_crit::<true>(td, gd, other);
+                }
             } else {
                 block_for_slow(td, t);
             }

@@ -277,13 +277,17 @@ mod tests {
                 model.push(e);
             } else if op == 3 && t.has(tdf::RUNQ) {
                 // Hand over from `i` to the next block not queued, if any.
-                let j = (1..8).map(|k| (i + k) % 8).find(|&j| !ts.0[j].has(tdf::RUNQ));
+                let j = (1..8)
+                    .map(|k| (i + k) % 8)
+                    .find(|&j| !ts.0[j].has(tdf::RUNQ));
                 if let Some(j) = j {
-                    let heads =
-                        model_first(&model) == Some(i) && ts.0[j].pri.get() == t.pri.get();
+                    let heads = model_first(&model) == Some(i) && ts.0[j].pri.get() == t.pri.get();
                     // SAFETY: live thread blocks, `i` queued, `j` not.
                     let done = unsafe { rq.hand_over(ts.ptr(i), ts.ptr(j)) };
-                    assert_eq!(done, heads, "hand_over exactly when `i` runs and `j` is its peer");
+                    assert_eq!(
+                        done, heads,
+                        "hand_over exactly when `i` runs and `j` is its peer"
+                    );
                     if done {
                         let at = model.iter().position(|&(_, k)| k == i).unwrap();
                         model[at] = (t.pri.get().get(), j);
