@@ -360,8 +360,8 @@ mod tests {
         // Priorities: 0 and 4: 0; 1 and 5: 3; 2 and 6: 6; 3 and 7: 9.
         let ts = Threads::new();
         let mut rq = RunQueue::new();
-        // SAFETY (whole test): live thread blocks; those passed as queued
-        // are on `rq`, those handed to are not.
+        // SAFETY: live thread blocks; those passed as queued are on `rq`,
+        // those handed to are not.
         unsafe {
             // 1 runs, 0 (lower) waits: 5 (1's priority) takes 1's place.
             rq.push_back(ts.ptr(1));
