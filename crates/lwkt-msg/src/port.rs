@@ -539,9 +539,9 @@ impl<T: Send + 'static> Port<T> {
     /// which is completed on this CPU (`f::PARKED`): all in one critical
     /// section, with a sleep and a wakeup that stay on this CPU and no
     /// read-modify-write. DragonFly's `lwkt_domsg` to a thread port on the
-    /// same CPU. Returns `false`,
-    /// having done nothing, when the owner lives elsewhere or the port
-    /// refuses the message (the general path then sends it).
+    /// same CPU. Returns `false`, having done nothing, when the owner lives
+    /// elsewhere or the port refuses the message (the general path then
+    /// sends it).
     #[inline(always)]
     fn domsg_here(&self, cur: &mut Cur, owner: &ThreadHandle, m: *mut Msg<T>) -> bool {
         cur.crit_enter();
