@@ -130,6 +130,7 @@ mod crit;
 #[cfg(feature = "critical-section")]
 pub mod critical_section;
 mod cur;
+mod handoff;
 mod idle;
 mod interrupt;
 pub mod intr;

@@ -122,6 +122,49 @@ impl RunQueue {
         }
     }
 
+    /// Put `to` in the running thread `td`'s place and take `td` off the
+    /// queue, when `to` would then be the thread to run
+    /// ([`first`](Self::first)) anyway or by taking `td`'s turn: `td`
+    /// heads its list, `to` has the same priority and is not queued, and no
+    /// higher priority is queued. Returns whether it did; otherwise nothing
+    /// changed. One relink in place of a [`remove`](Self::remove) and a
+    /// [`push_back`](Self::push_back); `to` runs ahead of `td`'s
+    /// equal-priority peers (it has `td`'s turn), never ahead of a higher
+    /// priority. The direct hand-off's step (`Cur::block_for`).
+    ///
+    /// # Safety
+    /// `td` and `to` are live threads of this CPU; `to` is neither idle,
+    /// migrating nor exiting (the caller checked its flags).
+    #[inline(always)]
+    pub(crate) unsafe fn hand_over(&mut self, td: *mut Thread, to: *mut Thread) -> bool {
+        // SAFETY: live threads (caller).
+        let (old, new) = unsafe { (&*td, &*to) };
+        let p = list(old);
+        if self.head[p] != td || new.pri.get() != old.pri.get() || self.bitmap >> p != 1 {
+            return false;
+        }
+        debug_assert!(old.has(tdf::RUNQ) && !new.has(tdf::RUNQ));
+        let (n, pr) = (old.rq_next.get(), old.rq_prev.get());
+        if n == td {
+            new.rq_next.set(to);
+            new.rq_prev.set(to);
+        } else {
+            new.rq_next.set(n);
+            new.rq_prev.set(pr);
+            // SAFETY: neighbours on the queue are live.
+            unsafe {
+                (*pr).rq_next.set(to);
+                (*n).rq_prev.set(to);
+            }
+        }
+        self.head[p] = to;
+        old.rq_next.set(ptr::null_mut());
+        old.rq_prev.set(ptr::null_mut());
+        old.clear(tdf::RUNQ);
+        new.set(tdf::RUNQ);
+        true
+    }
+
     /// Append `td` at the tail of its priority (`_lwkt_enqueue`).
     ///
     /// # Safety
@@ -232,6 +275,25 @@ mod tests {
                 assert_eq!(first, rq.first(), "rotate returns the new first");
                 let e = model.remove(model.iter().position(|&(_, j)| j == i).unwrap());
                 model.push(e);
+            } else if op == 3 && t.has(tdf::RUNQ) {
+                // Hand over from `i` to the next block not queued, if any.
+                let j = (1..8)
+                    .map(|k| (i + k) % 8)
+                    .find(|&j| !ts.0[j].has(tdf::RUNQ));
+                if let Some(j) = j {
+                    let heads = model_first(&model) == Some(i) && ts.0[j].pri.get() == t.pri.get();
+                    // SAFETY: live thread blocks, `i` queued, `j` not.
+                    let done = unsafe { rq.hand_over(ts.ptr(i), ts.ptr(j)) };
+                    assert_eq!(
+                        done, heads,
+                        "hand_over exactly when `i` runs and `j` is its peer"
+                    );
+                    if done {
+                        let at = model.iter().position(|&(_, k)| k == i).unwrap();
+                        model[at] = (t.pri.get().get(), j);
+                        assert_eq!(rq.first(), ts.ptr(j), "the thread handed to runs next");
+                    }
+                }
             } else if op == 0 && !t.has(tdf::RUNQ) {
                 // SAFETY: a live thread block not on the queue.
                 unsafe { rq.push_back(ts.ptr(i)) };
@@ -286,12 +348,47 @@ mod tests {
             (2, 7),
         ];
         check(&ops);
+        // Hand-overs (op 3, from `i` to the next block not queued): 3 -> 7
+        // (both priority 9, the highest queued), then 7 -> 0 refused
+        // (priority 0); 5 -> 1 (both 3) refused while 6 and 7 (higher)
+        // are queued, done once they are gone.
+        check(&[(0, 3), (0, 4), (0, 5), (0, 6), (3, 3), (3, 7)]);
+    }
+
+    #[test]
+    fn hand_over_takes_the_turn_never_a_higher_priority() {
+        // Priorities: 0 and 4: 0; 1 and 5: 3; 2 and 6: 6; 3 and 7: 9.
+        let ts = Threads::new();
+        let mut rq = RunQueue::new();
+        // SAFETY: live thread blocks; those passed as queued are on `rq`,
+        // those handed to are not.
+        unsafe {
+            // 1 runs, 0 (lower) waits: 5 (1's priority) takes 1's place.
+            rq.push_back(ts.ptr(1));
+            rq.push_back(ts.ptr(0));
+            assert!(rq.hand_over(ts.ptr(1), ts.ptr(5)));
+            assert_eq!((rq.first(), rq.len()), (ts.ptr(5), 2));
+            assert!(!ts.0[1].has(tdf::RUNQ) && ts.0[5].has(tdf::RUNQ));
+            assert_eq!(rq.after(&ts.0[5]), ts.ptr(0));
+            // 2 (higher) queued: 5 -> 1 refused, nothing changed.
+            rq.push_back(ts.ptr(2));
+            assert!(!rq.hand_over(ts.ptr(5), ts.ptr(1)));
+            assert_eq!((rq.first(), rq.len()), (ts.ptr(2), 3));
+            assert!(ts.0[5].has(tdf::RUNQ) && !ts.0[1].has(tdf::RUNQ));
+            // 2 runs, 6 (same priority) behind it: 6 is not the head, so
+            // 6 -> ... refused; 2 -> ... has no free peer of priority 6
+            // here, 5 is not 2's priority: refused.
+            rq.push_back(ts.ptr(6));
+            assert!(!rq.hand_over(ts.ptr(6), ts.ptr(1)));
+            assert!(!rq.hand_over(ts.ptr(2), ts.ptr(1)));
+            assert_eq!((rq.first(), rq.len()), (ts.ptr(2), 4));
+        }
     }
 
     #[cfg(not(miri))]
     proptest::proptest! {
         #[test]
-        fn matches_reference_model(ops in proptest::collection::vec((0u8..3, 0usize..8), 0..200)) {
+        fn matches_reference_model(ops in proptest::collection::vec((0u8..4, 0usize..8), 0..200)) {
             check(&ops);
         }
     }

@@ -66,14 +66,21 @@ impl Cur {
     #[inline(always)]
     pub fn block(&mut self) {
         let td = self.td();
-        crit::enter(&td.critcount);
+        // Inside the caller's section already (the usual case): no section
+        // of our own, whose exit could only lower the count.
+        let entered = td.critcount.load(Ordering::Relaxed) == 0;
+        if entered {
+            crit::enter(&td.critcount);
+        }
         let gd = td.gd();
         // SAFETY: on our CPU in a critical section, as the running thread.
         unsafe {
             dequeue(gd, td);
             switch_in_crit::<true>(td, gd, gd.runq().first());
         }
-        crit_exit_td(td);
+        if entered {
+            crit_exit_td(td);
+        }
     }
 
     /// [`block`](Self::block) for at most `timeout`: returns `Ok` when
@@ -218,6 +225,25 @@ pub(crate) unsafe fn switch_in_crit<const CLEAR_RESCHED: bool>(
         debug_assert!(td.toks.all_held() || td.has(tdf::IDLE));
         return false;
     }
+    // SAFETY: forwarded; `ntd` is a runnable thread of `gd` holding its
+    // tokens, not `td`.
+    unsafe { switch_to::<CLEAR_RESCHED>(td, gd, ntd) };
+    true
+}
+
+/// The switch itself, once the next thread is chosen: make `ntd` the
+/// CPU's current thread, switch contexts, and finish the switch when `td`
+/// runs again (returns then). With `CLEAR_RESCHED`, a pending reschedule
+/// or time-slice request is served by this switch and cleared (the caller
+/// chose the best thread).
+///
+/// # Safety
+/// As for [`switch_in_crit`], not in interrupt context; `ntd` is not
+/// `td`, is a thread of `gd` on its run queue whose tokens are all held
+/// (or it holds none), and `td`'s tokens are released (or it holds none).
+#[inline(always)]
+pub(crate) unsafe fn switch_to<const CLEAR_RESCHED: bool>(td: &Thread, gd: &Cpu, ntd: &Thread) {
+    debug_assert!(!ptr::eq(ntd, td));
     // Only this CPU queues threads on its run queue, and only its own
     // (`schedule_local`); a migrating thread leaves the queue before it
     // changes owner.
@@ -249,7 +275,6 @@ pub(crate) unsafe fn switch_in_crit<const CLEAR_RESCHED: bool>(
     // SAFETY: just switched to, in a critical section.
     unsafe { finish_switch(td.gd()) };
     debug_assert!(td.toks.all_held() || td.has(tdf::IDLE));
-    true
 }
 
 #[cold]

@@ -540,19 +540,21 @@ impl<T: Send + 'static> Port<T> {
     }
 
     /// `domsg` to a thread port whose owner lives on this CPU: queue the
-    /// message, make the owner runnable if it waits on the port, and sleep
-    /// on the message until the reply, which is completed on this CPU
-    /// (`f::PARKED`): all in one critical section, with a sleep and a
-    /// wakeup that stay on this CPU and no read-modify-write. DragonFly's
-    /// `lwkt_domsg` to a thread port on the same CPU. Returns `false`,
-    /// having done nothing, when the owner lives elsewhere or the port
-    /// refuses the message (the general path then sends it).
+    /// message and, if the owner waits on the port, hand the CPU straight
+    /// to it ([`Cur::block_for`]); sleep on the message until the reply,
+    /// which is completed on this CPU (`f::PARKED`): all in one critical
+    /// section, with a sleep and a wakeup that stay on this CPU and no
+    /// read-modify-write. DragonFly's `lwkt_domsg` to a thread port on the
+    /// same CPU. Returns `false`, having done nothing, when the owner lives
+    /// elsewhere or the port refuses the message (the general path then
+    /// sends it).
     #[inline(always)]
     fn domsg_here(&self, cur: &mut Cur, owner: &ThreadHandle, m: *mut Msg<T>) -> bool {
         cur.crit_enter();
         let waiter = cur.park_token();
         let my = cur.my_cpu();
         let mut tag = 0;
+        let mut wake = false;
         // SAFETY: the owner lives here (`is_local`, M4), and we are in a
         // critical section; the borrow ends before anything else runs.
         let queued = owner.is_local(my)
@@ -567,9 +569,7 @@ impl<T: Send + 'static> Port<T> {
                     (*m).hdr.park_queued(my.id());
                     // `m` is in flight, on no queue, and stays alive.
                     inner.q.push(m as *mut Header);
-                    if core::mem::take(&mut inner.waiting) {
-                        my.schedule(owner);
-                    }
+                    wake = core::mem::take(&mut inner.waiting);
                     true
                 }
             };
@@ -579,7 +579,13 @@ impl<T: Send + 'static> Port<T> {
             // Off the run queue until the reply's `unpark` (or any other
             // wake-up: then look again). In our critical section, so the
             // reply, made on this CPU, comes only once we have switched
-            // away; the test reads our own CPU's last store.
+            // away; the test reads our own CPU's last store. An owner
+            // waiting on the port runs next, in our turn when it has our
+            // priority (the direct hand-off); one that does not wait
+            // finds the message when it next looks.
+            if wake {
+                cur.block_for(owner);
+            }
             while !hdr.is_done() {
                 cur.block();
             }
@@ -694,16 +700,20 @@ impl<T: Send + 'static> Port<T> {
             // watching them here instead serves the next put in this
             // thread, with no wake-up and no switch. As long as the idle
             // loop would (the backend's `idle_poll_cycles`), and only when
-            // no other thread waits to run here (then it returns at once).
+            // no other thread waits to run here: otherwise (a sender of
+            // this CPU we just answered, say) we go back to sleep at once,
+            // without a look (nothing could land: we are in our section).
             // The watch runs the IPIs it finds itself, inside our section.
-            let queued = || {
-                // SAFETY: the owner, on its CPU, in the critical section
-                // `watch_until` runs this in.
-                let inner = unsafe { self.inner() };
-                !inner.q.is_empty() || inner.closed
-            };
-            if cur.watch_until(u64::MAX, queued) {
-                continue;
+            if !cur.others_runnable() {
+                let queued = || {
+                    // SAFETY: the owner, on its CPU, in the critical
+                    // section `watch_until` runs this in.
+                    let inner = unsafe { self.inner() };
+                    !inner.q.is_empty() || inner.closed
+                };
+                if cur.watch_until(u64::MAX, queued) {
+                    continue;
+                }
             }
             if cur.my_cpu().has_deferred() {
                 // IPIs arrived after the watch's last look (deferred by our
