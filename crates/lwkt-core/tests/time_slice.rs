@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lwkt_arch_hosted::Machine;
-use lwkt_core::{CpuId, Cur, Priority, TIME_SLICE};
+use lwkt_core::{CpuId, Cur, Priority, ThreadHandle, TIME_SLICE};
 
 /// Turns taken: a worker that finds another worker ran last counts one.
 struct Turns {
@@ -36,6 +36,25 @@ impl Turns {
         }
     }
 
+    /// Two workers on CPU 1 at the default priority, each stepping, then
+    /// calling `work`, until stopped; never yielding or blocking.
+    fn spawn_workers(self: &Arc<Self>, cur: &mut Cur, work: fn(&mut Cur)) -> Vec<ThreadHandle> {
+        (0..2)
+            .map(|me| {
+                let t = self.clone();
+                cur.builder()
+                    .cpu(CpuId::new(1))
+                    .spawn(move |c| {
+                        while !t.stop.load(Ordering::Relaxed) {
+                            t.step(me);
+                            work(c);
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect()
+    }
+
     /// Wait (sleeping, on another CPU) until `n` turns were taken, or
     /// panic after a generous limit; then stop the workers.
     fn wait_for(&self, cur: &mut Cur, n: u64) {
@@ -61,21 +80,7 @@ impl Turns {
 fn equal_priority_cpu_bound_threads_take_turns() {
     Machine::new(2).unwrap().run(|cur| {
         let t = Turns::new();
-        let mut hs = Vec::new();
-        for me in 0..2 {
-            let t = t.clone();
-            hs.push(
-                cur.builder()
-                    .cpu(CpuId::new(1))
-                    .spawn(move |c| {
-                        while !t.stop.load(Ordering::Relaxed) {
-                            t.step(me);
-                            c.my_cpu().crit(|| ());
-                        }
-                    })
-                    .unwrap(),
-            );
-        }
+        let hs = t.spawn_workers(cur, |c| c.my_cpu().crit(|| ()));
         t.wait_for(cur, 6);
         for h in &hs {
             cur.join(h);
@@ -98,26 +103,14 @@ fn equal_priority_cpu_bound_threads_take_turns() {
 fn a_preemption_does_not_eat_the_round_robin_it_interrupts() {
     Machine::new(2).unwrap().run(|cur| {
         let t = Turns::new();
-        let mut hs = Vec::new();
-        for me in 0..2 {
-            let t = t.clone();
-            hs.push(
-                cur.builder()
-                    .cpu(CpuId::new(1))
-                    .spawn(move |c| {
-                        while !t.stop.load(Ordering::Relaxed) {
-                            t.step(me);
-                            c.my_cpu().crit(|| {
-                                let start = Instant::now();
-                                while start.elapsed() < TIME_SLICE * 2 {
-                                    std::hint::spin_loop();
-                                }
-                            });
-                        }
-                    })
-                    .unwrap(),
-            );
-        }
+        let mut hs = t.spawn_workers(cur, |c| {
+            c.my_cpu().crit(|| {
+                let start = Instant::now();
+                while start.elapsed() < TIME_SLICE * 2 {
+                    std::hint::spin_loop();
+                }
+            })
+        });
         let t2 = t.clone();
         hs.push(
             cur.builder()
