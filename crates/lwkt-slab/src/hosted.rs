@@ -72,15 +72,6 @@ const MAX_REGIONS: usize = 40;
 /// Smallest region reserved when a larger one cannot be had.
 const MIN_REGION: usize = 16 * ZONE_SIZE;
 
-/// Where a region's zones start: on Linux a huge-page boundary (2 MiB,
-/// the usual PMD size), so that every 2 MiB of zones can be one huge page
-/// (see `HostedPages::grow`); elsewhere a zone boundary.
-#[cfg(target_os = "linux")]
-const REGION_ALIGN: usize = 2 << 20;
-#[cfg(not(target_os = "linux"))]
-const REGION_ALIGN: usize = ZONE_SIZE;
-const _: () = assert!(REGION_ALIGN % ZONE_SIZE == 0);
-
 /// The length of the span serving `size` bytes: whole pages, rounded to
 /// one of four steps per power of two above four pages (at most 1/4 of
 /// address space wasted; untouched pages cost no memory). `None` on
@@ -414,16 +405,6 @@ impl HostedPages {
 
     /// Reserve the next region and make it the bump region (under the
     /// zone lock). A capped source has one region only.
-    ///
-    /// On Linux the region is advised `MADV_HUGEPAGE`: zones are then
-    /// backed by transparent huge pages where the host allows them (its
-    /// `transparent_hugepage` setting `always` or `madvise`), one fault
-    /// and one TLB entry per 2 MiB of zones instead of 512. Measured on
-    /// the allocator workloads: xmalloc faulted 651 pages instead of
-    /// 4,213 and larson 135 instead of 4,458, for about 2.5 MiB more peak
-    /// RSS (the huge page the zones are being carved from is resident
-    /// whole). A zone given back (`MADV_DONTNEED`) splits its huge page;
-    /// the rest of it stays mapped.
     fn grow(&self, l: &mut ZoneLists) -> bool {
         let n = self.nregions.load(Ordering::Relaxed);
         if n == MAX_REGIONS || (n > 0 && self.limit != usize::MAX) {
@@ -431,12 +412,11 @@ impl HostedPages {
         }
         let mut len = self.initial.max(self.reserved.load(Ordering::Relaxed));
         loop {
-            let map_len = len + REGION_ALIGN;
             // SAFETY: an anonymous private mapping; no memory is touched.
             let m = unsafe {
                 libc::mmap(
                     ptr::null_mut(),
-                    map_len,
+                    len + ZONE_SIZE,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                     -1,
@@ -444,21 +424,12 @@ impl HostedPages {
                 )
             };
             if m != libc::MAP_FAILED {
-                // Only advice: a host without transparent huge pages
-                // refuses it, and the region works as before.
-                #[cfg(target_os = "linux")]
-                // SAFETY: advice on a mapping of our own, just made;
-                // nothing in it is in use.
-                unsafe {
-                    libc::madvise(m, map_len, libc::MADV_HUGEPAGE)
-                };
                 let m = m.cast::<u8>();
-                // SAFETY: at most `REGION_ALIGN - 1` on (`mmap` returns a
-                // page-aligned address), inside the mapping.
-                let base = unsafe { m.add(m.align_offset(REGION_ALIGN)) };
+                // SAFETY: at most `ZONE_SIZE - 1` on, inside the mapping.
+                let base = unsafe { m.add(m.align_offset(ZONE_SIZE)) };
                 let r = &self.regions[n];
                 r.map.store(m, Ordering::Relaxed);
-                r.map_len.store(map_len, Ordering::Relaxed);
+                r.map_len.store(len + ZONE_SIZE, Ordering::Relaxed);
                 r.base.store(base as usize, Ordering::Relaxed);
                 r.len.store(len, Ordering::Relaxed);
                 // Published for `owns_zone` before any zone of it is out.
