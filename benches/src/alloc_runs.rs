@@ -2,8 +2,10 @@
 //! workloads (`alloc_workloads`) built three ways (`alloc_slab`,
 //! `alloc_system`, `alloc_mimalloc`), each run as a process, in turn
 //! (slab, glibc, mimalloc, slab, ...) so that the machine's drift hits all
-//! three alike, timed from outside: wall clock, and peak RSS from
-//! `wait4`'s `ru_maxrss`. One warm-up round is not counted.
+//! three alike, timed from outside: wall clock, CPU time (user + system,
+//! which a shared machine's other load disturbs less than the wall clock)
+//! and peak RSS, all from `wait4`'s `rusage`. One warm-up round is not
+//! counted.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,14 +26,23 @@ pub const WORKLOADS: [(&[&str], &str); 4] = [
     (&["xmalloc", "32"], "xmalloc, 32 threads on 8 slots"),
 ];
 
+/// Counted rounds per workload in the report (after one warm-up round). On
+/// this shared 2-vCPU machine the same binary against itself spread 0.65x
+/// to 1.77x in wall time over 21 pairs (docs/benchmark-notes.md, session
+/// 15): five rounds let a median land far from the truth.
+pub const ROUNDS: usize = 11;
+
 /// One workload's runs: per allocator (in [`ALLOCATORS`] order) the wall
-/// times in seconds and peak RSS in KiB of each counted run.
+/// and CPU times in seconds and peak RSS in KiB of each counted run.
 #[derive(Debug, Clone, Default)]
 pub struct Runs {
     /// The workload's label.
     pub workload: String,
-    /// Seconds, per allocator, per run.
+    /// Wall-clock seconds, per allocator, per run.
     pub secs: [Vec<f64>; 3],
+    /// CPU seconds (user + system, the process and its threads), per
+    /// allocator, per run; empty in results written before it was recorded.
+    pub cpu_secs: [Vec<f64>; 3],
     /// Peak RSS in KiB, per allocator, per run.
     pub rss_kib: [Vec<f64>; 3],
 }
@@ -48,13 +59,20 @@ impl Runs {
         }
     }
 
-    /// Median of the per-round ratios of allocator `a`'s time to `b`'s.
+    /// Median of the per-round ratios of allocator `a`'s wall time to
+    /// `b`'s.
     pub fn time_ratio(&self, a: usize, b: usize) -> f64 {
-        let r: Vec<f64> = self.secs[a]
-            .iter()
-            .zip(&self.secs[b])
-            .map(|(x, y)| x / y)
-            .collect();
+        Self::ratio_of_rounds(&self.secs[a], &self.secs[b])
+    }
+
+    /// Median of the per-round ratios of allocator `a`'s CPU time to `b`'s
+    /// (NaN when not recorded).
+    pub fn cpu_ratio(&self, a: usize, b: usize) -> f64 {
+        Self::ratio_of_rounds(&self.cpu_secs[a], &self.cpu_secs[b])
+    }
+
+    fn ratio_of_rounds(a: &[f64], b: &[f64]) -> f64 {
+        let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
         Self::median(&r)
     }
 
@@ -64,8 +82,15 @@ impl Runs {
     }
 }
 
-/// Run one program; its wall time in seconds and peak RSS in KiB.
-fn run_one(exe: &Path, args: &[&str]) -> Result<(f64, f64), String> {
+/// One run of one program.
+struct Run {
+    wall: f64,
+    cpu: f64,
+    rss_kib: f64,
+}
+
+/// Run one program; its wall and CPU times in seconds and peak RSS in KiB.
+fn run_one(exe: &Path, args: &[&str]) -> Result<Run, String> {
     let t = Instant::now();
     let child = Command::new(exe)
         .args(args)
@@ -85,7 +110,12 @@ fn run_one(exe: &Path, args: &[&str]) -> Result<(f64, f64), String> {
             exe.display()
         ));
     }
-    Ok((secs, ru.ru_maxrss as f64))
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Ok(Run {
+        wall: secs,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        rss_kib: ru.ru_maxrss as f64,
+    })
 }
 
 /// Run every workload `reps` counted rounds (after one warm-up round) with
@@ -99,10 +129,11 @@ pub fn measure(bin_dir: &Path, reps: usize) -> Result<Vec<Runs>, String> {
         };
         for round in 0..=reps {
             for (i, (bin, _)) in ALLOCATORS.iter().enumerate() {
-                let (s, rss) = run_one(&bin_dir.join(bin), args)?;
+                let run = run_one(&bin_dir.join(bin), args)?;
                 if round > 0 {
-                    runs.secs[i].push(s);
-                    runs.rss_kib[i].push(rss);
+                    runs.secs[i].push(run.wall);
+                    runs.cpu_secs[i].push(run.cpu);
+                    runs.rss_kib[i].push(run.rss_kib);
                 }
             }
         }
@@ -119,6 +150,7 @@ pub fn to_json(runs: &[Runs]) -> serde_json::Value {
                 serde_json::json!({
                     "workload": r.workload,
                     "secs": r.secs,
+                    "cpu_secs": r.cpu_secs,
                     "rss_kib": r.rss_kib,
                 })
             })
@@ -141,6 +173,7 @@ pub fn from_json(v: &serde_json::Value) -> Vec<Runs> {
                 .map(|r| Runs {
                     workload: r["workload"].as_str().unwrap_or("?").to_string(),
                     secs: arr3(&r["secs"]),
+                    cpu_secs: arr3(&r["cpu_secs"]),
                     rss_kib: arr3(&r["rss_kib"]),
                 })
                 .collect()
