@@ -1326,12 +1326,17 @@ fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
         // and the wake-up, since only a switch made by the thread running
         // here lets it run (an interrupt meanwhile cannot switch).
         hdr.complete_parked();
+        // The waiter takes our turn at once when it would anyway (we are
+        // a thread alone at its priority, outside any critical section):
+        // the CPU goes straight back to it, as a procedure returns, and we
+        // resume when it blocks again (its next `domsg` to us, say);
+        // otherwise it is made runnable as usual.
         // SAFETY: the token of the originator, which waits in `domsg_here`
         // until DONE and has not run since, so has not exited. Of another
         // machine (a reply carried there; CPU numbers overlap), it is left
-        // alone: `unpark` checks (a known limit, docs/soundness.md: it is
-        // not woken).
-        unsafe { my.unpark(waiter) };
+        // alone: `unpark_hand_back` checks (a known limit,
+        // docs/soundness.md: it is not woken).
+        unsafe { my.unpark_hand_back(waiter) };
     } else {
         complete_parked_elsewhere(my, m, cpu);
     }
