@@ -368,6 +368,7 @@ impl<T: Send + 'static> Port<T> {
     /// # Panics
     /// As [`getport`](Port::getport).
     #[track_caller]
+    #[inline]
     pub fn waitport(&'static self, cur: &mut Cur) -> Incoming<T> {
         self.do_waitport(cur)
     }
@@ -622,8 +623,34 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
+    /// `waitport`: inlined, the owner of a thread port takes a message
+    /// already queued (a request its sender queued while the owner ran, as
+    /// after the reply's hand-back, `complete_parked`) in one critical
+    /// section and no call; anything else is `waitport_slow`.
     #[track_caller]
+    #[inline]
     pub(crate) fn do_waitport(&self, cur: &mut Cur) -> Incoming<T> {
+        if let Kind::Thread(owner) = &self.kind {
+            if cur.is(owner) {
+                cur.crit_enter();
+                // SAFETY: the owner (just checked), on its CPU, in a
+                // critical section; the borrow ends before anything else
+                // runs.
+                let h = unsafe { self.inner() }.q.pop();
+                cur.crit_exit();
+                if let Some(h) = h {
+                    if let Some(x) = self.classify(cur.my_cpu(), h) {
+                        return x;
+                    }
+                }
+            }
+        }
+        self.waitport_slow(cur)
+    }
+
+    #[track_caller]
+    #[inline(never)]
+    fn waitport_slow(&self, cur: &mut Cur) -> Incoming<T> {
         if let Kind::Thread(_) = self.kind {
             return self.thread_waitport(cur);
         }
@@ -1231,6 +1258,12 @@ impl<T: Send + 'static> MsgHandle<T> {
         if put_only::complete_inline(my, m) {
             return;
         }
+        // The message of a same-CPU `domsg` (synchronous, so never for a
+        // reply port's queue): straight to its completion.
+        // SAFETY: as above.
+        if unsafe { (*m).hdr.flags() } & f::PARKED != 0 {
+            return complete_parked(my, m);
+        }
         reply_coded(my, m);
     }
 
@@ -1310,8 +1343,9 @@ fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
 /// Complete a `PARKED` message (`domsg` on one CPU) on its waiter's CPU
 /// and wake the waiter there, by the [`ParkToken`](lwkt_core::ParkToken)
 /// it left in the message; from another CPU (the message was forwarded)
-/// the completion travels there by IPI.
-#[inline]
+/// the completion travels there by IPI. Out of line: `reply`'s inlined
+/// head calls it.
+#[inline(never)]
 fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     // SAFETY: we own the message as its target until `complete_parked`
     // sets DONE (then we touch it no more); it is live until then (M2).

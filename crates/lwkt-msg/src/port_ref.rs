@@ -239,6 +239,7 @@ impl<T: Send + 'static> PortRef<T> {
     /// # Panics
     /// As [`Port::getport`].
     #[track_caller]
+    #[inline]
     pub fn waitport(&self, cur: &mut Cur) -> Incoming<T> {
         self.0.do_waitport(cur)
     }
