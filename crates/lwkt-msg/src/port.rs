@@ -474,7 +474,11 @@ impl<T: Send + 'static> Port<T> {
         self.put(my, msg.as_raw());
     }
 
+    /// `domsg`, inlined into the caller down to the same-CPU hand-off
+    /// (`domsg_here`), whose switch then returns into the caller's own
+    /// frame; every other case is `domsg_put_and_wait`.
     #[track_caller]
+    #[inline(always)]
     pub(crate) fn do_domsg(&self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
         // A put-only port: the handler runs in this call (`put_only`).
         if let Kind::PutOnly(handler) = self.kind {
@@ -482,23 +486,31 @@ impl<T: Send + 'static> Port<T> {
         }
         self.check_put(cur.my_cpu());
         if let Kind::Thread(owner) = &self.kind {
-            assert!(
-                !cur.is(owner),
-                "lwkt-msg: domsg to the caller's own thread port would wait \
-                 forever (rule: a thread cannot receive while it waits)"
-            );
+            if cur.is(owner) {
+                own_port_domsg();
+            }
         }
         msg.hdr.begin_send(true);
         let m = msg.as_raw();
+        if let Kind::Thread(owner) = &self.kind {
+            if self.domsg_here(cur, owner, m) {
+                // SAFETY: the caller's pinned borrow keeps the message
+                // alive; done: the originator owns the message again.
+                return MsgError::decode(unsafe { (*m).hdr.code() });
+            }
+        }
+        self.domsg_put_and_wait(cur, m)
+    }
+
+    /// The rest of `domsg`, for a message begun (`begin_send(true)`) that
+    /// `domsg_here` did not take: put it, then wait for its reply (watching
+    /// for it first when it is served on another CPU).
+    #[track_caller]
+    #[inline(never)]
+    fn domsg_put_and_wait(&self, cur: &mut Cur, m: *mut Msg<T>) -> Result<(), MsgError> {
         // SAFETY: the caller's pinned borrow keeps the message alive for
         // this whole call; we touch only its atomic header.
         let hdr = unsafe { &(*m).hdr };
-        if let Kind::Thread(owner) = &self.kind {
-            if self.domsg_here(cur, owner, m) {
-                // SAFETY: done: the originator owns the message again.
-                return MsgError::decode(unsafe { hdr.code() });
-            }
-        }
         self.put(cur.my_cpu(), m);
         if !hdr.is_done() && self.served_elsewhere(cur) && cur.my_cpu().spin_wait_pays() {
             // The reply is being made on another CPU, often within a few
@@ -1490,6 +1502,16 @@ pub(crate) fn route_by(
         // this again at once; look again instead.
         crate::sync::spin_loop();
     }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn own_port_domsg() -> ! {
+    panic!(
+        "lwkt-msg: domsg to the caller's own thread port would wait \
+         forever (rule: a thread cannot receive while it waits)"
+    )
 }
 
 #[cold]
