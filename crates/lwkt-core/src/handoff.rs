@@ -182,7 +182,7 @@ impl MyCpu<'_> {
     ///     cur.join(&helper);
     /// });
     /// ```
-    #[inline]
+    #[inline(always)]
     pub unsafe fn unpark_hand_back(self, t: ParkToken) -> bool {
         let gd = self.cpu();
         let me = gd.cur();

@@ -1355,9 +1355,10 @@ fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
 /// Complete a `PARKED` message (`domsg` on one CPU) on its waiter's CPU
 /// and wake the waiter there, by the [`ParkToken`](lwkt_core::ParkToken)
 /// it left in the message; from another CPU (the message was forwarded)
-/// the completion travels there by IPI. Out of line: `reply`'s inlined
-/// head calls it.
-#[inline(never)]
+/// the completion travels there by IPI. Inlined into `reply`'s head, so
+/// the replier that hands the CPU back (`unpark_hand_back`) resumes in its
+/// own frame, with no return the return-stack predictor has wrong.
+#[inline(always)]
 fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     // SAFETY: we own the message as its target until `complete_parked`
     // sets DONE (then we touch it no more); it is live until then (M2).
