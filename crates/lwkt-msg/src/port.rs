@@ -1253,6 +1253,14 @@ impl<T: Send + 'static> MsgHandle<T> {
     /// reply port's queue, or completing it in place for a synchronous send
     /// or a message without reply port). DragonFly: `lwkt_replymsg()`.
     ///
+    /// The reply to a [`domsg`](Port::domsg) made on this CPU may switch to
+    /// its sender at once, when the replier runs alone at its priority
+    /// outside any critical section and holds no tokens
+    /// ([`MyCpu::unpark_hand_back`]): the sender resumes as from a call,
+    /// and the replier, still runnable, when the sender blocks again (as
+    /// any final `crit_exit` may switch). Inside a critical section a reply
+    /// never switches.
+    ///
     /// # Panics
     /// If `result` is `Err(MsgError::Code(c))` with `c <= 0`; if the reply
     /// port is the thread port of another machine's thread, or a
