@@ -648,16 +648,27 @@ impl<T: Send + 'static> Port<T> {
                 // SAFETY: the owner (just checked), on its CPU, in a
                 // critical section; the borrow ends before anything else
                 // runs.
-                let h = unsafe { self.inner() }.q.pop();
+                let Some(h) = unsafe { self.inner() }.q.pop() else {
+                    // Empty: wait, in the section already held.
+                    return self.owner_wait_untimed(cur);
+                };
                 cur.crit_exit();
-                if let Some(h) = h {
-                    if let Some(x) = self.classify(cur.my_cpu(), h) {
-                        return x;
-                    }
+                if let Some(x) = self.classify(cur.my_cpu(), h) {
+                    return x;
                 }
             }
         }
         self.waitport_slow(cur)
+    }
+
+    /// `waitport` by a thread port's owner that found the queue empty, in
+    /// the critical section it looked in.
+    #[inline(never)]
+    fn owner_wait_untimed(&self, cur: &mut Cur) -> Incoming<T> {
+        match self.owner_wait_in_crit(cur, None) {
+            Ok(x) => x,
+            Err(TimedOut) => unreachable!("an untimed wait timed out"),
+        }
     }
 
     #[track_caller]
@@ -704,6 +715,18 @@ impl<T: Send + 'static> Port<T> {
         deadline: Option<timed::Deadline>,
     ) -> Result<Incoming<T>, TimedOut> {
         cur.crit_enter();
+        self.owner_wait_in_crit(cur, deadline)
+    }
+
+    /// [`owner_wait`](Self::owner_wait) entered in a critical section the
+    /// caller holds (its own, which this leaves before returning); the
+    /// caller is the owner (`check_receiver`, or `cur.is(owner)`).
+    #[inline(always)]
+    fn owner_wait_in_crit(
+        &self,
+        cur: &mut Cur,
+        deadline: Option<timed::Deadline>,
+    ) -> Result<Incoming<T>, TimedOut> {
         loop {
             // SAFETY: the owner (`check_receiver`), on its CPU, in a
             // critical section; the borrow ends before anything else runs.
