@@ -7,21 +7,27 @@
 //! - `msg_cross_cpu`: one round trip between two CPUs: lwkt `domsg` to a
 //!   thread port on the other vCPU, vs a Mutex+Condvar rendezvous, vs a pair
 //!   of `crossbeam-channel`s, vs the floor: one cache line bounced between
-//!   the two cores;
+//!   the two cores (the `domsg` and the floor between the same two lwkt
+//!   threads of one machine, in alternating batches of `CROSS_BATCH`:
+//!   `lwkt_benches::cross_pair`);
 //! - `msg_async`: requests with replies, 64 in flight, across CPUs: lwkt
 //!   `sendmsg` with the replies on the client's own port, vs
 //!   `crossbeam-channel` and `flume` (a request channel and a reply channel).
 
 use std::hint::black_box;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lwkt_benches::cross_pair::cross_cpu_batches;
 use lwkt_benches::{config, on_lwkt, two_cores};
 use lwkt_core::{CpuId, Cur, MyCpu, ThreadHandle};
 use lwkt_msg::{Incoming, Msg, MsgHandle, Port};
+
+/// Round trips per batch of the cross-CPU `domsg` and of its floor, which
+/// alternate (about 0.1 to 1 ms a batch).
+const CROSS_BATCH: u64 = 1000;
 
 /// Messages in flight in the asynchronous group.
 const WINDOW: usize = 64;
@@ -99,8 +105,13 @@ fn same_cpu(c: &mut Criterion) {
 fn cross_cpu(c: &mut Criterion) {
     let mut g = c.benchmark_group("msg_cross_cpu");
     g.throughput(Throughput::Elements(1));
+    // The `domsg` and the floor run in one machine, between the same two
+    // lwkt threads, in alternating batches (`cross_pair`): each sample of
+    // either measures both and keeps its own, so the two see the same
+    // placement of the vCPUs on the host.
+    let both = |iters: u64| cross_cpu_batches(iters, CROSS_BATCH);
     g.bench_function("lwkt domsg, thread port on the other CPU", |b| {
-        b.iter_custom(|iters| domsg_rounds(2, 1, iters))
+        b.iter_custom(|iters| both(iters).iter().map(|p| p.1).sum())
     });
     g.bench_function("Mutex+Condvar rendezvous", |b| {
         b.iter_custom(|iters| {
@@ -157,29 +168,7 @@ fn cross_cpu(c: &mut Criterion) {
         })
     });
     g.bench_function("cache-line ping-pong (floor)", |b| {
-        b.iter_custom(|iters| {
-            let line = Arc::new(crossbeam_utils::CachePadded::new(AtomicU64::new(0)));
-            let l2 = line.clone();
-            two_cores(
-                iters,
-                move |n| {
-                    for i in 0..n {
-                        line.store(2 * i + 1, Ordering::Release);
-                        while line.load(Ordering::Acquire) != 2 * i + 2 {
-                            std::hint::spin_loop();
-                        }
-                    }
-                },
-                move |n| {
-                    for i in 0..n {
-                        while l2.load(Ordering::Acquire) != 2 * i + 1 {
-                            std::hint::spin_loop();
-                        }
-                        l2.store(2 * i + 2, Ordering::Release);
-                    }
-                },
-            )
-        })
+        b.iter_custom(|iters| both(iters).iter().map(|p| p.2).sum())
     });
     g.finish();
 }

@@ -10,6 +10,7 @@ pub mod alloc_workloads;
 use std::time::Duration;
 
 pub mod alloc_runs;
+pub mod cross_pair;
 pub mod mesh;
 pub mod ring_streams;
 

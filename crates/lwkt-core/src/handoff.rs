@@ -25,11 +25,11 @@
 
 use crate::crit;
 use crate::crit::crit_exit_td;
-use crate::schedule::{dequeue, schedule_any};
+use crate::schedule::{dequeue, schedule_any, schedule_local};
 use crate::switch::{switch_in_crit, switch_in_interrupt, switch_to};
 use crate::sync::Ordering;
-use crate::thread::{tdf, Thread, ThreadHandle};
-use crate::Cur;
+use crate::thread::{tdf, ParkToken, Thread, ThreadHandle};
+use crate::{Cur, MyCpu};
 use core::ptr;
 
 impl Cur {
@@ -147,6 +147,80 @@ impl Cur {
             crit_exit_td(td);
         }
         r
+    }
+}
+
+impl MyCpu<'_> {
+    /// [`unpark`](Self::unpark) the thread `t` names and, when it would take
+    /// the running thread's turn, switch to it at once: the reply to a
+    /// synchronous sender of this CPU hands the CPU straight back, as a
+    /// called procedure returns to its caller, and the replier (which stays
+    /// runnable, right behind `t`) resumes when `t` blocks or yields. Only
+    /// when the running thread is a thread outside any critical section
+    /// and interrupt (a point where its final `crit_exit` could switch
+    /// anyway), neither it nor `t` holds tokens, `t` lives here, is not
+    /// runnable and has the running thread's priority, the running thread
+    /// is the only runnable thread of that priority, nothing higher is
+    /// runnable, and no reschedule or time-slice request is pending; so `t`
+    /// runs ahead of no thread the scheduler ranks at least as high, and
+    /// no thread waits longer than it would behind the replier. Otherwise
+    /// this is `unpark`. Returns whether `t` lives here (as `unpark`).
+    /// Not in DragonFly (its `lwkt_replymsg` only schedules the sender).
+    ///
+    /// # Safety
+    /// As for [`unpark`](Self::unpark).
+    ///
+    /// ```
+    /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
+    ///     let t = cur.park_token();
+    ///     let helper = cur.spawn_on(cur.cpu_id(), move |h| {
+    ///         // SAFETY: the main thread waits in `block` until this call.
+    ///         assert!(unsafe { h.my_cpu().unpark_hand_back(t) });
+    ///     }).unwrap();
+    ///     cur.block(); // the helper runs, and hands the CPU straight back
+    ///     assert!(!helper.has_exited());
+    ///     cur.join(&helper);
+    /// });
+    /// ```
+    #[inline(always)]
+    pub unsafe fn unpark_hand_back(self, t: ParkToken) -> bool {
+        let gd = self.cpu();
+        let me = gd.cur();
+        // SAFETY: caller: the block is alive.
+        let td = unsafe { t.thread() };
+        if me.critcount.load(Ordering::Relaxed) != 0
+            || gd.intr_nesting.get() != 0
+            || td.machine_id != gd.machine_id.get()
+            || !ptr::eq(td.gd.load(Ordering::Acquire), gd)
+            || td.has(tdf::RUNQ | tdf::MIGRATING | tdf::EXITING | tdf::IDLE)
+            || !me.toks.is_empty()
+            || !td.toks.is_empty()
+        {
+            // SAFETY: forwarded.
+            return unsafe { self.unpark(t) };
+        }
+        crit::enter(&me.critcount);
+        let (me_p, td_p) = (
+            me as *const Thread as *mut Thread,
+            td as *const Thread as *mut Thread,
+        );
+        // SAFETY: on our CPU in a critical section, as the running thread
+        // (not an interrupt: none is nested, and the count was 0); `td` is
+        // a live thread of this CPU (checked: only this CPU hands its
+        // threads over, not while we are in it), neither idle, migrating
+        // nor exiting, holding no token, as are we.
+        unsafe {
+            if gd.reqflags.load(Ordering::Relaxed) & (crit::rqf::RESCHED | crit::rqf::SLICE) == 0
+                && gd.runq().hand_back(me_p, td_p)
+            {
+                // No token to release or acquire, no request to clear.
+                switch_to::<false>(me, gd, td);
+            } else {
+                schedule_local(gd, td);
+            }
+        }
+        crit_exit_td(me);
+        true
     }
 }
 

@@ -165,6 +165,40 @@ impl RunQueue {
         true
     }
 
+    /// Put `to` ahead of the running thread `td`, which stays queued right
+    /// behind it, when `to` would then take `td`'s turn and nobody else's:
+    /// `td` heads its list and is alone in it, `to` has the same priority
+    /// and is not queued, and no higher priority is queued. Returns whether
+    /// it did; otherwise nothing changed. The reply's hand-back to a
+    /// synchronous sender of this CPU (`MyCpu::unpark_hand_back`): the two
+    /// take turns as a caller and a called procedure would.
+    ///
+    /// # Safety
+    /// `td` and `to` are live threads of this CPU; `to` is neither idle,
+    /// migrating nor exiting (the caller checked its flags).
+    #[inline(always)]
+    pub(crate) unsafe fn hand_back(&mut self, td: *mut Thread, to: *mut Thread) -> bool {
+        // SAFETY: live threads (caller).
+        let (old, new) = unsafe { (&*td, &*to) };
+        let p = list(old);
+        if self.head[p] != td
+            || old.rq_next.get() != td
+            || new.pri.get() != old.pri.get()
+            || self.bitmap >> p != 1
+        {
+            return false;
+        }
+        debug_assert!(old.has(tdf::RUNQ) && !new.has(tdf::RUNQ));
+        new.rq_next.set(td);
+        new.rq_prev.set(td);
+        old.rq_next.set(to);
+        old.rq_prev.set(to);
+        self.head[p] = to;
+        new.set(tdf::RUNQ);
+        self.count += 1;
+        true
+    }
+
     /// Append `td` at the tail of its priority (`_lwkt_enqueue`).
     ///
     /// # Safety
@@ -238,13 +272,16 @@ mod tests {
         pub(super) struct Threads(pub(super) [Thread; 8]);
         impl Threads {
             pub(super) fn new() -> Self {
+                Threads::with_priorities(|i| (i % 4) as u8 * 3)
+            }
+            pub(super) fn with_priorities(pri: impl Fn(usize) -> u8) -> Self {
                 Threads(core::array::from_fn(|i| {
                     Thread::new(
                         &NO_ARCH,
                         0,
                         core::ptr::null(),
                         CpuId::new(0),
-                        Priority((i % 4) as u8 * 3),
+                        Priority(pri(i)),
                         None,
                         "t",
                     )
@@ -264,7 +301,10 @@ mod tests {
     }
 
     fn check(ops: &[(u8, usize)]) {
-        let ts = Threads::new();
+        check_with(&Threads::new(), ops);
+    }
+
+    fn check_with(ts: &Threads, ops: &[(u8, usize)]) {
         let mut rq = RunQueue::new();
         let mut model: Vec<(u8, usize)> = Vec::new();
         for &(op, i) in ops {
@@ -292,6 +332,32 @@ mod tests {
                         let at = model.iter().position(|&(_, k)| k == i).unwrap();
                         model[at] = (t.pri.get().get(), j);
                         assert_eq!(rq.first(), ts.ptr(j), "the thread handed to runs next");
+                    }
+                }
+            } else if op == 4 && t.has(tdf::RUNQ) {
+                // Hand back from `i` to the next block not queued, if any.
+                let j = (1..8)
+                    .map(|k| (i + k) % 8)
+                    .find(|&j| !ts.0[j].has(tdf::RUNQ));
+                if let Some(j) = j {
+                    let p = t.pri.get();
+                    let alone = model.iter().filter(|&&(q, _)| q == p.get()).count() == 1;
+                    let heads = model_first(&model) == Some(i) && alone && ts.0[j].pri.get() == p;
+                    // SAFETY: live thread blocks, `i` queued, `j` not.
+                    let done = unsafe { rq.hand_back(ts.ptr(i), ts.ptr(j)) };
+                    assert_eq!(
+                        done, heads,
+                        "hand_back exactly when `i` runs alone at its priority and `j` is its peer"
+                    );
+                    if done {
+                        let at = model.iter().position(|&(_, k)| k == i).unwrap();
+                        model.insert(at, (p.get(), j));
+                        assert_eq!(rq.first(), ts.ptr(j), "the thread handed back to runs next");
+                        assert_eq!(
+                            rq.after(&ts.0[j]),
+                            ts.ptr(i),
+                            "the running thread right behind"
+                        );
                     }
                 }
             } else if op == 0 && !t.has(tdf::RUNQ) {
@@ -385,11 +451,49 @@ mod tests {
         }
     }
 
+    #[test]
+    fn hand_back_only_to_a_peer_of_a_thread_alone_at_the_top() {
+        // Priorities: 0 to 3: 3; 4 and 5: 0; 6 and 7: 6.
+        let ts = Threads::with_priorities(|i| [3, 3, 3, 3, 0, 0, 6, 6][i]);
+        let mut rq = RunQueue::new();
+        // SAFETY: live thread blocks; those passed as queued are on `rq`,
+        // those handed back to are not.
+        unsafe {
+            // 0 runs alone at its priority, 4 (lower) waits: 1 goes ahead
+            // of 0, which stays queued right behind it.
+            rq.push_back(ts.ptr(0));
+            rq.push_back(ts.ptr(4));
+            assert!(rq.hand_back(ts.ptr(0), ts.ptr(1)));
+            assert_eq!((rq.first(), rq.len()), (ts.ptr(1), 3));
+            assert!(ts.0[0].has(tdf::RUNQ) && ts.0[1].has(tdf::RUNQ));
+            assert_eq!(rq.after(&ts.0[1]), ts.ptr(0));
+            assert_eq!(rq.after(&ts.0[0]), ts.ptr(4));
+            // 1 runs with a peer (0) queued: 1 -> 2 refused (2 would run
+            // ahead of 0), nothing changed.
+            assert!(!rq.hand_back(ts.ptr(1), ts.ptr(2)));
+            assert_eq!((rq.first(), rq.len()), (ts.ptr(1), 3));
+            assert!(!ts.0[2].has(tdf::RUNQ));
+            // 0 gone, 6 (higher) queued: 1 -> 2 refused.
+            rq.remove(ts.ptr(0));
+            rq.push_back(ts.ptr(6));
+            assert!(!rq.hand_back(ts.ptr(1), ts.ptr(2)));
+            assert_eq!((rq.first(), rq.len()), (ts.ptr(6), 3));
+            // 6 alone at the top, 2 is not its priority: refused.
+            assert!(!rq.hand_back(ts.ptr(6), ts.ptr(2)));
+            assert!(!ts.0[2].has(tdf::RUNQ));
+        }
+    }
+
     #[cfg(not(miri))]
     proptest::proptest! {
         #[test]
-        fn matches_reference_model(ops in proptest::collection::vec((0u8..4, 0usize..8), 0..200)) {
+        fn matches_reference_model(ops in proptest::collection::vec((0u8..5, 0usize..8), 0..200)) {
             check(&ops);
+        }
+
+        #[test]
+        fn matches_reference_model_with_four_peers(ops in proptest::collection::vec((0u8..5, 0usize..8), 0..200)) {
+            check_with(&Threads::with_priorities(|i| [3, 3, 3, 3, 0, 0, 6, 6][i]), &ops);
         }
     }
 }

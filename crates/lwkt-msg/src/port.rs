@@ -368,6 +368,7 @@ impl<T: Send + 'static> Port<T> {
     /// # Panics
     /// As [`getport`](Port::getport).
     #[track_caller]
+    #[inline]
     pub fn waitport(&'static self, cur: &mut Cur) -> Incoming<T> {
         self.do_waitport(cur)
     }
@@ -473,7 +474,11 @@ impl<T: Send + 'static> Port<T> {
         self.put(my, msg.as_raw());
     }
 
+    /// `domsg`, inlined into the caller down to the same-CPU hand-off
+    /// (`domsg_here`), whose switch then returns into the caller's own
+    /// frame; every other case is `domsg_put_and_wait`.
     #[track_caller]
+    #[inline(always)]
     pub(crate) fn do_domsg(&self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
         // A put-only port: the handler runs in this call (`put_only`).
         if let Kind::PutOnly(handler) = self.kind {
@@ -481,23 +486,31 @@ impl<T: Send + 'static> Port<T> {
         }
         self.check_put(cur.my_cpu());
         if let Kind::Thread(owner) = &self.kind {
-            assert!(
-                !cur.is(owner),
-                "lwkt-msg: domsg to the caller's own thread port would wait \
-                 forever (rule: a thread cannot receive while it waits)"
-            );
+            if cur.is(owner) {
+                own_port_domsg();
+            }
         }
         msg.hdr.begin_send(true);
         let m = msg.as_raw();
+        if let Kind::Thread(owner) = &self.kind {
+            if self.domsg_here(cur, owner, m) {
+                // SAFETY: the caller's pinned borrow keeps the message
+                // alive; done: the originator owns the message again.
+                return MsgError::decode(unsafe { (*m).hdr.code() });
+            }
+        }
+        self.domsg_put_and_wait(cur, m)
+    }
+
+    /// The rest of `domsg`, for a message begun (`begin_send(true)`) that
+    /// `domsg_here` did not take: put it, then wait for its reply (watching
+    /// for it first when it is served on another CPU).
+    #[track_caller]
+    #[inline(never)]
+    fn domsg_put_and_wait(&self, cur: &mut Cur, m: *mut Msg<T>) -> Result<(), MsgError> {
         // SAFETY: the caller's pinned borrow keeps the message alive for
         // this whole call; we touch only its atomic header.
         let hdr = unsafe { &(*m).hdr };
-        if let Kind::Thread(owner) = &self.kind {
-            if self.domsg_here(cur, owner, m) {
-                // SAFETY: done: the originator owns the message again.
-                return MsgError::decode(unsafe { hdr.code() });
-            }
-        }
         self.put(cur.my_cpu(), m);
         if !hdr.is_done() && self.served_elsewhere(cur) && cur.my_cpu().spin_wait_pays() {
             // The reply is being made on another CPU, often within a few
@@ -622,8 +635,45 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
+    /// `waitport`: inlined, the owner of a thread port takes a message
+    /// already queued (a request its sender queued while the owner ran, as
+    /// after the reply's hand-back, `complete_parked`) in one critical
+    /// section and no call; anything else is `waitport_slow`.
     #[track_caller]
+    #[inline]
     pub(crate) fn do_waitport(&self, cur: &mut Cur) -> Incoming<T> {
+        if let Kind::Thread(owner) = &self.kind {
+            if cur.is(owner) {
+                cur.crit_enter();
+                // SAFETY: the owner (just checked), on its CPU, in a
+                // critical section; the borrow ends before anything else
+                // runs.
+                let Some(h) = unsafe { self.inner() }.q.pop() else {
+                    // Empty: wait, in the section already held.
+                    return self.owner_wait_untimed(cur);
+                };
+                cur.crit_exit();
+                if let Some(x) = self.classify(cur.my_cpu(), h) {
+                    return x;
+                }
+            }
+        }
+        self.waitport_slow(cur)
+    }
+
+    /// `waitport` by a thread port's owner that found the queue empty, in
+    /// the critical section it looked in.
+    #[inline(never)]
+    fn owner_wait_untimed(&self, cur: &mut Cur) -> Incoming<T> {
+        match self.owner_wait_in_crit(cur, None) {
+            Ok(x) => x,
+            Err(TimedOut) => unreachable!("an untimed wait timed out"),
+        }
+    }
+
+    #[track_caller]
+    #[inline(never)]
+    fn waitport_slow(&self, cur: &mut Cur) -> Incoming<T> {
         if let Kind::Thread(_) = self.kind {
             return self.thread_waitport(cur);
         }
@@ -665,6 +715,18 @@ impl<T: Send + 'static> Port<T> {
         deadline: Option<timed::Deadline>,
     ) -> Result<Incoming<T>, TimedOut> {
         cur.crit_enter();
+        self.owner_wait_in_crit(cur, deadline)
+    }
+
+    /// [`owner_wait`](Self::owner_wait) entered in a critical section the
+    /// caller holds (its own, which this leaves before returning); the
+    /// caller is the owner (`check_receiver`, or `cur.is(owner)`).
+    #[inline(always)]
+    fn owner_wait_in_crit(
+        &self,
+        cur: &mut Cur,
+        deadline: Option<timed::Deadline>,
+    ) -> Result<Incoming<T>, TimedOut> {
         loop {
             // SAFETY: the owner (`check_receiver`), on its CPU, in a
             // critical section; the borrow ends before anything else runs.
@@ -1214,6 +1276,14 @@ impl<T: Send + 'static> MsgHandle<T> {
     /// reply port's queue, or completing it in place for a synchronous send
     /// or a message without reply port). DragonFly: `lwkt_replymsg()`.
     ///
+    /// The reply to a [`domsg`](Port::domsg) made on this CPU may switch to
+    /// its sender at once, when the replier runs alone at its priority
+    /// outside any critical section and holds no tokens
+    /// ([`MyCpu::unpark_hand_back`]): the sender resumes as from a call,
+    /// and the replier, still runnable, when the sender blocks again (as
+    /// any final `crit_exit` may switch). Inside a critical section a reply
+    /// never switches.
+    ///
     /// # Panics
     /// If `result` is `Err(MsgError::Code(c))` with `c <= 0`; if the reply
     /// port is the thread port of another machine's thread, or a
@@ -1230,6 +1300,12 @@ impl<T: Send + 'static> MsgHandle<T> {
         // for it in `domsg`: completed with a plain store.
         if put_only::complete_inline(my, m) {
             return;
+        }
+        // The message of a same-CPU `domsg` (synchronous, so never for a
+        // reply port's queue): straight to its completion.
+        // SAFETY: as above.
+        if unsafe { (*m).hdr.flags() } & f::PARKED != 0 {
+            return complete_parked(my, m);
         }
         reply_coded(my, m);
     }
@@ -1310,8 +1386,10 @@ fn complete<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
 /// Complete a `PARKED` message (`domsg` on one CPU) on its waiter's CPU
 /// and wake the waiter there, by the [`ParkToken`](lwkt_core::ParkToken)
 /// it left in the message; from another CPU (the message was forwarded)
-/// the completion travels there by IPI.
-#[inline]
+/// the completion travels there by IPI. Inlined into `reply`'s head, so
+/// the replier that hands the CPU back (`unpark_hand_back`) resumes in its
+/// own frame, with no return the return-stack predictor has wrong.
+#[inline(always)]
 fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
     // SAFETY: we own the message as its target until `complete_parked`
     // sets DONE (then we touch it no more); it is live until then (M2).
@@ -1326,12 +1404,17 @@ fn complete_parked<T: Send + 'static>(my: MyCpu<'_>, m: *mut Msg<T>) {
         // and the wake-up, since only a switch made by the thread running
         // here lets it run (an interrupt meanwhile cannot switch).
         hdr.complete_parked();
+        // The waiter takes our turn at once when it would anyway (we are
+        // a thread alone at its priority, outside any critical section):
+        // the CPU goes straight back to it, as a procedure returns, and we
+        // resume when it blocks again (its next `domsg` to us, say);
+        // otherwise it is made runnable as usual.
         // SAFETY: the token of the originator, which waits in `domsg_here`
         // until DONE and has not run since, so has not exited. Of another
         // machine (a reply carried there; CPU numbers overlap), it is left
-        // alone: `unpark` checks (a known limit, docs/soundness.md: it is
-        // not woken).
-        unsafe { my.unpark(waiter) };
+        // alone: `unpark_hand_back` checks (a known limit,
+        // docs/soundness.md: it is not woken).
+        unsafe { my.unpark_hand_back(waiter) };
     } else {
         complete_parked_elsewhere(my, m, cpu);
     }
@@ -1451,6 +1534,16 @@ pub(crate) fn route_by(
         // this again at once; look again instead.
         crate::sync::spin_loop();
     }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn own_port_domsg() -> ! {
+    panic!(
+        "lwkt-msg: domsg to the caller's own thread port would wait \
+         forever (rule: a thread cannot receive while it waits)"
+    )
 }
 
 #[cold]

@@ -174,6 +174,7 @@ impl<T: Send + 'static> PortRef<T> {
     /// # Panics
     /// As [`Port::domsg`].
     #[track_caller]
+    #[inline]
     pub fn domsg(&self, cur: &mut Cur, msg: Pin<&mut Msg<T>>) -> Result<(), MsgError> {
         self.0.do_domsg(cur, msg)
     }
@@ -239,6 +240,7 @@ impl<T: Send + 'static> PortRef<T> {
     /// # Panics
     /// As [`Port::getport`].
     #[track_caller]
+    #[inline]
     pub fn waitport(&self, cur: &mut Cur) -> Incoming<T> {
         self.0.do_waitport(cur)
     }

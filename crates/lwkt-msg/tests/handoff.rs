@@ -15,7 +15,7 @@ use common::server;
 use lwkt_arch_hosted::Machine;
 use lwkt_core::token::Token;
 use lwkt_core::{CpuId, Cur, MyCpu, Priority, ThreadHandle};
-use lwkt_msg::{Incoming, Msg, MsgError, Port};
+use lwkt_msg::{Incoming, Msg, MsgError, MsgHandle, Port};
 
 type Log = Arc<Mutex<Vec<&'static str>>>;
 
@@ -34,6 +34,20 @@ fn runnable_logger(cur: &mut Cur, pri: Priority, name: &'static str, log: &Log) 
 /// one, replies; until its port is closed. Returns once it waits.
 fn logging_server(cur: &mut Cur, pri: Priority, log: &Log) -> (&'static Port<u64>, ThreadHandle) {
     let log = log.clone();
+    server_with(cur, pri, move |me, mut m| {
+        log.lock().unwrap().push("server");
+        *m += 1;
+        m.reply(me.my_cpu(), Ok(()));
+    })
+}
+
+/// A server at `pri` on `cur`'s CPU that passes each request to `serve`
+/// (which replies), until its port is closed. Returns once it waits.
+fn server_with(
+    cur: &mut Cur,
+    pri: Priority,
+    mut serve: impl FnMut(&mut Cur, MsgHandle<u64>) + Send + 'static,
+) -> (&'static Port<u64>, ThreadHandle) {
     let waiting = Arc::new(AtomicBool::new(false));
     let w = waiting.clone();
     let slot = Arc::new(std::sync::OnceLock::new());
@@ -47,10 +61,8 @@ fn logging_server(cur: &mut Cur, pri: Priority, log: &Log) -> (&'static Port<u64
             let port: &'static Port<u64> = Port::thread(me).leak();
             s2.set(port).ok().unwrap();
             w.store(true, Ordering::Release);
-            while let Incoming::Request(mut m) = port.waitport(me) {
-                log.lock().unwrap().push("server");
-                *m += 1;
-                m.reply(me.my_cpu(), Ok(()));
+            while let Incoming::Request(m) = port.waitport(me) {
+                serve(me, m);
             }
         })
         .unwrap();
@@ -64,6 +76,84 @@ fn logging_server(cur: &mut Cur, pri: Priority, log: &Log) -> (&'static Port<u64
     }
     cur.set_priority(mine);
     (*slot.get().unwrap(), h)
+}
+
+/// The reply hands the CPU straight back to the sender, which resumes
+/// before the rest of the handler, when the server runs alone at its
+/// priority (the sender waits: nothing else of that priority can run).
+/// Not while the server replies inside a critical section or holding a
+/// token (the sender then runs once the server blocks), nor with a peer of
+/// that priority runnable (which runs first, then the sender), nor to a
+/// sender of another priority.
+#[test]
+fn reply_hands_the_cpu_back_only_in_the_senders_turn() {
+    static TOK: Token = Token::new("server's");
+    Machine::new(1).unwrap().run(|cur| {
+        let pri = cur.priority();
+        let lower = Priority::new(pri.get() - 1).unwrap();
+        for (case, sender_pri, want) in [
+            ("alone", pri, &["server", "sender", "after reply"][..]),
+            (
+                "in a critical section",
+                pri,
+                &["server", "after reply", "sender"][..],
+            ),
+            (
+                "holding a token",
+                pri,
+                &["server", "after reply", "sender"][..],
+            ),
+            (
+                "with a peer",
+                pri,
+                &["server", "after reply", "peer", "sender"][..],
+            ),
+            (
+                "sender of lower priority",
+                lower,
+                &["server", "after reply", "sender"][..],
+            ),
+        ] {
+            let log: Log = Arc::default();
+            let l2 = log.clone();
+            let (port, srv) = server_with(cur, pri, move |me, mut m| {
+                l2.lock().unwrap().push("server");
+                *m += 1;
+                match case {
+                    "in a critical section" => {
+                        let _g = me.crit();
+                        m.reply(me.my_cpu(), Ok(()));
+                    }
+                    "holding a token" => me.with_token(&TOK, |me, _| m.reply(me.my_cpu(), Ok(()))),
+                    _ => m.reply(me.my_cpu(), Ok(())),
+                }
+                l2.lock().unwrap().push("after reply");
+            });
+            let p = (case == "with a peer").then(|| {
+                // Runnable behind the server, which the sender's hand-off
+                // puts in its own place.
+                runnable_logger(cur, pri, "peer", &log)
+            });
+            let mut m = pin!(Msg::new(1u64));
+            // (Setting a priority puts the thread behind its peers: only
+            // when it changes.)
+            if sender_pri != pri {
+                cur.set_priority(sender_pri);
+            }
+            port.domsg(cur, m.as_mut()).unwrap();
+            log.lock().unwrap().push("sender");
+            if sender_pri != pri {
+                cur.set_priority(pri);
+            }
+            assert_eq!(*m.body(), 2);
+            if let Some(p) = p {
+                cur.join(&p);
+            }
+            port.close_from(cur.my_cpu());
+            cur.join(&srv);
+            assert_eq!(*log.lock().unwrap(), want, "{case}");
+        }
+    });
 }
 
 /// The waiting owner runs in the sender's turn: before a peer of the same
