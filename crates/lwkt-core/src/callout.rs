@@ -586,8 +586,10 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
                         .compare_exchange(0, armed, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok();
                     if claimed {
-                        // Ours now, as in `apply`'s claim.
-                        raw.arch.set(Some(gd.machine().arch));
+                        // Ours now, as in `apply`'s claim (the fast paths
+                        // are on, so `gd` is bound: `arch` is the
+                        // machine's).
+                        raw.arch.set(Some(gd.arch.get()));
                     }
                     claimed
                 } else {
