@@ -375,19 +375,19 @@ impl Wheel {
         let elapsed = self.elapsed.get();
         // SAFETY: live (contract).
         let deadline = unsafe { (*e).deadline.get() };
-        // Round up: the slot's tick starts at or after the deadline, so a
-        // timer never fires early.
-        let tick = due_tick(deadline).max(elapsed).min(elapsed + REACH);
+        let tick = place_tick(deadline, elapsed);
         let differ = (tick ^ elapsed) | (SLOTS as u64 - 1);
-        let (level, shift) = LEVEL_OF_BIT[(63 - differ.leading_zeros()) as usize];
+        let digit = LEVEL_OF_BIT[(63 - differ.leading_zeros()) as usize];
+        let (level, first) = (usize::from(digit.level), usize::from(digit.first));
         // SAFETY: every level in the table is below `LEVELS`.
-        unsafe { core::hint::assert_unchecked(usize::from(level) < LEVELS) };
-        let slot = ((tick >> shift) as usize) & (SLOTS - 1);
-        let place = usize::from(level) * SLOTS + slot;
-        // SAFETY: live and on no list (contract); the wheel's lists do not
-        // move (it is in a CPU block).
-        unsafe { self.lists[place].push(e) };
-        let bits = &self.occupied[usize::from(level)];
+        unsafe { core::hint::assert_unchecked(level < LEVELS) };
+        let slot = ((tick >> digit.shift) as usize) & (SLOTS - 1);
+        // SAFETY: the table's first slot of a level is `level * SLOTS`,
+        // and `slot` is below `SLOTS`: an index of `lists`. `e` is live
+        // and on no list (contract); the wheel's lists do not move (it is
+        // in a CPU block).
+        unsafe { self.lists.get_unchecked(first + slot).push(e) };
+        let bits = &self.occupied[level];
         bits.set(bits.get() | 1 << slot);
     }
 
@@ -434,17 +434,57 @@ impl Wheel {
 /// level `b / SLOT_BITS`, and past the top level's window (the next lap)
 /// the top level. A table: one load instead of a division, a clamp and a
 /// multiplication on every arm.
-const LEVEL_OF_BIT: [(u8, u32); 64] = {
-    let mut t = [(0u8, 0u32); 64];
+const LEVEL_OF_BIT: [Digit; 64] = {
+    let mut t = [Digit {
+        shift: 0,
+        level: 0,
+        first: 0,
+    }; 64];
     let mut b = 0;
     while b < 64 {
         let l = b / SLOT_BITS as usize;
         let l = if l < LEVELS { l } else { LEVELS - 1 };
-        t[b] = (l as u8, SLOT_BITS * l as u32);
+        t[b] = Digit {
+            shift: (SLOT_BITS * l as u32) as u8,
+            level: l as u8,
+            first: (l * SLOTS) as u16,
+        };
         b += 1;
     }
     t
 };
+
+/// A [`LEVEL_OF_BIT`] entry: where a timer goes.
+#[derive(Clone, Copy)]
+struct Digit {
+    /// The shift of its digit in the tick.
+    shift: u8,
+    /// Its level.
+    level: u8,
+    /// The index of the level's first slot in [`Wheel::lists`].
+    first: u16,
+}
+
+/// The tick whose slot a timer due at `deadline` (nanoseconds) goes to
+/// when the wheel has advanced to `elapsed`: the first tick at or after
+/// the deadline (rounded up, so a timer never fires early), or `elapsed`
+/// for one already due, or `elapsed + REACH` for one further away.
+#[inline(always)]
+fn place_tick(deadline: u64, elapsed: u64) -> u64 {
+    // The common case, where neither clamp applies, in fewer operations
+    // than `due_tick` and two clamps: the tick is at most `REACH` ahead.
+    match deadline.checked_add(TICK_NS - 1) {
+        Some(d) if (d >> TICK_SHIFT).wrapping_sub(elapsed) <= REACH => d >> TICK_SHIFT,
+        _ => clamped_tick(deadline, elapsed),
+    }
+}
+
+/// [`place_tick`] of a timer already due or further than `REACH` ahead.
+#[cold]
+#[inline(never)]
+fn clamped_tick(deadline: u64, elapsed: u64) -> u64 {
+    due_tick(deadline).clamp(elapsed, elapsed + REACH)
+}
 
 /// The first tick at or after `deadline` (in nanoseconds).
 #[inline]
@@ -655,6 +695,29 @@ mod tests {
             w.check();
         }
         assert_eq!((n, w.len(), w.next_deadline()), (3, 0, None));
+    }
+
+    #[test]
+    fn place_tick_is_the_clamped_due_tick() {
+        let edges = [
+            0,
+            1,
+            1023,
+            1024,
+            1025,
+            REACH,
+            REACH << TICK_SHIFT,
+            u64::MAX - 1024,
+        ];
+        for e in [0u64, 1, 63, 64, 1 << 20, (u64::MAX >> TICK_SHIFT) - REACH] {
+            for d in edges.iter().flat_map(|&x| {
+                let base = e << TICK_SHIFT;
+                [x, base.wrapping_add(x), base.wrapping_sub(x), u64::MAX - x]
+            }) {
+                let want = due_tick(d).clamp(e, e + REACH);
+                assert_eq!(place_tick(d, e), want, "deadline {d} elapsed {e}");
+            }
+        }
     }
 
     proptest::proptest! {
