@@ -65,6 +65,13 @@ const OPS: &[Op] = &[
         &["at"],
         1,
     ),
+    (
+        "callout reset_at of an armed callout (a move)",
+        "lwkt-core",
+        "callout_loop",
+        &["move"],
+        1,
+    ),
     ("token get+release", "lwkt-token", "token_loop", &[], 1),
     (
         "token recursive get+release",

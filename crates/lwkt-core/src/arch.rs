@@ -225,6 +225,10 @@ pub unsafe trait Arch: Sync {
     /// timed waits ([`Cur::sleep_for`](crate::Cur::sleep_for) and the
     /// other `*_timeout` calls) panic, naming the backend. The default is
     /// `None`. DragonFly: `sys_cputimer->count()` scaled by its frequency.
+    ///
+    /// It must not arm or stop a [`Callout`](crate::Callout): it is read
+    /// inside the callouts' fast paths' critical sections, which count on
+    /// running no other such section inside (`crit::enter_leaf`).
     fn clock(&self) -> Option<u64> {
         None
     }

@@ -53,7 +53,6 @@ use core::time::Duration;
 use crate::arch::Arch;
 use crate::cpu::{Cpu, CpuId};
 use crate::crit;
-use crate::crit::crit_exit_entered_td;
 use crate::ipiq::{self, IpiError, IpiMsg};
 use crate::mycpu::MyCpu;
 use crate::sync::{AtomicBool, AtomicWord, Life, Ordering, UnsafeCell};
@@ -572,7 +571,10 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
         let armed = pending_here(gd);
         if armed != NO_HOME {
             let td = gd.cur();
-            crit::enter(&td.critcount);
+            // SAFETY: not inside a leaf section (they run none of the
+            // caller's code, and this path none of them). Left with
+            // `crit_exit_entered` (which reads the thread again).
+            unsafe { crit::enter_leaf(&td.critcount) };
             let s = raw.state.load(Ordering::Acquire);
             let deadline = if s == 0 || s == armed {
                 at.deadline(gd, true)
@@ -586,8 +588,10 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
                         .compare_exchange(0, armed, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok();
                     if claimed {
-                        // Ours now, as in `apply`'s claim.
-                        raw.arch.set(Some(gd.machine().arch));
+                        // Ours now, as in `apply`'s claim (the fast paths
+                        // are on, so `gd` is bound: `arch` is the
+                        // machine's).
+                        raw.arch.set(Some(gd.arch.get()));
                     }
                     claimed
                 } else {
@@ -604,11 +608,11 @@ impl<F: FnMut(Fired<'_>) + Send> Callout<F> {
                     // it is dropped or its machine ends, as in `apply`;
                     // unlinked (idle, or just unlinked).
                     unsafe { timer::insert_unlinked(gd, self.header().cast(), deadline) };
-                    crit_exit_entered_td(gd, td);
+                    crit::crit_exit_entered(gd);
                     return;
                 }
             }
-            crit_exit_entered_td(gd, td);
+            crit::crit_exit_entered(gd);
         }
         self.arm(my, my.id(), at, 0);
     }
@@ -782,7 +786,8 @@ impl<F> Callout<F> {
         // Fast path: pending here, no callback running.
         let gd = my.cpu();
         let td = gd.cur();
-        crit::enter(&td.critcount);
+        // SAFETY: as in `reset_when`.
+        unsafe { crit::enter_leaf(&td.critcount) };
         let s = raw.state.load(Ordering::Acquire);
         let here = s == pending_here(gd);
         if here {
@@ -793,7 +798,7 @@ impl<F> Callout<F> {
             // Idle: the home's last access to the callout was the remove.
             raw.state.store(0, Ordering::Release);
         }
-        crit_exit_entered_td(gd, td);
+        crit::crit_exit_entered(gd);
         if here {
             true
         } else if s & PENDING == 0 {

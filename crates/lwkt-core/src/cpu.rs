@@ -331,6 +331,7 @@ impl MachineState {
             // Fast paths off until this machine's clock is seen (a block
             // bound before may hold another machine's word).
             c.callout_pending.set(crate::callout::NO_HOME);
+            c.arch.set(self.arch);
             c.idle
                 .gd
                 .store(c as *const Cpu as *mut Cpu, Ordering::Relaxed);
@@ -383,6 +384,10 @@ pub struct Cpu {
     /// path once it has seen the machine's clock; until then
     /// `callout::NO_HOME`, which no state word is: the fast paths stay off.
     pub(crate) callout_pending: Cell<crate::callout::State>,
+    /// The machine's backend, copied at `bind` (a backend that runs
+    /// nothing before): what a callout claimed here records, one load
+    /// without the look at whether the block is bound.
+    pub(crate) arch: Cell<&'static dyn Arch>,
     /// The running thread (`gd_curthread`); read by the interrupt path.
     pub(crate) curthread: AtomicPtr<Thread>,
     /// An exiting or migrating thread that just switched away, for
@@ -499,6 +504,7 @@ impl Cpu {
             machine: Cell::new(ptr::null()),
             machine_id: Cell::new(0),
             callout_pending: Cell::new(crate::callout::NO_HOME),
+            arch: Cell::new(&NO_ARCH),
             curthread: AtomicPtr::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
             runq: UnsafeCell::new(RunQueue::new()),

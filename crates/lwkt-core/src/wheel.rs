@@ -16,15 +16,21 @@
 //! top-level slots waits in the slot that far ahead and is placed again
 //! from there.
 //!
-//! Each level has a bitmap of its non-empty slots, so the next expiry is a
-//! few `trailing_zeros` away. Slots are intrusive doubly linked lists of
-//! [`Entry`]s embedded in the timers themselves: arming and stopping
+//! Each level has a bitmap of its slots that may be non-empty, so the next
+//! expiry is a few `trailing_zeros` away: arming sets a slot's bit, and a
+//! bit whose slot has emptied is cleared by the next look for the earliest
+//! slot ([`Wheel::next_deadline`], [`Wheel::pop_expired`]), not by the stop
+//! that emptied it, so that a stop is a few stores. Slots are intrusive
+//! doubly linked lists of [`Entry`]s embedded in the timers themselves
+//! (each entry points at the link that points at it, so an unlink needs
+//! neither the list nor a branch for its head): arming and stopping
 //! allocate nothing.
 //!
 //! The wheel is owned by one CPU and touched only there, inside a critical
 //! section; it is not a concurrent structure.
 //!
-//! Invariant (`check` in the tests): below the top level, a timer in
+//! Invariant (`check` in the tests): a non-empty slot's bit is set;
+//! below the top level, a timer in
 //! level `l`, slot `s` has the same digits as `elapsed` above level `l`,
 //! and `s` is greater than `elapsed`'s digit at level `l` (or equal, for
 //! level 0 only: due now); a top-level slot is never `elapsed`'s own. So
@@ -47,24 +53,23 @@ const TOP_SLOT: u64 = 1 << (SLOT_BITS * (LEVELS as u32 - 1));
 /// so a top-level slot never means both this lap and the next.
 const REACH: u64 = (SLOTS as u64 - 1) * TOP_SLOT;
 
-/// `Entry::place` of an entry on no list.
-const UNLINKED: u16 = u16::MAX;
-/// `Entry::place` of an entry taken from an expired slot, not yet handed
-/// out by [`Wheel::pop_expired`]: the index of the pending list, right
-/// after the slots in [`Wheel::lists`].
-const PENDING: u16 = (LEVELS * SLOTS) as u16;
+/// A link of a list: a list's head, or an entry's `next`.
+type Link = Cell<*const Entry>;
 
 /// A timer's link in the wheel, embedded in whatever the timer belongs to
 /// (a callout, a sleeping thread). DragonFly: the `TAILQ_ENTRY` of a
 /// `struct systimer` / `struct callout`.
+/// `#[repr(C)]` with `next` first: a pointer to the entry is a pointer to
+/// its `next` link.
+#[repr(C)]
 pub(crate) struct Entry {
-    next: Cell<*const Entry>,
-    prev: Cell<*const Entry>,
+    next: Link,
+    /// The link that points at this entry (its list's head, or the `next`
+    /// of the entry before it); null when the entry is on no list.
+    /// DragonFly: the `tqe_prev` of a `TAILQ_ENTRY`.
+    pprev: Cell<*const Link>,
     /// The deadline in nanoseconds of the backend's clock.
     deadline: Cell<u64>,
-    /// The index of its list in [`Wheel::lists`]: `level * SLOTS + slot`,
-    /// or [`PENDING`]; [`UNLINKED`] on none.
-    place: Cell<u16>,
 }
 
 impl Entry {
@@ -72,16 +77,15 @@ impl Entry {
     pub(crate) const fn new() -> Entry {
         Entry {
             next: Cell::new(ptr::null()),
-            prev: Cell::new(ptr::null()),
+            pprev: Cell::new(ptr::null()),
             deadline: Cell::new(0),
-            place: Cell::new(UNLINKED),
         }
     }
 
     /// Whether the entry is in a wheel (armed, or expired and not yet
     /// handed out).
     pub(crate) fn is_linked(&self) -> bool {
-        self.place.get() != UNLINKED
+        !self.pprev.get().is_null()
     }
 
     /// The deadline it was last armed for (nanoseconds).
@@ -97,9 +101,11 @@ impl Default for Entry {
 }
 
 /// An intrusive doubly linked list of entries (a slot, or the pending
-/// list): `prev` of the first entry is null.
+/// list): `pprev` of the first entry points at `head`. It must not move
+/// while it has entries (it is in a [`Wheel`], which is in a CPU block,
+/// which does not move once it runs).
 struct List {
-    head: Cell<*const Entry>,
+    head: Link,
 }
 
 impl List {
@@ -114,42 +120,43 @@ impl List {
     }
 
     /// # Safety
-    /// `e` is live and on no list.
+    /// `e` is live and on no list, and this list does not move while `e`
+    /// is on it.
     #[inline]
-    unsafe fn push(&self, e: *const Entry, place: u16) {
+    unsafe fn push(&self, e: *const Entry) {
         // SAFETY: `e` is live (contract); the old head, if any, is a live
         // entry of this list (every linked entry is live: `Wheel::insert`).
         unsafe {
             let old = self.head.get();
             (*e).next.set(old);
-            (*e).prev.set(ptr::null());
-            (*e).place.set(place);
+            (*e).pprev.set(&self.head);
             if !old.is_null() {
-                (*old).prev.set(e);
+                // `next` is the entry's first field (`#[repr(C)]`).
+                (*old).pprev.set(e.cast::<Link>());
             }
         }
         self.head.set(e);
     }
+}
 
-    /// # Safety
-    /// `e` is live and on this list.
-    #[inline]
-    unsafe fn unlink(&self, e: *const Entry) {
-        // SAFETY: `e` and its neighbours are live entries of this list.
-        unsafe {
-            let (next, prev) = ((*e).next.get(), (*e).prev.get());
-            if prev.is_null() {
-                self.head.set(next);
-            } else {
-                (*prev).next.set(next);
-            }
-            if !next.is_null() {
-                (*next).prev.set(prev);
-            }
-            // `next` and `prev` are left as they are: read only while
-            // linked (`place` says whether it is), written by `push`.
-            (*e).place.set(UNLINKED);
+/// Take `e` off its list.
+///
+/// # Safety
+/// `e` is live and on a list (whose entries are all live, and which has
+/// not moved since `e` was pushed).
+#[inline(always)]
+unsafe fn unlink(e: *const Entry) {
+    // SAFETY: `e` is live and linked (contract), so `pprev` is the live
+    // link that points at it, and `next` null or a live entry of its list.
+    unsafe {
+        let (next, pprev) = ((*e).next.get(), (*e).pprev.get());
+        (*pprev).set(next);
+        if !next.is_null() {
+            (*next).pprev.set(pprev);
         }
+        // `next` is left as it is: read only while linked (`pprev` says
+        // whether it is), written by `push`.
+        (*e).pprev.set(ptr::null());
     }
 }
 
@@ -159,15 +166,14 @@ pub(crate) struct Wheel {
     /// The tick the wheel has advanced to: every timer whose slot starts
     /// at or before it has been handed out or moved down.
     elapsed: Cell<u64>,
-    /// Per level, a bit per non-empty slot; and a last word for the
-    /// pending list, written by [`unlink`](Self::unlink) (as if it were a
-    /// slot: no branch) and never read.
-    occupied: [Cell<u64>; LEVELS + 1],
-    /// The slots, level by level (`level * SLOTS + slot`, an entry's
-    /// `place`), then the pending list ([`PENDING`]): the entries of
-    /// expired slots not yet handed out or placed again. One array, so
-    /// that an entry's list is one index whichever it is.
-    lists: [List; LEVELS * SLOTS + 1],
+    /// Per level, a bit per slot that may be non-empty: set by `place`,
+    /// cleared by whoever finds the slot empty (`next_slot`, `pop_any`,
+    /// `pop_expired`); a stop leaves it.
+    occupied: [Cell<u64>; LEVELS],
+    /// The slots, level by level (`level * SLOTS + slot`).
+    lists: [List; LEVELS * SLOTS],
+    /// The entries of expired slots not yet handed out or placed again.
+    pending: List,
     /// Armed entries, kept for the tests' invariant checks only.
     #[cfg(test)]
     len: Cell<usize>,
@@ -178,8 +184,9 @@ impl Wheel {
     pub(crate) const fn new() -> Wheel {
         Wheel {
             elapsed: Cell::new(0),
-            occupied: [const { Cell::new(0) }; LEVELS + 1],
-            lists: [const { List::new() }; LEVELS * SLOTS + 1],
+            occupied: [const { Cell::new(0) }; LEVELS],
+            lists: [const { List::new() }; LEVELS * SLOTS],
+            pending: List::new(),
             #[cfg(test)]
             len: Cell::new(0),
         }
@@ -189,12 +196,6 @@ impl Wheel {
     #[inline(always)]
     fn slot(&self, level: usize, slot: usize) -> &List {
         &self.lists[level * SLOTS + slot]
-    }
-
-    /// The pending list.
-    #[inline(always)]
-    fn pending(&self) -> &List {
-        &self.lists[usize::from(PENDING)]
     }
 
     /// Count `delta` entries armed (`len`, tests only).
@@ -273,42 +274,31 @@ impl Wheel {
             // SAFETY: live (contract).
             unsafe { (*e).is_linked() }
         );
-        // SAFETY: `e` is live (contract).
-        let place = usize::from(unsafe { (*e).place.get() });
-        // SAFETY: a linked entry's place is the index of its list
-        // (`List::push`'s callers: `place`, `pop_expired`), at most
-        // `PENDING`.
-        unsafe { core::hint::assert_unchecked(place <= usize::from(PENDING)) };
-        let list = &self.lists[place];
-        // SAFETY: linked here (contract), on that list.
-        unsafe { list.unlink(e) };
-        if list.is_empty() {
-            // The pending list's word is never read: no branch for it.
-            let bits = &self.occupied[place / SLOTS];
-            bits.set(bits.get() & !(1 << (place % SLOTS)));
-        }
+        // SAFETY: live and linked in this wheel (contract), whose lists
+        // hold only live entries and do not move (the wheel is in a CPU
+        // block). Its slot's bit stays: the next `next_slot` clears it.
+        unsafe { unlink(e) };
         self.count(-1);
     }
 
     /// Hand out any armed entry, unlinked, whatever its deadline, or `None`
     /// when the wheel is empty: for emptying a wheel whose CPU stops.
     pub(crate) fn pop_any(&self) -> Option<*const Entry> {
-        let mut e = self.pending().head.get();
-        if !e.is_null() {
-            // SAFETY: a linked entry of this wheel is live (`insert`).
-            unsafe { self.pending().unlink(e) };
-        } else {
-            let level = self.occupied[..LEVELS].iter().position(|b| b.get() != 0)?;
+        let mut e = self.pending.head.get();
+        while e.is_null() {
+            let level = self.occupied.iter().position(|b| b.get() != 0)?;
             let bits = &self.occupied[level];
             let slot = bits.get().trailing_zeros() as usize;
             let list = self.slot(level, slot);
             e = list.head.get();
-            // SAFETY: as above: the head of a non-empty slot.
-            unsafe { list.unlink(e) };
-            if list.is_empty() {
+            if e.is_null() {
+                // Emptied by stops: its bit was left.
                 bits.set(bits.get() & !(1 << slot));
             }
         }
+        // SAFETY: the head of a list of this wheel: a linked entry of this
+        // wheel, live (`insert`).
+        unsafe { unlink(e) };
         self.count(-1);
         Some(e)
     }
@@ -318,7 +308,7 @@ impl Wheel {
     /// timer. It may come before that timer's own deadline (a slot of a
     /// higher level, whose timers then move down); never after.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
-        if !self.pending().is_empty() {
+        if !self.pending.is_empty() {
             return Some(self.elapsed.get() << TICK_SHIFT);
         }
         self.next_slot().map(|(_, _, tick)| tick << TICK_SHIFT)
@@ -333,11 +323,11 @@ impl Wheel {
     pub(crate) fn pop_expired(&self, now: u64) -> Option<*const Entry> {
         let now_tick = now >> TICK_SHIFT;
         loop {
-            let e = self.pending().head.get();
+            let e = self.pending.head.get();
             if !e.is_null() {
                 // SAFETY: a linked entry of this wheel is live (`insert`).
                 unsafe {
-                    self.pending().unlink(e);
+                    unlink(e);
                     if due_tick((*e).deadline.get()) <= now_tick {
                         self.count(-1);
                         return Some(e);
@@ -361,7 +351,7 @@ impl Wheel {
                         // SAFETY: live entries of the slot just emptied.
                         unsafe {
                             let next = (*e).next.get();
-                            self.pending().push(e, PENDING);
+                            self.pending.push(e);
                             e = next;
                         }
                     }
@@ -385,44 +375,57 @@ impl Wheel {
         let elapsed = self.elapsed.get();
         // SAFETY: live (contract).
         let deadline = unsafe { (*e).deadline.get() };
-        // Round up: the slot's tick starts at or after the deadline, so a
-        // timer never fires early.
-        let tick = due_tick(deadline).max(elapsed).min(elapsed + REACH);
+        let tick = place_tick(deadline, elapsed);
         let differ = (tick ^ elapsed) | (SLOTS as u64 - 1);
-        let (level, shift) = LEVEL_OF_BIT[(63 - differ.leading_zeros()) as usize];
+        let digit = LEVEL_OF_BIT[(63 - differ.leading_zeros()) as usize];
+        let (level, first) = (usize::from(digit.level), usize::from(digit.first));
         // SAFETY: every level in the table is below `LEVELS`.
-        unsafe { core::hint::assert_unchecked(usize::from(level) < LEVELS) };
-        let slot = ((tick >> shift) as usize) & (SLOTS - 1);
-        let place = usize::from(level) * SLOTS + slot;
-        // SAFETY: live and on no list (contract).
-        unsafe { self.lists[place].push(e, place as u16) };
-        let bits = &self.occupied[usize::from(level)];
+        unsafe { core::hint::assert_unchecked(level < LEVELS) };
+        let slot = ((tick >> digit.shift) as usize) & (SLOTS - 1);
+        // SAFETY: the table's first slot of a level is `level * SLOTS`,
+        // and `slot` is below `SLOTS`: an index of `lists`. `e` is live
+        // and on no list (contract); the wheel's lists do not move (it is
+        // in a CPU block).
+        unsafe { self.lists.get_unchecked(first + slot).push(e) };
+        let bits = &self.occupied[level];
         bits.set(bits.get() | 1 << slot);
     }
 
     /// The earliest non-empty slot: its level, index and starting tick.
+    /// Clears the bits of the empty slots it meets on the way (emptied by
+    /// stops, which leave them), so every slot before the one it returns
+    /// has its bit clear, and a slot is never handed out empty.
     fn next_slot(&self) -> Option<(usize, usize, u64)> {
         let elapsed = self.elapsed.get();
-        (0..LEVELS).find_map(|level| {
+        for level in 0..LEVELS {
             let shift = SLOT_BITS * level as u32;
             let here = ((elapsed >> shift) as usize) & (SLOTS - 1);
-            let bits = self.occupied[level].get();
             let window = elapsed & !((1u64 << (shift + SLOT_BITS)) - 1);
-            let ahead = bits & (u64::MAX << here);
-            if ahead != 0 {
-                let slot = ahead.trailing_zeros() as usize;
-                Some((level, slot, window + ((slot as u64) << shift)))
-            } else if bits != 0 {
-                // Slots behind `elapsed`'s own: the top level's next lap
-                // (below the top they are empty: the invariant).
-                debug_assert_eq!(level, LEVELS - 1);
-                let slot = bits.trailing_zeros() as usize;
-                let lap = 1u64 << (shift + SLOT_BITS);
-                Some((level, slot, window + lap + ((slot as u64) << shift)))
-            } else {
-                None
+            let occupied = &self.occupied[level];
+            loop {
+                let bits = occupied.get();
+                let ahead = bits & (u64::MAX << here);
+                let (slot, start) = if ahead != 0 {
+                    let slot = ahead.trailing_zeros() as usize;
+                    (slot, window + ((slot as u64) << shift))
+                } else if bits != 0 {
+                    // Slots behind `elapsed`'s own: the top level's next
+                    // lap (below the top their bits are clear: the
+                    // invariant, and this clearing on the way).
+                    debug_assert_eq!(level, LEVELS - 1);
+                    let slot = bits.trailing_zeros() as usize;
+                    let lap = 1u64 << (shift + SLOT_BITS);
+                    (slot, window + lap + ((slot as u64) << shift))
+                } else {
+                    break;
+                };
+                if !self.slot(level, slot).is_empty() {
+                    return Some((level, slot, start));
+                }
+                occupied.set(bits & !(1 << slot));
             }
-        })
+        }
+        None
     }
 }
 
@@ -431,17 +434,57 @@ impl Wheel {
 /// level `b / SLOT_BITS`, and past the top level's window (the next lap)
 /// the top level. A table: one load instead of a division, a clamp and a
 /// multiplication on every arm.
-const LEVEL_OF_BIT: [(u8, u32); 64] = {
-    let mut t = [(0u8, 0u32); 64];
+const LEVEL_OF_BIT: [Digit; 64] = {
+    let mut t = [Digit {
+        shift: 0,
+        level: 0,
+        first: 0,
+    }; 64];
     let mut b = 0;
     while b < 64 {
         let l = b / SLOT_BITS as usize;
         let l = if l < LEVELS { l } else { LEVELS - 1 };
-        t[b] = (l as u8, SLOT_BITS * l as u32);
+        t[b] = Digit {
+            shift: (SLOT_BITS * l as u32) as u8,
+            level: l as u8,
+            first: (l * SLOTS) as u16,
+        };
         b += 1;
     }
     t
 };
+
+/// A [`LEVEL_OF_BIT`] entry: where a timer goes.
+#[derive(Clone, Copy)]
+struct Digit {
+    /// The shift of its digit in the tick.
+    shift: u8,
+    /// Its level.
+    level: u8,
+    /// The index of the level's first slot in [`Wheel::lists`].
+    first: u16,
+}
+
+/// The tick whose slot a timer due at `deadline` (nanoseconds) goes to
+/// when the wheel has advanced to `elapsed`: the first tick at or after
+/// the deadline (rounded up, so a timer never fires early), or `elapsed`
+/// for one already due, or `elapsed + REACH` for one further away.
+#[inline(always)]
+fn place_tick(deadline: u64, elapsed: u64) -> u64 {
+    // The common case, where neither clamp applies, in fewer operations
+    // than `due_tick` and two clamps: the tick is at most `REACH` ahead.
+    match deadline.checked_add(TICK_NS - 1) {
+        Some(d) if (d >> TICK_SHIFT).wrapping_sub(elapsed) <= REACH => d >> TICK_SHIFT,
+        _ => clamped_tick(deadline, elapsed),
+    }
+}
+
+/// [`place_tick`] of a timer already due or further than `REACH` ahead.
+#[cold]
+#[inline(never)]
+fn clamped_tick(deadline: u64, elapsed: u64) -> u64 {
+    due_tick(deadline).clamp(elapsed, elapsed + REACH)
+}
 
 /// The first tick at or after `deadline` (in nanoseconds).
 #[inline]
@@ -466,29 +509,29 @@ mod tests {
                 for slot in 0..SLOTS {
                     let list = self.slot(level, slot);
                     let bit = self.occupied[level].get() >> slot & 1 == 1;
-                    assert_eq!(bit, !list.is_empty(), "bitmap of level {level} slot {slot}");
                     if list.is_empty() {
+                        // A stop leaves the bit; `next_slot` clears it.
                         continue;
                     }
+                    assert!(bit, "bitmap of level {level} slot {slot}");
                     match level {
                         0 => assert!(slot >= here),
                         l if l == LEVELS - 1 => assert_ne!(slot, here),
                         _ => assert!(slot > here),
                     }
                     let mut e = list.head.get();
-                    let mut prev = ptr::null();
+                    let mut pprev: *const Link = &list.head;
                     while !e.is_null() {
                         // SAFETY: test entries live for the whole test.
                         let en = unsafe { &*e };
-                        assert_eq!(en.prev.get(), prev);
-                        assert_eq!(usize::from(en.place.get()), level * SLOTS + slot);
+                        assert_eq!(en.pprev.get(), pprev);
                         n += 1;
-                        prev = e;
+                        pprev = &en.next;
                         e = en.next.get();
                     }
                 }
             }
-            let mut e = self.pending().head.get();
+            let mut e = self.pending.head.get();
             while !e.is_null() {
                 n += 1;
                 // SAFETY: as above.
@@ -604,6 +647,33 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_leaves_no_deadline_behind() {
+        let w = Wheel::new();
+        let es = entries(3);
+        // SAFETY: as above.
+        unsafe {
+            w.insert(&es[0], 3_000);
+            w.insert(&es[1], 70_000_000);
+            w.insert(&es[2], 70_000_000);
+            assert!(w.remove(&es[0]));
+            assert!(w.remove(&es[1]));
+        }
+        // The emptied level-0 slot's bit was left by the stop; the look
+        // for the next deadline clears it and skips the slot.
+        assert_eq!(
+            w.next_deadline(),
+            Some(70_000_000u64.div_ceil(TICK_NS) >> 12 << 22)
+        );
+        assert_eq!(w.occupied[0].get(), 0);
+        // SAFETY: as above.
+        assert!(unsafe { w.remove(&es[2]) });
+        assert_eq!(w.next_deadline(), None);
+        assert!(w.occupied.iter().all(|b| b.get() == 0));
+        assert!(drain(&w, u64::MAX).is_empty());
+        w.check();
+    }
+
+    #[test]
     fn pop_any_empties_the_wheel() {
         let w = Wheel::new();
         let es = entries(4);
@@ -625,6 +695,29 @@ mod tests {
             w.check();
         }
         assert_eq!((n, w.len(), w.next_deadline()), (3, 0, None));
+    }
+
+    #[test]
+    fn place_tick_is_the_clamped_due_tick() {
+        let edges = [
+            0,
+            1,
+            1023,
+            1024,
+            1025,
+            REACH,
+            REACH << TICK_SHIFT,
+            u64::MAX - 1024,
+        ];
+        for e in [0u64, 1, 63, 64, 1 << 20, (u64::MAX >> TICK_SHIFT) - REACH] {
+            for d in edges.iter().flat_map(|&x| {
+                let base = e << TICK_SHIFT;
+                [x, base.wrapping_add(x), base.wrapping_sub(x), u64::MAX - x]
+            }) {
+                let want = due_tick(d).clamp(e, e + REACH);
+                assert_eq!(place_tick(d, e), want, "deadline {d} elapsed {e}");
+            }
+        }
     }
 
     proptest::proptest! {
