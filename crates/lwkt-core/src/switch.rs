@@ -162,7 +162,11 @@ pub(crate) fn yield_td(td: &Thread) {
         } else {
             gd.runq().first()
         };
-        switch_in_crit::<false>(td, gd, first);
+        if !switch_in_crit::<false>(td, gd, first) {
+            // Nothing else here could run: let the backend run another CPU
+            // that shares this one's host thread, if any.
+            gd.machine().arch.yield_alone();
+        }
     }
     // We entered above: leave without the underflow check.
     if crit::exit_entered(&td.critcount, &td.gd().reqflags) {
