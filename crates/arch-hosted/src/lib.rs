@@ -256,7 +256,8 @@ impl Machine {
     }
 
     /// Run the vCPUs on `h` host threads (clamped to 1..=the vCPU count;
-    /// default: one each), vCPU `i` on host thread `i % h` for good, and
+    /// default: one each), consecutive vCPUs on the same host thread (host
+    /// thread `j` runs vCPUs `j*n/h` to `(j+1)*n/h - 1`) for good, and
     /// switch between the vCPUs of a host thread in user space (M:N), as a
     /// hypervisor runs vCPUs on fewer physical CPUs. With more vCPUs than
     /// host cores, `host_threads(`[`host_cores()`]`)` makes a message to a
@@ -388,11 +389,11 @@ impl Machine {
         };
         let barrier = Barrier::new(h);
         let running = AtomicUsize::new(n);
-        // Host thread `j` runs vCPUs `j`, `j + h`, ... (for good).
+        // Host thread `j` runs a run of consecutive vCPUs, for good.
         let groups: Box<[mux::Group]> = if h < n {
             (0..h)
                 .map(|j| {
-                    let members: Vec<&Cpu> = (j..n).step_by(h).map(|i| &cpus[i]).collect();
+                    let members: Vec<&Cpu> = host_thread_vcpus(j, n, h).map(|i| &cpus[i]).collect();
                     mux::Group::new(&members, &running)
                 })
                 .collect()
@@ -400,7 +401,7 @@ impl Machine {
             Box::default()
         };
         for (j, g) in groups.iter().enumerate() {
-            for (k, i) in (j..n).step_by(h).enumerate() {
+            for (k, i) in host_thread_vcpus(j, n, h).enumerate() {
                 vcpus[i]
                     .group
                     .store(g as *const mux::Group as usize, Ordering::Relaxed);
@@ -421,7 +422,7 @@ impl Machine {
                         if !cores.is_empty() {
                             pin_to(cores[j % cores.len()]);
                         }
-                        for i in (j..n).step_by(h) {
+                        for i in host_thread_vcpus(j, n, h) {
                             let v = &vcpus_ref[i];
                             // SAFETY: pthread_self has no preconditions.
                             v.pthread
@@ -520,6 +521,13 @@ fn log_report(r: &Report) {
         r.total(|c| c.ipis_received),
         r.signals.iter().sum::<usize>()
     );
+}
+
+/// The vCPUs host thread `j` of `h` runs on a machine of `n`: a run of
+/// consecutive ones, so that neighbours (a CPU and the next, which
+/// workloads often pair) talk through user-space switches.
+fn host_thread_vcpus(j: usize, n: usize, h: usize) -> core::ops::Range<usize> {
+    j * n / h..(j + 1) * n / h
 }
 
 /// The host cores this process may use (`available_parallelism`; 1 if
