@@ -68,8 +68,31 @@
 //!   senders' time went to signal delivery, and a signal does not make a
 //!   vCPU the host has preempted run any sooner).
 //!
-//! Oversubscription then costs what the host's own thread switches cost
-//! (`docs/benchmark-notes.md`, "More vCPUs than cores"; bench group
+//! That still leaves every message to a vCPU the host is not running
+//! waiting for a host switch (a `sched_yield` or a futex wake-up, about a
+//! microsecond each on a virtualised host). So a machine can also run its
+//! vCPUs **M:N**, several on one host thread, switched in user space as a
+//! hypervisor runs vCPUs on fewer physical CPUs:
+//! [`Machine::host_threads`]`(`[`host_cores()`]`)` (the demo and the
+//! `msg_vcpus` bench do so when vCPUs outnumber cores; the default stays
+//! one host thread per vCPU). Consecutive vCPUs share a host thread, for
+//! good (a context never resumes on another OS thread: its frames may hold
+//! the addresses of thread-locals). A vCPU gives its host thread to a
+//! sibling only at cooperative points of lwkt's own code: when it idles
+//! (`Arch::idle_wait`), busy-waits (`Arch::pause`: a full ring, a token, a
+//! `cpusync`), yields with nothing else to run, or ends a time slice
+//! (`Arch::yield_point`); never from a signal handler (the interrupted
+//! code may hold the C library's allocator lock). A kick, timer or
+//! interrupt for a vCPU that is not on its host thread marks it and
+//! unparks the host thread; the host thread parks only when none of its
+//! vCPUs has work. The cost is **the starvation rule**: a thread that
+//! spins without calling lwkt keeps its host thread's other vCPUs from
+//! running; the watchdog counts each such wait of a second or more
+//! ([`Report::starved`]).
+//!
+//! Oversubscription then costs what the host's own thread switches cost,
+//! or less (`docs/benchmark-notes.md`, "More vCPUs than cores" and
+//! "Session 15: vCPUs multiplexed over host threads"; bench group
 //! `msg_vcpus`).
 //!
 //! Reports and the `log` feature (off by default): with it, the shutdown

@@ -866,9 +866,10 @@ unsafe impl Arch for HostedArch {
         }
     }
 
-    fn yield_alone(&self) {
+    fn yield_point(&self) {
         // A thread that yields with nothing else to run on its vCPU waits
-        // for another CPU: on a shared host thread, maybe a sibling.
+        // for another CPU (on a shared host thread, maybe a sibling), or
+        // its time slice ended: let a sibling that can run have a turn.
         if let Some(me) = current_cpu_block() {
             crate::mux::pause(me);
         }

@@ -198,3 +198,43 @@ fn a_vcpu_starved_by_a_spinning_sibling_is_reported() {
     assert_eq!(report.starved[0] + report.starved[1], 0);
     assert!(report.to_string().contains("starved"));
 }
+
+/// Two threads that share a vCPU and never block (they only enter and
+/// leave critical sections) do not keep a sibling vCPU off their host
+/// thread: at the end of each time slice the host thread gives the
+/// sibling a turn, and the sibling's thread sets the flag they wait for.
+#[test]
+fn time_sliced_threads_give_a_sibling_vcpu_its_turn() {
+    let done = Arc::new(AtomicBool::new(false));
+    let report = Machine::new(2)
+        .unwrap()
+        .host_threads(1)
+        .run_with_report(|cur| {
+            let busy: Vec<_> = (0..2)
+                .map(|_| {
+                    let done = done.clone();
+                    cur.spawn_on(CpuId::new(1), move |me| {
+                        while !done.load(Ordering::Acquire) {
+                            me.my_cpu().crit(|| ());
+                        }
+                    })
+                    .unwrap()
+                })
+                .collect();
+            // Main (CPU 0) waits through lwkt until both run on CPU 1.
+            for _ in 0..10 {
+                cur.yield_now();
+            }
+            let d = done.clone();
+            let setter = cur
+                .spawn_on(CpuId::new(0), move |_| d.store(true, Ordering::Release))
+                .unwrap();
+            cur.join(&setter);
+            for b in &busy {
+                cur.join(b);
+            }
+        })
+        .1;
+    assert!(done.load(Ordering::Acquire));
+    assert_eq!(report.leaked_threads, 0);
+}
