@@ -15,7 +15,10 @@ use crate::port::Deadline;
 /// thread runnable again from any context of the machine
 /// ([`ThreadHandle::wake`]). `f` gets the current CPU, to send messages
 /// with ([`Port::call`](crate::Port::call)); the thread stays on its CPU
-/// until `block_on` returns.
+/// until `block_on` returns. A future woken while it was polled is polled
+/// again after a [`Cur::yield_now`] (DragonFly's `lwkt_yield`), so that
+/// what it waits for can run, even on a vCPU sharing this one's host
+/// thread.
 ///
 /// ```
 /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
