@@ -36,9 +36,27 @@ pub fn per_client(total: u64, n: usize) -> u64 {
 /// Run the mesh on an lwkt machine of `n` vCPUs (at least 2), each client
 /// sending `per_client` messages; the time from the first client's start
 /// to the last client's end (machine boot and server start excluded).
+///
+/// With more vCPUs than host cores the vCPUs run M:N, on one host thread
+/// per core ([`host_threads_for`]).
 pub fn lwkt(n: usize, per_client: u64) -> Duration {
+    lwkt_on(n, host_threads_for(n), per_client)
+}
+
+/// The host threads the mesh runs `n` vCPUs on: one per vCPU while they
+/// fit the host's cores, one per core beyond (M:N, switched in user
+/// space: `Machine::host_threads`).
+pub fn host_threads_for(n: usize) -> usize {
+    n.min(lwkt_arch_hosted::host_cores())
+}
+
+/// [`lwkt`] on `host_threads` host threads (`n` for 1:1).
+pub fn lwkt_on(n: usize, host_threads: usize, per_client: u64) -> Duration {
     assert!(n >= 2, "the mesh needs two CPUs");
-    crate::on_lwkt(n, |cur| {
+    let machine = lwkt_arch_hosted::Machine::new(n)
+        .expect("machine")
+        .host_threads(host_threads);
+    machine.run(|cur| {
         let servers: Vec<_> = (0..n)
             .map(|c| {
                 serve_on(cur, CpuId::new(c as u32), |me, port: PortRef<u64>| {

@@ -4,21 +4,21 @@
 //!
 //! - lwkt: a thread of vCPU 0 raises a device interrupt on vCPU 1
 //!   ([`MyCpu::raise_interrupt`](lwkt_core::MyCpu::raise_interrupt)),
-//!   where a kernel-style thread is busy (it calls lwkt, critical
-//!   sections, but never yields); the line's interrupt thread preempts it
-//!   and counts the interrupt.
+//!   where a kernel-style thread is busy (it loops on `yield_now`, which
+//!   with nothing else on its CPU returns at once; on an M:N machine that
+//!   lets a vCPU sharing its host thread run); the line's interrupt thread
+//!   preempts it and counts the interrupt.
 //! - host: a thread signals (`pthread_kill`) a busy thread, whose signal
 //!   handler wakes a parked OS thread through its futex
 //!   (`Thread::unpark`), which counts the interrupt.
 //!
 //! Each sample is one round trip: raise, then wait until the count moves,
 //! so it includes one cache-line transfer back to the raiser. The lwkt
-//! raiser spins; the host's yields its core (`sched_yield`), since the
+//! raiser spins through lwkt (`yield_now`); the host's yields its core (`sched_yield`), since the
 //! host design needs a third thread: spinning, the woken thread waits for
 //! the host scheduler to preempt a spinner, milliseconds on a 2-core
 //! machine (measured: 8 ms median).
 
-use std::hint::spin_loop;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::Thread;
@@ -62,8 +62,12 @@ pub fn lwkt_interrupt(cur: &mut Cur, n: usize) -> Vec<Duration> {
                     .cpu(target)
                     .name("busy")
                     .spawn(move |me| {
+                        // Busy, but through lwkt (each yield is a critical
+                        // section, and with nothing else here it returns at
+                        // once): on an M:N machine whose host thread it
+                        // shares with the raiser, that lets the raiser run.
                         while !st.load(Ordering::Relaxed) {
-                            me.my_cpu().crit(|| ());
+                            me.yield_now();
                         }
                     })
                     .expect("spawn")
@@ -75,8 +79,9 @@ pub fn lwkt_interrupt(cur: &mut Cur, n: usize) -> Vec<Duration> {
             for i in 1..=n as u64 {
                 let t = Instant::now();
                 cur.my_cpu().raise_interrupt(target, IRQ).expect("raise");
+                // Wait through lwkt, for the same reason.
                 while seen.load(Ordering::Acquire) < i {
-                    spin_loop();
+                    cur.yield_now();
                 }
                 out.push(t.elapsed());
             }

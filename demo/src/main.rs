@@ -31,8 +31,13 @@ use lwkt_arch_hosted::Machine;
 use lwkt_core::{CpuId, CpuMask, Cur, IpiMsg, MyCpu};
 use lwkt_demo::net;
 
-const USAGE: &str = "usage: lwkt-demo [--cpus N] [--rounds N] [--flows N] [--pcap FILE]
+const USAGE: &str =
+    "usage: lwkt-demo [--cpus N] [--host-threads N] [--rounds N] [--flows N] [--pcap FILE]
   --cpus N     virtual CPUs (default: one per host core; may exceed them)
+  --host-threads N
+               host threads that run the vCPUs (default: one per vCPU, or one
+               per host core when the vCPUs outnumber the cores: then several
+               vCPUs share a host thread and switch in user space)
   --rounds N   hand-offs per ping-pong pair and work items per CPU (default 20000)
   --flows N    generated connections for the network workload (default 6000:
                two thirds TCP-like, one third UDP; fixed seed)
@@ -43,6 +48,7 @@ const USAGE: &str = "usage: lwkt-demo [--cpus N] [--rounds N] [--flows N] [--pca
 
 struct Opts {
     cpus: usize,
+    host_threads: Option<usize>,
     rounds: u64,
     flows: u64,
     pcap: Option<String>,
@@ -51,6 +57,7 @@ struct Opts {
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
         cpus: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        host_threads: None,
         rounds: 20_000,
         flows: 6_000,
         pcap: None,
@@ -64,6 +71,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         };
         match a.as_str() {
             "--cpus" => o.cpus = num("--cpus")? as usize,
+            "--host-threads" => o.host_threads = Some(num("--host-threads")? as usize),
             "--rounds" => o.rounds = num("--rounds")?,
             "--flows" => o.flows = num("--flows")?,
             "--pcap" => o.pcap = Some(it.next().ok_or("--pcap needs a file")?.clone()),
@@ -73,6 +81,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     }
     if o.cpus == 0 {
         return Err("--cpus 0: a machine needs at least 1 CPU".into());
+    }
+    if o.host_threads == Some(0) {
+        return Err("--host-threads 0: the vCPUs need at least 1 host thread".into());
     }
     if o.rounds == 0 {
         return Err("--rounds 0: nothing to run".into());
@@ -113,8 +124,12 @@ fn main() -> ExitCode {
         ),
     };
     let frames = Arc::new(frames);
+    let hosts = o
+        .host_threads
+        .unwrap_or(o.cpus.min(lwkt_arch_hosted::host_cores()))
+        .min(o.cpus);
     let machine = match Machine::new(o.cpus) {
-        Ok(m) => m,
+        Ok(m) => m.host_threads(hosts),
         Err(e) => {
             eprintln!("lwkt-demo: {e}");
             return ExitCode::from(2);
@@ -126,6 +141,13 @@ fn main() -> ExitCode {
         host_cores(),
         o.rounds
     );
+    if hosts < o.cpus {
+        println!(
+            "  (M:N: {} vCPUs on {hosts} host threads, switched in user space; a thread that spins \
+             without calling lwkt would starve the other vCPUs of its host thread)",
+            o.cpus
+        );
+    }
     let ((lines, net_ok), report) = machine.run_with_report(|cur| {
         let mut lines = vec![
             ping_pong(cur, o.rounds),

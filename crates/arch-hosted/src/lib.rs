@@ -68,8 +68,31 @@
 //!   senders' time went to signal delivery, and a signal does not make a
 //!   vCPU the host has preempted run any sooner).
 //!
-//! Oversubscription then costs what the host's own thread switches cost
-//! (`docs/benchmark-notes.md`, "More vCPUs than cores"; bench group
+//! That still leaves every message to a vCPU the host is not running
+//! waiting for a host switch (a `sched_yield` or a futex wake-up, about a
+//! microsecond each on a virtualised host). So a machine can also run its
+//! vCPUs **M:N**, several on one host thread, switched in user space as a
+//! hypervisor runs vCPUs on fewer physical CPUs:
+//! [`Machine::host_threads`]`(`[`host_cores()`]`)` (the demo and the
+//! `msg_vcpus` bench do so when vCPUs outnumber cores; the default stays
+//! one host thread per vCPU). Consecutive vCPUs share a host thread, for
+//! good (a context never resumes on another OS thread: its frames may hold
+//! the addresses of thread-locals). A vCPU gives its host thread to a
+//! sibling only at cooperative points of lwkt's own code: when it idles
+//! (`Arch::idle_wait`), busy-waits (`Arch::pause`: a full ring, a token, a
+//! `cpusync`), yields with nothing else to run, or ends a time slice
+//! (`Arch::yield_point`); never from a signal handler (the interrupted
+//! code may hold the C library's allocator lock). A kick, timer or
+//! interrupt for a vCPU that is not on its host thread marks it and
+//! unparks the host thread; the host thread parks only when none of its
+//! vCPUs has work. The cost is **the starvation rule**: a thread that
+//! spins without calling lwkt keeps its host thread's other vCPUs from
+//! running; the watchdog counts each such wait of a second or more
+//! ([`Report::starved`]).
+//!
+//! Oversubscription then costs what the host's own thread switches cost,
+//! or less (`docs/benchmark-notes.md`, "More vCPUs than cores" and
+//! "Session 15: vCPUs multiplexed over host threads"; bench group
 //! `msg_vcpus`).
 //!
 //! Reports and the `log` feature (off by default): with it, the shutdown
@@ -84,6 +107,7 @@
 #![warn(missing_docs)]
 
 mod fault;
+mod mux;
 mod stack;
 mod switch;
 mod vcpu;
@@ -150,6 +174,13 @@ pub struct Report {
     /// timer signalling the vCPU thread at the deadline), per CPU; all 0
     /// when the host refused the timers and the watchdog delivered them.
     pub timer_signals: Vec<usize>,
+    /// Times each vCPU waited a second or more with work while a sibling
+    /// on its host thread ran without giving the thread back (a thread
+    /// spinning without calling lwkt: the starvation rule of
+    /// [`Machine::host_threads`]), per CPU; all 0 on a 1:1 machine.
+    pub starved: Vec<usize>,
+    /// Host threads that ran the vCPUs (the vCPU count on a 1:1 machine).
+    pub host_threads: usize,
     /// Threads still alive (blocked) at shutdown: they never exited. Their
     /// stacks are leaked rather than freed under them.
     pub leaked_threads: usize,
@@ -196,6 +227,14 @@ impl fmt::Display for Report {
                 self.soft_kicks[i]
             )?;
         }
+        let starved: usize = self.starved.iter().sum();
+        if starved != 0 {
+            writeln!(
+                f,
+                "vCPUs starved on their host thread (a thread spun without calling lwkt): {starved} time(s), per CPU {:?}",
+                self.starved
+            )?;
+        }
         write!(
             f,
             "threads never exited: {}; elapsed {:.3} s",
@@ -211,6 +250,7 @@ impl fmt::Display for Report {
 pub struct Machine {
     ncpus: usize,
     pin: bool,
+    host_threads: usize,
 }
 
 impl Machine {
@@ -231,13 +271,73 @@ impl Machine {
         if ncpus > MAX_CPUS {
             return Err(HostedError::TooManyCpus { requested: ncpus });
         }
-        Ok(Machine { ncpus, pin: true })
+        Ok(Machine {
+            ncpus,
+            pin: true,
+            host_threads: ncpus,
+        })
     }
 
-    /// Pin vCPU `i` to online host core `i`
+    /// Run the vCPUs on `h` host threads (clamped to 1..=the vCPU count;
+    /// default: one each), consecutive vCPUs on the same host thread (host
+    /// thread `j` runs vCPUs `j*n/h` to `(j+1)*n/h - 1`) for good, and
+    /// switch between the vCPUs of a host thread in user space (M:N), as a
+    /// hypervisor runs vCPUs on fewer physical CPUs. With more vCPUs than
+    /// host cores, `host_threads(`[`host_cores()`]`)` makes a message to a
+    /// vCPU the host is not running cost a user-space switch (tens of
+    /// nanoseconds) instead of a host thread switch (a microsecond or
+    /// more): see "More vCPUs than cores" in the crate docs.
+    ///
+    /// **The starvation rule**: a vCPU gives its host thread to a sibling
+    /// only when it idles or busy-waits inside lwkt (`Arch::idle_wait`,
+    /// `Arch::pause`), never from a signal. A thread that spins on memory
+    /// without calling lwkt (or that runs for long without blocking while a
+    /// sibling has work) keeps the sibling vCPUs of its host thread from
+    /// running: a flag it waits for that one of them would set is never
+    /// set. The watchdog counts each such wait over a second
+    /// ([`Report::starved`], and a `log` warning with the `log` feature).
+    /// Spin through lwkt (tokens, `cpusync`, `yield_now`, messages) or
+    /// keep the default.
+    ///
+    /// With the `asan` feature the machine stays 1:1 (the fiber
+    /// annotations know one stack per vCPU thread).
+    ///
+    /// ```
+    /// use lwkt_core::CpuId;
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// let sum = Arc::new(AtomicU32::new(0));
+    /// let report = lwkt_arch_hosted::Machine::new(8)
+    ///     .unwrap()
+    ///     .host_threads(2)
+    ///     .run_with_report(|cur| {
+    ///         let hs: Vec<_> = (0..8)
+    ///             .map(|c| {
+    ///                 let sum = sum.clone();
+    ///                 cur.spawn_on(CpuId::new(c), move |me| {
+    ///                     sum.fetch_add(me.cpu_id().get(), Ordering::Relaxed);
+    ///                 })
+    ///                 .unwrap()
+    ///             })
+    ///             .collect();
+    ///         for h in &hs {
+    ///             cur.join(h);
+    ///         }
+    ///     })
+    ///     .1;
+    /// assert_eq!(sum.load(Ordering::Relaxed), 28);
+    /// assert_eq!(report.host_threads, if cfg!(feature = "asan") { 8 } else { 2 });
+    /// ```
+    pub fn host_threads(mut self, h: usize) -> Machine {
+        self.host_threads = h.clamp(1, self.ncpus);
+        self
+    }
+
+    /// Pin vCPU `i` (host thread `i` with [`host_threads`](Machine::host_threads))
+    /// to online host core `i`
     /// (default: on; where the host refuses, the vCPU stays unpinned). A
-    /// machine with more vCPUs than cores is never pinned: the host's
-    /// scheduler then balances the vCPUs over the cores.
+    /// machine with more host threads than cores is never pinned: the host's
+    /// scheduler then balances them over the cores.
     pub fn pin(mut self, pin: bool) -> Machine {
         self.pin = pin;
         self
@@ -297,21 +397,70 @@ impl Machine {
         // share one, the third has the other) and forbids the host to move a
         // runnable vCPU to a core another left idle, which made a 3-vCPU
         // machine on 2 cores slower than an 8-vCPU one.
+        // With `asan` a vCPU's idle thread must be its OS thread's context
+        // (`switch::asan`): no multiplexing.
+        let h = if cfg!(feature = "asan") {
+            n
+        } else {
+            self.host_threads
+        };
         let cores = match self.pin {
             true => Some(allowed_cores())
-                .filter(|c| n <= c.len())
+                .filter(|c| h <= c.len())
                 .unwrap_or_default(),
             false => Vec::new(),
         };
-        let barrier = Barrier::new(n);
+        let barrier = Barrier::new(h);
         let running = AtomicUsize::new(n);
+        // Host thread `j` runs a run of consecutive vCPUs, for good.
+        let groups: Box<[mux::Group]> = if h < n {
+            (0..h)
+                .map(|j| {
+                    let members: Vec<&Cpu> = host_thread_vcpus(j, n, h).map(|i| &cpus[i]).collect();
+                    mux::Group::new(&members, &running)
+                })
+                .collect()
+        } else {
+            Box::default()
+        };
+        for (j, g) in groups.iter().enumerate() {
+            for (k, i) in host_thread_vcpus(j, n, h).enumerate() {
+                vcpus[i]
+                    .group
+                    .store(g as *const mux::Group as usize, Ordering::Relaxed);
+                vcpus[i].slot.store(k, Ordering::Relaxed);
+            }
+        }
         std::thread::scope(|s| {
             let (cpus_ref, vcpus_ref, running_ref) = (&cpus, &vcpus, &running);
             std::thread::Builder::new()
                 .name("lwkt-kick-watchdog".into())
                 .spawn_scoped(s, move || vcpu::watchdog(cpus_ref, vcpus_ref, running_ref))
                 .expect("lwkt-arch-hosted: cannot spawn the kick watchdog");
-            for i in 0..n {
+            for (j, g) in groups.iter().enumerate() {
+                let (barrier, cores) = (&barrier, &cores);
+                std::thread::Builder::new()
+                    .name(format!("lwkt-host{j}"))
+                    .spawn_scoped(s, move || {
+                        if !cores.is_empty() {
+                            pin_to(cores[j % cores.len()]);
+                        }
+                        for i in host_thread_vcpus(j, n, h) {
+                            let v = &vcpus_ref[i];
+                            // SAFETY: pthread_self has no preconditions.
+                            v.pthread
+                                .store(unsafe { libc::pthread_self() } as usize, Ordering::Release);
+                            let _ = v.thread.set(std::thread::current());
+                        }
+                        barrier.wait();
+                        // SAFETY: the machine is bound and outlives this
+                        // scope; these CPUs run only here; `groups` is not
+                        // moved while the scope runs.
+                        unsafe { mux::run_group(g) };
+                    })
+                    .expect("lwkt-arch-hosted: cannot spawn a host thread");
+            }
+            for i in (0..n).filter(|_| h == n) {
                 let (cpu, v, barrier, cores) = (&cpus[i], &vcpus[i], &barrier, &cores);
                 let running = &running;
                 std::thread::Builder::new()
@@ -358,6 +507,11 @@ impl Machine {
                 .iter()
                 .map(|v| v.timer_signals.load(Ordering::Relaxed))
                 .collect(),
+            starved: vcpus
+                .iter()
+                .map(|v| v.starved.load(Ordering::Relaxed))
+                .collect(),
+            host_threads: h,
             leaked_threads: leaked,
             elapsed: start.elapsed(),
         };
@@ -390,6 +544,24 @@ fn log_report(r: &Report) {
         r.total(|c| c.ipis_received),
         r.signals.iter().sum::<usize>()
     );
+}
+
+/// The vCPUs host thread `j` of `h` runs on a machine of `n`: a run of
+/// consecutive ones, so that neighbours (a CPU and the next, which
+/// workloads often pair) talk through user-space switches.
+fn host_thread_vcpus(j: usize, n: usize, h: usize) -> core::ops::Range<usize> {
+    j * n / h..(j + 1) * n / h
+}
+
+/// The host cores this process may use (`available_parallelism`; 1 if
+/// unknown): the host thread count that [`Machine::host_threads`] wants
+/// when vCPUs outnumber them.
+///
+/// ```
+/// assert!(lwkt_arch_hosted::host_cores() >= 1);
+/// ```
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Host cores online (empty if unknown). Not the calling thread's affinity:

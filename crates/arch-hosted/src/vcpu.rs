@@ -44,6 +44,12 @@ pub(crate) fn current_cpu_block() -> Option<&'static Cpu> {
     unsafe { p.as_ref() }
 }
 
+/// Name the vCPU the calling host thread runs now (null: none, e.g. a
+/// multiplexed host thread's scheduler, or a switch between its vCPUs).
+pub(crate) fn set_current(cpu: *const Cpu) {
+    CURRENT.with(|c| c.set(cpu));
+}
+
 /// Per-vCPU backend state, pointed to by the CPU block's arch word 0.
 pub(crate) struct Vcpu {
     pub(crate) pthread: AtomicUsize,
@@ -83,6 +89,15 @@ pub(crate) struct Vcpu {
     /// cycles (`idle_poll_cycles`), adapted after each park
     /// (`adapt_poll`). Only the vCPU itself uses it.
     pub(crate) poll: AtomicU64,
+    /// The `mux::Group` of the host thread that runs this vCPU with others
+    /// (0: it has a host thread of its own), and its index there. Set
+    /// before the machine starts.
+    pub(crate) group: AtomicUsize,
+    pub(crate) slot: AtomicUsize,
+    /// Times the watchdog saw this vCPU kept from running for
+    /// `STARVE_AFTER` while it had work and a sibling on its host thread
+    /// ran without letting it (the starvation rule of M:N).
+    pub(crate) starved: AtomicUsize,
 }
 
 /// `Vcpu::ktimer` when the vCPU has no kernel timer.
@@ -104,7 +119,24 @@ impl Vcpu {
             timer_signals: AtomicUsize::new(0),
             poll: AtomicU64::new(IDLE_POLL_CYCLES),
             signalling: AtomicUsize::new(0),
+            group: AtomicUsize::new(0),
+            slot: AtomicUsize::new(0),
+            starved: AtomicUsize::new(0),
         }
+    }
+
+    /// The group this vCPU shares a host thread with, if any.
+    pub(crate) fn group(&self) -> Option<&crate::mux::Group> {
+        // SAFETY: set by `Machine` to a group that outlives the machine's
+        // run (dropped after every vCPU and the watchdog are joined).
+        unsafe { (self.group.load(Ordering::Relaxed) as *const crate::mux::Group).as_ref() }
+    }
+
+    /// Whether this vCPU is on its host thread now (always, without M:N):
+    /// only then may a signal to that thread act for it.
+    pub(crate) fn on_host_thread(&self) -> bool {
+        self.group()
+            .is_none_or(|g| g.current.load(Ordering::SeqCst) == self.slot.load(Ordering::Relaxed))
     }
 
     /// The vCPU's kernel timer, if it has one.
@@ -204,7 +236,7 @@ fn timer_interrupt(cpu: &Cpu, v: &Vcpu) {
 /// # Safety
 /// `cpu` belongs to a running machine built by this backend (which stored
 /// the record in word 0 and keeps it alive while the machine runs).
-unsafe fn vcpu_of(cpu: &Cpu) -> &Vcpu {
+pub(crate) unsafe fn vcpu_of(cpu: &Cpu) -> &Vcpu {
     let p = cpu.arch_word(0) as *const Vcpu;
     assert!(
         !p.is_null(),
@@ -235,6 +267,12 @@ const WATCH_MAX: Duration = Duration::from_millis(2);
 /// has finished (vCPU threads are detached), so the thread first retires
 /// it (`retire_pthread`) and waits for the signals already on their way.
 fn signal(v: &Vcpu) {
+    // A vCPU that shares its host thread and is not on it now: the handler
+    // would act for a sibling. It answers when its host thread switches to
+    // it.
+    if !v.on_host_thread() {
+        return;
+    }
     // Announce, then look: SeqCst on both sides (here and in
     // `retire_pthread`) means either the exiting thread sees us and waits,
     // or we see its `pthread` cleared.
@@ -334,6 +372,10 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
     let mut backlog: Vec<bool> = vec![false; cpus.len()];
     // Per CPU: when a timer was posted to it and not yet run (0: none).
     let mut timer_posted: Vec<u64> = vec![0; cpus.len()];
+    // Per CPU of a shared host thread: since when it waits with work while
+    // a sibling runs, the host thread's switch count then, and whether that
+    // wait was counted as starvation.
+    let mut waiting: Vec<Option<(std::time::Instant, u64, bool)>> = vec![None; cpus.len()];
     while running.load(Ordering::Acquire) != 0 {
         next_scan += period;
         loop {
@@ -350,6 +392,29 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
         let mut signalled = false;
         let mut suspect = false;
         for (i, (c, v)) in cpus.iter().zip(vcpus).enumerate() {
+            if let Some(g) = v.group() {
+                if !v.on_host_thread() {
+                    // Not on its host thread: a signal would reach a
+                    // sibling. It answers its kicks and timers when the host
+                    // thread switches to it; give it a fresh window then.
+                    watch_starvation(i, v, g, &mut waiting[i]);
+                    let t = v.posted_at.load(Ordering::Relaxed);
+                    if t != 0 {
+                        let _ = v.posted_at.compare_exchange(
+                            t,
+                            now,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    if timer_posted[i] != 0 {
+                        timer_posted[i] = now;
+                    }
+                    backlog[i] = false;
+                    continue;
+                }
+                waiting[i] = None;
+            }
             let stats = c.stats();
             let ran = stats.ipis_received != received[i];
             received[i] = stats.ipis_received;
@@ -423,13 +488,53 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
     }
 }
 
+/// How long a vCPU may wait with work on its host thread, while a sibling
+/// runs without ever giving the thread back, before the watchdog counts it
+/// as starved (`Report::starved`, and a `log` warning).
+pub(crate) const STARVE_AFTER: Duration = Duration::from_secs(1);
+
+/// The starvation rule of M:N, watched: vCPU `i` (of group `g`, not on its
+/// host thread now) waits with work while the host thread keeps running
+/// the same sibling (its switch count does not move) for `STARVE_AFTER`:
+/// a thread there spins without calling lwkt. Counted once per wait.
+fn watch_starvation(
+    i: usize,
+    v: &Vcpu,
+    g: &crate::mux::Group,
+    w: &mut Option<(std::time::Instant, u64, bool)>,
+) {
+    let slot = v.slot.load(Ordering::Relaxed);
+    if !g.runnable(slot) {
+        *w = None;
+        return;
+    }
+    let sw = g.switches.load(Ordering::Relaxed);
+    match w {
+        Some((since, seen, counted)) if *seen == sw => {
+            if !*counted && since.elapsed() >= STARVE_AFTER {
+                *counted = true;
+                v.starved.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "log")]
+                log::warn!(
+                    "lwkt-arch-hosted: cpu {i} has waited {:?} for its host thread, which a thread of a sibling vCPU keeps without calling lwkt (M:N starvation rule)",
+                    since.elapsed()
+                );
+                #[cfg(not(feature = "log"))]
+                let _ = i;
+            }
+        }
+        _ => *w = Some((std::time::Instant::now(), sw, false)),
+    }
+}
+
 /// Whether vCPU threads (of every machine of the process) outnumber the
 /// online host cores.
-fn oversubscribed() -> bool {
+pub(crate) fn oversubscribed() -> bool {
     LIVE_VCPUS.load(Ordering::Relaxed) > online_cores()
 }
 
-/// vCPU threads running now, over every machine of the process.
+/// Host threads running vCPUs now, over every machine of the process (a
+/// host thread that runs several counts once).
 pub(crate) static LIVE_VCPUS: AtomicUsize = AtomicUsize::new(0);
 
 /// Host cores online (read once).
@@ -438,8 +543,8 @@ fn online_cores() -> usize {
     *N.get_or_init(|| crate::allowed_cores().len().max(1))
 }
 
-const RUNNING: u32 = 0;
-const PARKED: u32 = 1;
+pub(crate) const RUNNING: u32 = 0;
+pub(crate) const PARKED: u32 = 1;
 
 /// How long an idle vCPU watches its rings before it parks (about 75 µs at
 /// 2.6 GHz): a futex wake-up costs both sides microseconds, and a message
@@ -666,6 +771,11 @@ unsafe impl Arch for HostedArch {
         // its message before that check, or unparks us. With more vCPUs
         // than cores, yield the core for a while first (still RUNNING:
         // senders post their kicks).
+        // A vCPU that shares its host thread gives it to the scheduler,
+        // which resumes it once it has work (`mux`).
+        if crate::mux::idle_wait(cpu) {
+            return;
+        }
         // SAFETY: our own running CPU of a hosted machine (contract).
         let v = unsafe { vcpu_of(cpu) };
         if oversubscribed() && yield_until_pending(cpu, v) {
@@ -716,7 +826,7 @@ unsafe impl Arch for HostedArch {
         // (`idle_wait`), and the host's scheduler runs whoever has work.
         // Otherwise as long as watching paid lately (`adapt_poll`).
         match current_cpu_block() {
-            _ if oversubscribed() => 0,
+            _ if oversubscribed() || crate::mux::shares_host_thread() => 0,
             // SAFETY: the calling vCPU's own block, running (the idle loop
             // asks).
             Some(me) => unsafe { vcpu_of(me) }.poll.load(Ordering::Relaxed),
@@ -725,7 +835,9 @@ unsafe impl Arch for HostedArch {
     }
 
     fn spin_wait_pays(&self) -> bool {
-        !oversubscribed()
+        // On a shared host thread the CPU that would answer may be a
+        // sibling, which runs only once this one stops spinning.
+        !oversubscribed() && !crate::mux::shares_host_thread()
     }
 
     fn clock(&self) -> Option<u64> {
@@ -754,7 +866,23 @@ unsafe impl Arch for HostedArch {
         }
     }
 
+    fn yield_point(&self) {
+        // A thread that yields with nothing else to run on its vCPU waits
+        // for another CPU (on a shared host thread, maybe a sibling), or
+        // its time slice ended: let a sibling that can run have a turn.
+        if let Some(me) = current_cpu_block() {
+            crate::mux::pause(me);
+        }
+    }
+
     fn pause(&self, spins: u32) {
+        // On a shared host thread, let a sibling that can run have it: the
+        // CPU being waited for may be that sibling.
+        if let Some(me) = current_cpu_block() {
+            if crate::mux::pause(me) {
+                return;
+            }
+        }
         // Give the core away at once when vCPUs outnumber host cores: the
         // CPU being waited for may be the one the host has set aside.
         if spins > 64 || oversubscribed() {
@@ -771,7 +899,22 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
     // SAFETY: errno is thread-local; save and restore it around our work so
     // the interrupted code sees its own value.
     let errno = unsafe { *libc::__errno_location() };
+    // No vCPU switch while lwkt code runs in this handler (`mux::pause`).
+    let was = crate::mux::set_in_handler(true);
     let p = CURRENT.with(Cell::get);
+    // A host thread that runs several vCPUs: the signal may be any one's
+    // kernel timer, so post the due timers of all (atomic flags and an
+    // unpark, nothing more); only the one running now is interrupted.
+    if let Some(g) = crate::mux::my_group() {
+        for m in g.members.iter() {
+            // SAFETY: the group's CPUs belong to its running machine.
+            let cpu = unsafe { &*m.cpu };
+            if !ptr::eq(cpu, p) {
+                // SAFETY: as above.
+                timer_interrupt(cpu, unsafe { vcpu_of(cpu) });
+            }
+        }
+    }
     if !p.is_null() {
         // SAFETY: the thread-local names this thread's CPU, of a running
         // machine of this backend (set only while its idle loop runs).
@@ -800,6 +943,7 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
         // (and FPU state) in the signal frame on that stack.
         unsafe { (*p).preempt_from_interrupt_with(unblock_ipi_signal, block_ipi_signal) };
     }
+    crate::mux::set_in_handler(was);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
@@ -807,6 +951,8 @@ extern "C" fn on_ipi_signal(_sig: libc::c_int) {
 /// Unblock the IPI signal for the calling OS thread (the kernel blocks it
 /// while its handler runs).
 fn unblock_ipi_signal() {
+    // The thread switched to runs as thread code, not in the handler.
+    crate::mux::set_in_handler(false);
     ipi_signal_mask(libc::SIG_UNBLOCK);
 }
 
@@ -815,6 +961,7 @@ fn unblock_ipi_signal() {
 /// this frame.
 fn block_ipi_signal() {
     ipi_signal_mask(libc::SIG_BLOCK);
+    crate::mux::set_in_handler(true);
 }
 
 fn ipi_signal_mask(how: libc::c_int) {
@@ -856,16 +1003,41 @@ pub(crate) fn install_signal_handler() {
 /// # Safety
 /// `cpu` belongs to a bound machine that outlives this call; called once per CPU.
 pub(crate) unsafe fn run_vcpu(cpu: &Cpu) {
+    LIVE_VCPUS.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: forwarded.
+    unsafe { run_vcpu_here(cpu) };
+    LIVE_VCPUS.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// `run_vcpu` without counting a host thread: also the body of each vCPU
+/// of a multiplexed host thread (`mux`), on the vCPU's own stack.
+///
+/// # Safety
+/// As for [`run_vcpu`].
+pub(crate) unsafe fn run_vcpu_here(cpu: &Cpu) {
     // SAFETY: a CPU of a machine of this backend (contract).
     let v = unsafe { vcpu_of(cpu) };
     create_ktimer(v);
     CURRENT.with(|c| c.set(cpu));
-    LIVE_VCPUS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: forwarded; the thread-local now names this CPU.
     unsafe { cpu.idle_loop() };
-    LIVE_VCPUS.fetch_sub(1, Ordering::Relaxed);
     CURRENT.with(|c| c.set(ptr::null()));
     delete_ktimer(v);
+}
+
+/// Post `cpu`'s timer interrupt if its deadline has passed (once: whoever
+/// takes the deadline from `timer` posts it). Called on the vCPU's host
+/// thread.
+pub(crate) fn take_due_timer(cpu: &Cpu, v: &Vcpu) {
+    let d = v.timer.load(Ordering::Acquire);
+    if d != u64::MAX
+        && clock_ns() >= d
+        && v.timer
+            .compare_exchange(d, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    {
+        cpu.post_timer();
+    }
 }
 
 /// The CPU number of the calling OS thread if it is a virtual CPU running an

@@ -183,6 +183,18 @@ pub unsafe trait Arch: Sync {
         core::hint::spin_loop();
     }
 
+    /// A point where the running thread gives way, in thread context (not
+    /// in an interrupt frame): it yielded
+    /// ([`Cur::yield_now`](crate::Cur::yield_now)) and no other thread of
+    /// its CPU could run (it most likely waits, through lwkt, for another
+    /// CPU), or its time slice ended and it got the CPU back. Called on
+    /// that CPU. A backend that runs several CPUs on one host thread (the
+    /// hosted one's M:N machines) may let another of them run now, as in
+    /// [`pause`](Arch::pause); the default does nothing (each CPU has a
+    /// processor of its own). DragonFly: none (`lwkt_yield()` on a CPU
+    /// with nothing else to run just returns).
+    fn yield_point(&self) {}
+
     /// Whether a thread waiting for another CPU's answer (lwkt-msg's
     /// `domsg` across CPUs) should spin a little before it sleeps: true
     /// when every CPU runs all the time, as on bare metal (the default).

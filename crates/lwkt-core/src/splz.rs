@@ -55,6 +55,12 @@ pub(crate) fn splz_from_thread(td: &Thread) {
         // switch (`yield_td` clears the request).
         gd.stats.slices.add(1);
         crate::switch::yield_td(td);
+        // In thread context, also give way to the other CPUs of this one's
+        // host thread, if the backend multiplexes (never from an interrupt
+        // frame: the interrupted code may hold what they need).
+        if !td.has(tdf::IN_FRAME) {
+            gd.machine().arch.yield_point();
+        }
     }
 }
 

@@ -41,7 +41,13 @@ impl Cur {
     /// backend). Inlined, the switch continues straight in the caller.
     #[inline(always)]
     pub fn yield_now(&mut self) {
-        yield_td(self.td());
+        if !yield_td(self.td()) {
+            // Nothing else here could run: the thread most likely waits,
+            // through lwkt, for another CPU. Let the backend run another
+            // CPU that shares this one's host thread, if any (thread
+            // context, outside any critical section).
+            self.td().gd().machine().arch.yield_point();
+        }
     }
 
     /// Take this thread off the run queue and switch away, in one critical
@@ -139,9 +145,9 @@ impl Cur {
 /// `Cur::yield_now` for `td`, which must be the running thread (called on
 /// its own behalf, outside interrupt processing): behind its
 /// equal-priority peers, and switch. Also the round-robin of time slicing
-/// (`slice`).
+/// (`slice`). Returns whether it switched.
 #[inline(always)]
-pub(crate) fn yield_td(td: &Thread) {
+pub(crate) fn yield_td(td: &Thread) -> bool {
     crit::enter(&td.critcount);
     let gd = td.gd();
     // Deferred interrupts first (DragonFly: only when flagged), and the
@@ -154,7 +160,7 @@ pub(crate) fn yield_td(td: &Thread) {
         unsafe { yield_flags(gd) };
     }
     // SAFETY: on our CPU in a critical section, as the running thread.
-    unsafe {
+    let switched = unsafe {
         // Behind our equal-priority peers; a higher-priority thread, if
         // any, runs next anyway.
         let first = if td.has(tdf::RUNQ) {
@@ -162,12 +168,13 @@ pub(crate) fn yield_td(td: &Thread) {
         } else {
             gd.runq().first()
         };
-        switch_in_crit::<false>(td, gd, first);
-    }
+        switch_in_crit::<false>(td, gd, first)
+    };
     // We entered above: leave without the underflow check.
     if crit::exit_entered(&td.critcount, &td.gd().reqflags) {
         splz_from_thread(td);
     }
+    switched
 }
 
 /// The core of `lwkt_switch`: run the best thread of this CPU whose tokens

@@ -15,7 +15,10 @@ use crate::port::Deadline;
 /// thread runnable again from any context of the machine
 /// ([`ThreadHandle::wake`]). `f` gets the current CPU, to send messages
 /// with ([`Port::call`](crate::Port::call)); the thread stays on its CPU
-/// until `block_on` returns.
+/// until `block_on` returns. A future woken while it was polled is polled
+/// again after a [`Cur::yield_now`] (DragonFly's `lwkt_yield`), so that
+/// what it waits for can run, even on a vCPU sharing this one's host
+/// thread.
 ///
 /// ```
 /// lwkt_arch_hosted::Machine::new(1).unwrap().run(|cur| {
@@ -49,8 +52,10 @@ where
             // comes by IPI) and schedules us again after the switch.
             cur.deschedule_self();
             cur.switch();
+            cur.crit_exit();
+        } else {
+            woken_while_polled(cur);
         }
-        cur.crit_exit();
     }
 }
 
@@ -129,9 +134,23 @@ where
             // A wake from here on is deferred by the critical section (or
             // comes by IPI) and schedules us again; so does the timer.
             let _ = cur.block_timeout(left);
+            cur.crit_exit();
+        } else {
+            woken_while_polled(cur);
         }
-        cur.crit_exit();
     }
+}
+
+/// The future was woken while it was polled (entered in a critical
+/// section): yield before polling it again (DragonFly's `lwkt_yield`), so
+/// that whatever it waits for can run, other threads of this CPU or, on a
+/// host thread shared by several vCPUs, a sibling vCPU
+/// ([`Arch::yield_point`](lwkt_core::Arch::yield_point)). A
+/// [`ReplyFuture`](crate::ReplyFuture) whose reply is between its two
+/// phases wakes itself and relies on this to let the replier finish.
+fn woken_while_polled(cur: &mut Cur) {
+    cur.crit_exit();
+    cur.yield_now();
 }
 
 struct ThreadWaker {

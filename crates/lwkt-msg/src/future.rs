@@ -5,6 +5,7 @@ use core::marker::PhantomData;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
+use crate::header::Armed;
 use crate::{Msg, MsgError};
 
 /// The reply to a message sent with [`Port::call`](crate::Port::call), as a
@@ -77,8 +78,16 @@ impl<T: Send + 'static> Future for ReplyFuture<'_, T> {
         let msg = unsafe { &*self.m };
         if !msg.hdr.is_done() {
             msg.waker.register(cx.waker());
-            if !msg.hdr.arm_waker() {
-                return Poll::Pending;
+            match msg.hdr.arm_waker() {
+                Armed::Done => {}
+                Armed::Pending => return Poll::Pending,
+                Armed::Replying => {
+                    // The replier is waking an earlier waker and then sets
+                    // DONE: ask to be polled again rather than spin for it
+                    // (see `Header::arm_waker`).
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
             }
         }
         Poll::Ready(msg.result())

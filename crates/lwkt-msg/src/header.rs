@@ -26,7 +26,7 @@
 
 use lwkt_core::CpuId;
 
-use crate::sync::{spin_loop, AtomicU32, Ordering, UnsafeCell};
+use crate::sync::{AtomicU32, Ordering, UnsafeCell};
 
 mod inline;
 
@@ -261,21 +261,25 @@ impl Header {
     }
 
     /// A future registered its waker: announce it. Returns whether the
-    /// message is done (waiting out a reply that is between its two phases).
+    /// message is done, pending, or replied but not yet done: the replier is
+    /// between the two phases of [`complete`](Self::complete), waking the
+    /// waker of an earlier poll, which may block (an IPI to a full ring).
+    /// The poller must not spin for the second phase: on a host thread
+    /// shared by several vCPUs (arch-hosted M:N) the replier may be a
+    /// sibling vCPU that runs only once the poller's vCPU gives the host
+    /// thread up, at one of lwkt's cooperative points (found by a demo run
+    /// that hung with both host threads spinning here). The future wakes
+    /// itself instead, and its executor polls again after a yield.
     #[inline]
-    pub(crate) fn arm_waker(&self) -> bool {
+    pub(crate) fn arm_waker(&self) -> Armed {
         let prev = self.flags.fetch_or(f::WAKER, Ordering::AcqRel);
         if prev & f::DONE != 0 {
-            return true;
+            return Armed::Done;
         }
         if prev & (f::REPLY | f::QUEUED) == f::REPLY {
-            // The replier saw no WAKER and is setting DONE right now.
-            while !self.is_done() {
-                spin_loop();
-            }
-            return true;
+            return Armed::Replying;
         }
-        false
+        Armed::Pending
     }
 
     /// Anyone: ask the target to abort. Returns whether the request was
@@ -359,4 +363,16 @@ fn in_flight_panic(flags: u32) -> ! {
         "lwkt-msg: message sent while already in flight (rule: a message may \
          be sent again only after its reply)"
     )
+}
+
+/// What [`Header::arm_waker`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Armed {
+    /// Not replied: the replier will wake the registered waker.
+    Pending,
+    /// Replied and done: the result may be read.
+    Done,
+    /// Replied, not yet done: the replier is waking an earlier waker; poll
+    /// again soon (after a yield), without spinning.
+    Replying,
 }

@@ -11,7 +11,7 @@ use loom::sync::atomic::AtomicBool;
 use loom::sync::Arc;
 use loom::thread;
 
-use crate::header::{code, f, Header};
+use crate::header::{code, f, Armed, Header};
 use crate::sync::Ordering;
 
 struct Shared {
@@ -308,11 +308,17 @@ fn future_waker_and_reply_race() {
         };
 
         // First poll: register, or find it done.
-        if !s.hdr.arm_waker() {
-            // Pending: only the waker can make progress now.
-            spin_until(|| waker_ran.load(Ordering::Acquire));
-            // The re-poll waits out the second phase.
-            assert!(s.hdr.arm_waker());
+        match s.hdr.arm_waker() {
+            Armed::Done => {}
+            Armed::Pending => {
+                // Only the waker can make progress now.
+                spin_until(|| waker_ran.load(Ordering::Acquire));
+                // Re-polls (the future's executor yields between them)
+                // see the second phase done, never a lost reply.
+                spin_until(|| s.hdr.arm_waker() == Armed::Done);
+            }
+            // The replier takes the two-phase path only after a WAKER.
+            Armed::Replying => panic!("a first poll found the reply between its phases"),
         }
         assert!(s.hdr.is_done());
         // SAFETY: done.

@@ -4,7 +4,7 @@
 use std::boxed::Box;
 use std::vec::Vec;
 
-use crate::header::{f, Header};
+use crate::header::{f, Armed, Header};
 use crate::queue::Queue;
 use crate::{Msg, MsgError, MsgHandle};
 
@@ -64,7 +64,7 @@ fn queued_reply_returns_ownership_when_taken() {
 fn a_waker_is_woken_before_done() {
     let h = Header::new(0);
     h.begin_send(true);
-    assert!(!h.arm_waker());
+    assert_eq!(h.arm_waker(), Armed::Pending);
     let mut woke = false;
     let waiting = h.complete(|| {
         assert!(
@@ -74,7 +74,7 @@ fn a_waker_is_woken_before_done() {
         woke = true;
     });
     assert!(woke && !waiting && h.is_done());
-    assert!(h.arm_waker(), "done: the future completes");
+    assert_eq!(h.arm_waker(), Armed::Done, "done: the future completes");
 }
 
 #[test]
