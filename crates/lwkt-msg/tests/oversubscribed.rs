@@ -10,8 +10,8 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lwkt_arch_hosted::Machine;
-use lwkt_core::CpuId;
+use lwkt_arch_hosted::{Machine, Report};
+use lwkt_core::{CpuId, Cur, ThreadHandle};
 use lwkt_msg::{serve_on, Incoming, Msg, PortRef};
 
 const CPUS: usize = 16;
@@ -51,27 +51,13 @@ fn sixteen_vcpus_on_two_host_threads_await_replies_of_siblings() {
 /// One machine of the test above.
 fn await_replies_of_siblings() {
     const CALLS: u64 = 20_000;
-    let served = Arc::new(AtomicU64::new(0));
-    let report = Machine::new(CPUS)
-        .unwrap()
-        .host_threads(2)
-        .run_with_report(|cur| {
-            let servers: Vec<_> = (0..CPUS)
+    let (served, report) = with_servers(
+        2,
+        |m, _| m + 1,
+        |cur, ports| {
+            (0..CPUS)
                 .map(|c| {
-                    let served = served.clone();
-                    serve_on(cur, CpuId::new(c as u32), move |me, port: PortRef<u64>| {
-                        while let Incoming::Request(mut m) = port.waitport(me) {
-                            *m += 1;
-                            m.reply(me.my_cpu(), Ok(()));
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                    })
-                    .unwrap()
-                })
-                .collect();
-            let clients: Vec<_> = (0..CPUS)
-                .map(|c| {
-                    let port = servers[(c + 1) % CPUS].1.clone();
+                    let port = ports[(c + 1) % CPUS].clone();
                     cur.spawn_on(CpuId::new(c as u32), move |me| {
                         let mut ms: Vec<Pin<Box<Msg<u64>>>> =
                             (0..WINDOW).map(|_| Box::pin(Msg::new(0))).collect();
@@ -90,45 +76,23 @@ fn await_replies_of_siblings() {
                     })
                     .unwrap()
                 })
-                .collect();
-            for t in &clients {
-                cur.join(t);
-            }
-            for (t, port) in &servers {
-                port.close_from(cur.my_cpu());
-                cur.join(t);
-            }
-        })
-        .1;
+                .collect()
+        },
+    );
     assert_eq!(report.leaked_threads, 0);
-    assert_eq!(served.load(Ordering::Relaxed), CPUS as u64 * CALLS);
+    assert_eq!(served, CPUS as u64 * CALLS);
 }
 
 /// The exchange on a machine of `CPUS` vCPUs run by `host_threads` host
 /// threads.
 fn exchange(host_threads: usize) {
-    let served = Arc::new(AtomicU64::new(0));
-    let report = Machine::new(CPUS)
-        .unwrap()
-        .host_threads(host_threads)
-        .run_with_report(|cur| {
-            let servers: Vec<_> = (0..CPUS)
-                .map(|c| {
-                    let served = served.clone();
-                    serve_on(cur, CpuId::new(c as u32), move |me, port: PortRef<u64>| {
-                        while let Incoming::Request(mut m) = port.waitport(me) {
-                            // The answer names the server: the client checks it.
-                            *m = *m * 100 + c as u64;
-                            m.reply(me.my_cpu(), Ok(()));
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                    })
-                    .unwrap()
-                })
-                .collect();
-            let ports: Arc<Vec<PortRef<u64>>> =
-                Arc::new(servers.iter().map(|s| s.1.clone()).collect());
-            let clients: Vec<_> = (0..CPUS)
+    let (served, report) = with_servers(
+        host_threads,
+        // The answer names the server: the client checks it.
+        |m, c| m * 100 + c as u64,
+        |cur, ports| {
+            let ports = Arc::new(ports);
+            (0..CPUS)
                 .map(|c| {
                     let ports = ports.clone();
                     cur.spawn_on(CpuId::new(c as u32), move |me| {
@@ -166,7 +130,43 @@ fn exchange(host_threads: usize) {
                     })
                     .unwrap()
                 })
+                .collect()
+        },
+    );
+    assert_eq!(report.leaked_threads, 0);
+    assert_eq!(report.starved.iter().sum::<usize>(), 0);
+    assert_eq!(served, CPUS as u64 * ROUNDS * 2 * WINDOW);
+}
+
+/// A machine of `CPUS` vCPUs on `host_threads` host threads with a server
+/// on every vCPU (vCPU `c`'s answers a request `m` with `answer(m, c)`)
+/// and the client threads `clients` spawns, given the servers' ports in
+/// vCPU order. Joins the clients, closes and joins the servers; returns
+/// how many requests were answered, and the machine's report.
+fn with_servers(
+    host_threads: usize,
+    answer: fn(u64, usize) -> u64,
+    clients: impl FnOnce(&mut Cur, Vec<PortRef<u64>>) -> Vec<ThreadHandle> + Send,
+) -> (u64, Report) {
+    let served = Arc::new(AtomicU64::new(0));
+    let report = Machine::new(CPUS)
+        .unwrap()
+        .host_threads(host_threads)
+        .run_with_report(|cur| {
+            let servers: Vec<_> = (0..CPUS)
+                .map(|c| {
+                    let served = served.clone();
+                    serve_on(cur, CpuId::new(c as u32), move |me, port: PortRef<u64>| {
+                        while let Incoming::Request(mut m) = port.waitport(me) {
+                            *m = answer(*m, c);
+                            m.reply(me.my_cpu(), Ok(()));
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                    .unwrap()
+                })
                 .collect();
+            let clients = clients(cur, servers.iter().map(|s| s.1.clone()).collect());
             for t in &clients {
                 cur.join(t);
             }
@@ -176,10 +176,5 @@ fn exchange(host_threads: usize) {
             }
         })
         .1;
-    assert_eq!(report.leaked_threads, 0);
-    assert_eq!(report.starved.iter().sum::<usize>(), 0);
-    assert_eq!(
-        served.load(Ordering::Relaxed),
-        CPUS as u64 * ROUNDS * 2 * WINDOW
-    );
+    (served.load(Ordering::Relaxed), report)
 }
