@@ -430,6 +430,10 @@ pub struct Cpu {
     /// While watching: when a look last found work, or the watch began (in
     /// `Arch::cycles`); the watch ends after `idle_poll_cycles` without.
     pub(crate) watch_seen: Cell<u64>,
+    /// While watching: a look found work since `watch_seen` was last set
+    /// (the next look that finds none sets it, rather than read the clock
+    /// on the way to the work: `splz_watched`).
+    pub(crate) watch_found: Cell<bool>,
     /// While watching: final `crit_exit`s so far (threads look at the
     /// rings at one in `WATCH_LOOK_EVERY`).
     pub(crate) watch_exits: Cell<u32>,
@@ -522,6 +526,7 @@ impl Cpu {
             async_entry: Cell::new(false),
             watching: Cell::new(false),
             watch_seen: Cell::new(0),
+            watch_found: Cell::new(false),
             watch_exits: Cell::new(0),
             shutdown: AtomicBool::new(false),
             live_threads: AtomicUsize::new(0),

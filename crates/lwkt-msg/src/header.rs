@@ -14,6 +14,7 @@
 //!
 //! ```text
 //!            begin_send                 mark_queued         take_request
+//!                                  (QUEUED not recorded for SYNC messages)
 //!   DONE ───────────────▶ (in flight) ─────────────▶ QUEUED ─────────────▶ (taken)
 //!    ▲                        │ put-only port: handler runs inline          │
 //!    │                        ▼  (INLINE: on the sender's thread, plain)    │
@@ -183,10 +184,21 @@ impl Header {
         );
     }
 
-    /// Port owner: the message joined a queue as a request.
+    /// Port owner: the message joined a queue as a request. Not recorded
+    /// for a `SYNC` message (`domsg`, `call`, `domsg_timeout`): its
+    /// originator holds its only borrow and waits for the reply, so nobody
+    /// can look at `QUEUED` before it is taken again, and a request's
+    /// `QUEUED` decides nothing in the protocol (replies are what `QUEUED`
+    /// tells apart: `is_queued_reply`, `arm_waker`, which look at `REPLY`
+    /// too). That saves two read-modify-writes per round trip, one of them
+    /// on the first touch of a message from another CPU.
     #[inline]
     pub(crate) fn mark_queued(&self) {
-        self.flags.fetch_or(f::QUEUED, Ordering::Relaxed);
+        // `SYNC` is the originator's, written before the send published
+        // the message to us.
+        if self.flags.load(Ordering::Relaxed) & f::SYNC == 0 {
+            self.flags.fetch_or(f::QUEUED, Ordering::Relaxed);
+        }
     }
 
     /// Port owner: a request left the queue; returns the flags before, so the
@@ -198,6 +210,12 @@ impl Header {
         if cur & f::PARKED != 0 {
             // Only the owner writes a parked message's word (`f::PARKED`).
             self.flags.store(cur & !f::QUEUED, Ordering::Relaxed);
+            return cur;
+        }
+        if cur & f::SYNC != 0 {
+            // Never marked (`mark_queued`). An abort requested after this
+            // load is seen by the handler (`abort_requested`), as one
+            // requested after the read-modify-write would be.
             return cur;
         }
         self.flags.fetch_and(!f::QUEUED, Ordering::Acquire)

@@ -38,7 +38,9 @@ fn request_lifecycle_direct_reply() {
     h.begin_send(true);
     assert_eq!(h.flags(), f::SYNC);
     h.mark_queued();
-    assert_eq!(h.take_request() & f::QUEUED, f::QUEUED);
+    // A SYNC request is not marked on its queue (nobody could look).
+    assert_eq!(h.flags(), f::SYNC);
+    assert_eq!(h.take_request() & f::QUEUED, 0);
     // SAFETY: we act as the target.
     unsafe { h.set_code(5) };
     assert!(!h.prepare_wait(), "not done yet: the waiter sleeps");
@@ -47,6 +49,16 @@ fn request_lifecycle_direct_reply() {
     // SAFETY: the originator owns it again.
     let code = unsafe { h.code() };
     assert_eq!(MsgError::decode(code), Err(MsgError::Code(5)));
+}
+
+#[test]
+fn async_request_is_marked_while_queued() {
+    let h = Header::new(0);
+    h.begin_send(false);
+    h.mark_queued();
+    assert_eq!(h.flags() & f::QUEUED, f::QUEUED);
+    assert_eq!(h.take_request() & f::QUEUED, f::QUEUED);
+    assert_eq!(h.flags() & f::QUEUED, 0);
 }
 
 #[test]
