@@ -14,7 +14,7 @@
 //!
 //! ```text
 //!            begin_send                 mark_queued         take_request
-//!                                  (QUEUED not recorded for SYNC messages)
+//!                                  (not recorded for a domsg's HELD message)
 //!   DONE ───────────────▶ (in flight) ─────────────▶ QUEUED ─────────────▶ (taken)
 //!    ▲                        │ put-only port: handler runs inline          │
 //!    │                        ▼  (INLINE: on the sender's thread, plain)    │
@@ -71,6 +71,15 @@ pub(crate) mod f {
     /// a reply made on that thread completes the message with a plain
     /// store. Not in DragonFly. See `header/inline.rs`.
     pub(crate) const INLINE: u32 = 0x100;
+    /// The message of a `domsg` that is not `PARKED`: its originator is
+    /// inside the call that sent it until its reply, holding its only
+    /// borrow, so nobody can look at its flags while it is queued, and
+    /// ports do not record `QUEUED` for it (two read-modify-writes fewer
+    /// per round trip, one of them on the first touch of a message from
+    /// another CPU). `sendmsg` without a reply port is `SYNC` too, but its
+    /// originator may read `QUEUED` (`Msg::flags`) while it waits. Not in
+    /// DragonFly.
+    pub(crate) const HELD: u32 = 0x200;
     /// An abort was requested; the target sees it and replies.
     pub(crate) const ABORTREQ: u32 = 0x1000;
     /// A `Waker` is registered for the reply (an awaiting future).
@@ -134,6 +143,14 @@ impl Header {
         self.begin(if sync { f::SYNC } else { 0 });
     }
 
+    /// Originator, in `domsg`: start a send whose reply completes the
+    /// message in place while the caller waits inside the call (`SYNC`,
+    /// `HELD`).
+    #[inline]
+    pub(crate) fn begin_domsg(&self) {
+        self.begin(f::SYNC | f::HELD);
+    }
+
     /// `begin_send` with the flags `bits` (`SYNC`, `INLINE`).
     #[inline(always)]
     #[track_caller]
@@ -184,19 +201,13 @@ impl Header {
         );
     }
 
-    /// Port owner: the message joined a queue as a request. Not recorded
-    /// for a `SYNC` message (`domsg`, `call`, `domsg_timeout`): its
-    /// originator holds its only borrow and waits for the reply, so nobody
-    /// can look at `QUEUED` before it is taken again, and a request's
-    /// `QUEUED` decides nothing in the protocol (replies are what `QUEUED`
-    /// tells apart: `is_queued_reply`, `arm_waker`, which look at `REPLY`
-    /// too). That saves two read-modify-writes per round trip, one of them
-    /// on the first touch of a message from another CPU.
+    /// Port owner: the message joined a queue as a request (not recorded
+    /// for a `HELD` message: see there).
     #[inline]
     pub(crate) fn mark_queued(&self) {
-        // `SYNC` is the originator's, written before the send published
+        // `HELD` is the originator's, written before the send published
         // the message to us.
-        if self.flags.load(Ordering::Relaxed) & f::SYNC == 0 {
+        if self.flags.load(Ordering::Relaxed) & f::HELD == 0 {
             self.flags.fetch_or(f::QUEUED, Ordering::Relaxed);
         }
     }
@@ -212,7 +223,7 @@ impl Header {
             self.flags.store(cur & !f::QUEUED, Ordering::Relaxed);
             return cur;
         }
-        if cur & f::SYNC != 0 {
+        if cur & f::HELD != 0 {
             // Never marked (`mark_queued`). An abort requested after this
             // load is seen by the handler (`abort_requested`), as one
             // requested after the read-modify-write would be.

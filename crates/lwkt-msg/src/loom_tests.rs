@@ -96,6 +96,37 @@ fn domsg_reply_and_abort_race() {
     });
 }
 
+/// `domsg` to another CPU (`begin_domsg`: `SYNC|HELD`): the target takes
+/// the request without marking it queued or unmarking it (plain loads, no
+/// read-modify-write) while the originator watches the header and then,
+/// at any point, announces its sleep with a read-modify-write; the reply
+/// must see that announcement or the originator must see the reply (no
+/// lost wake-up), the code must be the target's, and the word must never
+/// carry `QUEUED`.
+#[test]
+fn held_domsg_reply_races_the_sleep() {
+    loom::model(|| {
+        let s = shared(false);
+        s.hdr.begin_domsg();
+        s.sent.store(true, Ordering::Release);
+
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || target(&s))
+        };
+
+        // The reply watch: one look, then the sleep.
+        if !s.hdr.is_done() && !s.hdr.prepare_wait() {
+            spin_until(|| s.woken.load(Ordering::Acquire));
+        }
+        assert!(s.hdr.is_done());
+        assert_eq!(s.hdr.flags() & f::QUEUED, 0);
+        // SAFETY: done: the originator owns the message.
+        assert_eq!(unsafe { s.hdr.code() }, 7);
+        t.join().unwrap();
+    });
+}
+
 /// `domsg_timeout` (`port/timed.rs`): the originator's timed sleep on the
 /// message ends unanswered (the timer's wake-up), so it aborts its own
 /// message and sleeps again, untimed, until the reply; the target takes

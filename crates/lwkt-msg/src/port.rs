@@ -495,7 +495,7 @@ impl<T: Send + 'static> Port<T> {
                 own_port_domsg();
             }
         }
-        msg.hdr.begin_send(true);
+        msg.hdr.begin_domsg();
         let m = msg.as_raw();
         if let Kind::Thread(owner) = &self.kind {
             if self.domsg_here(cur, owner, m) {
