@@ -111,7 +111,7 @@ fn cross_cpu(c: &mut Criterion) {
     // placement of the vCPUs on the host.
     let both = |iters: u64| cross_cpu_batches(iters, CROSS_BATCH);
     g.bench_function("lwkt domsg, thread port on the other CPU", |b| {
-        b.iter_custom(|iters| both(iters).iter().map(|p| p.1).sum())
+        b.iter_custom(|iters| both(iters).iter().map(|p| p.domsg).sum())
     });
     g.bench_function("Mutex+Condvar rendezvous", |b| {
         b.iter_custom(|iters| {
@@ -168,7 +168,10 @@ fn cross_cpu(c: &mut Criterion) {
         })
     });
     g.bench_function("cache-line ping-pong (floor)", |b| {
-        b.iter_custom(|iters| both(iters).iter().map(|p| p.2).sum())
+        b.iter_custom(|iters| both(iters).iter().map(|p| p.ping_pong).sum())
+    });
+    g.bench_function("bare mailbox round trip (protocol floor)", |b| {
+        b.iter_custom(|iters| both(iters).iter().map(|p| p.mailbox).sum())
     });
     g.finish();
 }
