@@ -103,31 +103,13 @@ pub struct Port<T: Send + 'static> {
 /// How long `domsg` to a port served on another CPU watches for the reply
 /// before it sleeps, in cycles of [`Arch::cycles`](lwkt_core::Arch::cycles)
 /// (about 2 µs at 2.5 GHz): longer than a typical cross-CPU round trip,
-/// short enough that the threads of this CPU barely notice. The first look
-/// at the message comes after a quiet time learned per CPU (at most half
-/// this): a look at a header the replier is still writing takes its cache
-/// line away, and each of its later writes pays a transfer.
+/// short enough that the threads of this CPU barely notice.
 pub const DOMSG_POLL_CYCLES: u64 = 5_000;
 
 /// The `domsg` reply watch reads the clock at one turn in this many: a read
 /// costs about 10 ns on a hosted guest (as much as the rest of a turn), and
 /// a reply that lands during it waits for it.
 const DOMSG_CLOCK_EVERY: u32 = 8;
-
-/// How the `domsg` quiet time moves, in cycles: down a little when the
-/// first look found the reply done (it came earlier), up a lot when it did
-/// not. It settles where about 12 first looks in 13 find the reply: an
-/// early look costs the replier hundreds of cycles, a late one only the
-/// time it is late (measured in a scratch loop: aiming at three in four,
-/// the replier's 90th-percentile service time was 500 cycles; aiming at
-/// this, 58, its median).
-const DOMSG_QUIET_DOWN: u64 = 4;
-const DOMSG_QUIET_UP: u64 = 48;
-
-/// Per CPU: the `domsg` quiet time, in cycles after the send (written only
-/// by its CPU, so no read-modify-write).
-static DOMSG_QUIET: [CachePadded<AtomicU32>; lwkt_core::MAX_CPUS] =
-    [const { CachePadded::new(AtomicU32::new(0)) }; lwkt_core::MAX_CPUS];
 
 enum Kind<T: Send + 'static> {
     Thread(ThreadHandle),
@@ -526,18 +508,17 @@ impl<T: Send + 'static> Port<T> {
             // operations and no IPI back (DragonFly's thread ports spin
             // likewise before blocking, `lwkt_spin_loops`). IPIs to this
             // CPU are served meanwhile (we are not in a critical section).
+            //
+            // The watch looks at the header from the start and does not
+            // pause between looks. Both were tried the other way: a quiet
+            // time before the first look (so as not to take the line from
+            // a replier still writing it) and a `pause` per turn each made
+            // the reply seen later than the replier's lost line cost it
+            // (docs/benchmark-notes.md, session 16: 158 -> 135 ns per round
+            // trip in the fast placement, 630 -> 525 in the slow one). The
+            // watch is bounded by `DOMSG_POLL_CYCLES`.
             let my = cur.my_cpu();
             let start = my.cycles();
-            let cpu = my.id().index();
-            // Stay off the header while the replier is most likely still
-            // writing it (queueing, taking, replying): a look then takes
-            // the line away from it, which costs it a transfer.
-            let quiet = DOMSG_QUIET[cpu].load(Ordering::Relaxed) as u64;
-            while my.cycles().wrapping_sub(start) < quiet {
-                core::hint::spin_loop();
-            }
-            let first = hdr.is_done();
-            // The clock at one turn in `DOMSG_CLOCK_EVERY`.
             let mut turn = 0u32;
             while !hdr.is_done() {
                 turn = turn.wrapping_add(1);
@@ -546,16 +527,6 @@ impl<T: Send + 'static> Port<T> {
                 {
                     break;
                 }
-                core::hint::spin_loop();
-            }
-            if hdr.is_done() {
-                // Quantile tracking (see `DOMSG_QUIET_DOWN`).
-                let next = if first {
-                    quiet.saturating_sub(DOMSG_QUIET_DOWN)
-                } else {
-                    (quiet + DOMSG_QUIET_UP).min(DOMSG_POLL_CYCLES / 2)
-                };
-                DOMSG_QUIET[cpu].store(next as u32, Ordering::Relaxed);
             }
         }
         if !hdr.is_done() {
