@@ -115,35 +115,52 @@ fn pong(base: u64, rounds: u64) {
     }
 }
 
-/// The time of `rounds` ping-pong rounds with the server.
-fn ping_pong(
+/// Ask the server, by a `domsg` with `body`, to play the other side of a
+/// floor; once it has replied, run `prepare` (untimed), then time `run`
+/// with what `prepare` gave.
+fn floor<S>(
     cur: &mut Cur,
     port: &'static Port<u64>,
     mut m: Pin<&mut Msg<u64>>,
-    rounds: u64,
+    body: u64,
+    prepare: impl FnOnce() -> S,
+    run: impl FnOnce(S),
 ) -> Duration {
-    *m.as_mut().body_mut() = PING_PONG | rounds;
-    // The server reads the line, replies, then answers `rounds` pings.
+    *m.as_mut().body_mut() = body;
     port.domsg(cur, m.as_mut()).unwrap();
-    let base = LINE.load(Ordering::Acquire);
+    let s = prepare();
     let t = Instant::now();
-    ping(base, rounds);
+    run(s);
     t.elapsed()
 }
 
-/// The time of `rounds` mailbox round trips with the server.
+/// The time of `rounds` ping-pong rounds with the server (which reads the
+/// line, replies, then answers `rounds` pings).
+fn ping_pong(
+    cur: &mut Cur,
+    port: &'static Port<u64>,
+    m: Pin<&mut Msg<u64>>,
+    rounds: u64,
+) -> Duration {
+    floor(
+        cur,
+        port,
+        m,
+        PING_PONG | rounds,
+        || LINE.load(Ordering::Acquire),
+        |base| ping(base, rounds),
+    )
+}
+
+/// The time of `rounds` mailbox round trips with the server (which
+/// replies, then answers `rounds` letters).
 fn mailbox(
     cur: &mut Cur,
     port: &'static Port<u64>,
-    mut m: Pin<&mut Msg<u64>>,
+    m: Pin<&mut Msg<u64>>,
     rounds: u64,
 ) -> Duration {
-    *m.as_mut().body_mut() = MAILBOX | rounds;
-    // The server replies, then answers `rounds` letters.
-    port.domsg(cur, m.as_mut()).unwrap();
-    let t = Instant::now();
-    mail(rounds);
-    t.elapsed()
+    floor(cur, port, m, MAILBOX | rounds, || (), |()| mail(rounds))
 }
 
 /// The time of `rounds` `domsg` round trips to the server.

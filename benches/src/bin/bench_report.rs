@@ -948,7 +948,11 @@ fn message_path_targets(
                     // costs here (three line transfers in a row).
                     let mailbox = m("msg_cross_cpu", "bare mailbox round trip (protocol floor)")
                         .map_or(String::new(), |x| {
-                            format!(" (a bare mailbox: {:.1}x; domsg / mailbox {:.2})", x / b, a / x)
+                            format!(
+                                " (a bare mailbox: {:.1}x; domsg / mailbox {:.2})",
+                                x / b,
+                                a / x
+                            )
                         });
                     (a <= 2.0 * b, format!("{:.1}x{mailbox}", a / b))
                 }),
