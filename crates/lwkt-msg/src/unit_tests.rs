@@ -57,7 +57,7 @@ fn a_domsg_request_is_not_marked_while_queued() {
     // Nobody could look: the originator waits inside `domsg`.
     assert_eq!(h.flags(), f::SYNC | f::HELD);
     assert_eq!(h.take_request() & f::QUEUED, 0);
-    assert!(h.complete(|| panic!("no waker")) == false);
+    assert!(!h.complete(|| panic!("no waker")), "nobody sleeps on it");
     assert!(h.is_done());
 }
 
