@@ -73,10 +73,10 @@ pub(crate) fn watch_in_crit(
 }
 
 /// A watch reads the clock at one turn in this many (a power of two): a
-/// read costs about 10 ns on the hosted backend's guests (`rdtsc` traps to
-/// nothing, but is slow under KVM), as long as the rest of a turn, and a
-/// message that lands during it waits for the turn to end. The budget is
-/// then overrun by at most this many turns (a few hundred nanoseconds).
+/// read (`rdtsc` on the hosted backend) costs about 10 ns on this
+/// project's KVM guest, as much as the rest of a turn, and a message that
+/// lands during it waits for the turn to end. The budget is then overrun
+/// by at most this many turns (a few hundred nanoseconds).
 pub(crate) const WATCH_CLOCK_EVERY: u32 = 8;
 
 /// While a CPU watches its rings, its threads look at them at one final
