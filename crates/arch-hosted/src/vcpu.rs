@@ -254,11 +254,12 @@ pub(crate) unsafe fn vcpu_of(cpu: &Cpu) -> &Vcpu {
 /// spinning outside critical sections needs the signal.
 const ESCALATE_CYCLES: u64 = 100_000;
 
-/// The watchdog's scan period after it had to signal a vCPU, and the
-/// longest it sleeps: it doubles per scan that signals nobody, so a machine
-/// whose threads answer their kicks wakes it 500 times a second, and a
-/// thread spinning outside critical sections waits at most about 2 ms for
-/// its first signal.
+/// The watchdog's scan period after it had to signal a vCPU (or saw a
+/// stall it will decide about at the next scan), and the longest it
+/// sleeps: it doubles per scan that signals nobody, so a machine whose
+/// threads answer their kicks wakes it 500 times a second, and a thread
+/// spinning outside critical sections waits at most about two periods of
+/// `WATCH_MAX` for its first signal.
 const WATCH_MIN: Duration = Duration::from_micros(100);
 const WATCH_MAX: Duration = Duration::from_millis(2);
 
@@ -419,8 +420,16 @@ pub(crate) fn watchdog(cpus: &[Cpu], vcpus: &[Vcpu], running: &AtomicUsize) {
             let ran = stats.ipis_received != received[i];
             received[i] = stats.ipis_received;
             let was = core::mem::replace(&mut backlog[i], c.watch_backlog());
-            if backlog[i] {
-                if was && !ran {
+            // A backlog on a CPU that ran IPIs since the last scan is the
+            // stream it is draining (an entry in flight), not a stall: it
+            // neither signals nor shortens the period. Shortening it there
+            // kept a busy message stream's watchdog at 100 µs: some 4,000
+            // wake-ups a second on a 2-core host, each taking a core from
+            // a vCPU for microseconds, and a cross-CPU `domsg` whose
+            // replier it preempted outlasted its 2 µs reply watch about
+            // once per wake-up (docs/benchmark-notes.md, session 16).
+            if backlog[i] && !ran {
+                if was {
                     // Entries waited a whole period and none ran: a thread
                     // spins outside critical sections. Interrupt it.
                     signal(v);
