@@ -498,7 +498,13 @@ impl<T: Send + 'static> Port<T> {
         // SAFETY: the caller's pinned borrow keeps the message alive for
         // this whole call; we touch only its atomic header.
         let hdr = unsafe { &(*m).hdr };
-        self.put(cur.my_cpu(), m);
+        let my = cur.my_cpu();
+        match self.kind {
+            // Our own `HELD` message, to the port we borrow until it is
+            // done: the IPI that carries it needs no count (`Carry`).
+            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, false, Carry::Borrowed)),
+            _ => self.put(my, m),
+        }
         if !hdr.is_done() && self.served_elsewhere(cur) && cur.my_cpu().spin_wait_pays() {
             // The reply is being made on another CPU, often within a few
             // hundred nanoseconds: watch for it before sleeping (unless that
@@ -517,7 +523,6 @@ impl<T: Send + 'static> Port<T> {
             // (docs/benchmark-notes.md, session 16: 158 -> 135 ns per round
             // trip in the fast placement, 630 -> 525 in the slow one). The
             // watch is bounded by `DOMSG_POLL_CYCLES`.
-            let my = cur.my_cpu();
             let start = my.cycles();
             let mut turn = 0u32;
             while !hdr.is_done() {
@@ -857,7 +862,7 @@ impl<T: Send + 'static> Port<T> {
     /// Put an in-flight message (sent, or forwarded) on this port.
     pub(crate) fn put(&self, my: MyCpu<'_>, m: *mut Msg<T>) {
         match &self.kind {
-            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, false)),
+            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, false, Carry::Counted)),
             Kind::Spin => my.crit(|| self.spin_push(my, m, false)),
             Kind::Serializer(slz) => self.serial_push(my, slz, m, false),
             Kind::PutOnly(handler) => {
@@ -874,7 +879,7 @@ impl<T: Send + 'static> Port<T> {
     #[track_caller]
     pub(crate) fn deliver_reply(&self, my: MyCpu<'_>, m: *mut Msg<T>) {
         match &self.kind {
-            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, true)),
+            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, true, Carry::Counted)),
             Kind::Spin => my.crit(|| self.spin_push(my, m, true)),
             Kind::Serializer(slz) => self.serial_push(my, slz, m, true),
             Kind::ReplyOnly(on_reply) => {
@@ -948,10 +953,17 @@ impl<T: Send + 'static> Port<T> {
         }
     }
 
-    fn send_remote(&self, my: MyCpu<'_>, cpu: CpuId, m: *mut Msg<T>, func: IpiFn) {
+    fn send_remote(&self, my: MyCpu<'_>, cpu: CpuId, m: *mut Msg<T>, func: IpiFn, carry: Carry) {
         // SAFETY: the message is in flight and live.
         unsafe { (*m).hdr.transit(true) };
-        self.send_ipi(my, cpu, func, m as usize);
+        match carry {
+            Carry::Counted => self.send_ipi(my, cpu, func, m as usize),
+            // No count: the originator's borrow keeps the port alive
+            // (`Carry::Borrowed`).
+            Carry::Borrowed => my
+                .send_ipi(cpu, func, self as *const Port<T> as usize, m as usize)
+                .expect("lwkt-msg: the port owner's CPU is not on this machine"),
+        }
     }
 
     /// Send an IPI naming this port to `cpu`; the IPI function gives up the
@@ -1000,17 +1012,18 @@ impl<T: Send + 'static> Port<T> {
     /// # Panics
     /// If the owner belongs to another machine.
     #[track_caller]
-    fn thread_push(&self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool) {
+    fn thread_push(&self, my: MyCpu<'_>, m: *mut Msg<T>, is_reply: bool, carry: Carry) {
         let Kind::Thread(owner) = &self.kind else {
             unreachable!()
         };
         if let Some(c) = route(owner, my) {
-            let func: IpiFn = if is_reply {
-                push_remote::<T, true>
-            } else {
-                push_remote::<T, false>
+            let func: IpiFn = match (is_reply, carry) {
+                (true, _) => push_remote::<T, true, true>,
+                (false, Carry::Counted) => push_remote::<T, false, true>,
+                (false, Carry::Borrowed) => push_remote::<T, false, false>,
             };
-            return self.send_remote(my, c, m, func);
+            debug_assert!(!(is_reply && carry == Carry::Borrowed));
+            return self.send_remote(my, c, m, func, carry);
         }
         // SAFETY: the owner lives here (`route`), in a critical section.
         let closed = unsafe { self.inner() }.closed || owner.has_exited();
@@ -1564,18 +1577,56 @@ fn other_machine(owner: &ThreadHandle) -> ! {
 }
 
 /// IPI function: a put (`REPLY = false`) or reply (`true`) arriving at the
-/// owner's CPU of a thread port.
-fn push_remote<T: Send + 'static, const REPLY: bool>(my: MyCpu<'_>, port: usize, m: usize) {
+/// owner's CPU of a thread port, carrying a count on the port (`COUNTED`)
+/// or riding the originator's borrow ([`Carry::Borrowed`]).
+fn push_remote<T: Send + 'static, const REPLY: bool, const COUNTED: bool>(
+    my: MyCpu<'_>,
+    port: usize,
+    m: usize,
+) {
     let port = port as *const Port<T>;
     let m = m as *mut Msg<T>;
     // SAFETY: the message is in flight and live.
     unsafe { (*m).hdr.transit(false) };
-    // SAFETY: the sender's `send_ipi` took a count for this IPI (or the
-    // port is 'static), so the port is live; IPI functions run in a
+    let carry = if COUNTED {
+        Carry::Counted
+    } else {
+        Carry::Borrowed
+    };
+    // SAFETY: the port is live: `COUNTED`, the sender's `send_ipi` took a
+    // count for this IPI (or the port is 'static); otherwise the message
+    // is a `domsg`'s, whose originator borrows the port until the message
+    // is done, and the message cannot be done before `thread_push` has
+    // finished with the port (`Carry::Borrowed`). IPI functions run in a
     // critical section.
-    unsafe { &*port }.thread_push(my, m, REPLY);
-    // SAFETY: that count is ours to give up; `port` is not used after.
-    unsafe { Port::release(port) };
+    unsafe { &*port }.thread_push(my, m, REPLY, carry);
+    if COUNTED {
+        // SAFETY: that count is ours to give up; `port` is not used after.
+        unsafe { Port::release(port) };
+    }
+    // Borrowed: nothing here touches the port after `thread_push` (the
+    // message may be done, and the port dropped, once it returns).
+}
+
+/// How a put to a thread port on another CPU names the port in the IPI
+/// that carries it there.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Carry {
+    /// The IPI holds a count on the port ([`Port::hold`]), given up by its
+    /// function: the port may outlive every other holder meanwhile (a
+    /// `sendmsg`, a forward, a reply).
+    Counted,
+    /// No count: the put is a `domsg`'s own (its message `HELD`), whose
+    /// caller borrows the port until the message is done. Every touch of
+    /// the port on the way precedes the message's completion: `thread_push`
+    /// queues it where only the owner takes it (the owner cannot run on
+    /// that CPU before the IPI function or the put's critical section
+    /// ends, and `schedule(owner)` comes before that), refuses it last
+    /// (the reply completes it; nothing of the port is touched after), or
+    /// sends it on by another IPI that is `Borrowed` too. Saves the two
+    /// read-modify-writes of the count per round trip on a counted port
+    /// (`PortRef`), on a line both CPUs write.
+    Borrowed,
 }
 
 /// `Cur::sleep_until` on `chan`, for at most `left` when it is given (a

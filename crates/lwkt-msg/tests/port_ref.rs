@@ -238,3 +238,61 @@ fn a_handle_is_send_sync_and_clone() {
     assert!(PortRef::ptr_eq(&p, &q));
     assert_eq!(format!("{p:?}"), "PortRef(Port::spin)");
 }
+
+/// A cross-CPU `domsg` carries its port to the owner's CPU without a count
+/// (the caller's borrow keeps the port alive until the reply): the IPI
+/// function must not touch the port once the message may be done. Here
+/// the port is refused there (closed by its owner, which has exited) and
+/// the caller drops the last handle the moment `domsg` returns, many
+/// times over; and a served port whose caller drops it right after each
+/// answered `domsg`. Under `cargo xtask asan` a touch after the reply is a
+/// use after free.
+#[test]
+fn a_domsg_carries_its_port_on_the_callers_borrow() {
+    Machine::new(2).unwrap().run(|cur| {
+        for i in 0..200u64 {
+            let (owner, port) = serve_on(cur, CpuId::new(1), |me, port: PortRef<u64>| {
+                if let Incoming::Request(mut m) = port.waitport(me) {
+                    *m += 1;
+                    m.reply(me.my_cpu(), Ok(()));
+                }
+                port.close(me);
+            })
+            .unwrap();
+            let mut m = pin!(Msg::new(i));
+            assert_eq!(port.domsg(cur, m.as_mut()), Ok(()));
+            assert_eq!(*m.body(), i + 1);
+            // Closed by now or soon: refused on the owner's CPU.
+            cur.join(&owner);
+            let mut m = pin!(Msg::new(i));
+            assert_eq!(port.domsg(cur, m.as_mut()), Err(MsgError::Closed));
+            drop(port); // the last handle: the owner's went with its thread
+        }
+    });
+}
+
+/// A `domsg` whose port's owner migrates between the CPUs while requests
+/// arrive: the put chases the owner (an IPI sent on from the CPU it left,
+/// still on the caller's borrow), and every request is answered once.
+#[test]
+fn a_domsg_chases_a_migrating_owner_on_the_callers_borrow() {
+    Machine::new(3).unwrap().run(|cur| {
+        let (owner, port) = serve_on(cur, CpuId::new(1), |me, port: PortRef<u64>| {
+            let mut n = 0u32;
+            while let Incoming::Request(mut m) = port.waitport(me) {
+                *m += 1;
+                m.reply(me.my_cpu(), Ok(()));
+                n += 1;
+                me.migrate(CpuId::new(1 + n % 2)).unwrap();
+            }
+        })
+        .unwrap();
+        let mut m = pin!(Msg::new(0u64));
+        for _ in 0..500 {
+            port.domsg(cur, m.as_mut()).unwrap();
+        }
+        assert_eq!(*m.body(), 500);
+        port.close_from(cur.my_cpu());
+        cur.join(&owner);
+    });
+}
