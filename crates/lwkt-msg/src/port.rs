@@ -499,12 +499,9 @@ impl<T: Send + 'static> Port<T> {
         // this whole call; we touch only its atomic header.
         let hdr = unsafe { &(*m).hdr };
         let my = cur.my_cpu();
-        match self.kind {
-            // Our own `HELD` message, to the port we borrow until it is
-            // done: the IPI that carries it needs no count (`Carry`).
-            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, false, Carry::Borrowed)),
-            _ => self.put(my, m),
-        }
+        // Our own `HELD` message, to the port we borrow until it is done:
+        // the IPI that carries it needs no count (`Carry`).
+        self.put_as(my, m, Carry::Borrowed);
         if !hdr.is_done() && self.served_elsewhere(cur) && cur.my_cpu().spin_wait_pays() {
             // The reply is being made on another CPU, often within a few
             // hundred nanoseconds: watch for it before sleeping (unless that
@@ -861,8 +858,14 @@ impl<T: Send + 'static> Port<T> {
 
     /// Put an in-flight message (sent, or forwarded) on this port.
     pub(crate) fn put(&self, my: MyCpu<'_>, m: *mut Msg<T>) {
+        self.put_as(my, m, Carry::Counted)
+    }
+
+    /// [`put`](Self::put), naming the port in the IPI to a thread port's
+    /// owner on another CPU as `carry` says.
+    fn put_as(&self, my: MyCpu<'_>, m: *mut Msg<T>, carry: Carry) {
         match &self.kind {
-            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, false, Carry::Counted)),
+            Kind::Thread(_) => my.crit(|| self.thread_push(my, m, false, carry)),
             Kind::Spin => my.crit(|| self.spin_push(my, m, false)),
             Kind::Serializer(slz) => self.serial_push(my, slz, m, false),
             Kind::PutOnly(handler) => {
@@ -956,20 +959,17 @@ impl<T: Send + 'static> Port<T> {
     fn send_remote(&self, my: MyCpu<'_>, cpu: CpuId, m: *mut Msg<T>, func: IpiFn, carry: Carry) {
         // SAFETY: the message is in flight and live.
         unsafe { (*m).hdr.transit(true) };
-        match carry {
-            Carry::Counted => self.send_ipi(my, cpu, func, m as usize),
-            // No count: the originator's borrow keeps the port alive
-            // (`Carry::Borrowed`).
-            Carry::Borrowed => my
-                .send_ipi(cpu, func, self as *const Port<T> as usize, m as usize)
-                .expect("lwkt-msg: the port owner's CPU is not on this machine"),
-        }
+        self.send_ipi(my, cpu, func, m as usize, carry);
     }
 
-    /// Send an IPI naming this port to `cpu`; the IPI function gives up the
-    /// count taken here when it is done with the port ([`Port::release`]).
-    fn send_ipi(&self, my: MyCpu<'_>, cpu: CpuId, func: IpiFn, arg: usize) {
-        self.hold();
+    /// Send an IPI naming this port to `cpu`. `Counted`: the IPI function
+    /// gives up the count taken here when it is done with the port
+    /// ([`Port::release`]); `Borrowed`: no count, the originator's borrow
+    /// keeps the port alive ([`Carry::Borrowed`]).
+    fn send_ipi(&self, my: MyCpu<'_>, cpu: CpuId, func: IpiFn, arg: usize, carry: Carry) {
+        if carry == Carry::Counted {
+            self.hold();
+        }
         my.send_ipi(cpu, func, self as *const Port<T> as usize, arg)
             .expect("lwkt-msg: the port owner's CPU is not on this machine");
     }
@@ -1456,7 +1456,7 @@ fn close_or_send<T: Send + 'static>(my: MyCpu<'_>, port: &Port<T>) {
         unreachable!()
     };
     if let Some(c) = route(owner, my) {
-        return port.send_ipi(my, c, close_remote::<T>, 0);
+        return port.send_ipi(my, c, close_remote::<T>, 0, Carry::Counted);
     }
     // SAFETY: the owner lives here (`route`), in a critical section.
     let wake = unsafe {
